@@ -1,0 +1,80 @@
+//! The `tunelab` command line. Each area's arguments and handler live in its own file.
+use clap::{Parser, Subcommand};
+
+use crate::device::DeviceChoice;
+
+pub mod data;
+pub mod doctor;
+pub mod embed;
+pub mod eval;
+pub mod experiment;
+pub mod lora;
+pub mod report;
+
+/// Fine-tune and evaluate retrieval models locally.
+#[derive(Parser, Debug)]
+#[command(name = "tunelab", version, about)]
+pub struct Cli {
+    /// Backend to run on: cpu, vulkan, metal or wgpu.
+    #[arg(long, global = true, env = "TUNELAB_DEVICE", default_value = "cpu")]
+    pub device: DeviceChoice,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show the backends this build has, whether they start, their dtypes and memory.
+    Doctor(doctor::DoctorArgs),
+    /// Inspect and split datasets (governance applied).
+    #[command(subcommand)]
+    Data(data::DataCommand),
+    /// Evaluate a TREC run against qrels, printing trec_eval's format.
+    Eval(eval::EvalArgs),
+    /// A/B-compare two runs with paired significance tests.
+    Compare(eval::CompareArgs),
+    /// Work with run reports.
+    #[command(subcommand)]
+    Report(report::ReportCommand),
+    /// Embed texts with an encoder model.
+    Embed(embed::EmbedArgs),
+    /// Train a model.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Generate text with a decoder (and optional adapter).
+    Generate(lora::GenerateArgs),
+    /// Export adapters or models to other tools' formats.
+    Export(lora::ExportArgs),
+    /// Fuse an adapter into its base model.
+    Fuse(lora::FuseArgs),
+    /// Run the end-to-end experiment on the bundled data and models.
+    Experiment(experiment::ExperimentArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TrainCommand {
+    /// Contrastive fine-tuning of an embedding model.
+    Embed(embed::TrainEmbedArgs),
+    /// LoRA fine-tuning of a decoder.
+    Lora(lora::TrainLoraArgs),
+}
+
+/// Parse arguments and run the command.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let device = cli.device;
+    match cli.command {
+        Command::Doctor(a) => doctor::run(a, device),
+        Command::Data(c) => data::run(c, device),
+        Command::Eval(a) => eval::run_eval(a),
+        Command::Compare(a) => eval::run_compare(a),
+        Command::Report(c) => report::run(c, device),
+        Command::Embed(a) => embed::run_embed(a, device),
+        Command::Train(TrainCommand::Embed(a)) => embed::run_train(a, device),
+        Command::Train(TrainCommand::Lora(a)) => lora::run_train(a, device),
+        Command::Generate(a) => lora::run_generate(a, device),
+        Command::Export(a) => lora::run_export(a, device),
+        Command::Fuse(a) => lora::run_fuse(a, device),
+        Command::Experiment(a) => experiment::run(a, device),
+    }
+}

@@ -1,0 +1,9 @@
+//! Datasets: readers and writers for every format tunelab accepts, governance, splits, statistics.
+pub mod corpus;
+pub mod formats;
+pub mod governance;
+pub mod jsonl;
+pub mod mining;
+pub mod split;
+pub mod stats;
+pub mod trec;

@@ -1,0 +1,1 @@
+//! Exports: PEFT, MLX-LM, GGUF and sentence-transformers artifacts.

@@ -1,0 +1,33 @@
+//! # tunelab
+//!
+//! Fine-tune and evaluate retrieval models locally: embedding encoders, query-expansion and
+//! reranker decoders, persona adapters. The modules follow the pipeline:
+//!
+//! `data → model → lora → train → eval → report → export`
+//!
+//! * [`data`]: dataset readers/writers (polars frames), governance, splits, statistics.
+//! * [`io`]: weight and tokenizer loading (safetensors, GGUF, Hugging Face folders).
+//! * [`model`]: architectures, one file each (`bert`, `decoder`).
+//! * [`lora`]: LoRA layers, merge/unmerge.
+//! * [`train`]: training loops (contrastive, SFT), optimiser schedules, checkpoints.
+//! * [`eval`]: trec_eval-exact metrics, search engines (dense, BM25, hybrid), A/B statistics.
+//! * [`report`]: run directories, manifests, plots, `report.md`/`report.html`.
+//! * [`export`]: PEFT, MLX-LM, GGUF and sentence-transformers artifacts.
+//! * [`device`]: run-time backend selection (`cpu`, `vulkan`, `metal`, `wgpu`).
+
+pub mod cli;
+pub mod data;
+pub mod device;
+pub mod eval;
+pub mod experiment;
+pub mod export;
+pub mod io;
+pub mod lora;
+pub mod model;
+pub mod report;
+pub mod train;
+
+/// The crate version, recorded in every run manifest.
+pub fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}

@@ -1,0 +1,1 @@
+//! LoRA: low-rank adapters on frozen linear layers.

@@ -1,0 +1,4 @@
+//! Training loops and their shared pieces.
+pub mod contrastive;
+pub mod schedule;
+pub mod sft;
