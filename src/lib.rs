@@ -14,6 +14,8 @@
 //! * [`report`]: run directories, manifests, plots, `report.md`/`report.html`.
 //! * [`export`]: PEFT, MLX-LM, GGUF and sentence-transformers artifacts.
 //! * [`device`]: run-time backend selection (`cpu`, `vulkan`, `metal`, `wgpu`).
+//! * [`gate`]: the validation gate for retraining, versioned model stores (promote/rollback).
+//! * [`notebook`]: rich display in evcxr notebooks (tables, plots, progress).
 
 pub mod cli;
 pub mod data;
@@ -21,9 +23,11 @@ pub mod device;
 pub mod eval;
 pub mod experiment;
 pub mod export;
+pub mod gate;
 pub mod io;
 pub mod lora;
 pub mod model;
+pub mod notebook;
 pub mod report;
 pub mod train;
 

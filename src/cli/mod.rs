@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod embed;
 pub mod eval;
 pub mod experiment;
+pub mod gate;
 pub mod lora;
 pub mod report;
 
@@ -49,6 +50,12 @@ pub enum Command {
     Fuse(lora::FuseArgs),
     /// Run the end-to-end experiment on the bundled data and models.
     Experiment(experiment::ExperimentArgs),
+    /// Decide whether a candidate run may replace the current one (exit 0 pass, 2 refused).
+    Gate(gate::GateArgs),
+    /// Add a run or model directory to a model store as the next version and make it current.
+    Promote(gate::PromoteArgs),
+    /// Point a model store back at the previous version.
+    Rollback(gate::RollbackArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -76,5 +83,8 @@ pub fn main() -> anyhow::Result<()> {
         Command::Export(a) => lora::run_export(a, device),
         Command::Fuse(a) => lora::run_fuse(a, device),
         Command::Experiment(a) => experiment::run(a, device),
+        Command::Gate(a) => gate::run_gate(a),
+        Command::Promote(a) => gate::run_promote(a),
+        Command::Rollback(a) => gate::run_rollback(a),
     }
 }

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Notebook set-up: the evcxr Jupyter kernel (Rust) and Jupyter's headless runner, project-local.
+# Idempotent (each step is skipped when already done); Debian/Ubuntu and macOS.
+#
+#   scripts/setup-notebooks.sh
+#
+# What it leaves behind:
+#   ~/.cargo/bin/evcxr_jupyter            evcxr_jupyter 0.22.x (cargo install --locked; ~15 min on 2 cores, once)
+#   .venv/                                 Python venv shared with the reference tools (git-ignored)
+#   .venv/share/jupyter/kernels/rust/      the `rust` kernel spec, visible only to this venv's Jupyter
+#   notebooks/evcxr/init.evcxr             evcxr start-up commands (compilation cache), tracked in git;
+#                                          the kernel spec points EVCXR_CONFIG_DIR at it
+# Then:
+#   scripts/run-notebooks notebooks/01-datasets.ipynb          # headless, with a persistent build dir
+#   .venv/bin/jupyter nbconvert --to notebook --execute notebooks/01-datasets.ipynb --output-dir target/nb
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+# evcxr 0.22 is the release line these notebooks are written against (its display protocol and
+# error reporting are described in src/notebook.rs). Any 0.22.x already installed is accepted.
+EVCXR_SERIES=0.22
+EVCXR_VERSION=0.22.0
+# The only Python packages the notebooks need: a kernel client, the executor and the converter.
+# No `jupyter` metapackage, no ipykernel (the kernel is Rust); `pip install notebook` for the browser UI.
+PY_PACKAGES=("jupyter-client>=8,<9" "nbclient>=0.10,<0.11" "nbconvert>=7.16,<8" "nbformat>=5.10,<6")
+
+log() { printf '[setup-notebooks %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+die() { printf '[setup-notebooks] error: %s\n' "$*" >&2; exit 1; }
+
+command -v cargo >/dev/null || die "cargo not found: install Rust first (see environment.md)"
+
+# 1. evcxr_jupyter, built from crates.io with its lock file.
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+installed=$(cargo install --list | sed -n 's/^evcxr_jupyter v\([0-9][0-9.]*\):$/\1/p')
+if [[ "$installed" == "$EVCXR_SERIES".* ]]; then
+  log "evcxr_jupyter $installed already installed"
+else
+  log "building evcxr_jupyter $EVCXR_VERSION (cargo install --locked, niced; takes a while on a small machine)"
+  start=$(date +%s)
+  nice -n 19 cargo install --locked evcxr_jupyter --version "$EVCXR_VERSION"
+  log "evcxr_jupyter installed in $(( $(date +%s) - start ))s"
+fi
+evcxr_jupyter="$cargo_bin/evcxr_jupyter"
+[[ -x "$evcxr_jupyter" ]] || evcxr_jupyter=$(command -v evcxr_jupyter) || die "evcxr_jupyter not on PATH after install"
+
+# 2. The project venv (shared with scripts/setup-python.sh; created here if missing).
+if [[ ! -x .venv/bin/python ]]; then
+  python=${PYTHON:-python3}
+  command -v "$python" >/dev/null || die "python3 not found (Debian: apt-get install python3 python3-venv; macOS: xcode-select --install)"
+  log "creating .venv with $("$python" --version 2>&1)"
+  "$python" -m venv .venv || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+fi
+if .venv/bin/python -c 'import nbclient, nbconvert, nbformat, jupyter_client' 2>/dev/null; then
+  log "Jupyter runner already in .venv"
+else
+  log "installing ${PY_PACKAGES[*]} into .venv"
+  .venv/bin/python -m pip install --quiet "${PY_PACKAGES[@]}"
+fi
+
+# 3. The kernel spec, inside the venv so it does not touch the user's own Jupyter set-up.
+# evcxr_jupyter --install writes $JUPYTER_PATH/kernels/rust (JUPYTER_PATH taken as one directory);
+# the venv's Jupyter searches <venv>/share/jupyter first.
+kernel_dir=.venv/share/jupyter/kernels/rust
+JUPYTER_PATH="$root/.venv/share/jupyter" "$evcxr_jupyter" --install >/dev/null
+# Point the kernel at the project's evcxr config dir (evcxr reads $EVCXR_CONFIG_DIR/init.evcxr at start).
+.venv/bin/python - "$kernel_dir/kernel.json" "$root/notebooks/evcxr" <<'PY'
+import json, sys
+path, config_dir = sys.argv[1], sys.argv[2]
+spec = json.load(open(path))
+spec.setdefault("env", {})["EVCXR_CONFIG_DIR"] = config_dir
+spec["display_name"] = "Rust (tunelab)"
+json.dump(spec, open(path, "w"), indent=2)
+PY
+.venv/bin/jupyter kernelspec list | grep -q "$root/$kernel_dir" \
+  || die "the venv's Jupyter does not see $kernel_dir"
+log "kernel 'rust' -> $root/$kernel_dir (EVCXR_CONFIG_DIR=notebooks/evcxr)"
+
+# 4. Hints, not installs: a faster linker shortens every cell's link step (evcxr picks up mold or lld).
+if [[ "$(uname -s)" != Darwin ]] && ! command -v mold >/dev/null && ! command -v lld >/dev/null; then
+  log "tip: 'apt-get install lld' makes evcxr link cells faster (it uses lld automatically)"
+fi
+log "done. First notebook run compiles tunelab's dependencies for evcxr (~20+ min on 2 cores); later runs reuse target/evcxr/."
