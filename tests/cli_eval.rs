@@ -60,7 +60,12 @@ P_2                   \tall\t0.5000
 
     // Default measures (no -m) include runid and the counts: num_ret = 2 + 1 = 3.
     let o = stdout(&tunelab(&["eval"], &[&q, &r]));
-    assert!(o.starts_with("runid                 \tall\tmyrun\nnum_q                 \tall\t2\nnum_ret               \tall\t3\n"), "{o}");
+    assert!(
+        o.starts_with(
+            "runid                 \tall\tmyrun\nnum_q                 \tall\t2\nnum_ret               \tall\t3\n"
+        ),
+        "{o}"
+    );
     // q1 and q2 each retrieve one relevant document: P_1000 = 1/1000 for both, mean 0.0010.
     assert!(o.contains("P_1000                \tall\t0.0010\n"), "{o}");
 }
@@ -81,7 +86,10 @@ fn bad_input_errors_name_file_and_line() {
 
     let bad = write(dir.path(), "dup.qrels", "q1 0 a 1\nq1 0 b 0\nq1 0 a 0\n");
     let e = stderr_of_failure(&tunelab(&["eval", "-m", "map"], &[&bad, &r]));
-    assert!(e.contains("dup.qrels:3: duplicate judgment for query \"q1\" document \"a\" (first judged at line 1)"), "{e}");
+    assert!(
+        e.contains("dup.qrels:3: duplicate judgment for query \"q1\" document \"a\" (first judged at line 1)"),
+        "{e}"
+    );
 
     let bad = write(dir.path(), "dup.run", "q1 Q0 a 1 2 t\nq1 Q0 a 2 1 t\n");
     let e = stderr_of_failure(&tunelab(&["eval", "-m", "map"], &[&q, &bad]));
@@ -117,7 +125,20 @@ fn compare_is_seeded_and_reports_every_statistic() {
     let q = write(dir.path(), "q", &qrels);
     let ra = write(dir.path(), "a", &a);
     let rb = write(dir.path(), "b", &b);
-    let args = ["compare", "-m", "recip_rank", "-m", "P.1", "--seed", "3", "--permutations", "2000", "--bootstrap", "2000", "--json"];
+    let args = [
+        "compare",
+        "-m",
+        "recip_rank",
+        "-m",
+        "P.1",
+        "--seed",
+        "3",
+        "--permutations",
+        "2000",
+        "--bootstrap",
+        "2000",
+        "--json",
+    ];
     let j1 = stdout(&tunelab(&args, &[&q, &ra, &rb]));
     let j2 = stdout(&tunelab(&args, &[&q, &ra, &rb]));
     assert_eq!(j1, j2, "same seed, different numbers");
@@ -134,7 +155,10 @@ fn compare_is_seeded_and_reports_every_statistic() {
     let (lo, hi) = (m["ci_low"].as_f64().unwrap(), m["ci_high"].as_f64().unwrap());
     assert!(lo < 1.0 / 3.0 && 1.0 / 3.0 < hi && lo > 0.0, "[{lo}, {hi}]");
 
-    let other_seed = stdout(&tunelab(&["compare", "-m", "recip_rank", "--seed", "4", "--permutations", "2000", "--json"], &[&q, &ra, &rb]));
+    let other_seed = stdout(&tunelab(
+        &["compare", "-m", "recip_rank", "--seed", "4", "--permutations", "2000", "--json"],
+        &[&q, &ra, &rb],
+    ));
     assert_ne!(j1, other_seed);
 
     let table = stdout(&tunelab(&["compare", "-m", "recip_rank", "-m", "P.1"], &[&q, &ra, &rb]));

@@ -10,7 +10,8 @@ use crate::eval::compare::{CompareOptions, compare};
 use crate::eval::metrics::{EvalOptions, Measure, evaluate};
 
 /// Measures printed when no `-m` is given: the part of trec_eval's default set that we compute.
-const DEFAULT_EVAL_MEASURES: [&str; 8] = ["runid", "num_q", "num_ret", "num_rel", "num_rel_ret", "map", "recip_rank", "P"];
+const DEFAULT_EVAL_MEASURES: [&str; 8] =
+    ["runid", "num_q", "num_ret", "num_rel", "num_rel_ret", "map", "recip_rank", "P"];
 const DEFAULT_COMPARE_MEASURES: [&str; 3] = ["map", "recip_rank", "ndcg_cut.10"];
 
 /// Evaluate a TREC run against qrels; output is trec_eval's (`measure<TAB>qid<TAB>value`).
@@ -73,8 +74,7 @@ pub struct CompareArgs {
 
 /// Split `runid` (a label, not a value) from the numeric measures.
 fn parse_measures(specs: &[String], default: &[&str]) -> anyhow::Result<(bool, Vec<Measure>)> {
-    let specs: Vec<&str> =
-        if specs.is_empty() { default.to_vec() } else { specs.iter().map(String::as_str).collect() };
+    let specs: Vec<&str> = if specs.is_empty() { default.to_vec() } else { specs.iter().map(String::as_str).collect() };
     let runid = specs.contains(&"runid");
     let numeric: Vec<&str> = specs.into_iter().filter(|s| *s != "runid").collect();
     Ok((runid, Measure::parse_list(&numeric)?))
@@ -106,11 +106,7 @@ pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
     let opts = EvalOptions { relevance_level: a.relevance_level, complete: a.complete };
     let ev = evaluate(&qrels, run, &measures, &opts);
     if ev.num_queries() == 0 {
-        bail!(
-            "no queries with both results ({}) and relevance info ({})",
-            a.run.display(),
-            a.qrels.display()
-        );
+        bail!("no queries with both results ({}) and relevance info ({})", a.run.display(), a.qrels.display());
     }
     let out = if a.json {
         serde_json::to_string(&ev.to_json())? + "\n"

@@ -63,43 +63,19 @@ pub enum TrecError {
         source: std::io::Error,
     },
     #[error("{path}:{line}: missing column `{field}` (a {kind} line is `{layout}`)")]
-    MissingColumn {
-        path: PathBuf,
-        line: usize,
-        field: &'static str,
-        kind: &'static str,
-        layout: &'static str,
-    },
+    MissingColumn { path: PathBuf, line: usize, field: &'static str, kind: &'static str, layout: &'static str },
     #[error("{path}:{line}: unexpected extra column {value:?} (a qrels line is `qid 0 docid rel`)")]
     ExtraColumn { path: PathBuf, line: usize, value: String },
     #[error("{path}:{line}: field `{field}` is not {expected}: {value:?}")]
-    NotANumber {
-        path: PathBuf,
-        line: usize,
-        field: &'static str,
-        expected: &'static str,
-        value: String,
-    },
+    NotANumber { path: PathBuf, line: usize, field: &'static str, expected: &'static str, value: String },
     #[error(
         "{path}:{line}: duplicate judgment for query {qid:?} document {doc_id:?} (first judged at line {first_line})"
     )]
-    DuplicateJudgment {
-        path: PathBuf,
-        line: usize,
-        first_line: usize,
-        qid: String,
-        doc_id: String,
-    },
+    DuplicateJudgment { path: PathBuf, line: usize, first_line: usize, qid: String, doc_id: String },
     #[error(
         "{path}:{line}: document {doc_id:?} retrieved twice for query {qid:?} (first at line {first_line}); trec_eval rejects such runs"
     )]
-    DuplicateRetrieved {
-        path: PathBuf,
-        line: usize,
-        first_line: usize,
-        qid: String,
-        doc_id: String,
-    },
+    DuplicateRetrieved { path: PathBuf, line: usize, first_line: usize, qid: String, doc_id: String },
     #[error("{path}: not UTF-8 text: {source}")]
     NotUtf8 {
         path: PathBuf,
@@ -111,12 +87,87 @@ pub enum TrecError {
 const QRELS_LAYOUT: &str = "qid 0 docid rel";
 const RUN_LAYOUT: &str = "qid Q0 docid rank score tag";
 
-/// Non-empty, non-comment lines with their 1-based line numbers.
-fn content_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
-    text.lines().enumerate().filter_map(|(i, l)| {
-        let t = l.trim_start();
-        (!t.is_empty() && !t.starts_with('#')).then_some((i + 1, l))
-    })
+/// trec_eval splits on C `isspace`: space, \t, \n, \v, \f, \r.
+const fn whitespace_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    t[b' ' as usize] = true;
+    t[b'\t' as usize] = true;
+    t[b'\n' as usize] = true;
+    t[0x0b] = true;
+    t[0x0c] = true;
+    t[b'\r' as usize] = true;
+    t
+}
+static WHITESPACE: [bool; 256] = whitespace_table();
+
+/// Most fields a record keeps (a qrels line needs to see a fifth to reject it).
+const MAX_FIELDS: usize = 7;
+
+/// The whitespace-separated fields of each non-blank, non-comment line, with its 1-based number.
+/// A plain byte loop: runs have millions of lines and this crate is built unoptimised in the dev
+/// profile, where iterator adaptors (`split_ascii_whitespace`) cost ~15x more than here.
+struct Records<'a> {
+    text: &'a str,
+    pos: usize,
+    line: usize,
+}
+
+struct Record<'a> {
+    line: usize,
+    fields: [&'a str; MAX_FIELDS],
+    len: usize,
+}
+
+impl<'a> Records<'a> {
+    fn new(text: &'a str) -> Self {
+        Records { text, pos: 0, line: 0 }
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Record<'a>;
+    fn next(&mut self) -> Option<Record<'a>> {
+        let b = self.text.as_bytes();
+        let n = b.len();
+        while self.pos < n {
+            // One pass over the line: fields are cut at whitespace, the line at '\n'.
+            self.line += 1;
+            let mut rec = Record { line: self.line, fields: [""; MAX_FIELDS], len: 0 };
+            let mut i = self.pos;
+            loop {
+                while i < n && b[i] != b'\n' && WHITESPACE[b[i] as usize] {
+                    i += 1;
+                }
+                if i >= n || b[i] == b'\n' {
+                    break;
+                }
+                let start = i;
+                while i < n && !WHITESPACE[b[i] as usize] {
+                    i += 1;
+                }
+                if rec.len < MAX_FIELDS {
+                    // Fields end at ASCII whitespace, so they are valid UTF-8 slices of `text`.
+                    rec.fields[rec.len] = &self.text[start..i];
+                    rec.len += 1;
+                }
+            }
+            self.pos = i + 1;
+            if rec.len > 0 && !rec.fields[0].starts_with('#') {
+                return Some(rec);
+            }
+        }
+        None
+    }
+}
+
+impl<'a> Record<'a> {
+    fn field(&self, i: usize, name: &'static str, kind: &'static str, layout: &'static str, path: &Path) -> Result<&'a str, TrecError> {
+        if i < self.len {
+            Ok(self.fields[i])
+        } else {
+            Err(TrecError::MissingColumn { path: path.into(), line: self.line, field: name, kind, layout })
+        }
+    }
 }
 
 fn read_text(path: &Path) -> Result<String, TrecError> {
@@ -147,23 +198,15 @@ impl Qrels {
     pub fn parse_str(text: &str, path: impl AsRef<Path>) -> Result<Self, TrecError> {
         let path = path.as_ref();
         let mut judgments: BTreeMap<String, BTreeMap<String, i32>> = BTreeMap::new();
-        for (line, l) in content_lines(text) {
-            let mut f = l.split_ascii_whitespace();
-            let mut next = |field| {
-                f.next().ok_or_else(|| TrecError::MissingColumn {
-                    path: path.into(),
-                    line,
-                    field,
-                    kind: "qrels",
-                    layout: QRELS_LAYOUT,
-                })
-            };
-            let qid = next("qid")?;
-            next("iteration")?;
-            let doc_id = next("docid")?;
-            let rel_s = next("rel")?;
-            if let Some(extra) = f.next() {
-                return Err(TrecError::ExtraColumn { path: path.into(), line, value: extra.into() });
+        for rec in Records::new(text) {
+            let line = rec.line;
+            let next = |i, field| rec.field(i, field, "qrels", QRELS_LAYOUT, path);
+            let qid = next(0, "qid")?;
+            next(1, "iteration")?;
+            let doc_id = next(2, "docid")?;
+            let rel_s = next(3, "rel")?;
+            if rec.len > 4 {
+                return Err(TrecError::ExtraColumn { path: path.into(), line, value: rec.fields[4].into() });
             }
             let rel: i32 = rel_s.parse().map_err(|_| TrecError::NotANumber {
                 path: path.into(),
@@ -211,9 +254,7 @@ impl Qrels {
 
 /// The first content line whose fields satisfy `pred` (only used to enrich error messages).
 fn first_line_with(text: &str, pred: impl Fn(&[&str]) -> bool) -> usize {
-    content_lines(text)
-        .find(|(_, l)| pred(&l.split_ascii_whitespace().collect::<Vec<_>>()))
-        .map_or(0, |(n, _)| n)
+    Records::new(text).find(|r| pred(&r.fields[..r.len])).map_or(0, |r| r.line)
 }
 
 impl Run {
@@ -235,32 +276,23 @@ impl Run {
         let mut cur_docs: Vec<Retrieved> = Vec::new();
         let mut cur_lines: Vec<usize> = Vec::new();
         let mut last_tag = "";
-        for (line, l) in content_lines(text) {
-            let mut f = l.split_ascii_whitespace();
-            let mut next = |field| {
-                f.next().ok_or_else(|| TrecError::MissingColumn {
-                    path: path.into(),
-                    line,
-                    field,
-                    kind: "run",
-                    layout: RUN_LAYOUT,
-                })
-            };
-            let qid = next("qid")?;
-            next("iteration")?;
-            let doc_id = next("docid")?;
-            next("rank")?;
-            let score_s = next("score")?;
-            last_tag = next("tag")?;
-            let score: f64 = score_s.parse().ok().filter(|s: &f64| !s.is_nan()).ok_or_else(|| {
-                TrecError::NotANumber {
+        for rec in Records::new(text) {
+            let line = rec.line;
+            let next = |i, field| rec.field(i, field, "run", RUN_LAYOUT, path);
+            let qid = next(0, "qid")?;
+            next(1, "iteration")?;
+            let doc_id = next(2, "docid")?;
+            next(3, "rank")?;
+            let score_s = next(4, "score")?;
+            last_tag = next(5, "tag")?;
+            let score: f64 =
+                score_s.parse().ok().filter(|s: &f64| !s.is_nan()).ok_or_else(|| TrecError::NotANumber {
                     path: path.into(),
                     line,
                     field: "score",
                     expected: "a number",
                     value: score_s.into(),
-                }
-            })?;
+                })?;
             if qid != cur_qid {
                 flush(&mut results, &mut lines, &mut cur_qid, &mut cur_docs, &mut cur_lines);
                 cur_qid.push_str(qid);
@@ -306,14 +338,46 @@ impl Run {
 /// equal scores docno *descending* (`strcmp(p2->docno, p1->docno)`), i.e. "d9" before "d10" before "d1".
 /// As in C, `-0.0 == 0.0`; a NaN score (files never hold one: the reader refuses it) ranks last.
 pub fn trec_eval_order(a: &Retrieved, b: &Retrieved) -> std::cmp::Ordering {
-    fn key(s: f64) -> f64 {
-        if s.is_nan() {
-            f64::NEG_INFINITY
-        } else {
-            s + 0.0 // -0.0 + 0.0 == +0.0
-        }
+    score_key(b.score).total_cmp(&score_key(a.score)).then_with(|| b.doc_id.as_bytes().cmp(a.doc_id.as_bytes()))
+}
+
+/// The score as trec_eval compares it: `-0.0` equals `0.0`, NaN ranks below everything.
+pub(crate) fn score_key(s: f64) -> f64 {
+    if s.is_nan() {
+        f64::NEG_INFINITY
+    } else {
+        s + 0.0 // -0.0 + 0.0 == +0.0
     }
-    key(b.score).total_cmp(&key(a.score)).then_with(|| b.doc_id.as_bytes().cmp(a.doc_id.as_bytes()))
+}
+
+/// Indices of `docs` in trec_eval's rank order ([`trec_eval_order`]).
+///
+/// Runs are normally written by descending score; then only groups of tied scores are sorted
+/// (by docno). Anything else is sorted in full.
+pub fn trec_eval_ranking(docs: &[Retrieved]) -> Vec<usize> {
+    let n = docs.len();
+    let mut idx: Vec<usize> = (0..n).collect();
+    let mut i = 1;
+    while i < n && score_key(docs[i].score) <= score_key(docs[i - 1].score) {
+        i += 1;
+    }
+    if i < n {
+        idx.sort_by(|&a, &b| trec_eval_order(&docs[a], &docs[b]));
+        return idx;
+    }
+    let mut start = 0;
+    while start < n {
+        let key = score_key(docs[start].score);
+        let mut end = start + 1;
+        while end < n && score_key(docs[end].score) == key {
+            end += 1;
+        }
+        if end - start > 1 {
+            idx[start..end].sort_by(|&a, &b| docs[b].doc_id.as_bytes().cmp(docs[a].doc_id.as_bytes()));
+        }
+        start = end;
+    }
+    idx
 }
 
 fn flush(
@@ -341,20 +405,52 @@ fn flush(
 }
 
 fn check_no_duplicates(path: &Path, qid: &str, docs: &[Retrieved], lines: &[usize]) -> Result<(), TrecError> {
-    let mut idx: Vec<usize> = (0..docs.len()).collect();
-    idx.sort_unstable_by(|&a, &b| docs[a].doc_id.cmp(&docs[b].doc_id).then(lines[a].cmp(&lines[b])));
-    for w in idx.windows(2) {
-        if docs[w[0]].doc_id == docs[w[1]].doc_id {
-            return Err(TrecError::DuplicateRetrieved {
-                path: path.into(),
-                line: lines[w[1]],
-                first_line: lines[w[0]],
-                qid: qid.into(),
-                doc_id: docs[w[0]].doc_id.clone(),
-            });
-        }
+    if let Some((first, dup)) = find_duplicate(docs) {
+        return Err(TrecError::DuplicateRetrieved {
+            path: path.into(),
+            line: lines[dup],
+            first_line: lines[first],
+            qid: qid.into(),
+            doc_id: docs[dup].doc_id.clone(),
+        });
     }
     Ok(())
+}
+
+/// Indices (first, second) of the first repeated docid, by an open-addressing hash set.
+/// Hand-rolled (FNV-1a, linear probing) rather than `HashSet`/sorting, which are generic code
+/// compiled unoptimised into this crate in the dev profile and ~10x slower on 10M-line runs.
+pub(crate) fn find_duplicate(docs: &[Retrieved]) -> Option<(usize, usize)> {
+    let cap = (docs.len() * 2).next_power_of_two().max(16);
+    let mask = cap - 1;
+    let mut table = vec![usize::MAX; cap];
+    for (i, d) in docs.iter().enumerate() {
+        let mut slot = fnv1a(d.doc_id.as_bytes()) as usize & mask;
+        loop {
+            let j = table[slot];
+            if j == usize::MAX {
+                table[slot] = i;
+                break;
+            }
+            if docs[j].doc_id == d.doc_id {
+                return Some((j, i));
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+    None
+}
+
+/// FNV-1a, 64 bit.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        h ^= bytes[i] as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    h
 }
 
 #[cfg(test)]
@@ -410,8 +506,8 @@ mod tests {
         assert!(matches!(e, TrecError::NotANumber { .. }), "{e:?}");
 
         // Duplicate docid within a query, even when the query's lines are not contiguous.
-        let e = Run::parse_str("q1 Q0 d1 1 3 t\nq2 Q0 d1 1 3 t\nq1 Q0 d2 2 2 t\nq1 Q0 d1 3 1 t\n", "b.run")
-            .unwrap_err();
+        let e =
+            Run::parse_str("q1 Q0 d1 1 3 t\nq2 Q0 d1 1 3 t\nq1 Q0 d2 2 2 t\nq1 Q0 d1 3 1 t\n", "b.run").unwrap_err();
         assert!(matches!(e, TrecError::DuplicateRetrieved { line: 4, first_line: 1, .. }), "{e:?}");
     }
 
@@ -440,5 +536,25 @@ mod tests {
         v.sort_by(trec_eval_order);
         let ids: Vec<_> = v.iter().map(|d| d.doc_id.as_str()).collect();
         assert_eq!(ids, ["a", "d9", "d10", "d1"]);
+    }
+
+    #[test]
+    fn trec_eval_ranking_agrees_with_a_full_sort() {
+        // Already by descending score (only ties to fix), unsorted, -0.0 vs 0.0, NaN.
+        let cases: [&[(&str, f64)]; 4] = [
+            &[("a", 3.0), ("b", 2.0), ("c", 2.0), ("z", 2.0), ("d", 1.0)],
+            &[("a", 1.0), ("b", 2.0), ("c", 2.0), ("d", 0.5)],
+            &[("a", 0.0), ("b", -0.0), ("c", 0.0)],
+            &[("a", f64::NAN), ("b", 1.0), ("c", f64::NEG_INFINITY)],
+        ];
+        for case in cases {
+            let docs: Vec<Retrieved> = case.iter().map(|(d, s)| Retrieved { doc_id: d.to_string(), score: *s }).collect();
+            let mut want: Vec<usize> = (0..docs.len()).collect();
+            want.sort_by(|&a, &b| trec_eval_order(&docs[a], &docs[b]));
+            assert_eq!(trec_eval_ranking(&docs), want, "{case:?}");
+        }
+        // -0.0 ties 0.0: c, b, a by descending docno.
+        let docs: Vec<Retrieved> = cases[2].iter().map(|(d, s)| Retrieved { doc_id: d.to_string(), score: *s }).collect();
+        assert_eq!(trec_eval_ranking(&docs), [2, 1, 0]);
     }
 }

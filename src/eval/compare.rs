@@ -275,7 +275,12 @@ impl Comparison {
         let _ = writeln!(
             out,
             "A = {}, B = {}, {} queries, seed {}, {} permutations, {} bootstrap samples",
-            self.run_a, self.run_b, self.queries, self.options.seed, self.options.permutations, self.options.bootstrap_samples
+            self.run_a,
+            self.run_b,
+            self.queries,
+            self.options.seed,
+            self.options.permutations,
+            self.options.bootstrap_samples
         );
         let ci = format!("{pct}% CI of B-A");
         let _ = writeln!(
