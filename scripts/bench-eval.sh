@@ -8,14 +8,15 @@
 # at opt-level 3) is the one build this project makes. Set TRECEVAL=/path/to/trec_eval to time a
 # trec_eval binary as well (the PyPI sdist of pytrec-eval-terrier does not ship trec_eval's source,
 # so this script does not build one). Files go to ${BENCH_DIR:-target/bench-eval} and are reused.
+# PYTHON_REF (default .venv/bin/python) and TUNELAB_BIN (default target/debug/tunelab) override tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 Q=${1:-10000}
 D=${2:-1000}
 DIR=${BENCH_DIR:-target/bench-eval}
-PY=.venv/bin/python
+PY=${PYTHON_REF:-.venv/bin/python}
 BIN=${TUNELAB_BIN:-target/debug/tunelab}
-[ -x "$PY" ] || { echo "missing $PY: run scripts/setup-python.sh" >&2; exit 1; }
+[ -x "$PY" ] || { echo "missing $PY: run scripts/setup-python.sh (or set PYTHON_REF)" >&2; exit 1; }
 [ -x "$BIN" ] || { echo "missing $BIN: run cargo build" >&2; exit 1; }
 mkdir -p "$DIR"
 QRELS="$DIR/bench-$Q-$D.qrels"
@@ -50,18 +51,29 @@ fi
 ls -la "$QRELS" "$RUN" >&2
 
 margs=(); for m in "${MEASURES[@]}"; do margs+=(-m "$m"); done
-now() { date +%s.%N; }
+# measure NAME OUT CMD...: run CMD with stdout to OUT; sets NAME_wall and NAME_cpu (user+sys seconds).
+# CPU time is reported too because a shared machine's wall time depends on its load.
+measure() {
+  local name=$1 out=$2; shift 2
+  local TIMEFORMAT='%R %U %S' t
+  t=$( { time "$@" > "$out" 2> "$out.err"; } 2>&1 ) || { cat "$out.err" >&2; exit 1; }
+  read -r w u s <<< "$t"
+  printf -v "${name}_wall" '%s' "$w"
+  printf -v "${name}_cpu" '%s' "$(awk "BEGIN{print $u + $s}")"
+}
 
 echo "timing tunelab eval ($BIN)" >&2
-t0=$(now); "$BIN" eval "${margs[@]}" "$QRELS" "$RUN" > "$DIR/tunelab.out"; t1=$(now)
-tunelab_s=$(awk "BEGIN{print $t1 - $t0}")
+measure tunelab "$DIR/tunelab.out" "$BIN" eval "${margs[@]}" "$QRELS" "$RUN"
 
-echo "timing pytrec_eval" >&2
-"$PY" - "$QRELS" "$RUN" "$DIR/pytrec.times" "${MEASURES[@]}" <<'PYEOF'
+have_py=""
+if "$PY" -c 'import pytrec_eval' 2>/dev/null; then
+  have_py=1
+  echo "timing pytrec_eval" >&2
+  cat > "$DIR/pytrec_bench.py" <<'PYEOF'
 import sys, time
 t0 = time.perf_counter()
 import pytrec_eval
-qrels_path, run_path, times_path, *measures = sys.argv[1:]
+qrels_path, run_path, *measures = sys.argv[1:]
 with open(qrels_path) as f:
     qrels = pytrec_eval.parse_qrel(f)
 with open(run_path) as f:
@@ -69,24 +81,37 @@ with open(run_path) as f:
 t1 = time.perf_counter()
 res = pytrec_eval.RelevanceEvaluator(qrels, set(measures)).evaluate(run)
 t2 = time.perf_counter()
-with open(times_path, "w") as out:
-    out.write(f"{t2 - t0} {t1 - t0} {t2 - t1}\n")
+print(f"{t1 - t0} {t2 - t1}")
 PYEOF
-read -r py_total py_parse py_eval < "$DIR/pytrec.times"
+  measure pytrec "$DIR/pytrec.times" "$PY" "$DIR/pytrec_bench.py" "$QRELS" "$RUN" "${MEASURES[@]}"
+  read -r py_parse py_eval < "$DIR/pytrec.times"
+else
+  echo "pytrec_eval is not importable with $PY: skipping it" >&2
+fi
 
 if [ -n "${TRECEVAL:-}" ]; then
   echo "timing $TRECEVAL" >&2
-  t0=$(now); "$TRECEVAL" "${margs[@]}" "$QRELS" "$RUN" > "$DIR/trec_eval.out"; t1=$(now)
-  te_s=$(awk "BEGIN{print $t1 - $t0}")
+  measure te "$DIR/trec_eval.out" "$TRECEVAL" "${margs[@]}" "$QRELS" "$RUN"
 fi
 
+ratio() { awk "BEGIN{printf \"%.2f\", $1 / $2}"; }
 lines=$(wc -l < "$RUN")
-printf '\nfiles: %s queries x %s docs (%s run lines), %s measures\n' "$Q" "$D" "$lines" "${#MEASURES[@]}"
-printf '%-34s %8.2f s\n' "tunelab eval (dev profile)" "$tunelab_s"
-printf '%-34s %8.2f s   (parse %.2f s + evaluate %.2f s)\n' "pytrec_eval (Python + trec_eval C)" "$py_total" "$py_parse" "$py_eval"
-printf '%-34s %8.2f   (>1: tunelab faster)\n' "ratio pytrec_eval / tunelab" "$(awk "BEGIN{print $py_total / $tunelab_s}")"
-if [ -n "${te_s:-}" ]; then
-  printf '%-34s %8.2f s\n' "trec_eval binary" "$te_s"
-  printf '%-34s %8.2f   (>1: tunelab faster)\n' "ratio trec_eval / tunelab" "$(awk "BEGIN{print $te_s / $tunelab_s}")"
+printf '\nmachine: %s cores, %s\n' "$(nproc)" "$(uptime | sed 's/.*load/load/')"
+printf 'files: %s queries x %s docs (%s run lines), measures: %s\n' "$Q" "$D" "$lines" "${MEASURES[*]}"
+printf '%-36s %9s %9s\n' "" "wall s" "cpu s"
+printf '%-36s %9.2f %9.2f\n' "tunelab eval (dev profile)" "$tunelab_wall" "$tunelab_cpu"
+if [ -n "$have_py" ]; then
+  printf '%-36s %9.2f %9.2f   (parse %.2f s + evaluate %.2f s)\n' "pytrec_eval (Python + trec_eval C)" "$pytrec_wall" "$pytrec_cpu" "$py_parse" "$py_eval"
+fi
+if [ -n "${TRECEVAL:-}" ]; then
+  printf '%-36s %9.2f %9.2f\n' "trec_eval binary" "$te_wall" "$te_cpu"
+fi
+echo "ratios (other / tunelab; >1 means tunelab is faster):"
+if [ -n "$have_py" ]; then
+  printf '  pytrec_eval: wall %s, cpu %s\n' "$(ratio "$pytrec_wall" "$tunelab_wall")" "$(ratio "$pytrec_cpu" "$tunelab_cpu")"
+fi
+if [ -n "${TRECEVAL:-}" ]; then
+  printf '  trec_eval:   wall %s, cpu %s\n' "$(ratio "$te_wall" "$tunelab_wall")" "$(ratio "$te_cpu" "$tunelab_cpu")"
+  if cmp -s "$DIR/tunelab.out" "$DIR/trec_eval.out"; then echo "outputs: byte-identical"; else echo "outputs: DIFFER (see $DIR/*.out)"; fi
 fi
 grep -E "^(map|ndcg_cut_10|P_10) " "$DIR/tunelab.out" >&2 || true
