@@ -32,9 +32,9 @@ rng = random.Random(12345)
 with open(qrels_path + ".part", "w") as qrels, open(run_path + ".part", "w") as run:
     for i in range(q):
         qid = f"q{i}"
-        docs = rng.sample(range(5_000_000), d + 40)
-        # 60 judgments: 40 among the retrieved documents, 20 never retrieved; grades 0-3.
-        for doc in docs[:40] + docs[d:d + 20]:
+        docs = rng.sample(range(5_000_000), d + 20)
+        # Up to 60 judgments: 40 among the retrieved documents, 20 never retrieved; grades 0-3.
+        for doc in docs[:min(40, d)] + docs[d:]:
             qrels.write(f"{qid} 0 D{doc} {rng.choice((0, 0, 1, 1, 2, 3))}\n")
         ranked = docs[:d]
         rng.shuffle(ranked)

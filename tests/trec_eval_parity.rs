@@ -5,8 +5,8 @@
 //! The two sides share nothing but the files: tunelab is run as its binary, the reference is
 //! `scripts/trec_eval_reference.py`, which reads the files with pytrec_eval's parsers and computes
 //! with trec_eval's C functions. A control (a perturbed run) checks the comparison can fail.
-//! Without .venv the test fails, telling to run scripts/setup-python.sh, unless
-//! TUNELAB_SKIP_REFERENCE=1 (then it says it skipped).
+//! Without .venv (or TUNELAB_REFERENCE_PYTHON) the test fails, telling to run
+//! scripts/setup-python.sh, unless TUNELAB_SKIP_REFERENCE=1 (then it says it skipped).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -37,14 +37,16 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The reference interpreter, or None when the test is told to skip.
+/// The reference interpreter (TUNELAB_REFERENCE_PYTHON, default .venv/bin/python), or None when
+/// the test is told to skip.
 fn reference_python() -> Option<PathBuf> {
-    let py = repo().join(".venv/bin/python");
+    let py =
+        std::env::var_os("TUNELAB_REFERENCE_PYTHON").map_or_else(|| repo().join(".venv/bin/python"), PathBuf::from);
     if py.exists() {
         return Some(py);
     }
     if std::env::var("TUNELAB_SKIP_REFERENCE").as_deref() == Ok("1") {
-        eprintln!("NOTICE: trec_eval parity test SKIPPED (TUNELAB_SKIP_REFERENCE=1 and no .venv)");
+        eprintln!("NOTICE: trec_eval parity test SKIPPED (TUNELAB_SKIP_REFERENCE=1 and no {})", py.display());
         return None;
     }
     panic!(
@@ -285,7 +287,8 @@ fn text_output_is_byte_identical_to_a_trec_eval_binary() {
     std::fs::write(&qrels, &g.qrels).unwrap();
     std::fs::write(&run, &g.run).unwrap();
     for extra in [&["-q", "-c", "-m", "runid"][..], &["-q", "-c", "-l", "2"][..], &["-c"][..]] {
-        let ours = run_ok(Command::new(env!("CARGO_BIN_EXE_tunelab")).arg("eval").args(args(extra)).arg(&qrels).arg(&run));
+        let ours =
+            run_ok(Command::new(env!("CARGO_BIN_EXE_tunelab")).arg("eval").args(args(extra)).arg(&qrels).arg(&run));
         let theirs = run_ok(Command::new(&trec_eval).args(args(extra)).arg(&qrels).arg(&run));
         assert!(theirs.lines().count() > 20, "trec_eval printed little: {theirs}");
         if ours != theirs {

@@ -161,7 +161,14 @@ impl<'a> Iterator for Records<'a> {
 }
 
 impl<'a> Record<'a> {
-    fn field(&self, i: usize, name: &'static str, kind: &'static str, layout: &'static str, path: &Path) -> Result<&'a str, TrecError> {
+    fn field(
+        &self,
+        i: usize,
+        name: &'static str,
+        kind: &'static str,
+        layout: &'static str,
+        path: &Path,
+    ) -> Result<&'a str, TrecError> {
         if i < self.len {
             Ok(self.fields[i])
         } else {
@@ -548,13 +555,15 @@ mod tests {
             &[("a", f64::NAN), ("b", 1.0), ("c", f64::NEG_INFINITY)],
         ];
         for case in cases {
-            let docs: Vec<Retrieved> = case.iter().map(|(d, s)| Retrieved { doc_id: d.to_string(), score: *s }).collect();
+            let docs: Vec<Retrieved> =
+                case.iter().map(|(d, s)| Retrieved { doc_id: d.to_string(), score: *s }).collect();
             let mut want: Vec<usize> = (0..docs.len()).collect();
             want.sort_by(|&a, &b| trec_eval_order(&docs[a], &docs[b]));
             assert_eq!(trec_eval_ranking(&docs), want, "{case:?}");
         }
         // -0.0 ties 0.0: c, b, a by descending docno.
-        let docs: Vec<Retrieved> = cases[2].iter().map(|(d, s)| Retrieved { doc_id: d.to_string(), score: *s }).collect();
+        let docs: Vec<Retrieved> =
+            cases[2].iter().map(|(d, s)| Retrieved { doc_id: d.to_string(), score: *s }).collect();
         assert_eq!(trec_eval_ranking(&docs), [2, 1, 0]);
     }
 }

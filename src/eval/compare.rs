@@ -347,8 +347,9 @@ mod tests {
 
     #[test]
     fn randomization_p_formula_counts_the_observed_labelling() {
-        // All-equal differences: only the all-plus and all-minus patterns reach |sum| = 8, so with
-        // 0 permutations p = (0 + 1) / (0 + 1) = 1, and all zeros give p = 1 (every round ties).
+        // With 0 permutations only the observed labelling counts: p = (0 + 1) / (0 + 1) = 1.
+        // All-zero differences: every round's |sum| = 0 reaches the observed 0, so
+        // p = (99 + 1) / (99 + 1) = 1.
         assert_eq!(randomization_test(&[1.0; 8], 0, &mut ChaCha8Rng::seed_from_u64(0)), 1.0);
         assert_eq!(randomization_test(&[0.0; 5], 99, &mut ChaCha8Rng::seed_from_u64(0)), 1.0);
     }

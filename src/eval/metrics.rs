@@ -424,6 +424,8 @@ pub struct Evaluation {
 }
 
 /// Evaluate `run` against `qrels` on `measures` (see the module notes for trec_eval's rules).
+/// A run query present with an empty document list (possible in memory, never in a file) is
+/// evaluated as an empty ranking.
 pub fn evaluate(qrels: &Qrels, run: &Run, measures: &[Measure], opts: &EvalOptions) -> Evaluation {
     let level = opts.relevance_level;
     let empty: Vec<Retrieved> = Vec::new();
