@@ -11,8 +11,9 @@
 //! of keeping the model it has. Both runs must cover exactly the same queries: a gate that compares
 //! different query sets compares nothing, so that is an error, not a warning.
 //!
-//! The test is a plug ([`PairedTest`]); [`RandomizationTest`] is the paired sign-flip
-//! randomization test with the same definition as `eval::compare` (p = (count + 1) / (rounds + 1)).
+//! The test is a plug ([`PairedTest`]); [`RandomizationTest`] is `eval::compare`'s paired
+//! sign-flip randomization test with the same seed stream, so the gate's p-values are
+//! `tunelab compare`'s.
 //!
 //! **Per-query metrics** come from a run directory's `metrics.arrow` (Arrow IPC, long format:
 //! `qid`, `measure`, `value`, and optionally `system` when one file holds several systems, as
@@ -44,9 +45,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+
+use crate::eval::compare::randomization_test;
 
 /// Why a gate could not be evaluated or a store changed.
 #[derive(Debug, thiserror::Error)]
@@ -265,9 +268,10 @@ impl<F: Fn(&[f64], &[f64]) -> f64> PairedTest for F {
     }
 }
 
-/// Paired randomization (sign-flip) test, seeded (Smucker, Allan & Carterette 2007). Under H0 each
-/// per-query difference's sign is exchangeable; p = (count + 1) / (rounds + 1), where count is the
-/// number of rounds whose |mean| reaches the observed |mean| (100 ulps of slack for rounding).
+/// Paired randomization (sign-flip) test, seeded: [`eval::compare::randomization_test`]
+/// (Smucker, Allan & Carterette 2007; p = (count + 1) / (rounds + 1)).
+///
+/// [`eval::compare::randomization_test`]: crate::eval::compare::randomization_test
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RandomizationTest {
     pub permutations: usize,
@@ -283,21 +287,11 @@ impl RandomizationTest {
 impl PairedTest for RandomizationTest {
     fn p_value(&self, current: &[f64], candidate: &[f64]) -> f64 {
         let diffs: Vec<f64> = candidate.iter().zip(current).map(|(b, a)| b - a).collect();
-        if diffs.is_empty() {
-            return 1.0;
-        }
-        let n = diffs.len() as f64;
-        let observed = (diffs.iter().sum::<f64>() / n).abs();
-        let threshold = observed - 100.0 * f64::EPSILON * observed.max(f64::MIN_POSITIVE);
+        // Stream 0 of the seed, as `eval::compare::compare_values` draws it: the gate's p-values
+        // equal `tunelab compare`'s for the same seed.
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-        let mut count = 0usize;
-        for _ in 0..self.permutations {
-            let s: f64 = diffs.iter().map(|d| if rng.random::<bool>() { *d } else { -*d }).sum();
-            if (s / n).abs() >= threshold {
-                count += 1;
-            }
-        }
-        (count + 1) as f64 / (self.permutations + 1) as f64
+        rng.set_stream(0);
+        randomization_test(&diffs, self.permutations, &mut rng)
     }
 }
 

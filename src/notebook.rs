@@ -38,6 +38,8 @@ use std::time::{Duration, Instant};
 use plotters::prelude::*;
 use polars::prelude::{AnyValue, DataFrame};
 
+pub mod batch;
+
 /// Why something could not be displayed.
 #[derive(Debug, thiserror::Error)]
 pub enum NotebookError {

@@ -3,7 +3,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
+use crate::eval::compare::CompareOptions;
 use crate::gate::{GateConfig, GateDecision, ModelStore, RandomizationTest, RunMetrics, gate};
+use crate::notebook::batch::{BatchFile, SummaryOptions, summarize, write_summary};
 
 /// Exit status of `tunelab gate` when the candidate is refused (1 is an error).
 pub const REFUSED_EXIT: i32 = 2;
@@ -121,5 +123,85 @@ pub fn run_rollback(a: RollbackArgs) -> anyhow::Result<()> {
     let store = ModelStore::open(&a.store)?;
     let (from, to) = store.rollback()?;
     println!("rolled back {}: current v{from} -> v{to}", a.store.display());
+    Ok(())
+}
+
+/// Summarise a notebook batch (`batch.json` from scripts/run-notebooks): every configuration's
+/// per-query metrics against a baseline, ranked with confidence intervals and p-values.
+#[derive(clap::Args, Debug)]
+pub struct BatchSummaryArgs {
+    /// The batch's batch.json.
+    pub batch: PathBuf,
+    /// Where to write summary.md, summary.html, summary.json (default: beside batch.json).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The measure that ranks the configurations.
+    #[arg(long, default_value = "recip_rank")]
+    pub primary: String,
+    /// Measures to report (comma-separated; default: all that every configuration has).
+    #[arg(long, value_delimiter = ',')]
+    pub measures: Vec<String>,
+    /// Baseline configuration (default: the first with metrics).
+    #[arg(long)]
+    pub baseline: Option<String>,
+    /// The system to read when a metrics.arrow holds several.
+    #[arg(long)]
+    pub system: Option<String>,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 10_000)]
+    pub permutations: usize,
+    #[arg(long, default_value_t = 10_000)]
+    pub bootstrap: usize,
+    #[arg(long, default_value_t = 0.95)]
+    pub confidence: f64,
+}
+
+pub fn run_batch_summary(a: BatchSummaryArgs) -> anyhow::Result<()> {
+    let batch = BatchFile::read(&a.batch)?;
+    let mut configs = Vec::new();
+    for r in batch.runs.iter().filter(|r| r.status == "ok") {
+        if let Some(m) = &r.metrics {
+            let metrics = RunMetrics::read(std::path::Path::new(m), a.system.as_deref())
+                .with_context(|| format!("configuration `{}`", r.name))?;
+            configs.push((r.name.clone(), metrics));
+        }
+    }
+    let opts = SummaryOptions {
+        primary: a.primary,
+        measures: a.measures,
+        baseline: a.baseline,
+        compare: CompareOptions {
+            seed: a.seed,
+            permutations: a.permutations,
+            bootstrap_samples: a.bootstrap,
+            confidence: a.confidence,
+            ..CompareOptions::default()
+        },
+    };
+    let summary = if configs.is_empty() { None } else { Some(summarize(&configs, &opts)?) };
+    let dir = match a.out {
+        Some(d) => d,
+        None => a.batch.parent().map(std::path::Path::to_path_buf).unwrap_or_default(),
+    };
+    let paths = write_summary(&dir, &batch, summary.as_ref())?;
+    if let Some(s) = &summary {
+        println!("ranking on {} (baseline {}):", s.primary, s.baseline);
+        for (i, name) in s.ranking.iter().enumerate() {
+            if let Some(r) = s.row(name, &s.primary) {
+                println!(
+                    "  {}. {:<32} {:.4} [{:.4}, {:.4}]  diff {:+.4}  p {:.4}",
+                    i + 1,
+                    name,
+                    r.mean,
+                    r.ci_low,
+                    r.ci_high,
+                    r.difference,
+                    r.p_value
+                );
+            }
+        }
+    }
+    println!("wrote {} and {}", paths.markdown.display(), paths.html.display());
     Ok(())
 }

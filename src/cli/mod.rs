@@ -56,6 +56,8 @@ pub enum Command {
     Promote(gate::PromoteArgs),
     /// Point a model store back at the previous version.
     Rollback(gate::RollbackArgs),
+    /// Summarise a notebook batch (scripts/run-notebooks): configurations ranked with CIs and p-values.
+    BatchSummary(gate::BatchSummaryArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -86,5 +88,6 @@ pub fn main() -> anyhow::Result<()> {
         Command::Gate(a) => gate::run_gate(a),
         Command::Promote(a) => gate::run_promote(a),
         Command::Rollback(a) => gate::run_rollback(a),
+        Command::BatchSummary(a) => gate::run_batch_summary(a),
     }
 }
