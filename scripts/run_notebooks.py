@@ -296,6 +296,7 @@ def run_config(cfg: dict, batch_dir: Path, args) -> dict:
     # (One kernel per directory at a time; this runner runs one notebook at a time.)
     tmpdir = ROOT / "target" / "evcxr" / nb_path.stem
     tmpdir.mkdir(parents=True, exist_ok=True)
+    seed_lockfile(tmpdir)
     os.environ["EVCXR_TMPDIR"] = str(tmpdir)
     client = NotebookClient(
         nb,
@@ -343,6 +344,22 @@ def run_config(cfg: dict, batch_dir: Path, args) -> dict:
         if manifests:
             result["report_dir"] = str(manifests[-1].parent)
     return result
+
+
+def seed_lockfile(tmpdir: Path) -> None:
+    """Give evcxr's build directory the repository's Cargo.lock (evcxr writes none of its own), so
+    the notebooks build the same dependency versions as the tests; refreshed when the lock changes."""
+    import hashlib
+
+    lock = ROOT / "Cargo.lock"
+    if not lock.exists():
+        return
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()
+    marker = tmpdir / ".tunelab-cargo-lock-sha256"
+    if marker.exists() and marker.read_text().strip() == digest and (tmpdir / "Cargo.lock").exists():
+        return
+    shutil.copyfile(lock, tmpdir / "Cargo.lock")
+    marker.write_text(digest + "\n")
 
 
 def render_html(executed: Path) -> Path:
