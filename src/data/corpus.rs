@@ -135,7 +135,8 @@ pub fn parse_markdown(default_id: &str, text: &str) -> Result<Document, Markdown
     let mut governance = Governance::default();
     let (mut id, mut fm_title) = (None, None);
     for (line, key, value) in front {
-        let value = Some(value.to_string()).filter(|v| !v.is_empty());
+        // YAML spells "no value" as `null`, `~` or nothing.
+        let value = Some(value.to_string()).filter(|v| !matches!(v.as_str(), "" | "null" | "~"));
         match key {
             "id" => id = value,
             "title" => fm_title = value,
@@ -272,7 +273,7 @@ mod tests {
 
     #[test]
     fn front_matter_title_and_governance() {
-        let md = "---\nid: tide-001\nclassification: community\ncontributor: \"ana\"\nconsent: c-12\nsource: field notes\ntags:\n  - sea\n---\n\nSome preface.\n\n# Tide tables\n\nBody.\n";
+        let md = "---\nid: \"tide-001\"\nclassification: community\ncontributor: \"ana\"\nconsent: c-12\nsource: field notes\ntags:\n  - sea\n---\n\nSome preface.\n\n# Tide tables\n\nBody.\n";
         let d = parse_markdown("coast/tides", md).unwrap();
         assert_eq!(d.id, "tide-001");
         assert_eq!(d.title, "Tide tables");
@@ -285,7 +286,7 @@ mod tests {
 
     #[test]
     fn without_front_matter_or_heading_id_and_title_come_from_the_path() {
-        let d = parse_markdown("coast/tides", "## Only a subheading\ntext\n").unwrap();
+        let d = parse_markdown("coast/tides", "---\nconsent: null\ncontributor: ~\nsource:\n---\n## Only a subheading\ntext\n").unwrap();
         assert_eq!((d.id.as_str(), d.title.as_str()), ("coast/tides", "tides"));
         assert_eq!(d.governance, Governance::default());
         // `#hashtag` is not a heading; a heading inside a code fence is not a title.

@@ -382,7 +382,7 @@ fn req_str(df: &DataFrame, name: &str, i: usize) -> PolarsResult<String> {
 fn list_str(df: &DataFrame, name: &str, i: usize) -> PolarsResult<Vec<String>> {
     match df.column(name)?.list()?.get_as_series(i) {
         None => Ok(Vec::new()),
-        Some(s) => Ok(s.str()?.into_iter().map(|v| v.unwrap_or_default().to_string()).collect()),
+        Some(s) => Ok(s.str()?.iter().map(|v| v.unwrap_or_default().to_string()).collect()),
     }
 }
 
@@ -708,6 +708,7 @@ macro_rules! with_records {
         }
     };
 }
+#[allow(unused_imports)] // exported for the CLI and notebooks
 pub(crate) use with_records;
 
 /// Runs `$body` with the type alias `$t` set to the record type of a [`Format`].

@@ -166,7 +166,7 @@ pub fn write_split<T: Record>(splits: &Splits<T>, dir: &Path) -> Result<SplitAud
 }
 
 fn count_unique(df: &DataFrame, col: &str) -> usize {
-    df.column(col).ok().and_then(|c| c.u32().ok().map(|c| c.into_iter().collect::<BTreeSet<_>>().len())).unwrap_or(0)
+    df.column(col).ok().and_then(|c| c.u32().ok().map(|c| c.iter().collect::<BTreeSet<_>>().len())).unwrap_or(0)
 }
 
 /// Text normalised for duplicate and leakage checks: lower case, letters and digits only, single spaces.
@@ -345,7 +345,7 @@ mod tests {
 
         let d = duplicates(&parts).unwrap();
         // a and b normalise to the same query and positive; nothing else repeats.
-        assert_eq!(d.column("id").unwrap().str().unwrap().into_iter().flatten().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(d.column("id").unwrap().str().unwrap().iter().flatten().collect::<Vec<_>>(), ["a", "b"]);
 
         let l = leakage(&parts).unwrap();
         // Only positive "y" (c in train, d in test) crosses splits; "tide tables" stays inside train.

@@ -123,7 +123,7 @@ mod tests {
     use crate::data::governance::{Classification, Policy};
 
     fn u32s(df: &DataFrame, c: &str) -> Vec<u32> {
-        df.column(c).unwrap().u32().unwrap().into_iter().map(Option::unwrap).collect()
+        df.column(c).unwrap().u32().unwrap().iter().map(Option::unwrap).collect()
     }
 
     #[test]
@@ -133,15 +133,15 @@ mod tests {
         let train = vec![p("a b", "x"), p("hello", "one two three")];
         let test = vec![p("q", "")];
         let df = length_stats(&[("train", &train[..]), ("test", &test[..])]).unwrap();
-        let fields: Vec<&str> = df.column("field").unwrap().str().unwrap().into_iter().flatten().collect();
+        let fields: Vec<&str> = df.column("field").unwrap().str().unwrap().iter().flatten().collect();
         assert_eq!(fields, ["query", "positive", "query", "positive"]);
         assert_eq!(u32s(&df, "count"), [2, 2, 1, 1]);
         assert_eq!(u32s(&df, "chars_min"), [3, 1, 1, 0]);
         assert_eq!(u32s(&df, "chars_max"), [5, 13, 1, 0]);
         assert_eq!(u32s(&df, "tokens_max"), [2, 3, 1, 0]);
-        let means: Vec<f64> = df.column("chars_mean").unwrap().f64().unwrap().into_iter().flatten().collect();
+        let means: Vec<f64> = df.column("chars_mean").unwrap().f64().unwrap().iter().flatten().collect();
         assert_eq!(means, [4.0, 7.0, 1.0, 0.0]); // (3+5)/2, (1+13)/2
-        let tmeans: Vec<f64> = df.column("tokens_mean").unwrap().f64().unwrap().into_iter().flatten().collect();
+        let tmeans: Vec<f64> = df.column("tokens_mean").unwrap().f64().unwrap().iter().flatten().collect();
         assert_eq!(tmeans, [1.5, 2.0, 1.0, 0.0]);
     }
 
@@ -150,7 +150,7 @@ mod tests {
         let m = |role, c: &str| ChatMessage { role, content: c.into() };
         let recs = vec![ChatRecord { messages: vec![m(Role::User, "hi there"), m(Role::Assistant, "hello")], ..Default::default() }];
         let df = length_stats(&[("train", &recs[..])]).unwrap();
-        let fields: Vec<&str> = df.column("field").unwrap().str().unwrap().into_iter().flatten().collect();
+        let fields: Vec<&str> = df.column("field").unwrap().str().unwrap().iter().flatten().collect();
         assert_eq!(fields, ["user", "assistant"]);
     }
 
@@ -166,7 +166,7 @@ mod tests {
         assert_eq!(u32s(&counts, "kept"), [2, 0, 0, 0, 0]);
         assert_eq!(u32s(&counts, "excluded"), [0, 0, 0, 1, 1]);
         let ex = audit_excluded(g.audit()).unwrap();
-        let reasons: Vec<&str> = ex.column("reason").unwrap().str().unwrap().into_iter().flatten().collect();
+        let reasons: Vec<&str> = ex.column("reason").unwrap().str().unwrap().iter().flatten().collect();
         assert_eq!(reasons, ["sacred", "unclassified"]);
     }
 }
