@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::governance::{Classification, Governance, Governed};
-use super::jsonl::{from_value, read_values, BadLines, DataError, Read};
+use super::jsonl::{from_value, read_with, BadLines, DataError, Read};
 
 /// One searchable document.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -76,12 +76,7 @@ pub(crate) fn parse_line(file: &Path, line: usize, value: serde_json::Value) -> 
 
 /// Reads a JSONL corpus (`{"id","title","text"}` plus governance fields).
 pub fn read_corpus_jsonl(path: &Path, bad: BadLines) -> Result<Read<Document>, DataError> {
-    let values = read_values(path, bad)?;
-    let mut out = Read { skipped: values.skipped, ..Read::default() };
-    for (line, value) in values.lines.into_iter().zip(values.records) {
-        out.push(line, parse_line(path, line, value), bad)?;
-    }
-    Ok(out)
+    read_with(path, bad, |line, v| parse_line(path, line, v))
 }
 
 /// Reads a corpus from a JSONL file or a folder of markdown files (`.md`, `.markdown`).

@@ -41,7 +41,7 @@ use serde_json::Value;
 
 use super::corpus::{read_markdown_dir, Document};
 use super::governance::{Classification, Governance, Governed};
-use super::jsonl::{from_value, read_values, write_jsonl, BadLines, DataError, Read, SkippedLine};
+use super::jsonl::{from_value, read_with, write_jsonl, BadLines, DataError, Read, SkippedLine};
 
 /// A record type tunelab reads, writes, governs, splits and summarises.
 pub trait Record: Governed + DeserializeOwned + Clone {
@@ -669,12 +669,7 @@ impl Record for Document {
 
 /// Reads a JSONL file of one known record type (no format detection).
 pub fn read_records<T: Record>(path: &Path, bad: BadLines) -> Result<Read<T>, DataError> {
-    let values = read_values(path, bad)?;
-    let mut out = Read { skipped: values.skipped, ..Read::default() };
-    for (line, value) in values.lines.into_iter().zip(values.records) {
-        out.push(line, T::parse(path, line, value), bad)?;
-    }
-    Ok(out)
+    read_with(path, bad, |line, v| T::parse(path, line, v))
 }
 
 /// Writes records as JSONL (atomically).
@@ -787,24 +782,10 @@ impl Dataset {
         Ok(())
     }
 
-    fn parse(format: Format, file: &Path, lines: Vec<(usize, Value)>, bad: BadLines, skipped: &mut Vec<SkippedLine>) -> Result<Dataset, DataError> {
-        fn typed<T: Record>(file: &Path, lines: Vec<(usize, Value)>, bad: BadLines, skipped: &mut Vec<SkippedLine>) -> Result<Vec<T>, DataError> {
-            let mut out = Read::default();
-            for (line, v) in lines {
-                out.push(line, T::parse(file, line, v), bad)?;
-            }
-            skipped.extend(out.skipped);
-            Ok(out.records)
-        }
-        Ok(match format {
-            Format::Chat => Dataset::Chat(typed(file, lines, bad, skipped)?),
-            Format::Completions => Dataset::Completions(typed(file, lines, bad, skipped)?),
-            Format::Text => Dataset::Text(typed(file, lines, bad, skipped)?),
-            Format::QueryExpansion => Dataset::QueryExpansion(typed(file, lines, bad, skipped)?),
-            Format::Pairs => Dataset::Pairs(typed(file, lines, bad, skipped)?),
-            Format::Reranker => Dataset::Reranker(typed(file, lines, bad, skipped)?),
-            Format::Corpus => Dataset::Corpus(typed(file, lines, bad, skipped)?),
-        })
+    /// Parses one JSON line as a record of this dataset's format and appends it.
+    pub fn push_value(&mut self, file: &Path, line: usize, value: Value) -> Result<(), DataError> {
+        with_records!(self, r => r.push(Record::parse(file, line, value)?));
+        Ok(())
     }
 }
 
@@ -812,39 +793,33 @@ impl Dataset {
 /// the first record; a line of another format (or of none) is a [`DataError`] naming it.
 /// Returns `None` for a file without records.
 pub fn read_detected(path: &Path, bad: BadLines) -> Result<(Option<Dataset>, Vec<SkippedLine>), DataError> {
-    let values = read_values(path, bad)?;
-    let mut skipped = values.skipped;
     let mut first: Option<(Format, usize)> = None;
-    let mut lines = Vec::new();
-    let mut good = Read::default();
-    for (line, v) in values.lines.into_iter().zip(values.records) {
-        let checked = match (Format::detect(&v), first) {
-            (None, _) => Err(DataError::at(
+    let mut data: Option<Dataset> = None;
+    let read = read_with(path, bad, |line, v| {
+        let format = Format::detect(&v).ok_or_else(|| {
+            DataError::at(
                 path,
                 line,
                 None,
                 "unrecognised record: expected `messages`, `prompt`+`completion`, `text`, `query`+`output`, \
                  `query`+`positive`, `query`+`document`, or `id`+`title`+`text`",
-            )),
-            (Some(f), None) => {
-                first = Some((f, line));
-                Ok(v)
+            )
+        })?;
+        match first {
+            None => first = Some((format, line)),
+            Some((f0, l0)) if f0 != format => {
+                return Err(DataError::at(
+                    path,
+                    line,
+                    None,
+                    format!("mixed formats: this line is {format} but line {l0} is {f0}; use one format per file"),
+                ));
             }
-            (Some(f), Some((f0, _))) if f == f0 => Ok(v),
-            (Some(f), Some((f0, l0))) => Err(DataError::at(
-                path,
-                line,
-                None,
-                format!("mixed formats: this line is {f} but line {l0} is {f0}; use one format per file"),
-            )),
-        };
-        good.push(line, checked, bad)?;
-    }
-    skipped.append(&mut good.skipped);
-    lines.extend(good.lines.into_iter().zip(good.records));
-    let Some((format, _)) = first else { return Ok((None, skipped)) };
-    let data = Dataset::parse(format, path, lines, bad, &mut skipped)?;
-    Ok((Some(data), skipped))
+            Some(_) => {}
+        }
+        data.get_or_insert_with(|| Dataset::empty(format)).push_value(path, line, v)
+    })?;
+    Ok((data, read.skipped))
 }
 
 /// One file of a loaded dataset: `train`/`valid`/`test` in the MLX-LM layout, else the file stem.

@@ -140,8 +140,13 @@ impl<T> Read<T> {
     }
 }
 
-/// Reads every non-blank line of a JSONL file as a JSON value (syntax only).
-pub fn read_values(path: &Path, bad: BadLines) -> Result<Read<Value>, DataError> {
+/// Reads a JSONL file in one pass: each non-blank line is parsed as JSON and handed to `parse` with
+/// its 1-based line number. Errors come in line order; under [`BadLines::SkipBad`] they are collected.
+pub fn read_with<T>(
+    path: &Path,
+    bad: BadLines,
+    mut parse: impl FnMut(usize, Value) -> Result<T, DataError>,
+) -> Result<Read<T>, DataError> {
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
     let mut out = Read::default();
     for (i, line) in BufReader::new(file).lines().enumerate() {
@@ -150,12 +155,17 @@ pub fn read_values(path: &Path, bad: BadLines) -> Result<Read<Value>, DataError>
         if text.trim().is_empty() {
             continue;
         }
-        let value = serde_json::from_str::<Value>(&text).map_err(|e| {
-            DataError::at(path, line_no, None, format!("invalid JSON at column {}: {}", e.column(), strip_position(&e)))
-        });
-        out.push(line_no, value, bad)?;
+        let record = serde_json::from_str::<Value>(&text)
+            .map_err(|e| DataError::at(path, line_no, None, format!("invalid JSON at column {}: {}", e.column(), strip_position(&e))))
+            .and_then(|v| parse(line_no, v));
+        out.push(line_no, record, bad)?;
     }
     Ok(out)
+}
+
+/// Reads every non-blank line of a JSONL file as a JSON value (syntax only).
+pub fn read_values(path: &Path, bad: BadLines) -> Result<Read<Value>, DataError> {
+    read_with(path, bad, |_, v| Ok(v))
 }
 
 /// Deserialises one parsed line into `T`, naming the failing field when serde can tell.
@@ -177,12 +187,7 @@ pub fn from_value<T: DeserializeOwned>(file: &Path, line: usize, value: Value) -
 
 /// Reads a JSONL file of `T` records. Blank lines are ignored.
 pub fn read_jsonl<T: DeserializeOwned>(path: &Path, bad: BadLines) -> Result<Read<T>, DataError> {
-    let values = read_values(path, bad)?;
-    let mut out = Read { skipped: values.skipped, ..Read::default() };
-    for (line, value) in values.lines.into_iter().zip(values.records) {
-        out.push(line, from_value(path, line, value), bad)?;
-    }
-    Ok(out)
+    read_with(path, bad, |line, v| from_value(path, line, v))
 }
 
 /// Writes records as JSONL, atomically: to a temporary file beside `path`, renamed over it at the end,
@@ -280,6 +285,13 @@ mod tests {
         let e = read_jsonl::<Rec>(&p, BadLines::Fail).unwrap_err();
         assert_eq!((e.line, e.field.as_deref()), (Some(2), Some("query")));
         assert!(e.message.contains("missing field"), "{e}");
+    }
+
+    #[test]
+    fn the_first_bad_line_is_reported_whatever_its_kind() {
+        // Line 2 has a type error, line 3 a syntax error: line 2 comes first.
+        let (_d, p) = file("{\"query\":\"a\"}\n{\"query\":2}\n{\"query\"\n");
+        assert_eq!(read_jsonl::<Rec>(&p, BadLines::Fail).unwrap_err().line, Some(2));
     }
 
     #[test]
