@@ -4,11 +4,11 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::data::corpus::read_corpus;
-use crate::data::formats::{load, with_format, Loaded, Record};
+use crate::data::formats::{Loaded, Record, load, with_format};
 use crate::data::governance::Policy;
-use crate::data::jsonl::{write_jsonl, BadLines};
+use crate::data::jsonl::{BadLines, write_jsonl};
 use crate::data::mining::mine_pairs;
-use crate::data::split::{duplicates, leakage, split, write_split, SplitConfig};
+use crate::data::split::{SplitConfig, duplicates, leakage, split, write_split};
 use crate::data::stats;
 use crate::device::DeviceChoice;
 
@@ -74,10 +74,21 @@ pub fn run(cmd: DataCommand, _device: DeviceChoice) -> anyhow::Result<()> {
             let policy = resolve_policy(&policy)?;
             with_format!(loaded.format, T => inspect::<T>(&loaded, &policy))
         }
-        DataCommand::Split { path, out, seed, group_by, ratios, policy } => {
+        DataCommand::Split {
+            path,
+            out,
+            seed,
+            group_by,
+            ratios,
+            policy,
+        } => {
             let loaded = load_reporting(&path, &policy)?;
             let policy = resolve_policy(&policy)?;
-            let cfg = SplitConfig { seed, ratios: [ratios[0], ratios[1], ratios[2]], group_by: Some(group_by) };
+            let cfg = SplitConfig {
+                seed,
+                ratios: [ratios[0], ratios[1], ratios[2]],
+                group_by: Some(group_by),
+            };
             with_format!(loaded.format, T => split_to::<T>(&loaded, &policy, &cfg, &out))
         }
         DataCommand::Mine { corpus, out, skip_bad } => {
@@ -85,7 +96,12 @@ pub fn run(cmd: DataCommand, _device: DeviceChoice) -> anyhow::Result<()> {
             report_skipped(&read.skipped);
             let pairs = mine_pairs(&read.records);
             write_jsonl(&out, &pairs)?;
-            println!("mined {} pairs from {} documents into {}", pairs.len(), read.records.len(), out.display());
+            println!(
+                "mined {} pairs from {} documents into {}",
+                pairs.len(),
+                read.records.len(),
+                out.display()
+            );
             Ok(())
         }
     }
@@ -94,7 +110,12 @@ pub fn run(cmd: DataCommand, _device: DeviceChoice) -> anyhow::Result<()> {
 /// polars prints at most 8 columns and 10 rows by default and wraps at 100 characters when not on a
 /// terminal; our summaries are a little wider and longer. Variables the user set win.
 fn widen_tables() {
-    for (key, value) in [("POLARS_FMT_MAX_COLS", "20"), ("POLARS_FMT_MAX_ROWS", "100"), ("POLARS_FMT_STR_LEN", "60"), ("POLARS_TABLE_WIDTH", "200")] {
+    for (key, value) in [
+        ("POLARS_FMT_MAX_COLS", "20"),
+        ("POLARS_FMT_MAX_ROWS", "100"),
+        ("POLARS_FMT_STR_LEN", "60"),
+        ("POLARS_TABLE_WIDTH", "200"),
+    ] {
         if std::env::var_os(key).is_none() {
             // SAFETY: called at the start of the command, before any other thread exists.
             unsafe { std::env::set_var(key, value) };
@@ -133,14 +154,26 @@ fn resolve_policy(args: &PolicyArgs) -> anyhow::Result<Policy> {
 }
 
 fn typed_parts<T: Record>(loaded: &Loaded) -> Vec<(&str, &[T])> {
-    loaded.parts.iter().map(|p| (p.name.as_str(), T::slice(&p.data).expect("parts share the loaded format"))).collect()
+    loaded
+        .parts
+        .iter()
+        .map(|p| {
+            (
+                p.name.as_str(),
+                T::slice(&p.data).expect("parts share the loaded format"),
+            )
+        })
+        .collect()
 }
 
 fn inspect<T: Record>(loaded: &Loaded, policy: &Policy) -> anyhow::Result<()> {
     let parts = typed_parts::<T>(loaded);
     println!("format: {}", loaded.format);
     println!("{}", stats::file_counts(loaded)?);
-    println!("text lengths (characters, whitespace tokens):\n{}", stats::length_stats(&parts)?);
+    println!(
+        "text lengths (characters, whitespace tokens):\n{}",
+        stats::length_stats(&parts)?
+    );
     println!("classification mix:\n{}", stats::class_mix(&parts)?);
     let dups = duplicates(&parts)?;
     if dups.height() > 0 {
@@ -159,13 +192,19 @@ fn inspect<T: Record>(loaded: &Loaded, policy: &Policy) -> anyhow::Result<()> {
 }
 
 fn print_audit(audit: &crate::data::governance::Audit) -> anyhow::Result<()> {
-    let source = audit.policy_file.as_ref().map_or("built-in default".to_string(), |p| p.display().to_string());
+    let source = audit
+        .policy_file
+        .as_ref()
+        .map_or("built-in default".to_string(), |p| p.display().to_string());
     println!(
         "governance audit (policy: {source}; {} consent(s), {} withdrawn contributor(s); unclassified as public: {}):",
         audit.ledger_entries, audit.withdrawn_contributors, audit.policy.treat_unclassified_as_public
     );
     println!("{}", stats::audit_counts(audit)?);
-    println!("kept {} of {} records; sha256 {}", audit.kept, audit.total, audit.sha256);
+    println!(
+        "kept {} of {} records; sha256 {}",
+        audit.kept, audit.total, audit.sha256
+    );
     if !audit.excluded.is_empty() {
         println!("excluded:\n{}", stats::audit_excluded(audit)?);
     }
@@ -173,17 +212,26 @@ fn print_audit(audit: &crate::data::governance::Audit) -> anyhow::Result<()> {
 }
 
 fn split_to<T: Record>(loaded: &Loaded, policy: &Policy, cfg: &SplitConfig, out: &Path) -> anyhow::Result<()> {
-    let all: Vec<T> = typed_parts::<T>(loaded).iter().flat_map(|p| p.1.iter().cloned()).collect();
+    let all: Vec<T> = typed_parts::<T>(loaded)
+        .iter()
+        .flat_map(|p| p.1.iter().cloned())
+        .collect();
     let governed = policy.apply(all);
     let splits = split(&governed, cfg);
     let audit = write_split(&splits, out).with_context(|| format!("writing the split into {}", out.display()))?;
     print_audit(&audit.governance)?;
-    println!("classification mix of the splits:\n{}", stats::class_mix(&splits.slices())?);
+    println!(
+        "classification mix of the splits:\n{}",
+        stats::class_mix(&splits.slices())?
+    );
     for (name, info) in &audit.splits {
         println!("{name}: {} records in {} groups", info.records, info.groups);
     }
     if audit.duplicate_records > 0 || audit.leaked_texts > 0 {
-        println!("warning: {} duplicate record(s), {} text(s) shared across splits", audit.duplicate_records, audit.leaked_texts);
+        println!(
+            "warning: {} duplicate record(s), {} text(s) shared across splits",
+            audit.duplicate_records, audit.leaked_texts
+        );
     }
     println!("wrote {}/{{train,valid,test}}.jsonl and audit.json", out.display());
     Ok(())

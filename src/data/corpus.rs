@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::governance::{Classification, Governance, Governed};
-use super::jsonl::{from_value, read_with, BadLines, DataError, Read};
+use super::jsonl::{BadLines, DataError, Read, from_value, read_with};
 
 /// One searchable document.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -64,7 +64,12 @@ impl From<DocumentLine> for Document {
             id: d.id,
             title: d.title,
             text: d.text,
-            governance: Governance { classification: d.classification, contributor: d.contributor, consent: d.consent, source: d.source },
+            governance: Governance {
+                classification: d.classification,
+                contributor: d.contributor,
+                consent: d.consent,
+                source: d.source,
+            },
         }
     }
 }
@@ -81,7 +86,11 @@ pub fn read_corpus_jsonl(path: &Path, bad: BadLines) -> Result<Read<Document>, D
 
 /// Reads a corpus from a JSONL file or a folder of markdown files (`.md`, `.markdown`).
 pub fn read_corpus(path: &Path, bad: BadLines) -> Result<Read<Document>, DataError> {
-    if path.is_dir() { read_markdown_dir(path, bad) } else { read_corpus_jsonl(path, bad) }
+    if path.is_dir() {
+        read_markdown_dir(path, bad)
+    } else {
+        read_corpus_jsonl(path, bad)
+    }
 }
 
 /// Markdown files under `dir`, recursively, sorted by relative path (hidden entries skipped).
@@ -113,8 +122,12 @@ pub fn read_markdown_dir(dir: &Path, bad: BadLines) -> Result<Read<Document>, Da
     for path in markdown_files(dir)? {
         let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
         let rel = path.strip_prefix(dir).unwrap_or(&path).with_extension("");
-        let rel: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
-        let doc = parse_markdown(&rel.join("/"), &text).map_err(|(line, field, msg)| DataError::at(&path, line, field, msg));
+        let rel: Vec<String> = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        let doc =
+            parse_markdown(&rel.join("/"), &text).map_err(|(line, field, msg)| DataError::at(&path, line, field, msg));
         out.push(1, doc, bad)?;
     }
     Ok(out)
@@ -147,7 +160,9 @@ pub fn parse_markdown(default_id: &str, text: &str) -> Result<Document, Markdown
             _ => {} // other metadata (tags, dates) is not ours to judge
         }
     }
-    let heading = headings(body).find(|(level, _)| *level == 1).map(|(_, t)| t.to_string());
+    let heading = headings(body)
+        .find(|(level, _)| *level == 1)
+        .map(|(_, t)| t.to_string());
     let stem = default_id.rsplit('/').next().unwrap_or(default_id).to_string();
     Ok(Document {
         id: id.unwrap_or_else(|| default_id.to_string()),
@@ -238,7 +253,10 @@ pub fn sections(body: &str) -> Vec<Section> {
     let flush = |path: &[(usize, String)], text: &mut String, out: &mut Vec<Section>| {
         let t = text.trim();
         if !(path.is_empty() && t.is_empty()) {
-            out.push(Section { heading_path: path.iter().map(|(_, h)| h.clone()).collect(), text: t.to_string() });
+            out.push(Section {
+                heading_path: path.iter().map(|(_, h)| h.clone()).collect(),
+                text: t.to_string(),
+            });
         }
         text.clear();
     };
@@ -281,7 +299,11 @@ mod tests {
 
     #[test]
     fn without_front_matter_or_heading_id_and_title_come_from_the_path() {
-        let d = parse_markdown("coast/tides", "---\nconsent: null\ncontributor: ~\nsource:\n---\n## Only a subheading\ntext\n").unwrap();
+        let d = parse_markdown(
+            "coast/tides",
+            "---\nconsent: null\ncontributor: ~\nsource:\n---\n## Only a subheading\ntext\n",
+        )
+        .unwrap();
         assert_eq!((d.id.as_str(), d.title.as_str()), ("coast/tides", "tides"));
         assert_eq!(d.governance, Governance::default());
         // `#hashtag` is not a heading; a heading inside a code fence is not a title.
@@ -302,8 +324,10 @@ mod tests {
     fn sections_track_the_heading_path() {
         let body = "intro\n# A\na text\n## B\nb text\n### C\n\n## D\n```\n# code\n```\n# E\ne\n";
         let s = sections(body);
-        let got: Vec<(Vec<&str>, &str)> =
-            s.iter().map(|s| (s.heading_path.iter().map(String::as_str).collect(), s.text.as_str())).collect();
+        let got: Vec<(Vec<&str>, &str)> = s
+            .iter()
+            .map(|s| (s.heading_path.iter().map(String::as_str).collect(), s.text.as_str()))
+            .collect();
         assert_eq!(
             got,
             vec![

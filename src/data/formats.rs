@@ -39,9 +39,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::corpus::{read_markdown_dir, Document};
+use super::corpus::{Document, read_markdown_dir};
 use super::governance::{Classification, Governance, Governed};
-use super::jsonl::{from_value, read_with, write_jsonl, BadLines, DataError, Read, SkippedLine};
+use super::jsonl::{BadLines, DataError, Read, SkippedLine, from_value, read_with, write_jsonl};
 
 /// A record type tunelab reads, writes, governs, splits and summarises.
 pub trait Record: Governed + DeserializeOwned + Clone {
@@ -358,10 +358,21 @@ fn list_col(name: &str, rows: &[Vec<&str>]) -> Column {
 /// `id` first, then the record's own columns, then the governance columns.
 fn frame<T: Governed>(records: &[T], own: Vec<Column>) -> PolarsResult<DataFrame> {
     let gov: Vec<Governance> = records.iter().map(Governed::governance).collect();
-    let mut cols = vec![opt_str_col("id", records.iter().map(|r| r.record_id().map(str::to_string)).collect())];
+    let mut cols = vec![opt_str_col(
+        "id",
+        records.iter().map(|r| r.record_id().map(str::to_string)).collect(),
+    )];
     cols.extend(own);
-    cols.push(opt_str_col("classification", gov.iter().map(|g| g.classification.map(|c| c.as_str().to_string())).collect()));
-    cols.push(opt_str_col("contributor", gov.iter().map(|g| g.contributor.clone()).collect()));
+    cols.push(opt_str_col(
+        "classification",
+        gov.iter()
+            .map(|g| g.classification.map(|c| c.as_str().to_string()))
+            .collect(),
+    ));
+    cols.push(opt_str_col(
+        "contributor",
+        gov.iter().map(|g| g.contributor.clone()).collect(),
+    ));
     cols.push(opt_str_col("consent", gov.iter().map(|g| g.consent.clone()).collect()));
     cols.push(opt_str_col("source", gov.iter().map(|g| g.source.clone()).collect()));
     DataFrame::new_infer_height(cols)
@@ -412,18 +423,35 @@ impl Record for ChatRecord {
     variant!(Chat);
 
     fn texts(&self) -> Vec<(&str, &str)> {
-        self.messages.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect()
+        self.messages
+            .iter()
+            .map(|m| (m.role.as_str(), m.content.as_str()))
+            .collect()
     }
 
     fn leak_keys(&self) -> Vec<(&'static str, &str)> {
         // The first user turn plays the part of the query.
-        self.messages.iter().find(|m| m.role == Role::User).map(|m| ("user", m.content.as_str())).into_iter().collect()
+        self.messages
+            .iter()
+            .find(|m| m.role == Role::User)
+            .map(|m| ("user", m.content.as_str()))
+            .into_iter()
+            .collect()
     }
 
     fn to_frame(records: &[Self]) -> PolarsResult<DataFrame> {
-        let roles: Vec<Vec<&str>> = records.iter().map(|r| r.messages.iter().map(|m| m.role.as_str()).collect()).collect();
-        let contents: Vec<Vec<&str>> = records.iter().map(|r| r.messages.iter().map(|m| m.content.as_str()).collect()).collect();
-        frame(records, vec![list_col("roles", &roles), list_col("contents", &contents)])
+        let roles: Vec<Vec<&str>> = records
+            .iter()
+            .map(|r| r.messages.iter().map(|m| m.role.as_str()).collect())
+            .collect();
+        let contents: Vec<Vec<&str>> = records
+            .iter()
+            .map(|r| r.messages.iter().map(|m| m.content.as_str()).collect())
+            .collect();
+        frame(
+            records,
+            vec![list_col("roles", &roles), list_col("contents", &contents)],
+        )
     }
 
     fn from_frame(df: &DataFrame) -> PolarsResult<Vec<Self>> {
@@ -434,10 +462,19 @@ impl Record for ChatRecord {
                 let messages = roles
                     .iter()
                     .zip(contents)
-                    .map(|(r, content)| Ok(ChatMessage { role: parse_enum(r)?, content }))
+                    .map(|(r, content)| {
+                        Ok(ChatMessage {
+                            role: parse_enum(r)?,
+                            content,
+                        })
+                    })
                     .collect::<PolarsResult<_>>()?;
                 let (id, g) = meta(df, i)?;
-                Ok(ChatRecord { messages, ..Default::default() }.with_meta(id, g))
+                Ok(ChatRecord {
+                    messages,
+                    ..Default::default()
+                }
+                .with_meta(id, g))
             })
             .collect()
     }
@@ -448,7 +485,10 @@ impl Record for CompletionRecord {
     variant!(Completions);
 
     fn texts(&self) -> Vec<(&str, &str)> {
-        vec![("prompt", self.prompt.as_str()), ("completion", self.completion.as_str())]
+        vec![
+            ("prompt", self.prompt.as_str()),
+            ("completion", self.completion.as_str()),
+        ]
     }
 
     fn leak_keys(&self) -> Vec<(&'static str, &str)> {
@@ -469,8 +509,12 @@ impl Record for CompletionRecord {
         (0..df.height())
             .map(|i| {
                 let (id, g) = meta(df, i)?;
-                Ok(CompletionRecord { prompt: req_str(df, "prompt", i)?, completion: req_str(df, "completion", i)?, ..Default::default() }
-                    .with_meta(id, g))
+                Ok(CompletionRecord {
+                    prompt: req_str(df, "prompt", i)?,
+                    completion: req_str(df, "completion", i)?,
+                    ..Default::default()
+                }
+                .with_meta(id, g))
             })
             .collect()
     }
@@ -489,14 +533,21 @@ impl Record for TextRecord {
     }
 
     fn to_frame(records: &[Self]) -> PolarsResult<DataFrame> {
-        frame(records, vec![str_col("text", records.iter().map(|r| r.text.clone()).collect())])
+        frame(
+            records,
+            vec![str_col("text", records.iter().map(|r| r.text.clone()).collect())],
+        )
     }
 
     fn from_frame(df: &DataFrame) -> PolarsResult<Vec<Self>> {
         (0..df.height())
             .map(|i| {
                 let (id, g) = meta(df, i)?;
-                Ok(TextRecord { text: req_str(df, "text", i)?, ..Default::default() }.with_meta(id, g))
+                Ok(TextRecord {
+                    text: req_str(df, "text", i)?,
+                    ..Default::default()
+                }
+                .with_meta(id, g))
             })
             .collect()
     }
@@ -517,8 +568,14 @@ impl Record for QueryExpansion {
     }
 
     fn to_frame(records: &[Self]) -> PolarsResult<DataFrame> {
-        let kinds: Vec<Vec<&str>> = records.iter().map(|r| r.output.iter().map(|e| e.kind.as_str()).collect()).collect();
-        let texts: Vec<Vec<&str>> = records.iter().map(|r| r.output.iter().map(|e| e.text.as_str()).collect()).collect();
+        let kinds: Vec<Vec<&str>> = records
+            .iter()
+            .map(|r| r.output.iter().map(|e| e.kind.as_str()).collect())
+            .collect();
+        let texts: Vec<Vec<&str>> = records
+            .iter()
+            .map(|r| r.output.iter().map(|e| e.text.as_str()).collect())
+            .collect();
         frame(
             records,
             vec![
@@ -535,10 +592,20 @@ impl Record for QueryExpansion {
                 let output = list_str(df, "kinds", i)?
                     .iter()
                     .zip(list_str(df, "texts", i)?)
-                    .map(|(k, text)| Ok(Expansion { kind: parse_enum(k)?, text }))
+                    .map(|(k, text)| {
+                        Ok(Expansion {
+                            kind: parse_enum(k)?,
+                            text,
+                        })
+                    })
                     .collect::<PolarsResult<_>>()?;
                 let (id, g) = meta(df, i)?;
-                Ok(QueryExpansion { query: req_str(df, "query", i)?, output, ..Default::default() }.with_meta(id, g))
+                Ok(QueryExpansion {
+                    query: req_str(df, "query", i)?,
+                    output,
+                    ..Default::default()
+                }
+                .with_meta(id, g))
             })
             .collect()
     }
@@ -559,7 +626,10 @@ impl Record for EmbeddingPair {
     }
 
     fn to_frame(records: &[Self]) -> PolarsResult<DataFrame> {
-        let negatives: Vec<Vec<&str>> = records.iter().map(|r| r.negatives.iter().map(String::as_str).collect()).collect();
+        let negatives: Vec<Vec<&str>> = records
+            .iter()
+            .map(|r| r.negatives.iter().map(String::as_str).collect())
+            .collect();
         frame(
             records,
             vec![
@@ -607,8 +677,17 @@ impl Record for RerankerJudgment {
             vec![
                 str_col("query", records.iter().map(|r| r.query.clone()).collect()),
                 str_col("document", records.iter().map(|r| r.document.clone()).collect()),
-                Column::new("relevant".into(), records.iter().map(|r| r.relevant.grade()).collect::<Vec<i64>>()),
-                Column::new("binary".into(), records.iter().map(|r| matches!(r.relevant, Relevance::Binary(_))).collect::<Vec<bool>>()),
+                Column::new(
+                    "relevant".into(),
+                    records.iter().map(|r| r.relevant.grade()).collect::<Vec<i64>>(),
+                ),
+                Column::new(
+                    "binary".into(),
+                    records
+                        .iter()
+                        .map(|r| matches!(r.relevant, Relevance::Binary(_)))
+                        .collect::<Vec<bool>>(),
+                ),
             ],
         )
     }
@@ -618,11 +697,22 @@ impl Record for RerankerJudgment {
         let binary = df.column("binary")?.bool()?;
         (0..df.height())
             .map(|i| {
-                let grade = grades.get(i).ok_or_else(|| frame_err(format!("row {i}: `relevant` is null")))?;
-                let relevant = if binary.get(i) == Some(true) { Relevance::Binary(grade != 0) } else { Relevance::Grade(grade) };
+                let grade = grades
+                    .get(i)
+                    .ok_or_else(|| frame_err(format!("row {i}: `relevant` is null")))?;
+                let relevant = if binary.get(i) == Some(true) {
+                    Relevance::Binary(grade != 0)
+                } else {
+                    Relevance::Grade(grade)
+                };
                 let (id, g) = meta(df, i)?;
-                Ok(RerankerJudgment { query: req_str(df, "query", i)?, document: req_str(df, "document", i)?, relevant, ..Default::default() }
-                    .with_meta(id, g))
+                Ok(RerankerJudgment {
+                    query: req_str(df, "query", i)?,
+                    document: req_str(df, "document", i)?,
+                    relevant,
+                    ..Default::default()
+                }
+                .with_meta(id, g))
             })
             .collect()
     }
@@ -659,7 +749,12 @@ impl Record for Document {
             .map(|i| {
                 let (id, governance) = meta(df, i)?;
                 let id = id.ok_or_else(|| frame_err(format!("row {i}: `id` is null")))?;
-                Ok(Document { id, title: req_str(df, "title", i)?, text: req_str(df, "text", i)?, governance })
+                Ok(Document {
+                    id,
+                    title: req_str(df, "title", i)?,
+                    text: req_str(df, "text", i)?,
+                    governance,
+                })
             })
             .collect()
     }
@@ -711,13 +806,34 @@ macro_rules! with_format {
     ($format:expr, $t:ident => $body:expr) => {{
         use $crate::data::formats as f;
         match $format {
-            f::Format::Chat => { type $t = f::ChatRecord; $body }
-            f::Format::Completions => { type $t = f::CompletionRecord; $body }
-            f::Format::Text => { type $t = f::TextRecord; $body }
-            f::Format::QueryExpansion => { type $t = f::QueryExpansion; $body }
-            f::Format::Pairs => { type $t = f::EmbeddingPair; $body }
-            f::Format::Reranker => { type $t = f::RerankerJudgment; $body }
-            f::Format::Corpus => { type $t = $crate::data::corpus::Document; $body }
+            f::Format::Chat => {
+                type $t = f::ChatRecord;
+                $body
+            }
+            f::Format::Completions => {
+                type $t = f::CompletionRecord;
+                $body
+            }
+            f::Format::Text => {
+                type $t = f::TextRecord;
+                $body
+            }
+            f::Format::QueryExpansion => {
+                type $t = f::QueryExpansion;
+                $body
+            }
+            f::Format::Pairs => {
+                type $t = f::EmbeddingPair;
+                $body
+            }
+            f::Format::Reranker => {
+                type $t = f::RerankerJudgment;
+                $body
+            }
+            f::Format::Corpus => {
+                type $t = $crate::data::corpus::Document;
+                $body
+            }
         }
     }};
 }
@@ -817,7 +933,8 @@ pub fn read_detected(path: &Path, bad: BadLines) -> Result<(Option<Dataset>, Vec
             }
             Some(_) => {}
         }
-        data.get_or_insert_with(|| Dataset::empty(format)).push_value(path, line, v)
+        data.get_or_insert_with(|| Dataset::empty(format))
+            .push_value(path, line, v)
     })?;
     Ok((data, read.skipped))
 }
@@ -866,24 +983,54 @@ pub fn load(path: &Path, bad: BadLines) -> Result<Loaded, DataError> {
     if !path.is_dir() {
         let (data, skipped) = read_detected(path, bad)?;
         let data = data.ok_or_else(|| DataError::file(path, "no records"))?;
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        return Ok(Loaded { format: data.format(), parts: vec![Part { name, path: path.to_path_buf(), data }], skipped });
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        return Ok(Loaded {
+            format: data.format(),
+            parts: vec![Part {
+                name,
+                path: path.to_path_buf(),
+                data,
+            }],
+            skipped,
+        });
     }
-    let mlx: Vec<PathBuf> = MLX_SPLITS.iter().map(|s| path.join(format!("{s}.jsonl"))).filter(|p| p.is_file()).collect();
+    let mlx: Vec<PathBuf> = MLX_SPLITS
+        .iter()
+        .map(|s| path.join(format!("{s}.jsonl")))
+        .filter(|p| p.is_file())
+        .collect();
     if mlx.is_empty() {
         let read = read_markdown_dir(path, bad)?;
         if read.records.is_empty() && read.skipped.is_empty() {
-            return Err(DataError::file(path, "neither train/valid/test.jsonl nor markdown files found"));
+            return Err(DataError::file(
+                path,
+                "neither train/valid/test.jsonl nor markdown files found",
+            ));
         }
         let data = Dataset::Corpus(read.records);
-        return Ok(Loaded { format: Format::Corpus, parts: vec![Part { name: "corpus".into(), path: path.to_path_buf(), data }], skipped: read.skipped });
+        return Ok(Loaded {
+            format: Format::Corpus,
+            parts: vec![Part {
+                name: "corpus".into(),
+                path: path.to_path_buf(),
+                data,
+            }],
+            skipped: read.skipped,
+        });
     }
     read_mlx_files(&mlx, bad)
 }
 
 /// Reads an MLX-LM folder (`train.jsonl`, `valid.jsonl`, `test.jsonl`; missing files are skipped).
 pub fn read_mlx_folder(dir: &Path, bad: BadLines) -> Result<Loaded, DataError> {
-    let files: Vec<PathBuf> = MLX_SPLITS.iter().map(|s| dir.join(format!("{s}.jsonl"))).filter(|p| p.is_file()).collect();
+    let files: Vec<PathBuf> = MLX_SPLITS
+        .iter()
+        .map(|s| dir.join(format!("{s}.jsonl")))
+        .filter(|p| p.is_file())
+        .collect();
     if files.is_empty() {
         return Err(DataError::file(dir, "no train.jsonl, valid.jsonl or test.jsonl"));
     }
@@ -897,23 +1044,42 @@ fn read_mlx_files(files: &[PathBuf], bad: BadLines) -> Result<Loaded, DataError>
     for path in files {
         let (data, mut s) = read_detected(path, bad)?;
         skipped.append(&mut s);
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         match data {
             None => empty.push((name, path.clone())),
             Some(data) => {
                 if let Some(first) = parts.first().filter(|p| p.data.format() != data.format()) {
                     return Err(DataError::file(
                         path,
-                        format!("this file is {} but {} is {}; the splits of a folder share one format", data.format(), first.path.display(), first.data.format()),
+                        format!(
+                            "this file is {} but {} is {}; the splits of a folder share one format",
+                            data.format(),
+                            first.path.display(),
+                            first.data.format()
+                        ),
                     ));
                 }
-                parts.push(Part { name, path: path.clone(), data });
+                parts.push(Part {
+                    name,
+                    path: path.clone(),
+                    data,
+                });
             }
         }
     }
-    let format = parts.first().map(|p| p.data.format()).ok_or_else(|| DataError::file(&files[0], "no records in any split"))?;
+    let format = parts
+        .first()
+        .map(|p| p.data.format())
+        .ok_or_else(|| DataError::file(&files[0], "no records in any split"))?;
     for (name, path) in empty {
-        parts.push(Part { name, path, data: Dataset::empty(format) });
+        parts.push(Part {
+            name,
+            path,
+            data: Dataset::empty(format),
+        });
     }
     parts.sort_by_key(|p| MLX_SPLITS.iter().position(|s| *s == p.name));
     Ok(Loaded { format, parts, skipped })
@@ -957,9 +1123,16 @@ mod tests {
     fn mixed_formats_in_a_file_name_the_line() {
         let e = load_one("{\"text\":\"a\"}\n{\"prompt\":\"p\",\"completion\":\"c\"}\n").unwrap_err();
         assert_eq!(e.line, Some(2));
-        assert!(e.message.contains("mixed formats") && e.message.contains("line 1"), "{e}");
+        assert!(
+            e.message.contains("mixed formats") && e.message.contains("line 1"),
+            "{e}"
+        );
         let dir = tempfile::tempdir().unwrap();
-        let p = write(dir.path(), "f.jsonl", "{\"text\":\"a\"}\n{\"prompt\":\"p\",\"completion\":\"c\"}\n{\"text\":\"b\"}\n");
+        let p = write(
+            dir.path(),
+            "f.jsonl",
+            "{\"text\":\"a\"}\n{\"prompt\":\"p\",\"completion\":\"c\"}\n{\"text\":\"b\"}\n",
+        );
         let l = load(&p, BadLines::SkipBad).unwrap();
         assert_eq!((l.len(), l.skipped.len(), l.skipped[0].line), (2, 1, 2));
     }
@@ -975,7 +1148,9 @@ mod tests {
 
     #[test]
     fn bad_fields_are_named() {
-        let e = load_one("{\"messages\":[{\"role\":\"user\",\"content\":\"a\"},{\"role\":\"robot\",\"content\":\"b\"}]}").unwrap_err();
+        let e =
+            load_one("{\"messages\":[{\"role\":\"user\",\"content\":\"a\"},{\"role\":\"robot\",\"content\":\"b\"}]}")
+                .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("messages[1].role"), "{e}");
         let e = load_one("{\"query\":\"q\",\"document\":\"d\",\"relevant\":\"yes\"}").unwrap_err();
         assert_eq!(e.field.as_deref(), Some("relevant"), "{e}");
@@ -1005,54 +1180,128 @@ mod tests {
     }
 
     fn gov() -> Governance {
-        Governance { classification: Some(Classification::Community), contributor: Some("ana".into()), consent: Some("c1".into()), source: None }
+        Governance {
+            classification: Some(Classification::Community),
+            contributor: Some("ana".into()),
+            consent: Some("c1".into()),
+            source: None,
+        }
     }
 
     #[test]
     fn frames_round_trip_every_format() {
-        let msg = |role, content: &str| ChatMessage { role, content: content.into() };
+        let msg = |role, content: &str| ChatMessage {
+            role,
+            content: content.into(),
+        };
         round_trip(
             vec![
-                ChatRecord { messages: vec![msg(Role::System, "s"), msg(Role::User, "u"), msg(Role::Assistant, "a")], ..Default::default() }
-                    .with_meta(Some("c1".into()), gov()),
-                ChatRecord { messages: vec![], ..Default::default() },
+                ChatRecord {
+                    messages: vec![msg(Role::System, "s"), msg(Role::User, "u"), msg(Role::Assistant, "a")],
+                    ..Default::default()
+                }
+                .with_meta(Some("c1".into()), gov()),
+                ChatRecord {
+                    messages: vec![],
+                    ..Default::default()
+                },
             ],
             &["id", "roles", "contents", "classification"],
         );
-        round_trip(vec![CompletionRecord { prompt: "p".into(), completion: "c".into(), ..Default::default() }], &["prompt", "completion"]);
-        round_trip(vec![TextRecord { text: "t".into(), ..Default::default() }.with_meta(None, gov())], &["text", "consent"]);
+        round_trip(
+            vec![CompletionRecord {
+                prompt: "p".into(),
+                completion: "c".into(),
+                ..Default::default()
+            }],
+            &["prompt", "completion"],
+        );
+        round_trip(
+            vec![
+                TextRecord {
+                    text: "t".into(),
+                    ..Default::default()
+                }
+                .with_meta(None, gov()),
+            ],
+            &["text", "consent"],
+        );
         round_trip(
             vec![QueryExpansion {
                 query: "q".into(),
-                output: vec![Expansion { kind: ExpansionKind::Lex, text: "l".into() }, Expansion { kind: ExpansionKind::Hyde, text: "h".into() }],
+                output: vec![
+                    Expansion {
+                        kind: ExpansionKind::Lex,
+                        text: "l".into(),
+                    },
+                    Expansion {
+                        kind: ExpansionKind::Hyde,
+                        text: "h".into(),
+                    },
+                ],
                 ..Default::default()
             }],
             &["query", "kinds", "texts"],
         );
         round_trip(
             vec![
-                EmbeddingPair { query: "q".into(), positive: "p".into(), negatives: vec!["n1".into(), "n2".into()], doc_id: Some("d".into()), ..Default::default() },
-                EmbeddingPair { query: "q2".into(), positive: "p2".into(), ..Default::default() },
+                EmbeddingPair {
+                    query: "q".into(),
+                    positive: "p".into(),
+                    negatives: vec!["n1".into(), "n2".into()],
+                    doc_id: Some("d".into()),
+                    ..Default::default()
+                },
+                EmbeddingPair {
+                    query: "q2".into(),
+                    positive: "p2".into(),
+                    ..Default::default()
+                },
             ],
             &["query", "positive", "negatives", "doc_id"],
         );
         round_trip(
             vec![
-                RerankerJudgment { query: "q".into(), document: "d".into(), relevant: Relevance::Binary(true), ..Default::default() },
-                RerankerJudgment { query: "q".into(), document: "e".into(), relevant: Relevance::Grade(2), ..Default::default() },
+                RerankerJudgment {
+                    query: "q".into(),
+                    document: "d".into(),
+                    relevant: Relevance::Binary(true),
+                    ..Default::default()
+                },
+                RerankerJudgment {
+                    query: "q".into(),
+                    document: "e".into(),
+                    relevant: Relevance::Grade(2),
+                    ..Default::default()
+                },
             ],
             &["relevant", "binary"],
         );
-        round_trip(vec![Document { id: "d".into(), title: "T".into(), text: "x".into(), governance: gov() }], &["title", "text"]);
+        round_trip(
+            vec![Document {
+                id: "d".into(),
+                title: "T".into(),
+                text: "x".into(),
+                governance: gov(),
+            }],
+            &["title", "text"],
+        );
     }
 
     #[test]
     fn frame_columns_are_typed() {
-        let df = RerankerJudgment::to_frame(&[RerankerJudgment { relevant: Relevance::Binary(true), ..Default::default() }]).unwrap();
+        let df = RerankerJudgment::to_frame(&[RerankerJudgment {
+            relevant: Relevance::Binary(true),
+            ..Default::default()
+        }])
+        .unwrap();
         assert_eq!(df.column("relevant").unwrap().dtype(), &DataType::Int64);
         assert_eq!(df.column("relevant").unwrap().i64().unwrap().get(0), Some(1));
         let df = EmbeddingPair::to_frame(&[]).unwrap();
-        assert_eq!(df.column("negatives").unwrap().dtype(), &DataType::List(Box::new(DataType::String)));
+        assert_eq!(
+            df.column("negatives").unwrap().dtype(),
+            &DataType::List(Box::new(DataType::String))
+        );
     }
 
     #[test]
@@ -1069,6 +1318,9 @@ mod tests {
 
         write(dir.path(), "test.jsonl", "{\"prompt\":\"p\",\"completion\":\"c\"}\n");
         let e = load(dir.path(), BadLines::Fail).unwrap_err();
-        assert!(e.file.ends_with("test.jsonl") && e.message.contains("share one format"), "{e}");
+        assert!(
+            e.file.ends_with("test.jsonl") && e.message.contains("share one format"),
+            "{e}"
+        );
     }
 }

@@ -50,7 +50,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::jsonl::{read_jsonl, BadLines, DataError};
+use super::jsonl::{BadLines, DataError, read_jsonl};
 
 /// Sensitivity class of a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -136,12 +136,16 @@ pub struct ConsentLedger {
 
 impl ConsentLedger {
     pub fn from_entries(entries: impl IntoIterator<Item = ConsentEntry>) -> Self {
-        ConsentLedger { entries: entries.into_iter().map(|e| (e.consent.clone(), e)).collect() }
+        ConsentLedger {
+            entries: entries.into_iter().map(|e| (e.consent.clone(), e)).collect(),
+        }
     }
 
     /// Reads a JSONL ledger (`{"consent","contributor","scope","granted"}` per line).
     pub fn load(path: &Path) -> Result<Self, DataError> {
-        Ok(Self::from_entries(read_jsonl::<ConsentEntry>(path, BadLines::Fail)?.records))
+        Ok(Self::from_entries(
+            read_jsonl::<ConsentEntry>(path, BadLines::Fail)?.records,
+        ))
     }
 
     pub fn get(&self, consent: &str) -> Option<&ConsentEntry> {
@@ -175,12 +179,16 @@ pub struct Withdrawals {
 
 impl Withdrawals {
     pub fn from_entries(entries: impl IntoIterator<Item = Withdrawal>) -> Self {
-        Withdrawals { contributors: entries.into_iter().map(|w| w.contributor).collect() }
+        Withdrawals {
+            contributors: entries.into_iter().map(|w| w.contributor).collect(),
+        }
     }
 
     /// Reads a JSONL withdrawal list (`{"contributor","withdrawn","reason"}` per line).
     pub fn load(path: &Path) -> Result<Self, DataError> {
-        Ok(Self::from_entries(read_jsonl::<Withdrawal>(path, BadLines::Fail)?.records))
+        Ok(Self::from_entries(
+            read_jsonl::<Withdrawal>(path, BadLines::Fail)?.records,
+        ))
     }
 
     pub fn contains(&self, contributor: &str) -> bool {
@@ -345,7 +353,10 @@ impl<T> GovernedDataset<T> {
     where
         T: Clone,
     {
-        GovernedDataset { records: indices.iter().map(|&i| self.records[i].clone()).collect(), audit: self.audit.clone() }
+        GovernedDataset {
+            records: indices.iter().map(|&i| self.records[i].clone()).collect(),
+            audit: self.audit.clone(),
+        }
     }
 }
 
@@ -407,7 +418,11 @@ impl Policy {
             }
             Some(e) if e.contributor.is_some() && e.contributor != g.contributor => Some((
                 UnknownConsent,
-                format!("consent {id} belongs to {}, not {}", e.contributor.as_deref().unwrap_or(""), g.contributor.as_deref().unwrap_or("nobody")),
+                format!(
+                    "consent {id} belongs to {}, not {}",
+                    e.contributor.as_deref().unwrap_or(""),
+                    g.contributor.as_deref().unwrap_or("nobody")
+                ),
             )),
             Some(_) => None,
         }
@@ -415,14 +430,17 @@ impl Policy {
 
     /// Applies the policy: the kept records (in input order) as a [`GovernedDataset`] with its [`Audit`].
     pub fn apply<T: Governed>(&self, records: Vec<T>) -> GovernedDataset<T> {
-        let mut counts: BTreeMap<String, ClassCount> =
-            ["public", "community", "personal", "sacred", "unclassified"].map(|k| (k.to_string(), ClassCount::default())).into();
+        let mut counts: BTreeMap<String, ClassCount> = ["public", "community", "personal", "sacred", "unclassified"]
+            .map(|k| (k.to_string(), ClassCount::default()))
+            .into();
         let mut excluded = Vec::new();
         let mut kept = Vec::new();
         let total = records.len();
         for (i, rec) in records.into_iter().enumerate() {
             let g = rec.governance();
-            let count = counts.get_mut(class_key(g.classification)).expect("all classes present");
+            let count = counts
+                .get_mut(class_key(g.classification))
+                .expect("all classes present");
             count.total += 1;
             match self.judge(&g) {
                 None => {
@@ -520,10 +538,24 @@ mod tests {
     fn ledger_policy() -> Policy {
         Policy {
             ledger: ConsentLedger::from_entries([
-                ConsentEntry { consent: "c-ana".into(), contributor: Some("ana".into()), scope: None, granted: Some("2025-01-01".into()) },
-                ConsentEntry { consent: "c-no".into(), contributor: Some("ana".into()), scope: None, granted: Some(false.into()) },
+                ConsentEntry {
+                    consent: "c-ana".into(),
+                    contributor: Some("ana".into()),
+                    scope: None,
+                    granted: Some("2025-01-01".into()),
+                },
+                ConsentEntry {
+                    consent: "c-no".into(),
+                    contributor: Some("ana".into()),
+                    scope: None,
+                    granted: Some(false.into()),
+                },
             ]),
-            withdrawn: Withdrawals::from_entries([Withdrawal { contributor: "ben".into(), withdrawn: None, reason: None }]),
+            withdrawn: Withdrawals::from_entries([Withdrawal {
+                contributor: "ben".into(),
+                withdrawn: None,
+                reason: None,
+            }]),
             ..Policy::default()
         }
     }
@@ -557,8 +589,16 @@ mod tests {
 
     #[test]
     fn sacred_is_refused_even_if_policy_forgets_it() {
-        let p = Policy { forbid: vec![], require_consent: vec![], treat_unclassified_as_public: true, ..Policy::default() };
-        let g = p.apply(vec![doc("s", Some(Sacred), None, None), doc("p", Some(Personal), None, None)]);
+        let p = Policy {
+            forbid: vec![],
+            require_consent: vec![],
+            treat_unclassified_as_public: true,
+            ..Policy::default()
+        };
+        let g = p.apply(vec![
+            doc("s", Some(Sacred), None, None),
+            doc("p", Some(Personal), None, None),
+        ]);
         assert_eq!(kept_ids(&g), ["p"]);
         assert_eq!(reasons(&g), [("s".to_string(), R::Sacred)]);
     }
@@ -587,7 +627,10 @@ mod tests {
 
     #[test]
     fn withdrawn_contributor_is_refused_whatever_the_class() {
-        let g = ledger_policy().apply(vec![doc("b1", Some(Public), Some("ben"), None), doc("a1", Some(Public), Some("ana"), None)]);
+        let g = ledger_policy().apply(vec![
+            doc("b1", Some(Public), Some("ben"), None),
+            doc("a1", Some(Public), Some("ana"), None),
+        ]);
         assert_eq!(kept_ids(&g), ["a1"]);
         assert_eq!(reasons(&g), [("b1".to_string(), R::Withdrawn)]);
     }
@@ -598,14 +641,21 @@ mod tests {
         let g = Policy::default().apply(recs());
         assert_eq!(kept_ids(&g), ["p"]);
         assert_eq!(reasons(&g), [("u".to_string(), R::Unclassified)]);
-        let g = Policy { treat_unclassified_as_public: true, ..Policy::default() }.apply(recs());
+        let g = Policy {
+            treat_unclassified_as_public: true,
+            ..Policy::default()
+        }
+        .apply(recs());
         assert_eq!(kept_ids(&g), ["u", "p"]);
         assert_eq!(g.audit().counts["unclassified"], ClassCount { total: 1, kept: 1 });
     }
 
     #[test]
     fn forbid_other_classes() {
-        let p = Policy { forbid: vec![Personal], ..ledger_policy() };
+        let p = Policy {
+            forbid: vec![Personal],
+            ..ledger_policy()
+        };
         let g = p.apply(vec![doc("per", Some(Personal), Some("ana"), Some("c-ana"))]);
         assert_eq!(reasons(&g), [("per".to_string(), R::Forbidden)]);
     }
@@ -617,10 +667,16 @@ mod tests {
         u.text = "y".into();
         let mut a = doc("a", Some(Public), None, None);
         a.text = "x".into();
-        let g = Policy { treat_unclassified_as_public: true, ..Policy::default() }
-            .apply(vec![a, doc("s", Some(Sacred), None, None), u]);
+        let g = Policy {
+            treat_unclassified_as_public: true,
+            ..Policy::default()
+        }
+        .apply(vec![a, doc("s", Some(Sacred), None, None), u]);
         // printf '{"classification":"public","id":"a","text":"x","title":""}\n{"id":"u","text":"y","title":"T"}\n' | sha256sum
-        assert_eq!(g.audit().sha256, "26fa2d124624c4d6ed5584054ee5053737802c57acc4f94487f98d9d53f8b96c");
+        assert_eq!(
+            g.audit().sha256,
+            "26fa2d124624c4d6ed5584054ee5053737802c57acc4f94487f98d9d53f8b96c"
+        );
         assert_eq!(g.sha256(), g.audit().sha256);
         // A subset hashes differently but keeps the policy's audit.
         let sub = g.select(&[1]);
@@ -640,10 +696,20 @@ mod tests {
                 None
             }
             fn governance(&self) -> Governance {
-                Governance { classification: self.classification, ..Governance::default() }
+                Governance {
+                    classification: self.classification,
+                    ..Governance::default()
+                }
             }
         }
-        let g = Policy::default().apply(vec![Anon { classification: Some(Public) }, Anon { classification: Some(Sacred) }]);
+        let g = Policy::default().apply(vec![
+            Anon {
+                classification: Some(Public),
+            },
+            Anon {
+                classification: Some(Sacred),
+            },
+        ]);
         assert_eq!(g.audit().excluded[0].id, "#2");
     }
 
@@ -657,13 +723,24 @@ mod tests {
             "forbid = [\"sacred\"]\nrequire_consent = [\"community\", \"personal\"]\nconsent_ledger = \"consent-ledger.jsonl\"\nwithdrawals = \"withdrawals.jsonl\"\ntreat_unclassified_as_public = false\n",
         )
         .unwrap();
-        std::fs::write(gov.join("consent-ledger.jsonl"), "{\"consent\":\"c1\",\"contributor\":\"ana\",\"scope\":\"training\",\"granted\":\"2025-03-01\"}\n").unwrap();
-        std::fs::write(gov.join("withdrawals.jsonl"), "{\"contributor\":\"ben\",\"withdrawn\":\"2025-04-01\",\"reason\":\"asked\"}\n").unwrap();
+        std::fs::write(
+            gov.join("consent-ledger.jsonl"),
+            "{\"consent\":\"c1\",\"contributor\":\"ana\",\"scope\":\"training\",\"granted\":\"2025-03-01\"}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            gov.join("withdrawals.jsonl"),
+            "{\"contributor\":\"ben\",\"withdrawn\":\"2025-04-01\",\"reason\":\"asked\"}\n",
+        )
+        .unwrap();
         let p = Policy::load(&gov.join("policy.toml")).unwrap();
         assert_eq!((p.ledger.len(), p.withdrawn.len()), (1, 1));
         assert!(p.ledger.get("c1").is_some() && p.withdrawn.contains("ben"));
         // Same rules as the built-in default.
-        assert_eq!((p.forbid.clone(), p.require_consent.clone()), (Policy::default().forbid, Policy::default().require_consent));
+        assert_eq!(
+            (p.forbid.clone(), p.require_consent.clone()),
+            (Policy::default().forbid, Policy::default().require_consent)
+        );
     }
 
     #[test]
@@ -674,7 +751,11 @@ mod tests {
         let e = Policy::load(&path).unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");
         std::fs::write(&path, "consent_ledger = \"l.jsonl\"\n").unwrap();
-        std::fs::write(dir.path().join("l.jsonl"), "{\"consent\":\"c1\"}\n{\"contributor\":\"x\"}\n").unwrap();
+        std::fs::write(
+            dir.path().join("l.jsonl"),
+            "{\"consent\":\"c1\"}\n{\"contributor\":\"x\"}\n",
+        )
+        .unwrap();
         let e = Policy::load(&path).unwrap_err();
         assert_eq!((e.line, e.field.as_deref()), (Some(2), Some("consent")), "{e}");
         assert!(e.file.ends_with("l.jsonl"));

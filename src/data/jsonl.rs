@@ -69,7 +69,12 @@ impl DataError {
 
     /// An error about a whole file.
     pub fn file(file: &Path, message: impl Into<String>) -> Self {
-        DataError { file: file.to_path_buf(), line: None, field: None, message: message.into() }
+        DataError {
+            file: file.to_path_buf(),
+            line: None,
+            field: None,
+            message: message.into(),
+        }
     }
 
     pub(crate) fn io(file: &Path, err: std::io::Error) -> Self {
@@ -101,7 +106,11 @@ impl From<DataError> for SkippedLine {
             Some(field) => format!("field `{field}`: {}", e.message),
             None => e.message.clone(),
         };
-        SkippedLine { file: e.file, line: e.line.unwrap_or(0), reason }
+        SkippedLine {
+            file: e.file,
+            line: e.line.unwrap_or(0),
+            reason,
+        }
     }
 }
 
@@ -121,7 +130,11 @@ pub struct Read<T> {
 
 impl<T> Default for Read<T> {
     fn default() -> Self {
-        Read { records: Vec::new(), lines: Vec::new(), skipped: Vec::new() }
+        Read {
+            records: Vec::new(),
+            lines: Vec::new(),
+            skipped: Vec::new(),
+        }
     }
 }
 
@@ -156,7 +169,14 @@ pub fn read_with<T>(
             continue;
         }
         let record = serde_json::from_str::<Value>(&text)
-            .map_err(|e| DataError::at(path, line_no, None, format!("invalid JSON at column {}: {}", e.column(), strip_position(&e))))
+            .map_err(|e| {
+                DataError::at(
+                    path,
+                    line_no,
+                    None,
+                    format!("invalid JSON at column {}: {}", e.column(), strip_position(&e)),
+                )
+            })
             .and_then(|v| parse(line_no, v));
         out.push(line_no, record, bad)?;
     }
@@ -175,7 +195,10 @@ pub fn from_value<T: DeserializeOwned>(file: &Path, line: usize, value: Value) -
         let mut field = (path != ".").then_some(path);
         let message = strip_position(e.inner());
         // serde reports a missing field at its parent; name the field itself.
-        if let Some(missing) = message.strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
+        if let Some(missing) = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+        {
             field = Some(match field {
                 Some(parent) => format!("{parent}.{missing}"),
                 None => missing.to_string(),
@@ -215,7 +238,10 @@ pub fn write_atomic(
         _ => Path::new("."),
     };
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut w = BufWriter::new(File::create(&tmp)?);
@@ -298,7 +324,10 @@ mod tests {
     fn skip_bad_reports_every_skipped_line() {
         let (_d, p) = file("{\"query\":\"a\"}\nnot json\n{\"query\":1}\n{\"query\":\"d\"}\n");
         let r = read_jsonl::<Rec>(&p, BadLines::SkipBad).unwrap();
-        assert_eq!(r.records.iter().map(|r| r.query.as_str()).collect::<Vec<_>>(), ["a", "d"]);
+        assert_eq!(
+            r.records.iter().map(|r| r.query.as_str()).collect::<Vec<_>>(),
+            ["a", "d"]
+        );
         assert_eq!(r.skipped.iter().map(|s| s.line).collect::<Vec<_>>(), [2, 3]);
         assert!(r.skipped[1].reason.contains("query"));
     }
@@ -313,7 +342,16 @@ mod tests {
     #[test]
     fn write_round_trips_and_failure_keeps_old_file() {
         let (d, p) = file("{\"query\":\"old\"}\n");
-        let recs = vec![Rec { query: "a".into(), tags: vec![] }, Rec { query: "b".into(), tags: vec!["t".into()] }];
+        let recs = vec![
+            Rec {
+                query: "a".into(),
+                tags: vec![],
+            },
+            Rec {
+                query: "b".into(),
+                tags: vec!["t".into()],
+            },
+        ];
         write_jsonl(&p, &recs).unwrap();
         assert_eq!(read_jsonl::<Rec>(&p, BadLines::Fail).unwrap().records, recs);
 

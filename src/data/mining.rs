@@ -12,7 +12,7 @@
 //! assert_eq!(got, [("Tides", "The sea rises.\n## Neap tides\nSmall ones.\n## Empty"), ("Neap tides", "Small ones.")]);
 //! ```
 
-use super::corpus::{sections, Document};
+use super::corpus::{Document, sections};
 use super::formats::EmbeddingPair;
 
 /// The document's body without its title heading (the text a title should retrieve).
@@ -31,14 +31,20 @@ fn body_without_title(doc: &Document) -> String {
 }
 
 fn pair(doc: &Document, id: String, query: &str, positive: String) -> EmbeddingPair {
-    EmbeddingPair { query: query.to_string(), positive, doc_id: Some(doc.id.clone()), ..Default::default() }
-        .with_meta(Some(id), doc.governance.clone())
+    EmbeddingPair {
+        query: query.to_string(),
+        positive,
+        doc_id: Some(doc.id.clone()),
+        ..Default::default()
+    }
+    .with_meta(Some(id), doc.governance.clone())
 }
 
 /// The title → body pair of a document (`None` when title or body is empty). Id: `<doc id>#title`.
 pub fn title_pair(doc: &Document) -> Option<EmbeddingPair> {
     let body = body_without_title(doc);
-    (!doc.title.trim().is_empty() && !body.is_empty()).then(|| pair(doc, format!("{}#title", doc.id), doc.title.trim(), body))
+    (!doc.title.trim().is_empty() && !body.is_empty())
+        .then(|| pair(doc, format!("{}#title", doc.id), doc.title.trim(), body))
 }
 
 /// Heading → section pairs for every non-empty section under a heading, except the title's own
@@ -55,7 +61,9 @@ pub fn section_pairs(doc: &Document) -> Vec<EmbeddingPair> {
 
 /// Title → body and heading → section pairs for every document, in corpus order.
 pub fn mine_pairs(docs: &[Document]) -> Vec<EmbeddingPair> {
-    docs.iter().flat_map(|d| title_pair(d).into_iter().chain(section_pairs(d))).collect()
+    docs.iter()
+        .flat_map(|d| title_pair(d).into_iter().chain(section_pairs(d)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -69,11 +77,18 @@ mod tests {
         let md = "---\nid: kelp\nclassification: community\ncontributor: ana\nconsent: c-1\n---\n# Kelp forests\n\nKelp grows fast.\n\n## Where\n\nCold water.\n\n### Depth\n\n## Uses\n\nFood and fertiliser.\n";
         let doc = parse_markdown("x", md).unwrap();
         let pairs = mine_pairs(std::slice::from_ref(&doc));
-        let got: Vec<(&str, &str, &str)> = pairs.iter().map(|p| (p.id.as_deref().unwrap(), p.query.as_str(), p.positive.as_str())).collect();
+        let got: Vec<(&str, &str, &str)> = pairs
+            .iter()
+            .map(|p| (p.id.as_deref().unwrap(), p.query.as_str(), p.positive.as_str()))
+            .collect();
         assert_eq!(
             got,
             [
-                ("kelp#title", "Kelp forests", "Kelp grows fast.\n\n## Where\n\nCold water.\n\n### Depth\n\n## Uses\n\nFood and fertiliser."),
+                (
+                    "kelp#title",
+                    "Kelp forests",
+                    "Kelp grows fast.\n\n## Where\n\nCold water.\n\n### Depth\n\n## Uses\n\nFood and fertiliser."
+                ),
                 ("kelp#s1", "Where", "Cold water."),
                 ("kelp#s3", "Uses", "Food and fertiliser."),
             ]
@@ -81,7 +96,10 @@ mod tests {
         for p in &pairs {
             assert_eq!(p.doc_id.as_deref(), Some("kelp"));
             assert_eq!(p.classification, Some(Classification::Community));
-            assert_eq!((p.contributor.as_deref(), p.consent.as_deref()), (Some("ana"), Some("c-1")));
+            assert_eq!(
+                (p.contributor.as_deref(), p.consent.as_deref()),
+                (Some("ana"), Some("c-1"))
+            );
         }
     }
 

@@ -35,7 +35,7 @@ use serde_json::Value;
 
 use super::formats::Record;
 use super::governance::{Audit, GovernedDataset};
-use super::jsonl::{write_atomic, write_jsonl, DataError};
+use super::jsonl::{DataError, write_atomic, write_jsonl};
 
 /// How to split.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,7 +49,11 @@ pub struct SplitConfig {
 
 impl Default for SplitConfig {
     fn default() -> Self {
-        SplitConfig { seed: 42, ratios: [0.8, 0.1, 0.1], group_by: Some("doc_id".into()) }
+        SplitConfig {
+            seed: 42,
+            ratios: [0.8, 0.1, 0.1],
+            group_by: Some("doc_id".into()),
+        }
     }
 }
 
@@ -93,28 +97,42 @@ pub fn split<T: Record>(data: &GovernedDataset<T>, cfg: &SplitConfig) -> Splits<
     // Groups in key order (independent of input order), then shuffled by the seed.
     let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, r) in data.iter().enumerate() {
-        groups.entry(group_key(r, cfg.group_by.as_deref(), i)).or_default().push(i);
+        groups
+            .entry(group_key(r, cfg.group_by.as_deref(), i))
+            .or_default()
+            .push(i);
     }
     let mut groups: Vec<Vec<usize>> = groups.into_values().collect();
     groups.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed));
 
     let total: f64 = cfg.ratios.iter().map(|r| r.max(0.0)).sum();
-    let targets: Vec<f64> = cfg.ratios.iter().map(|r| r.max(0.0) / total.max(f64::MIN_POSITIVE) * data.len() as f64).collect();
+    let targets: Vec<f64> = cfg
+        .ratios
+        .iter()
+        .map(|r| r.max(0.0) / total.max(f64::MIN_POSITIVE) * data.len() as f64)
+        .collect();
     let mut members: [Vec<usize>; 3] = Default::default();
     for g in groups {
         // The split furthest below its target (ties: the earlier split); zero-share splits get nothing.
         let deficit = |s: usize| targets[s] - members[s].len() as f64;
-        let s = (0..3).filter(|&s| targets[s] > 0.0).fold(None, |best: Option<usize>, s| match best {
-            Some(b) if deficit(b) >= deficit(s) => Some(b),
-            _ => Some(s),
-        });
+        let s = (0..3)
+            .filter(|&s| targets[s] > 0.0)
+            .fold(None, |best: Option<usize>, s| match best {
+                Some(b) if deficit(b) >= deficit(s) => Some(b),
+                _ => Some(s),
+            });
         members[s.unwrap_or(0)].extend(g);
     }
     let [train, valid, test] = members.map(|mut m| {
         m.sort_unstable(); // keep the input order inside a split
         data.select(&m)
     });
-    Splits { train, valid, test, config: cfg.clone() }
+    Splits {
+        train,
+        valid,
+        test,
+        config: cfg.clone(),
+    }
 }
 
 /// Size and hash of one written split.
@@ -146,9 +164,19 @@ pub fn write_split<T: Record>(splits: &Splits<T>, dir: &Path) -> Result<SplitAud
     let mut infos = BTreeMap::new();
     for (name, d) in splits.parts() {
         write_jsonl(&dir.join(format!("{name}.jsonl")), d.records())?;
-        let groups: BTreeSet<String> =
-            d.iter().enumerate().map(|(i, r)| group_key(r, splits.config.group_by.as_deref(), i)).collect();
-        infos.insert(name.to_string(), SplitInfo { records: d.len(), groups: groups.len(), sha256: d.sha256() });
+        let groups: BTreeSet<String> = d
+            .iter()
+            .enumerate()
+            .map(|(i, r)| group_key(r, splits.config.group_by.as_deref(), i))
+            .collect();
+        infos.insert(
+            name.to_string(),
+            SplitInfo {
+                records: d.len(),
+                groups: groups.len(),
+                sha256: d.sha256(),
+            },
+        );
     }
     let audit = SplitAudit {
         governance: splits.train.audit().clone(),
@@ -166,18 +194,28 @@ pub fn write_split<T: Record>(splits: &Splits<T>, dir: &Path) -> Result<SplitAud
 }
 
 fn count_unique(df: &DataFrame, col: &str) -> usize {
-    df.column(col).ok().and_then(|c| c.u32().ok().map(|c| c.iter().collect::<BTreeSet<_>>().len())).unwrap_or(0)
+    df.column(col)
+        .ok()
+        .and_then(|c| c.u32().ok().map(|c| c.iter().collect::<BTreeSet<_>>().len()))
+        .unwrap_or(0)
 }
 
 /// Text normalised for duplicate and leakage checks: lower case, letters and digits only, single spaces.
 pub fn normalise(text: &str) -> String {
-    let kept: String = text.chars().map(|c| if c.is_alphanumeric() { c } else { ' ' }).collect();
+    let kept: String = text
+        .chars()
+        .map(|c| if c.is_alphanumeric() { c } else { ' ' })
+        .collect();
     kept.to_lowercase().split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn preview(text: &str) -> String {
     let t: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if t.chars().count() > 60 { format!("{}…", t.chars().take(59).collect::<String>()) } else { t }
+    if t.chars().count() > 60 {
+        format!("{}…", t.chars().take(59).collect::<String>())
+    } else {
+        t
+    }
 }
 
 fn id_or_position<T: Record>(r: &T, i: usize) -> String {
@@ -190,7 +228,11 @@ pub fn duplicates<T: Record>(parts: &[(&str, &[T])]) -> PolarsResult<DataFrame> 
     let mut by_text: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
     for (p, (_, records)) in parts.iter().enumerate() {
         for (i, r) in records.iter().enumerate() {
-            let key: Vec<String> = r.texts().iter().map(|(f, t)| format!("{f}\u{1f}{}", normalise(t))).collect();
+            let key: Vec<String> = r
+                .texts()
+                .iter()
+                .map(|(f, t)| format!("{f}\u{1f}{}", normalise(t)))
+                .collect();
             by_text.entry(key.join("\u{1e}")).or_default().push((p, i));
         }
     }
@@ -217,7 +259,9 @@ pub fn leakage<T: Record>(parts: &[(&str, &[T])]) -> PolarsResult<DataFrame> {
     for (p, (_, records)) in parts.iter().enumerate() {
         for (i, r) in records.iter().enumerate() {
             for (field, t) in r.leak_keys() {
-                seen.entry((field, normalise(t))).or_default().push((p, id_or_position(r, i), t.to_string()));
+                seen.entry((field, normalise(t)))
+                    .or_default()
+                    .push((p, id_or_position(r, i), t.to_string()));
             }
         }
     }
@@ -240,7 +284,7 @@ mod tests {
     use super::*;
     use crate::data::formats::EmbeddingPair;
     use crate::data::governance::{Classification, Policy};
-    use crate::data::jsonl::{read_jsonl, BadLines};
+    use crate::data::jsonl::{BadLines, read_jsonl};
 
     /// 200 documents with 1..=5 pairs each (sizes cycle), 600 pairs in all, plus one sacred pair.
     fn pairs() -> Vec<EmbeddingPair> {
@@ -257,7 +301,13 @@ mod tests {
                 });
             }
         }
-        out.push(EmbeddingPair { id: Some("holy".into()), query: "q".into(), positive: "p".into(), classification: Some(Classification::Sacred), ..Default::default() });
+        out.push(EmbeddingPair {
+            id: Some("holy".into()),
+            query: "q".into(),
+            positive: "p".into(),
+            classification: Some(Classification::Sacred),
+            ..Default::default()
+        });
         out
     }
 
@@ -266,7 +316,13 @@ mod tests {
     }
 
     fn split_with(seed: u64) -> Splits<EmbeddingPair> {
-        split(&Policy::default().apply(pairs()), &SplitConfig { seed, ..SplitConfig::default() })
+        split(
+            &Policy::default().apply(pairs()),
+            &SplitConfig {
+                seed,
+                ..SplitConfig::default()
+            },
+        )
     }
 
     #[test]
@@ -287,7 +343,11 @@ mod tests {
             for r in d.iter() {
                 n += 1;
                 let prev = home.insert(r.doc_id.clone().unwrap(), name);
-                assert!(prev.is_none() || prev == Some(name), "{:?} in {prev:?} and {name}", r.doc_id);
+                assert!(
+                    prev.is_none() || prev == Some(name),
+                    "{:?} in {prev:?} and {name}",
+                    r.doc_id
+                );
             }
         }
         assert_eq!(n, 600); // the sacred pair is gone, every other pair is somewhere
@@ -303,7 +363,13 @@ mod tests {
                 assert!((len as f64 - target).abs() <= 5.0, "seed {seed}: {len} vs {target}");
             }
         }
-        let s = split(&Policy::default().apply(pairs()), &SplitConfig { ratios: [0.5, 0.0, 0.5], ..SplitConfig::default() });
+        let s = split(
+            &Policy::default().apply(pairs()),
+            &SplitConfig {
+                ratios: [0.5, 0.0, 0.5],
+                ..SplitConfig::default()
+            },
+        );
         assert!(s.valid.is_empty());
         assert!((s.train.len() as i64 - 300).abs() <= 5);
     }
@@ -315,7 +381,13 @@ mod tests {
         assert_eq!(group_key(&p[0], Some("nope"), 9), "#9");
         assert_eq!(group_key(&p[0], None, 3), "#3");
         // Grouping by classification puts every public pair in one split.
-        let s = split(&Policy::default().apply(p), &SplitConfig { group_by: Some("classification".into()), ..SplitConfig::default() });
+        let s = split(
+            &Policy::default().apply(p),
+            &SplitConfig {
+                group_by: Some("classification".into()),
+                ..SplitConfig::default()
+            },
+        );
         assert_eq!((s.train.len(), s.valid.len(), s.test.len()), (600, 0, 0));
     }
 
@@ -338,14 +410,32 @@ mod tests {
 
     #[test]
     fn finds_duplicates_and_leaks() {
-        let pair = |id: &str, q: &str, p: &str| EmbeddingPair { id: Some(id.into()), query: q.into(), positive: p.into(), ..Default::default() };
-        let train = vec![pair("a", "Tide tables?", "x"), pair("b", "tide   TABLES", "x"), pair("c", "moon", "y")];
+        let pair = |id: &str, q: &str, p: &str| EmbeddingPair {
+            id: Some(id.into()),
+            query: q.into(),
+            positive: p.into(),
+            ..Default::default()
+        };
+        let train = vec![
+            pair("a", "Tide tables?", "x"),
+            pair("b", "tide   TABLES", "x"),
+            pair("c", "moon", "y"),
+        ];
         let test = vec![pair("d", "sun", "Y."), pair("e", "other", "z")];
         let parts: Vec<(&str, &[EmbeddingPair])> = vec![("train", &train), ("test", &test)];
 
         let d = duplicates(&parts).unwrap();
         // a and b normalise to the same query and positive; nothing else repeats.
-        assert_eq!(d.column("id").unwrap().str().unwrap().iter().flatten().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            d.column("id")
+                .unwrap()
+                .str()
+                .unwrap()
+                .iter()
+                .flatten()
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
 
         let l = leakage(&parts).unwrap();
         // Only positive "y" (c in train, d in test) crosses splits; "tide tables" stays inside train.

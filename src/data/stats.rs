@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use polars::prelude::*;
 
 use super::formats::{Loaded, Record};
-use super::governance::{class_key, Audit, Governed};
+use super::governance::{Audit, Governed, class_key};
 
 /// Records per file: `split`, `file`, `format`, `records`, `skipped` (bad lines left out).
 pub fn file_counts(loaded: &Loaded) -> PolarsResult<DataFrame> {
@@ -47,7 +47,10 @@ pub fn length_stats<T: Record>(parts: &[(&str, &[T])]) -> PolarsResult<DataFrame
                 if !lengths.contains_key(f) {
                     fields.push(f.to_string());
                 }
-                lengths.entry(f.to_string()).or_default().push((t.chars().count(), t.split_whitespace().count()));
+                lengths
+                    .entry(f.to_string())
+                    .or_default()
+                    .push((t.chars().count(), t.split_whitespace().count()));
             }
         }
         for f in fields {
@@ -83,21 +86,34 @@ const CLASSES: [&str; 5] = ["public", "community", "personal", "sacred", "unclas
 
 /// Class mix per split: one row per split, a count column per class, and `total`.
 pub fn class_mix<T: Governed>(parts: &[(&str, &[T])]) -> PolarsResult<DataFrame> {
-    let mut columns = vec![Column::new("split".into(), parts.iter().map(|p| p.0.to_string()).collect::<Vec<_>>())];
+    let mut columns = vec![Column::new(
+        "split".into(),
+        parts.iter().map(|p| p.0.to_string()).collect::<Vec<_>>(),
+    )];
     for class in CLASSES {
         let counts: Vec<u32> = parts
             .iter()
-            .map(|(_, recs)| recs.iter().filter(|r| class_key(r.governance().classification) == class).count() as u32)
+            .map(|(_, recs)| {
+                recs.iter()
+                    .filter(|r| class_key(r.governance().classification) == class)
+                    .count() as u32
+            })
             .collect();
         columns.push(Column::new(class.into(), counts));
     }
-    columns.push(Column::new("total".into(), parts.iter().map(|p| p.1.len() as u32).collect::<Vec<_>>()));
+    columns.push(Column::new(
+        "total".into(),
+        parts.iter().map(|p| p.1.len() as u32).collect::<Vec<_>>(),
+    ));
     DataFrame::new_infer_height(columns)
 }
 
 /// The audit's counts: `classification`, `total`, `kept`, `excluded`.
 pub fn audit_counts(audit: &Audit) -> PolarsResult<DataFrame> {
-    let c: Vec<_> = CLASSES.iter().map(|k| audit.counts.get(*k).copied().unwrap_or_default()).collect();
+    let c: Vec<_> = CLASSES
+        .iter()
+        .map(|k| audit.counts.get(*k).copied().unwrap_or_default())
+        .collect();
     df!(
         "classification" => CLASSES.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         "total" => c.iter().map(|c| c.total as u32).collect::<Vec<_>>(),
@@ -108,7 +124,12 @@ pub fn audit_counts(audit: &Audit) -> PolarsResult<DataFrame> {
 
 /// The audit's excluded records: `id`, `reason`, `detail`.
 pub fn audit_excluded(audit: &Audit) -> PolarsResult<DataFrame> {
-    let reason = |r| serde_json::to_value(r).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    let reason = |r| {
+        serde_json::to_value(r)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
     df!(
         "id" => audit.excluded.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
         "reason" => audit.excluded.iter().map(|e| reason(e.reason)).collect::<Vec<_>>(),
@@ -123,12 +144,22 @@ mod tests {
     use crate::data::governance::{Classification, Policy};
 
     fn u32s(df: &DataFrame, c: &str) -> Vec<u32> {
-        df.column(c).unwrap().u32().unwrap().iter().map(Option::unwrap).collect()
+        df.column(c)
+            .unwrap()
+            .u32()
+            .unwrap()
+            .iter()
+            .map(Option::unwrap)
+            .collect()
     }
 
     #[test]
     fn length_stats_by_hand() {
-        let p = |q: &str, pos: &str| EmbeddingPair { query: q.into(), positive: pos.into(), ..Default::default() };
+        let p = |q: &str, pos: &str| EmbeddingPair {
+            query: q.into(),
+            positive: pos.into(),
+            ..Default::default()
+        };
         // queries: "a b" (3 chars, 2 tokens), "hello" (5, 1); positives: "x" (1, 1), "one two three" (13, 3).
         let train = vec![p("a b", "x"), p("hello", "one two three")];
         let test = vec![p("q", "")];
@@ -139,16 +170,36 @@ mod tests {
         assert_eq!(u32s(&df, "chars_min"), [3, 1, 1, 0]);
         assert_eq!(u32s(&df, "chars_max"), [5, 13, 1, 0]);
         assert_eq!(u32s(&df, "tokens_max"), [2, 3, 1, 0]);
-        let means: Vec<f64> = df.column("chars_mean").unwrap().f64().unwrap().iter().flatten().collect();
+        let means: Vec<f64> = df
+            .column("chars_mean")
+            .unwrap()
+            .f64()
+            .unwrap()
+            .iter()
+            .flatten()
+            .collect();
         assert_eq!(means, [4.0, 7.0, 1.0, 0.0]); // (3+5)/2, (1+13)/2
-        let tmeans: Vec<f64> = df.column("tokens_mean").unwrap().f64().unwrap().iter().flatten().collect();
+        let tmeans: Vec<f64> = df
+            .column("tokens_mean")
+            .unwrap()
+            .f64()
+            .unwrap()
+            .iter()
+            .flatten()
+            .collect();
         assert_eq!(tmeans, [1.5, 2.0, 1.0, 0.0]);
     }
 
     #[test]
     fn chat_fields_are_roles() {
-        let m = |role, c: &str| ChatMessage { role, content: c.into() };
-        let recs = vec![ChatRecord { messages: vec![m(Role::User, "hi there"), m(Role::Assistant, "hello")], ..Default::default() }];
+        let m = |role, c: &str| ChatMessage {
+            role,
+            content: c.into(),
+        };
+        let recs = vec![ChatRecord {
+            messages: vec![m(Role::User, "hi there"), m(Role::Assistant, "hello")],
+            ..Default::default()
+        }];
         let df = length_stats(&[("train", &recs[..])]).unwrap();
         let fields: Vec<&str> = df.column("field").unwrap().str().unwrap().iter().flatten().collect();
         assert_eq!(fields, ["user", "assistant"]);
@@ -156,10 +207,26 @@ mod tests {
 
     #[test]
     fn class_mix_and_audit_tables() {
-        let p = |c: Option<Classification>| EmbeddingPair { classification: c, ..Default::default() };
-        let recs = vec![p(Some(Classification::Public)), p(Some(Classification::Public)), p(Some(Classification::Sacred)), p(None)];
+        let p = |c: Option<Classification>| EmbeddingPair {
+            classification: c,
+            ..Default::default()
+        };
+        let recs = vec![
+            p(Some(Classification::Public)),
+            p(Some(Classification::Public)),
+            p(Some(Classification::Sacred)),
+            p(None),
+        ];
         let df = class_mix(&[("all", &recs[..])]).unwrap();
-        assert_eq!((u32s(&df, "public"), u32s(&df, "sacred"), u32s(&df, "unclassified"), u32s(&df, "total")), (vec![2], vec![1], vec![1], vec![4]));
+        assert_eq!(
+            (
+                u32s(&df, "public"),
+                u32s(&df, "sacred"),
+                u32s(&df, "unclassified"),
+                u32s(&df, "total")
+            ),
+            (vec![2], vec![1], vec![1], vec![4])
+        );
 
         let g = Policy::default().apply(recs);
         let counts = audit_counts(g.audit()).unwrap();
