@@ -51,11 +51,12 @@ impl LoraLinear {
         let rank = lora_a.dims()[0];
         assert_eq!(lora_a.dims(), [rank, in_features], "lora_a must be [rank, in]");
         assert_eq!(lora_b.dims(), [out_features, rank], "lora_b must be [out, rank]");
+        // Detached: each becomes a leaf of its own (a transposed or computed input is not one).
         Self {
-            weight: Param::from_tensor(weight).set_require_grad(false),
-            bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
-            lora_a: Param::from_tensor(lora_a),
-            lora_b: Param::from_tensor(lora_b),
+            weight: Param::from_tensor(weight.detach()).set_require_grad(false),
+            bias: bias.map(|b| Param::from_tensor(b.detach()).set_require_grad(false)),
+            lora_a: Param::from_tensor(lora_a.detach()),
+            lora_b: Param::from_tensor(lora_b.detach()),
             dropout: DropoutConfig::new(dropout).init(),
             scale,
         }
@@ -144,7 +145,7 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().to_vec::<f32>().unwrap()
+        t.into_data().try_to_vec::<f32>().unwrap()
     }
 
     fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {

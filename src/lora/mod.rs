@@ -19,7 +19,7 @@
 //! assert_eq!(layer.scale, 2.0);
 //! // B is zero at the start: the adapted layer computes exactly what the base layer does.
 //! let y = layer.forward(Tensor::<2>::from_floats([[1.0, 1.0, 1.0]], &device));
-//! assert_eq!(y.into_data().to_vec::<f32>().unwrap(), vec![3.0, 0.0]);
+//! assert_eq!(y.into_data().try_to_vec::<f32>().unwrap(), vec![3.0, 0.0]);
 //! ```
 
 mod linear;

@@ -305,7 +305,7 @@ mod tests {
             let d = Device::flex().autodiff();
             let (ta, tp, tn) = (t2(a.clone(), [3, 4], &d).require_grad(), t2(p.clone(), [3, 4], &d).require_grad(), t2(n.clone(), [2, 4], &d).require_grad());
             let grads = loss.forward(ta.clone(), tp.clone(), Some(tn.clone())).backward();
-            let analytic: Vec<Vec<f32>> = [ta, tp, tn].iter().map(|t| t.grad(&grads).unwrap().into_data().to_vec().unwrap()).collect();
+            let analytic: Vec<Vec<f32>> = [ta, tp, tn].iter().map(|t| t.grad(&grads).unwrap().into_data().try_to_vec().unwrap()).collect();
             let eps = 1e-3f32;
             let mut worst = 0.0f32;
             for (which, g) in analytic.iter().enumerate() {
@@ -365,7 +365,7 @@ mod tests {
             let (Some(a), Some(b)) = (self.a.get::<D>(param.id), self.b.get::<D>(param.id)) else {
                 panic!("gradient missing for a parameter of shape {:?}", param.dims())
             };
-            let (a, b): (Vec<f32>, Vec<f32>) = (a.into_data().to_vec().unwrap(), b.into_data().to_vec().unwrap());
+            let (a, b): (Vec<f32>, Vec<f32>) = (a.into_data().try_to_vec().unwrap(), b.into_data().try_to_vec().unwrap());
             assert!(a.iter().any(|v| *v != 0.0));
             for (x, y) in a.iter().zip(&b) {
                 let diff = (x - y).abs();

@@ -34,7 +34,7 @@ pub trait TrainableEncoder: Clone + Send {
     fn encode(&self, texts: &[&str]) -> Result<Tensor<2>, Self::Error>;
 
     /// Attach LoRA adapters as `config` says (freezing the rest); adapters drawn from `seed`.
-    fn apply_lora(self, config: &LoraConfig, seed: u64) -> Result<Self, LoraError> {
+    fn with_lora(self, config: &LoraConfig, seed: u64) -> Result<Self, LoraError> {
         let _ = (config, seed);
         Err(LoraError::Unsupported { model: std::any::type_name::<Self>().to_string() })
     }
@@ -139,7 +139,7 @@ impl TrainableEncoder for HashedBagEncoder {
     }
 
     /// Adapts `proj` (the only target); the embedding table is frozen.
-    fn apply_lora(self, config: &LoraConfig, seed: u64) -> Result<Self, LoraError> {
+    fn with_lora(self, config: &LoraConfig, seed: u64) -> Result<Self, LoraError> {
         config.validate()?;
         if !config.targets("proj", &["proj"]) {
             let target = config.target_modules.join(", ");
@@ -161,7 +161,7 @@ mod tests {
     #[test]
     fn bag_hashes_lowercased_words() {
         let enc = HashedBagEncoder::new(1024, 4, 2, 0.0, 1, &Device::flex());
-        let bag = enc.bag(&["Fox fox", "", "FOX"], &Device::flex()).into_data().to_vec::<f32>().unwrap();
+        let bag = enc.bag(&["Fox fox", "", "FOX"], &Device::flex()).into_data().try_to_vec::<f32>().unwrap();
         let (a, b, c) = (&bag[..1024], &bag[1024..2048], &bag[2048..]);
         assert_eq!(a, c, "case-insensitive, frequencies");
         assert_eq!(a.iter().sum::<f32>(), 1.0);
@@ -172,17 +172,17 @@ mod tests {
     fn lora_freezes_everything_but_the_adapter() {
         let device = Device::flex().autodiff();
         let enc = HashedBagEncoder::new(32, 4, 3, 0.0, 1, &device);
-        let before = enc.encode(&["a b c"]).unwrap().into_data().to_vec::<f32>().unwrap();
+        let before = enc.encode(&["a b c"]).unwrap().into_data().try_to_vec::<f32>().unwrap();
         let lora = LoraConfig { rank: 2, alpha: 4.0, ..LoraConfig::default() };
-        let enc = enc.apply_lora(&lora, 9).unwrap();
+        let enc = enc.with_lora(&lora, 9).unwrap();
         assert!(enc.proj.is_lora());
         // B = 0: same vectors as before the adapter.
         let after = enc.encode(&["a b c"]).unwrap();
-        assert_eq!(after.clone().into_data().to_vec::<f32>().unwrap(), before);
+        assert_eq!(after.clone().into_data().try_to_vec::<f32>().unwrap(), before);
         let grads = after.sum().backward();
         assert!(enc.embedding.val().grad(&grads).is_none());
         let bad = LoraConfig { target_modules: vec!["query".into()], ..lora };
-        let err = HashedBagEncoder::new(32, 4, 3, 0.0, 1, &device).apply_lora(&bad, 9).unwrap_err();
+        let err = HashedBagEncoder::new(32, 4, 3, 0.0, 1, &device).with_lora(&bad, 9).unwrap_err();
         assert!(err.to_string().contains("query"), "{err}");
     }
 }

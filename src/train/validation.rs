@@ -77,7 +77,7 @@ fn embed<E: TrainableEncoder>(encoder: &E, items: &[(String, String)], batch_siz
         let texts: Vec<&str> = chunk.iter().map(|(_, t)| t.as_str()).collect();
         let v = encoder.encode(&texts)?;
         let dim = v.dims()[1];
-        let flat = v.into_data().to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+        let flat = v.into_data().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
         for row in flat.chunks(dim) {
             let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
             out.push(row.iter().map(|x| x / norm).collect());
