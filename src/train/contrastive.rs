@@ -325,6 +325,41 @@ mod tests {
         }
     }
 
+    /// The same check in f64 (burn-flex computes in the tensor's dtype): with eps 1e-6 the
+    /// central difference is accurate to ~1e-9, so autodiff must agree to 1e-6 relative.
+    #[test]
+    fn embedding_gradients_match_finite_differences_in_f64() {
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        let mut rand = |n: usize| -> Vec<f64> { (0..n).map(|_| rng.random_range(-1.0f64..1.0)).collect() };
+        let (a, p, n) = (rand(12), rand(12), rand(8));
+        let t = |v: &[f64], rows: usize, d: &Device| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [rows, 4]), (d, burn::tensor::DType::F64));
+        for loss in [MultipleNegativesRankingLoss::default(), MultipleNegativesRankingLoss { scale: 20.0, symmetric: true }] {
+            let value = |cols: &[Vec<f64>; 3]| {
+                let d = Device::flex();
+                loss.forward(t(&cols[0], 3, &d), t(&cols[1], 3, &d), Some(t(&cols[2], 2, &d))).into_scalar::<f64>()
+            };
+            let d = Device::flex().autodiff();
+            let leaves = [t(&a, 3, &d).require_grad(), t(&p, 3, &d).require_grad(), t(&n, 2, &d).require_grad()];
+            let grads = loss.forward(leaves[0].clone(), leaves[1].clone(), Some(leaves[2].clone())).backward();
+            let eps = 1e-6;
+            let mut worst = 0.0f64;
+            for (which, leaf) in leaves.iter().enumerate() {
+                let g: Vec<f64> = leaf.grad(&grads).unwrap().into_data().try_to_vec().unwrap();
+                for i in 0..g.len() {
+                    let mut cols = [a.clone(), p.clone(), n.clone()];
+                    cols[which][i] += eps;
+                    let up = value(&cols);
+                    cols[which][i] -= 2.0 * eps;
+                    let fd = (up - value(&cols)) / (2.0 * eps);
+                    let err = (fd - g[i]).abs() / g[i].abs().max(fd.abs()).max(1e-3);
+                    worst = worst.max(err);
+                    assert!(err < 1e-6, "column {which} [{i}]: autodiff {} vs fd {fd}", g[i]);
+                }
+            }
+            eprintln!("MNRL f64 grad check (symmetric={}): max relative error {worst:e}", loss.symmetric);
+        }
+    }
+
     fn pairs_fixture() -> Vec<(String, String, Vec<String>)> {
         (0..7)
             .map(|i| (format!("query number {i}"), format!("document about topic {i} and fox"), if i % 2 == 0 { vec![format!("unrelated text {i}")] } else { vec![] }))

@@ -191,9 +191,10 @@ pub struct TrainOutcome<E> {
 ///
 /// ```
 /// use tunelab::train::contrastive_trainer::{ContrastiveConfig, ContrastiveTrainer};
+/// use tunelab::train::encoder::HashedBagEncoder;
 /// let config: ContrastiveConfig = toml::from_str("learning_rate = 1e-4\nbatch_size = 16\nepochs = 2\n").unwrap();
 /// config.validate().unwrap();
-/// let trainer = ContrastiveTrainer::new(config).with_progress(false);
+/// let trainer = ContrastiveTrainer::<HashedBagEncoder>::new(config).with_progress(false);
 /// # let _ = trainer;
 /// ```
 pub struct ContrastiveTrainer<'v, E> {
