@@ -170,6 +170,8 @@ mod sealed {
 /// types that went through the governance policy implement it.
 pub trait TrainingPairs: sealed::Sealed {
     fn pairs(&self) -> Vec<PairRef<'_>>;
+    /// The governance audit of these records, written to `governance_audit.json` in the run.
+    fn audit(&self) -> serde_json::Value;
 }
 
 /// The result of [`ContrastiveTrainer::fit`].
@@ -246,6 +248,9 @@ impl<'v, E: TrainableEncoder> ContrastiveTrainer<'v, E> {
         let config_path = out.join("config.json");
         std::fs::write(&config_path, serde_json::to_string_pretty(&cfg).expect("config serialises"))
             .map_err(|source| TrainError::Io { path: config_path, source })?;
+        let audit_path = out.join("governance_audit.json");
+        std::fs::write(&audit_path, serde_json::to_string_pretty(&data.audit()).expect("JSON value serialises"))
+            .map_err(|source| TrainError::Io { path: audit_path, source })?;
 
         // The whole run's batches are known up front: they fix the schedule's length.
         let sampler = NoDuplicatesBatchSampler { batch_size: cfg.batch_size, drop_last: false, seed: cfg.seed };
@@ -476,6 +481,9 @@ pub(crate) mod tests {
         fn pairs(&self) -> Vec<PairRef<'_>> {
             self.0.iter().map(|(q, p, n)| PairRef { query: q, positive: p, negatives: n }).collect()
         }
+        fn audit(&self) -> serde_json::Value {
+            serde_json::json!({ "test": true, "kept": self.0.len() })
+        }
     }
 
     /// 24 pairs over 8 topics: a query shares one word with its positive.
@@ -586,27 +594,25 @@ pub(crate) mod tests {
     fn nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
         let _turn = rng_turn();
         let dir = tempfile::tempdir().unwrap();
+        // Poison the positive of a pair in the third batch (batches do not depend on the texts
+        // here: every text is unique either way), so steps 1 and 2 succeed and step 3 fails.
         let mut d = data();
-        d.0[5].1 = "poison".into();
-        // Find the step whose batch holds pair 5 (the sampler is deterministic).
         let sampler = NoDuplicatesBatchSampler { batch_size: 6, drop_last: false, seed: 42 };
-        let pairs = d.pairs();
-        let poisoned_step = 1 + sampler.batches(&pairs, 0).iter().position(|b| b.contains(&5)).unwrap();
+        let victim = sampler.batches(&d.pairs(), 0)[2][0];
+        d.0[victim].1 = "poison".into();
+        let poisoned_step = 3;
         let cfg = ContrastiveConfig { save_every: Some(1), ..config(dir.path()) };
         let err = ContrastiveTrainer::new(cfg).with_progress(false).fit(Poisoned(encoder()), &d, None).unwrap_err();
         let TrainError::NonFiniteLoss { step, checkpoint, .. } = &err else { panic!("{err}") };
         assert_eq!(*step, poisoned_step);
         assert!(err.to_string().contains(&format!("step {poisoned_step}")), "{err}");
-        let latest = checkpoint::latest(dir.path());
-        if poisoned_step == 1 {
-            assert!(checkpoint.is_none() && latest.is_none());
-        } else {
-            let ckpt = checkpoint.clone().unwrap();
-            assert_eq!(latest.as_ref(), Some(&ckpt), "no checkpoint after the bad step");
-            assert_eq!(checkpoint::load_state(&ckpt).unwrap().step, poisoned_step - 1);
-            let model = checkpoint::load_model(&ckpt, encoder()).unwrap();
-            assert!(values(&model).iter().all(|v| v.is_finite()));
-        }
+        let ckpt = checkpoint.clone().expect("checkpoints of steps 1 and 2 were written");
+        assert_eq!(checkpoint::latest(dir.path()).as_ref(), Some(&ckpt), "no checkpoint after the bad step");
+        assert_eq!(checkpoint::load_state(&ckpt).unwrap().step, 2);
+        let model = checkpoint::load_model(&ckpt, encoder()).unwrap();
+        assert!(values(&model).iter().all(|v| v.is_finite()));
+        // The loss log holds the two good steps only.
+        assert_eq!(std::fs::read_to_string(dir.path().join("loss.jsonl")).unwrap().lines().count(), 2);
     }
 
     #[test]
@@ -657,6 +663,30 @@ pub(crate) mod tests {
         assert_eq!(values(&out.encoder), before, "embedding table frozen");
         let crate::lora::AdaptableLinear::Lora(l) = &out.encoder.proj else { panic!("proj not adapted") };
         assert!(l.lora_b.val().into_data().try_to_vec::<f32>().unwrap().iter().any(|v| *v != 0.0), "B trained");
+    }
+
+    /// With zero gradients AdamW's update is 0/(0+eps) = 0, so only decoupled weight decay moves
+    /// a parameter: matrices shrink by (1 − lr·wd), 1-D parameters (the bias) must not move.
+    #[test]
+    fn weight_decay_spares_one_dimensional_parameters() {
+        let device = Device::flex().autodiff();
+        let enc = HashedBagEncoder::new(8, 4, 3, 0.0, 1, &device);
+        let cfg = ContrastiveConfig { weight_decay: 0.5, ..ContrastiveConfig::default() };
+        let mut optim = adamw(&cfg, &enc);
+        let mut grads = burn::optim::GradientsParams::new();
+        grads.register(enc.embedding.id, enc.embedding.val().zeros_like().inner());
+        let crate::lora::AdaptableLinear::Base(proj) = &enc.proj else { unreachable!() };
+        let bias = proj.bias.as_ref().unwrap();
+        grads.register(proj.weight.id, proj.weight.val().zeros_like().inner());
+        grads.register(bias.id, bias.val().zeros_like().inner());
+        let (w0, b0) = (proj.weight.val().into_data().try_to_vec::<f32>().unwrap(), bias.val().into_data().try_to_vec::<f32>().unwrap());
+        let after = optim.step(0.1, enc.clone(), grads);
+        let crate::lora::AdaptableLinear::Base(p1) = &after.proj else { unreachable!() };
+        let w1 = p1.weight.val().into_data().try_to_vec::<f32>().unwrap();
+        for (a, b) in w1.iter().zip(&w0) {
+            assert!((a - b * 0.95).abs() < 1e-7, "{a} vs {b}·0.95");
+        }
+        assert_eq!(p1.bias.as_ref().unwrap().val().into_data().try_to_vec::<f32>().unwrap(), b0);
     }
 
     #[test]
