@@ -5,8 +5,9 @@
 //! (weight decay 0.01, none on biases and norm weights, as `transformers`' Trainer), warm-up and
 //! linear or cosine decay, clipping by global norm. Every `eval_every` steps it runs a
 //! [`Validation`] and keeps the best model; every `save_every` steps it writes a checkpoint that
-//! [`ContrastiveTrainer::fit`] can resume from bit for bit. A NaN or infinite loss stops the run
-//! before the optimizer step, naming the step and the last checkpoint (which is left intact).
+//! [`ContrastiveTrainer::fit`] can resume from bit for bit. A NaN or infinite loss (or gradient
+//! norm) stops the run before the optimizer step, naming the step and the last checkpoint (which
+//! is left intact).
 //!
 //! Output folder: `loss.jsonl` (one line per step: `{"step","epoch","loss","lr","grad_norm",
 //! "pairs_per_s"}` plus `"valid_<metric>"` on evaluation steps), `checkpoints/step-N/`,
@@ -150,8 +151,9 @@ pub enum TrainError {
     EmptyData,
     #[error("step {step}: encoding failed: {source}")]
     Encode { step: usize, source: Box<dyn std::error::Error + Send + Sync> },
-    #[error("step {step}: loss is {loss}; training stopped before the update. Last good checkpoint: {}", checkpoint.as_ref().map_or("none written yet".to_string(), |p| p.display().to_string()))]
-    NonFiniteLoss { step: usize, loss: f32, checkpoint: Option<PathBuf> },
+    /// The loss or the gradient norm is NaN or infinite: nothing of that step was applied.
+    #[error("step {step}: {quantity} is {value}; training stopped before the update. Last good checkpoint: {}", checkpoint.as_ref().map_or("none written yet".to_string(), |p| p.display().to_string()))]
+    NonFinite { step: usize, quantity: &'static str, value: f64, checkpoint: Option<PathBuf> },
     #[error("step {step}: validation failed: {source}")]
     Validation { step: usize, source: Box<dyn std::error::Error + Send + Sync> },
     #[error("step {step}: validation gave no '{metric}' (best_metric); it gave: {available}")]
@@ -309,10 +311,6 @@ impl<'v, E: TrainableEncoder> ContrastiveTrainer<'v, E> {
                     None => plain.backward(&encoder, &batch, seed),
                 };
                 let (loss, grads) = result.map_err(|e| TrainError::Encode { step, source: Box::new(e) })?;
-                if !loss.is_finite() {
-                    bar.abandon_with_message(format!("loss {loss} at step {step}"));
-                    return Err(TrainError::NonFiniteLoss { step, loss, checkpoint: last_checkpoint });
-                }
                 let (grads, norm) = match cfg.max_grad_norm {
                     Some(max) => clip_grad_norm(encoder.model(), grads, max),
                     None => {
@@ -320,6 +318,12 @@ impl<'v, E: TrainableEncoder> ContrastiveTrainer<'v, E> {
                         (grads, norm)
                     }
                 };
+                // A non-finite gradient with a finite loss (an overflow) would poison the weights
+                // and the next checkpoint: stop on either, before the update.
+                if let Some((quantity, value)) = [("loss", loss as f64), ("gradient norm", norm)].into_iter().find(|(_, v)| !v.is_finite()) {
+                    bar.abandon_with_message(format!("{quantity} {value} at step {step}"));
+                    return Err(TrainError::NonFinite { step, quantity, value, checkpoint: last_checkpoint });
+                }
                 let lr = schedule.lr(state.step);
                 let model = optim.step(lr, encoder.model().clone(), grads);
                 encoder.set_model(model);
@@ -603,8 +607,8 @@ pub(crate) mod tests {
         let poisoned_step = 3;
         let cfg = ContrastiveConfig { save_every: Some(1), ..config(dir.path()) };
         let err = ContrastiveTrainer::new(cfg).with_progress(false).fit(Poisoned(encoder()), &d, None).unwrap_err();
-        let TrainError::NonFiniteLoss { step, checkpoint, .. } = &err else { panic!("{err}") };
-        assert_eq!(*step, poisoned_step);
+        let TrainError::NonFinite { step, checkpoint, quantity, .. } = &err else { panic!("{err}") };
+        assert_eq!((*step, *quantity), (poisoned_step, "loss"));
         assert!(err.to_string().contains(&format!("step {poisoned_step}")), "{err}");
         let ckpt = checkpoint.clone().expect("checkpoints of steps 1 and 2 were written");
         assert_eq!(checkpoint::latest(dir.path()).as_ref(), Some(&ckpt), "no checkpoint after the bad step");
