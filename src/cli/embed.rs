@@ -38,6 +38,13 @@ pub struct EmbedArgs {
 #[derive(clap::Args, Debug)]
 pub struct TrainEmbedArgs {}
 
+/// One output line; a struct (not `json!`) keeps `id` first and writes f32 values at f32 precision.
+#[derive(serde::Serialize)]
+struct OutputRow<'a> {
+    id: &'a serde_json::Value,
+    embedding: &'a [f32],
+}
+
 /// One input record.
 struct Item {
     id: serde_json::Value,
@@ -111,7 +118,7 @@ pub fn run_embed(a: EmbedArgs, d: DeviceChoice) -> anyhow::Result<()> {
     let write = || -> anyhow::Result<()> {
         let mut w = BufWriter::new(std::fs::File::create(&tmp)?);
         for (it, v) in items.iter().zip(&vectors) {
-            serde_json::to_writer(&mut w, &serde_json::json!({"id": it.id, "embedding": v}))?;
+            serde_json::to_writer(&mut w, &OutputRow { id: &it.id, embedding: v })?;
             w.write_all(b"\n")?;
         }
         w.into_inner().map_err(|e| e.into_error())?.sync_all()?;

@@ -16,9 +16,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use memmap2::Mmap;
 use ::safetensors::tensor::{Dtype, Metadata, SafeTensorError, SafeTensors, TensorView};
+
+#[cfg(target_endian = "big")]
+compile_error!("safetensors files are little-endian; this module reads and writes them as native bytes");
 
 /// Why weights could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -94,19 +97,17 @@ impl SafetensorsFile {
         self.metadata.metadata().as_ref()
     }
 
-    /// A tensor's values converted to f32 (from F32, F16, BF16 or F64), with its shape.
-    pub fn read_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>), WeightsError> {
+    /// A tensor as f32 [`TensorData`] (converted from F32, F16, BF16 or F64), in its stored shape.
+    pub fn read_data(&self, name: &str) -> Result<TensorData, WeightsError> {
         let info = self.metadata.info(name).ok_or_else(|| self.missing(name))?;
         let (start, end) = info.data_offsets;
-        let bytes = &self.mmap[self.data_start + start..self.data_start + end];
-        let values = match info.dtype {
-            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::F64 => bytes
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().expect("8-byte chunk")) as f32)
-                .collect(),
+        let bytes = self.mmap[self.data_start + start..self.data_start + end].to_vec();
+        // safetensors is little-endian, as TensorData's bytes are on every target we build for.
+        let dtype = match info.dtype {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
+            Dtype::F64 => DType::F64,
             other => {
                 return Err(WeightsError::Dtype {
                     path: self.path.clone(),
@@ -115,11 +116,27 @@ impl SafetensorsFile {
                 });
             }
         };
-        Ok((values, info.shape.clone()))
+        let corrupt = |e: burn::tensor::DataError| WeightsError::Corrupt {
+            path: self.path.clone(),
+            reason: format!("tensor '{name}': {e}"),
+        };
+        let data = TensorData::try_from_bytes_vec(bytes, info.shape.clone(), dtype).map_err(corrupt)?;
+        if dtype == DType::F32 { Ok(data) } else { data.try_cast(DType::F32).map_err(corrupt) }
     }
 
-    /// A tensor as f32 values, checked against the expected shape.
-    pub fn read_f32_checked(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, WeightsError> {
+    /// A tensor's values as f32, with its shape.
+    pub fn read_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>), WeightsError> {
+        let data = self.read_data(name)?;
+        let shape = data.shape().to_vec();
+        let values = data.try_into_vec::<f32>().map_err(|e| WeightsError::Corrupt {
+            path: self.path.clone(),
+            reason: format!("tensor '{name}': {e}"),
+        })?;
+        Ok((values, shape))
+    }
+
+    /// A tensor as f32 data, checked against the expected shape.
+    pub fn read_data_checked(&self, name: &str, expected: &[usize]) -> Result<TensorData, WeightsError> {
         let found = self.shape(name).ok_or_else(|| self.missing(name))?;
         if found != expected {
             return Err(WeightsError::Shape {
@@ -129,7 +146,7 @@ impl SafetensorsFile {
                 found: found.to_vec(),
             });
         }
-        Ok(self.read_f32(name)?.0)
+        self.read_data(name)
     }
 
     /// A burn f32 tensor of the expected shape on `device`.
@@ -139,8 +156,7 @@ impl SafetensorsFile {
         expected: [usize; D],
         device: &Device,
     ) -> Result<Tensor<D>, WeightsError> {
-        let values = self.read_f32_checked(name, &expected)?;
-        Ok(Tensor::from_data(TensorData::new(values, expected), device))
+        Ok(Tensor::from_data(self.read_data_checked(name, &expected)?, device))
     }
 
     fn missing(&self, name: &str) -> WeightsError {
@@ -271,9 +287,9 @@ impl Weights {
         }
     }
 
-    /// A tensor's values as f32, checked against the expected shape.
-    pub fn read_f32_checked(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, WeightsError> {
-        self.file_for(name)?.read_f32_checked(name, expected)
+    /// A tensor as f32 data, checked against the expected shape.
+    pub fn read_data_checked(&self, name: &str, expected: &[usize]) -> Result<TensorData, WeightsError> {
+        self.file_for(name)?.read_data_checked(name, expected)
     }
 
     /// A burn f32 tensor of the expected shape on `device`.
@@ -297,20 +313,23 @@ pub fn write_f32(
 ) -> Result<(), WeightsError> {
     let path = path.as_ref();
     let werr = |reason: String| WeightsError::Write { path: path.to_path_buf(), reason };
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+    // TensorData holds the values as little-endian bytes (see read_data), ready for the file.
+    let bytes: Vec<(String, TensorData)> = tensors
         .iter()
         .map(|(name, shape, values)| {
             let n: usize = shape.iter().product();
             if n != values.len() {
                 return Err(werr(format!("tensor '{name}' has {} values for shape {shape:?}", values.len())));
             }
-            Ok((name.clone(), shape.clone(), values.iter().flat_map(|v| v.to_le_bytes()).collect()))
+            Ok((name.clone(), TensorData::new(values.clone(), shape.clone())))
         })
         .collect::<Result<_, _>>()?;
     let views = bytes
         .iter()
-        .map(|(name, shape, data)| {
-            TensorView::new(Dtype::F32, shape.clone(), data).map(|v| (name.as_str(), v)).map_err(|e| werr(e.to_string()))
+        .map(|(name, data)| {
+            TensorView::new(Dtype::F32, data.shape().to_vec(), data.as_bytes())
+                .map(|v| (name.as_str(), v))
+                .map_err(|e| werr(e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let tmp = path.with_extension("safetensors.part");
@@ -370,7 +389,7 @@ mod tests {
     #[test]
     fn missing_tensor_names_file_and_tensor() {
         let dir = tempfile::tempdir().unwrap();
-        let err = Weights::open_file(sample(dir.path())).unwrap().read_f32_checked("layer.1.bias", &[2]).unwrap_err();
+        let err = Weights::open_file(sample(dir.path())).unwrap().read_data_checked("layer.1.bias", &[2]).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("'layer.1.bias'") && msg.contains("w.safetensors"), "{msg}");
     }

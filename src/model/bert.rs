@@ -194,7 +194,8 @@ pub enum BertError {
 /// Where parameter values come from, by Hugging Face tensor name and shape (`[out, in]` for
 /// linear weights, as `transformers` stores them).
 pub trait ParamSource {
-    fn get(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, BertError>;
+    /// f32 values of exactly `shape`.
+    fn get(&mut self, name: &str, shape: &[usize]) -> Result<TensorData, BertError>;
     fn has(&self, name: &str) -> bool;
 }
 
@@ -224,16 +225,16 @@ impl<'a> CheckpointSource<'a> {
 }
 
 impl ParamSource for CheckpointSource<'_> {
-    fn get(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, BertError> {
+    fn get(&mut self, name: &str, shape: &[usize]) -> Result<TensorData, BertError> {
         let full = format!("{}{name}", self.prefix);
         // Old TF-converted checkpoints call LayerNorm's parameters gamma/beta.
         if !self.weights.contains(&full) {
             let legacy = full.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta");
             if legacy != full && self.weights.contains(&legacy) {
-                return Ok(self.weights.read_f32_checked(&legacy, shape)?);
+                return Ok(self.weights.read_data_checked(&legacy, shape)?);
             }
         }
-        Ok(self.weights.read_f32_checked(&full, shape)?)
+        Ok(self.weights.read_data_checked(&full, shape)?)
     }
 
     fn has(&self, name: &str) -> bool {
@@ -255,10 +256,11 @@ impl RandomSource {
 }
 
 impl ParamSource for RandomSource {
-    fn get(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, BertError> {
+    fn get(&mut self, name: &str, shape: &[usize]) -> Result<TensorData, BertError> {
         let n: usize = shape.iter().product();
         let offset = if name.ends_with("LayerNorm.weight") { 1.0 } else { 0.0 };
-        Ok((0..n).map(|_| offset + self.rng.random_range(-self.scale..self.scale)).collect())
+        let values: Vec<f32> = (0..n).map(|_| offset + self.rng.random_range(-self.scale..self.scale)).collect();
+        Ok(TensorData::new(values, shape.to_vec()))
     }
 
     fn has(&self, _name: &str) -> bool {
@@ -266,42 +268,25 @@ impl ParamSource for RandomSource {
     }
 }
 
-fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(values, shape), device)
-}
-
-/// Row-major `[rows, cols]` → `[cols, rows]`.
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; values.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = values[r * cols + c];
-        }
-    }
-    out
-}
-
 /// A linear layer from `{name}.weight` `[out, in]` and `{name}.bias`; burn stores `[in, out]`.
 fn load_linear(src: &mut dyn ParamSource, name: &str, d_in: usize, d_out: usize, device: &Device) -> Result<Linear, BertError> {
-    let w = src.get(&format!("{name}.weight"), &[d_out, d_in])?;
-    let b = src.get(&format!("{name}.bias"), &[d_out])?;
-    Ok(Linear {
-        weight: Param::from_tensor(tensor(transpose(&w, d_out, d_in), [d_in, d_out], device)),
-        bias: Some(Param::from_tensor(tensor(b, [d_out], device))),
-    })
+    let w = Tensor::<2>::from_data(src.get(&format!("{name}.weight"), &[d_out, d_in])?, device);
+    // Materialise the transpose once at load rather than on every forward pass.
+    let w = Tensor::<2>::from_data(w.transpose().into_data(), device);
+    let b = Tensor::<1>::from_data(src.get(&format!("{name}.bias"), &[d_out])?, device);
+    Ok(Linear { weight: Param::from_tensor(w), bias: Some(Param::from_tensor(b)) })
 }
 
 fn load_layer_norm(src: &mut dyn ParamSource, name: &str, d: usize, eps: f64, device: &Device) -> Result<LayerNorm, BertError> {
     // burn's LayerNorm is (x - mean) / sqrt(biased var + eps) * gamma + beta, as BERT's.
     let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(device);
-    ln.gamma = Param::from_tensor(tensor(src.get(&format!("{name}.weight"), &[d])?, [d], device));
-    ln.beta = Some(Param::from_tensor(tensor(src.get(&format!("{name}.bias"), &[d])?, [d], device)));
+    ln.gamma = Param::from_tensor(Tensor::from_data(src.get(&format!("{name}.weight"), &[d])?, device));
+    ln.beta = Some(Param::from_tensor(Tensor::from_data(src.get(&format!("{name}.bias"), &[d])?, device)));
     Ok(ln)
 }
 
 fn load_embedding(src: &mut dyn ParamSource, name: &str, n: usize, d: usize, device: &Device) -> Result<Embedding, BertError> {
-    let w = src.get(&format!("{name}.weight"), &[n, d])?;
-    Ok(Embedding { weight: Param::from_tensor(tensor(w, [n, d], device)) })
+    Ok(Embedding { weight: Param::from_tensor(Tensor::from_data(src.get(&format!("{name}.weight"), &[n, d])?, device)) })
 }
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -310,7 +295,7 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 
 fn export_linear(out: &mut Vec<(String, Vec<usize>, Vec<f32>)>, name: &str, l: &Linear) {
     let [d_in, d_out] = l.weight.val().dims();
-    out.push((format!("{name}.weight"), vec![d_out, d_in], transpose(&values(l.weight.val()), d_in, d_out)));
+    out.push((format!("{name}.weight"), vec![d_out, d_in], values(l.weight.val().transpose())));
     if let Some(b) = &l.bias {
         out.push((format!("{name}.bias"), vec![d_out], values(b.val())));
     }
