@@ -2064,9 +2064,8 @@ def build_qe(rng, plan, test_norms):
             items.append((c, a, c["q"][ASPECTS.index(a)]))
         # short typed queries: the bare word, the alias, a word plus an aspect
         items.append((c, "def", c["word"].lower()))
-        if rng.random() < 0.5:
-            a = rng.choice(train_aspects(plan, c["key"]))
-            items.append((c, a, f"{c['alias'].lower()} {rng.choice(ASPECT_KW[a])}"))
+        a = rng.choice(train_aspects(plan, c["key"]))
+        items.append((c, a, f"{c['alias'].lower()} {rng.choice(ASPECT_KW[a])}"))
     seen = set()
     recs = []
     for c, a, q in items:
@@ -2150,7 +2149,7 @@ ASK = {
     "stories": ["Are there any stories about {w}? My children love old tales.", "Do people tell tales about {w}?"],
     "rules": ["Are there customs I should respect around {w}?", "Is there any etiquette to {w} I should know before joining in?"],
 }
-FOLLOW = {"history": "And how has it changed since then?", "howto": "How would a beginner start?",
+FOLLOW = {"history": "Does it go back a long way?", "howto": "How would a beginner start?",
           "season": "And when does it happen?", "materials": "What is needed for it?",
           "stories": "Are there any stories about it?", "rules": "Is there anything I should be careful about?"}
 OPEN = ["Happy to help.", "What a good question.", "Of course.", "Let me see what the shelves hold.",
@@ -2639,7 +2638,24 @@ nDCG@10 uses the grades as gains.
 {vocab_rows}
 """
 
-DENSE_NOTE = ""
+# Measured once, outside this script (it needs torch): all-MiniLM-L6-v2 through sentence-transformers
+# 6.2 / torch 2.15 on this project's 2-core CPU, documents as title + body (max 256 tokens), cosine.
+DENSE_NOTE = """## Dense retrieval check (all-MiniLM-L6-v2)
+
+Measured once by the tunelab authors with sentence-transformers (not part of this script, which is
+stdlib only): documents embedded as title + body (256 tokens), queries as typed, cosine similarity,
+the same metrics as above. "Tuned" is MultipleNegativesRankingLoss (scale 20, in-batch negatives plus
+the first hard negative of each pair) on the pairs the default policy keeps ({kept} of {total}), batch 32
+with no duplicate texts in a batch, AdamW, 10% warm-up then linear decay, pairs truncated to 96 tokens.
+p-values: two-sided paired randomization test over the 120 test queries (20,000 permutations).
+
+| model | MRR@10 | MRR@10 (rel 2 only) | nDCG@10 |
+| --- | --- | --- | --- |
+{rows}
+
+{comment}"""
+DENSE_ROWS = [("BM25 (above)", None), ("all-MiniLM-L6-v2, base", "0.6456 | 0.2661 | 0.3525")]
+DENSE_COMMENT = ""
 
 
 def write_card(s, seed, n_ledger, n_withdrawals):
@@ -2667,7 +2683,18 @@ def write_card(s, seed, n_ledger, n_withdrawals):
         n_ledger=n_ledger, n_withdrawals=n_withdrawals, class_rows="\n".join(cls_rows),
         missing=", ".join(f"{k} {v}" for k, v in s["missing_consent"].items()),
         withdrawn=", ".join(f"{k} {v}" for k, v in s["withdrawn"].items()), sacred=SACRED_TEXT,
-        bm25_rows="\n".join(bm), dense=DENSE_NOTE, vocab_rows="\n".join(vocab))
+        bm25_rows="\n".join(bm), dense=dense_note(s), vocab_rows="\n".join(vocab))
+
+
+def dense_note(s):
+    m = s["bm25"]
+    rows = []
+    for name, vals in DENSE_ROWS:
+        if vals is None:
+            vals = f"{m['recip_rank@10']:.4f} | {m['recip_rank@10 (rel 2 only)']:.4f} | {m['ndcg_cut_10']:.4f}"
+        rows.append(f"| {name} | {vals} |")
+    return DENSE_NOTE.format(kept=s["kept"]["pairs"], total=s["files"]["pairs/pairs.jsonl"],
+                             rows="\n".join(rows), comment=DENSE_COMMENT)
 
 
 # --------------------------------------------------------------------------------------------
