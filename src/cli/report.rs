@@ -27,13 +27,28 @@ pub fn run(c: ReportCommand, _device: DeviceChoice) -> anyhow::Result<()> {
     }
 }
 
-/// The metric computation `report rerun` uses.
-// Plug point for `eval::metrics` (being written on the `eval` branch): replace the body with a
-// closure that reads the qrels and run with `data::trec` and returns per-query values.
-fn metrics_evaluator() -> impl MetricsEvaluator {
-    |_qrels: &Path, _run: &Path, _measures: &[String]| -> Result<Vec<QueryValue>, String> {
-        Err("per-query metrics are not wired into `tunelab report rerun` yet (eval::metrics)".into())
+/// The metric computation `report rerun` uses: `eval::metrics` on the stored qrels and run,
+/// measure names as trec_eval prints them (`recip_rank`, `ndcg_cut_10`, `P_5`).
+pub fn metrics_evaluator() -> impl MetricsEvaluator {
+    |qrels: &Path, run: &Path, measures: &[String]| -> Result<Vec<QueryValue>, String> {
+        use crate::data::trec::{Qrels, Run};
+        use crate::eval::metrics::{EvalOptions, Measure, evaluate};
+        let measures = Measure::parse_list(measures).map_err(|e| e.to_string())?;
+        let qrels = Qrels::read(qrels).map_err(|e| e.to_string())?;
+        let run = Run::read(run).map_err(|e| e.to_string())?;
+        Ok(per_query_values(&evaluate(&qrels, &run, &measures, &EvalOptions::default())))
     }
+}
+
+/// Flatten an evaluation into `(qid, measure, value)` rows (trec_eval measure names).
+pub fn per_query_values(e: &crate::eval::metrics::Evaluation) -> Vec<QueryValue> {
+    let mut out = Vec::new();
+    for (qid, values) in &e.per_query {
+        for (m, v) in e.measures.iter().zip(values) {
+            out.push((qid.clone(), m.trec_name(), *v));
+        }
+    }
+    out
 }
 
 /// Run the re-evaluation, print the outcome, fail when anything differs.

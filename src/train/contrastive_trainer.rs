@@ -176,6 +176,21 @@ pub trait TrainingPairs: sealed::Sealed {
     fn audit(&self) -> serde_json::Value;
 }
 
+// The only public way in: embedding pairs that went through `Policy::apply`.
+impl sealed::Sealed for crate::data::governance::GovernedDataset<crate::data::formats::EmbeddingPair> {}
+
+impl TrainingPairs for crate::data::governance::GovernedDataset<crate::data::formats::EmbeddingPair> {
+    fn pairs(&self) -> Vec<PairRef<'_>> {
+        self.records()
+            .iter()
+            .map(|r| PairRef { query: &r.query, positive: &r.positive, negatives: &r.negatives })
+            .collect()
+    }
+    fn audit(&self) -> serde_json::Value {
+        serde_json::to_value(crate::data::governance::GovernedDataset::audit(self)).unwrap_or_default()
+    }
+}
+
 /// The result of [`ContrastiveTrainer::fit`].
 #[derive(Debug)]
 pub struct TrainOutcome<E> {

@@ -186,3 +186,18 @@ mod tests {
         assert!(err.to_string().contains("query"), "{err}");
     }
 }
+
+/// The BERT-family sentence encoder trains as is: its `encode` is differentiable.
+impl TrainableEncoder for crate::model::bert::SentenceEncoder {
+    type Model = crate::model::bert::BertModel;
+    type Error = crate::model::bert::BertError;
+    fn model(&self) -> &Self::Model {
+        &self.model
+    }
+    fn set_model(&mut self, model: Self::Model) {
+        self.model = model;
+    }
+    fn encode(&self, texts: &[&str]) -> Result<Tensor<2>, Self::Error> {
+        crate::model::bert::SentenceEncoder::encode(self, texts)
+    }
+}
