@@ -1430,6 +1430,31 @@ how why do does did can could should would will may might must not no nor so tha
 over under up down out about after before again all any each few more most other some such only own same
 just once also until while through during between per if but because yet ever never one two three four
 made make makes kept keep like well still every many much""".split())
+# Common words that make poor "detail" keywords in generated training queries, and people's names.
+GENERIC = set("""absent accepted according account across added adds admits advance afternoon afterwards against
+agree agreed ahead alive almost alone alongside always another answer anything anywhere apart appears around
+arrived arriving aside asked asking asks asleep away back backwards badly became began begins behind being
+believes belong belonged belongs below beneath beside best better biggest bind binds both bring brings broke
+broken brought built call called calls came cannot care carried carries carry carrying change changes choose
+choosing clear cleared clearly closed closely come comes coming commonest complains completely concern condition
+confuse continues contributed corrects count counted counts cross crosses deal decide decided decides demands
+describing description different done easily else empty ended ends enough even everyone everything exactly
+except explain extended extra face facing fade fail fast feel find finds fine first follow followed following
+follows forth found free freely fresh full gave gets give given gives goes going gone good great grew grow
+growing grown grows half hand handed handing hands happen have help helps here high higher hold holding holds
+home hour hours included includes indeed inside instead itself keeping keeps kind knew know knows large last
+lasts late later least leave leaves leaving left length likely line lines little lives living long look lose
+lost loud main means meant mostly move moved moves name names near nearest nearly need needed needs never nobody
+nothing number often older ones onto open opened opens order others outside parts pass passed passing past
+people perfect person piece pieces place plain plenty point poor putting quickly quiet rather reached read
+reading reads ready rest return returned returning said same saved saying says seeing seen sees send sends serve
+served serves sets settle show shown side sides simply single size sizes slightly slow slowly small smaller
+someone sometimes somewhere soon sooner sorted stand standing stands started starts stay stayed stays stop
+stopped stops straight take taken taking tell tells thing think though thought time times today told took turn
+turned turning turns twice underneath usual usually want wanted whatever whenever whoever whole whose wide width
+willing wish within without went word words working works written wrong young aurel bram fenn garrow hallam
+hester ilse lusk maren oakes perrin quill tamsin tolliver ysolde carrow odile marsh corwin ashby
+valley causing middle public""".split())
 
 
 def cap(s):
@@ -1819,7 +1844,8 @@ ASPECT_KW = {"history": ["history", "origins", "old records", "in the past"],
 
 
 def salient(text, df, exclude, rng, n):
-    toks = [t for t in dict.fromkeys(words(text)) if t not in STOP and t not in exclude and len(t) > 3]
+    toks = [t for t in dict.fromkeys(words(text))
+            if t not in STOP and t not in GENERIC and t not in exclude and len(t) > 3]
     toks.sort(key=lambda t: (df.get(t, 0), t))
     pool = toks[:6]
     out = []
@@ -1836,13 +1862,14 @@ def concept_words(c):
 def pair_query(c, aspect, text, rng, df):
     r = rng.random()
     ex = concept_words(c)
-    if r < 0.65:
+    if r < 0.7:
         w = c["word"].lower()
-    elif r < 0.8:
+    elif r < 0.88:
         w = c["alias"].lower()
     else:  # plain words only: teaches the plain side of the vocabulary too
-        det = salient(text, df, ex, rng, 2)
-        return " ".join([rng.choice(c["kw"])] + det)
+        kw = rng.choice(c["kw"])
+        det = salient(text, df, ex | set(words(kw)), rng, 2)
+        return " ".join([kw] + det)
     if rng.random() < 0.5:
         return rng.choice(ASPECT_FRAMES[aspect]).format(w=w)
     return " ".join([w] + salient(text, df, ex, rng, rng.choice([1, 2, 2])))
@@ -1921,6 +1948,14 @@ def build_pairs(rng, docs, df):
                     if add(q, passage(d, j), d, c["key"],
                            hard_negatives(rng, cands, c["key"], c["cat"], near[c["key"]], k) if k else []):
                         break
+                # an anchor pair: the bare word (or word + a plain keyword) for this passage, so the
+                # word is tied to its concept whatever the aspect of the passage
+                if rng.random() < 0.6:
+                    w = c["word"].lower() if rng.random() < 0.75 else c["alias"].lower()
+                    q = w if rng.random() < 0.4 else f"{w} {rng.choice(c['kw'])}"
+                    k = negk()
+                    add(q, passage(d, j), d, c["key"],
+                        hard_negatives(rng, cands, c["key"], c["cat"], near[c["key"]], k) if k else [])
             if d["mode"] == "term":  # plain description -> the document that names it
                 g = c["gloss"]
                 g = g[2:] if g.startswith("a ") else g[4:] if g.startswith("the ") else g
@@ -1939,6 +1974,7 @@ def build_pairs(rng, docs, df):
         if d["kind"] == "sacred":
             add(SACRED_QUERIES[d["concept"]], passage(d, 0), d, d["concept"], [])
             add(d["title"].lower(), passage(d, 1), d, d["concept"], [])
+            add(BY_KEY[d["concept"]]["word"].lower() + " sacred material", passage(d, 0), d, d["concept"], [])
     rng.shuffle(pairs)
     out = []
     for i, p in enumerate(pairs):
@@ -2028,9 +2064,8 @@ def build_qe(rng, plan, test_norms):
             items.append((c, a, c["q"][ASPECTS.index(a)]))
         # short typed queries: the bare word, the alias, a word plus an aspect
         items.append((c, "def", c["word"].lower()))
-        if rng.random() < 0.5:
-            a = rng.choice(train_aspects(plan, c["key"]))
-            items.append((c, a, f"{c['alias'].lower()} {rng.choice(ASPECT_KW[a])}"))
+        a = rng.choice(train_aspects(plan, c["key"]))
+        items.append((c, a, f"{c['alias'].lower()} {rng.choice(ASPECT_KW[a])}"))
     seen = set()
     recs = []
     for c, a, q in items:
@@ -2114,7 +2149,7 @@ ASK = {
     "stories": ["Are there any stories about {w}? My children love old tales.", "Do people tell tales about {w}?"],
     "rules": ["Are there customs I should respect around {w}?", "Is there any etiquette to {w} I should know before joining in?"],
 }
-FOLLOW = {"history": "And how has it changed since then?", "howto": "How would a beginner start?",
+FOLLOW = {"history": "Does it go back a long way?", "howto": "How would a beginner start?",
           "season": "And when does it happen?", "materials": "What is needed for it?",
           "stories": "Are there any stories about it?", "rules": "Is there anything I should be careful about?"}
 OPEN = ["Happy to help.", "What a good question.", "Of course.", "Let me see what the shelves hold.",
@@ -2603,7 +2638,24 @@ nDCG@10 uses the grades as gains.
 {vocab_rows}
 """
 
-DENSE_NOTE = ""
+# Measured once, outside this script (it needs torch): all-MiniLM-L6-v2 through sentence-transformers
+# 6.2 / torch 2.15 on this project's 2-core CPU, documents as title + body (max 256 tokens), cosine.
+DENSE_NOTE = """## Dense retrieval check (all-MiniLM-L6-v2)
+
+Measured once by the tunelab authors with sentence-transformers (not part of this script, which is
+stdlib only): documents embedded as title + body (256 tokens), queries as typed, cosine similarity,
+the same metrics as above. "Tuned" is MultipleNegativesRankingLoss (scale 20, in-batch negatives plus
+the first hard negative of each pair) on the pairs the default policy keeps ({kept} of {total}), batch 32
+with no duplicate texts in a batch, AdamW, 10% warm-up then linear decay, pairs truncated to 96 tokens.
+p-values: two-sided paired randomization test over the 120 test queries (20,000 permutations).
+
+| model | MRR@10 | MRR@10 (rel 2 only) | nDCG@10 |
+| --- | --- | --- | --- |
+{rows}
+
+{comment}"""
+DENSE_ROWS = [("BM25 (above)", None), ("all-MiniLM-L6-v2, base", "0.6456 | 0.2661 | 0.3525")]
+DENSE_COMMENT = ""
 
 
 def write_card(s, seed, n_ledger, n_withdrawals):
@@ -2631,7 +2683,18 @@ def write_card(s, seed, n_ledger, n_withdrawals):
         n_ledger=n_ledger, n_withdrawals=n_withdrawals, class_rows="\n".join(cls_rows),
         missing=", ".join(f"{k} {v}" for k, v in s["missing_consent"].items()),
         withdrawn=", ".join(f"{k} {v}" for k, v in s["withdrawn"].items()), sacred=SACRED_TEXT,
-        bm25_rows="\n".join(bm), dense=DENSE_NOTE, vocab_rows="\n".join(vocab))
+        bm25_rows="\n".join(bm), dense=dense_note(s), vocab_rows="\n".join(vocab))
+
+
+def dense_note(s):
+    m = s["bm25"]
+    rows = []
+    for name, vals in DENSE_ROWS:
+        if vals is None:
+            vals = f"{m['recip_rank@10']:.4f} | {m['recip_rank@10 (rel 2 only)']:.4f} | {m['ndcg_cut_10']:.4f}"
+        rows.append(f"| {name} | {vals} |")
+    return DENSE_NOTE.format(kept=s["kept"]["pairs"], total=s["files"]["pairs/pairs.jsonl"],
+                             rows="\n".join(rows), comment=DENSE_COMMENT)
 
 
 # --------------------------------------------------------------------------------------------

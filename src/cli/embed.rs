@@ -1,8 +1,143 @@
 //! `tunelab embed` and `tunelab train embed` (owned by the encoder work).
+//!
+//! `tunelab embed --model DIR --input texts.jsonl --output vectors.jsonl` reads lines
+//! `{"id": ..., "text": "...", "title"?: "..."}` and writes `{"id": ..., "embedding": [...]}` in
+//! the same order. The whole input is checked before any model runs, and the output is written
+//! under a temporary name and renamed when complete, so a bad line or a crash never leaves a
+//! partial output file (or clobbers an older one).
+use std::io::{BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
 use crate::device::DeviceChoice;
+use crate::model::bert::{Prompts, SentenceEncoder};
+
 #[derive(clap::Args, Debug)]
-pub struct EmbedArgs {}
+pub struct EmbedArgs {
+    /// Model folder (Hugging Face / sentence-transformers layout).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSONL input: one `{"id", "text"}` object per line (optional `"title"`).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// JSONL output: one `{"id", "embedding"}` object per line, in input order.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Prompt for every text: a prefix (e.g. "query: "), or a template with {text} and {title}.
+    #[arg(long, conflicts_with = "prompt_name")]
+    pub prompt: Option<String>,
+    /// Use the model's own named prompt: `query` or `document` (from config_sentence_transformers.json).
+    #[arg(long)]
+    pub prompt_name: Option<String>,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct TrainEmbedArgs {}
-pub fn run_embed(_a: EmbedArgs, _d: DeviceChoice) -> anyhow::Result<()> { anyhow::bail!("`tunelab embed` is not implemented yet") }
+
+/// One output line; a struct (not `json!`) keeps `id` first and writes f32 values at f32 precision.
+#[derive(serde::Serialize)]
+struct OutputRow<'a> {
+    id: &'a serde_json::Value,
+    embedding: &'a [f32],
+}
+
+/// One input record.
+struct Item {
+    id: serde_json::Value,
+    text: String,
+    title: Option<String>,
+}
+
+/// Read and check every line: `file:line: problem` on the first bad one.
+fn read_input(path: &Path) -> anyhow::Result<Vec<Item>> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open input {}", path.display()))?;
+    let mut items = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let n = i + 1;
+        let line = line.with_context(|| format!("{}:{n}: cannot read line", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("{}:{n}: invalid JSON", path.display()))?;
+        let Some(obj) = value.as_object() else { bail!("{}:{n}: expected a JSON object", path.display()) };
+        let id = match obj.get("id") {
+            Some(v @ (serde_json::Value::String(_) | serde_json::Value::Number(_))) => v.clone(),
+            Some(_) => bail!("{}:{n}: field \"id\" must be a string or a number", path.display()),
+            None => bail!("{}:{n}: missing field \"id\"", path.display()),
+        };
+        let text = match obj.get("text") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(_) => bail!("{}:{n}: field \"text\" must be a string", path.display()),
+            None => bail!("{}:{n}: missing field \"text\"", path.display()),
+        };
+        let title = match obj.get("title") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(_) => bail!("{}:{n}: field \"title\" must be a string", path.display()),
+        };
+        items.push(Item { id, text, title });
+    }
+    Ok(items)
+}
+
+pub fn run_embed(a: EmbedArgs, d: DeviceChoice) -> anyhow::Result<()> {
+    if a.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let items = read_input(&a.input)?;
+    let device = d.device()?;
+    let encoder = SentenceEncoder::load(&a.model, &device).with_context(|| format!("loading model {}", a.model.display()))?;
+    let prompt = match (&a.prompt, a.prompt_name.as_deref()) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some("query")) => encoder.prompts.query.clone(),
+        (None, Some("document")) => encoder.prompts.document.clone(),
+        (None, Some(other)) => bail!("--prompt-name must be `query` or `document`, not `{other}`"),
+        (None, None) => encoder.default_prompt.clone(),
+    };
+    if a.prompt_name.is_some() && prompt.is_none() {
+        eprintln!("note: {} names no {} prompt; texts are embedded as given", a.model.display(), a.prompt_name.as_deref().unwrap_or(""));
+    }
+    // Titles only matter to templates; the prompt is applied here so each text gets its own title.
+    let texts: Vec<String> = items.iter().map(|it| Prompts::apply(prompt.as_deref(), &it.text, it.title.as_deref())).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+
+    let start = std::time::Instant::now();
+    let vectors = encoder.embed_with_prompt(&refs, None, a.batch_size)?;
+    let secs = start.elapsed().as_secs_f64();
+
+    let tmp = a.output.with_file_name(format!(
+        ".{}.partial-{}",
+        a.output.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let write = || -> anyhow::Result<()> {
+        let mut w = BufWriter::new(std::fs::File::create(&tmp)?);
+        for (it, v) in items.iter().zip(&vectors) {
+            serde_json::to_writer(&mut w, &OutputRow { id: &it.id, embedding: v })?;
+            w.write_all(b"\n")?;
+        }
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, &a.output)?;
+        Ok(())
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.context(format!("writing {}", a.output.display())));
+    }
+    eprintln!(
+        "embedded {} texts (dim {}) in {:.1}s ({:.1} texts/s) -> {}",
+        items.len(),
+        encoder.dim(),
+        secs,
+        items.len() as f64 / secs.max(1e-9),
+        a.output.display()
+    );
+    Ok(())
+}
+
 pub fn run_train(_a: TrainEmbedArgs, _d: DeviceChoice) -> anyhow::Result<()> { anyhow::bail!("`tunelab train embed` is not implemented yet") }

@@ -1,5 +1,63 @@
-//! `tunelab experiment`: the main job.
+//! `tunelab experiment`: the main job (see [`crate::experiment`]).
+use std::path::PathBuf;
+
 use crate::device::DeviceChoice;
+use crate::experiment::{self, ExperimentConfig};
+
 #[derive(clap::Args, Debug)]
-pub struct ExperimentArgs {}
-pub fn run(_a: ExperimentArgs, _d: DeviceChoice) -> anyhow::Result<()> { anyhow::bail!("`tunelab experiment` is not implemented yet") }
+pub struct ExperimentArgs {
+    /// TOML configuration (every field optional; `--print-config` shows them all).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Print the default configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Seed for training, sampling and the significance tests.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Training epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Stop training after this many optimizer steps.
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Compare BM25 with the base dense model, without fine-tuning.
+    #[arg(long)]
+    pub skip_training: bool,
+    /// Experiment name (the report folder under reports/).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where run folders go.
+    #[arg(long)]
+    pub reports: Option<PathBuf>,
+}
+
+pub fn run(a: ExperimentArgs, device: DeviceChoice) -> anyhow::Result<()> {
+    if a.print_config {
+        print!("{}", experiment::default_config_toml());
+        return Ok(());
+    }
+    let mut cfg = match &a.config {
+        Some(p) => experiment::load_config(p)?,
+        None => ExperimentConfig::default(),
+    };
+    if let Some(s) = a.seed {
+        cfg.seed = s;
+        cfg.train.seed = s;
+    }
+    if let Some(e) = a.epochs {
+        cfg.train.epochs = e;
+    }
+    if a.max_steps.is_some() {
+        cfg.train.max_steps = a.max_steps;
+    }
+    cfg.skip_training |= a.skip_training;
+    if let Some(n) = a.name {
+        cfg.name = n;
+    }
+    if let Some(r) = a.reports {
+        cfg.reports = r;
+    }
+    experiment::run(&cfg, device)?;
+    Ok(())
+}

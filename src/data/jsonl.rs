@@ -1,1 +1,367 @@
-//! TODO
+//! Line-oriented JSONL reading and atomic writing.
+//!
+//! Every bad line becomes a [`DataError`] naming the file, the 1-based line and, when serde can tell,
+//! the field (a path such as `output[1][0]`). With [`BadLines::SkipBad`] bad lines are collected as
+//! [`SkippedLine`]s instead, so the caller can report every one of them. Blank lines are ignored.
+//!
+//! ```
+//! use tunelab::data::jsonl::{read_jsonl, write_jsonl, BadLines};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+//! struct Pair { query: String, positive: String }
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("pairs.jsonl");
+//! std::fs::write(&path, "{\"query\":\"q\",\"positive\":\"p\"}\n\n{\"query\":3}\n")?;
+//!
+//! // Failing is the default: the error names file, line and field.
+//! let err = read_jsonl::<Pair>(&path, BadLines::Fail).unwrap_err();
+//! assert_eq!((err.line, err.field.as_deref()), (Some(3), Some("query")));
+//!
+//! // SkipBad keeps the good lines and reports the bad ones.
+//! let read = read_jsonl::<Pair>(&path, BadLines::SkipBad)?;
+//! assert_eq!(read.records.len(), 1);
+//! assert_eq!(read.skipped[0].line, 3);
+//!
+//! write_jsonl(&dir.path().join("out.jsonl"), &read.records)?;
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A data error, located as precisely as we can: file, 1-based line, field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}{}: {message}", .file.display(), line_suffix(.line), field_suffix(.field))]
+pub struct DataError {
+    pub file: PathBuf,
+    /// 1-based line number; `None` for errors about the whole file (I/O, empty file).
+    pub line: Option<usize>,
+    /// The field (serde path, e.g. `output[1][0]`) when known.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+fn line_suffix(line: &Option<usize>) -> String {
+    line.map(|l| format!(":{l}")).unwrap_or_default()
+}
+
+fn field_suffix(field: &Option<String>) -> String {
+    field.as_ref().map(|f| format!(": field `{f}`")).unwrap_or_default()
+}
+
+impl DataError {
+    /// An error about one line (and maybe one field) of a file.
+    pub fn at(file: &Path, line: usize, field: Option<&str>, message: impl Into<String>) -> Self {
+        DataError {
+            file: file.to_path_buf(),
+            line: Some(line),
+            field: field.map(str::to_string),
+            message: message.into(),
+        }
+    }
+
+    /// An error about a whole file.
+    pub fn file(file: &Path, message: impl Into<String>) -> Self {
+        DataError {
+            file: file.to_path_buf(),
+            line: None,
+            field: None,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn io(file: &Path, err: std::io::Error) -> Self {
+        Self::file(file, err.to_string())
+    }
+}
+
+/// What to do with a line that does not parse.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BadLines {
+    /// Stop at the first bad line with a [`DataError`].
+    #[default]
+    Fail,
+    /// Skip bad lines, reporting each in [`Read::skipped`].
+    SkipBad,
+}
+
+/// A line left out under [`BadLines::SkipBad`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedLine {
+    pub file: PathBuf,
+    pub line: usize,
+    pub reason: String,
+}
+
+impl From<DataError> for SkippedLine {
+    fn from(e: DataError) -> Self {
+        let reason = match &e.field {
+            Some(field) => format!("field `{field}`: {}", e.message),
+            None => e.message.clone(),
+        };
+        SkippedLine {
+            file: e.file,
+            line: e.line.unwrap_or(0),
+            reason,
+        }
+    }
+}
+
+impl fmt::Display for SkippedLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file.display(), self.line, self.reason)
+    }
+}
+
+/// Records read from a file, with their 1-based line numbers and any skipped lines.
+#[derive(Clone, Debug)]
+pub struct Read<T> {
+    pub records: Vec<T>,
+    pub lines: Vec<usize>,
+    pub skipped: Vec<SkippedLine>,
+}
+
+impl<T> Default for Read<T> {
+    fn default() -> Self {
+        Read {
+            records: Vec::new(),
+            lines: Vec::new(),
+            skipped: Vec::new(),
+        }
+    }
+}
+
+impl<T> Read<T> {
+    /// Keeps a good record or handles a bad one according to `bad`.
+    pub(crate) fn push(&mut self, line: usize, rec: Result<T, DataError>, bad: BadLines) -> Result<(), DataError> {
+        match rec {
+            Ok(r) => {
+                self.records.push(r);
+                self.lines.push(line);
+            }
+            Err(e) if bad == BadLines::SkipBad => self.skipped.push(e.into()),
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+}
+
+/// Reads a JSONL file in one pass: each non-blank line is parsed as JSON and handed to `parse` with
+/// its 1-based line number. Errors come in line order; under [`BadLines::SkipBad`] they are collected.
+pub fn read_with<T>(
+    path: &Path,
+    bad: BadLines,
+    mut parse: impl FnMut(usize, Value) -> Result<T, DataError>,
+) -> Result<Read<T>, DataError> {
+    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut out = Read::default();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line_no = i + 1;
+        let text = line.map_err(|e| DataError::at(path, line_no, None, e.to_string()))?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let record = serde_json::from_str::<Value>(&text)
+            .map_err(|e| {
+                DataError::at(
+                    path,
+                    line_no,
+                    None,
+                    format!("invalid JSON at column {}: {}", e.column(), strip_position(&e)),
+                )
+            })
+            .and_then(|v| parse(line_no, v));
+        out.push(line_no, record, bad)?;
+    }
+    Ok(out)
+}
+
+/// Reads every non-blank line of a JSONL file as a JSON value (syntax only).
+pub fn read_values(path: &Path, bad: BadLines) -> Result<Read<Value>, DataError> {
+    read_with(path, bad, |_, v| Ok(v))
+}
+
+/// Deserialises one parsed line into `T`, naming the failing field when serde can tell.
+pub fn from_value<T: DeserializeOwned>(file: &Path, line: usize, value: Value) -> Result<T, DataError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let mut field = (path != ".").then_some(path);
+        let message = strip_position(e.inner());
+        // serde reports a missing field at its parent; name the field itself.
+        if let Some(missing) = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+        {
+            field = Some(match field {
+                Some(parent) => format!("{parent}.{missing}"),
+                None => missing.to_string(),
+            });
+        }
+        DataError::at(file, line, field.as_deref(), message)
+    })
+}
+
+/// Reads a JSONL file of `T` records. Blank lines are ignored.
+pub fn read_jsonl<T: DeserializeOwned>(path: &Path, bad: BadLines) -> Result<Read<T>, DataError> {
+    read_with(path, bad, |line, v| from_value(path, line, v))
+}
+
+/// Writes records as JSONL, atomically: to a temporary file beside `path`, renamed over it at the end,
+/// so a failure never leaves a half-written file (nor clobbers the old one).
+pub fn write_jsonl<'a, T: Serialize + 'a>(
+    path: &Path,
+    records: impl IntoIterator<Item = &'a T>,
+) -> Result<(), DataError> {
+    write_atomic(path, |w| {
+        for r in records {
+            serde_json::to_writer(&mut *w, r).map_err(std::io::Error::other)?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+}
+
+/// Writes a file atomically (temporary file in the same directory + rename).
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> Result<(), DataError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut w = BufWriter::new(File::create(&tmp)?);
+        write(&mut w)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        DataError::io(path, e)
+    })
+}
+
+/// serde_json appends " at line L column C" (positions inside the one-line string); we report the file line.
+fn strip_position(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Rec {
+        query: String,
+        #[serde(default)]
+        tags: Vec<String>,
+    }
+
+    fn file(content: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.jsonl");
+        std::fs::write(&path, content).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn reads_good_lines_and_ignores_blank_ones() {
+        let (_d, p) = file("{\"query\":\"a\"}\n   \n\n{\"query\":\"b\",\"tags\":[\"t\"]}\n");
+        let r = read_jsonl::<Rec>(&p, BadLines::Fail).unwrap();
+        assert_eq!(r.records.len(), 2);
+        assert_eq!(r.lines, vec![1, 4]);
+        assert_eq!(r.records[1].tags, vec!["t".to_string()]);
+    }
+
+    #[test]
+    fn syntax_error_names_file_and_line() {
+        let (_d, p) = file("{\"query\":\"a\"}\n{\"query\": \"b\"\n");
+        let e = read_jsonl::<Rec>(&p, BadLines::Fail).unwrap_err();
+        assert_eq!(e.file, p);
+        assert_eq!(e.line, Some(2));
+        assert_eq!(e.field, None);
+        assert!(e.to_string().contains("x.jsonl:2: invalid JSON"), "{e}");
+    }
+
+    #[test]
+    fn type_errors_name_the_field_path() {
+        let (_d, p) = file("{\"query\":\"a\",\"tags\":[\"x\",7]}\n");
+        let e = read_jsonl::<Rec>(&p, BadLines::Fail).unwrap_err();
+        assert_eq!((e.line, e.field.as_deref()), (Some(1), Some("tags[1]")));
+        let (_d, p) = file("\n{\"tags\":[]}\n");
+        let e = read_jsonl::<Rec>(&p, BadLines::Fail).unwrap_err();
+        assert_eq!((e.line, e.field.as_deref()), (Some(2), Some("query")));
+        assert!(e.message.contains("missing field"), "{e}");
+    }
+
+    #[test]
+    fn the_first_bad_line_is_reported_whatever_its_kind() {
+        // Line 2 has a type error, line 3 a syntax error: line 2 comes first.
+        let (_d, p) = file("{\"query\":\"a\"}\n{\"query\":2}\n{\"query\"\n");
+        assert_eq!(read_jsonl::<Rec>(&p, BadLines::Fail).unwrap_err().line, Some(2));
+    }
+
+    #[test]
+    fn skip_bad_reports_every_skipped_line() {
+        let (_d, p) = file("{\"query\":\"a\"}\nnot json\n{\"query\":1}\n{\"query\":\"d\"}\n");
+        let r = read_jsonl::<Rec>(&p, BadLines::SkipBad).unwrap();
+        assert_eq!(
+            r.records.iter().map(|r| r.query.as_str()).collect::<Vec<_>>(),
+            ["a", "d"]
+        );
+        assert_eq!(r.skipped.iter().map(|s| s.line).collect::<Vec<_>>(), [2, 3]);
+        assert!(r.skipped[1].reason.contains("query"));
+    }
+
+    #[test]
+    fn missing_file_is_an_error_naming_it() {
+        let e = read_jsonl::<Rec>(Path::new("/nonexistent/a.jsonl"), BadLines::SkipBad).unwrap_err();
+        assert_eq!(e.line, None);
+        assert!(e.to_string().starts_with("/nonexistent/a.jsonl"));
+    }
+
+    #[test]
+    fn write_round_trips_and_failure_keeps_old_file() {
+        let (d, p) = file("{\"query\":\"old\"}\n");
+        let recs = vec![
+            Rec {
+                query: "a".into(),
+                tags: vec![],
+            },
+            Rec {
+                query: "b".into(),
+                tags: vec!["t".into()],
+            },
+        ];
+        write_jsonl(&p, &recs).unwrap();
+        assert_eq!(read_jsonl::<Rec>(&p, BadLines::Fail).unwrap().records, recs);
+
+        // A writer failing half-way leaves the previous content and no temporary file.
+        let err = write_atomic(&p, |w| {
+            w.write_all(b"{\"query\":\"partial\"")?;
+            Err(std::io::Error::other("disk full"))
+        });
+        assert!(err.is_err());
+        assert_eq!(read_jsonl::<Rec>(&p, BadLines::Fail).unwrap().records, recs);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+}

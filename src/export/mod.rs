@@ -1,1 +1,2 @@
 //! Exports: PEFT, MLX-LM, GGUF and sentence-transformers artifacts.
+pub mod sentence_transformers;

@@ -1,1 +1,1083 @@
-//! TODO
+//! BERT-family sentence encoders: all-MiniLM-L6-v2, bge-small-en-v1.5, e5-small-v2,
+//! paraphrase-multilingual-MiniLM — any Hugging Face `BertModel` checkpoint.
+//!
+//! The layer structure and tensor names follow `transformers`' `modeling_bert.py`
+//! (`embeddings.*`, `encoder.layer.{i}.attention.self.query`, …), so checkpoints load by name and
+//! exports write the same names back. Pooling and normalisation follow sentence-transformers'
+//! `Pooling` and `Normalize` modules. All parameters are burn [`Param`]s: put the model on
+//! `device.autodiff()` and [`SentenceEncoder::encode`] is differentiable.
+//!
+//! ```no_run
+//! use tunelab::model::bert::SentenceEncoder;
+//! let device = burn::tensor::Device::flex();
+//! let encoder = SentenceEncoder::load("models/all-MiniLM-L6-v2", &device).unwrap();
+//! let vectors = encoder.embed(&["A man is eating food.", "Someone is eating."], 32).unwrap();
+//! assert_eq!(vectors[0].len(), 384);
+//! ```
+
+use std::path::Path;
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData, activation};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::io::hf::{HfError, ModelFolder, PoolingConfig};
+use crate::io::safetensors::{Weights, WeightsError};
+use crate::io::tokenizer::{TextTokenizer, TokenTensors, TokenizerError};
+
+/// `config.json` of a Hugging Face BERT model. Fields we do not use are kept in `extra` so an
+/// export writes them back unchanged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "defaults::hidden_act")]
+    pub hidden_act: String,
+    #[serde(default = "defaults::dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "defaults::dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "defaults::max_position_embeddings")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "defaults::type_vocab_size")]
+    pub type_vocab_size: usize,
+    #[serde(default = "defaults::layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: usize,
+    #[serde(default = "defaults::position_embedding_type")]
+    pub position_embedding_type: String,
+    #[serde(default)]
+    pub model_type: Option<String>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+mod defaults {
+    pub fn hidden_act() -> String {
+        "gelu".into()
+    }
+    pub fn dropout() -> f64 {
+        0.1
+    }
+    pub fn max_position_embeddings() -> usize {
+        512
+    }
+    pub fn type_vocab_size() -> usize {
+        2
+    }
+    pub fn layer_norm_eps() -> f64 {
+        1e-12
+    }
+    pub fn position_embedding_type() -> String {
+        "absolute".into()
+    }
+}
+
+impl BertConfig {
+    /// Read and check `config.json`.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, BertError> {
+        let path = path.as_ref();
+        let config: Self = crate::io::hf::read_json(path)?;
+        config.validate().map_err(|(field, reason)| BertError::Config { path: path.display().to_string(), field, reason })?;
+        Ok(config)
+    }
+
+    /// A small configuration for tests: random weights of this shape run in milliseconds.
+    pub fn tiny(vocab_size: usize, hidden_size: usize, num_hidden_layers: usize, num_attention_heads: usize) -> Self {
+        Self {
+            vocab_size,
+            hidden_size,
+            num_hidden_layers,
+            num_attention_heads,
+            intermediate_size: 4 * hidden_size,
+            hidden_act: defaults::hidden_act(),
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            max_position_embeddings: 64,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            pad_token_id: 0,
+            position_embedding_type: defaults::position_embedding_type(),
+            model_type: Some("bert".into()),
+            extra: Default::default(),
+        }
+    }
+
+    /// Per-head width.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Check what this implementation supports; returns `(field, reason)` on failure.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let fail = |f: &str, r: String| Err((f.to_string(), r));
+        if let Some(t) = &self.model_type
+            && t != "bert"
+        {
+            // RoBERTa/XLM-R number positions from padding_idx + 1 and name tensors differently.
+            return fail("model_type", format!("'{t}' is not supported (expected 'bert')"));
+        }
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return fail(
+                "num_attention_heads",
+                format!("hidden_size {} is not divisible by {} heads", self.hidden_size, self.num_attention_heads),
+            );
+        }
+        if self.position_embedding_type != "absolute" {
+            return fail("position_embedding_type", format!("'{}' is not supported", self.position_embedding_type));
+        }
+        if let Err(reason) = HiddenAct::parse(&self.hidden_act) {
+            return fail("hidden_act", reason);
+        }
+        Ok(())
+    }
+}
+
+/// The feed-forward activation, by its `transformers` name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HiddenAct {
+    /// `gelu`: exact, erf-based.
+    Gelu,
+    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`: the tanh approximation.
+    GeluTanh,
+    Relu,
+    /// `silu` / `swish`.
+    Silu,
+}
+
+impl HiddenAct {
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "gelu" => Ok(Self::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Self::GeluTanh),
+            "relu" => Ok(Self::Relu),
+            "silu" | "swish" => Ok(Self::Silu),
+            other => Err(format!("activation '{other}' is not supported")),
+        }
+    }
+
+    fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Self::Gelu => activation::gelu(x),
+            Self::GeluTanh => activation::gelu_approximate(x),
+            Self::Relu => activation::relu(x),
+            Self::Silu => activation::silu(x),
+        }
+    }
+}
+
+/// Why an encoder could not be loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum BertError {
+    #[error(transparent)]
+    Folder(#[from] HfError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error("{path}: {field}: {reason}")]
+    Config { path: String, field: String, reason: String },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parameter sources: a checkpoint, or seeded random values for tests.
+// ---------------------------------------------------------------------------------------------
+
+/// Where parameter values come from, by Hugging Face tensor name and shape (`[out, in]` for
+/// linear weights, as `transformers` stores them).
+pub trait ParamSource {
+    /// f32 values of exactly `shape`.
+    fn get(&mut self, name: &str, shape: &[usize]) -> Result<TensorData, BertError>;
+    fn has(&self, name: &str) -> bool;
+}
+
+/// Parameters from a checkpoint, under a name prefix (`""`, `"bert."`, …).
+pub struct CheckpointSource<'a> {
+    pub weights: &'a Weights,
+    pub prefix: String,
+}
+
+impl<'a> CheckpointSource<'a> {
+    /// Detect the prefix from where `embeddings.word_embeddings.weight` is found, so checkpoints
+    /// saved from `BertModel` (no prefix) and from task heads (`bert.`) both load.
+    pub fn new(weights: &'a Weights) -> Self {
+        let anchor = "embeddings.word_embeddings.weight";
+        let prefix = if weights.contains(anchor) {
+            String::new()
+        } else {
+            weights
+                .names()
+                .into_iter()
+                .filter_map(|n| n.strip_suffix(anchor).map(str::to_string))
+                .min_by_key(|p| p.len())
+                .unwrap_or_default()
+        };
+        Self { weights, prefix }
+    }
+}
+
+impl ParamSource for CheckpointSource<'_> {
+    fn get(&mut self, name: &str, shape: &[usize]) -> Result<TensorData, BertError> {
+        let full = format!("{}{name}", self.prefix);
+        // Old TF-converted checkpoints call LayerNorm's parameters gamma/beta.
+        if !self.weights.contains(&full) {
+            let legacy = full.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta");
+            if legacy != full && self.weights.contains(&legacy) {
+                return Ok(self.weights.read_data_checked(&legacy, shape)?);
+            }
+        }
+        Ok(self.weights.read_data_checked(&full, shape)?)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.weights.contains(&format!("{}{name}", self.prefix))
+    }
+}
+
+/// Seeded random parameters: LayerNorm scales near 1, everything else uniform in ±`scale`.
+/// Same seed → same model.
+pub struct RandomSource {
+    rng: ChaCha8Rng,
+    scale: f32,
+}
+
+impl RandomSource {
+    pub fn new(seed: u64, scale: f32) -> Self {
+        Self { rng: ChaCha8Rng::seed_from_u64(seed), scale }
+    }
+}
+
+impl ParamSource for RandomSource {
+    fn get(&mut self, name: &str, shape: &[usize]) -> Result<TensorData, BertError> {
+        let n: usize = shape.iter().product();
+        let offset = if name.ends_with("LayerNorm.weight") { 1.0 } else { 0.0 };
+        let values: Vec<f32> = (0..n).map(|_| offset + self.rng.random_range(-self.scale..self.scale)).collect();
+        Ok(TensorData::new(values, shape.to_vec()))
+    }
+
+    fn has(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+/// A linear layer from `{name}.weight` `[out, in]` and `{name}.bias`; burn stores `[in, out]`.
+fn load_linear(src: &mut dyn ParamSource, name: &str, d_in: usize, d_out: usize, device: &Device) -> Result<Linear, BertError> {
+    let w = Tensor::<2>::from_data(src.get(&format!("{name}.weight"), &[d_out, d_in])?, device);
+    // Materialise the transpose once at load rather than on every forward pass.
+    let w = Tensor::<2>::from_data(w.transpose().into_data(), device);
+    let b = Tensor::<1>::from_data(src.get(&format!("{name}.bias"), &[d_out])?, device);
+    Ok(Linear { weight: Param::from_tensor(w), bias: Some(Param::from_tensor(b)) })
+}
+
+fn load_layer_norm(src: &mut dyn ParamSource, name: &str, d: usize, eps: f64, device: &Device) -> Result<LayerNorm, BertError> {
+    // burn's LayerNorm is (x - mean) / sqrt(biased var + eps) * gamma + beta, as BERT's.
+    let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(device);
+    ln.gamma = Param::from_tensor(Tensor::from_data(src.get(&format!("{name}.weight"), &[d])?, device));
+    ln.beta = Some(Param::from_tensor(Tensor::from_data(src.get(&format!("{name}.bias"), &[d])?, device)));
+    Ok(ln)
+}
+
+fn load_embedding(src: &mut dyn ParamSource, name: &str, n: usize, d: usize, device: &Device) -> Result<Embedding, BertError> {
+    Ok(Embedding { weight: Param::from_tensor(Tensor::from_data(src.get(&format!("{name}.weight"), &[n, d])?, device)) })
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec_as::<f32>().expect("f32 tensor data")
+}
+
+fn export_linear(out: &mut Vec<(String, Vec<usize>, Vec<f32>)>, name: &str, l: &Linear) {
+    let [d_in, d_out] = l.weight.val().dims();
+    out.push((format!("{name}.weight"), vec![d_out, d_in], values(l.weight.val().transpose())));
+    if let Some(b) = &l.bias {
+        out.push((format!("{name}.bias"), vec![d_out], values(b.val())));
+    }
+}
+
+fn export_layer_norm(out: &mut Vec<(String, Vec<usize>, Vec<f32>)>, name: &str, ln: &LayerNorm) {
+    let d = ln.gamma.val().dims()[0];
+    out.push((format!("{name}.weight"), vec![d], values(ln.gamma.val())));
+    if let Some(b) = &ln.beta {
+        out.push((format!("{name}.bias"), vec![d], values(b.val())));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The network.
+// ---------------------------------------------------------------------------------------------
+
+/// Word + position + token-type embeddings, then LayerNorm.
+#[derive(Module, Debug)]
+pub struct BertEmbeddings {
+    pub word_embeddings: Embedding,
+    pub position_embeddings: Embedding,
+    pub token_type_embeddings: Embedding,
+    pub layer_norm: LayerNorm,
+    pub dropout: Dropout,
+}
+
+impl BertEmbeddings {
+    fn load(c: &BertConfig, src: &mut dyn ParamSource, device: &Device) -> Result<Self, BertError> {
+        let h = c.hidden_size;
+        Ok(Self {
+            word_embeddings: load_embedding(src, "embeddings.word_embeddings", c.vocab_size, h, device)?,
+            position_embeddings: load_embedding(src, "embeddings.position_embeddings", c.max_position_embeddings, h, device)?,
+            token_type_embeddings: load_embedding(src, "embeddings.token_type_embeddings", c.type_vocab_size, h, device)?,
+            layer_norm: load_layer_norm(src, "embeddings.LayerNorm", h, c.layer_norm_eps, device)?,
+            dropout: DropoutConfig::new(c.hidden_dropout_prob).init(),
+        })
+    }
+
+    /// `[batch, seq]` ids → `[batch, seq, hidden]`. Positions count from 0 (absolute embeddings).
+    pub fn forward(&self, input_ids: Tensor<2, Int>, token_type_ids: Tensor<2, Int>) -> Tensor<3> {
+        let [_, seq] = input_ids.dims();
+        let positions = Tensor::<1, Int>::arange(0..seq as i64, &input_ids.device()).reshape([1, seq]);
+        let x = self.word_embeddings.forward(input_ids)
+            + self.token_type_embeddings.forward(token_type_ids)
+            + self.position_embeddings.forward(positions);
+        self.dropout.forward(self.layer_norm.forward(x))
+    }
+}
+
+/// Multi-head self-attention (`attention.self` in `transformers`).
+#[derive(Module, Debug)]
+pub struct BertSelfAttention {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub dropout: Dropout,
+    pub num_heads: usize,
+}
+
+impl BertSelfAttention {
+    fn load(c: &BertConfig, src: &mut dyn ParamSource, p: &str, device: &Device) -> Result<Self, BertError> {
+        let h = c.hidden_size;
+        Ok(Self {
+            query: load_linear(src, &format!("{p}.query"), h, h, device)?,
+            key: load_linear(src, &format!("{p}.key"), h, h, device)?,
+            value: load_linear(src, &format!("{p}.value"), h, h, device)?,
+            dropout: DropoutConfig::new(c.attention_probs_dropout_prob).init(),
+            num_heads: c.num_attention_heads,
+        })
+    }
+
+    /// `x`: `[batch, seq, hidden]`; `pad`: `[batch, heads, seq, seq]`, true where the key is padding.
+    pub fn forward(&self, x: Tensor<3>, pad: Tensor<4, Bool>) -> Tensor<3> {
+        let [b, s, h] = x.dims();
+        let (nh, d) = (self.num_heads, h / self.num_heads);
+        let heads = |t: Tensor<3>| t.reshape([b, s, nh, d]).swap_dims(1, 2);
+        let q = heads(self.query.forward(x.clone()));
+        let k = heads(self.key.forward(x.clone()));
+        let v = heads(self.value.forward(x));
+        let context = if x_is_training(&q) {
+            // Spelled out so dropout can act on the attention probabilities, as in BERT training.
+            let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt());
+            // HF uses the dtype's minimum rather than -inf: identical after softmax, never NaN.
+            let probs = activation::softmax(scores.mask_fill(pad, f32::MIN), 3);
+            self.dropout.forward(probs).matmul(v)
+        } else {
+            burn::tensor::module::attention(q, k, v, Some(pad), None, AttentionModuleOptions::default())
+        };
+        context.swap_dims(1, 2).reshape([b, s, h])
+    }
+}
+
+/// Whether this forward pass records a graph (then burn's fused attention kernel is not used).
+fn x_is_training<const D: usize>(t: &Tensor<D>) -> bool {
+    t.device().is_autodiff()
+}
+
+/// Dense → dropout → LayerNorm(· + residual): `attention.output` and `output` in `transformers`.
+#[derive(Module, Debug)]
+pub struct BertOutput {
+    pub dense: Linear,
+    pub layer_norm: LayerNorm,
+    pub dropout: Dropout,
+}
+
+impl BertOutput {
+    fn load(c: &BertConfig, src: &mut dyn ParamSource, p: &str, d_in: usize, device: &Device) -> Result<Self, BertError> {
+        Ok(Self {
+            dense: load_linear(src, &format!("{p}.dense"), d_in, c.hidden_size, device)?,
+            layer_norm: load_layer_norm(src, &format!("{p}.LayerNorm"), c.hidden_size, c.layer_norm_eps, device)?,
+            dropout: DropoutConfig::new(c.hidden_dropout_prob).init(),
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
+        self.layer_norm.forward(self.dropout.forward(self.dense.forward(x)) + residual)
+    }
+}
+
+/// One transformer block (post-LayerNorm, as in BERT).
+#[derive(Module, Debug)]
+pub struct BertLayer {
+    pub attention: BertSelfAttention,
+    pub attention_output: BertOutput,
+    pub intermediate: Linear,
+    pub output: BertOutput,
+    #[module(skip)]
+    pub act: HiddenAct,
+}
+
+impl BertLayer {
+    fn load(c: &BertConfig, src: &mut dyn ParamSource, i: usize, device: &Device) -> Result<Self, BertError> {
+        let p = format!("encoder.layer.{i}");
+        Ok(Self {
+            attention: BertSelfAttention::load(c, src, &format!("{p}.attention.self"), device)?,
+            attention_output: BertOutput::load(c, src, &format!("{p}.attention.output"), c.hidden_size, device)?,
+            intermediate: load_linear(src, &format!("{p}.intermediate.dense"), c.hidden_size, c.intermediate_size, device)?,
+            output: BertOutput::load(c, src, &format!("{p}.output"), c.intermediate_size, device)?,
+            act: HiddenAct::parse(&c.hidden_act).map_err(|r| BertError::Config {
+                path: "config.json".into(),
+                field: "hidden_act".into(),
+                reason: r,
+            })?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<3>, pad: Tensor<4, Bool>) -> Tensor<3> {
+        let attended = self.attention_output.forward(self.attention.forward(x.clone(), pad), x);
+        let hidden = self.act.forward(self.intermediate.forward(attended.clone()));
+        self.output.forward(hidden, attended)
+    }
+}
+
+/// The stack of transformer blocks.
+#[derive(Module, Debug)]
+pub struct BertEncoder {
+    pub layers: Vec<BertLayer>,
+}
+
+/// `BertModel`: embeddings and encoder; returns the last hidden state. The pooler
+/// (`pooler.dense`, tanh on [CLS]) is not used by sentence embeddings; it is kept when the
+/// checkpoint has it so exports stay complete.
+#[derive(Module, Debug)]
+pub struct BertModel {
+    pub embeddings: BertEmbeddings,
+    pub encoder: BertEncoder,
+    pub pooler: Option<Linear>,
+    #[module(skip)]
+    pub config: BertConfig,
+}
+
+impl BertModel {
+    /// Build from a parameter source (a checkpoint or [`RandomSource`]).
+    pub fn load(config: &BertConfig, src: &mut dyn ParamSource, device: &Device) -> Result<Self, BertError> {
+        let embeddings = BertEmbeddings::load(config, src, device)?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| BertLayer::load(config, src, i, device))
+            .collect::<Result<Vec<_>, _>>()?;
+        let h = config.hidden_size;
+        let pooler = if src.has("pooler.dense.weight") {
+            Some(load_linear(src, "pooler.dense", h, h, device)?)
+        } else {
+            None
+        };
+        Ok(Self { embeddings, encoder: BertEncoder { layers }, pooler, config: config.clone() })
+    }
+
+    /// A randomly initialised model (seeded), for tests.
+    pub fn random(config: &BertConfig, seed: u64, device: &Device) -> Self {
+        Self::load(config, &mut RandomSource::new(seed, 0.1), device).expect("random source never fails")
+    }
+
+    /// `[batch, seq]` ids, type ids and attention mask (1 = token, 0 = padding) →
+    /// `[batch, seq, hidden]`.
+    pub fn forward(&self, input_ids: Tensor<2, Int>, token_type_ids: Tensor<2, Int>, attention_mask: Tensor<2, Int>) -> Tensor<3> {
+        let [b, s] = input_ids.dims();
+        let pad = attention_mask.equal_elem(0).reshape([b, 1, 1, s]).expand([b, self.config.num_attention_heads, s, s]);
+        let mut x = self.embeddings.forward(input_ids, token_type_ids);
+        for layer in &self.encoder.layers {
+            x = layer.forward(x, pad.clone());
+        }
+        x
+    }
+
+    /// All parameters under their Hugging Face names and layouts (`[out, in]` linear weights),
+    /// for safetensors / GGUF export.
+    pub fn hf_tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        let mut out = Vec::new();
+        let e = &self.embeddings;
+        for (name, emb) in [
+            ("embeddings.word_embeddings", &e.word_embeddings),
+            ("embeddings.position_embeddings", &e.position_embeddings),
+            ("embeddings.token_type_embeddings", &e.token_type_embeddings),
+        ] {
+            let w = emb.weight.val();
+            out.push((format!("{name}.weight"), w.dims().to_vec(), values(w)));
+        }
+        export_layer_norm(&mut out, "embeddings.LayerNorm", &e.layer_norm);
+        for (i, l) in self.encoder.layers.iter().enumerate() {
+            let p = format!("encoder.layer.{i}");
+            export_linear(&mut out, &format!("{p}.attention.self.query"), &l.attention.query);
+            export_linear(&mut out, &format!("{p}.attention.self.key"), &l.attention.key);
+            export_linear(&mut out, &format!("{p}.attention.self.value"), &l.attention.value);
+            export_linear(&mut out, &format!("{p}.attention.output.dense"), &l.attention_output.dense);
+            export_layer_norm(&mut out, &format!("{p}.attention.output.LayerNorm"), &l.attention_output.layer_norm);
+            export_linear(&mut out, &format!("{p}.intermediate.dense"), &l.intermediate);
+            export_linear(&mut out, &format!("{p}.output.dense"), &l.output.dense);
+            export_layer_norm(&mut out, &format!("{p}.output.LayerNorm"), &l.output.layer_norm);
+        }
+        if let Some(p) = &self.pooler {
+            export_linear(&mut out, "pooler.dense", p);
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pooling, normalisation, and the sentence encoder.
+// ---------------------------------------------------------------------------------------------
+
+/// One way of turning token vectors into a sentence vector (sentence-transformers' `Pooling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolingMode {
+    /// The first token (`[CLS]`).
+    Cls,
+    /// Element-wise maximum over real tokens.
+    Max,
+    /// Mean over real tokens.
+    Mean,
+    /// Sum over real tokens divided by √(token count).
+    MeanSqrtLen,
+    /// The last real token.
+    LastToken,
+}
+
+impl PoolingMode {
+    /// The name sentence-transformers uses.
+    pub fn st_name(self) -> &'static str {
+        match self {
+            Self::Cls => "cls",
+            Self::Max => "max",
+            Self::Mean => "mean",
+            Self::MeanSqrtLen => "mean_sqrt_len_tokens",
+            Self::LastToken => "lasttoken",
+        }
+    }
+}
+
+/// The pooling step; with several modes the pooled vectors are concatenated in `modes` order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pooling {
+    pub modes: Vec<PoolingMode>,
+}
+
+impl Pooling {
+    pub fn mean() -> Self {
+        Self { modes: vec![PoolingMode::Mean] }
+    }
+
+    pub fn cls() -> Self {
+        Self { modes: vec![PoolingMode::Cls] }
+    }
+
+    /// From `1_Pooling/config.json` (either spelling). Weighted-mean pooling and
+    /// `include_prompt: false` are refused.
+    pub fn from_config(c: &PoolingConfig) -> Result<Self, String> {
+        if !c.include_prompt {
+            return Err("include_prompt: false is not supported".into());
+        }
+        let modes = c
+            .mode_names()
+            .iter()
+            .map(|m| match m.as_str() {
+                "cls" => Ok(PoolingMode::Cls),
+                "max" => Ok(PoolingMode::Max),
+                "mean" => Ok(PoolingMode::Mean),
+                "mean_sqrt_len_tokens" => Ok(PoolingMode::MeanSqrtLen),
+                "lasttoken" => Ok(PoolingMode::LastToken),
+                other => Err(format!("pooling mode '{other}' is not supported")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { modes })
+    }
+
+    /// The `1_Pooling/config.json` that describes this pooling. Written in the legacy boolean
+    /// spelling, which every sentence-transformers version reads, when the modes are in its
+    /// fixed order; otherwise as a `pooling_mode` list (sentence-transformers >= 6).
+    pub fn to_config(&self, word_embedding_dimension: usize) -> PoolingConfig {
+        const ORDER: [PoolingMode; 5] =
+            [PoolingMode::Cls, PoolingMode::Max, PoolingMode::Mean, PoolingMode::MeanSqrtLen, PoolingMode::LastToken];
+        let canonical: Vec<PoolingMode> = ORDER.iter().copied().filter(|m| self.modes.contains(m)).collect();
+        let mut c = PoolingConfig {
+            word_embedding_dimension: Some(word_embedding_dimension),
+            include_prompt: true,
+            ..Default::default()
+        };
+        if canonical == self.modes {
+            let has = |m| Some(self.modes.contains(&m));
+            c.pooling_mode_cls_token = has(PoolingMode::Cls);
+            c.pooling_mode_mean_tokens = has(PoolingMode::Mean);
+            c.pooling_mode_max_tokens = has(PoolingMode::Max);
+            c.pooling_mode_mean_sqrt_len_tokens = has(PoolingMode::MeanSqrtLen);
+            c.pooling_mode_weightedmean_tokens = Some(false);
+            c.pooling_mode_lasttoken = has(PoolingMode::LastToken);
+        } else {
+            c.pooling_mode = Some(crate::io::hf::OneOrMany::Many(self.modes.iter().map(|m| m.st_name().to_string()).collect()));
+        }
+        c
+    }
+
+    /// `[batch, seq, hidden]` token vectors and `[batch, seq]` mask → `[batch, modes × hidden]`.
+    pub fn forward(&self, hidden: Tensor<3>, attention_mask: Tensor<2, Int>) -> Tensor<2> {
+        let [b, s, h] = hidden.dims();
+        let mask = attention_mask.float().reshape([b, s, 1]);
+        let count = mask.clone().sum_dim(1).reshape([b, 1]);
+        let pooled: Vec<Tensor<2>> = self
+            .modes
+            .iter()
+            .map(|mode| match mode {
+                PoolingMode::Cls => hidden.clone().slice([0..b, 0..1]).reshape([b, h]),
+                PoolingMode::Max => {
+                    // Padding set to -1e9 as sentence-transformers does, so it never wins.
+                    let pad = mask.clone().equal_elem(0.0).expand([b, s, h]);
+                    hidden.clone().mask_fill(pad, -1e9).max_dim(1).reshape([b, h])
+                }
+                PoolingMode::Mean => {
+                    let sum = (hidden.clone() * mask.clone()).sum_dim(1).reshape([b, h]);
+                    sum / count.clone().clamp_min(1e-9)
+                }
+                PoolingMode::MeanSqrtLen => {
+                    let sum = (hidden.clone() * mask.clone()).sum_dim(1).reshape([b, h]);
+                    sum / count.clone().clamp_min(1e-9).sqrt()
+                }
+                PoolingMode::LastToken => {
+                    // One-hot at position (count - 1); right padding assumed, as our tokenizer pads.
+                    let pos = Tensor::<1, Int>::arange(0..s as i64, &hidden.device()).reshape([1, s]).float().expand([b, s]);
+                    let last = pos.equal((count.clone() - 1.0).expand([b, s])).float().reshape([b, s, 1]);
+                    (hidden.clone() * last).sum_dim(1).reshape([b, h])
+                }
+            })
+            .collect();
+        if pooled.len() == 1 { pooled.into_iter().next().expect("one mode") } else { Tensor::cat(pooled, 1) }
+    }
+}
+
+/// L2 normalisation as `torch.nn.functional.normalize` (norm clamped at 1e-12).
+pub fn l2_normalize(x: Tensor<2>) -> Tensor<2> {
+    let norm = x.clone().powf_scalar(2.0).sum_dim(1).sqrt().clamp_min(1e-12);
+    x / norm
+}
+
+/// Prompt text put before queries and documents (e5's `"query: "` / `"passage: "`, QMD's
+/// nomic-style task prefixes). A prompt without `{text}` is a prefix; one with `{text}` is a
+/// template, where `{title}` becomes the document title (or `none`, as QMD writes it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prompts {
+    pub query: Option<String>,
+    pub document: Option<String>,
+}
+
+impl Prompts {
+    /// No prompts (all-MiniLM-L6-v2, bge for documents).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// e5 models: `"query: "` and `"passage: "`.
+    pub fn e5() -> Self {
+        Self { query: Some("query: ".into()), document: Some("passage: ".into()) }
+    }
+
+    /// QMD's nomic-style prefixes (`formatQueryForEmbedding` / `formatDocForEmbedding` in
+    /// tobi/qmd `src/llm.ts`).
+    pub fn qmd() -> Self {
+        Self {
+            query: Some("task: search result | query: ".into()),
+            document: Some("title: {title} | text: {text}".into()),
+        }
+    }
+
+    /// Apply one prompt to a text.
+    pub fn apply(prompt: Option<&str>, text: &str, title: Option<&str>) -> String {
+        match prompt {
+            None => text.to_string(),
+            Some(p) if p.contains("{text}") => p.replace("{title}", title.unwrap_or("none")).replace("{text}", text),
+            Some(p) => format!("{p}{text}"),
+        }
+    }
+}
+
+/// A sentence encoder: BERT + tokenizer + pooling + optional normalisation, configured from a
+/// sentence-transformers folder. Cloning is cheap: parameters are shared tensor handles.
+#[derive(Debug, Clone)]
+pub struct SentenceEncoder {
+    pub model: BertModel,
+    pub tokenizer: TextTokenizer,
+    pub pooling: Pooling,
+    pub normalize: bool,
+    pub prompts: Prompts,
+    /// The prompt applied by [`embed`](Self::embed) (sentence-transformers' `default_prompt_name`).
+    pub default_prompt: Option<String>,
+    /// The folder this was loaded from (exports copy its tokenizer files); `None` for random models.
+    pub source: Option<ModelFolder>,
+}
+
+impl SentenceEncoder {
+    /// Load a Hugging Face / sentence-transformers folder onto `device`.
+    pub fn load(dir: impl AsRef<Path>, device: &Device) -> Result<Self, BertError> {
+        let folder = ModelFolder::open(dir)?;
+        let config_path = folder.config_path();
+        let config = BertConfig::from_file(&config_path)?;
+        let weights = Weights::open_dir(&folder.transformer_dir)?;
+        let model = BertModel::load(&config, &mut CheckpointSource::new(&weights), device)?;
+
+        let max_len = folder.max_seq_length(config.max_position_embeddings);
+        let tokenizer = TextTokenizer::from_file(&folder.tokenizer_json, max_len)?
+            .with_lowercase(folder.sentence_bert.do_lower_case);
+        let tok_vocab = tokenizer.inner().get_vocab_size(true);
+        if tok_vocab > config.vocab_size {
+            return Err(BertError::Config {
+                path: folder.tokenizer_json.display().to_string(),
+                field: "vocab".into(),
+                reason: format!("tokenizer has {tok_vocab} tokens but the model's vocab_size is {}", config.vocab_size),
+            });
+        }
+
+        let pooling = match &folder.pooling {
+            Some(p) => {
+                let pooling_path = folder.pooling_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+                if let Some(d) = p.word_embedding_dimension
+                    && d != config.hidden_size
+                {
+                    return Err(BertError::Config {
+                        path: pooling_path,
+                        field: "word_embedding_dimension".into(),
+                        reason: format!("{d} differs from the model's hidden_size {}", config.hidden_size),
+                    });
+                }
+                Pooling::from_config(p).map_err(|reason| BertError::Config { path: pooling_path, field: "pooling".into(), reason })?
+            }
+            None => Pooling::mean(),
+        };
+
+        let named = &folder.st_config.prompts;
+        let pick = |keys: &[&str]| keys.iter().find_map(|k| named.get(*k).filter(|p| !p.is_empty()).cloned());
+        let prompts = Prompts { query: pick(&["query"]), document: pick(&["document", "passage", "corpus"]) };
+        let default_prompt = folder.st_config.default_prompt_name.as_ref().and_then(|n| named.get(n).cloned());
+        let normalize = folder.normalize;
+        Ok(Self { model, tokenizer, pooling, normalize, prompts, default_prompt, source: Some(folder) })
+    }
+
+    /// A tiny random encoder for tests: `BertConfig::tiny` shapes (hidden 32, 2 layers, 4 heads),
+    /// a lower-casing word-level tokenizer over `words` plus `[PAD] [UNK] [CLS] [SEP] [MASK]`,
+    /// truncation at 32 tokens, mean pooling, normalisation. Same seed → same model.
+    pub fn random_tiny(words: &[&str], seed: u64, device: &Device) -> Self {
+        let tokenizer_json = word_level_tokenizer_json(words);
+        let inner: tokenizers::Tokenizer = tokenizer_json.to_string().parse().expect("valid tokenizer JSON");
+        let vocab_size = inner.get_vocab_size(true);
+        let config = BertConfig::tiny(vocab_size, 32, 2, 4);
+        let tokenizer = TextTokenizer::new(inner, "tokenizer.json (random_tiny)".into(), 32).expect("truncation at 32 is valid");
+        Self {
+            model: BertModel::random(&config, seed, device),
+            tokenizer,
+            pooling: Pooling::mean(),
+            normalize: true,
+            prompts: Prompts::none(),
+            default_prompt: None,
+            source: None,
+        }
+    }
+
+    /// Replace the query/document prompts (e.g. [`Prompts::e5`] or [`Prompts::qmd`]).
+    pub fn with_prompts(mut self, prompts: Prompts) -> Self {
+        self.prompts = prompts;
+        self
+    }
+
+    /// Width of the sentence vectors.
+    pub fn dim(&self) -> usize {
+        self.model.config.hidden_size * self.pooling.modes.len()
+    }
+
+    /// Truncation length in tokens, special tokens included.
+    pub fn max_seq_len(&self) -> usize {
+        self.tokenizer.max_len()
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> Device {
+        self.model.embeddings.word_embeddings.weight.val().device()
+    }
+
+    /// Tokenized batch → sentence vectors `[batch, dim]` (differentiable).
+    pub fn encode_tokens(&self, tokens: TokenTensors) -> Tensor<2> {
+        let hidden = self.model.forward(tokens.input_ids, tokens.token_type_ids, tokens.attention_mask.clone());
+        let pooled = self.pooling.forward(hidden, tokens.attention_mask);
+        if self.normalize { l2_normalize(pooled) } else { pooled }
+    }
+
+    /// Texts (as given: no prompt added) → sentence vectors `[batch, dim]` on the model's device.
+    /// On an autodiff device the result carries the graph, for training.
+    pub fn encode(&self, texts: &[&str]) -> Result<Tensor<2>, BertError> {
+        let batch = self.tokenizer.encode_batch(texts)?;
+        Ok(self.encode_tokens(batch.to_tensors(&self.device())))
+    }
+
+    /// Embed texts with the default prompt (none unless the folder names one).
+    pub fn embed(&self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>, BertError> {
+        self.embed_with_prompt(texts, self.default_prompt.as_deref(), batch_size)
+    }
+
+    /// Embed search queries with the query prompt.
+    pub fn embed_queries(&self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>, BertError> {
+        self.embed_with_prompt(texts, self.prompts.query.clone().as_deref(), batch_size)
+    }
+
+    /// Embed documents with the document prompt (`{title}` becomes `none`; see [`Prompts::apply`]).
+    pub fn embed_documents(&self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>, BertError> {
+        self.embed_with_prompt(texts, self.prompts.document.clone().as_deref(), batch_size)
+    }
+
+    /// Embed texts with an explicit prompt, in batches, longest texts first (as
+    /// sentence-transformers sorts, so little padding is computed), returned in input order.
+    /// Runs without recording a graph even when the model is on an autodiff device.
+    pub fn embed_with_prompt(&self, texts: &[&str], prompt: Option<&str>, batch_size: usize) -> Result<Vec<Vec<f32>>, BertError> {
+        let batch_size = batch_size.max(1);
+        let prompted: Vec<String> = texts.iter().map(|t| Prompts::apply(prompt, t, None)).collect();
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(prompted[i].chars().count()));
+
+        let device = self.device();
+        let inference;
+        let encoder = if device.is_autodiff() {
+            inference = Self { model: self.model.valid(), ..self.clone() };
+            &inference
+        } else {
+            self
+        };
+        let device = encoder.device();
+
+        let progress = if texts.len() >= 8 * batch_size {
+            let bar = indicatif::ProgressBar::new(texts.len() as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("embedding {bar:40} {pos}/{len} texts ({per_sec}, eta {eta})")
+                    .expect("valid template"),
+            );
+            Some(bar)
+        } else {
+            None
+        };
+        let dim = self.dim();
+        let mut out = vec![Vec::new(); texts.len()];
+        for chunk in order.chunks(batch_size) {
+            let batch: Vec<&str> = chunk.iter().map(|&i| prompted[i].as_str()).collect();
+            let tokens = encoder.tokenizer.encode_batch(&batch)?;
+            let flat = values(encoder.encode_tokens(tokens.to_tensors(&device)));
+            for (row, &i) in chunk.iter().enumerate() {
+                out[i] = flat[row * dim..(row + 1) * dim].to_vec();
+            }
+            if let Some(bar) = &progress {
+                bar.inc(chunk.len() as u64);
+            }
+        }
+        if let Some(bar) = progress {
+            bar.finish_and_clear();
+        }
+        Ok(out)
+    }
+}
+
+/// `tokenizer.json` of a BERT-style word-level tokenizer: specials `[PAD]=0 [UNK]=1 [CLS]=2
+/// [SEP]=3 [MASK]=4`, then `words` (lower-cased, duplicates dropped), `[CLS] … [SEP]` template.
+pub fn word_level_tokenizer_json(words: &[&str]) -> serde_json::Value {
+    use serde_json::json;
+    let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+    let mut vocab = serde_json::Map::new();
+    for t in specials.iter().map(|s| s.to_string()).chain(words.iter().map(|w| w.to_lowercase())) {
+        let id = vocab.len();
+        vocab.entry(t).or_insert(json!(id));
+    }
+    let added: Vec<_> = specials
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+        .collect();
+    let (cls, sep) = (json!({"SpecialToken": {"id": "[CLS]", "type_id": 0}}), json!({"SpecialToken": {"id": "[SEP]", "type_id": 0}}));
+    json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": {"type": "Lowercase"},
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [cls, {"Sequence": {"id": "A", "type_id": 0}}, sep],
+            "pair": [cls, {"Sequence": {"id": "A", "type_id": 0}}, sep, {"Sequence": {"id": "B", "type_id": 1}}, {"SpecialToken": {"id": "[SEP]", "type_id": 1}}],
+            "special_tokens": {
+                "[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]},
+                "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]}
+            }
+        },
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_config() -> BertConfig {
+        BertConfig::tiny(50, 32, 2, 4)
+    }
+
+    fn ids(rows: &[&[i64]], pad_to: usize) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2, Int>) {
+        let dev = Device::flex();
+        let b = rows.len();
+        let mut input = Vec::new();
+        let mut mask = Vec::new();
+        for r in rows {
+            input.extend(r.iter().copied().chain(std::iter::repeat_n(0, pad_to - r.len())));
+            mask.extend(std::iter::repeat_n(1i64, r.len()).chain(std::iter::repeat_n(0, pad_to - r.len())));
+        }
+        let t = |v: Vec<i64>| Tensor::<2, Int>::from_data(TensorData::new(v, [b, pad_to]), &dev);
+        (t(input), t(vec![0; b * pad_to]), t(mask))
+    }
+
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn shapes_and_seeded_reproducibility() {
+        let dev = Device::flex();
+        let m = BertModel::random(&tiny_config(), 7, &dev);
+        let (i, t, a) = ids(&[&[2, 5, 9, 3], &[2, 7, 3]], 4);
+        let h = m.forward(i.clone(), t.clone(), a.clone());
+        assert_eq!(h.dims(), [2, 4, 32]);
+        let again = BertModel::random(&tiny_config(), 7, &dev).forward(i, t, a);
+        assert_eq!(values(h), values(again), "same seed, same numbers");
+    }
+
+    #[test]
+    fn padding_does_not_change_a_sentence() {
+        // The sentence [2 5 9 3] alone (no padding) and in a batch padded to 7 tokens next to a
+        // longer one must pool to the same vector: the mask must hide padding from attention and
+        // from pooling. Checked for every pooling mode.
+        let dev = Device::flex();
+        let m = BertModel::random(&tiny_config(), 11, &dev);
+        let (i1, t1, a1) = ids(&[&[2, 5, 9, 3]], 4);
+        let (i2, t2, a2) = ids(&[&[2, 8, 8, 8, 8, 8, 3], &[2, 5, 9, 3]], 7);
+        let h1 = m.forward(i1, t1, a1.clone());
+        let h2 = m.forward(i2, t2, a2.clone());
+        for mode in [PoolingMode::Cls, PoolingMode::Max, PoolingMode::Mean, PoolingMode::MeanSqrtLen, PoolingMode::LastToken] {
+            let p = Pooling { modes: vec![mode] };
+            let alone = values(p.forward(h1.clone(), a1.clone()));
+            let batched = values(p.forward(h2.clone(), a2.clone()));
+            assert_eq!(alone.len(), 32);
+            let d = max_abs_diff(&alone, &batched[32..]);
+            assert!(d < 1e-5, "{mode:?}: padded vs alone differ by {d}");
+        }
+    }
+
+    #[test]
+    fn pooling_by_hand() {
+        // hidden rows for one sentence of 3 tokens, the third is padding:
+        // t0 = [1, 4], t1 = [3, -2], t2 = [100, 100] (pad).
+        let dev = Device::flex();
+        let hidden = Tensor::<3>::from_data(TensorData::new(vec![1.0f32, 4.0, 3.0, -2.0, 100.0, 100.0], [1, 3, 2]), &dev);
+        let mask = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 1, 0], [1, 3]), &dev);
+        let run = |modes: Vec<PoolingMode>| values(Pooling { modes }.forward(hidden.clone(), mask.clone()));
+        assert_eq!(run(vec![PoolingMode::Cls]), vec![1.0, 4.0]);
+        assert_eq!(run(vec![PoolingMode::Max]), vec![3.0, 4.0]);
+        assert_eq!(run(vec![PoolingMode::Mean]), vec![2.0, 1.0]);
+        assert_eq!(run(vec![PoolingMode::LastToken]), vec![3.0, -2.0]);
+        let s = 2f32.sqrt();
+        assert!(max_abs_diff(&run(vec![PoolingMode::MeanSqrtLen]), &[4.0 / s, 2.0 / s]) < 1e-6);
+        assert_eq!(run(vec![PoolingMode::Cls, PoolingMode::Mean]), vec![1.0, 4.0, 2.0, 1.0]);
+        // [3, 4] / 5 by hand.
+        let n = values(l2_normalize(Tensor::<2>::from_data(TensorData::new(vec![3.0f32, 4.0], [1, 2]), &dev)));
+        assert!(max_abs_diff(&n, &[0.6, 0.8]) < 1e-7);
+    }
+
+    #[test]
+    fn export_names_round_trip_through_load() {
+        // hf_tensors() must produce exactly the names and layouts load() reads: reload from them
+        // and compare outputs.
+        let dev = Device::flex();
+        let cfg = tiny_config();
+        let m = BertModel::random(&cfg, 3, &dev);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        crate::io::safetensors::write_f32(&path, &m.hf_tensors(), None).unwrap();
+        let w = Weights::open_file(&path).unwrap();
+        let m2 = BertModel::load(&cfg, &mut CheckpointSource::new(&w), &dev).unwrap();
+        let (i, t, a) = ids(&[&[2, 5, 9, 3]], 4);
+        assert_eq!(values(m.forward(i.clone(), t.clone(), a.clone())), values(m2.forward(i, t, a)));
+    }
+
+    #[test]
+    fn prefixed_checkpoint_loads_and_wrong_shape_is_named() {
+        let dev = Device::flex();
+        let cfg = tiny_config();
+        let m = BertModel::random(&cfg, 3, &dev);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let mut tensors: Vec<_> = m.hf_tensors().into_iter().map(|(n, s, v)| (format!("bert.{n}"), s, v)).collect();
+        crate::io::safetensors::write_f32(&path, &tensors, None).unwrap();
+        let w = Weights::open_file(&path).unwrap();
+        assert_eq!(CheckpointSource::new(&w).prefix, "bert.");
+        BertModel::load(&cfg, &mut CheckpointSource::new(&w), &dev).unwrap();
+
+        // Layer 1's key bias with 31 values where 32 are expected.
+        let bad = "bert.encoder.layer.1.attention.self.key.bias";
+        let entry = tensors.iter_mut().find(|(n, _, _)| n == bad).unwrap();
+        entry.1 = vec![31];
+        entry.2.truncate(31);
+        crate::io::safetensors::write_f32(&path, &tensors, None).unwrap();
+        let w = Weights::open_file(&path).unwrap();
+        let msg = BertModel::load(&cfg, &mut CheckpointSource::new(&w), &dev).unwrap_err().to_string();
+        assert!(msg.contains(bad) && msg.contains("[31]") && msg.contains("[32]") && msg.contains("model.safetensors"), "{msg}");
+    }
+
+    #[test]
+    fn encode_is_differentiable() {
+        // A loss on the pooled output must give a gradient to a parameter of the first layer.
+        let dev = Device::flex().autodiff();
+        let m = BertModel::random(&tiny_config(), 5, &dev);
+        let (i, t, a) = ids(&[&[2, 5, 9, 3], &[2, 7, 3]], 4);
+        let (i, t, a) = (i.to_device(&dev), t.to_device(&dev), a.to_device(&dev));
+        let pooled = Pooling::mean().forward(m.forward(i, t, a.clone()), a);
+        let loss = l2_normalize(pooled).sum();
+        let grads = loss.backward();
+        let g = m.encoder.layers[0].attention.query.weight.grad(&grads).expect("gradient for layer 0 query");
+        assert_eq!(g.dims(), [32, 32]);
+        let norm: f32 = values(g.powf_scalar(2.0).sum())[0];
+        assert!(norm > 0.0 && norm.is_finite(), "gradient norm {norm}");
+    }
+
+    #[test]
+    fn prompts_prefix_and_template() {
+        assert_eq!(Prompts::apply(Prompts::e5().query.as_deref(), "how", None), "query: how");
+        let qmd = Prompts::qmd();
+        assert_eq!(Prompts::apply(qmd.document.as_deref(), "body", Some("T")), "title: T | text: body");
+        assert_eq!(Prompts::apply(qmd.document.as_deref(), "body", None), "title: none | text: body");
+        assert_eq!(Prompts::apply(None, "x", None), "x");
+    }
+
+    #[test]
+    fn config_refuses_what_we_cannot_run() {
+        let mut c = tiny_config();
+        c.model_type = Some("xlm-roberta".into());
+        assert_eq!(c.validate().unwrap_err().0, "model_type");
+        let mut c = tiny_config();
+        c.num_attention_heads = 5;
+        assert_eq!(c.validate().unwrap_err().0, "num_attention_heads");
+        let c: BertConfig = serde_json::from_str(
+            r#"{"vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+                "intermediate_size": 16, "architectures": ["BertModel"]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.layer_norm_eps, 1e-12);
+        assert_eq!(c.extra["architectures"][0], "BertModel", "unknown fields are kept for export");
+    }
+}

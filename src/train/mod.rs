@@ -1,4 +1,17 @@
 //! Training loops and their shared pieces.
+//!
+//! * [`contrastive`]: MultipleNegativesRankingLoss, its GradCache variant, the no-duplicates sampler.
+//! * [`contrastive_trainer`]: the embedding-model training loop (`tunelab train embed`).
+//! * [`encoder`]: the [`encoder::TrainableEncoder`] seam between loops and models.
+//! * [`gradcheck`]: finite-difference checks of parameter gradients for any encoder and loss.
+//! * [`schedule`]: warm-up + linear/cosine learning rates, clipping by global norm.
+//! * [`checkpoint`]: model + optimizer + loop state on disk, for resume.
+//! * [`validation`]: validation callbacks (retrieval metrics through `eval::metrics`).
+pub mod checkpoint;
 pub mod contrastive;
+pub mod contrastive_trainer;
+pub mod encoder;
+pub mod gradcheck;
 pub mod schedule;
 pub mod sft;
+pub mod validation;

@@ -1,0 +1,282 @@
+//! `LoraLinear`: a frozen linear layer plus a trainable low-rank update (PEFT's `lora.Linear`).
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::tensor::module::linear;
+use burn::tensor::{Tensor, TensorData};
+use rand::Rng;
+
+use super::{LoraConfig, LoraError};
+
+/// `y = x·Wᵀ + b + scale·(dropout(x)·Aᵀ)·Bᵀ` with `W` and `b` frozen.
+///
+/// Shapes follow PEFT (and Hugging Face checkpoints): `W` `[out, in]`, `A` `[rank, in]`,
+/// `B` `[out, rank]`, so adapters export to `lora_A.weight` / `lora_B.weight` unchanged.
+#[derive(Module, Debug)]
+pub struct LoraLinear {
+    /// Frozen base weight `[out, in]`: no gradient, never updated by an optimizer.
+    pub weight: Param<Tensor<2>>,
+    /// Frozen base bias `[out]`.
+    pub bias: Option<Param<Tensor<1>>>,
+    /// `A` `[rank, in]`, Kaiming-uniform initialised as PEFT does.
+    pub lora_a: Param<Tensor<2>>,
+    /// `B` `[out, rank]`, zero at the start.
+    pub lora_b: Param<Tensor<2>>,
+    /// Dropout on the input of `A` (PEFT's `lora_dropout`).
+    pub dropout: Dropout,
+    /// `alpha / rank` (or `alpha / √rank` with rsLoRA).
+    pub scale: f64,
+}
+
+impl LoraLinear {
+    /// Adapt a base layer (`weight` `[out, in]`, `bias` `[out]`) on the weight's device.
+    ///
+    /// `A` is drawn from `rng` as PEFT's `kaiming_uniform_(a=√5)` draws it, `U(-1/√in, 1/√in)`,
+    /// so the same seed gives the same adapter on every device; `B` is zero.
+    pub fn new(weight: Tensor<2>, bias: Option<Tensor<1>>, config: &LoraConfig, rng: &mut impl Rng) -> Result<Self, LoraError> {
+        config.validate()?;
+        let [out_features, in_features] = weight.dims();
+        let device = weight.device();
+        let bound = 1.0 / (in_features as f32).sqrt();
+        let a: Vec<f32> = (0..config.rank * in_features).map(|_| rng.random_range(-bound..bound)).collect();
+        let lora_a = Tensor::<2>::from_data(TensorData::new(a, [config.rank, in_features]), &device);
+        let lora_b = Tensor::<2>::zeros([out_features, config.rank], &device);
+        Ok(Self::from_parts(weight, bias, lora_a, lora_b, config.scale(), config.dropout))
+    }
+
+    /// Assemble from known factors (loading a saved adapter, tests). `W` and `b` are frozen;
+    /// `A` and `B` are trainable.
+    pub fn from_parts(weight: Tensor<2>, bias: Option<Tensor<1>>, lora_a: Tensor<2>, lora_b: Tensor<2>, scale: f64, dropout: f64) -> Self {
+        let (out_features, in_features) = (weight.dims()[0], weight.dims()[1]);
+        let rank = lora_a.dims()[0];
+        assert_eq!(lora_a.dims(), [rank, in_features], "lora_a must be [rank, in]");
+        assert_eq!(lora_b.dims(), [out_features, rank], "lora_b must be [out, rank]");
+        // Detached: each becomes a leaf of its own (a transposed or computed input is not one).
+        Self {
+            weight: Param::from_tensor(weight.detach()).set_require_grad(false),
+            bias: bias.map(|b| Param::from_tensor(b.detach()).set_require_grad(false)),
+            lora_a: Param::from_tensor(lora_a.detach()),
+            lora_b: Param::from_tensor(lora_b.detach()),
+            dropout: DropoutConfig::new(dropout).init(),
+            scale,
+        }
+    }
+
+    /// Adapt a burn [`Linear`] (which stores its weight `[in, out]`).
+    pub fn from_linear(base: &Linear, config: &LoraConfig, rng: &mut impl Rng) -> Result<Self, LoraError> {
+        Self::new(base.weight.val().transpose(), base.bias.as_ref().map(|b| b.val()), config, rng)
+    }
+
+    pub fn rank(&self) -> usize {
+        self.lora_a.dims()[0]
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// `[..., in]` → `[..., out]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let base = linear(x.clone(), self.weight.val().transpose(), self.bias.as_ref().map(|b| b.val()));
+        let down = linear(self.dropout.forward(x), self.lora_a.val().transpose(), None);
+        let up = linear(down, self.lora_b.val().transpose(), None);
+        base + up.mul_scalar(self.scale)
+    }
+
+    /// The fused weight `W + scale·B·A` `[out, in]` (detached), for a merged export.
+    pub fn merge(&self) -> Tensor<2> {
+        let delta = self.lora_b.val().matmul(self.lora_a.val()).mul_scalar(self.scale);
+        (self.weight.val() + delta).detach()
+    }
+}
+
+/// A linear layer that may carry an adapter: what a model holds where LoRA can be attached
+/// (`with_lora` swaps the plain layer for a [`LoraLinear`], `merged` folds it back).
+#[derive(Module, Debug)]
+pub enum AdaptableLinear {
+    Base(Linear),
+    Lora(LoraLinear),
+}
+
+impl AdaptableLinear {
+    /// `[..., in]` → `[..., out]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Self::Base(l) => l.forward(x),
+            Self::Lora(l) => l.forward(x),
+        }
+    }
+
+    /// Attach an adapter (the base becomes frozen). An adapted layer is returned unchanged.
+    pub fn with_lora(self, config: &LoraConfig, rng: &mut impl Rng) -> Result<Self, LoraError> {
+        match self {
+            Self::Base(l) => Ok(Self::Lora(LoraLinear::from_linear(&l, config, rng)?)),
+            lora => Ok(lora),
+        }
+    }
+
+    /// Fold an adapter into a plain layer with weight `W + scale·B·A` (trainable again).
+    pub fn merged(self) -> Self {
+        match self {
+            Self::Lora(l) => Self::Base(Linear {
+                weight: Param::from_tensor(l.merge().transpose()),
+                bias: l.bias.as_ref().map(|b| Param::from_tensor(b.val().detach())),
+            }),
+            base => base,
+        }
+    }
+
+    /// Whether an adapter is attached.
+    pub fn is_lora(&self) -> bool {
+        matches!(self, Self::Lora(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::optim::{AdamWConfig, GradientsParams};
+    use burn::tensor::Device;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    /// A layer with non-zero `B` (so `A` gets a gradient): in 3, out 2, rank 2, scale 1.5.
+    fn layer(device: &Device) -> (LoraLinear, [Vec<f32>; 4]) {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let (w, b, a, bb) = (random(&mut rng, 6), random(&mut rng, 2), random(&mut rng, 6), random(&mut rng, 4));
+        let t2 = |v: &Vec<f32>, s: [usize; 2]| Tensor::<2>::from_data(TensorData::new(v.clone(), s), device);
+        let l = LoraLinear::from_parts(
+            t2(&w, [2, 3]),
+            Some(Tensor::<1>::from_data(TensorData::new(b.clone(), [2]), device)),
+            t2(&a, [2, 3]),
+            t2(&bb, [2, 2]),
+            1.5,
+            0.0,
+        );
+        (l, [w, b, a, bb])
+    }
+
+    /// y = x·Wᵀ + b + scale·(x·Aᵀ)·Bᵀ written out with loops over the row-major values.
+    fn by_hand(x: &[f32], rows: usize, [w, b, a, bb]: &[Vec<f32>; 4], scale: f32) -> Vec<f32> {
+        let (inp, out, r) = (3, 2, 2);
+        let mut y = vec![0.0; rows * out];
+        for i in 0..rows {
+            let xa: Vec<f32> = (0..r).map(|k| (0..inp).map(|j| x[i * inp + j] * a[k * inp + j]).sum()).collect();
+            for o in 0..out {
+                let base: f32 = (0..inp).map(|j| x[i * inp + j] * w[o * inp + j]).sum::<f32>() + b[o];
+                let delta: f32 = (0..r).map(|k| xa[k] * bb[o * r + k]).sum();
+                y[i * out + o] = base + scale * delta;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn forward_matches_the_formula_and_merge() {
+        let device = Device::flex();
+        let (l, parts) = layer(&device);
+        let x = vec![0.5, -1.0, 2.0, 1.5, 0.25, -0.75];
+        let y = values(l.forward(Tensor::<2>::from_data(TensorData::new(x.clone(), [2, 3]), &device)));
+        let want = by_hand(&x, 2, &parts, 1.5);
+        for (g, w) in y.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-5, "{y:?} vs {want:?}");
+        }
+        // The merged plain layer computes the same function.
+        let merged = AdaptableLinear::Lora(l).merged();
+        assert!(!merged.is_lora());
+        let ym = values(merged.forward(Tensor::<2>::from_data(TensorData::new(x, [2, 3]), &device)));
+        for (g, w) in ym.iter().zip(&y) {
+            assert!((g - w).abs() < 1e-5, "{ym:?} vs {y:?}");
+        }
+    }
+
+    #[test]
+    fn new_adapter_starts_as_the_base_and_a_is_kaiming_bounded() {
+        let device = Device::flex();
+        let base = Tensor::<2>::from_floats([[1.0, 2.0, 3.0, 4.0], [0.5, 0.0, -1.0, 2.0]], &device);
+        let cfg = LoraConfig { rank: 3, alpha: 6.0, ..LoraConfig::default() };
+        let l = LoraLinear::new(base.clone(), None, &cfg, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
+        assert_eq!((l.rank(), l.in_features(), l.out_features(), l.scale), (3, 4, 2, 2.0));
+        let a = values(l.lora_a.val());
+        assert!(a.iter().all(|v| v.abs() <= 0.5), "A within 1/sqrt(4): {a:?}"); // PEFT bound 1/√in
+        assert!(a.iter().any(|v| *v != 0.0));
+        assert!(values(l.lora_b.val()).iter().all(|v| *v == 0.0));
+        assert_eq!(values(l.merge()), values(base));
+        // Same seed, same A.
+        let again = LoraLinear::new(Tensor::<2>::zeros([2, 4], &device), None, &cfg, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
+        assert_eq!(values(again.lora_a.val()), a);
+    }
+
+    /// Loss = Σ y ⊙ R. It is linear in each single entry of A and of B, so central differences
+    /// are exact up to f32 rounding; eps = 1e-2 keeps that rounding small (≈1e-5 / 1e-2).
+    #[test]
+    fn gradients_match_finite_differences_and_base_gets_none() {
+        let device = Device::flex().autodiff();
+        let (l, _) = layer(&device);
+        let x = Tensor::<2>::from_floats([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]], &device);
+        let r = Tensor::<2>::from_floats([[1.0, -2.0], [0.5, 3.0]], &device);
+        let loss = |l: &LoraLinear| (l.forward(x.clone()) * r.clone()).sum();
+        let grads = loss(&l).backward();
+        assert!(l.weight.val().grad(&grads).is_none(), "frozen base weight has no gradient");
+        assert!(l.bias.as_ref().unwrap().val().grad(&grads).is_none(), "frozen bias has no gradient");
+        let ga = values(l.lora_a.val().grad(&grads).expect("A gradient"));
+        let gb = values(l.lora_b.val().grad(&grads).expect("B gradient"));
+
+        let eps = 1e-2f32;
+        let mut worst = 0.0f32;
+        for (which, analytic) in [("a", &ga), ("b", &gb)] {
+            for (i, g) in analytic.iter().enumerate() {
+                let shifted = |delta: f32| {
+                    let (_, [w, b, mut a, mut bb]) = layer(&Device::flex());
+                    if which == "a" { a[i] += delta } else { bb[i] += delta }
+                    let dev = Device::flex();
+                    let t2 = |v: Vec<f32>, s: [usize; 2]| Tensor::<2>::from_data(TensorData::new(v, s), &dev);
+                    let (ra, rb) = (a.len() / 3, 2);
+                    let l = LoraLinear::from_parts(t2(w, [2, 3]), Some(Tensor::<1>::from_data(TensorData::new(b, [2]), &dev)), t2(a, [ra, 3]), t2(bb, [2, rb]), 1.5, 0.0);
+                    let xs = Tensor::<2>::from_floats([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]], &dev);
+                    let rs = Tensor::<2>::from_floats([[1.0, -2.0], [0.5, 3.0]], &dev);
+                    (l.forward(xs) * rs).sum().into_scalar::<f32>()
+                };
+                let fd = (shifted(eps) - shifted(-eps)) / (2.0 * eps);
+                let err = (fd - g).abs() / g.abs().max(1e-3);
+                worst = worst.max(err);
+                assert!(err < 1e-3, "d loss / d {which}[{i}]: autodiff {g}, finite difference {fd}");
+            }
+        }
+        eprintln!("lora grad check: max relative error {worst:e}");
+    }
+
+    #[test]
+    fn optimizer_step_leaves_the_base_unchanged() {
+        let device = Device::flex().autodiff();
+        let cfg = LoraConfig { rank: 2, alpha: 2.0, ..LoraConfig::default() };
+        let base = Tensor::<2>::from_floats([[1.0, 2.0, 3.0], [-1.0, 0.5, 0.0]], &device);
+        let bias = Tensor::<1>::from_floats([0.1, -0.2], &device);
+        let l = LoraLinear::new(base, Some(bias), &cfg, &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
+        let (w0, b0, a0, bb0) = (values(l.weight.val()), values(l.bias.as_ref().unwrap().val()), values(l.lora_a.val()), values(l.lora_b.val()));
+        let x = Tensor::<2>::from_floats([[0.5, -1.0, 2.0]], &device);
+        let grads = l.forward(x).sum().backward();
+        let grads = GradientsParams::from_grads(grads, &l);
+        let mut optim = AdamWConfig::new().with_weight_decay(0.1).init();
+        let l = optim.step(1e-2, l, grads);
+        assert_eq!(values(l.weight.val()), w0, "base weight unchanged (weight decay included)");
+        assert_eq!(values(l.bias.as_ref().unwrap().val()), b0, "base bias unchanged");
+        assert_ne!(values(l.lora_b.val()), bb0, "B moved");
+        // A's gradient is zero while B is zero, so only weight decay moves it: A·(1 - lr·wd).
+        for (a1, a0) in values(l.lora_a.val()).iter().zip(&a0) {
+            assert!((a1 - a0 * (1.0 - 1e-3)).abs() < 1e-6, "{a1} vs {a0}");
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! `tunelab embed` end to end on a tiny random model folder.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use burn::tensor::Device;
+use tunelab::export::sentence_transformers::write_folder;
+use tunelab::model::bert::SentenceEncoder;
+
+const WORDS: [&str; 10] = ["the", "cat", "sat", "on", "mat", "dog", "ran", "query", "title", "text"];
+
+fn tiny_model(tmp: &Path) -> PathBuf {
+    let dir = tmp.join("model");
+    write_folder(&SentenceEncoder::random_tiny(&WORDS, 5, &Device::flex()), &dir, serde_json::Value::Null).unwrap();
+    dir
+}
+
+fn embed(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tunelab"))
+        .args(["embed", "--model"])
+        .arg(model)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .args(extra)
+        .env("TUNELAB_DEVICE", "cpu")
+        .output()
+        .unwrap()
+}
+
+fn read_output(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn vector(v: &serde_json::Value) -> Vec<f32> {
+    serde_json::from_value(v["embedding"].clone()).unwrap()
+}
+
+fn close(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6)
+}
+
+#[test]
+fn embeds_in_input_order_with_ids_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"id\": \"a\", \"text\": \"the cat sat on the mat\"}\n\n{\"id\": 7, \"text\": \"dog\"}\n{\"id\": \"c\", \"text\": \"\"}\n",
+    )
+    .unwrap();
+    let output = tmp.path().join("out.jsonl");
+    let out = embed(&model, &input, &output, &["--batch-size", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = read_output(&output);
+    assert_eq!(rows.len(), 3, "the blank line is skipped");
+    assert_eq!(rows[0]["id"], "a");
+    assert_eq!(rows[1]["id"], 7, "numeric ids stay numbers");
+    assert_eq!(rows[2]["id"], "c");
+    // The CLI must give what the library gives for the same folder and texts.
+    let enc = SentenceEncoder::load(&model, &Device::flex()).unwrap();
+    let lib = enc.embed(&["the cat sat on the mat", "dog", ""], 32).unwrap();
+    for (row, v) in rows.iter().zip(&lib) {
+        assert!(close(&vector(row), v), "CLI and library differ for {}", row["id"]);
+    }
+    assert!(!close(&vector(&rows[0]), &vector(&rows[1])), "different texts, different vectors");
+}
+
+#[test]
+fn prompt_prefix_and_template_are_applied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(&input, "{\"id\": 1, \"text\": \"cat\", \"title\": \"dog\"}\n").unwrap();
+    let enc = SentenceEncoder::load(&model, &Device::flex()).unwrap();
+
+    let output = tmp.path().join("prefix.jsonl");
+    let out = embed(&model, &input, &output, &["--prompt", "query "]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let expected = enc.embed(&["query cat"], 1).unwrap();
+    assert!(close(&vector(&read_output(&output)[0]), &expected[0]));
+
+    let output = tmp.path().join("template.jsonl");
+    let out = embed(&model, &input, &output, &["--prompt", "title {title} text {text}"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let expected = enc.embed(&["title dog text cat"], 1).unwrap();
+    assert!(close(&vector(&read_output(&output)[0]), &expected[0]));
+}
+
+#[test]
+fn bad_line_is_named_and_nothing_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let input = tmp.path().join("in.jsonl");
+    let output = tmp.path().join("out.jsonl");
+    std::fs::write(&output, "previous results\n").unwrap();
+
+    std::fs::write(&input, "{\"id\": 1, \"text\": \"cat\"}\n{\"id\": 2, \"text\": \"dog\"}\n{\"id\": 3, \"txt\": \"mat\"}\n").unwrap();
+    let out = embed(&model, &input, &output, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in.jsonl:3") && err.contains("\"text\""), "{err}");
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), "previous results\n", "old output untouched");
+
+    std::fs::write(&input, "{\"id\": 1, \"text\": \"cat\"}\n{not json\n").unwrap();
+    let err = String::from_utf8_lossy(&embed(&model, &input, &output, &[]).stderr).to_string();
+    assert!(err.contains("in.jsonl:2") && err.contains("invalid JSON"), "{err}");
+
+    std::fs::write(&input, "{\"id\": [1], \"text\": \"cat\"}\n").unwrap();
+    let err = String::from_utf8_lossy(&embed(&model, &input, &output, &[]).stderr).to_string();
+    assert!(err.contains("in.jsonl:1") && err.contains("\"id\""), "{err}");
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "no temporary files left behind");
+}
+
+#[test]
+fn missing_model_folder_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(&input, "{\"id\": 1, \"text\": \"cat\"}\n").unwrap();
+    let missing = tmp.path().join("no-such-model");
+    let out = embed(&missing, &input, &tmp.path().join("out.jsonl"), &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-model"), "{err}");
+}
