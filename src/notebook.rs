@@ -386,6 +386,164 @@ fn relative_to(path: &Path, base: &Path) -> String {
     rel.display().to_string()
 }
 
+/// A report built cell by cell in a notebook (for runs that are not A/B comparisons, which
+/// `report::write_ab_report` covers): headings, text, tables and plots, written as `report.md`,
+/// a self-contained `report.html`, every table in full as Arrow IPC under `tables/` and every plot
+/// under `plots/`. Like the report module, it never overwrites a file.
+///
+/// ```
+/// use polars::prelude::*;
+/// use tunelab::notebook::NotebookReport;
+/// let dir = tempfile::tempdir().unwrap();
+/// let df = df!("class" => ["public", "sacred"], "kept" => [212u32, 0]).unwrap();
+/// let report = NotebookReport::new("Datasets").text("Sacred records are never kept.").table("classes", &df);
+/// let files = report.write(dir.path()).unwrap();
+/// assert!(std::fs::read_to_string(&files.markdown).unwrap().contains("| public | 212 |"));
+/// assert!(dir.path().join("tables/classes.arrow").exists());
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct NotebookReport {
+    title: String,
+    markdown: String,
+    html: Html,
+    tables: Vec<(String, DataFrame)>,
+    plots: Vec<(String, String)>,
+}
+
+/// The files [`NotebookReport::write`] wrote.
+#[derive(Clone, Debug)]
+pub struct ReportFiles {
+    pub markdown: PathBuf,
+    pub html: PathBuf,
+    pub tables: Vec<PathBuf>,
+    pub plots: Vec<PathBuf>,
+}
+
+/// Rows of a table shown in `report.md`/`report.html` (the Arrow file has them all).
+const REPORT_ROWS: usize = 50;
+
+impl NotebookReport {
+    pub fn new(title: &str) -> Self {
+        NotebookReport { title: title.to_string(), ..Self::default() }
+    }
+
+    pub fn heading(mut self, text: &str) -> Self {
+        self.markdown.push_str(&format!("\n## {text}\n\n"));
+        self.html = self.html.heading(2, text);
+        self
+    }
+
+    pub fn text(mut self, text: &str) -> Self {
+        self.markdown.push_str(&format!("{text}\n\n"));
+        self.html = self.html.text(text);
+        self
+    }
+
+    /// A table, kept in full as `tables/<name>.arrow`.
+    pub fn table(mut self, name: &str, df: &DataFrame) -> Self {
+        self.markdown.push_str(&markdown_table(df, REPORT_ROWS));
+        self.markdown.push_str(&format!("\n(`tables/{name}.arrow`)\n\n"));
+        let opts = TableOptions { max_rows: REPORT_ROWS, max_cols: 50, max_chars: 200, ..TableOptions::default() };
+        self.html = self.html.push(html_table_with(df, &opts));
+        self.tables.push((name.to_string(), df.clone()));
+        self
+    }
+
+    /// A plot (SVG markup), kept as `plots/<name>.svg` and inlined in the HTML.
+    pub fn svg(mut self, name: &str, svg: &str) -> Self {
+        self.markdown.push_str(&format!("![{name}](plots/{name}.svg)\n\n"));
+        self.html = self.html.svg(svg);
+        self.plots.push((name.to_string(), svg.to_string()));
+        self
+    }
+
+    /// The report as it will look, for display in the notebook.
+    pub fn to_html(&self) -> Html {
+        Html::new().heading(1, &self.title).push(self.html.clone())
+    }
+
+    pub fn evcxr_display(&self) {
+        self.to_html().evcxr_display();
+    }
+
+    /// Write the report into `dir` (usually a `report::manifest::RunDir`'s path).
+    pub fn write(&self, dir: &Path) -> Result<ReportFiles, NotebookError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| NotebookError::Io { path, source }
+        };
+        let create = |path: &Path| std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(io(path));
+        let files = ReportFiles {
+            markdown: dir.join("report.md"),
+            html: dir.join("report.html"),
+            tables: self.tables.iter().map(|(n, _)| dir.join("tables").join(format!("{n}.arrow"))).collect(),
+            plots: self.plots.iter().map(|(n, _)| dir.join("plots").join(format!("{n}.svg"))).collect(),
+        };
+        // Refuse before writing anything if a target exists.
+        for p in [&files.markdown, &files.html].into_iter().chain(&files.tables).chain(&files.plots) {
+            if p.exists() {
+                return Err(NotebookError::Io {
+                    path: p.clone(),
+                    source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "already exists; reports never overwrite a file"),
+                });
+            }
+        }
+        for sub in ["tables", "plots"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(io(&dir.join(sub)))?;
+        }
+        for ((_, df), path) in self.tables.iter().zip(&files.tables) {
+            let mut f = create(path)?;
+            use polars::prelude::SerWriter;
+            polars::prelude::IpcWriter::new(&mut f)
+                .finish(&mut df.clone())
+                .map_err(|e| NotebookError::Io { path: path.clone(), source: std::io::Error::other(e.to_string()) })?;
+        }
+        for ((_, svg), path) in self.plots.iter().zip(&files.plots) {
+            create(path)?.write_all(svg.as_bytes()).map_err(io(path))?;
+        }
+        let md = format!("# {}\n{}", self.title, self.markdown);
+        create(&files.markdown)?.write_all(md.as_bytes()).map_err(io(&files.markdown))?;
+        let html = format!(
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{}</title><style>\
+             body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}\
+             table{{border-collapse:collapse;margin:1em 0;font-size:14px}}th,td{{border:1px solid #ddd;padding:3px 8px}}\
+             th{{background:#f3f4f6}}caption{{caption-side:bottom;color:#666;font-size:12px}}</style></head><body>\n{}\n</body></html>\n",
+            escape(&self.title),
+            self.to_html()
+        );
+        create(&files.html)?.write_all(html.as_bytes()).map_err(io(&files.html))?;
+        Ok(files)
+    }
+}
+
+/// A markdown pipe table of at most `max_rows` rows (a note says how many were left out).
+pub fn markdown_table(df: &DataFrame, max_rows: usize) -> String {
+    let opts = TableOptions { max_chars: 120, ..TableOptions::default() };
+    let cell = |s: String| s.replace('|', "\\|").replace('\n', " ");
+    let cols = df.columns();
+    let mut md = String::from("|");
+    for c in cols {
+        md.push_str(&format!(" {} |", cell(c.name().to_string())));
+    }
+    md.push_str("\n|");
+    for _ in cols {
+        md.push_str("---|");
+    }
+    md.push('\n');
+    for i in 0..df.height().min(max_rows) {
+        md.push('|');
+        for c in cols {
+            let v = c.get(i).map(|v| format_value(&v, &opts)).unwrap_or_default();
+            md.push_str(&format!(" {} |", cell(v)));
+        }
+        md.push('\n');
+    }
+    if df.height() > max_rows {
+        md.push_str(&format!("\n… {} more rows\n", df.height() - max_rows));
+    }
+    md
+}
+
 /// Training progress for notebooks: one text line every `every` steps (streamed while the cell
 /// runs), and at the end, as the cell's output, a summary with the curves of every logged value.
 ///
@@ -517,6 +675,96 @@ impl Progress {
     }
 }
 
+/// Follows a training loop's `loss.jsonl` (one JSON object per step: `step`, `loss`, `lr`, and
+/// `valid_*` after validations, as `train::contrastive_trainer` writes it) from a background
+/// thread and prints a [`Progress`] line every `every` steps while the training call runs in the
+/// cell. The trainers' own progress bars are hidden in notebooks (stderr is not a terminal), so
+/// this is how a notebook shows training as it happens, without the trainer knowing about it.
+///
+/// ```
+/// use std::io::Write;
+/// use tunelab::notebook::watch_loss_log_with;
+/// let dir = tempfile::tempdir().unwrap();
+/// let log = dir.path().join("loss.jsonl");
+/// let watcher = watch_loss_log_with(&log, tunelab::notebook::Progress::new("train", 3).quiet());
+/// let mut f = std::fs::File::create(&log).unwrap();
+/// for step in 1..=3 {
+///     writeln!(f, "{{\"step\": {step}, \"epoch\": 0, \"loss\": {}, \"lr\": 0.001}}", 1.0 / step as f64).unwrap();
+/// }
+/// let progress = watcher.finish();
+/// assert_eq!(progress.history("loss").len(), 3);
+/// ```
+pub fn watch_loss_log(path: impl Into<PathBuf>, label: &str, total_steps: usize, every: usize) -> LossWatcher {
+    watch_loss_log_with(path, Progress::new(label, total_steps).every(every))
+}
+
+/// [`watch_loss_log`] with a [`Progress`] set up by the caller (e.g. [`Progress::quiet`]).
+pub fn watch_loss_log_with(path: impl Into<PathBuf>, progress: Progress) -> LossWatcher {
+    let path = path.into();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let mut progress = progress;
+    let handle = std::thread::spawn(move || {
+        let mut consumed = 0usize;
+        loop {
+            // Read the flag first: after it is set, one more full read catches the last lines.
+            let stopping = flag.load(std::sync::atomic::Ordering::Acquire);
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                let complete = text.rfind('\n').map_or(0, |i| i + 1);
+                if complete > consumed {
+                    for line in text[consumed..complete].lines() {
+                        record_loss_line(&mut progress, line);
+                    }
+                    consumed = complete;
+                }
+            }
+            if stopping {
+                return progress;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    });
+    LossWatcher { stop, handle: Some(handle) }
+}
+
+/// The handle of [`watch_loss_log`]; [`LossWatcher::finish`] stops it and returns the progress.
+#[derive(Debug)]
+pub struct LossWatcher {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Progress>>,
+}
+
+impl LossWatcher {
+    /// Stop following the log (after reading what is there) and return the progress: its
+    /// `evcxr_display` shows the curves.
+    pub fn finish(mut self) -> Progress {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let handle = self.handle.take().expect("finish runs once");
+        handle.join().unwrap_or_else(|_| Progress::new("(watcher panicked)", 0))
+    }
+}
+
+impl Drop for LossWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+fn record_loss_line(progress: &mut Progress, line: &str) {
+    let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(line) else {
+        return;
+    };
+    let Some(step) = m.get("step").and_then(|s| s.as_u64()) else {
+        return;
+    };
+    let values: Vec<(&str, f64)> = m
+        .iter()
+        .filter(|(k, _)| k.as_str() == "loss" || k.as_str() == "lr" || k.starts_with("valid_"))
+        .filter_map(|(k, v)| v.as_f64().map(|x| (k.as_str(), x)))
+        .collect();
+    progress.update(step as usize, &values);
+}
+
 fn fmt_num(v: f64) -> String {
     if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e5) { format!("{v:.3e}") } else { format!("{v:.4}") }
 }
@@ -642,6 +890,34 @@ mod tests {
         assert!(p.line(&[("loss", 0.5)]).starts_with("t 10/10 (100%)  loss 0.5000"));
         let svg = p.chart_svg().unwrap();
         assert_eq!(svg.matches("<svg").count(), 2, "one chart per series");
+    }
+
+    #[test]
+    fn notebook_report_refuses_to_overwrite_and_writes_full_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        // 60 rows: report.md shows REPORT_ROWS (50) and says 10 more; the Arrow file keeps all 60.
+        let df = df!("i" => (0..60i64).collect::<Vec<_>>()).unwrap();
+        let r = NotebookReport::new("T").heading("H").table("t", &df).svg("p", "<svg></svg>");
+        let files = r.write(dir.path()).unwrap();
+        let md = std::fs::read_to_string(&files.markdown).unwrap();
+        assert!(md.starts_with("# T\n") && md.contains("… 10 more rows") && md.contains("![p](plots/p.svg)"));
+        use polars::prelude::SerReader;
+        let back = polars::prelude::IpcReader::new(std::fs::File::open(&files.tables[0]).unwrap()).finish().unwrap();
+        assert_eq!(back.height(), 60);
+        let before = std::fs::read_to_string(&files.html).unwrap();
+        assert!(r.write(dir.path()).is_err());
+        assert_eq!(std::fs::read_to_string(&files.html).unwrap(), before);
+    }
+
+    #[test]
+    fn loss_lines_feed_progress_and_skip_junk() {
+        let mut p = Progress::new("t", 2).quiet();
+        record_loss_line(&mut p, r#"{"step": 1, "epoch": 0, "loss": 2.5, "lr": 0.1, "grad_norm": 3.0}"#);
+        record_loss_line(&mut p, "not json");
+        record_loss_line(&mut p, r#"{"step": 2, "loss": 2.0, "lr": 0.05, "valid_ndcg_cut_10": 0.4}"#);
+        assert_eq!(p.history("loss"), &[(1, 2.5), (2, 2.0)]);
+        assert_eq!(p.history("valid_ndcg_cut_10"), &[(2, 0.4)]);
+        assert!(p.history("grad_norm").is_empty(), "only loss, lr and validation values are shown");
     }
 
     #[test]
