@@ -777,6 +777,69 @@ fn fmt_secs(s: f64) -> String {
     if s >= 3600 { format!("{}h{:02}m", s / 3600, s % 3600 / 60) } else { format!("{}m{:02}s", s / 60, s % 60) }
 }
 
+/// A grouped bar chart as an SVG string: one group per category, one bar per series.
+///
+/// ```
+/// let svg = tunelab::notebook::bar_chart_svg("records", "count", &["public", "sacred"], &[("kept", &[212.0, 0.0]), ("excluded", &[0.0, 8.0])]).unwrap();
+/// assert!(svg.starts_with("<svg") && svg.contains("sacred"));
+/// ```
+pub fn bar_chart_svg(title: &str, y_label: &str, categories: &[&str], series: &[(&str, &[f64])]) -> Result<String, NotebookError> {
+    const COLORS: [RGBColor; 4] =
+        [RGBColor(0x25, 0x63, 0xeb), RGBColor(0xdc, 0x26, 0x26), RGBColor(0x16, 0xa3, 0x4a), RGBColor(0x9c, 0xa3, 0xaf)];
+    let err = |e: &dyn fmt::Display| NotebookError::Plot { what: title.to_string(), message: e.to_string() };
+    let top = series.iter().flat_map(|(_, v)| v.iter().copied()).filter(|v| v.is_finite()).fold(0.0f64, f64::max);
+    let top = if top > 0.0 { top * 1.15 } else { 1.0 };
+    let n = series.len().max(1) as f64;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (720, 300)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            // a..b has b - a + 1 segments: one per category.
+            .build_cartesian_2d((0..categories.len().saturating_sub(1).max(1)).into_segmented(), 0.0..top)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(i) => categories.get(*i).map(|c| c.to_string()).unwrap_or_default(),
+                _ => String::new(),
+            })
+            .y_desc(y_label)
+            .draw()
+            .map_err(|e| err(&e))?;
+        // Grouped bars: each category's segment split between the series, drawn in pixels.
+        {
+            let px = |i: usize, v: f64| chart.backend_coord(&(SegmentValue::Exact(i), v));
+            let width = (px(1, 0.0).0 - px(0, 0.0).0) as f64;
+            for (s, (_, values)) in series.iter().enumerate() {
+                let color = COLORS[s % COLORS.len()];
+                for (i, v) in values.iter().enumerate().filter(|(_, v)| v.is_finite()) {
+                    let (x, bottom) = px(i, 0.0);
+                    let left = x + (width * (0.1 + 0.8 * s as f64 / n)) as i32;
+                    let right = left + (width * 0.8 / n) as i32;
+                    root.draw(&Rectangle::new([(left, px(i, *v).1), (right, bottom)], color.filled())).map_err(|e| err(&e))?;
+                }
+            }
+        }
+        for (s, (name, _)) in series.iter().enumerate() {
+            let color = COLORS[s % COLORS.len()];
+            chart
+                .draw_series(std::iter::empty::<Circle<(SegmentValue<usize>, f64), i32>>())
+                .map_err(|e| err(&e))?
+                .label(*name)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+        }
+        chart.configure_series_labels().background_style(WHITE).border_style(BLACK).draw().map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    Ok(svg)
+}
+
 /// A small line chart (step against value) as an SVG string.
 fn line_chart_svg(title: &str, y_label: &str, points: &[(usize, f64)]) -> Result<String, NotebookError> {
     let err = |e: &dyn fmt::Display| NotebookError::Plot { what: title.to_string(), message: e.to_string() };
