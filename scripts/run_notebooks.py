@@ -296,7 +296,6 @@ def run_config(cfg: dict, batch_dir: Path, args) -> dict:
     # (One kernel per directory at a time; this runner runs one notebook at a time.)
     tmpdir = ROOT / "target" / "evcxr" / nb_path.stem
     tmpdir.mkdir(parents=True, exist_ok=True)
-    seed_lockfile(tmpdir)
     os.environ["EVCXR_TMPDIR"] = str(tmpdir)
     client = NotebookClient(
         nb,
@@ -305,6 +304,8 @@ def run_config(cfg: dict, batch_dir: Path, args) -> dict:
         startup_timeout=300,
         record_timing=True,
         resources={"metadata": {"path": str(nb_path.parent)}},
+        # After the kernel is up: evcxr's start-up build (of an empty crate) prunes the lock file.
+        on_notebook_start=lambda notebook: seed_lockfile(tmpdir),
     )
     exc = None
     start = time.monotonic()
@@ -347,19 +348,13 @@ def run_config(cfg: dict, batch_dir: Path, args) -> dict:
 
 
 def seed_lockfile(tmpdir: Path) -> None:
-    """Give evcxr's build directory the repository's Cargo.lock (evcxr writes none of its own), so
-    the notebooks build the same dependency versions as the tests; refreshed when the lock changes."""
-    import hashlib
-
+    """Give evcxr's build directory the repository's Cargo.lock, so the notebooks build exactly the
+    dependency versions the tests use (and offline: `cargo fetch --locked` in setup-notebooks.sh has
+    every package). evcxr writes no lock of its own, and its start-up build of an empty crate prunes
+    whatever lock is there, so this runs once the kernel is up, before the first cell."""
     lock = ROOT / "Cargo.lock"
-    if not lock.exists():
-        return
-    digest = hashlib.sha256(lock.read_bytes()).hexdigest()
-    marker = tmpdir / ".tunelab-cargo-lock-sha256"
-    if marker.exists() and marker.read_text().strip() == digest and (tmpdir / "Cargo.lock").exists():
-        return
-    shutil.copyfile(lock, tmpdir / "Cargo.lock")
-    marker.write_text(digest + "\n")
+    if lock.exists():
+        shutil.copyfile(lock, tmpdir / "Cargo.lock")
 
 
 def render_html(executed: Path) -> Path:

@@ -44,6 +44,11 @@ fi
 evcxr_jupyter="$cargo_bin/evcxr_jupyter"
 [[ -x "$evcxr_jupyter" ]] || evcxr_jupyter=$(command -v evcxr_jupyter) || die "evcxr_jupyter not on PATH after install"
 
+# Every package in Cargo.lock, for every platform: evcxr runs `cargo metadata`, which reads them all,
+# and notebooks build offline (`:offline 1` in notebooks/evcxr/init.evcxr) from the pinned versions.
+log "cargo fetch --locked (all platforms; a no-op when the registry cache has everything)"
+cargo fetch --locked --quiet
+
 # 2. The project venv (shared with scripts/setup-python.sh; created here if missing).
 if [[ ! -x .venv/bin/python ]]; then
   python=${PYTHON:-python3}
