@@ -32,7 +32,8 @@ pub fn run(c: ReportCommand, _device: DeviceChoice) -> anyhow::Result<()> {
 // closure that reads the qrels and run with `data::trec` and returns per-query values.
 fn metrics_evaluator() -> impl MetricsEvaluator {
     |_qrels: &Path, _run: &Path, _measures: &[String]| -> Result<Vec<QueryValue>, String> {
-        Err("per-query metrics are not wired into `tunelab report rerun` yet (eval::metrics)".into())
+        Err("per-query metrics are not wired into `tunelab report rerun` yet (eval::metrics)"
+            .into())
     }
 }
 
@@ -41,7 +42,11 @@ pub fn rerun_command(manifest: &Path, evaluator: &dyn MetricsEvaluator) -> anyho
     let outcome = rerun(manifest, evaluator)?;
     print_outcome(&outcome, &mut std::io::stdout().lock())?;
     if !outcome.matches() {
-        bail!("re-run of {}/{} does not reproduce metrics.arrow", outcome.experiment, outcome.run_id);
+        bail!(
+            "re-run of {}/{} does not reproduce metrics.arrow",
+            outcome.experiment,
+            outcome.run_id
+        );
     }
     Ok(())
 }
@@ -53,13 +58,24 @@ pub fn print_outcome(o: &RerunOutcome, out: &mut impl Write) -> std::io::Result<
         return writeln!(out, "MATCH: every value equals metrics.arrow exactly");
     }
     if o.compared == 0 {
-        return writeln!(out, "NOTHING TO COMPARE: neither metrics.arrow nor the re-run produced values");
+        return writeln!(
+            out,
+            "NOTHING TO COMPARE: neither metrics.arrow nor the re-run produced values"
+        );
     }
     writeln!(out, "MISMATCH: {} of {} values differ", o.mismatches.len(), o.compared)?;
     writeln!(out, "system\tqid\tmeasure\tstored\trecomputed")?;
     let show = |v: Option<f64>| v.map(|x| format!("{x:?}")).unwrap_or_else(|| "-".into());
     for m in o.mismatches.iter().take(20) {
-        writeln!(out, "{}\t{}\t{}\t{}\t{}", m.system, m.qid, m.measure, show(m.stored), show(m.recomputed))?;
+        writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{}",
+            m.system,
+            m.qid,
+            m.measure,
+            show(m.stored),
+            show(m.recomputed)
+        )?;
     }
     if o.mismatches.len() > 20 {
         writeln!(out, "... and {} more", o.mismatches.len() - 20)?;
@@ -74,7 +90,12 @@ mod tests {
 
     #[test]
     fn outcome_text_lists_mismatches() {
-        let mut o = RerunOutcome { experiment: "e".into(), run_id: "r".into(), compared: 4, mismatches: vec![] };
+        let mut o = RerunOutcome {
+            experiment: "e".into(),
+            run_id: "r".into(),
+            compared: 4,
+            mismatches: vec![],
+        };
         let mut buf = Vec::new();
         print_outcome(&o, &mut buf).unwrap();
         assert!(String::from_utf8_lossy(&buf).contains("MATCH: every value"));
@@ -88,6 +109,9 @@ mod tests {
         let mut buf = Vec::new();
         print_outcome(&o, &mut buf).unwrap();
         let text = String::from_utf8_lossy(&buf);
-        assert!(text.contains("MISMATCH: 1 of 4") && text.contains("bm25\tq1\tmap\t0.5\t-"), "{text}");
+        assert!(
+            text.contains("MISMATCH: 1 of 4") && text.contains("bm25\tq1\tmap\t0.5\t-"),
+            "{text}"
+        );
     }
 }
