@@ -484,6 +484,21 @@ impl BertModel {
         Ok(Self { embeddings, encoder: BertEncoder { layers }, pooler, config: config.clone() })
     }
 
+    /// The same model with every dropout probability set to 0: deterministic forward passes on an
+    /// autodiff device (gradient checks, reproducibility tests).
+    pub fn without_dropout(mut self) -> Self {
+        let off = || DropoutConfig::new(0.0).init();
+        self.embeddings.dropout = off();
+        for l in &mut self.encoder.layers {
+            l.attention.dropout = off();
+            l.attention_output.dropout = off();
+            l.output.dropout = off();
+        }
+        self.config.hidden_dropout_prob = 0.0;
+        self.config.attention_probs_dropout_prob = 0.0;
+        self
+    }
+
     /// A randomly initialised model (seeded), for tests.
     pub fn random(config: &BertConfig, seed: u64, device: &Device) -> Self {
         Self::load(config, &mut RandomSource::new(seed, 0.1), device).expect("random source never fails")
@@ -772,6 +787,15 @@ impl SentenceEncoder {
     /// A tiny random encoder for tests: `BertConfig::tiny` shapes (hidden 32, 2 layers, 4 heads),
     /// a lower-casing word-level tokenizer over `words` plus `[PAD] [UNK] [CLS] [SEP] [MASK]`,
     /// truncation at 32 tokens, mean pooling, normalisation. Same seed → same model.
+    ///
+    /// ```
+    /// use tunelab::model::bert::SentenceEncoder;
+    /// let enc = SentenceEncoder::random_tiny(&["hello", "world"], 0, &burn::tensor::Device::flex());
+    /// let v = enc.embed(&["hello world", "world"], 8).unwrap();
+    /// assert_eq!(v[0].len(), enc.dim());
+    /// let norm: f32 = v[0].iter().map(|x| x * x).sum::<f32>().sqrt();
+    /// assert!((norm - 1.0).abs() < 1e-5);
+    /// ```
     pub fn random_tiny(words: &[&str], seed: u64, device: &Device) -> Self {
         let tokenizer_json = word_level_tokenizer_json(words);
         let inner: tokenizers::Tokenizer = tokenizer_json.to_string().parse().expect("valid tokenizer JSON");
@@ -1053,6 +1077,22 @@ mod tests {
         assert_eq!(g.dims(), [32, 32]);
         let norm: f32 = values(g.powf_scalar(2.0).sum())[0];
         assert!(norm > 0.0 && norm.is_finite(), "gradient norm {norm}");
+    }
+
+    #[test]
+    fn dropout_acts_only_when_training_and_can_be_switched_off() {
+        // On an autodiff device dropout (p = 0.1) makes two passes differ; without_dropout makes
+        // them equal, and equal to the plain-device (inference) pass of the same weights.
+        let ad = Device::flex().autodiff();
+        let m = BertModel::random(&tiny_config(), 5, &ad);
+        let (i, t, a) = ids(&[&[2, 5, 9, 3]], 4);
+        let (i, t, a) = (i.to_device(&ad), t.to_device(&ad), a.to_device(&ad));
+        let run = |m: &BertModel| values(m.forward(i.clone(), t.clone(), a.clone()));
+        assert_ne!(run(&m), run(&m), "dropout is active while training");
+        let m = m.without_dropout();
+        let inference = values(m.valid().forward(i.clone().inner(), t.clone().inner(), a.clone().inner()));
+        assert_eq!(run(&m), run(&m));
+        assert!(max_abs_diff(&run(&m), &inference) < 1e-5);
     }
 
     #[test]
