@@ -376,7 +376,7 @@ impl BertSelfAttention {
         let q = heads(self.query.forward(x.clone()));
         let k = heads(self.key.forward(x.clone()));
         let v = heads(self.value.forward(x));
-        let context = if x_is_training(&q) {
+        let context = if records_graph(&q) {
             // Spelled out so dropout can act on the attention probabilities, as in BERT training.
             let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt());
             // HF uses the dtype's minimum rather than -inf: identical after softmax, never NaN.
@@ -390,7 +390,7 @@ impl BertSelfAttention {
 }
 
 /// Whether this forward pass records a graph (then burn's fused attention kernel is not used).
-fn x_is_training<const D: usize>(t: &Tensor<D>) -> bool {
+fn records_graph<const D: usize>(t: &Tensor<D>) -> bool {
     t.device().is_autodiff()
 }
 
