@@ -76,7 +76,10 @@ fn minilm_matches_sentence_transformers() {
         let b = enc.tokenizer.encode_batch(&[text.as_str()]).unwrap();
         assert_eq!(&b.input_ids, expected, "token ids differ for {text:?}");
     }
-    assert!(r.token_ids.iter().filter(|t| t.len() == r.max_seq_length).count() >= 3, "fixture must exercise truncation");
+    assert!(
+        r.token_ids.iter().filter(|t| t.len() == r.max_seq_length).count() >= 3,
+        "fixture must exercise truncation"
+    );
 
     let texts: Vec<&str> = r.texts.iter().map(String::as_str).collect();
     let ours = enc.embed(&texts, 16).unwrap();
@@ -238,8 +241,11 @@ fn bge_and_e5_style_folders_configure_from_their_files() {
             {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"}]"#,
     )
     .unwrap();
-    std::fs::write(dir.join("config_sentence_transformers.json"), r#"{"prompts": {"query": "query: ", "passage": "passage: "}}"#)
-        .unwrap();
+    std::fs::write(
+        dir.join("config_sentence_transformers.json"),
+        r#"{"prompts": {"query": "query: ", "passage": "passage: "}}"#,
+    )
+    .unwrap();
     std::fs::remove_file(dir.join("sentence_bert_config.json")).unwrap();
     std::fs::write(dir.join("tokenizer_config.json"), r#"{"model_max_length": 16}"#).unwrap();
     let enc = SentenceEncoder::random_tiny(&WORDS, 9, &Device::flex());
@@ -250,7 +256,11 @@ fn bge_and_e5_style_folders_configure_from_their_files() {
     let e = SentenceEncoder::load(&dir, &Device::flex()).unwrap();
     assert_eq!(e.pooling, tunelab::model::bert::Pooling::cls());
     assert!(!e.normalize, "no Normalize module listed");
-    assert_eq!(e.max_seq_len(), 16, "tokenizer_config.json's model_max_length when sentence_bert_config.json is absent");
+    assert_eq!(
+        e.max_seq_len(),
+        16,
+        "tokenizer_config.json's model_max_length when sentence_bert_config.json is absent"
+    );
     assert_eq!(e.prompts.query.as_deref(), Some("query: "));
     assert_eq!(e.prompts.document.as_deref(), Some("passage: "));
     // The query prompt is a plain prefix: embedding "cat" as a query = embedding "query: cat".
