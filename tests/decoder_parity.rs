@@ -78,7 +78,7 @@ fn smollm2_logits_match_llama_cpp() {
         // Our tokenizer must give llama.cpp's tokens; the logits then use exactly the same input.
         assert_eq!(lm.encode(prompt, false).unwrap(), tokens, "tokens of {prompt:?}");
         let logits = lm.model.forward_last(ids_tensor(&tokens, &device), None);
-        let ours: Vec<f32> = logits.into_data().convert::<f32>().into_vec().unwrap();
+        let ours: Vec<f32> = logits.into_data().try_into_vec_as::<f32>().unwrap();
         let top_ids = u32s(&case["top20_ids"]);
         let top_vals = f32s(&case["top20_logits"]);
         let our_top1 = argmax(&ours);
@@ -125,7 +125,7 @@ fn smollm2_generates_greedily_and_reproducibly() {
     // Greedy decoding equals repeatedly taking the argmax of a full (cache-free) forward pass.
     let mut seq = ids.clone();
     for &t in &out {
-        let logits: Vec<f32> = lm.model.forward_last(ids_tensor(&seq, &device), None).into_data().convert::<f32>().into_vec().unwrap();
+        let logits: Vec<f32> = lm.model.forward_last(ids_tensor(&seq, &device), None).into_data().try_into_vec_as::<f32>().unwrap();
         assert_eq!(t, argmax(&logits));
         seq.push(t);
     }
@@ -147,7 +147,7 @@ fn check_tiny(model: &Decoder, expected: &Value, name: &str) {
         let ids = u32s(&case["input_ids"]);
         let want: Vec<Vec<f32>> = case["logits"].as_array().unwrap().iter().map(f32s).collect();
         let logits = model.forward(ids_tensor(&ids, &device), None, None);
-        let got: Vec<f32> = logits.into_data().convert::<f32>().into_vec().unwrap();
+        let got: Vec<f32> = logits.into_data().try_into_vec_as::<f32>().unwrap();
         let v = want[0].len();
         let mut diff = 0f32;
         for (t, row) in want.iter().enumerate() {
@@ -162,7 +162,7 @@ fn check_tiny(model: &Decoder, expected: &Value, name: &str) {
         let mut cache = KvCache::new(model.num_layers());
         let mut inc = 0f32;
         for (t, &id) in ids.iter().enumerate() {
-            let l: Vec<f32> = model.forward_last(ids_tensor(&[id], &device), Some(&mut cache)).into_data().convert::<f32>().into_vec().unwrap();
+            let l: Vec<f32> = model.forward_last(ids_tensor(&[id], &device), Some(&mut cache)).into_data().try_into_vec_as::<f32>().unwrap();
             for j in 0..v {
                 inc = inc.max((l[j] - want[t][j]).abs());
             }
@@ -178,7 +178,7 @@ fn check_tiny(model: &Decoder, expected: &Value, name: &str) {
     let pad: Vec<bool> = mask.iter().flatten().map(|&m| m == 0).collect();
     let ids = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, t]), &device);
     let pad = Tensor::<2, Bool>::from_data(TensorData::new(pad, [b, t]), &device);
-    let got: Vec<f32> = model.forward(ids, None, Some(pad)).into_data().convert::<f32>().into_vec().unwrap();
+    let got: Vec<f32> = model.forward(ids, None, Some(pad)).into_data().try_into_vec_as::<f32>().unwrap();
     let want: Vec<Vec<f32>> = padded["logits_row1_valid"].as_array().unwrap().iter().map(f32s).collect();
     let v = want[0].len();
     let mut diff = 0f32;

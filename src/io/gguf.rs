@@ -1184,13 +1184,15 @@ mod tests {
     }
 
     #[test]
-    fn q8_0_round_trip_is_within_half_a_step() {
+    fn q8_0_round_trip_is_within_rounding_error() {
         let x: Vec<f32> = (0..64).map(|i| ((i as f32) * 0.37).sin() * 3.0).collect();
         let y = dequantize(GgmlType::Q8_0, &quantize_q8_0(&x)).unwrap();
         for (blk_x, blk_y) in x.chunks(32).zip(y.chunks(32)) {
             let step = blk_x.iter().fold(0.0f32, |a, v| a.max(v.abs())) / 127.0;
             for (a, b) in blk_x.iter().zip(blk_y) {
-                assert!((a - b).abs() <= step * 0.5 + step * 1e-3, "{a} vs {b}");
+                // Rounding to the nearest step costs step/2; storing d in f16 (relative error
+                // 2^-11) costs up to 127 * step * 2^-11 more.
+                assert!((a - b).abs() <= step * (0.5 + 127.0 / 2048.0), "{a} vs {b}");
             }
         }
     }

@@ -125,9 +125,11 @@ impl DecoderConfig {
         let num_attention_heads = int("attention.head_count")?;
         let num_key_value_heads = g.opt_int(&key("attention.head_count_kv"))?.map(|v| v as usize).unwrap_or(num_attention_heads);
         let head_dim = g.opt_int(&key("attention.key_length"))?.map(|v| v as usize).unwrap_or(hidden_size / num_attention_heads);
-        let vocab_size = match g.opt_int(&key("vocab_size"))? {
-            Some(v) => v as usize,
-            None => g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|a| a.len()).unwrap_or(0),
+        // The embedding's row count is authoritative; `{arch}.vocab_size` is often absent.
+        let vocab_size = match (g.tensor_info("token_embd.weight"), g.opt_int(&key("vocab_size"))?) {
+            (Some(t), _) => t.shape()[0],
+            (None, Some(v)) => v as usize,
+            (None, None) => g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|a| a.len()).unwrap_or(0),
         };
         let rope_scaling = if let Some(t) = g.tensor_info("rope_freqs.weight") {
             let _ = t;
@@ -281,6 +283,8 @@ pub enum DecoderError {
     Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Template(#[from] TemplateError),
+    #[error(transparent)]
+    GgufTokenizer(#[from] crate::io::gguf::TokenizerError),
 }
 
 // ------------------------------------------------------------------------------------------ modules
@@ -976,7 +980,7 @@ impl CausalLm {
         while out.len() < opts.max_tokens && !input.is_empty() {
             let ids = Tensor::<2, Int>::from_data(TensorData::new(input.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, input.len()]), &device);
             let logits = self.model.forward_last(ids, Some(&mut cache));
-            let row: Vec<f32> = logits.into_data().convert::<f32>().into_vec().expect("f32 logits");
+            let row: Vec<f32> = logits.into_data().try_into_vec_as::<f32>().expect("f32 logits");
             let next = sample(&row, opts.temperature, opts.top_p, &mut rng);
             if self.eos_token_ids.contains(&next) || opts.stop_tokens.contains(&next) {
                 break;
