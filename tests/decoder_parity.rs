@@ -378,3 +378,28 @@ fn template_that_fails_to_render_names_where() {
     let err = tpl.render(&[tunelab::data::chat_template::ChatMessage::new("user", "x")], false).unwrap_err().to_string();
     assert!(err.contains("cfg.json (chat_template)") && err.contains("line 2"), "{err}");
 }
+
+// ------------------------------------------------------------------------------------ CLI
+
+#[test]
+fn generate_cli_greedy_through_the_chat_template() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tunelab"))
+        .args(["generate", "--model"])
+        .arg(smollm_path())
+        .args(["--prompt", "What is the capital of France?", "--max-tokens", "8", "--temp", "0", "--seed", "1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("Paris"), "{stdout}");
+    assert!(stderr.contains("Prompt:") && stderr.contains("tokens/s"), "{stderr}");
+
+    // An unsupported adapter flag and a missing model fail with messages naming them.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tunelab"))
+        .args(["generate", "--model", "/nonexistent/model.gguf", "--prompt", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model.gguf"));
+}

@@ -1040,8 +1040,8 @@ mod tests {
         assert_eq!(f[0], 1.0);
         let base63 = 1.0 / 500_000f64.powf(126.0 / 128.0);
         assert!((f[63] as f64 - base63 / 8.0).abs() < 1e-12);
-        // A middle frequency is blended: between base/8 and base.
-        let i = 40;
+        // A middle frequency (wavelength between 2048 and 8192, i = 28..=35) is blended.
+        let i = 32;
         let base = 1.0 / 500_000f64.powf(2.0 * i as f64 / 128.0);
         let wavelen = 2.0 * std::f64::consts::PI / base;
         assert!(wavelen > 2048.0 && wavelen < 8192.0, "{wavelen}");
