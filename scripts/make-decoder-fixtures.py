@@ -9,8 +9,11 @@ script, never from tunelab itself:
               gguf-py's dequantized values.                     -> quant_blocks.gguf, quant_blocks.json
   tokenizer   llama.cpp's tokenizer (llama-cpp-python, vocab_only) on the SmolLM2 GGUF.
                                                                  -> smollm2_tokens.json
-  logits      llama.cpp's next-token logits (llama-cpp-python, logits_all) for SmolLM2.
-                                                                 -> smollm2_llamacpp.json
+  spm         a small SentencePiece vocabulary in a vocab-only GGUF (gguf-py) and llama.cpp's ids.
+                                                                 -> spm_vocab.gguf, spm_tokens.json
+  logits      llama.cpp's next-token logits (llama-cpp-python, logits_all) for SmolLM2, on the Q4_1
+              file and on an F32 copy of it (gguf-py dequantized).
+                                                                 -> smollm2_llamacpp.json, smollm2_f32_llamacpp.json
   templates   transformers' apply_chat_template on real chat templates.
                                                                  -> chat_templates.json
   tiny        tiny random Llama and Qwen3 models saved by transformers, with transformers' logits.
@@ -158,6 +161,38 @@ def make_tokenizer():
     print(f"wrote smollm2_tokens.json ({len(cases)} strings)")
 
 
+SPM_STRINGS = ["the thing", "Hello world", "in the sea", "hello  world", " leading space", "trailing ",
+               "snow ☃ man", "<|user|>hello<|end|>", "the<s>the", "", "a", "ing ing ing", "thing sing ring",
+               "tab\tnewline\n", "Über naïve", "worldhello", "on the one hand", "soon", "     ", "the the the the"]
+
+
+def make_spm():
+    """A small SentencePiece-style vocabulary (tokens + scores + types) in a vocab-only GGUF, and
+    llama.cpp's token ids for it (vocab_only, add_bos=True, special=True)."""
+    import gguf
+    pieces = ["▁t", "he", "▁the", "▁a", "in", "er", "▁in", "ing", "▁th", "▁s", "on", "▁on", "▁hello", "ll",
+              "lo", "▁w", "or", "ld", "▁world", "▁wor", "▁H", "el", "▁He", "▁sea", "ea", "▁one", "▁hand", "an",
+              "nd", "oo", "▁so", "▁r", "▁thing", "th", "▁sing", "▁ring", "▁", "e", "t", "h", "a", "i", "n", "g",
+              "r", "s", "o", "l", "w", "d", "H", "c", "m", "▁man", "▁snow", "no", "ow", "ü", "▁Ü", "ber", "ï", "ve"]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces + ["<|user|>", "<|end|>"]
+    types = [2, 3, 3] + [6] * 256 + [1] * len(pieces) + [4, 3]
+    # Real SentencePiece models score pieces by (negative) rank; single characters come last.
+    scores = [0.0, 0.0, 0.0] + [0.0] * 256 + [-float(i) for i in range(len(pieces))] + [0.0, 0.0]
+    path = OUT / "spm_vocab.gguf"
+    w = gguf.GGUFWriter(str(path), arch="llama")
+    w.add_block_count(1); w.add_context_length(64); w.add_embedding_length(32)
+    w.add_feed_forward_length(32); w.add_head_count(4); w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("llama"); w.add_token_list(tokens); w.add_token_scores(scores)
+    w.add_token_types(types); w.add_bos_token_id(1); w.add_eos_token_id(2); w.add_unk_token_id(0)
+    w.add_add_bos_token(True); w.add_add_eos_token(False)
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    llm = llama_vocab(path)
+    cases = [{"text": t, "ids": llm.tokenize(t.encode("utf-8"), add_bos=True, special=True)} for t in SPM_STRINGS]
+    out = {"reference": "llama.cpp (llama-cpp-python vocab_only tokenize, add_bos=True, special=True)", "cases": cases}
+    (OUT / "spm_tokens.json").write_text(json.dumps(out, ensure_ascii=False, indent=1) + "\n")
+    print(f"wrote spm_vocab.gguf and spm_tokens.json ({len(cases)} strings)")
+
+
 # ---------------------------------------------------------------------------------------- logits
 LOGIT_PROMPTS = [
     "The capital of France is",
@@ -186,10 +221,40 @@ LOGIT_PROMPTS = [
 LOGIT_SAMPLE_IDS = 256  # seeded random vocabulary positions stored in full, besides the top 20
 
 
+def dequantized_copy(src, dst):
+    """The same model with every tensor dequantized to F32 by gguf-py (ggml's own dequantisation),
+    metadata copied unchanged: llama.cpp then multiplies f32 weights with f32 activations."""
+    import gguf
+    from gguf.quants import dequantize
+    r = gguf.GGUFReader(str(src))
+    w = gguf.GGUFWriter(str(dst), arch=r.fields["general.architecture"].contents())
+    for name, field in r.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(name, field.contents(), vtype, sub_type=sub)
+    for t in r.tensors:
+        shape = [int(d) for d in reversed(t.shape.tolist())]
+        w.add_tensor(t.name, dequantize(t.data, t.tensor_type).reshape(shape).astype("float32"))
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+
+
 def make_logits():
+    """llama.cpp's logits on the Q4_1 file, and on an F32 copy of it (same weights, no activation
+    quantisation), to separate implementation differences from llama.cpp's Q8 activation rounding."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        f32 = Path(tmp) / "smollm2_f32.gguf"
+        dequantized_copy(SMOLLM, f32)
+        logits_fixture(SMOLLM, "smollm2_llamacpp.json")
+        logits_fixture(f32, "smollm2_f32_llamacpp.json")
+
+
+def logits_fixture(model_path, out_name):
     import numpy as np
     from llama_cpp import Llama
-    llm = Llama(model_path=str(SMOLLM), n_ctx=512, n_batch=512, logits_all=True, n_threads=2,
+    llm = Llama(model_path=str(model_path), n_ctx=512, n_batch=512, logits_all=True, n_threads=2,
                 seed=0, verbose=False)
     rng = np.random.default_rng(7)
     sample_ids = sorted(rng.choice(llm.n_vocab(), size=LOGIT_SAMPLE_IDS, replace=False).tolist())
@@ -211,10 +276,12 @@ def make_logits():
                         "max": m, "logsumexp": m + float(np.log(np.exp(logits.astype(np.float64) - m).sum()))},
         })
     import llama_cpp
-    out = {"model": SMOLLM.name, "reference": f"llama.cpp via llama-cpp-python {llama_cpp.__version__} (CPU, logits_all)",
+    weights = "F32 copy (gguf-py dequantized) of " if model_path != SMOLLM else ""
+    out = {"model": weights + SMOLLM.name,
+           "reference": f"llama.cpp via llama-cpp-python {llama_cpp.__version__} (CPU, logits_all)",
            "sample_ids": sample_ids, "cases": cases}
-    (OUT / "smollm2_llamacpp.json").write_text(json.dumps(out, ensure_ascii=False) + "\n")
-    print(f"wrote smollm2_llamacpp.json ({len(cases)} prompts)")
+    (OUT / out_name).write_text(json.dumps(out, ensure_ascii=False) + "\n")
+    print(f"wrote {out_name} ({len(cases)} prompts)")
 
 
 # ------------------------------------------------------------------------------------- templates
@@ -355,7 +422,8 @@ def make_tiny():
 
 
 COMMANDS = {"quants": make_quants, "tokenizer": make_tokenizer, "logits": make_logits,
-            "templates": make_templates, "tiny": make_tiny}
+            "templates": make_templates, "tiny": make_tiny,
+            "spm": make_spm}
 
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)

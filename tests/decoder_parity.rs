@@ -56,43 +56,83 @@ fn f32s(v: &Value) -> Vec<f32> {
 
 // ------------------------------------------------------------------------------------- SmolLM2
 
-/// Tolerance on any stored logit (top-20 and 256 sampled vocabulary positions). llama.cpp
-/// multiplies Q4_1 weights with activations quantised to Q8_1 (and the Q8_0 output matrix with
-/// Q8_0 activations), so its logits differ from an f32 computation on the dequantised weights by
-/// the activation rounding accumulated over 30 layers; we compute in f32 throughout. The measured
-/// maximum over 22 prompts is printed by the test (see the report); the bound leaves ~2x headroom.
-const SMOLLM_LOGIT_TOL: f32 = 1.0;
+/// Per-prompt comparison of our last-position logits with a llama.cpp fixture.
+struct Comparison {
+    /// Max |ours - llama.cpp| over the stored logits (top 20 and 256 sampled ids), per prompt.
+    max_diff: Vec<f32>,
+    /// llama.cpp's margin between its first and second logit, per prompt.
+    margin: Vec<f32>,
+    /// Whether our argmax equals llama.cpp's, per prompt.
+    top1_same: Vec<bool>,
+}
 
-#[test]
-fn smollm2_logits_match_llama_cpp() {
+fn compare_with_llama_cpp(lm: &CausalLm, fixture_name: &str) -> Comparison {
     let device = Device::flex();
-    let lm = CausalLm::load(smollm_path(), &device).unwrap();
-    let fx = json(&fixture("smollm2_llamacpp.json"));
+    let fx = json(&fixture(fixture_name));
     let sample_ids = u32s(&fx["sample_ids"]);
     let cases = fx["cases"].as_array().unwrap();
     assert!(cases.len() >= 20);
-    let (mut worst, mut worst_top1_gap) = (0f32, f32::INFINITY);
+    let mut c = Comparison { max_diff: vec![], margin: vec![], top1_same: vec![] };
     for case in cases {
         let prompt = case["prompt"].as_str().unwrap();
         let tokens = u32s(&case["tokens"]);
         // Our tokenizer must give llama.cpp's tokens; the logits then use exactly the same input.
         assert_eq!(lm.encode(prompt, false).unwrap(), tokens, "tokens of {prompt:?}");
-        let logits = lm.model.forward_last(ids_tensor(&tokens, &device), None);
-        let ours: Vec<f32> = logits.into_data().try_into_vec_as::<f32>().unwrap();
+        let ours: Vec<f32> =
+            lm.model.forward_last(ids_tensor(&tokens, &device), None).into_data().try_into_vec_as::<f32>().unwrap();
         let top_ids = u32s(&case["top20_ids"]);
         let top_vals = f32s(&case["top20_logits"]);
-        let our_top1 = argmax(&ours);
-        assert_eq!(our_top1, top_ids[0], "top-1 differs for {prompt:?}");
-        worst_top1_gap = worst_top1_gap.min(top_vals[0] - top_vals[1]);
-        let mut diff = 0f32;
-        for (&id, &v) in top_ids.iter().zip(&top_vals).chain(sample_ids.iter().zip(f32s(&case["sample_logits"]).iter())) {
-            diff = diff.max((ours[id as usize] - v).abs());
-        }
-        eprintln!("{prompt:?}: max |ours - llama.cpp| = {diff:.4}");
-        worst = worst.max(diff);
+        let samples = f32s(&case["sample_logits"]);
+        let diff = top_ids
+            .iter()
+            .zip(&top_vals)
+            .chain(sample_ids.iter().zip(&samples))
+            .map(|(&id, &v)| (ours[id as usize] - v).abs())
+            .fold(0f32, f32::max);
+        eprintln!(
+            "{fixture_name} {prompt:?}: max |diff| {diff:.4}, llama.cpp top-1 margin {:.4}, top-1 {} vs {}",
+            top_vals[0] - top_vals[1],
+            argmax(&ours),
+            top_ids[0]
+        );
+        c.max_diff.push(diff);
+        c.margin.push(top_vals[0] - top_vals[1]);
+        c.top1_same.push(argmax(&ours) == top_ids[0]);
     }
-    eprintln!("SmolLM2 vs llama.cpp over {} prompts: max abs logit diff {worst:.4}; smallest llama.cpp top-1 margin {worst_top1_gap:.4}", cases.len());
-    assert!(worst < SMOLLM_LOGIT_TOL, "max abs logit difference {worst} exceeds {SMOLLM_LOGIT_TOL}");
+    c
+}
+
+/// llama.cpp on an F32 copy of the same file (every tensor dequantized by gguf-py): same weights,
+/// f32 matmuls on both sides. Measured: max 0.019 over 22 prompts, top-1 identical on all 22
+/// (including a prompt whose top-2 are 0.039 apart). llama.cpp keeps its KV cache in f16 (its
+/// default `type_k`/`type_v`), which accounts for differences of this size; 0.05 leaves headroom.
+const SMOLLM_F32_TOL: f32 = 0.05;
+
+/// llama.cpp on the Q4_1 file quantises activations to Q8_1 before each Q4_1 matmul (and to Q8_0
+/// for the Q8_0 output matrix); we multiply the same dequantised weights in f32. Measured: max 1.30
+/// over 22 prompts. The same 1.30 separates llama.cpp's Q4_1 logits from llama.cpp's own logits on
+/// the F32 copy (the two fixtures), so this is llama.cpp's activation rounding, not ours; it also
+/// flips llama.cpp's own top-1 on one prompt whose top-2 are 0.12 apart. Bound: 2.0.
+const SMOLLM_Q4_TOL: f32 = 2.0;
+
+#[test]
+fn smollm2_logits_match_llama_cpp() {
+    let lm = CausalLm::load(smollm_path(), &Device::flex()).unwrap();
+    let f32_ref = compare_with_llama_cpp(&lm, "smollm2_f32_llamacpp.json");
+    let worst = f32_ref.max_diff.iter().cloned().fold(0f32, f32::max);
+    eprintln!("vs llama.cpp (F32 weights): max abs diff {worst:.5} over {} prompts", f32_ref.max_diff.len());
+    assert!(f32_ref.top1_same.iter().all(|&s| s), "top-1 differs from llama.cpp (F32 weights)");
+    assert!(worst < SMOLLM_F32_TOL, "{worst}");
+
+    let q4 = compare_with_llama_cpp(&lm, "smollm2_llamacpp.json");
+    let worst = q4.max_diff.iter().cloned().fold(0f32, f32::max);
+    let same = q4.top1_same.iter().filter(|&&s| s).count();
+    eprintln!("vs llama.cpp (Q4_1, Q8 activations): max abs diff {worst:.4}; top-1 identical on {same}/{}", q4.top1_same.len());
+    assert!(worst < SMOLLM_Q4_TOL, "{worst}");
+    // A prompt may only disagree when llama.cpp's own top-2 are closer than the rounding noise.
+    for ((&s, &m), &d) in q4.top1_same.iter().zip(&q4.margin).zip(&q4.max_diff) {
+        assert!(s || m < 2.0 * d, "top-1 differs although llama.cpp's margin {m} exceeds twice the noise {d}");
+    }
 }
 
 #[test]

@@ -79,3 +79,29 @@ fn rewriting_the_fixture_preserves_metadata_and_raw_blocks() {
     }
     assert_eq!(copy.tensor_info("t_q4_k").unwrap().ggml_type, GgmlType::Q4_K);
 }
+
+/// A SentencePiece vocabulary (`tokenizer.ggml.model = "llama"`: pieces, scores, byte tokens,
+/// control and user-defined tokens) written by gguf-py; expected ids from llama.cpp's tokenizer on
+/// the same file (`scripts/make-decoder-fixtures.py spm`). Covers score-ordered merges, the `▁`
+/// prefix after each special token, byte fallback for characters outside the vocabulary, and BOS.
+#[test]
+fn sentencepiece_vocabulary_tokenizes_as_llama_cpp() {
+    use tunelab::io::gguf::GgufTokenizer;
+    let g = GgufFile::open(fixture("spm_vocab.gguf")).unwrap();
+    let tok = GgufTokenizer::from_gguf(&g).unwrap();
+    assert!(tok.add_bos);
+    let fx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("spm_tokens.json")).unwrap()).unwrap();
+    let cases = fx["cases"].as_array().unwrap();
+    assert!(cases.len() >= 20);
+    let mut failures = Vec::new();
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let got = tok.tokenizer.encode(text, true).unwrap().get_ids().to_vec();
+        if got != want {
+            failures.push(format!("{text:?}: ours {got:?} llama.cpp {want:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
