@@ -22,7 +22,10 @@ script, never from tunelab itself:
 Environment (once): python3 -m venv .venv && .venv/bin/pip install gguf numpy
   llama-cpp-python (an sdist: builds llama.cpp with cmake, ~10 min on 2 cores; set
   CMAKE_ARGS="-DGGML_NATIVE=OFF") transformers jinja2 torch safetensors
-Run:  .venv/bin/python scripts/make-decoder-fixtures.py [quants|tokenizer|logits|templates|tiny ...]
+Run:  .venv/bin/python scripts/make-decoder-fixtures.py [quants|tokenizer|spm|logits|templates|tiny ...]
+  (llama-cpp-python also runs from its source tree with a llama.cpp build of just the `llama`
+  target: PYTHONPATH=<src> LLAMA_CPP_LIB_PATH=<build>/bin; that is how the committed fixtures were
+  made, with llama-cpp-python 0.3.36.)
 """
 import json
 import sys
@@ -174,6 +177,9 @@ def make_spm():
               "lo", "▁w", "or", "ld", "▁world", "▁wor", "▁H", "el", "▁He", "▁sea", "ea", "▁one", "▁hand", "an",
               "nd", "oo", "▁so", "▁r", "▁thing", "th", "▁sing", "▁ring", "▁", "e", "t", "h", "a", "i", "n", "g",
               "r", "s", "o", "l", "w", "d", "H", "c", "m", "▁man", "▁snow", "no", "ow", "ü", "▁Ü", "ber", "ï", "ve"]
+    # SentencePiece's trainer always keeps every character of its pieces as a piece of its own
+    # (llama.cpp could merge through a missing character; a real model never has one).
+    pieces += sorted({c for p in pieces for c in p} - set(pieces))
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces + ["<|user|>", "<|end|>"]
     types = [2, 3, 3] + [6] * 256 + [1] * len(pieces) + [4, 3]
     # Real SentencePiece models score pieces by (negative) rank; single characters come last.
