@@ -419,9 +419,26 @@ def make_tiny():
             logits = model(batch, attention_mask=mask).logits
             padded = {"input_ids": batch.tolist(), "attention_mask": mask.tolist(),
                       "logits_row1_valid": [f32_list(row.numpy()) for row in logits[1, :len(b)]]}
+            # Greedy generation (transformers' generate, KV cache, stops at eos id 2).
+            prompt = [1, 5, 9, 33, 64]
+            gen = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=2,
+                                 pad_token_id=0)[0, len(prompt):].tolist()
+            if 2 in gen:
+                gen = gen[:gen.index(2)]
+        # A word-level tokenizer and a chat template, so the folder loads as a whole model.
+        from tokenizers import Tokenizer, models, pre_tokenizers
+        vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, kw["vocab_size"])}}
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tok.add_special_tokens(["<s>", "</s>"])
+        tok.save(str(d / "tokenizer.json"))
+        (d / "tokenizer_config.json").write_text(json.dumps({
+            "bos_token": "<s>", "eos_token": "</s>", "tokenizer_class": "PreTrainedTokenizerFast",
+            "chat_template": "{{ bos_token }}{% for m in messages %}{{ m.content }} {% endfor %}"}, indent=1) + "\n")
         (d / "expected.json").write_text(json.dumps({
             "reference": f"transformers {transformers.__version__}, torch {torch.__version__}, float32 eager",
-            "cases": cases, "padded_batch": padded}) + "\n")
+            "cases": cases, "padded_batch": padded,
+            "generate": {"prompt_ids": prompt, "greedy_new_ids": gen}}) + "\n")
         for extra in ("generation_config.json",):
             (d / extra).unlink(missing_ok=True)
         print(f"wrote {d}")

@@ -244,6 +244,24 @@ fn tiny_qwen3_matches_transformers() {
     check_tiny(&model, &json(&fixture("tiny_qwen3/expected.json")), "tiny_qwen3");
 }
 
+#[test]
+fn tiny_hf_folders_load_whole_and_generate_as_transformers() {
+    // config + safetensors + tokenizer.json + tokenizer_config.json (chat template, bos/eos):
+    // greedy generation with the KV cache equals transformers' `generate(do_sample=False)`.
+    for name in ["tiny_llama", "tiny_qwen3"] {
+        let lm = CausalLm::load(fixture(name), &Device::flex()).unwrap();
+        assert_eq!(lm.eos_token_ids, vec![2], "{name}: eos from tokenizer_config.json");
+        let tpl = lm.chat_template.as_ref().unwrap();
+        let text = tpl.render(&[tunelab::data::chat_template::ChatMessage::new("user", "w5 w9")], true).unwrap();
+        assert_eq!(text, "<s>w5 w9 ");
+        assert_eq!(lm.encode(&text, false).unwrap(), vec![1, 5, 9]);
+        let g = &json(&fixture(&format!("{name}/expected.json")))["generate"];
+        let prompt = u32s(&g["prompt_ids"]);
+        let out = lm.generate(&prompt, &GenerateOptions { max_tokens: 8, ..Default::default() }, |_| {});
+        assert_eq!(out, u32s(&g["greedy_new_ids"]), "{name}");
+    }
+}
+
 /// llama.cpp's `LlamaModel.permute` (convert_hf_to_gguf.py), applied here the way the converter
 /// does, so loading the GGUF must undo it: `w.reshape(n_head, 2, rows/n_head/2, cols).swapaxes(1, 2)`.
 fn llama_cpp_permute(w: &[f32], n_head: usize, cols: usize) -> Vec<f32> {
