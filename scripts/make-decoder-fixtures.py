@@ -18,6 +18,8 @@ script, never from tunelab itself:
                                                                  -> chat_templates.json
   tiny        tiny random Llama and Qwen3 models saved by transformers, with transformers' logits.
                                                                  -> tiny_llama/, tiny_qwen3/
+  tiny-gguf   the tiny models converted to GGUF as llama.cpp's converter does, with llama.cpp's logits.
+                                                                 -> tiny_*.gguf, tiny_*/llamacpp.json
 
 Environment (once): python3 -m venv .venv && .venv/bin/pip install gguf numpy
   llama-cpp-python (an sdist: builds llama.cpp with cmake, ~10 min on 2 cores; set
@@ -444,9 +446,74 @@ def make_tiny():
         print(f"wrote {d}")
 
 
+def make_tiny_gguf():
+    """The tiny models converted to GGUF the way llama.cpp's convert_hf_to_gguf.py does (gguf-py's
+    writer and tensor-name map; Llama q/k rows permuted; Llama 3 RoPE factors as rope_freqs.weight),
+    with llama.cpp's logits on them (no vocabulary: tokenizer.ggml.model = "none")."""
+    import numpy as np
+    import gguf
+    import llama_cpp
+    from llama_cpp import Llama
+    from safetensors.numpy import load_file
+
+    def permute(w, n_head):  # convert_hf_to_gguf.py LlamaModel.permute
+        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    for name, arch in (("tiny_llama", gguf.MODEL_ARCH.LLAMA), ("tiny_qwen3", gguf.MODEL_ARCH.QWEN3)):
+        d = OUT / name
+        cfg = json.loads((d / "config.json").read_text())
+        tensors = load_file(str(d / "model.safetensors"))
+        arch_name = gguf.MODEL_ARCH_NAMES[arch]
+        path = OUT / f"{name}.gguf"
+        w = gguf.GGUFWriter(str(path), arch=arch_name)
+        hd = cfg["head_dim"]
+        w.add_block_count(cfg["num_hidden_layers"]); w.add_context_length(cfg["max_position_embeddings"])
+        w.add_embedding_length(cfg["hidden_size"]); w.add_feed_forward_length(cfg["intermediate_size"])
+        w.add_head_count(cfg["num_attention_heads"]); w.add_head_count_kv(cfg["num_key_value_heads"])
+        w.add_key_length(hd); w.add_value_length(hd)
+        rope = cfg["rope_parameters"]
+        w.add_rope_freq_base(rope["rope_theta"]); w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+        w.add_vocab_size(cfg["vocab_size"]); w.add_tokenizer_model("none")
+        if rope.get("rope_type") == "llama3":  # convert_hf_to_gguf.py LlamaModel.generate_extra_tensors
+            base, factor = rope["rope_theta"], rope["factor"]
+            lo, hi, old = rope["low_freq_factor"], rope["high_freq_factor"], rope["original_max_position_embeddings"]
+            freqs = 1.0 / (base ** (np.arange(0, hd, 2, dtype=np.float32) / hd))
+            factors = []
+            for f in freqs:
+                wavelen = 2 * np.pi / f
+                if wavelen < old / hi:
+                    factors.append(1)
+                elif wavelen > old / lo:
+                    factors.append(factor)
+                else:
+                    smooth = (old / wavelen - lo) / (hi - lo)
+                    factors.append(1 / ((1 - smooth) / factor + smooth))
+            w.add_tensor("rope_freqs.weight", np.array(factors, dtype=np.float32))
+        tmap = gguf.get_tensor_name_map(arch, cfg["num_hidden_layers"])
+        for hf_name, t in tensors.items():
+            t = t.astype(np.float32)
+            if arch == gguf.MODEL_ARCH.LLAMA and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+                t = permute(t, cfg["num_attention_heads"])
+            if arch == gguf.MODEL_ARCH.LLAMA and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+                t = permute(t, cfg["num_key_value_heads"])
+            w.add_tensor(tmap.get_name(hf_name, try_suffixes=(".weight", ".bias")), t)
+        w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+
+        llm = Llama(model_path=str(path), n_ctx=64, n_batch=64, logits_all=True, n_threads=2, verbose=False)
+        cases = []
+        for ids in TINY_INPUTS:
+            llm.reset()
+            llm.eval(ids)
+            cases.append({"input_ids": ids, "logits": [f32_list(np.array(llm.scores[i])) for i in range(len(ids))]})
+        (d / "llamacpp.json").write_text(json.dumps({
+            "reference": f"llama.cpp via llama-cpp-python {llama_cpp.__version__} (CPU, logits_all) on {path.name}",
+            "cases": cases}) + "\n")
+        print(f"wrote {path.name} and {name}/llamacpp.json")
+
+
 COMMANDS = {"quants": make_quants, "tokenizer": make_tokenizer, "logits": make_logits,
             "templates": make_templates, "tiny": make_tiny,
-            "spm": make_spm}
+            "spm": make_spm, "tiny-gguf": make_tiny_gguf}
 
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,8 @@
 //!   embeddings, head_dim != hidden/heads) saved by transformers: logits vs transformers to 1e-4,
 //!   with a KV cache, with a right-padded batch, and (Llama) through a GGUF with llama.cpp's q/k
 //!   permutation.
+//! * The tiny models as GGUFs written by gguf-py the way llama.cpp's converter writes them: logits
+//!   vs llama.cpp on the same files and vs transformers.
 //! * Chat templates (SmolLM2, Qwen3, Llama 3.2, Mistral Nemo) vs transformers' rendering.
 //! * Errors: unsupported architecture, unsupported tensor type, templates that fail.
 //!
@@ -262,6 +264,32 @@ fn tiny_hf_folders_load_whole_and_generate_as_transformers() {
     }
 }
 
+/// llama.cpp keeps K/V in f16; its logits on these F32 GGUFs differ from transformers' by up to
+/// 0.008 (measured on the fixtures, |logits| <= 6). Ours must be as close to llama.cpp.
+const TINY_LLAMA_CPP_TOL: f32 = 0.02;
+
+#[test]
+fn tiny_ggufs_from_gguf_py_match_llama_cpp_and_transformers() {
+    // GGUFs written by gguf-py as convert_hf_to_gguf.py would (permuted Llama q/k, rope_freqs,
+    // Qwen3 q/k norms, tied output): our loader against llama.cpp's logits on the same files, and
+    // against transformers' logits on the original weights.
+    let device = Device::flex();
+    for name in ["tiny_llama", "tiny_qwen3"] {
+        let g = GgufFile::open(fixture(&format!("{name}.gguf"))).unwrap();
+        let (model, _) = Decoder::from_gguf(&g, &device).unwrap();
+        check_tiny(&model, &json(&fixture(&format!("{name}/expected.json"))), &format!("{name}.gguf"));
+        let mut worst = 0f32;
+        for case in json(&fixture(&format!("{name}/llamacpp.json")))["cases"].as_array().unwrap() {
+            let ids = u32s(&case["input_ids"]);
+            let got: Vec<f32> = model.forward(ids_tensor(&ids, &device), None, None).into_data().try_into_vec_as::<f32>().unwrap();
+            let want: Vec<f32> = case["logits"].as_array().unwrap().iter().flat_map(f32s).collect();
+            worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
+        }
+        eprintln!("{name}.gguf: max |ours - llama.cpp| = {worst:.5}");
+        assert!(worst < TINY_LLAMA_CPP_TOL, "{name}: {worst}");
+    }
+}
+
 /// llama.cpp's `LlamaModel.permute` (convert_hf_to_gguf.py), applied here the way the converter
 /// does, so loading the GGUF must undo it: `w.reshape(n_head, 2, rows/n_head/2, cols).swapaxes(1, 2)`.
 fn llama_cpp_permute(w: &[f32], n_head: usize, cols: usize) -> Vec<f32> {
@@ -398,6 +426,7 @@ fn unsupported_architecture_names_file_and_architecture() {
         Err(e) => e.to_string(),
         Ok(_) => panic!("falcon must be refused"),
     };
+    eprintln!("{err}");
     assert!(err.contains("falcon.gguf") && err.contains("general.architecture") && err.contains("'falcon'"), "{err}");
 
     // HF folder with an unsupported model_type.
@@ -417,6 +446,7 @@ fn unsupported_tensor_type_names_tensor_and_type() {
     minimal_gguf(&path, "llama", GgmlType::Q5_K);
     let g = GgufFile::open(&path).unwrap();
     let err = Decoder::from_gguf(&g, &Device::flex()).unwrap_err().to_string();
+    eprintln!("{err}");
     assert!(err.contains("q5k.gguf") && err.contains("blk.0.ffn_gate.weight") && err.contains("Q5_K"), "{err}");
 }
 
@@ -430,10 +460,12 @@ fn template_that_fails_to_render_names_where() {
         .render(&[tunelab::data::chat_template::ChatMessage::new("system", "x")], false)
         .unwrap_err()
         .to_string();
+    eprintln!("{err}");
     assert!(err.contains("m.gguf (tokenizer.chat_template)") && err.contains("no system role allowed") && err.contains("line 2"), "{err}");
     // An undefined attribute access fails too, with the line.
     let tpl = ChatTemplate::new("ok\n{{ messages[0].content.missing.deeper }}", None, None, "cfg.json (chat_template)").unwrap();
     let err = tpl.render(&[tunelab::data::chat_template::ChatMessage::new("user", "x")], false).unwrap_err().to_string();
+    eprintln!("{err}");
     assert!(err.contains("cfg.json (chat_template)") && err.contains("line 2"), "{err}");
 }
 

@@ -131,8 +131,7 @@ impl DecoderConfig {
             (None, Some(v)) => v as usize,
             (None, None) => g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|a| a.len()).unwrap_or(0),
         };
-        let rope_scaling = if let Some(t) = g.tensor_info("rope_freqs.weight") {
-            let _ = t;
+        let rope_scaling = if g.tensor_info("rope_freqs.weight").is_some() {
             Some(RopeScaling::FreqFactors { factors: g.tensor_f32("rope_freqs.weight")?.1 })
         } else {
             match g.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
@@ -602,8 +601,7 @@ impl Decoder {
     /// Hugging Face's names, Llama's permuted q/k rows restored.
     pub fn from_gguf(g: &GgufFile, device: &Device) -> Result<(Self, DecoderConfig), DecoderError> {
         let cfg = DecoderConfig::from_gguf(g)?;
-        let mut src = TensorSource::gguf(g, &cfg);
-        let model = Self::from_tensors(&cfg, src.by_ref(), device)?;
+        let model = Self::from_tensors(&cfg, TensorSource::gguf(g, &cfg), device)?;
         Ok((model, cfg))
     }
 
@@ -685,16 +683,6 @@ impl<'a> TensorSource<'a> {
             path: file.path(),
             inner: SourceKind::Gguf { file, arch: cfg.architecture, n_heads: cfg.num_attention_heads, n_kv_heads: cfg.num_key_value_heads },
         }
-    }
-
-    fn by_ref(&mut self) -> TensorSource<'_> {
-        let inner = match &mut self.inner {
-            SourceKind::Map(m) => SourceKind::Map(std::mem::take(m)),
-            SourceKind::Gguf { file, arch, n_heads, n_kv_heads } => {
-                SourceKind::Gguf { file, arch: *arch, n_heads: *n_heads, n_kv_heads: *n_kv_heads }
-            }
-        };
-        TensorSource { path: self.path, inner }
     }
 
     /// Remove and return a tensor, checking its shape.
