@@ -36,24 +36,44 @@ fn json(path: &Path) -> Value {
 
 fn smollm_path() -> PathBuf {
     let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.exists(), "{} is missing: run scripts/fetch-models.sh", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-models.sh",
+        p.display()
+    );
     p
 }
 
 fn ids_tensor(ids: &[u32], device: &Device) -> Tensor<2, Int> {
-    Tensor::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, ids.len()]), device)
+    Tensor::from_data(
+        TensorData::new(
+            ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+            [1, ids.len()],
+        ),
+        device,
+    )
 }
 
 fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn argmax(x: &[f32]) -> u32 {
-    x.iter().enumerate().fold(0, |b, (i, &v)| if v > x[b] { i } else { b }) as u32
+    x.iter()
+        .enumerate()
+        .fold(0, |b, (i, &v)| if v > x[b] { i } else { b }) as u32
 }
 
 fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 // ------------------------------------------------------------------------------------- SmolLM2
@@ -74,14 +94,26 @@ fn compare_with_llama_cpp(lm: &CausalLm, fixture_name: &str) -> Comparison {
     let sample_ids = u32s(&fx["sample_ids"]);
     let cases = fx["cases"].as_array().unwrap();
     assert!(cases.len() >= 20);
-    let mut c = Comparison { max_diff: vec![], margin: vec![], top1_same: vec![] };
+    let mut c = Comparison {
+        max_diff: vec![],
+        margin: vec![],
+        top1_same: vec![],
+    };
     for case in cases {
         let prompt = case["prompt"].as_str().unwrap();
         let tokens = u32s(&case["tokens"]);
         // Our tokenizer must give llama.cpp's tokens; the logits then use exactly the same input.
-        assert_eq!(lm.encode(prompt, false).unwrap(), tokens, "tokens of {prompt:?}");
-        let ours: Vec<f32> =
-            lm.model.forward_last(ids_tensor(&tokens, &device), None).into_data().try_into_vec_as::<f32>().unwrap();
+        assert_eq!(
+            lm.encode(prompt, false).unwrap(),
+            tokens,
+            "tokens of {prompt:?}"
+        );
+        let ours: Vec<f32> = lm
+            .model
+            .forward_last(ids_tensor(&tokens, &device), None)
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap();
         let top_ids = u32s(&case["top20_ids"]);
         let top_vals = f32s(&case["top20_logits"]);
         let samples = f32s(&case["sample_logits"]);
@@ -122,18 +154,30 @@ fn smollm2_logits_match_llama_cpp() {
     let lm = CausalLm::load(smollm_path(), &Device::flex()).unwrap();
     let f32_ref = compare_with_llama_cpp(&lm, "smollm2_f32_llamacpp.json");
     let worst = f32_ref.max_diff.iter().cloned().fold(0f32, f32::max);
-    eprintln!("vs llama.cpp (F32 weights): max abs diff {worst:.5} over {} prompts", f32_ref.max_diff.len());
-    assert!(f32_ref.top1_same.iter().all(|&s| s), "top-1 differs from llama.cpp (F32 weights)");
+    eprintln!(
+        "vs llama.cpp (F32 weights): max abs diff {worst:.5} over {} prompts",
+        f32_ref.max_diff.len()
+    );
+    assert!(
+        f32_ref.top1_same.iter().all(|&s| s),
+        "top-1 differs from llama.cpp (F32 weights)"
+    );
     assert!(worst < SMOLLM_F32_TOL, "{worst}");
 
     let q4 = compare_with_llama_cpp(&lm, "smollm2_llamacpp.json");
     let worst = q4.max_diff.iter().cloned().fold(0f32, f32::max);
     let same = q4.top1_same.iter().filter(|&&s| s).count();
-    eprintln!("vs llama.cpp (Q4_1, Q8 activations): max abs diff {worst:.4}; top-1 identical on {same}/{}", q4.top1_same.len());
+    eprintln!(
+        "vs llama.cpp (Q4_1, Q8 activations): max abs diff {worst:.4}; top-1 identical on {same}/{}",
+        q4.top1_same.len()
+    );
     assert!(worst < SMOLLM_Q4_TOL, "{worst}");
     // A prompt may only disagree when llama.cpp's own top-2 are closer than the rounding noise.
     for ((&s, &m), &d) in q4.top1_same.iter().zip(&q4.margin).zip(&q4.max_diff) {
-        assert!(s || m < 2.0 * d, "top-1 differs although llama.cpp's margin {m} exceeds twice the noise {d}");
+        assert!(
+            s || m < 2.0 * d,
+            "top-1 differs although llama.cpp's margin {m} exceeds twice the noise {d}"
+        );
     }
 }
 
@@ -148,7 +192,12 @@ fn smollm2_tokenizer_matches_llama_cpp() {
     for case in cases {
         let text = case["text"].as_str().unwrap();
         let want = u32s(&case["ids"]);
-        let got = tok.tokenizer.encode(text, false).unwrap().get_ids().to_vec();
+        let got = tok
+            .tokenizer
+            .encode(text, false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
         assert_eq!(got, want, "ids of {text:?}");
         // Byte-level BPE decodes back to the exact text (special tokens kept).
         assert_eq!(tok.tokenizer.decode(&got, false).unwrap(), text);
@@ -159,23 +208,51 @@ fn smollm2_tokenizer_matches_llama_cpp() {
 fn smollm2_generates_greedily_and_reproducibly() {
     let device = Device::flex();
     let lm = CausalLm::load(smollm_path(), &device).unwrap();
-    let tpl = lm.chat_template.as_ref().expect("SmolLM2's GGUF has a chat template");
-    let prompt = tpl.render(&[tunelab::data::chat_template::ChatMessage::new("user", "What is the capital of France?")], true).unwrap();
+    let tpl = lm
+        .chat_template
+        .as_ref()
+        .expect("SmolLM2's GGUF has a chat template");
+    let prompt = tpl
+        .render(
+            &[tunelab::data::chat_template::ChatMessage::new(
+                "user",
+                "What is the capital of France?",
+            )],
+            true,
+        )
+        .unwrap();
     let ids = lm.encode(&prompt, true).unwrap();
-    let greedy = GenerateOptions { max_tokens: 8, ..Default::default() };
+    let greedy = GenerateOptions {
+        max_tokens: 8,
+        ..Default::default()
+    };
     let out = lm.generate(&ids, &greedy, |_| {});
     // Greedy decoding equals repeatedly taking the argmax of a full (cache-free) forward pass.
     let mut seq = ids.clone();
     for &t in &out {
-        let logits: Vec<f32> = lm.model.forward_last(ids_tensor(&seq, &device), None).into_data().try_into_vec_as::<f32>().unwrap();
+        let logits: Vec<f32> = lm
+            .model
+            .forward_last(ids_tensor(&seq, &device), None)
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap();
         assert_eq!(t, argmax(&logits));
         seq.push(t);
     }
     let text = lm.decode(&out).unwrap();
     assert!(text.contains("Paris"), "{text:?}");
     // Sampling with a seed is reproducible.
-    let sampled = GenerateOptions { max_tokens: 6, temperature: 0.8, top_p: 0.9, seed: 42, ..Default::default() };
-    assert_eq!(lm.generate(&ids, &sampled, |_| {}), lm.generate(&ids, &sampled, |_| {}));
+    let sampled = GenerateOptions {
+        max_tokens: 6,
+        temperature: 0.8,
+        top_p: 0.9,
+        seed: 42,
+        ..Default::default()
+    };
+    assert_eq!(
+        lm.generate(&ids, &sampled, |_| {}),
+        lm.generate(&ids, &sampled, |_| {})
+    );
 }
 
 // ------------------------------------------------------------------------------------ tiny models
@@ -187,7 +264,12 @@ fn check_tiny(model: &Decoder, expected: &Value, name: &str) {
     let device = Device::flex();
     for case in expected["cases"].as_array().unwrap() {
         let ids = u32s(&case["input_ids"]);
-        let want: Vec<Vec<f32>> = case["logits"].as_array().unwrap().iter().map(f32s).collect();
+        let want: Vec<Vec<f32>> = case["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(f32s)
+            .collect();
         let logits = model.forward(ids_tensor(&ids, &device), None, None);
         let got: Vec<f32> = logits.into_data().try_into_vec_as::<f32>().unwrap();
         let v = want[0].len();
@@ -204,7 +286,11 @@ fn check_tiny(model: &Decoder, expected: &Value, name: &str) {
         let mut cache = KvCache::new(model.num_layers());
         let mut inc = 0f32;
         for (t, &id) in ids.iter().enumerate() {
-            let l: Vec<f32> = model.forward_last(ids_tensor(&[id], &device), Some(&mut cache)).into_data().try_into_vec_as::<f32>().unwrap();
+            let l: Vec<f32> = model
+                .forward_last(ids_tensor(&[id], &device), Some(&mut cache))
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .unwrap();
             for j in 0..v {
                 inc = inc.max((l[j] - want[t][j]).abs());
             }
@@ -213,15 +299,34 @@ fn check_tiny(model: &Decoder, expected: &Value, name: &str) {
     }
     // Right-padded batch: the padded row's valid positions match transformers.
     let padded = &expected["padded_batch"];
-    let rows: Vec<Vec<u32>> = padded["input_ids"].as_array().unwrap().iter().map(u32s).collect();
-    let mask: Vec<Vec<u32>> = padded["attention_mask"].as_array().unwrap().iter().map(u32s).collect();
+    let rows: Vec<Vec<u32>> = padded["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(u32s)
+        .collect();
+    let mask: Vec<Vec<u32>> = padded["attention_mask"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(u32s)
+        .collect();
     let (b, t) = (rows.len(), rows[0].len());
     let flat: Vec<i64> = rows.iter().flatten().map(|&i| i as i64).collect();
     let pad: Vec<bool> = mask.iter().flatten().map(|&m| m == 0).collect();
     let ids = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, t]), &device);
     let pad = Tensor::<2, Bool>::from_data(TensorData::new(pad, [b, t]), &device);
-    let got: Vec<f32> = model.forward(ids, None, Some(pad)).into_data().try_into_vec_as::<f32>().unwrap();
-    let want: Vec<Vec<f32>> = padded["logits_row1_valid"].as_array().unwrap().iter().map(f32s).collect();
+    let got: Vec<f32> = model
+        .forward(ids, None, Some(pad))
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
+    let want: Vec<Vec<f32>> = padded["logits_row1_valid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(f32s)
+        .collect();
     let v = want[0].len();
     let mut diff = 0f32;
     for (p, row) in want.iter().enumerate() {
@@ -236,14 +341,22 @@ fn check_tiny(model: &Decoder, expected: &Value, name: &str) {
 fn tiny_llama_matches_transformers() {
     let (model, cfg) = Decoder::from_hf_dir(&fixture("tiny_llama"), &Device::flex()).unwrap();
     assert!(cfg.qkv_bias && cfg.o_bias && !cfg.tie_word_embeddings && cfg.rope_scaling.is_some());
-    check_tiny(&model, &json(&fixture("tiny_llama/expected.json")), "tiny_llama");
+    check_tiny(
+        &model,
+        &json(&fixture("tiny_llama/expected.json")),
+        "tiny_llama",
+    );
 }
 
 #[test]
 fn tiny_qwen3_matches_transformers() {
     let (model, cfg) = Decoder::from_hf_dir(&fixture("tiny_qwen3"), &Device::flex()).unwrap();
     assert!(cfg.qk_norm && cfg.tie_word_embeddings && cfg.head_dim == 24);
-    check_tiny(&model, &json(&fixture("tiny_qwen3/expected.json")), "tiny_qwen3");
+    check_tiny(
+        &model,
+        &json(&fixture("tiny_qwen3/expected.json")),
+        "tiny_qwen3",
+    );
 }
 
 #[test]
@@ -252,14 +365,32 @@ fn tiny_hf_folders_load_whole_and_generate_as_transformers() {
     // greedy generation with the KV cache equals transformers' `generate(do_sample=False)`.
     for name in ["tiny_llama", "tiny_qwen3"] {
         let lm = CausalLm::load(fixture(name), &Device::flex()).unwrap();
-        assert_eq!(lm.eos_token_ids, vec![2], "{name}: eos from tokenizer_config.json");
+        assert_eq!(
+            lm.eos_token_ids,
+            vec![2],
+            "{name}: eos from tokenizer_config.json"
+        );
         let tpl = lm.chat_template.as_ref().unwrap();
-        let text = tpl.render(&[tunelab::data::chat_template::ChatMessage::new("user", "w5 w9")], true).unwrap();
+        let text = tpl
+            .render(
+                &[tunelab::data::chat_template::ChatMessage::new(
+                    "user", "w5 w9",
+                )],
+                true,
+            )
+            .unwrap();
         assert_eq!(text, "<s>w5 w9 ");
         assert_eq!(lm.encode(&text, false).unwrap(), vec![1, 5, 9]);
         let g = &json(&fixture(&format!("{name}/expected.json")))["generate"];
         let prompt = u32s(&g["prompt_ids"]);
-        let out = lm.generate(&prompt, &GenerateOptions { max_tokens: 8, ..Default::default() }, |_| {});
+        let out = lm.generate(
+            &prompt,
+            &GenerateOptions {
+                max_tokens: 8,
+                ..Default::default()
+            },
+            |_| {},
+        );
         assert_eq!(out, u32s(&g["greedy_new_ids"]), "{name}");
     }
 }
@@ -277,13 +408,33 @@ fn tiny_ggufs_from_gguf_py_match_llama_cpp_and_transformers() {
     for name in ["tiny_llama", "tiny_qwen3"] {
         let g = GgufFile::open(fixture(&format!("{name}.gguf"))).unwrap();
         let (model, _) = Decoder::from_gguf(&g, &device).unwrap();
-        check_tiny(&model, &json(&fixture(&format!("{name}/expected.json"))), &format!("{name}.gguf"));
+        check_tiny(
+            &model,
+            &json(&fixture(&format!("{name}/expected.json"))),
+            &format!("{name}.gguf"),
+        );
         let mut worst = 0f32;
-        for case in json(&fixture(&format!("{name}/llamacpp.json")))["cases"].as_array().unwrap() {
+        for case in json(&fixture(&format!("{name}/llamacpp.json")))["cases"]
+            .as_array()
+            .unwrap()
+        {
             let ids = u32s(&case["input_ids"]);
-            let got: Vec<f32> = model.forward(ids_tensor(&ids, &device), None, None).into_data().try_into_vec_as::<f32>().unwrap();
-            let want: Vec<f32> = case["logits"].as_array().unwrap().iter().flat_map(f32s).collect();
-            worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
+            let got: Vec<f32> = model
+                .forward(ids_tensor(&ids, &device), None, None)
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .unwrap();
+            let want: Vec<f32> = case["logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(f32s)
+                .collect();
+            worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(worst, f32::max);
         }
         eprintln!("{name}.gguf: max |ours - llama.cpp| = {worst:.5}");
         assert!(worst < TINY_LLAMA_CPP_TOL, "{name}: {worst}");
@@ -328,7 +479,12 @@ fn tiny_llama_through_gguf_with_permuted_qk_matches_transformers() {
         .add_metadata("llama.attention.layer_norm_rms_epsilon", 1e-5f32);
     // Llama 3 frequency factors as llama.cpp's converter computes them (wavelength rule).
     let rp = &cfg_json["rope_parameters"];
-    let (factor, lo, hi, orig) = (rp["factor"].as_f64().unwrap(), rp["low_freq_factor"].as_f64().unwrap(), rp["high_freq_factor"].as_f64().unwrap(), rp["original_max_position_embeddings"].as_f64().unwrap());
+    let (factor, lo, hi, orig) = (
+        rp["factor"].as_f64().unwrap(),
+        rp["low_freq_factor"].as_f64().unwrap(),
+        rp["high_freq_factor"].as_f64().unwrap(),
+        rp["original_max_position_embeddings"].as_f64().unwrap(),
+    );
     let factors: Vec<f32> = (0..8)
         .map(|i| {
             let freq = 1.0 / 10000f64.powf(2.0 * i as f64 / 16.0);
@@ -346,7 +502,11 @@ fn tiny_llama_through_gguf_with_permuted_qk_matches_transformers() {
     w.add_tensor("rope_freqs.weight", &[8], GgmlType::F32, &factors);
     for (name, view) in st.tensors() {
         let shape = view.shape().to_vec();
-        let mut vals: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        let mut vals: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
         let cols = if shape.len() == 2 { shape[1] } else { 1 };
         if name.contains("q_proj") {
             vals = llama_cpp_permute(&vals, 4, cols);
@@ -362,7 +522,11 @@ fn tiny_llama_through_gguf_with_permuted_qk_matches_transformers() {
     let g = GgufFile::open(&path).unwrap();
     let (model, cfg) = Decoder::from_gguf(&g, &Device::flex()).unwrap();
     assert!(cfg.qkv_bias && cfg.o_bias && !cfg.tie_word_embeddings);
-    check_tiny(&model, &json(&dir.join("expected.json")), "tiny_llama (GGUF)");
+    check_tiny(
+        &model,
+        &json(&dir.join("expected.json")),
+        "tiny_llama (GGUF)",
+    );
 }
 
 // ------------------------------------------------------------------------------------ templates
@@ -378,12 +542,21 @@ fn chat_templates_render_as_transformers() {
         let src = std::fs::read_to_string(fixture("templates").join(file)).unwrap();
         let s = |k: &str| case[k].as_str().map(str::to_string);
         let tpl = ChatTemplate::new(&src, s("bos_token"), s("eos_token"), file).unwrap();
-        let got = tpl.render_with(&case["messages"], case["add_generation_prompt"].as_bool().unwrap(), &case["kwargs"]);
+        let got = tpl.render_with(
+            &case["messages"],
+            case["add_generation_prompt"].as_bool().unwrap(),
+            &case["kwargs"],
+        );
         match (case.get("expected"), case.get("error")) {
-            (Some(want), _) => assert_eq!(got.unwrap(), want.as_str().unwrap(), "case {i} ({file})"),
+            (Some(want), _) => {
+                assert_eq!(got.unwrap(), want.as_str().unwrap(), "case {i} ({file})")
+            }
             (_, Some(err)) => {
                 let msg = got.unwrap_err().to_string();
-                assert!(msg.contains(err.as_str().unwrap()) && msg.contains(file), "case {i}: {msg}");
+                assert!(
+                    msg.contains(err.as_str().unwrap()) && msg.contains(file),
+                    "case {i}: {msg}"
+                );
             }
             _ => unreachable!(),
         }
@@ -396,7 +569,12 @@ fn chat_templates_render_as_transformers() {
 fn minimal_gguf(path: &Path, arch: &str, ffn_type: GgmlType) {
     let mut w = GgufWriter::new();
     w.add_metadata("general.architecture", arch);
-    for (k, v) in [("block_count", 1u32), ("embedding_length", 32), ("feed_forward_length", 32), ("attention.head_count", 2)] {
+    for (k, v) in [
+        ("block_count", 1u32),
+        ("embedding_length", 32),
+        ("feed_forward_length", 32),
+        ("attention.head_count", 2),
+    ] {
         w.add_metadata(&format!("{arch}.{k}"), v);
     }
     w.add_metadata(&format!("{arch}.attention.layer_norm_rms_epsilon"), 1e-5f32);
@@ -405,14 +583,26 @@ fn minimal_gguf(path: &Path, arch: &str, ffn_type: GgmlType) {
     w.add_tensor("output_norm.weight", &[32], GgmlType::F32, &z[..32]);
     w.add_tensor("blk.0.attn_norm.weight", &[32], GgmlType::F32, &z[..32]);
     w.add_tensor("blk.0.ffn_norm.weight", &[32], GgmlType::F32, &z[..32]);
-    for t in ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_up", "ffn_down"] {
+    for t in [
+        "attn_q",
+        "attn_k",
+        "attn_v",
+        "attn_output",
+        "ffn_up",
+        "ffn_down",
+    ] {
         w.add_tensor(&format!("blk.0.{t}.weight"), &[32, 32], GgmlType::F32, &z);
     }
     // ffn_gate in the requested type (Q5_K: 32x256 elements of zeros = 32 blocks of 176 bytes).
     if ffn_type == GgmlType::F32 {
         w.add_tensor("blk.0.ffn_gate.weight", &[32, 32], GgmlType::F32, &z);
     } else {
-        w.add_raw_tensor("blk.0.ffn_gate.weight", &[32, 256], ffn_type, vec![0; 32 * 176]);
+        w.add_raw_tensor(
+            "blk.0.ffn_gate.weight",
+            &[32, 256],
+            ffn_type,
+            vec![0; 32 * 176],
+        );
     }
     w.write(path).unwrap();
 }
@@ -427,7 +617,12 @@ fn unsupported_architecture_names_file_and_architecture() {
         Ok(_) => panic!("falcon must be refused"),
     };
     eprintln!("{err}");
-    assert!(err.contains("falcon.gguf") && err.contains("general.architecture") && err.contains("'falcon'"), "{err}");
+    assert!(
+        err.contains("falcon.gguf")
+            && err.contains("general.architecture")
+            && err.contains("'falcon'"),
+        "{err}"
+    );
 
     // HF folder with an unsupported model_type.
     let dir = tmp.path().join("gpt2");
@@ -436,7 +631,10 @@ fn unsupported_architecture_names_file_and_architecture() {
     let err = Decoder::from_hf_dir(&dir, &Device::flex()).unwrap_err();
     assert!(matches!(err, DecoderError::UnsupportedArchitecture { .. }));
     let msg = err.to_string();
-    assert!(msg.contains("config.json") && msg.contains("model_type") && msg.contains("'gpt2'"), "{msg}");
+    assert!(
+        msg.contains("config.json") && msg.contains("model_type") && msg.contains("'gpt2'"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -445,9 +643,14 @@ fn unsupported_tensor_type_names_tensor_and_type() {
     let path = tmp.path().join("q5k.gguf");
     minimal_gguf(&path, "llama", GgmlType::Q5_K);
     let g = GgufFile::open(&path).unwrap();
-    let err = Decoder::from_gguf(&g, &Device::flex()).unwrap_err().to_string();
+    let err = Decoder::from_gguf(&g, &Device::flex())
+        .unwrap_err()
+        .to_string();
     eprintln!("{err}");
-    assert!(err.contains("q5k.gguf") && err.contains("blk.0.ffn_gate.weight") && err.contains("Q5_K"), "{err}");
+    assert!(
+        err.contains("q5k.gguf") && err.contains("blk.0.ffn_gate.weight") && err.contains("Q5_K"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -455,18 +658,52 @@ fn template_that_fails_to_render_names_where() {
     // A template error raised while rendering through the model bundle names the GGUF file and key.
     let tmp = tempfile::tempdir().unwrap();
     let src = "{% for m in messages %}{{ m.content }}{% endfor %}\n{{ raise_exception('no system role allowed') if messages[0].role == 'system' }}";
-    let tpl = ChatTemplate::new(src, None, None, format!("{} (tokenizer.chat_template)", tmp.path().join("m.gguf").display())).unwrap();
+    let tpl = ChatTemplate::new(
+        src,
+        None,
+        None,
+        format!(
+            "{} (tokenizer.chat_template)",
+            tmp.path().join("m.gguf").display()
+        ),
+    )
+    .unwrap();
     let err = tpl
-        .render(&[tunelab::data::chat_template::ChatMessage::new("system", "x")], false)
+        .render(
+            &[tunelab::data::chat_template::ChatMessage::new(
+                "system", "x",
+            )],
+            false,
+        )
         .unwrap_err()
         .to_string();
     eprintln!("{err}");
-    assert!(err.contains("m.gguf (tokenizer.chat_template)") && err.contains("no system role allowed") && err.contains("line 2"), "{err}");
+    assert!(
+        err.contains("m.gguf (tokenizer.chat_template)")
+            && err.contains("no system role allowed")
+            && err.contains("line 2"),
+        "{err}"
+    );
     // An undefined attribute access fails too, with the line.
-    let tpl = ChatTemplate::new("ok\n{{ messages[0].content.missing.deeper }}", None, None, "cfg.json (chat_template)").unwrap();
-    let err = tpl.render(&[tunelab::data::chat_template::ChatMessage::new("user", "x")], false).unwrap_err().to_string();
+    let tpl = ChatTemplate::new(
+        "ok\n{{ messages[0].content.missing.deeper }}",
+        None,
+        None,
+        "cfg.json (chat_template)",
+    )
+    .unwrap();
+    let err = tpl
+        .render(
+            &[tunelab::data::chat_template::ChatMessage::new("user", "x")],
+            false,
+        )
+        .unwrap_err()
+        .to_string();
     eprintln!("{err}");
-    assert!(err.contains("cfg.json (chat_template)") && err.contains("line 2"), "{err}");
+    assert!(
+        err.contains("cfg.json (chat_template)") && err.contains("line 2"),
+        "{err}"
+    );
 }
 
 // ------------------------------------------------------------------------------------ CLI
@@ -476,18 +713,36 @@ fn generate_cli_greedy_through_the_chat_template() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tunelab"))
         .args(["generate", "--model"])
         .arg(smollm_path())
-        .args(["--prompt", "What is the capital of France?", "--max-tokens", "8", "--temp", "0", "--seed", "1"])
+        .args([
+            "--prompt",
+            "What is the capital of France?",
+            "--max-tokens",
+            "8",
+            "--temp",
+            "0",
+            "--seed",
+            "1",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("Paris"), "{stdout}");
-    assert!(stderr.contains("Prompt:") && stderr.contains("tokens/s"), "{stderr}");
+    assert!(
+        stderr.contains("Prompt:") && stderr.contains("tokens/s"),
+        "{stderr}"
+    );
 
     // An unsupported adapter flag and a missing model fail with messages naming them.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tunelab"))
-        .args(["generate", "--model", "/nonexistent/model.gguf", "--prompt", "x"])
+        .args([
+            "generate",
+            "--model",
+            "/nonexistent/model.gguf",
+            "--prompt",
+            "x",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -40,7 +40,9 @@ pub struct GenerateArgs {
 pub struct ExportArgs {}
 #[derive(clap::Args, Debug)]
 pub struct FuseArgs {}
-pub fn run_train(_a: TrainLoraArgs, _d: DeviceChoice) -> anyhow::Result<()> { anyhow::bail!("`tunelab train lora` is not implemented yet") }
+pub fn run_train(_a: TrainLoraArgs, _d: DeviceChoice) -> anyhow::Result<()> {
+    anyhow::bail!("`tunelab train lora` is not implemented yet")
+}
 /// Load the model, render the prompt, stream the generated text to stdout, stats to stderr.
 pub fn run_generate(a: GenerateArgs, d: DeviceChoice) -> anyhow::Result<()> {
     use std::io::Write;
@@ -51,11 +53,15 @@ pub fn run_generate(a: GenerateArgs, d: DeviceChoice) -> anyhow::Result<()> {
     use crate::model::decoder::{CausalLm, GenerateOptions};
 
     if let Some(p) = &a.adapter_path {
-        anyhow::bail!("--adapter-path {}: adapters are not supported by `tunelab generate` yet", p.display());
+        anyhow::bail!(
+            "--adapter-path {}: adapters are not supported by `tunelab generate` yet",
+            p.display()
+        );
     }
     let device = d.device()?;
     let started = std::time::Instant::now();
-    let lm = CausalLm::load(&a.model, &device).with_context(|| format!("loading {}", a.model.display()))?;
+    let lm = CausalLm::load(&a.model, &device)
+        .with_context(|| format!("loading {}", a.model.display()))?;
     let load_s = started.elapsed().as_secs_f64();
     let ids = match (&lm.chat_template, a.ignore_chat_template) {
         (Some(tpl), false) => {
@@ -71,9 +77,19 @@ pub fn run_generate(a: GenerateArgs, d: DeviceChoice) -> anyhow::Result<()> {
     };
     let mut stop_tokens = Vec::new();
     for t in &a.extra_eos_token {
-        stop_tokens.push(lm.tokenizer.token_to_id(t).with_context(|| format!("--extra-eos-token {t:?} is not a token of the model"))?);
+        stop_tokens.push(
+            lm.tokenizer
+                .token_to_id(t)
+                .with_context(|| format!("--extra-eos-token {t:?} is not a token of the model"))?,
+        );
     }
-    let opts = GenerateOptions { max_tokens: a.max_tokens, temperature: a.temp, top_p: a.top_p, seed: a.seed, stop_tokens };
+    let opts = GenerateOptions {
+        max_tokens: a.max_tokens,
+        temperature: a.temp,
+        top_p: a.top_p,
+        seed: a.seed,
+        stop_tokens,
+    };
     let gen_start = std::time::Instant::now();
     let mut out: Vec<u32> = Vec::new();
     let mut printed = 0;
@@ -82,7 +98,10 @@ pub fn run_generate(a: GenerateArgs, d: DeviceChoice) -> anyhow::Result<()> {
         // Decode the whole continuation each time so multi-token characters print once complete.
         out.push(t);
         if let Ok(text) = lm.decode(&out) {
-            if let Some(new) = text.get(printed..).filter(|n| !n.is_empty() && !n.ends_with('\u{fffd}')) {
+            if let Some(new) = text
+                .get(printed..)
+                .filter(|n| !n.is_empty() && !n.ends_with('\u{fffd}'))
+            {
                 let _ = write!(stdout, "{new}");
                 let _ = stdout.flush();
                 printed = text.len();
@@ -103,5 +122,9 @@ pub fn run_generate(a: GenerateArgs, d: DeviceChoice) -> anyhow::Result<()> {
     );
     Ok(())
 }
-pub fn run_export(_a: ExportArgs, _d: DeviceChoice) -> anyhow::Result<()> { anyhow::bail!("`tunelab export` is not implemented yet") }
-pub fn run_fuse(_a: FuseArgs, _d: DeviceChoice) -> anyhow::Result<()> { anyhow::bail!("`tunelab fuse` is not implemented yet") }
+pub fn run_export(_a: ExportArgs, _d: DeviceChoice) -> anyhow::Result<()> {
+    anyhow::bail!("`tunelab export` is not implemented yet")
+}
+pub fn run_fuse(_a: FuseArgs, _d: DeviceChoice) -> anyhow::Result<()> {
+    anyhow::bail!("`tunelab fuse` is not implemented yet")
+}

@@ -40,7 +40,10 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -49,9 +52,17 @@ impl ChatMessage {
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     #[error("chat template from {origin} does not compile (template line {line}): {detail}")]
-    Compile { origin: String, line: usize, detail: String },
+    Compile {
+        origin: String,
+        line: usize,
+        detail: String,
+    },
     #[error("chat template from {origin} failed to render (template line {line}): {detail}")]
-    Render { origin: String, line: usize, detail: String },
+    Render {
+        origin: String,
+        line: usize,
+        detail: String,
+    },
 }
 
 const NAME: &str = "chat_template";
@@ -67,7 +78,9 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate").field("origin", &self.origin).finish()
+        f.debug_struct("ChatTemplate")
+            .field("origin", &self.origin)
+            .finish()
     }
 }
 
@@ -100,17 +113,31 @@ impl ChatTemplate {
             chrono::Local::now().format(&fmt).to_string()
         });
         env.add_filter("tojson", tojson);
-        env.add_template_owned(NAME, source.to_string()).map_err(|e| TemplateError::Compile {
-            origin: origin.clone(),
-            line: e.line().unwrap_or(0),
-            detail: describe(&e),
-        })?;
-        Ok(Self { env, origin, bos_token, eos_token })
+        env.add_template_owned(NAME, source.to_string())
+            .map_err(|e| TemplateError::Compile {
+                origin: origin.clone(),
+                line: e.line().unwrap_or(0),
+                detail: describe(&e),
+            })?;
+        Ok(Self {
+            env,
+            origin,
+            bos_token,
+            eos_token,
+        })
     }
 
     /// Render `messages` (`add_generation_prompt` opens the assistant's turn).
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, TemplateError> {
-        self.render_with(&serde_json::to_value(messages).expect("messages serialise"), add_generation_prompt, &serde_json::json!({}))
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
+        self.render_with(
+            &serde_json::to_value(messages).expect("messages serialise"),
+            add_generation_prompt,
+            &serde_json::json!({}),
+        )
     }
 
     /// Render arbitrary JSON messages (tool calls, content parts) with extra template variables
@@ -121,7 +148,10 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         extra: &serde_json::Value,
     ) -> Result<String, TemplateError> {
-        let tpl = self.env.get_template(NAME).expect("template was added in new()");
+        let tpl = self
+            .env
+            .get_template(NAME)
+            .expect("template was added in new()");
         let mut ctx = serde_json::Map::new();
         if let Some(obj) = extra.as_object() {
             ctx.extend(obj.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -132,16 +162,20 @@ impl ChatTemplate {
         }
         ctx.insert("messages".into(), messages.clone());
         ctx.insert("add_generation_prompt".into(), add_generation_prompt.into());
-        for (k, v) in [("bos_token", &self.bos_token), ("eos_token", &self.eos_token)] {
+        for (k, v) in [
+            ("bos_token", &self.bos_token),
+            ("eos_token", &self.eos_token),
+        ] {
             if let Some(v) = v {
                 ctx.entry(k.to_string()).or_insert_with(|| v.clone().into());
             }
         }
-        tpl.render(Value::from_serialize(&ctx)).map_err(|e| TemplateError::Render {
-            origin: self.origin.clone(),
-            line: e.line().unwrap_or(0),
-            detail: describe(&e),
-        })
+        tpl.render(Value::from_serialize(&ctx))
+            .map_err(|e| TemplateError::Render {
+                origin: self.origin.clone(),
+                line: e.line().unwrap_or(0),
+                detail: describe(&e),
+            })
     }
 }
 
@@ -153,7 +187,14 @@ fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
     let _: Option<Value> = kwargs.get("separators")?;
     kwargs.assert_all_used()?;
     let mut out = String::new();
-    dump(&value, indent, sort_keys.unwrap_or(false), ensure_ascii.unwrap_or(false), 0, &mut out)?;
+    dump(
+        &value,
+        indent,
+        sort_keys.unwrap_or(false),
+        ensure_ascii.unwrap_or(false),
+        0,
+        &mut out,
+    )?;
     Ok(Value::from_safe_string(out))
 }
 
@@ -181,7 +222,14 @@ fn dump_str(s: &str, ensure_ascii: bool, out: &mut String) {
 }
 
 /// Python's `json.dumps` layout: `", "` and `": "` without indent; newlines, `","` and `": "` with.
-fn dump(v: &Value, indent: Option<usize>, sort: bool, ascii: bool, depth: usize, out: &mut String) -> Result<(), Error> {
+fn dump(
+    v: &Value,
+    indent: Option<usize>,
+    sort: bool,
+    ascii: bool,
+    depth: usize,
+    out: &mut String,
+) -> Result<(), Error> {
     let newline = |out: &mut String, depth: usize| {
         if let Some(n) = indent {
             out.push('\n');
@@ -258,7 +306,13 @@ mod tests {
     use super::*;
 
     fn tpl(src: &str) -> ChatTemplate {
-        ChatTemplate::new(src, Some("<s>".into()), Some("</s>".into()), "test.json (chat_template)").unwrap()
+        ChatTemplate::new(
+            src,
+            Some("<s>".into()),
+            Some("</s>".into()),
+            "test.json (chat_template)",
+        )
+        .unwrap()
     }
 
     #[test]
@@ -269,27 +323,53 @@ mod tests {
         let x = serde_json::json!({"b": [1, 2.0, null, true], "a": "é<&>\n"});
         let mut map = serde_json::Map::new();
         map.insert("x".into(), x);
-        let out = t.render_with(&serde_json::json!([]), false, &serde_json::Value::Object(map)).unwrap();
+        let out = t
+            .render_with(
+                &serde_json::json!([]),
+                false,
+                &serde_json::Value::Object(map),
+            )
+            .unwrap();
         let (compact, indented) = out.split_once('|').unwrap();
         // serde_json's map is sorted, so "a" comes first here.
         assert_eq!(compact, r#"{"a": "é<&>\n", "b": [1, 2.0, null, true]}"#);
-        assert_eq!(indented, "{\n  \"a\": \"é<&>\\n\",\n  \"b\": [\n    1,\n    2.0,\n    null,\n    true\n  ]\n}");
+        assert_eq!(
+            indented,
+            "{\n  \"a\": \"é<&>\\n\",\n  \"b\": [\n    1,\n    2.0,\n    null,\n    true\n  ]\n}"
+        );
     }
 
     #[test]
     fn raise_exception_names_origin_and_message() {
-        let t = tpl("{% if messages[0].role != 'user' %}\n{{ raise_exception('Conversation must start with user') }}\n{% endif %}");
-        let err = t.render(&[ChatMessage::new("assistant", "x")], false).unwrap_err().to_string();
-        assert!(err.contains("test.json (chat_template)") && err.contains("Conversation must start with user"), "{err}");
+        let t = tpl(
+            "{% if messages[0].role != 'user' %}\n{{ raise_exception('Conversation must start with user') }}\n{% endif %}",
+        );
+        let err = t
+            .render(&[ChatMessage::new("assistant", "x")], false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("test.json (chat_template)")
+                && err.contains("Conversation must start with user"),
+            "{err}"
+        );
         assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]
     fn compile_error_names_origin_and_line() {
-        let err = ChatTemplate::new("ok\n{% for m in messages %}", None, None, "m.gguf (tokenizer.chat_template)")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("m.gguf (tokenizer.chat_template)") && err.contains("does not compile"), "{err}");
+        let err = ChatTemplate::new(
+            "ok\n{% for m in messages %}",
+            None,
+            None,
+            "m.gguf (tokenizer.chat_template)",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("m.gguf (tokenizer.chat_template)") && err.contains("does not compile"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -297,8 +377,12 @@ mod tests {
         // lstrip_blocks removes the indentation before a block tag, trim_blocks the newline after
         // every block tag (also after `{% endif %}`). Expected output from Python's jinja2 with
         // trim_blocks=True, lstrip_blocks=True on the same template and input.
-        let t = tpl("  {% for m in messages %}\n{{ m.content.strip().upper() }}{% if m.content.startswith(' h') %}!{% endif %}\n  {% endfor %}\n{{ bos_token }}");
-        let out = t.render(&[ChatMessage::new("user", " hi ")], false).unwrap();
+        let t = tpl(
+            "  {% for m in messages %}\n{{ m.content.strip().upper() }}{% if m.content.startswith(' h') %}!{% endif %}\n  {% endfor %}\n{{ bos_token }}",
+        );
+        let out = t
+            .render(&[ChatMessage::new("user", " hi ")], false)
+            .unwrap();
         assert_eq!(out, "HI!<s>");
     }
 }

@@ -56,12 +56,38 @@ impl GgmlType {
     /// ggml's name for the type (`"Q4_K"`), or `"type 99"` for ids this build does not know.
     pub fn name(self) -> String {
         const NAMES: &[(u32, &str)] = &[
-            (0, "F32"), (1, "F16"), (2, "Q4_0"), (3, "Q4_1"), (6, "Q5_0"), (7, "Q5_1"), (8, "Q8_0"),
-            (9, "Q8_1"), (10, "Q2_K"), (11, "Q3_K"), (12, "Q4_K"), (13, "Q5_K"), (14, "Q6_K"),
-            (15, "Q8_K"), (16, "IQ2_XXS"), (17, "IQ2_XS"), (18, "IQ3_XXS"), (19, "IQ1_S"),
-            (20, "IQ4_NL"), (21, "IQ3_S"), (22, "IQ2_S"), (23, "IQ4_XS"), (24, "I8"), (25, "I16"),
-            (26, "I32"), (27, "I64"), (28, "F64"), (29, "IQ1_M"), (30, "BF16"), (34, "TQ1_0"),
-            (35, "TQ2_0"), (39, "MXFP4"),
+            (0, "F32"),
+            (1, "F16"),
+            (2, "Q4_0"),
+            (3, "Q4_1"),
+            (6, "Q5_0"),
+            (7, "Q5_1"),
+            (8, "Q8_0"),
+            (9, "Q8_1"),
+            (10, "Q2_K"),
+            (11, "Q3_K"),
+            (12, "Q4_K"),
+            (13, "Q5_K"),
+            (14, "Q6_K"),
+            (15, "Q8_K"),
+            (16, "IQ2_XXS"),
+            (17, "IQ2_XS"),
+            (18, "IQ3_XXS"),
+            (19, "IQ1_S"),
+            (20, "IQ4_NL"),
+            (21, "IQ3_S"),
+            (22, "IQ2_S"),
+            (23, "IQ4_XS"),
+            (24, "I8"),
+            (25, "I16"),
+            (26, "I32"),
+            (27, "I64"),
+            (28, "F64"),
+            (29, "IQ1_M"),
+            (30, "BF16"),
+            (34, "TQ1_0"),
+            (35, "TQ2_0"),
+            (39, "MXFP4"),
         ];
         NAMES
             .iter()
@@ -99,8 +125,10 @@ impl GgmlType {
 
     /// Whether [`dequantize`] handles this type.
     pub fn can_dequantize(self) -> bool {
-        matches!(self, Self::F32 | Self::F16 | Self::BF16 | Self::Q8_0 | Self::Q4_0 | Self::Q4_1)
-            || matches!(self, Self::Q4_K | Self::Q6_K)
+        matches!(
+            self,
+            Self::F32 | Self::F16 | Self::BF16 | Self::Q8_0 | Self::Q4_0 | Self::Q4_1
+        ) || matches!(self, Self::Q4_K | Self::Q6_K)
     }
 
     /// Bytes taken by `n_elements` values of this type (None when the layout is unknown or
@@ -222,12 +250,18 @@ impl MetaValue {
 
     /// An array of strings (`tokenizer.ggml.tokens`) as owned strings.
     pub fn as_string_array(&self) -> Option<Vec<String>> {
-        self.as_array()?.iter().map(|v| v.as_str().map(str::to_string)).collect()
+        self.as_array()?
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect()
     }
 
     /// A numeric array as f32 (`tokenizer.ggml.scores`).
     pub fn as_f32_array(&self) -> Option<Vec<f32>> {
-        self.as_array()?.iter().map(|v| v.as_f64().map(|x| x as f32)).collect()
+        self.as_array()?
+            .iter()
+            .map(|v| v.as_f64().map(|x| x as f32))
+            .collect()
     }
 
     /// An integer array as i64 (`tokenizer.ggml.token_type`).
@@ -318,23 +352,48 @@ impl TensorInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a GGUF file (magic bytes {magic:02x?}, expected \"GGUF\")")]
     NotGguf { path: PathBuf, magic: Vec<u8> },
     #[error("{path}: GGUF version {version} is not supported (only 2 and 3, little-endian)")]
     UnsupportedVersion { path: PathBuf, version: u32 },
-    #[error("{path}: file is truncated: it ends at byte {len} while reading {what} (needs byte {needed})")]
-    Truncated { path: PathBuf, what: String, len: u64, needed: u64 },
+    #[error(
+        "{path}: file is truncated: it ends at byte {len} while reading {what} (needs byte {needed})"
+    )]
+    Truncated {
+        path: PathBuf,
+        what: String,
+        len: u64,
+        needed: u64,
+    },
     #[error("{path}: malformed {what}: {reason}")]
-    Malformed { path: PathBuf, what: String, reason: String },
-    #[error("{path}: tensor '{tensor}' has type {ggml_type}, which tunelab cannot dequantize (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)")]
-    UnsupportedTensorType { path: PathBuf, tensor: String, ggml_type: GgmlType },
+    Malformed {
+        path: PathBuf,
+        what: String,
+        reason: String,
+    },
+    #[error(
+        "{path}: tensor '{tensor}' has type {ggml_type}, which tunelab cannot dequantize (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)"
+    )]
+    UnsupportedTensorType {
+        path: PathBuf,
+        tensor: String,
+        ggml_type: GgmlType,
+    },
     #[error("{path}: no tensor named '{tensor}'")]
     MissingTensor { path: PathBuf, tensor: String },
     #[error("{path}: metadata key '{key}' is missing")]
     MissingKey { path: PathBuf, key: String },
     #[error("{path}: metadata key '{key}' is {found}, expected {expected}")]
-    WrongType { path: PathBuf, key: String, expected: &'static str, found: String },
+    WrongType {
+        path: PathBuf,
+        key: String,
+        expected: &'static str,
+        found: String,
+    },
 }
 
 /// An open GGUF file: parsed header, metadata and tensor infos over a memory map of the data.
@@ -404,16 +463,26 @@ impl<'a> Cursor<'a> {
     }
     fn string(&mut self, what: &dyn Fn() -> String) -> Result<String, GgufError> {
         let len = self.u64(what)?;
-        let len = usize::try_from(len).map_err(|_| self.malformed(what(), "string length overflows"))?;
+        let len =
+            usize::try_from(len).map_err(|_| self.malformed(what(), "string length overflows"))?;
         let bytes = self.take(len, what)?;
         // Some converters wrote invalid UTF-8 into token strings; keep going like gguf-py does.
         Ok(String::from_utf8_lossy(bytes).into_owned())
     }
     fn malformed(&self, what: String, reason: &str) -> GgufError {
-        GgufError::Malformed { path: self.path.to_path_buf(), what, reason: reason.to_string() }
+        GgufError::Malformed {
+            path: self.path.to_path_buf(),
+            what,
+            reason: reason.to_string(),
+        }
     }
 
-    fn value(&mut self, ty: u32, what: &dyn Fn() -> String, depth: usize) -> Result<MetaValue, GgufError> {
+    fn value(
+        &mut self,
+        ty: u32,
+        what: &dyn Fn() -> String,
+        depth: usize,
+    ) -> Result<MetaValue, GgufError> {
         Ok(match ty {
             0 => MetaValue::U8(self.u8(what)?),
             1 => MetaValue::I8(self.u8(what)? as i8),
@@ -461,7 +530,10 @@ impl GgufFile {
     /// naming the file and the first tensor that does not fit.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
         let path = path.as_ref().to_path_buf();
-        let io = |source| GgufError::Io { path: path.clone(), source };
+        let io = |source| GgufError::Io {
+            path: path.clone(),
+            source,
+        };
         let file = File::open(&path).map_err(io)?;
         // SAFETY: the map is read-only; a file changed underneath us gives wrong numbers, not UB
         // in our code paths (we only read bytes).
@@ -470,16 +542,26 @@ impl GgufFile {
     }
 
     fn parse(path: PathBuf, mmap: Mmap) -> Result<Self, GgufError> {
-        let mut c = Cursor { buf: &mmap, pos: 0, path: &path };
+        let mut c = Cursor {
+            buf: &mmap,
+            pos: 0,
+            path: &path,
+        };
         let header = || "the header".to_string();
         let magic = c.take(4, &header)?;
         if u32::from_le_bytes(magic.try_into().unwrap()) != GGUF_MAGIC {
-            return Err(GgufError::NotGguf { path: path.clone(), magic: magic.to_vec() });
+            return Err(GgufError::NotGguf {
+                path: path.clone(),
+                magic: magic.to_vec(),
+            });
         }
         let version = c.u32(&header)?;
         if version != 2 && version != 3 {
             // A big-endian file reads as a byte-swapped version (e.g. 0x03000000).
-            return Err(GgufError::UnsupportedVersion { path: path.clone(), version });
+            return Err(GgufError::UnsupportedVersion {
+                path: path.clone(),
+                version,
+            });
         }
         let n_tensors = c.u64(&header)?;
         let n_kv = c.u64(&header)?;
@@ -499,16 +581,29 @@ impl GgufFile {
             let what = || format!("the info of tensor '{name}'");
             let n_dims = c.u32(&what)?;
             if n_dims > 8 {
-                return Err(c.malformed(what(), &format!("{n_dims} dimensions (ggml allows at most 4)")));
+                return Err(c.malformed(
+                    what(),
+                    &format!("{n_dims} dimensions (ggml allows at most 4)"),
+                ));
             }
-            let dims = (0..n_dims).map(|_| c.u64(&what)).collect::<Result<Vec<_>, _>>()?;
+            let dims = (0..n_dims)
+                .map(|_| c.u64(&what))
+                .collect::<Result<Vec<_>, _>>()?;
             let ggml_type = GgmlType(c.u32(&what)?);
             let offset = c.u64(&what)?;
-            tensors.push(TensorInfo { name, dims, ggml_type, offset });
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ggml_type,
+                offset,
+            });
         }
 
-        let index: HashMap<String, usize> =
-            metadata.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
+        let index: HashMap<String, usize> = metadata
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.clone(), i))
+            .collect();
         let alignment = match index.get("general.alignment").map(|&i| &metadata[i].1) {
             None => DEFAULT_ALIGNMENT,
             Some(v) => match v.as_i64() {
@@ -521,7 +616,9 @@ impl GgufFile {
 
         for t in &tensors {
             if t.offset % alignment != 0 {
-                return Err(c.malformed(format!("tensor '{}'", t.name), "data offset is not aligned"));
+                return Err(
+                    c.malformed(format!("tensor '{}'", t.name), "data offset is not aligned")
+                );
             }
             // Unknown types have no known size: they fail later, when someone asks for their data.
             if let Some(n) = t.n_bytes() {
@@ -536,8 +633,22 @@ impl GgufFile {
                 }
             }
         }
-        let tensor_index = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(Self { path, mmap, version, metadata, tensors, alignment, data_offset, index, tensor_index })
+        let tensor_index = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Ok(Self {
+            path,
+            mmap,
+            version,
+            metadata,
+            tensors,
+            alignment,
+            data_offset,
+            index,
+            tensor_index,
+        })
     }
 
     /// The file this was read from.
@@ -551,8 +662,10 @@ impl GgufFile {
     }
 
     fn require(&self, key: &str) -> Result<&MetaValue, GgufError> {
-        self.get(key)
-            .ok_or_else(|| GgufError::MissingKey { path: self.path.clone(), key: key.to_string() })
+        self.get(key).ok_or_else(|| GgufError::MissingKey {
+            path: self.path.clone(),
+            key: key.to_string(),
+        })
     }
 
     fn wrong(&self, key: &str, expected: &'static str, found: &MetaValue) -> GgufError {
@@ -595,7 +708,8 @@ impl GgufFile {
     /// An array of strings.
     pub fn get_string_array(&self, key: &str) -> Result<Vec<String>, GgufError> {
         let v = self.require(key)?;
-        v.as_string_array().ok_or_else(|| self.wrong(key, "an array of strings", v))
+        v.as_string_array()
+            .ok_or_else(|| self.wrong(key, "an array of strings", v))
     }
 
     /// `general.architecture` (`"llama"`, `"qwen3"`, ...).
@@ -610,7 +724,10 @@ impl GgufFile {
 
     fn info_or_err(&self, name: &str) -> Result<&TensorInfo, GgufError> {
         self.tensor_info(name)
-            .ok_or_else(|| GgufError::MissingTensor { path: self.path.clone(), tensor: name.to_string() })
+            .ok_or_else(|| GgufError::MissingTensor {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+            })
     }
 
     /// The raw bytes of a tensor (quantised blocks as stored), for QLoRA and re-export.
@@ -647,7 +764,11 @@ pub enum DequantError {
     #[error("cannot dequantize ggml type {0}")]
     Unsupported(GgmlType),
     #[error("{len} bytes is not a whole number of {ggml_type} blocks of {block_bytes} bytes")]
-    Partial { ggml_type: GgmlType, len: usize, block_bytes: usize },
+    Partial {
+        ggml_type: GgmlType,
+        len: usize,
+        block_bytes: usize,
+    },
 }
 
 fn f16_at(b: &[u8], i: usize) -> f32 {
@@ -670,7 +791,11 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>, DequantError> 
         return Err(DequantError::Unsupported(ty));
     }
     if bytes.len() % size != 0 {
-        return Err(DequantError::Partial { ggml_type: ty, len: bytes.len(), block_bytes: size });
+        return Err(DequantError::Partial {
+            ggml_type: ty,
+            len: bytes.len(),
+            block_bytes: size,
+        });
     }
     let mut out = Vec::with_capacity(bytes.len() / size * block);
     for b in bytes.chunks_exact(size) {
@@ -678,7 +803,9 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>, DequantError> 
             GgmlType::F32 => out.push(f32::from_le_bytes(b.try_into().unwrap())),
             GgmlType::F16 => out.push(f16_at(b, 0)),
             // bf16 is the top half of an f32.
-            GgmlType::BF16 => out.push(f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)),
+            GgmlType::BF16 => out.push(f32::from_bits(
+                (u16::from_le_bytes([b[0], b[1]]) as u32) << 16,
+            )),
             GgmlType::Q8_0 => {
                 // d: f16, qs: 32 x i8; y = qs * d
                 let d = f16_at(b, 0);
@@ -712,7 +839,10 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -819,13 +949,29 @@ impl GgufWriter {
     /// Add a tensor given in f32, stored as `ty` (F32, F16 or Q8_0). `shape` is PyTorch order.
     ///
     /// Panics for other types or when the row length does not fit Q8_0's 32-element blocks.
-    pub fn add_tensor(&mut self, name: &str, shape: &[usize], ty: GgmlType, values: &[f32]) -> &mut Self {
-        assert_eq!(shape.iter().product::<usize>(), values.len(), "tensor '{name}': shape and data disagree");
+    pub fn add_tensor(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        ty: GgmlType,
+        values: &[f32],
+    ) -> &mut Self {
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            values.len(),
+            "tensor '{name}': shape and data disagree"
+        );
         let bytes = match ty {
             GgmlType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            GgmlType::F16 => values.iter().flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes()).collect(),
+            GgmlType::F16 => values
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes())
+                .collect(),
             GgmlType::Q8_0 => {
-                assert!(shape.last().is_some_and(|&n| n % 32 == 0), "tensor '{name}': Q8_0 rows must be multiples of 32");
+                assert!(
+                    shape.last().is_some_and(|&n| n % 32 == 0),
+                    "tensor '{name}': Q8_0 rows must be multiples of 32"
+                );
                 quantize_q8_0(values)
             }
             other => panic!("GgufWriter::add_tensor stores F32, F16 or Q8_0, not {other}"),
@@ -834,10 +980,25 @@ impl GgufWriter {
     }
 
     /// Add a tensor from raw ggml blocks (already quantised).
-    pub fn add_raw_tensor(&mut self, name: &str, shape: &[usize], ty: GgmlType, bytes: Vec<u8>) -> &mut Self {
+    pub fn add_raw_tensor(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        ty: GgmlType,
+        bytes: Vec<u8>,
+    ) -> &mut Self {
         let dims: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
-        let info = TensorInfo { name: name.to_string(), dims, ggml_type: ty, offset: 0 };
-        assert_eq!(info.n_bytes(), Some(bytes.len() as u64), "tensor '{name}': byte count does not match {ty}");
+        let info = TensorInfo {
+            name: name.to_string(),
+            dims,
+            ggml_type: ty,
+            offset: 0,
+        };
+        assert_eq!(
+            info.n_bytes(),
+            Some(bytes.len() as u64),
+            "tensor '{name}': byte count does not match {ty}"
+        );
         self.tensors.push((info, bytes));
         self
     }
@@ -869,15 +1030,24 @@ impl GgufWriter {
             offsets.push(offset);
             offset = (offset + bytes.len() as u64).div_ceil(align) * align;
         }
-        head.resize((head.len() as u64).div_ceil(align) as usize * align as usize, 0);
+        head.resize(
+            (head.len() as u64).div_ceil(align) as usize * align as usize,
+            0,
+        );
         let data_start = head.len() as u64;
         for ((_, bytes), &off) in self.tensors.iter().zip(&offsets) {
             debug_assert_eq!(head.len() as u64, data_start + off);
             head.extend_from_slice(bytes);
-            head.resize((head.len() as u64).div_ceil(align) as usize * align as usize, 0);
+            head.resize(
+                (head.len() as u64).div_ceil(align) as usize * align as usize,
+                0,
+            );
         }
         let tmp = path.with_extension("gguf.part");
-        let io = |source| GgufError::Io { path: path.to_path_buf(), source };
+        let io = |source| GgufError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let mut f = File::create(&tmp).map_err(io)?;
         f.write_all(&head).map_err(io)?;
         f.sync_all().map_err(io)?;
@@ -921,7 +1091,12 @@ pub enum TokenizerError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
     #[error("{path}: {key} = '{value}' is not supported ({supported})")]
-    Unsupported { path: PathBuf, key: &'static str, value: String, supported: &'static str },
+    Unsupported {
+        path: PathBuf,
+        key: &'static str,
+        value: String,
+        supported: &'static str,
+    },
     #[error("{path}: could not build the tokenizer: {reason}")]
     Build { path: PathBuf, reason: String },
 }
@@ -933,15 +1108,19 @@ fn bpe_pre_regexes(pre: &str) -> Option<(Vec<&'static str>, bool)> {
     const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     Some(match pre {
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "dbrx" | "smaug-bpe" => (vec![LLAMA3], true),
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "dbrx" | "smaug-bpe" => {
+            (vec![LLAMA3], true)
+        }
         "qwen2" | "deepseek-r1-qwen" | "stablelm2" | "hunyuan" | "megrez" => (vec![QWEN2], false),
         "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
             (vec![r"\p{N}", GPT2], false)
         }
-        "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "trillion" | "granite-docling" | "roberta-bpe" => {
-            (vec![GPT2], false)
-        }
-        "default" => (vec![r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"], false),
+        "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "trillion" | "granite-docling"
+        | "roberta-bpe" => (vec![GPT2], false),
+        "default" => (
+            vec![r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"],
+            false,
+        ),
         _ => return None,
     })
 }
@@ -970,7 +1149,8 @@ impl GgufTokenizer {
             })?,
             None => vec![1; tokens.len()],
         };
-        let id = |k: &str| -> Result<Option<u32>, GgufError> { Ok(g.opt_int(k)?.map(|v| v as u32)) };
+        let id =
+            |k: &str| -> Result<Option<u32>, GgufError> { Ok(g.opt_int(k)?.map(|v| v as u32)) };
         let flag = |k: &str| g.get(k).and_then(|v| v.as_bool());
         let bos_token_id = id("tokenizer.ggml.bos_token_id")?;
         let eos_token_id = id("tokenizer.ggml.eos_token_id")?;
@@ -992,18 +1172,25 @@ impl GgufTokenizer {
                 })
             })
             .collect();
-        let vocab: serde_json::Map<String, serde_json::Value> =
-            tokens.iter().enumerate().map(|(i, t)| (t.clone(), serde_json::json!(i))).collect();
+        let vocab: serde_json::Map<String, serde_json::Value> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), serde_json::json!(i)))
+            .collect();
 
         let mut json = match model {
             "gpt2" => {
-                let pre = g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
-                let (regexes, ignore_merges) = bpe_pre_regexes(pre).ok_or_else(|| TokenizerError::Unsupported {
-                    path: path.clone(),
-                    key: "tokenizer.ggml.pre",
-                    value: pre.to_string(),
-                    supported: "llama-bpe, qwen2, smollm, gpt-2, default and their aliases",
-                })?;
+                let pre = g
+                    .get("tokenizer.ggml.pre")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("default");
+                let (regexes, ignore_merges) =
+                    bpe_pre_regexes(pre).ok_or_else(|| TokenizerError::Unsupported {
+                        path: path.clone(),
+                        key: "tokenizer.ggml.pre",
+                        value: pre.to_string(),
+                        supported: "llama-bpe, qwen2, smollm, gpt-2, default and their aliases",
+                    })?;
                 let merges: Vec<serde_json::Value> = g
                     .get_string_array("tokenizer.ggml.merges")?
                     .iter()
@@ -1032,7 +1219,10 @@ impl GgufTokenizer {
                 let scores = g
                     .get("tokenizer.ggml.scores")
                     .and_then(|v| v.as_f32_array())
-                    .ok_or_else(|| GgufError::MissingKey { path: path.clone(), key: "tokenizer.ggml.scores".into() })?;
+                    .ok_or_else(|| GgufError::MissingKey {
+                        path: path.clone(),
+                        key: "tokenizer.ggml.scores".into(),
+                    })?;
                 let add_space_prefix = flag("tokenizer.ggml.add_space_prefix").unwrap_or(true);
                 let merges = spm_merges(&tokens, &scores, &types);
                 let mut normalizers = vec![];
@@ -1046,7 +1236,9 @@ impl GgufTokenizer {
                     serde_json::json!({"type": "Fuse"}),
                 ];
                 if add_space_prefix {
-                    decoders.push(serde_json::json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+                    decoders.push(
+                        serde_json::json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}),
+                    );
                 }
                 serde_json::json!({
                     "normalizer": {"type": "Sequence", "normalizers": normalizers},
@@ -1080,14 +1272,27 @@ impl GgufTokenizer {
         let piece = |t: &str| serde_json::json!({"SpecialToken": {"id": t, "type_id": 0}});
         let seq = |id: &str, type_id: u32| serde_json::json!({"Sequence": {"id": id, "type_id": type_id}});
         let with_specials = |body: serde_json::Value| -> Vec<serde_json::Value> {
-            bos.iter().map(|(_, t)| piece(t)).chain([body]).chain(eos.iter().map(|(_, t)| piece(t))).collect()
+            bos.iter()
+                .map(|(_, t)| piece(t))
+                .chain([body])
+                .chain(eos.iter().map(|(_, t)| piece(t)))
+                .collect()
         };
         let single = with_specials(seq("A", 0));
-        let pair: Vec<serde_json::Value> = single.iter().cloned().chain(with_specials(seq("B", 1))).collect();
+        let pair: Vec<serde_json::Value> = single
+            .iter()
+            .cloned()
+            .chain(with_specials(seq("B", 1)))
+            .collect();
         let special_map: serde_json::Map<String, serde_json::Value> = bos
             .iter()
             .chain(eos.iter())
-            .map(|(i, t)| (t.clone(), serde_json::json!({"id": t, "ids": [i], "tokens": [t]})))
+            .map(|(i, t)| {
+                (
+                    t.clone(),
+                    serde_json::json!({"id": t, "ids": [i], "tokens": [t]}),
+                )
+            })
             .collect();
         json["post_processor"] = if special_map.is_empty() {
             serde_json::Value::Null
@@ -1099,9 +1304,19 @@ impl GgufTokenizer {
         json["padding"] = serde_json::Value::Null;
         json["added_tokens"] = added.into();
         let bytes = serde_json::to_vec(&json).expect("tokenizer JSON serialises");
-        let tokenizer = tokenizers::Tokenizer::from_bytes(&bytes)
-            .map_err(|e| TokenizerError::Build { path: path.clone(), reason: e.to_string() })?;
-        Ok(Self { tokenizer, bos_token_id, eos_token_id, eot_token_id, add_bos, add_eos })
+        let tokenizer =
+            tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| TokenizerError::Build {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            tokenizer,
+            bos_token_id,
+            eos_token_id,
+            eot_token_id,
+            add_bos,
+            add_eos,
+        })
     }
 }
 
@@ -1109,7 +1324,11 @@ impl GgufTokenizer {
 /// every split of a piece into two pieces of the vocabulary, ordered by the merged piece's score
 /// (highest first; ties by id), the priority llama.cpp's `llm_tokenizer_spm` uses.
 fn spm_merges(tokens: &[String], scores: &[f32], types: &[i64]) -> Vec<serde_json::Value> {
-    let index: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
     let mut merges: Vec<(f32, usize, usize, usize)> = Vec::new();
     for (id, piece) in tokens.iter().enumerate() {
         // Only normal pieces merge; control, byte and unknown tokens never do.
@@ -1123,8 +1342,16 @@ fn spm_merges(tokens: &[String], scores: &[f32], types: &[i64]) -> Vec<serde_jso
             }
         }
     }
-    merges.sort_by(|x, y| y.0.partial_cmp(&x.0).unwrap_or(std::cmp::Ordering::Equal).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
-    merges.into_iter().map(|(_, _, a, b)| serde_json::json!([tokens[a], tokens[b]])).collect()
+    merges.sort_by(|x, y| {
+        y.0.partial_cmp(&x.0)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(x.1.cmp(&y.1))
+            .then(x.2.cmp(&y.2))
+    });
+    merges
+        .into_iter()
+        .map(|(_, _, a, b)| serde_json::json!([tokens[a], tokens[b]]))
+        .collect()
 }
 
 fn put_string(out: &mut Vec<u8>, s: &str) {
@@ -1199,8 +1426,14 @@ mod tests {
 
     #[test]
     fn unsupported_type_and_partial_blocks_are_errors() {
-        assert!(matches!(dequantize(GgmlType::Q5_K, &[0; 176]), Err(DequantError::Unsupported(_))));
-        assert!(matches!(dequantize(GgmlType::Q8_0, &[0; 35]), Err(DequantError::Partial { .. })));
+        assert!(matches!(
+            dequantize(GgmlType::Q5_K, &[0; 176]),
+            Err(DequantError::Unsupported(_))
+        ));
+        assert!(matches!(
+            dequantize(GgmlType::Q8_0, &[0; 35]),
+            Err(DequantError::Partial { .. })
+        ));
         assert_eq!(GgmlType(13).name(), "Q5_K");
         assert_eq!(GgmlType(999).name(), "type 999");
     }
@@ -1211,8 +1444,14 @@ mod tests {
             .add_metadata("llama.block_count", 2u32)
             .add_metadata("some.float", 0.5f32)
             .add_metadata("some.flag", true)
-            .add_metadata("tokenizer.ggml.tokens", vec!["a".to_string(), "b".to_string()])
-            .add_metadata("nested", MetaValue::Array(9, vec![MetaValue::Array(4, vec![MetaValue::U32(7)])]));
+            .add_metadata(
+                "tokenizer.ggml.tokens",
+                vec!["a".to_string(), "b".to_string()],
+            )
+            .add_metadata(
+                "nested",
+                MetaValue::Array(9, vec![MetaValue::Array(4, vec![MetaValue::U32(7)])]),
+            );
         let x: Vec<f32> = (0..64).map(|i| i as f32 / 8.0 - 4.0).collect();
         w.add_tensor("f32", &[2, 32], GgmlType::F32, &x)
             .add_tensor("f16", &[64], GgmlType::F16, &x)
@@ -1231,8 +1470,16 @@ mod tests {
         assert_eq!(g.get_int("llama.block_count").unwrap(), 2);
         assert_eq!(g.get_f64("some.float").unwrap(), 0.5);
         assert_eq!(g.get("some.flag").unwrap().as_bool(), Some(true));
-        assert_eq!(g.get_string_array("tokenizer.ggml.tokens").unwrap(), vec!["a", "b"]);
-        assert_eq!(g.get("nested").unwrap().as_array().unwrap()[0].as_i64_array().unwrap(), vec![7]);
+        assert_eq!(
+            g.get_string_array("tokenizer.ggml.tokens").unwrap(),
+            vec!["a", "b"]
+        );
+        assert_eq!(
+            g.get("nested").unwrap().as_array().unwrap()[0]
+                .as_i64_array()
+                .unwrap(),
+            vec![7]
+        );
         let x: Vec<f32> = (0..64).map(|i| i as f32 / 8.0 - 4.0).collect();
         let (shape, v) = g.tensor_f32("f32").unwrap();
         assert_eq!((shape, v), (vec![2, 32], x.clone()));
@@ -1240,7 +1487,11 @@ mod tests {
         assert_eq!(g.tensor_f32("f16").unwrap().1, x);
         // Q8_0 with max |x| = 4: step 4/127, so error at most 2/127.
         let q = g.tensor_f32("q8").unwrap().1;
-        assert!(q.iter().zip(&x).all(|(a, b)| (a - b).abs() <= 2.0 / 127.0 + 1e-6));
+        assert!(
+            q.iter()
+                .zip(&x)
+                .all(|(a, b)| (a - b).abs() <= 2.0 / 127.0 + 1e-6)
+        );
         assert_eq!(g.tensor_bytes("q8").unwrap().len(), 2 * 34);
         assert_eq!(g.data_offset % 32, 0);
         assert!(g.tensors.iter().all(|t| t.offset % 32 == 0));
@@ -1254,11 +1505,17 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 40]).unwrap();
         let err = GgufFile::open(&path).unwrap_err().to_string();
-        assert!(err.contains("cut.gguf") && err.contains("truncated") && err.contains("'q8'"), "{err}");
+        assert!(
+            err.contains("cut.gguf") && err.contains("truncated") && err.contains("'q8'"),
+            "{err}"
+        );
         // Cut inside the metadata.
         std::fs::write(&path, &bytes[..60]).unwrap();
         let err = GgufFile::open(&path).unwrap_err().to_string();
-        assert!(err.contains("cut.gguf") && err.contains("truncated") && err.contains("metadata"), "{err}");
+        assert!(
+            err.contains("cut.gguf") && err.contains("truncated") && err.contains("metadata"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1269,9 +1526,15 @@ mod tests {
         w.add_raw_tensor("blk.0.attn_q.weight", &[256], GgmlType::Q5_K, vec![0; 176]);
         w.write(&path).unwrap();
         let g = GgufFile::open(&path).unwrap();
-        assert!(g.tensor_bytes("blk.0.attn_q.weight").is_ok(), "raw blocks stay readable");
+        assert!(
+            g.tensor_bytes("blk.0.attn_q.weight").is_ok(),
+            "raw blocks stay readable"
+        );
         let err = g.tensor_f32("blk.0.attn_q.weight").unwrap_err().to_string();
-        assert!(err.contains("q5k.gguf") && err.contains("blk.0.attn_q.weight") && err.contains("Q5_K"), "{err}");
+        assert!(
+            err.contains("q5k.gguf") && err.contains("blk.0.attn_q.weight") && err.contains("Q5_K"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1279,14 +1542,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.bin");
         std::fs::write(&path, b"GGML\x03\0\0\0").unwrap();
-        assert!(GgufFile::open(&path).unwrap_err().to_string().contains("not a GGUF file"));
+        assert!(
+            GgufFile::open(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("not a GGUF file")
+        );
         let path = dir.path().join("m.gguf");
         sample_writer().write(&path).unwrap();
         let g = GgufFile::open(&path).unwrap();
         let err = g.get_str("qwen3.block_count").unwrap_err().to_string();
-        assert!(err.contains("m.gguf") && err.contains("qwen3.block_count"), "{err}");
+        assert!(
+            err.contains("m.gguf") && err.contains("qwen3.block_count"),
+            "{err}"
+        );
         let err = g.get_str("llama.block_count").unwrap_err().to_string();
-        assert!(err.contains("expected a string") && err.contains("u32"), "{err}");
+        assert!(
+            err.contains("expected a string") && err.contains("u32"),
+            "{err}"
+        );
         let err = g.tensor_f32("nope").unwrap_err().to_string();
         assert!(err.contains("no tensor named 'nope'"), "{err}");
     }

@@ -77,7 +77,12 @@ pub enum RopeScaling {
     /// Position interpolation: every frequency divided by `factor`.
     Linear { factor: f64 },
     /// Llama 3.1's piecewise rescaling (transformers `_compute_llama3_parameters`).
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
     /// llama.cpp's `rope_freqs.weight` tensor: inverse frequency `i` divided by `factors[i]`
     /// (how GGUF files carry Llama 3.1 scaling).
     FreqFactors { factors: Vec<f32> },
@@ -114,34 +119,55 @@ impl DecoderConfig {
     /// Read the config from GGUF metadata (`{arch}.block_count`, `{arch}.attention.head_count`, ...).
     pub fn from_gguf(g: &GgufFile) -> Result<Self, DecoderError> {
         let arch_name = g.architecture()?;
-        let architecture = Architecture::parse(arch_name).ok_or_else(|| DecoderError::UnsupportedArchitecture {
-            path: g.path().to_path_buf(),
-            field: "general.architecture".into(),
-            architecture: arch_name.to_string(),
+        let architecture = Architecture::parse(arch_name).ok_or_else(|| {
+            DecoderError::UnsupportedArchitecture {
+                path: g.path().to_path_buf(),
+                field: "general.architecture".into(),
+                architecture: arch_name.to_string(),
+            }
         })?;
         let key = |k: &str| format!("{arch_name}.{k}");
         let int = |k: &str| -> Result<usize, DecoderError> { Ok(g.get_int(&key(k))? as usize) };
         let hidden_size = int("embedding_length")?;
         let num_attention_heads = int("attention.head_count")?;
-        let num_key_value_heads = g.opt_int(&key("attention.head_count_kv"))?.map(|v| v as usize).unwrap_or(num_attention_heads);
-        let head_dim = g.opt_int(&key("attention.key_length"))?.map(|v| v as usize).unwrap_or(hidden_size / num_attention_heads);
+        let num_key_value_heads = g
+            .opt_int(&key("attention.head_count_kv"))?
+            .map(|v| v as usize)
+            .unwrap_or(num_attention_heads);
+        let head_dim = g
+            .opt_int(&key("attention.key_length"))?
+            .map(|v| v as usize)
+            .unwrap_or(hidden_size / num_attention_heads);
         // The embedding's row count is authoritative; `{arch}.vocab_size` is often absent.
-        let vocab_size = match (g.tensor_info("token_embd.weight"), g.opt_int(&key("vocab_size"))?) {
+        let vocab_size = match (
+            g.tensor_info("token_embd.weight"),
+            g.opt_int(&key("vocab_size"))?,
+        ) {
             (Some(t), _) => t.shape()[0],
             (None, Some(v)) => v as usize,
-            (None, None) => g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|a| a.len()).unwrap_or(0),
+            (None, None) => g
+                .get("tokenizer.ggml.tokens")
+                .and_then(|v| v.as_array())
+                .map(|a| a.len())
+                .unwrap_or(0),
         };
         let rope_scaling = if g.tensor_info("rope_freqs.weight").is_some() {
-            Some(RopeScaling::FreqFactors { factors: g.tensor_f32("rope_freqs.weight")?.1 })
+            Some(RopeScaling::FreqFactors {
+                factors: g.tensor_f32("rope_freqs.weight")?.1,
+            })
         } else {
             match g.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
-                Some("linear") => Some(RopeScaling::Linear { factor: g.get_f64(&key("rope.scaling.factor"))? }),
+                Some("linear") => Some(RopeScaling::Linear {
+                    factor: g.get_f64(&key("rope.scaling.factor"))?,
+                }),
                 Some("none") | None => None,
                 Some(other) => {
                     return Err(DecoderError::Config {
                         path: g.path().to_path_buf(),
                         field: key("rope.scaling.type"),
-                        reason: format!("RoPE scaling '{other}' is not supported (linear, llama3 only)"),
+                        reason: format!(
+                            "RoPE scaling '{other}' is not supported (linear, llama3 only)"
+                        ),
                     });
                 }
             }
@@ -156,7 +182,10 @@ impl DecoderConfig {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            max_position_embeddings: g.opt_int(&key("context_length"))?.map(|v| v as usize).unwrap_or(4096),
+            max_position_embeddings: g
+                .opt_int(&key("context_length"))?
+                .map(|v| v as usize)
+                .unwrap_or(4096),
             rms_norm_eps: g.get_f64(&key("attention.layer_norm_rms_epsilon"))?,
             rope_theta: g.opt_f64(&key("rope.freq_base"))?.unwrap_or(10_000.0),
             rope_scaling,
@@ -170,36 +199,67 @@ impl DecoderConfig {
     /// Read a Hugging Face `config.json` (transformers 4 `rope_theta`/`rope_scaling` or
     /// transformers 5 `rope_parameters`).
     pub fn from_hf_json(path: &Path, json: &serde_json::Value) -> Result<Self, DecoderError> {
-        let cfg_err = |field: &str, reason: String| DecoderError::Config { path: path.to_path_buf(), field: field.into(), reason };
-        let model_type = json["model_type"].as_str().ok_or_else(|| cfg_err("model_type", "missing".into()))?;
-        let architecture = Architecture::parse(model_type).ok_or_else(|| DecoderError::UnsupportedArchitecture {
+        let cfg_err = |field: &str, reason: String| DecoderError::Config {
             path: path.to_path_buf(),
-            field: "model_type".into(),
-            architecture: model_type.to_string(),
+            field: field.into(),
+            reason,
+        };
+        let model_type = json["model_type"]
+            .as_str()
+            .ok_or_else(|| cfg_err("model_type", "missing".into()))?;
+        let architecture = Architecture::parse(model_type).ok_or_else(|| {
+            DecoderError::UnsupportedArchitecture {
+                path: path.to_path_buf(),
+                field: "model_type".into(),
+                architecture: model_type.to_string(),
+            }
         })?;
         let uint = |k: &str| -> Result<usize, DecoderError> {
-            json[k].as_u64().map(|v| v as usize).ok_or_else(|| cfg_err(k, "missing or not a non-negative integer".into()))
+            json[k]
+                .as_u64()
+                .map(|v| v as usize)
+                .ok_or_else(|| cfg_err(k, "missing or not a non-negative integer".into()))
         };
         let num_attention_heads = uint("num_attention_heads")?;
         let hidden_size = uint("hidden_size")?;
         let opt_uint = |k: &str| json.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
-        let rope = json.get("rope_parameters").filter(|v| v.is_object()).or_else(|| json.get("rope_scaling").filter(|v| v.is_object()));
-        let rope_theta = json["rope_theta"].as_f64().or_else(|| rope.and_then(|r| r["rope_theta"].as_f64())).unwrap_or(10_000.0);
+        let rope = json
+            .get("rope_parameters")
+            .filter(|v| v.is_object())
+            .or_else(|| json.get("rope_scaling").filter(|v| v.is_object()));
+        let rope_theta = json["rope_theta"]
+            .as_f64()
+            .or_else(|| rope.and_then(|r| r["rope_theta"].as_f64()))
+            .unwrap_or(10_000.0);
         let rope_scaling = match rope {
             None => None,
             Some(r) => {
-                let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
-                let f = |k: &str| r[k].as_f64().ok_or_else(|| cfg_err(&format!("rope_scaling.{k}"), "missing".into()));
+                let kind = r
+                    .get("rope_type")
+                    .or_else(|| r.get("type"))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("default");
+                let f = |k: &str| {
+                    r[k].as_f64()
+                        .ok_or_else(|| cfg_err(&format!("rope_scaling.{k}"), "missing".into()))
+                };
                 match kind {
                     "default" => None,
-                    "linear" => Some(RopeScaling::Linear { factor: f("factor")? }),
+                    "linear" => Some(RopeScaling::Linear {
+                        factor: f("factor")?,
+                    }),
                     "llama3" => Some(RopeScaling::Llama3 {
                         factor: f("factor")?,
                         low_freq_factor: f("low_freq_factor")?,
                         high_freq_factor: f("high_freq_factor")?,
                         original_max_position_embeddings: f("original_max_position_embeddings")?,
                     }),
-                    other => return Err(cfg_err("rope_scaling.rope_type", format!("'{other}' is not supported (default, linear, llama3)"))),
+                    other => {
+                        return Err(cfg_err(
+                            "rope_scaling.rope_type",
+                            format!("'{other}' is not supported (default, linear, llama3)"),
+                        ));
+                    }
                 }
             }
         };
@@ -231,12 +291,23 @@ impl DecoderConfig {
     /// RoPE inverse frequencies `theta^(-2i/d)` for `i < head_dim/2`, rescaled as configured.
     pub fn rope_inv_freq(&self) -> Vec<f32> {
         let d = self.head_dim as f64;
-        let base: Vec<f64> = (0..self.head_dim / 2).map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f64 / d)).collect();
+        let base: Vec<f64> = (0..self.head_dim / 2)
+            .map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f64 / d))
+            .collect();
         let scaled: Vec<f64> = match &self.rope_scaling {
             None => base,
             Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / factor).collect(),
-            Some(RopeScaling::FreqFactors { factors }) => base.iter().zip(factors).map(|(f, s)| f / *s as f64).collect(),
-            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+            Some(RopeScaling::FreqFactors { factors }) => base
+                .iter()
+                .zip(factors)
+                .map(|(f, s)| f / *s as f64)
+                .collect(),
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
                 // Long wavelengths are interpolated by `factor`, short ones kept, a smooth blend between.
                 let low_wavelen = original_max_position_embeddings / low_freq_factor;
                 let high_wavelen = original_max_position_embeddings / high_freq_factor;
@@ -248,7 +319,9 @@ impl DecoderConfig {
                         } else if wavelen > low_wavelen {
                             f / factor
                         } else {
-                            let smooth = (original_max_position_embeddings / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            let smooth = (original_max_position_embeddings / wavelen
+                                - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * f / factor + smooth * f
                         }
                     })
@@ -266,20 +339,38 @@ impl DecoderConfig {
 pub enum DecoderError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("{path}: {field} = '{architecture}' is not a supported architecture (llama, mistral, qwen2, qwen3)")]
-    UnsupportedArchitecture { path: PathBuf, field: String, architecture: String },
+    #[error(
+        "{path}: {field} = '{architecture}' is not a supported architecture (llama, mistral, qwen2, qwen3)"
+    )]
+    UnsupportedArchitecture {
+        path: PathBuf,
+        field: String,
+        architecture: String,
+    },
     #[error("{path}: config field '{field}': {reason}")]
-    Config { path: PathBuf, field: String, reason: String },
+    Config {
+        path: PathBuf,
+        field: String,
+        reason: String,
+    },
     #[error("{path}: tensor '{tensor}' is missing")]
     MissingTensor { path: PathBuf, tensor: String },
     #[error("{path}: tensor '{tensor}' has shape {found:?}, expected {expected:?}")]
-    Shape { path: PathBuf, tensor: String, expected: Vec<usize>, found: Vec<usize> },
+    Shape {
+        path: PathBuf,
+        tensor: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     #[error("{path}: {reason}")]
     Weights { path: PathBuf, reason: String },
     #[error("{path}: tokenizer: {reason}")]
     Tokenizer { path: PathBuf, reason: String },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Template(#[from] TemplateError),
     #[error(transparent)]
@@ -361,13 +452,20 @@ impl Attention {
         let rep = h / kvh;
         let q = q.reshape([b, kvh, rep * t, hd]);
         let scale = 1.0 / (hd as f32).sqrt();
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale).reshape([b, h, t, s]);
+        let scores = q
+            .matmul(k.swap_dims(2, 3))
+            .mul_scalar(scale)
+            .reshape([b, h, t, s]);
         let scores = match mask {
             Some(m) => scores + m.clone(),
             None => scores,
         };
         let probs = softmax(scores, 3).reshape([b, kvh, rep * t, s]);
-        let out = probs.matmul(v).reshape([b, h, t, hd]).swap_dims(1, 2).reshape([b, t, h * hd]);
+        let out = probs
+            .matmul(v)
+            .reshape([b, h, t, hd])
+            .swap_dims(1, 2)
+            .reshape([b, t, h * hd]);
         self.o_proj.forward(out)
     }
 }
@@ -382,7 +480,8 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.down_proj.forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+        self.down_proj
+            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
     }
 }
 
@@ -404,7 +503,10 @@ impl DecoderLayer {
         mask: Option<&Tensor<4>>,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
-        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, mask, cache);
+        let h = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), cos, sin, mask, cache);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }
@@ -423,12 +525,18 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(n_layers: usize) -> Self {
-        Self { layers: vec![LayerCache::default(); n_layers] }
+        Self {
+            layers: vec![LayerCache::default(); n_layers],
+        }
     }
 
     /// Positions already cached.
     pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.kv.as_ref()).map(|(k, _)| k.dims()[2]).unwrap_or(0)
+        self.layers
+            .first()
+            .and_then(|l| l.kv.as_ref())
+            .map(|(k, _)| k.dims()[2])
+            .unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -456,7 +564,9 @@ impl Decoder {
     /// Hidden states after the final norm, `[batch, seq, hidden]`.
     ///
     /// `input_ids`: `[batch, seq]`. Positions continue from the cache (`cache.len()..`).
-    /// `padding_mask`: `[batch, past + seq]`, true where a key position is padding.
+    /// `padding_mask`: `[batch, past + seq]`, true where a key position is padding. Positions are
+    /// not shifted for padding, so pad on the right (as training batches do); left-padded batched
+    /// generation would need per-row positions.
     pub fn forward_hidden(
         &self,
         input_ids: Tensor<2, Int>,
@@ -470,7 +580,9 @@ impl Decoder {
 
         // RoPE tables for positions past..past+t, computed as transformers does (f32 positions
         // times f32 inverse frequencies, duplicated for the two halves).
-        let pos = Tensor::<1, Int>::arange(past as i64..(past + t) as i64, &device).float().reshape([t, 1]);
+        let pos = Tensor::<1, Int>::arange(past as i64..(past + t) as i64, &device)
+            .float()
+            .reshape([t, 1]);
         let freqs = pos * self.inv_freq.clone().unsqueeze::<2>();
         let emb = Tensor::cat(vec![freqs.clone(), freqs], 1);
         let (cos, sin) = (emb.clone().cos(), emb.sin());
@@ -479,12 +591,18 @@ impl Decoder {
         let mut mask: Option<Tensor<4>> = None;
         if t > 1 {
             // Causal: query i (absolute past+i) sees keys j <= past+i.
-            let data: Vec<f32> =
-                (0..t).flat_map(|i| (0..s).map(move |j| if j > past + i { MASKED } else { 0.0 })).collect();
-            mask = Some(Tensor::<2>::from_data(TensorData::new(data, [t, s]), &device).reshape([1, 1, t, s]));
+            let data: Vec<f32> = (0..t)
+                .flat_map(|i| (0..s).map(move |j| if j > past + i { MASKED } else { 0.0 }))
+                .collect();
+            mask = Some(
+                Tensor::<2>::from_data(TensorData::new(data, [t, s]), &device)
+                    .reshape([1, 1, t, s]),
+            );
         }
         if let Some(pad) = padding_mask {
-            let pad = Tensor::<2>::zeros([b, s], &device).mask_fill(pad, MASKED).reshape([b, 1, 1, s]);
+            let pad = Tensor::<2>::zeros([b, s], &device)
+                .mask_fill(pad, MASKED)
+                .reshape([b, 1, 1, s]);
             mask = Some(match mask {
                 Some(m) => m + pad,
                 None => pad,
@@ -504,7 +622,10 @@ impl Decoder {
             None => {
                 let [b, t, d] = hidden.dims();
                 let v = self.embed_tokens.dims()[0];
-                hidden.reshape([b * t, d]).matmul(self.embed_tokens.val().transpose()).reshape([b, t, v])
+                hidden
+                    .reshape([b * t, d])
+                    .matmul(self.embed_tokens.val().transpose())
+                    .reshape([b, t, v])
             }
         }
     }
@@ -520,10 +641,15 @@ impl Decoder {
     }
 
     /// Logits of the last position only (what generation needs), `[batch, vocab]`.
-    pub fn forward_last(&self, input_ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<2> {
+    pub fn forward_last(
+        &self,
+        input_ids: Tensor<2, Int>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<2> {
         let h = self.forward_hidden(input_ids, cache, None);
         let [b, t, _] = h.dims();
-        self.logits(h.narrow(1, t - 1, 1)).reshape([b, self.vocab_size()])
+        self.logits(h.narrow(1, t - 1, 1))
+            .reshape([b, self.vocab_size()])
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -535,8 +661,16 @@ impl Decoder {
     }
 
     /// Build a decoder from named f32 tensors in Hugging Face naming and layout.
-    pub fn from_tensors(cfg: &DecoderConfig, mut w: TensorSource<'_>, device: &Device) -> Result<Self, DecoderError> {
-        let (h, kv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+    pub fn from_tensors(
+        cfg: &DecoderConfig,
+        mut w: TensorSource<'_>,
+        device: &Device,
+    ) -> Result<Self, DecoderError> {
+        let (h, kv, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
         let d = cfg.hidden_size;
         if h == 0 || kv == 0 || h % kv != 0 {
             return Err(DecoderError::Config {
@@ -545,47 +679,116 @@ impl Decoder {
                 reason: format!("{h} attention heads are not a multiple of {kv} key/value heads"),
             });
         }
-        let norm = |w: &mut TensorSource<'_>, name: &str, n: usize| -> Result<RmsNorm, DecoderError> {
-            let gamma = w.take(name, &[n])?;
-            Ok(RmsNorm { gamma: param1(gamma, device), epsilon: cfg.rms_norm_eps })
-        };
-        let proj = |w: &mut TensorSource<'_>, name: &str, out: usize, inp: usize, bias: bool| -> Result<Projection, DecoderError> {
+        let norm =
+            |w: &mut TensorSource<'_>, name: &str, n: usize| -> Result<RmsNorm, DecoderError> {
+                let gamma = w.take(name, &[n])?;
+                Ok(RmsNorm {
+                    gamma: param1(gamma, device),
+                    epsilon: cfg.rms_norm_eps,
+                })
+            };
+        let proj = |w: &mut TensorSource<'_>,
+                    name: &str,
+                    out: usize,
+                    inp: usize,
+                    bias: bool|
+         -> Result<Projection, DecoderError> {
             let weight = w.take(&format!("{name}.weight"), &[out, inp])?;
-            let bias = if bias { Some(param1(w.take(&format!("{name}.bias"), &[out])?, device)) } else { None };
-            Ok(Projection { weight: param2(transpose(&weight, out, inp), [inp, out], device), bias })
+            let bias = if bias {
+                Some(param1(w.take(&format!("{name}.bias"), &[out])?, device))
+            } else {
+                None
+            };
+            Ok(Projection {
+                weight: param2(transpose(&weight, out, inp), [inp, out], device),
+                bias,
+            })
         };
         let embed = w.take("model.embed_tokens.weight", &[cfg.vocab_size, d])?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let (q_norm, k_norm) = if cfg.qk_norm {
-                (Some(norm(&mut w, &format!("{p}.self_attn.q_norm.weight"), hd)?), Some(norm(&mut w, &format!("{p}.self_attn.k_norm.weight"), hd)?))
+                (
+                    Some(norm(&mut w, &format!("{p}.self_attn.q_norm.weight"), hd)?),
+                    Some(norm(&mut w, &format!("{p}.self_attn.k_norm.weight"), hd)?),
+                )
             } else {
                 (None, None)
             };
             layers.push(DecoderLayer {
                 input_layernorm: norm(&mut w, &format!("{p}.input_layernorm.weight"), d)?,
                 self_attn: Attention {
-                    q_proj: proj(&mut w, &format!("{p}.self_attn.q_proj"), h * hd, d, cfg.qkv_bias)?,
-                    k_proj: proj(&mut w, &format!("{p}.self_attn.k_proj"), kv * hd, d, cfg.qkv_bias)?,
-                    v_proj: proj(&mut w, &format!("{p}.self_attn.v_proj"), kv * hd, d, cfg.qkv_bias)?,
-                    o_proj: proj(&mut w, &format!("{p}.self_attn.o_proj"), d, h * hd, cfg.o_bias)?,
+                    q_proj: proj(
+                        &mut w,
+                        &format!("{p}.self_attn.q_proj"),
+                        h * hd,
+                        d,
+                        cfg.qkv_bias,
+                    )?,
+                    k_proj: proj(
+                        &mut w,
+                        &format!("{p}.self_attn.k_proj"),
+                        kv * hd,
+                        d,
+                        cfg.qkv_bias,
+                    )?,
+                    v_proj: proj(
+                        &mut w,
+                        &format!("{p}.self_attn.v_proj"),
+                        kv * hd,
+                        d,
+                        cfg.qkv_bias,
+                    )?,
+                    o_proj: proj(
+                        &mut w,
+                        &format!("{p}.self_attn.o_proj"),
+                        d,
+                        h * hd,
+                        cfg.o_bias,
+                    )?,
                     q_norm,
                     k_norm,
                     n_heads: h,
                     n_kv_heads: kv,
                     head_dim: hd,
                 },
-                post_attention_layernorm: norm(&mut w, &format!("{p}.post_attention_layernorm.weight"), d)?,
+                post_attention_layernorm: norm(
+                    &mut w,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    d,
+                )?,
                 mlp: Mlp {
-                    gate_proj: proj(&mut w, &format!("{p}.mlp.gate_proj"), cfg.intermediate_size, d, false)?,
-                    up_proj: proj(&mut w, &format!("{p}.mlp.up_proj"), cfg.intermediate_size, d, false)?,
-                    down_proj: proj(&mut w, &format!("{p}.mlp.down_proj"), d, cfg.intermediate_size, false)?,
+                    gate_proj: proj(
+                        &mut w,
+                        &format!("{p}.mlp.gate_proj"),
+                        cfg.intermediate_size,
+                        d,
+                        false,
+                    )?,
+                    up_proj: proj(
+                        &mut w,
+                        &format!("{p}.mlp.up_proj"),
+                        cfg.intermediate_size,
+                        d,
+                        false,
+                    )?,
+                    down_proj: proj(
+                        &mut w,
+                        &format!("{p}.mlp.down_proj"),
+                        d,
+                        cfg.intermediate_size,
+                        false,
+                    )?,
                 },
             });
         }
         let norm_f = norm(&mut w, "model.norm.weight", d)?;
-        let lm_head = if cfg.tie_word_embeddings { None } else { Some(proj(&mut w, "lm_head", cfg.vocab_size, d, false)?) };
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(proj(&mut w, "lm_head", cfg.vocab_size, d, false)?)
+        };
         let inv_freq = cfg.rope_inv_freq();
         let n = inv_freq.len();
         Ok(Self {
@@ -609,9 +812,16 @@ impl Decoder {
     /// `model.safetensors.index.json` with shards).
     pub fn from_hf_dir(dir: &Path, device: &Device) -> Result<(Self, DecoderConfig), DecoderError> {
         let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|source| DecoderError::Io { path: cfg_path.clone(), source })?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| DecoderError::Config { path: cfg_path.clone(), field: "(file)".into(), reason: format!("line {}: {e}", e.line()) })?;
+        let text = std::fs::read_to_string(&cfg_path).map_err(|source| DecoderError::Io {
+            path: cfg_path.clone(),
+            source,
+        })?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| DecoderError::Config {
+                path: cfg_path.clone(),
+                field: "(file)".into(),
+                reason: format!("line {}: {e}", e.line()),
+            })?;
         let cfg = DecoderConfig::from_hf_json(&cfg_path, &json)?;
         let tensors = read_safetensors_dir(dir)?;
         let model = Self::from_tensors(&cfg, TensorSource::map(dir, tensors), device)?;
@@ -652,7 +862,8 @@ fn unpermute_rows(x: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
             for j in 0..hd / 2 {
                 let hf_row = head * hd + i * (hd / 2) + j;
                 let gguf_row = head * hd + j * 2 + i;
-                out[hf_row * cols..(hf_row + 1) * cols].copy_from_slice(&x[gguf_row * cols..(gguf_row + 1) * cols]);
+                out[hf_row * cols..(hf_row + 1) * cols]
+                    .copy_from_slice(&x[gguf_row * cols..(gguf_row + 1) * cols]);
             }
         }
     }
@@ -668,20 +879,33 @@ pub struct TensorSource<'a> {
 
 enum SourceKind<'a> {
     Map(HashMap<String, (Vec<usize>, Vec<f32>)>),
-    Gguf { file: &'a GgufFile, arch: Architecture, n_heads: usize, n_kv_heads: usize },
+    Gguf {
+        file: &'a GgufFile,
+        arch: Architecture,
+        n_heads: usize,
+        n_kv_heads: usize,
+    },
 }
 
 impl<'a> TensorSource<'a> {
     /// Tensors already in memory, keyed by HF name, `(shape, row-major values)`.
     pub fn map(path: &'a Path, tensors: HashMap<String, (Vec<usize>, Vec<f32>)>) -> Self {
-        Self { path, inner: SourceKind::Map(tensors) }
+        Self {
+            path,
+            inner: SourceKind::Map(tensors),
+        }
     }
 
     /// A GGUF file's tensors under HF names.
     pub fn gguf(file: &'a GgufFile, cfg: &DecoderConfig) -> Self {
         Self {
             path: file.path(),
-            inner: SourceKind::Gguf { file, arch: cfg.architecture, n_heads: cfg.num_attention_heads, n_kv_heads: cfg.num_key_value_heads },
+            inner: SourceKind::Gguf {
+                file,
+                arch: cfg.architecture,
+                n_heads: cfg.num_attention_heads,
+                n_kv_heads: cfg.num_key_value_heads,
+            },
         }
     }
 
@@ -689,13 +913,27 @@ impl<'a> TensorSource<'a> {
     fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, DecoderError> {
         let (file_name, found, values) = match &mut self.inner {
             SourceKind::Map(m) => {
-                let (s, v) = m.remove(name).ok_or_else(|| DecoderError::MissingTensor { path: self.path.to_path_buf(), tensor: name.into() })?;
+                let (s, v) = m.remove(name).ok_or_else(|| DecoderError::MissingTensor {
+                    path: self.path.to_path_buf(),
+                    tensor: name.into(),
+                })?;
                 (name.to_string(), s, v)
             }
-            SourceKind::Gguf { file, arch, n_heads, n_kv_heads } => {
-                let gname = gguf_name(name).ok_or_else(|| DecoderError::MissingTensor { path: self.path.to_path_buf(), tensor: name.into() })?;
+            SourceKind::Gguf {
+                file,
+                arch,
+                n_heads,
+                n_kv_heads,
+            } => {
+                let gname = gguf_name(name).ok_or_else(|| DecoderError::MissingTensor {
+                    path: self.path.to_path_buf(),
+                    tensor: name.into(),
+                })?;
                 if file.tensor_info(&gname).is_none() {
-                    return Err(DecoderError::MissingTensor { path: self.path.to_path_buf(), tensor: gname });
+                    return Err(DecoderError::MissingTensor {
+                        path: self.path.to_path_buf(),
+                        tensor: gname,
+                    });
                 }
                 let (s, mut v) = file.tensor_f32(&gname)?;
                 // llama.cpp permutes q/k (weights and biases) of Llama-architecture models only.
@@ -711,7 +949,12 @@ impl<'a> TensorSource<'a> {
             }
         };
         if found != shape {
-            return Err(DecoderError::Shape { path: self.path.to_path_buf(), tensor: file_name, expected: shape.to_vec(), found });
+            return Err(DecoderError::Shape {
+                path: self.path.to_path_buf(),
+                tensor: file_name,
+                expected: shape.to_vec(),
+                found,
+            });
         }
         Ok(values)
     }
@@ -750,14 +993,30 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 }
 
 /// Read every tensor of a HF folder's safetensors (single file or sharded with an index) as f32.
-fn read_safetensors_dir(dir: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>, DecoderError> {
+fn read_safetensors_dir(
+    dir: &Path,
+) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>, DecoderError> {
     let index = dir.join("model.safetensors.index.json");
     let files: Vec<PathBuf> = if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|source| DecoderError::Io { path: index.clone(), source })?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| DecoderError::Weights { path: index.clone(), reason: format!("line {}: {e}", e.line()) })?;
-        let map = json["weight_map"].as_object().ok_or_else(|| DecoderError::Weights { path: index.clone(), reason: "no 'weight_map' object".into() })?;
-        let mut names: Vec<String> = map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
+        let text = std::fs::read_to_string(&index).map_err(|source| DecoderError::Io {
+            path: index.clone(),
+            source,
+        })?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| DecoderError::Weights {
+                path: index.clone(),
+                reason: format!("line {}: {e}", e.line()),
+            })?;
+        let map = json["weight_map"]
+            .as_object()
+            .ok_or_else(|| DecoderError::Weights {
+                path: index.clone(),
+                reason: "no 'weight_map' object".into(),
+            })?;
+        let mut names: Vec<String> = map
+            .values()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
         names.sort();
         names.dedup();
         names.into_iter().map(|n| dir.join(n)).collect()
@@ -766,16 +1025,37 @@ fn read_safetensors_dir(dir: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<f
     };
     let mut out = HashMap::new();
     for file in files {
-        let bytes = std::fs::read(&file).map_err(|source| DecoderError::Io { path: file.clone(), source })?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| DecoderError::Weights { path: file.clone(), reason: e.to_string() })?;
+        let bytes = std::fs::read(&file).map_err(|source| DecoderError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| DecoderError::Weights {
+                path: file.clone(),
+                reason: e.to_string(),
+            })?;
         for (name, view) in st.tensors() {
             let data = view.data();
             let values: Vec<f32> = match view.dtype() {
-                safetensors::Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
-                safetensors::Dtype::F16 => data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-                safetensors::Dtype::BF16 => data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                safetensors::Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+                safetensors::Dtype::F16 => data
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                safetensors::Dtype::BF16 => data
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
                 other => {
-                    return Err(DecoderError::Weights { path: file.clone(), reason: format!("tensor '{name}' has dtype {other:?}; expected F32, F16 or BF16") });
+                    return Err(DecoderError::Weights {
+                        path: file.clone(),
+                        reason: format!(
+                            "tensor '{name}' has dtype {other:?}; expected F32, F16 or BF16"
+                        ),
+                    });
                 }
             };
             out.insert(name, (view.shape().to_vec(), values));
@@ -801,7 +1081,13 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_tokens: 256, temperature: 0.0, top_p: 1.0, seed: 0, stop_tokens: Vec::new() }
+        Self {
+            max_tokens: 256,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop_tokens: Vec::new(),
+        }
     }
 }
 
@@ -818,7 +1104,11 @@ pub fn sample(logits: &[f32], temperature: f32, top_p: f32, rng: &mut ChaCha8Rng
         return best as u32;
     }
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut probs: Vec<(usize, f64)> = logits.iter().enumerate().map(|(i, &v)| (i, (((v - max) / temperature) as f64).exp())).collect();
+    let mut probs: Vec<(usize, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (i, (((v - max) / temperature) as f64).exp()))
+        .collect();
     let total: f64 = probs.iter().map(|p| p.1).sum();
     probs.iter_mut().for_each(|p| p.1 /= total);
     if top_p < 1.0 {
@@ -878,12 +1168,22 @@ impl CausalLm {
         let g = GgufFile::open(path)?;
         let (model, config) = Decoder::from_gguf(&g, device)?;
         let tok = crate::io::gguf::GgufTokenizer::from_gguf(&g)?;
-        let template_text = g.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string);
+        let template_text = g
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
         let token_text = |id: Option<u32>| id.and_then(|i| tok.tokenizer.id_to_token(i));
         let bos_token = token_text(tok.bos_token_id);
         let eos_token = token_text(tok.eos_token_id);
         let chat_template = template_text
-            .map(|t| ChatTemplate::new(&t, bos_token.clone(), eos_token.clone(), format!("{} (tokenizer.chat_template)", path.display())))
+            .map(|t| {
+                ChatTemplate::new(
+                    &t,
+                    bos_token.clone(),
+                    eos_token.clone(),
+                    format!("{} (tokenizer.chat_template)", path.display()),
+                )
+            })
             .transpose()?;
         let mut eos = tok.eos_token_id.into_iter().collect::<Vec<_>>();
         eos.extend(tok.eot_token_id);
@@ -895,7 +1195,16 @@ impl CausalLm {
         }
         eos.sort();
         eos.dedup();
-        Ok(Self { model, config, tokenizer: tok.tokenizer, chat_template, eos_token_ids: eos, add_bos: tok.add_bos, bos_token, source: path.to_path_buf() })
+        Ok(Self {
+            model,
+            config,
+            tokenizer: tok.tokenizer,
+            chat_template,
+            eos_token_ids: eos,
+            add_bos: tok.add_bos,
+            bos_token,
+            source: path.to_path_buf(),
+        })
     }
 
     /// Load a Hugging Face folder: `config.json`, safetensors, `tokenizer.json`,
@@ -903,72 +1212,137 @@ impl CausalLm {
     pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<Self, DecoderError> {
         let (model, config) = Decoder::from_hf_dir(dir, device)?;
         let tok_path = dir.join("tokenizer.json");
-        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| DecoderError::Tokenizer { path: tok_path.clone(), reason: e.to_string() })?;
+        let tokenizer =
+            tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| DecoderError::Tokenizer {
+                path: tok_path.clone(),
+                reason: e.to_string(),
+            })?;
         let read_json = |name: &str| -> Result<Option<serde_json::Value>, DecoderError> {
             let p = dir.join(name);
             if !p.exists() {
                 return Ok(None);
             }
-            let text = std::fs::read_to_string(&p).map_err(|source| DecoderError::Io { path: p.clone(), source })?;
+            let text = std::fs::read_to_string(&p).map_err(|source| DecoderError::Io {
+                path: p.clone(),
+                source,
+            })?;
             serde_json::from_str(&text)
                 .map(Some)
-                .map_err(|e| DecoderError::Config { path: p.clone(), field: "(file)".into(), reason: format!("line {}: {e}", e.line()) })
+                .map_err(|e| DecoderError::Config {
+                    path: p.clone(),
+                    field: "(file)".into(),
+                    reason: format!("line {}: {e}", e.line()),
+                })
         };
         let tc = read_json("tokenizer_config.json")?.unwrap_or_default();
         // Special tokens are strings or {"content": ...} objects.
-        let token_str = |v: &serde_json::Value| v.as_str().map(str::to_string).or_else(|| v["content"].as_str().map(str::to_string));
+        let token_str = |v: &serde_json::Value| {
+            v.as_str()
+                .map(str::to_string)
+                .or_else(|| v["content"].as_str().map(str::to_string))
+        };
         let bos_token = token_str(&tc["bos_token"]);
         let eos_token = token_str(&tc["eos_token"]);
         let mut template_text = tc["chat_template"].as_str().map(str::to_string);
         if template_text.is_none() {
             let jinja = dir.join("chat_template.jinja");
             if jinja.exists() {
-                template_text = Some(std::fs::read_to_string(&jinja).map_err(|source| DecoderError::Io { path: jinja.clone(), source })?);
+                template_text =
+                    Some(
+                        std::fs::read_to_string(&jinja).map_err(|source| DecoderError::Io {
+                            path: jinja.clone(),
+                            source,
+                        })?,
+                    );
             }
         }
         let chat_template = template_text
-            .map(|t| ChatTemplate::new(&t, bos_token.clone(), eos_token.clone(), format!("{}", dir.join("tokenizer_config.json").display())))
+            .map(|t| {
+                ChatTemplate::new(
+                    &t,
+                    bos_token.clone(),
+                    eos_token.clone(),
+                    format!("{}", dir.join("tokenizer_config.json").display()),
+                )
+            })
             .transpose()?;
-        let mut eos: Vec<u32> = eos_token.as_deref().and_then(|t| tokenizer.token_to_id(t)).into_iter().collect();
+        let mut eos: Vec<u32> = eos_token
+            .as_deref()
+            .and_then(|t| tokenizer.token_to_id(t))
+            .into_iter()
+            .collect();
         if let Some(gc) = read_json("generation_config.json")? {
             match &gc["eos_token_id"] {
                 serde_json::Value::Number(n) => eos.extend(n.as_u64().map(|v| v as u32)),
-                serde_json::Value::Array(a) => eos.extend(a.iter().filter_map(|v| v.as_u64().map(|v| v as u32))),
+                serde_json::Value::Array(a) => {
+                    eos.extend(a.iter().filter_map(|v| v.as_u64().map(|v| v as u32)))
+                }
                 _ => {}
             }
         }
         eos.sort();
         eos.dedup();
         let add_bos = tc["add_bos_token"].as_bool().unwrap_or(false);
-        Ok(Self { model, config, tokenizer, chat_template, eos_token_ids: eos, add_bos, bos_token, source: dir.to_path_buf() })
+        Ok(Self {
+            model,
+            config,
+            tokenizer,
+            chat_template,
+            eos_token_ids: eos,
+            add_bos,
+            bos_token,
+            source: dir.to_path_buf(),
+        })
     }
 
     /// Token ids of `text`; special tokens written in the text (`<|im_start|>`) are recognised.
     /// `add_special` adds the BOS token when the model wants one.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, DecoderError> {
-        let enc = self
-            .tokenizer
-            .encode(text, add_special)
-            .map_err(|e| DecoderError::Tokenizer { path: self.source.clone(), reason: e.to_string() })?;
+        let enc =
+            self.tokenizer
+                .encode(text, add_special)
+                .map_err(|e| DecoderError::Tokenizer {
+                    path: self.source.clone(),
+                    reason: e.to_string(),
+                })?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String, DecoderError> {
-        self.tokenizer.decode(ids, true).map_err(|e| DecoderError::Tokenizer { path: self.source.clone(), reason: e.to_string() })
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| DecoderError::Tokenizer {
+                path: self.source.clone(),
+                reason: e.to_string(),
+            })
     }
 
     /// Generate up to `max_tokens` new tokens after `prompt`, calling `on_token` for each.
     /// Stops at an end-of-sequence or stop token (not included in the result).
-    pub fn generate(&self, prompt: &[u32], opts: &GenerateOptions, mut on_token: impl FnMut(u32)) -> Vec<u32> {
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        mut on_token: impl FnMut(u32),
+    ) -> Vec<u32> {
         let device = self.model.embed_tokens.val().device();
         let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
         let mut cache = KvCache::new(self.model.num_layers());
         let mut out = Vec::new();
         let mut input: Vec<u32> = prompt.to_vec();
         while out.len() < opts.max_tokens && !input.is_empty() {
-            let ids = Tensor::<2, Int>::from_data(TensorData::new(input.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, input.len()]), &device);
+            let ids = Tensor::<2, Int>::from_data(
+                TensorData::new(
+                    input.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                    [1, input.len()],
+                ),
+                &device,
+            );
             let logits = self.model.forward_last(ids, Some(&mut cache));
-            let row: Vec<f32> = logits.into_data().try_into_vec_as::<f32>().expect("f32 logits");
+            let row: Vec<f32> = logits
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .expect("f32 logits");
             let next = sample(&row, opts.temperature, opts.top_p, &mut rng);
             if self.eos_token_ids.contains(&next) || opts.stop_tokens.contains(&next) {
                 break;
@@ -990,14 +1364,26 @@ mod tests {
         // llama.cpp: w.reshape(n_head, 2, hd/2, cols).swapaxes(1, 2). With hd = 4 and one head,
         // HF rows [r0, r1, r2, r3] (halves [r0 r1], [r2 r3]) become GGUF rows [r0, r2, r1, r3].
         let gguf = vec![0.0, 2.0, 1.0, 3.0, 10.0, 12.0, 11.0, 13.0]; // 2 heads, 1 column
-        assert_eq!(unpermute_rows(&gguf, 2, 1), vec![0.0, 1.0, 2.0, 3.0, 10.0, 11.0, 12.0, 13.0]);
+        assert_eq!(
+            unpermute_rows(&gguf, 2, 1),
+            vec![0.0, 1.0, 2.0, 3.0, 10.0, 11.0, 12.0, 13.0]
+        );
     }
 
     #[test]
     fn gguf_names_follow_llama_cpp() {
-        assert_eq!(gguf_name("model.layers.12.self_attn.k_proj.bias").unwrap(), "blk.12.attn_k.bias");
-        assert_eq!(gguf_name("model.layers.0.mlp.down_proj.weight").unwrap(), "blk.0.ffn_down.weight");
-        assert_eq!(gguf_name("model.embed_tokens.weight").unwrap(), "token_embd.weight");
+        assert_eq!(
+            gguf_name("model.layers.12.self_attn.k_proj.bias").unwrap(),
+            "blk.12.attn_k.bias"
+        );
+        assert_eq!(
+            gguf_name("model.layers.0.mlp.down_proj.weight").unwrap(),
+            "blk.0.ffn_down.weight"
+        );
+        assert_eq!(
+            gguf_name("model.embed_tokens.weight").unwrap(),
+            "token_embd.weight"
+        );
         assert!(gguf_name("model.layers.0.unknown.weight").is_none());
     }
 
@@ -1018,7 +1404,12 @@ mod tests {
             max_position_embeddings: 1,
             rms_norm_eps: 1e-5,
             rope_theta: 500_000.0,
-            rope_scaling: Some(RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192.0 }),
+            rope_scaling: Some(RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192.0,
+            }),
             tie_word_embeddings: true,
             qkv_bias: false,
             o_bias: false,
@@ -1039,7 +1430,11 @@ mod tests {
     #[test]
     fn greedy_and_seeded_sampling() {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        assert_eq!(sample(&[0.0, 3.0, 3.0, -1.0], 0.0, 1.0, &mut rng), 1, "ties go to the lowest id");
+        assert_eq!(
+            sample(&[0.0, 3.0, 3.0, -1.0], 0.0, 1.0, &mut rng),
+            1,
+            "ties go to the lowest id"
+        );
         // top_p tiny keeps only the most likely token, whatever the draw.
         for _ in 0..20 {
             assert_eq!(sample(&[0.0, 5.0, 1.0], 1.0, 0.01, &mut rng), 1);
@@ -1047,13 +1442,17 @@ mod tests {
         // Same seed, same draws.
         let draws = |seed| {
             let mut r = ChaCha8Rng::seed_from_u64(seed);
-            (0..50).map(|_| sample(&[0.0, 0.5, 1.0, 0.2], 1.0, 1.0, &mut r)).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| sample(&[0.0, 0.5, 1.0, 0.2], 1.0, 1.0, &mut r))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draws(7), draws(7));
         // Frequencies follow softmax: token 2 has p = e^1 / (1 + e^.5 + e + e^.2) ~ 0.42.
         let mut r = ChaCha8Rng::seed_from_u64(3);
         let n = 4000;
-        let hits = (0..n).filter(|_| sample(&[0.0, 0.5, 1.0, 0.2], 1.0, 1.0, &mut r) == 2).count();
+        let hits = (0..n)
+            .filter(|_| sample(&[0.0, 0.5, 1.0, 0.2], 1.0, 1.0, &mut r) == 2)
+            .count();
         let p = 1f64.exp() / (1.0 + 0.5f64.exp() + 1f64.exp() + 0.2f64.exp());
         assert!(((hits as f64 / n as f64) - p).abs() < 0.03, "{hits}");
     }
