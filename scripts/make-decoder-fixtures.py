@@ -343,9 +343,9 @@ def make_templates():
     f = r.fields["tokenizer.chat_template"]
     (TEMPLATE_DIR / "smollm2.jinja").write_text(bytes(f.parts[f.data[0]]).decode("utf-8"))
     files = {"smollm2": ("smollm2.jinja", "<|im_start|>", "<|im_end|>"),
-             "qwen3": ("Qwen-Qwen3-0.6B.jinja", None, "<|im_end|>"),
-             "llama3": ("meta-llama-Llama-3.2-3B-Instruct.jinja", "<|begin_of_text|>", "<|eot_id|>"),
-             "mistral": ("mistralai-Mistral-Nemo-Instruct-2407.jinja", "<s>", "</s>")}
+             # Third-party templates (Qwen3, Llama 3, Mistral) are not committed: add their .jinja files
+             # locally and list them here to extend the check.
+             }
     out_cases = []
     for name, msgs, gen, kwargs in template_cases():
         fname, bos, eos = files[name]
