@@ -1269,39 +1269,39 @@ DISTRACTORS = [
 
 # A further section per distractor, so that every document body has 80-300 words.
 DISTRACTOR_MORE = {
-    "The Tarrowick family reunion, 1998": ("Family history", "A cousin brought a folder of letters written by the first Tarrowick to farm the land, who arrived from the coast in the 1860s. The letters were copied for the family and the originals were returned to the farmhouse."),
-    "Potato blight warning from the Ostrel Bulletin": ("Earlier outbreaks", "The same issue recalled the bad year of 1946, when half the early potatoes in the valley were lost within a fortnight. Growers were urged to plant resistant varieties and to leave wider gaps between the rows so the leaves could dry."),
-    "Counting birds in the reed beds": ("Equipment", "Volunteers need binoculars, a notebook and waterproof boots, and a copy of the route map from the society's noticeboard."),
-    "Buying syrup at the Saturday market": ("Other stalls", "The same market has a cheese stall, a baker who sells sourdough and seeded rolls, and a man who sharpens knives and scissors while you wait. It runs from eight until one, in the square by the war memorial, in all weathers except snow."),
-    "Lantern-making workshop for the school fair": ("Next year", "The parents' committee hopes to run two sessions next year, one for younger children with simpler shapes. Offers of help with cutting card, and donations of glue sticks and tissue paper, can be left at the school office at any time."),
-    "Garden bonfires: advice from the fire service": ("Better than burning", "Composting garden waste, or taking it to the recycling centre on the market-town road, is often better than burning it at all."),
-    "The repair café: sewing machines and darning": ("Volunteers wanted", "We are always looking for people who can fix things, or who would like to learn. No experience is needed; the older volunteers enjoy teaching, and there is plenty of cake."),
-    "The Quarl Inn: rooms and meals": ("History of the inn", "The building was a coaching inn when the road still ran along the river, and the stables behind it are now the car park. The present landlords took over in 2016 and refurbished the bar, keeping the old fireplace and the low beams."),
-    "Launching boats at the Tamsel slipway": ("Parking and fees", "Trailers may be left in the boat club yard for the day. The launching fee goes towards repairs to the slipway and the pontoon, and is paid at the clubhouse or in the honesty box by the gate."),
-    "New rules on plastic fish traps": ("Applying for a licence", "Licences are free but must be renewed every year. The form asks where the traps will be set and how many; the rivers office may refuse a licence for stretches where otters are known to breed."),
-    "Resurfacing work on Keshel Road": ("Why now", "The surface has broken up badly after two hard winters, and the drains at the bottom of the hill have been blocked since the floods. The county says the work should last for fifteen years. Walkers can still use the footpath beside the road."),
-    "Flood warnings on the Marrun Lane bridge": ("Signing up", "Anyone can subscribe to the warnings by sending their phone number to the parish clerk. The service is run by volunteers and is not a replacement for the national flood warning service, which covers the main river."),
-    "Smoke alarms and kitchen safety": ("Free home visits", "The fire service offers free safety visits to older residents and to families with young children. An officer checks the alarms, fits new ones where needed and talks through an escape plan for the house."),
-    "Orrow Ford Garage: opening hours": ("Services", "As well as repairs, the garage does yearly vehicle tests, fits tyres and sells second-hand farm machinery. Diesel is usually a few pence cheaper than in the market town. A small shop by the pumps sells milk, newspapers and sweets."),
-    "Sillen Street surgery: new appointment system": ("Urgent care", "Patients who need to be seen the same day should phone at eight. Outside opening hours, ring the national health line, or in an emergency call an ambulance."),
-    "Sillen Street surgery: new appointment system ": ("Changes to staff", "A new nurse has joined the practice and runs the diabetes and asthma clinics on Tuesdays and Thursdays. The practice manager thanks patients for their patience while the new telephone system was installed over the winter."),
-    "Holiday cottages on the fell": ("Booking and rules", "The cottages are booked by the week in summer and for short breaks in spring and autumn. Dogs are allowed in one of them. Guests are asked to close every gate behind them, because sheep graze the fell road all year round."),
-    "Pickled herring from the fishmonger": ("Ordering", "Larger orders, such as a whole salmon for a party, can be placed the week before by phone. The van also carries shellfish in winter, and the fishmonger is happy to fillet and skin fish while you wait."),
-    "Pizza oven at the community centre": ("Safety and cleaning", "Only adults who have been shown how to light and manage the fire may use the oven. Ash must be left to cool overnight in the metal bin, and the area swept before the centre is locked. A booking deposit covers any damage."),
-    "Strawberry jam for the village show": ("Other classes", "The show also has classes for marmalade, lemon curd, chutney and fruit cake, and a children's class for decorated biscuits. Entries are staged in the marquee by ten on the morning of the show, and the judges' decision is final."),
-    "Choosing a funeral director": ("Help with costs", "People on low incomes may be able to get help with funeral costs from the state. The citizens' advice office in the market town can explain what is available and help with the forms. A simple funeral with a short service need not be expensive."),
-    "A new wool shop opens on Mill Lane": ("Opening offer", "For the first month, every customer receives a free pattern for a hat and scarf. The shop is open from Tuesday to Saturday, and the owner is happy to order yarn that is not in stock. Beginners' knitting classes start in the autumn."),
-    "Starting your family tree online": ("Sharing what you find", "Many people put their trees on public websites, where distant cousins sometimes get in touch. Think carefully before publishing details of living people, and ask relatives first. Printed copies make good presents at family gatherings."),
-    "Parish council election results": ("What the council does", "The parish council looks after the playground, the bus shelters, the allotments and the churchyard wall, and comments on planning applications. It sets a small precept each year, collected with the county tax. Residents may speak at the start of each meeting."),
-    "Borrowing from the mobile library": ("Other services", "The van also carries large-print books, audiobooks and a small selection of films. Housebound readers can ask for books to be delivered by a volunteer. Children who read six books over the summer receive a certificate and a medal."),
-    "Angling licence fees for this season": ("Close seasons", "Coarse fishing on rivers is closed from mid March to mid June, while the fish spawn. Salmon and trout seasons differ, and the club rules are posted in the post office window. Fishing without a licence can lead to a heavy fine."),
-    "Parking fines in Tamsel": ("Other options", "The car park behind the village hall is free for three hours, and is rarely full except on market day. Parents are encouraged to walk the last few hundred metres to school, which also makes the road safer for children crossing."),
-    "Fog and road safety": ("If you break down", "Pull off the road as far as you can, switch on your hazard lights and wait behind the barrier or wall, not in the car. Phone for help and give the nearest reflective post number, which is printed on each post."),
-    "When the swallows arrive and leave": ("Helping them", "Swallows nest in barns and open sheds, often returning to the same beam year after year. Leave a door or window open for them from April, and do not clear old nests until the birds have gone in the autumn."),
-    "Skating safety on Ostrel Water": ("Where to skate", "The shallow bay by the boathouse freezes first and is the safest place to skate. Stay away from the inflow of the river and the outflow at the weir, where moving water keeps the ice thin even in hard frosts."),
-    "Choosing a voice recorder for interviews": ("After the interview", "Copy the files the same day onto two separate drives, name them with the date and the speaker, and write a short summary while the conversation is fresh. Keep a list of any topics the speaker asked not to be shared."),
-    "County inspection of the fish pass at Tamsel weir": ("Fish counts", "An electronic counter at the top of the pass recorded just over four hundred salmon last year, fewer than in the 1990s but more than in the previous five years."),
-    "The motor ferry Velmora": ("Remembered", "Older people remember the ferryman letting children steer on quiet afternoons."),
+    "The Tarrowick family reunion, 1998": [("Family history", "A cousin brought a folder of letters written by the first Tarrowick to farm the land, who arrived from the coast in the 1860s. The letters were copied for the family and the originals were returned to the farmhouse.")],
+    "Potato blight warning from the Ostrel Bulletin": [("Earlier outbreaks", "The same issue recalled the bad year of 1946, when half the early potatoes in the valley were lost within a fortnight. Growers were urged to plant resistant varieties and to leave wider gaps between the rows so the leaves could dry.")],
+    "Counting birds in the reed beds": [("Equipment", "Volunteers need binoculars, a notebook and waterproof boots, and a copy of the route map from the society's noticeboard.")],
+    "Buying syrup at the Saturday market": [("Other stalls", "The same market has a cheese stall, a baker who sells sourdough and seeded rolls, and a man who sharpens knives and scissors while you wait. It runs from eight until one, in the square by the war memorial, in all weathers except snow.")],
+    "Lantern-making workshop for the school fair": [("Next year", "The parents' committee hopes to run two sessions next year, one for younger children with simpler shapes. Offers of help with cutting card, and donations of glue sticks and tissue paper, can be left at the school office at any time.")],
+    "Garden bonfires: advice from the fire service": [("Better than burning", "Composting garden waste, or taking it to the recycling centre on the market-town road, is often better than burning it at all.")],
+    "The repair café: sewing machines and darning": [("Volunteers wanted", "We are always looking for people who can fix things, or who would like to learn. No experience is needed; the older volunteers enjoy teaching, and there is plenty of cake.")],
+    "The Quarl Inn: rooms and meals": [("History of the inn", "The building was a coaching inn when the road still ran along the river, and the stables behind it are now the car park. The present landlords took over in 2016 and refurbished the bar, keeping the old fireplace and the low beams.")],
+    "Launching boats at the Tamsel slipway": [("Parking and fees", "Trailers may be left in the boat club yard for the day. The launching fee goes towards repairs to the slipway and the pontoon, and is paid at the clubhouse or in the honesty box by the gate.")],
+    "New rules on plastic fish traps": [("Applying for a licence", "Licences are free but must be renewed every year. The form asks where the traps will be set and how many; the rivers office may refuse a licence for stretches where otters are known to breed.")],
+    "Resurfacing work on Keshel Road": [("Why now", "The surface has broken up badly after two hard winters, and the drains at the bottom of the hill have been blocked since the floods. The county says the work should last for fifteen years. Walkers can still use the footpath beside the road.")],
+    "Flood warnings on the Marrun Lane bridge": [("Signing up", "Anyone can subscribe to the warnings by sending their phone number to the parish clerk. The service is run by volunteers and is not a replacement for the national flood warning service, which covers the main river.")],
+    "Smoke alarms and kitchen safety": [("Free home visits", "The fire service offers free safety visits to older residents and to families with young children. An officer checks the alarms, fits new ones where needed and talks through an escape plan for the house.")],
+    "Orrow Ford Garage: opening hours": [("Services", "As well as repairs, the garage does yearly vehicle tests, fits tyres and sells second-hand farm machinery. Diesel is usually a few pence cheaper than in the market town. A small shop by the pumps sells milk, newspapers and sweets.")],
+    "Sillen Street surgery: new appointment system": [("Urgent care", "Patients who need to be seen the same day should phone at eight. Outside opening hours, ring the national health line, or in an emergency call an ambulance."),
+        ("Changes to staff", "A new nurse has joined the practice and runs the diabetes and asthma clinics on Tuesdays and Thursdays. The practice manager thanks patients for their patience while the new telephone system was installed over the winter.")],
+    "Holiday cottages on the fell": [("Booking and rules", "The cottages are booked by the week in summer and for short breaks in spring and autumn. Dogs are allowed in one of them. Guests are asked to close every gate behind them, because sheep graze the fell road all year round.")],
+    "Pickled herring from the fishmonger": [("Ordering", "Larger orders, such as a whole salmon for a party, can be placed the week before by phone. The van also carries shellfish in winter, and the fishmonger is happy to fillet and skin fish while you wait.")],
+    "Pizza oven at the community centre": [("Safety and cleaning", "Only adults who have been shown how to light and manage the fire may use the oven. Ash must be left to cool overnight in the metal bin, and the area swept before the centre is locked. A booking deposit covers any damage.")],
+    "Strawberry jam for the village show": [("Other classes", "The show also has classes for marmalade, lemon curd, chutney and fruit cake, and a children's class for decorated biscuits. Entries are staged in the marquee by ten on the morning of the show, and the judges' decision is final.")],
+    "Choosing a funeral director": [("Help with costs", "People on low incomes may be able to get help with funeral costs from the state. The citizens' advice office in the market town can explain what is available and help with the forms. A simple funeral with a short service need not be expensive.")],
+    "A new wool shop opens on Mill Lane": [("Opening offer", "For the first month, every customer receives a free pattern for a hat and scarf. The shop is open from Tuesday to Saturday, and the owner is happy to order yarn that is not in stock. Beginners' knitting classes start in the autumn.")],
+    "Starting your family tree online": [("Sharing what you find", "Many people put their trees on public websites, where distant cousins sometimes get in touch. Think carefully before publishing details of living people, and ask relatives first. Printed copies make good presents at family gatherings.")],
+    "Parish council election results": [("What the council does", "The parish council looks after the playground, the bus shelters, the allotments and the churchyard wall, and comments on planning applications. It sets a small precept each year, collected with the county tax. Residents may speak at the start of each meeting.")],
+    "Borrowing from the mobile library": [("Other services", "The van also carries large-print books, audiobooks and a small selection of films. Housebound readers can ask for books to be delivered by a volunteer. Children who read six books over the summer receive a certificate and a medal.")],
+    "Angling licence fees for this season": [("Close seasons", "Coarse fishing on rivers is closed from mid March to mid June, while the fish spawn. Salmon and trout seasons differ, and the club rules are posted in the post office window. Fishing without a licence can lead to a heavy fine.")],
+    "Parking fines in Tamsel": [("Other options", "The car park behind the village hall is free for three hours, and is rarely full except on market day. Parents are encouraged to walk the last few hundred metres to school, which also makes the road safer for children crossing.")],
+    "Fog and road safety": [("If you break down", "Pull off the road as far as you can, switch on your hazard lights and wait behind the barrier or wall, not in the car. Phone for help and give the nearest reflective post number, which is printed on each post.")],
+    "When the swallows arrive and leave": [("Helping them", "Swallows nest in barns and open sheds, often returning to the same beam year after year. Leave a door or window open for them from April, and do not clear old nests until the birds have gone in the autumn.")],
+    "Skating safety on Ostrel Water": [("Where to skate", "The shallow bay by the boathouse freezes first and is the safest place to skate. Stay away from the inflow of the river and the outflow at the weir, where moving water keeps the ice thin even in hard frosts.")],
+    "Choosing a voice recorder for interviews": [("After the interview", "Copy the files the same day onto two separate drives, name them with the date and the speaker, and write a short summary while the conversation is fresh. Keep a list of any topics the speaker asked not to be shared.")],
+    "County inspection of the fish pass at Tamsel weir": [("Fish counts", "An electronic counter at the top of the pass recorded just over four hundred salmon last year, fewer than in the 1990s but more than in the previous five years.")],
+    "The motor ferry Velmora": [("Remembered", "Older people remember the ferryman letting children steer on quiet afternoons.")],
 }
 
 # Sacred records: placeholders only. They name the concept so they are near misses for search.
@@ -1680,10 +1680,8 @@ def make_concept_doc(c, aspect, split, mode, gov, year, rng, plan):
 
 
 def make_distractor_doc(d, gov, rng):
-    sections = list(d["sections"])
-    for key in (d["title"], d["title"] + " "):
-        if key in DISTRACTOR_MORE and len(sections) < 4:
-            sections.append(DISTRACTOR_MORE[key])
+    sections = list(d["sections"]) + DISTRACTOR_MORE.get(d["title"], [])
+    assert len(sections) <= 4, d["title"]
     return {"kind": "distractor", "concept": None, "near": d["near"], "aspect": None, "split": "train",
             "mode": "none", "title": d["title"], "lead": None, "sections": sections,
             "n_content": len(d["sections"]), "gov": gov, "queries": d["q"]}
@@ -2654,8 +2652,17 @@ p-values: two-sided paired randomization test over the 120 test queries (20,000 
 {rows}
 
 {comment}"""
-DENSE_ROWS = [("BM25 (above)", None), ("all-MiniLM-L6-v2, base", "0.6456 | 0.2661 | 0.3525")]
-DENSE_COMMENT = ""
+DENSE_ROWS = [("BM25 (above)", None), ("all-MiniLM-L6-v2, base", "0.6456 | 0.2661 | 0.3525"),
+              ("tuned, after 2 epochs (44 steps, peak lr 5e-5)",
+               "**0.8339** (p < 0.0001) | **0.4318** (p < 0.0001) | **0.6428** (p < 0.0001)")]
+DENSE_COMMENT = (
+    "p < 0.0001: none of the 20,000 sign flips was as extreme. Per query (MRR@10), tuned against base:\n"
+    "38 better, 74 equal, 8 worse. The schedule was planned for 6 epochs (132 steps); the numbers are\n"
+    "those of the checkpoint after epoch 2. The rel-2-only gain is on documents no training record shows.\n"
+    "A caution: an earlier version of this data (fewer pairs, no anchor pairs) trained for 2 epochs at a\n"
+    "peak lr of 3e-5 (32 steps) got *worse* (MRR@10 0.65 to 0.52, rel 2 only 0.25 to 0.29): with\n"
+    "too few steps the model seems to pick up the aspect words of the queries (history, season, ...)\n"
+    "before the invented words. Train long enough to bind the vocabulary.")
 
 
 def write_card(s, seed, n_ledger, n_withdrawals):

@@ -66,7 +66,7 @@ impl Default for ExperimentConfig {
         let train = ContrastiveConfig {
             learning_rate: 5e-5,
             batch_size: 32,
-            epochs: 3,
+            epochs: 1,
             symmetric: true,
             seed: 42,
             output_dir: PathBuf::new(), // set inside the run directory
@@ -80,7 +80,7 @@ impl Default for ExperimentConfig {
             seed: 42,
             depth: 10,
             measures: ["recip_rank", "ndcg_cut.10", "P.5", "recall.10", "success.1"].map(String::from).to_vec(),
-            train_max_len: 128,
+            train_max_len: 96,
             skip_training: false,
             train,
             permutations: 10_000,

@@ -76,7 +76,10 @@ fn minilm_matches_sentence_transformers() {
         let b = enc.tokenizer.encode_batch(&[text.as_str()]).unwrap();
         assert_eq!(&b.input_ids, expected, "token ids differ for {text:?}");
     }
-    assert!(r.token_ids.iter().filter(|t| t.len() == r.max_seq_length).count() >= 3, "fixture must exercise truncation");
+    assert!(
+        r.token_ids.iter().filter(|t| t.len() == r.max_seq_length).count() >= 3,
+        "fixture must exercise truncation"
+    );
 
     let texts: Vec<&str> = r.texts.iter().map(String::as_str).collect();
     let ours = enc.embed(&texts, 16).unwrap();
@@ -222,4 +225,54 @@ fn missing_tensor_names_it() {
     write_f32(dir.join("model.safetensors"), &tensors, None).unwrap();
     let msg = SentenceEncoder::load(&dir, &Device::flex()).unwrap_err().to_string();
     assert!(msg.contains("encoder.layer.0.output.LayerNorm.bias") && msg.contains("not found"), "{msg}");
+}
+
+#[test]
+fn bge_and_e5_style_folders_configure_from_their_files() {
+    // Nothing MiniLM-specific: a folder written the way bge-small-en-v1.5 (CLS pooling, new-style
+    // pooling config) and e5-small-v2 (named query/passage prompts, no Normalize module) are,
+    // with weights under a `bert.` prefix and no sentence_bert_config.json.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_folder(tmp.path());
+    std::fs::write(dir.join("1_Pooling/config.json"), r#"{"embedding_dimension": 32, "pooling_mode": "cls"}"#).unwrap();
+    std::fs::write(
+        dir.join("modules.json"),
+        r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
+            {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"}]"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("config_sentence_transformers.json"),
+        r#"{"prompts": {"query": "query: ", "passage": "passage: "}}"#,
+    )
+    .unwrap();
+    std::fs::remove_file(dir.join("sentence_bert_config.json")).unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), r#"{"model_max_length": 16}"#).unwrap();
+    let enc = SentenceEncoder::random_tiny(&WORDS, 9, &Device::flex());
+    let prefixed: Vec<_> = enc.model.hf_tensors().into_iter().map(|(n, s, v)| (format!("bert.{n}"), s, v)).collect();
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    write_f32(dir.join("model.safetensors"), &prefixed, None).unwrap();
+
+    let e = SentenceEncoder::load(&dir, &Device::flex()).unwrap();
+    assert_eq!(e.pooling, tunelab::model::bert::Pooling::cls());
+    assert!(!e.normalize, "no Normalize module listed");
+    assert_eq!(
+        e.max_seq_len(),
+        16,
+        "tokenizer_config.json's model_max_length when sentence_bert_config.json is absent"
+    );
+    assert_eq!(e.prompts.query.as_deref(), Some("query: "));
+    assert_eq!(e.prompts.document.as_deref(), Some("passage: "));
+    // The query prompt is a plain prefix: embedding "cat" as a query = embedding "query: cat".
+    let q = e.embed_queries(&["cat"], 1).unwrap();
+    let p = e.embed(&["query: cat"], 1).unwrap();
+    assert!(max_abs_diff(&q[0], &p[0]) < 1e-6);
+    let d = e.embed_documents(&["cat"], 1).unwrap();
+    assert!(max_abs_diff(&d[0], &e.embed(&["passage: cat"], 1).unwrap()[0]) < 1e-6);
+    assert!(max_abs_diff(&d[0], &e.embed(&["cat"], 1).unwrap()[0]) > 1e-4, "the prompt changes the input");
+    // CLS pooling of an unnormalised model: the vector is the first token's hidden state.
+    let tokens = e.tokenizer.encode_batch(&["the cat"]).unwrap().to_tensors(&Device::flex());
+    let hidden = e.model.forward(tokens.input_ids, tokens.token_type_ids, tokens.attention_mask);
+    let first: Vec<f32> = hidden.slice([0..1, 0..1]).into_data().try_into_vec_as::<f32>().unwrap();
+    assert!(max_abs_diff(&first, &e.embed(&["the cat"], 1).unwrap()[0]) < 1e-6);
 }

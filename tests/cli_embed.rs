@@ -97,7 +97,11 @@ fn bad_line_is_named_and_nothing_is_written() {
     let output = tmp.path().join("out.jsonl");
     std::fs::write(&output, "previous results\n").unwrap();
 
-    std::fs::write(&input, "{\"id\": 1, \"text\": \"cat\"}\n{\"id\": 2, \"text\": \"dog\"}\n{\"id\": 3, \"txt\": \"mat\"}\n").unwrap();
+    std::fs::write(
+        &input,
+        "{\"id\": 1, \"text\": \"cat\"}\n{\"id\": 2, \"text\": \"dog\"}\n{\"id\": 3, \"txt\": \"mat\"}\n",
+    )
+    .unwrap();
     let out = embed(&model, &input, &output, &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

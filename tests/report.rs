@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 use tunelab::report::manifest::{EvaluationSpec, Manifest, RunDir, SystemRun};
 use tunelab::report::{
-    AbReportInput, ComparisonRow, LossPoint, QueryValue, ReportError, read_metrics, rerun, write_ab_report,
+    AbReportInput, ComparisonRow, LossPoint, QueryValue, ReportError, read_metrics, rerun,
+    write_ab_report,
 };
 
 const N: usize = 40;
@@ -112,9 +113,13 @@ fn reports_root() -> (Option<tempfile::TempDir>, PathBuf) {
 fn ab_report_has_every_file_plot_and_number() {
     let (_keep, root) = reports_root();
     let run = RunDir::create(&root, "synthetic-ab").unwrap();
-    let mut manifest = Manifest::new(&run, 1234, serde_json::json!({"k": 100, "rrf": {"k": 60}}), "cpu");
+    let mut manifest =
+        Manifest::new(&run, 1234, serde_json::json!({"k": 100, "rrf": {"k": 60}}), "cpu");
     manifest.governance = serde_json::json!({"counts": {"public": 40}, "excluded": []});
     manifest.record_timing("search", std::time::Duration::from_millis(2500));
+    let corpus = tempfile::NamedTempFile::new().unwrap();
+    fs::write(corpus.path(), "{\"id\": \"d1\", \"text\": \"abc\"}\n").unwrap();
+    let recorded = manifest.add_input(corpus.path()).unwrap().sha256.clone();
     let (a, b) = synthetic();
     let input = AbReportInput {
         title: "BM25 vs hybrid <synthetic>".into(),
@@ -131,7 +136,8 @@ fn ab_report_has_every_file_plot_and_number() {
         eprintln!("report written to {}", paths.report_html.display());
     }
 
-    for p in [&paths.manifest, &paths.metrics, &paths.summary, &paths.report_md, &paths.report_html] {
+    for p in [&paths.manifest, &paths.metrics, &paths.summary, &paths.report_md, &paths.report_html]
+    {
         assert!(p.is_file(), "{} missing", p.display());
     }
     // 2 overview plots + one per measure + training curve, each as SVG and PNG.
@@ -157,7 +163,8 @@ fn ab_report_has_every_file_plot_and_number() {
     assert_eq!(df.height(), 3);
     let diff: Vec<f64> = df.column("diff").unwrap().f64().unwrap().into_no_null_iter().collect();
     assert_eq!(diff, [0.25, -0.125, 0.0]);
-    let losses: Vec<u32> = df.column("losses").unwrap().u32().unwrap().into_no_null_iter().collect();
+    let losses: Vec<u32> =
+        df.column("losses").unwrap().u32().unwrap().into_no_null_iter().collect();
     assert_eq!(losses, [0, 10, 0]);
 
     let html = fs::read_to_string(&paths.report_html).unwrap();
@@ -172,20 +179,41 @@ fn ab_report_has_every_file_plot_and_number() {
     assert!(html.contains("BM25 vs hybrid &lt;synthetic&gt;"));
     // Numbers from the input table, printed with 4 decimals.
     for s in [
-        "0.5000", "0.7500", "+0.2500", "[+0.1875, +0.3125]", "0.0123", "0.0369", // ndcg_cut.10
-        "1.0000", "0.8750", "-0.1250", "[-0.2031, -0.0469]", "0.0021", "0.0042", // recip_rank
-        "0.2000", "+0.0000", "40 / 0 / 0", "0 / 30 / 10", "0 / 40 / 0",
+        "0.5000",
+        "0.7500",
+        "+0.2500",
+        "[+0.1875, +0.3125]",
+        "0.0123",
+        "0.0369", // ndcg_cut.10
+        "1.0000",
+        "0.8750",
+        "-0.1250",
+        "[-0.2031, -0.0469]",
+        "0.0021",
+        "0.0042", // recip_rank
+        "0.2000",
+        "+0.0000",
+        "40 / 0 / 0",
+        "0 / 30 / 10",
+        "0 / 40 / 0",
     ] {
         assert!(html.contains(s), "report.html lacks {s}");
     }
     assert!(html.contains("hybrid is better than bm25 by 0.2500"));
     assert!(html.contains("bm25 is better than hybrid by 0.1250"));
     assert!(html.contains(&manifest.run_id) && html.contains("&quot;rrf&quot;"));
+    assert!(html.contains(&recorded), "the input's SHA-256 is listed");
 
     let md = fs::read_to_string(&paths.report_md).unwrap();
     assert!(md.contains("| ndcg_cut.10 | 0.5000 | 0.7500 | +0.2500 | [+0.1875, +0.3125] | 0.0123 | 0.0369 | 40/0/0 | 40 |"), "{md}");
     assert!(md.contains("![Mean per measure](plots/metric_bars.svg)"));
-    for f in ["metric_bars", "metric_differences", "per_query_recip_rank", "per_query_P_5", "training_curve"] {
+    for f in [
+        "metric_bars",
+        "metric_differences",
+        "per_query_recip_rank",
+        "per_query_P_5",
+        "training_curve",
+    ] {
         assert!(run.plots_dir().join(format!("{f}.svg")).is_file(), "{f}.svg");
         assert!(run.plots_dir().join(format!("{f}.png")).is_file(), "{f}.png");
     }
@@ -231,7 +259,8 @@ fn hit_at_1(qrels: &Path, run: &Path, measures: &[String]) -> Result<Vec<QueryVa
     let mut best: BTreeMap<String, (f64, String)> = BTreeMap::new();
     for line in read(run)?.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
-        let (q, d, s) = (f[0].to_string(), f[2].to_string(), f[4].parse::<f64>().map_err(|e| format!("{e}"))?);
+        let (q, d, s) =
+            (f[0].to_string(), f[2].to_string(), f[4].parse::<f64>().map_err(|e| format!("{e}"))?);
         let e = best.entry(q).or_insert((f64::NEG_INFINITY, String::new()));
         if s > e.0 || (s == e.0 && d > e.1) {
             *e = (s, d);
@@ -264,7 +293,10 @@ fn rerun_reproduces_metrics_and_detects_differences() {
     let rb = run.store_input(&src.join("b.run"), "b.run").unwrap();
     manifest.evaluation = Some(EvaluationSpec {
         qrels,
-        runs: vec![SystemRun { system: "a".into(), run: ra }, SystemRun { system: "b".into(), run: rb }],
+        runs: vec![
+            SystemRun { system: "a".into(), run: ra },
+            SystemRun { system: "b".into(), run: rb },
+        ],
         measures: vec!["hit.1".into()],
         seed: 5,
         permutations: 1000,

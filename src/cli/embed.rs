@@ -91,7 +91,8 @@ pub fn run_embed(a: EmbedArgs, d: DeviceChoice) -> anyhow::Result<()> {
     }
     let items = read_input(&a.input)?;
     let device = d.device()?;
-    let encoder = SentenceEncoder::load(&a.model, &device).with_context(|| format!("loading model {}", a.model.display()))?;
+    let encoder =
+        SentenceEncoder::load(&a.model, &device).with_context(|| format!("loading model {}", a.model.display()))?;
     let prompt = match (&a.prompt, a.prompt_name.as_deref()) {
         (Some(p), _) => Some(p.clone()),
         (None, Some("query")) => encoder.prompts.query.clone(),
@@ -100,10 +101,15 @@ pub fn run_embed(a: EmbedArgs, d: DeviceChoice) -> anyhow::Result<()> {
         (None, None) => encoder.default_prompt.clone(),
     };
     if a.prompt_name.is_some() && prompt.is_none() {
-        eprintln!("note: {} names no {} prompt; texts are embedded as given", a.model.display(), a.prompt_name.as_deref().unwrap_or(""));
+        eprintln!(
+            "note: {} names no {} prompt; texts are embedded as given",
+            a.model.display(),
+            a.prompt_name.as_deref().unwrap_or("")
+        );
     }
     // Titles only matter to templates; the prompt is applied here so each text gets its own title.
-    let texts: Vec<String> = items.iter().map(|it| Prompts::apply(prompt.as_deref(), &it.text, it.title.as_deref())).collect();
+    let texts: Vec<String> =
+        items.iter().map(|it| Prompts::apply(prompt.as_deref(), &it.text, it.title.as_deref())).collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
 
     let start = std::time::Instant::now();
@@ -140,4 +146,6 @@ pub fn run_embed(a: EmbedArgs, d: DeviceChoice) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run_train(_a: TrainEmbedArgs, _d: DeviceChoice) -> anyhow::Result<()> { anyhow::bail!("`tunelab train embed` is not implemented yet") }
+pub fn run_train(_a: TrainEmbedArgs, _d: DeviceChoice) -> anyhow::Result<()> {
+    anyhow::bail!("`tunelab train embed` is not implemented yet")
+}

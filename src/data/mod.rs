@@ -1,4 +1,5 @@
 //! Datasets: readers and writers for every format tunelab accepts, governance, splits, statistics.
+pub mod chat_template;
 pub mod corpus;
 pub mod formats;
 pub mod governance;

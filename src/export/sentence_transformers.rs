@@ -61,7 +61,11 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
 /// Write `encoder` as a sentence-transformers folder at `dir` (which must not exist yet).
 /// `manifest` is stored under `"manifest"` in `tunelab_manifest.json` (e.g. the training run's
 /// config and governance audit).
-pub fn write_folder(encoder: &SentenceEncoder, dir: &Path, manifest: serde_json::Value) -> Result<ExportSummary, ExportError> {
+pub fn write_folder(
+    encoder: &SentenceEncoder,
+    dir: &Path,
+    manifest: serde_json::Value,
+) -> Result<ExportSummary, ExportError> {
     if dir.exists() {
         return Err(ExportError::Exists { path: dir.to_path_buf() });
     }
@@ -84,12 +88,17 @@ pub fn write_folder(encoder: &SentenceEncoder, dir: &Path, manifest: serde_json:
     }
 }
 
-fn write_contents(encoder: &SentenceEncoder, dir: &Path, manifest: serde_json::Value) -> Result<BTreeMap<String, String>, ExportError> {
+fn write_contents(
+    encoder: &SentenceEncoder,
+    dir: &Path,
+    manifest: serde_json::Value,
+) -> Result<BTreeMap<String, String>, ExportError> {
     let model = &encoder.model;
     let hidden = model.config.hidden_size;
 
     // config.json: the model's own config (unknown fields preserved), marked as a BertModel.
-    let mut config = serde_json::to_value(&model.config).map_err(|e| HfError::Json { path: dir.join("config.json"), source: e })?;
+    let mut config =
+        serde_json::to_value(&model.config).map_err(|e| HfError::Json { path: dir.join("config.json"), source: e })?;
     if let Some(obj) = config.as_object_mut() {
         obj.insert("architectures".into(), serde_json::json!(["BertModel"]));
         obj.insert("model_type".into(), serde_json::json!("bert"));
@@ -200,7 +209,11 @@ fn hash_tree(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) -> Res
 
 /// Write the encoder's weights alone as one safetensors file with Hugging Face names; the
 /// manifest (JSON) goes into the header's `__metadata__` under `tunelab_manifest`.
-pub fn write_safetensors(encoder: &SentenceEncoder, path: &Path, manifest: serde_json::Value) -> Result<(), ExportError> {
+pub fn write_safetensors(
+    encoder: &SentenceEncoder,
+    path: &Path,
+    manifest: serde_json::Value,
+) -> Result<(), ExportError> {
     let meta = HashMap::from([
         ("format".to_string(), "pt".to_string()),
         ("tunelab_manifest".to_string(), manifest.to_string()),
@@ -223,7 +236,14 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("tiny-st");
         let summary = write_folder(&enc, &dir, serde_json::json!({"seed": 42})).unwrap();
-        for f in ["config.json", "model.safetensors", "tokenizer.json", "modules.json", "1_Pooling/config.json", "sentence_bert_config.json"] {
+        for f in [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "modules.json",
+            "1_Pooling/config.json",
+            "sentence_bert_config.json",
+        ] {
             assert!(summary.files.contains_key(f), "{f} missing from {:?}", summary.files.keys());
         }
         let back = SentenceEncoder::load(&dir, &dev).unwrap();
@@ -265,7 +285,11 @@ mod tests {
         write_safetensors(&enc, &path, serde_json::json!({"audit": "ok"})).unwrap();
         let f = SafetensorsFile::open(&path).unwrap();
         assert_eq!(f.shape("encoder.layer.1.attention.self.query.weight"), Some(&[32usize, 32][..]));
-        assert_eq!(f.shape("encoder.layer.0.intermediate.dense.weight"), Some(&[128usize, 32][..]), "[out, in] as in transformers");
+        assert_eq!(
+            f.shape("encoder.layer.0.intermediate.dense.weight"),
+            Some(&[128usize, 32][..]),
+            "[out, in] as in transformers"
+        );
         assert!(f.header_metadata().unwrap()["tunelab_manifest"].contains("audit"));
     }
 }

@@ -45,7 +45,8 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, HfError> {
 
 /// Serialize to pretty JSON and write (atomically: temp file, then rename).
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), HfError> {
-    let text = serde_json::to_string_pretty(value).map_err(|source| HfError::Json { path: path.to_path_buf(), source })?;
+    let text =
+        serde_json::to_string_pretty(value).map_err(|source| HfError::Json { path: path.to_path_buf(), source })?;
     let tmp = path.with_extension("json.part");
     std::fs::write(&tmp, text + "\n").map_err(|source| HfError::Io { path: tmp.clone(), source })?;
     std::fs::rename(&tmp, path).map_err(|source| HfError::Io { path: path.to_path_buf(), source })
@@ -235,7 +236,11 @@ impl ModelFolder {
             } else {
                 " (the tokenizer is needed to embed text)"
             };
-            return Err(HfError::MissingFile { dir: transformer_dir, file: "tokenizer.json".into(), hint: hint.into() });
+            return Err(HfError::MissingFile {
+                dir: transformer_dir,
+                file: "tokenizer.json".into(),
+                hint: hint.into(),
+            });
         }
 
         let optional = |name: &str| -> Option<PathBuf> {
@@ -250,10 +255,9 @@ impl ModelFolder {
             None => SentenceTransformersConfig::default(),
         };
         let tokenizer_max_length = match optional("tokenizer_config.json") {
-            Some(p) => read_json::<TokenizerConfig>(&p)?
-                .model_max_length
-                .filter(|&n| n > 0.0 && n < 1e9)
-                .map(|n| n as usize),
+            Some(p) => {
+                read_json::<TokenizerConfig>(&p)?.model_max_length.filter(|&n| n > 0.0 && n < 1e9).map(|n| n as usize)
+            }
             None => None,
         };
 
@@ -312,7 +316,11 @@ mod tests {
                 {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"},
                 {"idx":2,"name":"2","path":"2_Normalize","type":"sentence_transformers.models.Normalize"}]"#,
         );
-        write(d, "1_Pooling/config.json", r#"{"word_embedding_dimension": 8, "pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}"#);
+        write(
+            d,
+            "1_Pooling/config.json",
+            r#"{"word_embedding_dimension": 8, "pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}"#,
+        );
         write(d, "sentence_bert_config.json", r#"{"max_seq_length": 128, "do_lower_case": false}"#);
         dir
     }
@@ -333,15 +341,17 @@ mod tests {
     #[test]
     fn pooling_config_both_spellings() {
         // sentence-transformers >= 6 writes `pooling_mode` + `embedding_dimension`.
-        let new: PoolingConfig = serde_json::from_str(r#"{"embedding_dimension": 4, "pooling_mode": ["mean", "cls"]}"#).unwrap();
+        let new: PoolingConfig =
+            serde_json::from_str(r#"{"embedding_dimension": 4, "pooling_mode": ["mean", "cls"]}"#).unwrap();
         assert_eq!(new.mode_names(), vec!["mean", "cls"]);
         assert_eq!(new.word_embedding_dimension, Some(4));
         let one: PoolingConfig = serde_json::from_str(r#"{"embedding_dimension": 4, "pooling_mode": "max"}"#).unwrap();
         assert_eq!(one.mode_names(), vec!["max"]);
         // Legacy booleans concatenate in the fixed order, whatever order the keys are written in.
-        let legacy: PoolingConfig =
-            serde_json::from_str(r#"{"word_embedding_dimension": 4, "pooling_mode_mean_tokens": true, "pooling_mode_cls_token": true}"#)
-                .unwrap();
+        let legacy: PoolingConfig = serde_json::from_str(
+            r#"{"word_embedding_dimension": 4, "pooling_mode_mean_tokens": true, "pooling_mode_cls_token": true}"#,
+        )
+        .unwrap();
         assert_eq!(legacy.mode_names(), vec!["cls", "mean"]);
         let none: PoolingConfig = serde_json::from_str(r#"{"word_embedding_dimension": 4}"#).unwrap();
         assert_eq!(none.mode_names(), vec!["mean"]);

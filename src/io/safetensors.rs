@@ -16,9 +16,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use ::safetensors::tensor::{Dtype, Metadata, SafeTensorError, SafeTensors, TensorView};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use memmap2::Mmap;
-use ::safetensors::tensor::{Dtype, Metadata, SafeTensorError, SafeTensors, TensorView};
 
 #[cfg(target_endian = "big")]
 compile_error!("safetensors files are little-endian; this module reads and writes them as native bytes");
@@ -128,10 +128,9 @@ impl SafetensorsFile {
     pub fn read_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>), WeightsError> {
         let data = self.read_data(name)?;
         let shape = data.shape().to_vec();
-        let values = data.try_into_vec::<f32>().map_err(|e| WeightsError::Corrupt {
-            path: self.path.clone(),
-            reason: format!("tensor '{name}': {e}"),
-        })?;
+        let values = data
+            .try_into_vec::<f32>()
+            .map_err(|e| WeightsError::Corrupt { path: self.path.clone(), reason: format!("tensor '{name}': {e}") })?;
         Ok((values, shape))
     }
 
@@ -175,7 +174,9 @@ impl SafetensorsFile {
 /// Say in words what a safetensors parse error means for the user.
 fn describe(e: &SafeTensorError, file_len: usize) -> String {
     match e {
-        SafeTensorError::HeaderTooSmall => format!("file is only {file_len} bytes, too short for a header (truncated?)"),
+        SafeTensorError::HeaderTooSmall => {
+            format!("file is only {file_len} bytes, too short for a header (truncated?)")
+        }
         SafeTensorError::InvalidHeaderLength => {
             format!("header length runs past the end of the {file_len}-byte file (truncated or not safetensors)")
         }

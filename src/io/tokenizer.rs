@@ -113,7 +113,10 @@ impl TextTokenizer {
                 stride: 0,
                 ..Default::default()
             }))
-            .map_err(|e| TokenizerError::Load { path: path.clone(), reason: format!("truncation at {max_len}: {e}") })?;
+            .map_err(|e| TokenizerError::Load {
+                path: path.clone(),
+                reason: format!("truncation at {max_len}: {e}"),
+            })?;
         Ok(Self { inner, path, max_len, lowercase: false })
     }
 
@@ -142,10 +145,8 @@ impl TextTokenizer {
     /// stripped: sentence-transformers 6 passes them to the tokenizer as they are (BERT's
     /// pre-tokenizer drops surrounding whitespace anyway).
     pub fn encode_batch(&self, texts: &[&str]) -> Result<EncodedBatch, TokenizerError> {
-        let prepared: Vec<String> = texts
-            .iter()
-            .map(|t| if self.lowercase { t.to_lowercase() } else { t.to_string() })
-            .collect();
+        let prepared: Vec<String> =
+            texts.iter().map(|t| if self.lowercase { t.to_lowercase() } else { t.to_string() }).collect();
         let encodings = self
             .inner
             .encode_batch(prepared, true)

@@ -86,7 +86,11 @@ impl BertConfig {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, BertError> {
         let path = path.as_ref();
         let config: Self = crate::io::hf::read_json(path)?;
-        config.validate().map_err(|(field, reason)| BertError::Config { path: path.display().to_string(), field, reason })?;
+        config.validate().map_err(|(field, reason)| BertError::Config {
+            path: path.display().to_string(),
+            field,
+            reason,
+        })?;
         Ok(config)
     }
 
@@ -229,7 +233,8 @@ impl ParamSource for CheckpointSource<'_> {
         let full = format!("{}{name}", self.prefix);
         // Old TF-converted checkpoints call LayerNorm's parameters gamma/beta.
         if !self.weights.contains(&full) {
-            let legacy = full.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta");
+            let legacy =
+                full.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta");
             if legacy != full && self.weights.contains(&legacy) {
                 return Ok(self.weights.read_data_checked(&legacy, shape)?);
             }
@@ -269,7 +274,13 @@ impl ParamSource for RandomSource {
 }
 
 /// A linear layer from `{name}.weight` `[out, in]` and `{name}.bias`; burn stores `[in, out]`.
-fn load_linear(src: &mut dyn ParamSource, name: &str, d_in: usize, d_out: usize, device: &Device) -> Result<Linear, BertError> {
+fn load_linear(
+    src: &mut dyn ParamSource,
+    name: &str,
+    d_in: usize,
+    d_out: usize,
+    device: &Device,
+) -> Result<Linear, BertError> {
     let w = Tensor::<2>::from_data(src.get(&format!("{name}.weight"), &[d_out, d_in])?, device);
     // Materialise the transpose once at load rather than on every forward pass.
     let w = Tensor::<2>::from_data(w.transpose().into_data(), device);
@@ -277,7 +288,13 @@ fn load_linear(src: &mut dyn ParamSource, name: &str, d_in: usize, d_out: usize,
     Ok(Linear { weight: Param::from_tensor(w), bias: Some(Param::from_tensor(b)) })
 }
 
-fn load_layer_norm(src: &mut dyn ParamSource, name: &str, d: usize, eps: f64, device: &Device) -> Result<LayerNorm, BertError> {
+fn load_layer_norm(
+    src: &mut dyn ParamSource,
+    name: &str,
+    d: usize,
+    eps: f64,
+    device: &Device,
+) -> Result<LayerNorm, BertError> {
     // burn's LayerNorm is (x - mean) / sqrt(biased var + eps) * gamma + beta, as BERT's.
     let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(device);
     ln.gamma = Param::from_tensor(Tensor::from_data(src.get(&format!("{name}.weight"), &[d])?, device));
@@ -285,8 +302,16 @@ fn load_layer_norm(src: &mut dyn ParamSource, name: &str, d: usize, eps: f64, de
     Ok(ln)
 }
 
-fn load_embedding(src: &mut dyn ParamSource, name: &str, n: usize, d: usize, device: &Device) -> Result<Embedding, BertError> {
-    Ok(Embedding { weight: Param::from_tensor(Tensor::from_data(src.get(&format!("{name}.weight"), &[n, d])?, device)) })
+fn load_embedding(
+    src: &mut dyn ParamSource,
+    name: &str,
+    n: usize,
+    d: usize,
+    device: &Device,
+) -> Result<Embedding, BertError> {
+    Ok(Embedding {
+        weight: Param::from_tensor(Tensor::from_data(src.get(&format!("{name}.weight"), &[n, d])?, device)),
+    })
 }
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -328,8 +353,20 @@ impl BertEmbeddings {
         let h = c.hidden_size;
         Ok(Self {
             word_embeddings: load_embedding(src, "embeddings.word_embeddings", c.vocab_size, h, device)?,
-            position_embeddings: load_embedding(src, "embeddings.position_embeddings", c.max_position_embeddings, h, device)?,
-            token_type_embeddings: load_embedding(src, "embeddings.token_type_embeddings", c.type_vocab_size, h, device)?,
+            position_embeddings: load_embedding(
+                src,
+                "embeddings.position_embeddings",
+                c.max_position_embeddings,
+                h,
+                device,
+            )?,
+            token_type_embeddings: load_embedding(
+                src,
+                "embeddings.token_type_embeddings",
+                c.type_vocab_size,
+                h,
+                device,
+            )?,
             layer_norm: load_layer_norm(src, "embeddings.LayerNorm", h, c.layer_norm_eps, device)?,
             dropout: DropoutConfig::new(c.hidden_dropout_prob).init(),
         })
@@ -376,7 +413,7 @@ impl BertSelfAttention {
         let q = heads(self.query.forward(x.clone()));
         let k = heads(self.key.forward(x.clone()));
         let v = heads(self.value.forward(x));
-        let context = if x_is_training(&q) {
+        let context = if records_graph(&q) {
             // Spelled out so dropout can act on the attention probabilities, as in BERT training.
             let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt());
             // HF uses the dtype's minimum rather than -inf: identical after softmax, never NaN.
@@ -390,7 +427,7 @@ impl BertSelfAttention {
 }
 
 /// Whether this forward pass records a graph (then burn's fused attention kernel is not used).
-fn x_is_training<const D: usize>(t: &Tensor<D>) -> bool {
+fn records_graph<const D: usize>(t: &Tensor<D>) -> bool {
     t.device().is_autodiff()
 }
 
@@ -403,7 +440,13 @@ pub struct BertOutput {
 }
 
 impl BertOutput {
-    fn load(c: &BertConfig, src: &mut dyn ParamSource, p: &str, d_in: usize, device: &Device) -> Result<Self, BertError> {
+    fn load(
+        c: &BertConfig,
+        src: &mut dyn ParamSource,
+        p: &str,
+        d_in: usize,
+        device: &Device,
+    ) -> Result<Self, BertError> {
         Ok(Self {
             dense: load_linear(src, &format!("{p}.dense"), d_in, c.hidden_size, device)?,
             layer_norm: load_layer_norm(src, &format!("{p}.LayerNorm"), c.hidden_size, c.layer_norm_eps, device)?,
@@ -433,7 +476,13 @@ impl BertLayer {
         Ok(Self {
             attention: BertSelfAttention::load(c, src, &format!("{p}.attention.self"), device)?,
             attention_output: BertOutput::load(c, src, &format!("{p}.attention.output"), c.hidden_size, device)?,
-            intermediate: load_linear(src, &format!("{p}.intermediate.dense"), c.hidden_size, c.intermediate_size, device)?,
+            intermediate: load_linear(
+                src,
+                &format!("{p}.intermediate.dense"),
+                c.hidden_size,
+                c.intermediate_size,
+                device,
+            )?,
             output: BertOutput::load(c, src, &format!("{p}.output"), c.intermediate_size, device)?,
             act: HiddenAct::parse(&c.hidden_act).map_err(|r| BertError::Config {
                 path: "config.json".into(),
@@ -476,12 +525,24 @@ impl BertModel {
             .map(|i| BertLayer::load(config, src, i, device))
             .collect::<Result<Vec<_>, _>>()?;
         let h = config.hidden_size;
-        let pooler = if src.has("pooler.dense.weight") {
-            Some(load_linear(src, "pooler.dense", h, h, device)?)
-        } else {
-            None
-        };
+        let pooler =
+            if src.has("pooler.dense.weight") { Some(load_linear(src, "pooler.dense", h, h, device)?) } else { None };
         Ok(Self { embeddings, encoder: BertEncoder { layers }, pooler, config: config.clone() })
+    }
+
+    /// The same model with every dropout probability set to 0: deterministic forward passes on an
+    /// autodiff device (gradient checks, reproducibility tests).
+    pub fn without_dropout(mut self) -> Self {
+        let off = || DropoutConfig::new(0.0).init();
+        self.embeddings.dropout = off();
+        for l in &mut self.encoder.layers {
+            l.attention.dropout = off();
+            l.attention_output.dropout = off();
+            l.output.dropout = off();
+        }
+        self.config.hidden_dropout_prob = 0.0;
+        self.config.attention_probs_dropout_prob = 0.0;
+        self
     }
 
     /// A randomly initialised model (seeded), for tests.
@@ -491,7 +552,12 @@ impl BertModel {
 
     /// `[batch, seq]` ids, type ids and attention mask (1 = token, 0 = padding) →
     /// `[batch, seq, hidden]`.
-    pub fn forward(&self, input_ids: Tensor<2, Int>, token_type_ids: Tensor<2, Int>, attention_mask: Tensor<2, Int>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        input_ids: Tensor<2, Int>,
+        token_type_ids: Tensor<2, Int>,
+        attention_mask: Tensor<2, Int>,
+    ) -> Tensor<3> {
         let [b, s] = input_ids.dims();
         let pad = attention_mask.equal_elem(0).reshape([b, 1, 1, s]).expand([b, self.config.num_attention_heads, s, s]);
         let mut x = self.embeddings.forward(input_ids, token_type_ids);
@@ -623,7 +689,8 @@ impl Pooling {
             c.pooling_mode_weightedmean_tokens = Some(false);
             c.pooling_mode_lasttoken = has(PoolingMode::LastToken);
         } else {
-            c.pooling_mode = Some(crate::io::hf::OneOrMany::Many(self.modes.iter().map(|m| m.st_name().to_string()).collect()));
+            c.pooling_mode =
+                Some(crate::io::hf::OneOrMany::Many(self.modes.iter().map(|m| m.st_name().to_string()).collect()));
         }
         c
     }
@@ -653,7 +720,8 @@ impl Pooling {
                 }
                 PoolingMode::LastToken => {
                     // One-hot at position (count - 1); right padding assumed, as our tokenizer pads.
-                    let pos = Tensor::<1, Int>::arange(0..s as i64, &hidden.device()).reshape([1, s]).float().expand([b, s]);
+                    let pos =
+                        Tensor::<1, Int>::arange(0..s as i64, &hidden.device()).reshape([1, s]).float().expand([b, s]);
                     let last = pos.equal((count.clone() - 1.0).expand([b, s])).float().reshape([b, s, 1]);
                     (hidden.clone() * last).sum_dim(1).reshape([b, h])
                 }
@@ -756,7 +824,11 @@ impl SentenceEncoder {
                         reason: format!("{d} differs from the model's hidden_size {}", config.hidden_size),
                     });
                 }
-                Pooling::from_config(p).map_err(|reason| BertError::Config { path: pooling_path, field: "pooling".into(), reason })?
+                Pooling::from_config(p).map_err(|reason| BertError::Config {
+                    path: pooling_path,
+                    field: "pooling".into(),
+                    reason,
+                })?
             }
             None => Pooling::mean(),
         };
@@ -772,12 +844,22 @@ impl SentenceEncoder {
     /// A tiny random encoder for tests: `BertConfig::tiny` shapes (hidden 32, 2 layers, 4 heads),
     /// a lower-casing word-level tokenizer over `words` plus `[PAD] [UNK] [CLS] [SEP] [MASK]`,
     /// truncation at 32 tokens, mean pooling, normalisation. Same seed → same model.
+    ///
+    /// ```
+    /// use tunelab::model::bert::SentenceEncoder;
+    /// let enc = SentenceEncoder::random_tiny(&["hello", "world"], 0, &burn::tensor::Device::flex());
+    /// let v = enc.embed(&["hello world", "world"], 8).unwrap();
+    /// assert_eq!(v[0].len(), enc.dim());
+    /// let norm: f32 = v[0].iter().map(|x| x * x).sum::<f32>().sqrt();
+    /// assert!((norm - 1.0).abs() < 1e-5);
+    /// ```
     pub fn random_tiny(words: &[&str], seed: u64, device: &Device) -> Self {
         let tokenizer_json = word_level_tokenizer_json(words);
         let inner: tokenizers::Tokenizer = tokenizer_json.to_string().parse().expect("valid tokenizer JSON");
         let vocab_size = inner.get_vocab_size(true);
         let config = BertConfig::tiny(vocab_size, 32, 2, 4);
-        let tokenizer = TextTokenizer::new(inner, "tokenizer.json (random_tiny)".into(), 32).expect("truncation at 32 is valid");
+        let tokenizer =
+            TextTokenizer::new(inner, "tokenizer.json (random_tiny)".into(), 32).expect("truncation at 32 is valid");
         Self {
             model: BertModel::random(&config, seed, device),
             tokenizer,
@@ -842,7 +924,12 @@ impl SentenceEncoder {
     /// Embed texts with an explicit prompt, in batches, longest texts first (as
     /// sentence-transformers sorts, so little padding is computed), returned in input order.
     /// Runs without recording a graph even when the model is on an autodiff device.
-    pub fn embed_with_prompt(&self, texts: &[&str], prompt: Option<&str>, batch_size: usize) -> Result<Vec<Vec<f32>>, BertError> {
+    pub fn embed_with_prompt(
+        &self,
+        texts: &[&str],
+        prompt: Option<&str>,
+        batch_size: usize,
+    ) -> Result<Vec<Vec<f32>>, BertError> {
         let batch_size = batch_size.max(1);
         let prompted: Vec<String> = texts.iter().map(|t| Prompts::apply(prompt, t, None)).collect();
         let mut order: Vec<usize> = (0..texts.len()).collect();
@@ -903,7 +990,10 @@ pub fn word_level_tokenizer_json(words: &[&str]) -> serde_json::Value {
         .enumerate()
         .map(|(i, t)| json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
         .collect();
-    let (cls, sep) = (json!({"SpecialToken": {"id": "[CLS]", "type_id": 0}}), json!({"SpecialToken": {"id": "[SEP]", "type_id": 0}}));
+    let (cls, sep) = (
+        json!({"SpecialToken": {"id": "[CLS]", "type_id": 0}}),
+        json!({"SpecialToken": {"id": "[SEP]", "type_id": 0}}),
+    );
     json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
         "normalizer": {"type": "Lowercase"},
@@ -969,7 +1059,9 @@ mod tests {
         let (i2, t2, a2) = ids(&[&[2, 8, 8, 8, 8, 8, 3], &[2, 5, 9, 3]], 7);
         let h1 = m.forward(i1, t1, a1.clone());
         let h2 = m.forward(i2, t2, a2.clone());
-        for mode in [PoolingMode::Cls, PoolingMode::Max, PoolingMode::Mean, PoolingMode::MeanSqrtLen, PoolingMode::LastToken] {
+        for mode in
+            [PoolingMode::Cls, PoolingMode::Max, PoolingMode::Mean, PoolingMode::MeanSqrtLen, PoolingMode::LastToken]
+        {
             let p = Pooling { modes: vec![mode] };
             let alone = values(p.forward(h1.clone(), a1.clone()));
             let batched = values(p.forward(h2.clone(), a2.clone()));
@@ -984,7 +1076,8 @@ mod tests {
         // hidden rows for one sentence of 3 tokens, the third is padding:
         // t0 = [1, 4], t1 = [3, -2], t2 = [100, 100] (pad).
         let dev = Device::flex();
-        let hidden = Tensor::<3>::from_data(TensorData::new(vec![1.0f32, 4.0, 3.0, -2.0, 100.0, 100.0], [1, 3, 2]), &dev);
+        let hidden =
+            Tensor::<3>::from_data(TensorData::new(vec![1.0f32, 4.0, 3.0, -2.0, 100.0, 100.0], [1, 3, 2]), &dev);
         let mask = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 1, 0], [1, 3]), &dev);
         let run = |modes: Vec<PoolingMode>| values(Pooling { modes }.forward(hidden.clone(), mask.clone()));
         assert_eq!(run(vec![PoolingMode::Cls]), vec![1.0, 4.0]);
@@ -1036,7 +1129,10 @@ mod tests {
         crate::io::safetensors::write_f32(&path, &tensors, None).unwrap();
         let w = Weights::open_file(&path).unwrap();
         let msg = BertModel::load(&cfg, &mut CheckpointSource::new(&w), &dev).unwrap_err().to_string();
-        assert!(msg.contains(bad) && msg.contains("[31]") && msg.contains("[32]") && msg.contains("model.safetensors"), "{msg}");
+        assert!(
+            msg.contains(bad) && msg.contains("[31]") && msg.contains("[32]") && msg.contains("model.safetensors"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -1053,6 +1149,22 @@ mod tests {
         assert_eq!(g.dims(), [32, 32]);
         let norm: f32 = values(g.powf_scalar(2.0).sum())[0];
         assert!(norm > 0.0 && norm.is_finite(), "gradient norm {norm}");
+    }
+
+    #[test]
+    fn dropout_acts_only_when_training_and_can_be_switched_off() {
+        // On an autodiff device dropout (p = 0.1) makes two passes differ; without_dropout makes
+        // them equal, and equal to the plain-device (inference) pass of the same weights.
+        let ad = Device::flex().autodiff();
+        let m = BertModel::random(&tiny_config(), 5, &ad);
+        let (i, t, a) = ids(&[&[2, 5, 9, 3]], 4);
+        let (i, t, a) = (i.to_device(&ad), t.to_device(&ad), a.to_device(&ad));
+        let run = |m: &BertModel| values(m.forward(i.clone(), t.clone(), a.clone()));
+        assert_ne!(run(&m), run(&m), "dropout is active while training");
+        let m = m.without_dropout();
+        let inference = values(m.valid().forward(i.clone().inner(), t.clone().inner(), a.clone().inner()));
+        assert_eq!(run(&m), run(&m));
+        assert!(max_abs_diff(&run(&m), &inference) < 1e-5);
     }
 
     #[test]

@@ -137,7 +137,8 @@ fn context(input: &AbReportInput, data: &ReportData, figures: &[Figure]) -> Valu
     };
     let timings: Vec<(String, String)> =
         m.timings.iter().map(|t| (t.name.clone(), format!("{:.3} s", t.seconds))).collect();
-    let tools: Vec<(String, String)> = m.tools.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let tools: Vec<(String, String)> =
+        m.tools.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
     context! {
         title => input.title,
@@ -166,12 +167,20 @@ fn render(name: &str, template: &str, ctx: Value) -> Result<String, ReportError>
 }
 
 /// `report.md`: the tables in Markdown, plots linked from `plots/`.
-pub(crate) fn render_markdown(input: &AbReportInput, data: &ReportData, figures: &[Figure]) -> Result<String, ReportError> {
+pub(crate) fn render_markdown(
+    input: &AbReportInput,
+    data: &ReportData,
+    figures: &[Figure],
+) -> Result<String, ReportError> {
     render("report.md", MARKDOWN, context(input, data, figures))
 }
 
 /// `report.html`: one file with the SVG plots inline and no external resources.
-pub(crate) fn render_html(input: &AbReportInput, data: &ReportData, figures: &[Figure]) -> Result<String, ReportError> {
+pub(crate) fn render_html(
+    input: &AbReportInput,
+    data: &ReportData,
+    figures: &[Figure],
+) -> Result<String, ReportError> {
     render("report.html", HTML, context(input, data, figures))
 }
 

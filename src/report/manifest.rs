@@ -62,7 +62,8 @@ impl RunDir {
             h.update(now.timestamp_nanos_opt().unwrap_or_default().to_le_bytes());
             h.update(std::process::id().to_le_bytes());
             h.update(attempt.to_le_bytes());
-            let run_id = format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), &hex::encode(h.finalize())[..8]);
+            let run_id =
+                format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), &hex::encode(h.finalize())[..8]);
             let path = parent.join(&run_id);
             match fs::create_dir(&path) {
                 Ok(()) => {
@@ -74,7 +75,10 @@ impl RunDir {
                 Err(e) => return Err(ReportError::Io { path, source: e }),
             }
         }
-        Err(ReportError::Invalid(format!("could not find a free run id under {}", parent.display())))
+        Err(ReportError::Invalid(format!(
+            "could not find a free run id under {}",
+            parent.display()
+        )))
     }
 
     /// The run directory.
@@ -91,7 +95,9 @@ impl RunDir {
     /// manifest's [`EvaluationSpec`]. `name` must be a plain file name.
     pub fn store_input(&self, src: &Path, name: &str) -> Result<StoredInput, ReportError> {
         if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-            return Err(ReportError::Invalid(format!("stored input name {name:?} must be a plain file name")));
+            return Err(ReportError::Invalid(format!(
+                "stored input name {name:?} must be a plain file name"
+            )));
         }
         let dir = self.path.join("inputs");
         if !dir.exists() {
@@ -126,7 +132,8 @@ impl GitInfo {
             return None;
         }
         let commit = String::from_utf8(out.stdout).ok()?.trim().to_string();
-        let status = Command::new("git").args(["status", "--porcelain"]).current_dir(dir).output().ok()?;
+        let status =
+            Command::new("git").args(["status", "--porcelain"]).current_dir(dir).output().ok()?;
         let dirty = !status.status.success() || !status.stdout.iter().all(u8::is_ascii_whitespace);
         Some(Self { commit, dirty })
     }
@@ -219,7 +226,12 @@ pub struct Manifest {
 impl Manifest {
     /// A manifest for `run`, with the git state of the current directory, the crate version,
     /// the SQLite version and the current time filled in.
-    pub fn new(run: &RunDir, seed: u64, config: serde_json::Value, device: impl Into<String>) -> Self {
+    pub fn new(
+        run: &RunDir,
+        seed: u64,
+        config: serde_json::Value,
+        device: impl Into<String>,
+    ) -> Self {
         let mut tools = std::collections::BTreeMap::new();
         tools.insert("sqlite".to_string(), rusqlite::version().to_string());
         Self {
@@ -245,9 +257,19 @@ impl Manifest {
         let meta = fs::metadata(path).map_err(ReportError::io(path))?;
         let entry = if meta.is_dir() {
             let d = hash_dir(path)?;
-            InputHash { path: path.display().to_string(), sha256: d.sha256, bytes: d.bytes, files: Some(d.files) }
+            InputHash {
+                path: path.display().to_string(),
+                sha256: d.sha256,
+                bytes: d.bytes,
+                files: Some(d.files),
+            }
         } else {
-            InputHash { path: path.display().to_string(), sha256: hash_file(path)?, bytes: meta.len(), files: None }
+            InputHash {
+                path: path.display().to_string(),
+                sha256: hash_file(path)?,
+                bytes: meta.len(),
+                files: None,
+            }
         };
         self.inputs.push(entry);
         Ok(self.inputs.last().expect("just pushed"))
@@ -287,7 +309,8 @@ impl Manifest {
     /// Read a `manifest.json`; JSON errors name the file, line and column.
     pub fn read(path: &Path) -> Result<Self, ReportError> {
         let text = fs::read_to_string(path).map_err(ReportError::io(path))?;
-        serde_json::from_str(&text).map_err(|source| ReportError::Json { path: path.to_path_buf(), source })
+        serde_json::from_str(&text)
+            .map_err(|source| ReportError::Json { path: path.to_path_buf(), source })
     }
 }
 
@@ -329,7 +352,11 @@ pub fn hash_dir(dir: &Path) -> Result<DirHash, ReportError> {
         bytes += fs::metadata(&full).map_err(ReportError::io(&full))?.len();
         listing.push_str(&format!("{}  {}\n", hash_file(&full)?, rel));
     }
-    Ok(DirHash { sha256: hex::encode(Sha256::digest(listing.as_bytes())), files: files.len() as u64, bytes })
+    Ok(DirHash {
+        sha256: hex::encode(Sha256::digest(listing.as_bytes())),
+        files: files.len() as u64,
+        bytes,
+    })
 }
 
 fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), ReportError> {
@@ -341,7 +368,8 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), R
             collect_files(root, &path, out)?;
         } else if meta.is_file() {
             let rel = path.strip_prefix(root).expect("below root");
-            let rel: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+            let rel: Vec<String> =
+                rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
             out.push(rel.join("/"));
         }
     }
@@ -364,7 +392,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("abc.txt");
         put(&p, b"abc");
-        assert_eq!(hash_file(&p).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            hash_file(&p).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

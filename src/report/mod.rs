@@ -162,7 +162,11 @@ impl LossPoint {
     /// is accepted). An empty `valid_loss` cell means none. Errors name the file and line.
     pub fn read_log(path: &Path) -> Result<Vec<LossPoint>, ReportError> {
         let text = fs::read_to_string(path).map_err(ReportError::io(path))?;
-        let err = |line: usize, message: String| ReportError::Parse { path: path.to_path_buf(), line, message };
+        let err = |line: usize, message: String| ReportError::Parse {
+            path: path.to_path_buf(),
+            line,
+            message,
+        };
         let mut points = Vec::new();
         let mut columns: [Option<usize>; 3] = [Some(0), Some(1), Some(2)];
         for (i, raw) in text.lines().enumerate() {
@@ -171,20 +175,31 @@ impl LossPoint {
                 continue;
             }
             if line.starts_with('{') {
-                let p: LossPoint = serde_json::from_str(line).map_err(|e| err(i + 1, e.to_string()))?;
+                let p: LossPoint =
+                    serde_json::from_str(line).map_err(|e| err(i + 1, e.to_string()))?;
                 points.push(p);
                 continue;
             }
             let cells: Vec<&str> = line.split([',', '\t']).map(str::trim).collect();
             if points.is_empty() && cells.first().is_some_and(|c| c.parse::<f64>().is_err()) {
-                let find = |names: &[&str]| cells.iter().position(|c| names.contains(&c.to_ascii_lowercase().as_str()));
-                columns = [find(&["step"]), find(&["loss", "train_loss"]), find(&["valid_loss", "val_loss"])];
+                let find = |names: &[&str]| {
+                    cells.iter().position(|c| names.contains(&c.to_ascii_lowercase().as_str()))
+                };
+                columns = [
+                    find(&["step"]),
+                    find(&["loss", "train_loss"]),
+                    find(&["valid_loss", "val_loss"]),
+                ];
                 if columns[0].is_none() || columns[1].is_none() {
-                    return Err(err(i + 1, format!("header {line:?} needs columns `step` and `loss`")));
+                    return Err(err(
+                        i + 1,
+                        format!("header {line:?} needs columns `step` and `loss`"),
+                    ));
                 }
                 continue;
             }
-            let cell = |c: Option<usize>| c.and_then(|c| cells.get(c)).copied().filter(|s| !s.is_empty());
+            let cell =
+                |c: Option<usize>| c.and_then(|c| cells.get(c)).copied().filter(|s| !s.is_empty());
             let step = cell(columns[0])
                 .ok_or_else(|| err(i + 1, "missing field `step`".into()))?
                 .parse::<u64>()
@@ -194,7 +209,9 @@ impl LossPoint {
                 .parse::<f64>()
                 .map_err(|e| err(i + 1, format!("field `loss`: {e}")))?;
             let valid_loss = cell(columns[2])
-                .map(|s| s.parse::<f64>().map_err(|e| err(i + 1, format!("field `valid_loss`: {e}"))))
+                .map(|s| {
+                    s.parse::<f64>().map_err(|e| err(i + 1, format!("field `valid_loss`: {e}")))
+                })
                 .transpose()?;
             points.push(LossPoint { step, loss, valid_loss });
         }
@@ -270,7 +287,11 @@ pub fn write_ab_report(run: &RunDir, input: &AbReportInput) -> Result<ReportPath
         .collect();
     write_ipc(&metrics, &mut metrics_frame(&rows).map_err(ReportError::arrow(&metrics))?)?;
     let summary = dir.join("summary.arrow");
-    write_ipc(&summary, &mut summary_frame(&input.comparison, &data.paired).map_err(ReportError::arrow(&summary))?)?;
+    write_ipc(
+        &summary,
+        &mut summary_frame(&input.comparison, &data.paired)
+            .map_err(ReportError::arrow(&summary))?,
+    )?;
 
     let figures = plots::render_all(&run.plots_dir(), input, &data)?;
     let plot_files = figures.iter().flat_map(|f| [f.svg.clone(), f.png.clone()]).collect();
@@ -296,7 +317,10 @@ pub(crate) struct ReportData {
 impl ReportData {
     fn prepare(input: &AbReportInput) -> Result<Self, ReportError> {
         if input.system_a == input.system_b {
-            return Err(ReportError::Invalid(format!("both systems are named {:?}", input.system_a)));
+            return Err(ReportError::Invalid(format!(
+                "both systems are named {:?}",
+                input.system_a
+            )));
         }
         if input.comparison.is_empty() {
             return Err(ReportError::Invalid("the comparison has no measures".into()));
@@ -320,7 +344,9 @@ impl ReportData {
                 values.iter().filter(|v| v.1 == row.measure).map(|v| (v.0.clone(), v.2)).collect()
             };
             let (va, vb) = (of(&input.per_query_a), of(&input.per_query_b));
-            for (system, values, mean) in [(&input.system_a, &va, row.mean_a), (&input.system_b, &vb, row.mean_b)] {
+            for (system, values, mean) in
+                [(&input.system_a, &va, row.mean_a), (&input.system_b, &vb, row.mean_b)]
+            {
                 if values.is_empty() {
                     return Err(ReportError::Invalid(format!(
                         "measure {:?}: no per-query values for system {system:?}",
@@ -335,14 +361,22 @@ impl ReportData {
                     )));
                 }
             }
-            let pairs: Vec<(String, f64, f64)> = va
-                .iter()
-                .filter_map(|(q, x)| vb.get(q).map(|y| (q.clone(), *x, *y)))
-                .collect();
+            let pairs: Vec<(String, f64, f64)> =
+                va.iter().filter_map(|(q, x)| vb.get(q).map(|y| (q.clone(), *x, *y))).collect();
             let only_one = va.len() + vb.len() - 2 * pairs.len();
             let seed = input.manifest.seed.wrapping_add(i as u64);
-            let ci_a = bootstrap_mean_ci(&va.values().copied().collect::<Vec<_>>(), 0.95, BAR_CI_RESAMPLES, seed);
-            let ci_b = bootstrap_mean_ci(&vb.values().copied().collect::<Vec<_>>(), 0.95, BAR_CI_RESAMPLES, seed);
+            let ci_a = bootstrap_mean_ci(
+                &va.values().copied().collect::<Vec<_>>(),
+                0.95,
+                BAR_CI_RESAMPLES,
+                seed,
+            );
+            let ci_b = bootstrap_mean_ci(
+                &vb.values().copied().collect::<Vec<_>>(),
+                0.95,
+                BAR_CI_RESAMPLES,
+                seed,
+            );
             paired.push(pairs);
             bar_ci.push([ci_a, ci_b]);
             unpaired.push(only_one);
@@ -377,7 +411,10 @@ fn metrics_frame(rows: &[(&str, &QueryValue)]) -> PolarsResult<DataFrame> {
     )
 }
 
-fn summary_frame(rows: &[ComparisonRow], paired: &[Vec<(String, f64, f64)>]) -> PolarsResult<DataFrame> {
+fn summary_frame(
+    rows: &[ComparisonRow],
+    paired: &[Vec<(String, f64, f64)>],
+) -> PolarsResult<DataFrame> {
     let f = |g: fn(&ComparisonRow) -> f64| rows.iter().map(g).collect::<Vec<f64>>();
     let u = |g: fn(&ComparisonRow) -> u32| rows.iter().map(g).collect::<Vec<u32>>();
     df!(
@@ -406,7 +443,8 @@ pub fn read_metrics(path: &Path) -> Result<Vec<(String, String, String, f64)>, R
     let file = fs::File::open(path).map_err(ReportError::io(path))?;
     let df = IpcReader::new(file).finish().map_err(ReportError::arrow(path))?;
     let get = |name: &str| df.column(name).map_err(ReportError::arrow(path));
-    let (system, qid, measure, value) = (get("system")?.str(), get("qid")?.str(), get("measure")?.str(), get("value")?.f64());
+    let (system, qid, measure, value) =
+        (get("system")?.str(), get("qid")?.str(), get("measure")?.str(), get("value")?.f64());
     let (system, qid, measure, value) = (
         system.map_err(ReportError::arrow(path))?,
         qid.map_err(ReportError::arrow(path))?,
@@ -431,7 +469,12 @@ pub fn read_metrics(path: &Path) -> Result<Vec<(String, String, String, f64)>, R
 /// implement it.
 pub trait MetricsEvaluator {
     /// Per-query values `(qid, measure, value)` of `run` judged by `qrels`, for `measures`.
-    fn evaluate(&self, qrels: &Path, run: &Path, measures: &[String]) -> Result<Vec<QueryValue>, String>;
+    fn evaluate(
+        &self,
+        qrels: &Path,
+        run: &Path,
+        measures: &[String],
+    ) -> Result<Vec<QueryValue>, String>;
 }
 
 impl<F, E> MetricsEvaluator for F
@@ -439,7 +482,12 @@ where
     F: Fn(&Path, &Path, &[String]) -> Result<Vec<QueryValue>, E>,
     E: std::fmt::Display,
 {
-    fn evaluate(&self, qrels: &Path, run: &Path, measures: &[String]) -> Result<Vec<QueryValue>, String> {
+    fn evaluate(
+        &self,
+        qrels: &Path,
+        run: &Path,
+        measures: &[String],
+    ) -> Result<Vec<QueryValue>, String> {
         self(qrels, run, measures).map_err(|e| e.to_string())
     }
 }
@@ -473,7 +521,10 @@ impl RerunOutcome {
 
 /// Re-evaluate the run files stored with a manifest and compare with its `metrics.arrow`
 /// exactly (f64 equality). Stored files are checked against their recorded SHA-256 first.
-pub fn rerun(manifest_path: &Path, evaluator: &dyn MetricsEvaluator) -> Result<RerunOutcome, ReportError> {
+pub fn rerun(
+    manifest_path: &Path,
+    evaluator: &dyn MetricsEvaluator,
+) -> Result<RerunOutcome, ReportError> {
     let manifest = Manifest::read(manifest_path)?;
     let dir = manifest_path.parent().unwrap_or(Path::new("."));
     let spec = manifest.evaluation.as_ref().ok_or_else(|| {
@@ -505,7 +556,8 @@ pub fn rerun(manifest_path: &Path, evaluator: &dyn MetricsEvaluator) -> Result<R
         .into_iter()
         .map(|(s, q, m, v)| ((s, q, m), v))
         .collect();
-    let keys: BTreeSet<&(String, String, String)> = stored.keys().chain(recomputed.keys()).collect();
+    let keys: BTreeSet<&(String, String, String)> =
+        stored.keys().chain(recomputed.keys()).collect();
     let mut mismatches = Vec::new();
     for key in &keys {
         let (s, r) = (stored.get(*key).copied(), recomputed.get(*key).copied());
@@ -523,7 +575,12 @@ pub fn rerun(manifest_path: &Path, evaluator: &dyn MetricsEvaluator) -> Result<R
             });
         }
     }
-    Ok(RerunOutcome { experiment: manifest.experiment, run_id: manifest.run_id, compared: keys.len(), mismatches })
+    Ok(RerunOutcome {
+        experiment: manifest.experiment,
+        run_id: manifest.run_id,
+        compared: keys.len(),
+        mismatches,
+    })
 }
 
 #[cfg(test)]
@@ -552,18 +609,27 @@ mod tests {
         let p = dir.path().join("loss.csv");
         fs::write(&p, "step,loss,val_loss\n1,2.5,\n2,2.0,2.2\n").unwrap();
         let got = LossPoint::read_log(&p).unwrap();
-        assert_eq!(got, vec![
-            LossPoint { step: 1, loss: 2.5, valid_loss: None },
-            LossPoint { step: 2, loss: 2.0, valid_loss: Some(2.2) },
-        ]);
+        assert_eq!(
+            got,
+            vec![
+                LossPoint { step: 1, loss: 2.5, valid_loss: None },
+                LossPoint { step: 2, loss: 2.0, valid_loss: Some(2.2) },
+            ]
+        );
         let p = dir.path().join("loss.tsv");
         fs::write(&p, "10\t1.5\n").unwrap();
-        assert_eq!(LossPoint::read_log(&p).unwrap()[0], LossPoint { step: 10, loss: 1.5, valid_loss: None });
+        assert_eq!(
+            LossPoint::read_log(&p).unwrap()[0],
+            LossPoint { step: 10, loss: 1.5, valid_loss: None }
+        );
         let p = dir.path().join("loss.jsonl");
         fs::write(&p, "{\"step\": 3, \"loss\": 0.5, \"valid_loss\": 0.7}\n").unwrap();
         assert_eq!(LossPoint::read_log(&p).unwrap()[0].valid_loss, Some(0.7));
         fs::write(&p, "step,loss\n1,0.5\n2,abc\n").unwrap();
         let err = LossPoint::read_log(&p).unwrap_err().to_string();
-        assert!(err.contains("loss.jsonl") && err.contains("line 3") && err.contains("`loss`"), "{err}");
+        assert!(
+            err.contains("loss.jsonl") && err.contains("line 3") && err.contains("`loss`"),
+            "{err}"
+        );
     }
 }

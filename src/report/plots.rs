@@ -65,7 +65,13 @@ trait Plot {
 }
 
 /// Draw `plot` into `<dir>/<stem>.svg` and `<dir>/<stem>.png`.
-fn render(dir: &Path, stem: &str, title: &str, caption: String, plot: &impl Plot) -> Result<Figure, ReportError> {
+fn render(
+    dir: &Path,
+    stem: &str,
+    title: &str,
+    caption: String,
+    plot: &impl Plot,
+) -> Result<Figure, ReportError> {
     let svg = dir.join(format!("{stem}.svg"));
     let png = dir.join(format!("{stem}.png"));
     for p in [&svg, &png] {
@@ -162,10 +168,15 @@ impl Plot for Bars<'_> {
             let (x0, x1) = if s == 0 { (0.10, 0.48) } else { (0.52, 0.90) };
             chart
                 .draw_series(self.bars.iter().enumerate().map(|(i, b)| {
-                    Rectangle::new([(i as f64 + x0, 0.0), (i as f64 + x1, b.mean[s])], color.filled())
+                    Rectangle::new(
+                        [(i as f64 + x0, 0.0), (i as f64 + x1, b.mean[s])],
+                        color.filled(),
+                    )
                 }))?
                 .label(self.names[s])
-                .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled())
+                });
             let mid = (x0 + x1) / 2.0;
             for (i, b) in self.bars.iter().enumerate() {
                 let x = i as f64 + mid;
@@ -180,14 +191,20 @@ impl Plot for Bars<'_> {
                     ])?;
                 }
                 let above = if hi.is_finite() { hi.max(b.mean[s]) } else { b.mean[s] };
-                let style = TextStyle::from((FONT, 13).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
-                chart.draw_series([Text::new(format!("{:.4}", b.mean[s]), (x, above + ymax * 0.012), style)])?;
+                let style = TextStyle::from((FONT, 13).into_font())
+                    .pos(Pos::new(HPos::Center, VPos::Bottom));
+                chart.draw_series([Text::new(
+                    format!("{:.4}", b.mean[s]),
+                    (x, above + ymax * 0.012),
+                    style,
+                )])?;
             }
         }
         // Category labels under each group (plotters' key-point axes cannot take a formatter).
         for (i, b) in self.bars.iter().enumerate() {
             let (px, py) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
-            let style = TextStyle::from((FONT, 15).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
+            let style =
+                TextStyle::from((FONT, 15).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
             root.draw(&Text::new(b.measure.clone(), (px, py + 8), style))?;
         }
         chart
@@ -202,7 +219,12 @@ impl Plot for Bars<'_> {
 }
 
 /// Grouped bars of both systems' means per measure, with confidence-interval error bars.
-pub fn metric_bars(dir: &Path, stem: &str, names: [&str; 2], bars: &[MetricBar]) -> Result<Figure, ReportError> {
+pub fn metric_bars(
+    dir: &Path,
+    stem: &str,
+    names: [&str; 2],
+    bars: &[MetricBar],
+) -> Result<Figure, ReportError> {
     let caption = format!(
         "Bars: mean of each measure over queries for {} and {}; whiskers: 95% percentile-bootstrap interval of each mean.",
         names[0], names[1]
@@ -233,7 +255,10 @@ impl Plot for Diffs<'_> {
             .fold((0.0f64, 0.0f64), |(a, b), v| (a.min(v), b.max(v)));
         let (lo, hi) = padded(lo, hi, 0.12);
         let mut chart = ChartBuilder::on(root)
-            .caption(format!("Difference {} − {} (95% CI)", self.names[1], self.names[0]), caption_style())
+            .caption(
+                format!("Difference {} − {} (95% CI)", self.names[1], self.names[0]),
+                caption_style(),
+            )
             .margin(14)
             .x_label_area_size(40)
             .y_label_area_size(120)
@@ -243,18 +268,25 @@ impl Plot for Diffs<'_> {
             .disable_y_mesh()
             .y_labels(0)
             .x_label_formatter(&tick)
-            .x_desc(format!("← {} better    difference of means    {} better →", self.names[0], self.names[1]))
+            .x_desc(format!(
+                "← {} better    difference of means    {} better →",
+                self.names[0], self.names[1]
+            ))
             .label_style((FONT, 14))
             .axis_desc_style((FONT, 14))
             .light_line_style(WHITE.mix(0.0))
             .bold_line_style(BLACK.mix(0.08))
             .draw()?;
-        chart.draw_series([PathElement::new(vec![(0.0, 0.0), (0.0, n as f64)], BLACK.mix(0.6).stroke_width(1))])?;
+        chart.draw_series([PathElement::new(
+            vec![(0.0, 0.0), (0.0, n as f64)],
+            BLACK.mix(0.6).stroke_width(1),
+        )])?;
         // Measures listed top to bottom in table order.
         for (i, r) in self.rows.iter().enumerate() {
             let y = (n - 1 - i) as f64 + 0.5;
             let (px, py) = chart.backend_coord(&(lo, y));
-            let style = TextStyle::from((FONT, 15).into_font()).pos(Pos::new(HPos::Right, VPos::Center));
+            let style =
+                TextStyle::from((FONT, 15).into_font()).pos(Pos::new(HPos::Right, VPos::Center));
             root.draw(&Text::new(r.measure.clone(), (px - 10, py), style))?;
             let color = if r.p_holm < 0.05 {
                 if r.diff > 0.0 { COLOR_WIN } else { COLOR_LOSS }
@@ -270,7 +302,8 @@ impl Plot for Diffs<'_> {
                 ])?;
             }
             chart.draw_series([Circle::new((r.diff, y), 6, color.filled())])?;
-            let style = TextStyle::from((FONT, 13).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
+            let style =
+                TextStyle::from((FONT, 13).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
             chart.draw_series([Text::new(format!("{:+.4}", r.diff), (r.diff, y + 0.22), style)])?;
         }
         Ok(())
@@ -279,7 +312,12 @@ impl Plot for Diffs<'_> {
 
 /// Each measure's difference of means (B − A) as a point with its confidence interval; green or
 /// red where the Holm-corrected p-value is below 0.05, grey otherwise.
-pub fn difference_intervals(dir: &Path, stem: &str, names: [&str; 2], rows: &[ComparisonRow]) -> Result<Figure, ReportError> {
+pub fn difference_intervals(
+    dir: &Path,
+    stem: &str,
+    names: [&str; 2],
+    rows: &[ComparisonRow],
+) -> Result<Figure, ReportError> {
     let caption = format!(
         "Points: mean of {b} minus mean of {a}; lines: 95% bootstrap interval of the difference. \
          Coloured where the Holm-corrected p < 0.05 (green: {b} better, red: {a} better).",
@@ -315,7 +353,10 @@ impl Plot for PerQuery<'_> {
         let m = shown.iter().filter(|d| d.is_finite()).fold(0.0f64, |a, d| a.max(d.abs()));
         let m = if m > 0.0 { m * 1.1 } else { 1.0 };
         let mut chart = ChartBuilder::on(root)
-            .caption(format!("{}: per-query {} − {}", self.measure, self.names[1], self.names[0]), caption_style())
+            .caption(
+                format!("{}: per-query {} − {}", self.measure, self.names[1], self.names[0]),
+                caption_style(),
+            )
             .margin(14)
             .x_label_area_size(36)
             .y_label_area_size(56)
@@ -342,9 +383,14 @@ impl Plot for PerQuery<'_> {
             } else {
                 COLOR_TIE
             };
-            Rectangle::new([(i as f64 + gap, 0.0), (i as f64 + 1.0 - gap, d)], color.filled())
+            // A tie gets a sliver around zero so "all equal" does not look like "no data".
+            let (lo, hi) = if d == 0.0 { (-m * 0.012, m * 0.012) } else { (0.0, d) };
+            Rectangle::new([(i as f64 + gap, lo), (i as f64 + 1.0 - gap, hi)], color.filled())
         }))?;
-        chart.draw_series([PathElement::new(vec![(0.0, 0.0), (n as f64, 0.0)], BLACK.mix(0.6).stroke_width(1))])?;
+        chart.draw_series([PathElement::new(
+            vec![(0.0, 0.0), (n as f64, 0.0)],
+            BLACK.mix(0.6).stroke_width(1),
+        )])?;
         Ok(())
     }
 }
@@ -361,7 +407,8 @@ pub fn per_query_differences(
 ) -> Result<Figure, ReportError> {
     let mut diffs = diffs.to_vec();
     diffs.sort_by(f64::total_cmp);
-    let (w, l) = (diffs.iter().filter(|d| **d > 0.0).count(), diffs.iter().filter(|d| **d < 0.0).count());
+    let (w, l) =
+        (diffs.iter().filter(|d| **d > 0.0).count(), diffs.iter().filter(|d| **d < 0.0).count());
     let caption = format!(
         "Each bar is one query's {measure} under {b} minus under {a}, sorted: {w} queries better with {b}, \
          {l} better with {a}, {t} equal.",
@@ -383,16 +430,23 @@ impl Plot for Curve<'_> {
         DB::ErrorType: 'static,
     {
         root.fill(&WHITE)?;
-        let train: Vec<(f64, f64)> =
-            self.points.iter().filter(|p| p.loss.is_finite()).map(|p| (p.step as f64, p.loss)).collect();
+        let train: Vec<(f64, f64)> = self
+            .points
+            .iter()
+            .filter(|p| p.loss.is_finite())
+            .map(|p| (p.step as f64, p.loss))
+            .collect();
         let valid: Vec<(f64, f64)> = self
             .points
             .iter()
             .filter_map(|p| p.valid_loss.filter(|v| v.is_finite()).map(|v| (p.step as f64, v)))
             .collect();
         let all = train.iter().chain(&valid);
-        let (x0, x1) = all.clone().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
-        let (y0, y1) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
+        let (x0, x1) = all
+            .clone()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
+        let (y0, y1) =
+            all.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
         let (x0, x1) = if x1 > x0 { (x0, x1) } else { padded(x0, x1, 0.5) };
         let (y0, y1) = padded(y0, y1, 0.06);
         let mut chart = ChartBuilder::on(root)
@@ -421,7 +475,9 @@ impl Plot for Curve<'_> {
             chart
                 .draw_series(LineSeries::new(valid.clone(), orange.stroke_width(2)))?
                 .label("validation loss")
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], orange.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], orange.stroke_width(2))
+                });
             chart.draw_series(valid.into_iter().map(|p| Circle::new(p, 4, orange.filled())))?;
         }
         chart
@@ -437,23 +493,37 @@ impl Plot for Curve<'_> {
 
 /// Loss (and validation loss, where logged) against training step.
 pub fn training_curve(dir: &Path, stem: &str, points: &[LossPoint]) -> Result<Figure, ReportError> {
-    let caption = format!("Training loss over {} logged steps (validation loss where it was computed).", points.len());
+    let caption = format!(
+        "Training loss over {} logged steps (validation loss where it was computed).",
+        points.len()
+    );
     render(dir, stem, "Training curve", caption, &Curve { points })
 }
 
 /// `ndcg_cut.10` → `ndcg_cut_10`: a file-name-safe stem.
 fn file_stem(measure: &str) -> String {
-    measure.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+    measure
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect()
 }
 
 /// Every plot of an A/B report, in the order the report shows them.
-pub(crate) fn render_all(dir: &Path, input: &AbReportInput, data: &ReportData) -> Result<Vec<Figure>, ReportError> {
+pub(crate) fn render_all(
+    dir: &Path,
+    input: &AbReportInput,
+    data: &ReportData,
+) -> Result<Vec<Figure>, ReportError> {
     let names = [input.system_a.as_str(), input.system_b.as_str()];
     let bars: Vec<MetricBar> = input
         .comparison
         .iter()
         .zip(&data.bar_ci)
-        .map(|(r, ci)| MetricBar { measure: r.measure.clone(), mean: [r.mean_a, r.mean_b], ci: *ci })
+        .map(|(r, ci)| MetricBar {
+            measure: r.measure.clone(),
+            mean: [r.mean_a, r.mean_b],
+            ci: *ci,
+        })
         .collect();
     let mut figures = vec![
         metric_bars(dir, "metric_bars", names, &bars)?,
@@ -481,26 +551,44 @@ mod tests {
     #[test]
     fn writes_svg_and_png_and_refuses_to_overwrite() {
         let dir = tempfile::tempdir().unwrap();
-        let bars = [MetricBar { measure: "ndcg_cut.10".into(), mean: [0.25, 0.5], ci: [(0.2, 0.3), (0.4, 0.6)] }];
+        let bars = [MetricBar {
+            measure: "ndcg_cut.10".into(),
+            mean: [0.25, 0.5],
+            ci: [(0.2, 0.3), (0.4, 0.6)],
+        }];
         let fig = metric_bars(dir.path(), "bars", ["a", "b"], &bars).unwrap();
         let svg = std::fs::read_to_string(&fig.svg).unwrap();
         assert_eq!(svg, fig.svg_text);
         // The measure name and both value labels are drawn as SVG text.
-        assert!(svg.contains("ndcg_cut.10") && svg.contains("0.2500") && svg.contains("0.5000"), "{svg}");
+        assert!(
+            svg.contains("ndcg_cut.10") && svg.contains("0.2500") && svg.contains("0.5000"),
+            "{svg}"
+        );
         let png = std::fs::read(&fig.png).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-        assert!(matches!(metric_bars(dir.path(), "bars", ["a", "b"], &bars), Err(ReportError::Exists(_))));
+        assert!(matches!(
+            metric_bars(dir.path(), "bars", ["a", "b"], &bars),
+            Err(ReportError::Exists(_))
+        ));
         // No temporary files are left behind.
-        let names: Vec<String> =
-            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into())
+            .collect();
         assert!(names.iter().all(|n| !n.contains(".tmp")), "{names:?}");
     }
 
     #[test]
     fn per_query_caption_counts_wins_ties_losses() {
         let dir = tempfile::tempdir().unwrap();
-        let fig = per_query_differences(dir.path(), "pq", "map", ["A", "B"], &[0.1, -0.2, 0.0, 0.3]).unwrap();
-        assert!(fig.caption.contains("2 queries better with B, 1 better with A, 1 equal"), "{}", fig.caption);
+        let fig =
+            per_query_differences(dir.path(), "pq", "map", ["A", "B"], &[0.1, -0.2, 0.0, 0.3])
+                .unwrap();
+        assert!(
+            fig.caption.contains("2 queries better with B, 1 better with A, 1 equal"),
+            "{}",
+            fig.caption
+        );
     }
 
     #[test]
@@ -513,6 +601,9 @@ mod tests {
         let fig = per_query_differences(dir.path(), "many", "map", ["A", "B"], &many).unwrap();
         assert!(fig.svg_text.matches("<rect").count() < MAX_BARS + 50);
         assert_eq!(file_stem("ndcg_cut.10"), "ndcg_cut_10");
-        assert_eq!([tick(&-0.0), tick(&0.25), tick(&1.0), tick(&-0.1), tick(&0.1234)], ["0", "0.25", "1", "-0.1", "0.123"]);
+        assert_eq!(
+            [tick(&-0.0), tick(&0.25), tick(&1.0), tick(&-0.1), tick(&0.1234)],
+            ["0", "0.25", "1", "-0.1", "0.123"]
+        );
     }
 }

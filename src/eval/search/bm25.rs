@@ -71,7 +71,8 @@ pub struct Bm25Index {
 impl Bm25Index {
     /// Index `docs` in an in-memory database.
     pub fn in_memory(docs: &[Document], config: &Bm25Config) -> Result<Self, SearchError> {
-        let conn = Connection::open_in_memory().map_err(SearchError::sqlite("opening memory db"))?;
+        let conn =
+            Connection::open_in_memory().map_err(SearchError::sqlite("opening memory db"))?;
         let mut index = Self { conn, config: config.clone() };
         index.build(docs)?;
         Ok(index)
@@ -79,7 +80,11 @@ impl Bm25Index {
 
     /// Index `docs` into a new database file at `path`. Refuses to touch an existing file; a
     /// file left half-built by an error is removed.
-    pub fn create(path: &Path, docs: &[Document], config: &Bm25Config) -> Result<Self, SearchError> {
+    pub fn create(
+        path: &Path,
+        docs: &[Document],
+        config: &Bm25Config,
+    ) -> Result<Self, SearchError> {
         if path.exists() {
             return Err(SearchError::IndexExists(path.to_path_buf()));
         }
@@ -101,11 +106,9 @@ impl Bm25Index {
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(SearchError::sqlite(format!("opening {}", path.display())))?;
         let has_table: bool = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE name = 'docs_fts'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
+            .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'docs_fts'", [], |r| {
+                r.get::<_, i64>(0)
+            })
             .map(|n| n > 0)
             .unwrap_or(false);
         if !has_table {
@@ -130,7 +133,9 @@ impl Bm25Index {
                 .prepare("INSERT INTO docs (rowid, doc_id) VALUES (?1, ?2)")
                 .map_err(SearchError::sqlite("preparing insert"))?;
             let mut ins_fts = tx
-                .prepare("INSERT INTO docs_fts (rowid, filepath, title, body) VALUES (?1, ?2, ?3, ?4)")
+                .prepare(
+                    "INSERT INTO docs_fts (rowid, filepath, title, body) VALUES (?1, ?2, ?3, ?4)",
+                )
                 .map_err(SearchError::sqlite("preparing insert"))?;
             for (i, d) in docs.iter().enumerate() {
                 let rowid = i as i64 + 1;
@@ -140,9 +145,12 @@ impl Bm25Index {
                     {
                         SearchError::DuplicateDocId(d.id.clone())
                     }
-                    e => SearchError::Sqlite { context: format!("inserting '{}'", d.id), source: e },
+                    e => {
+                        SearchError::Sqlite { context: format!("inserting '{}'", d.id), source: e }
+                    }
                 })?;
-                let path = if self.config.index_doc_id { normalize_cjk(&d.id) } else { String::new() };
+                let path =
+                    if self.config.index_doc_id { normalize_cjk(&d.id) } else { String::new() };
                 ins_fts
                     .execute(params![rowid, path, normalize_cjk(&d.title), normalize_cjk(&d.text)])
                     .map_err(SearchError::sqlite(format!("indexing '{}'", d.id)))?;
@@ -196,7 +204,12 @@ impl Bm25Index {
 
     /// Search every `(query id, query text)` and collect a run tagged `tag`. Queries without
     /// results are absent from the run, as they would be from a run file.
-    pub fn run(&self, queries: &[(String, String)], k: usize, tag: &str) -> Result<Run, SearchError> {
+    pub fn run(
+        &self,
+        queries: &[(String, String)],
+        k: usize,
+        tag: &str,
+    ) -> Result<Run, SearchError> {
         let progress = progress_bar(queries.len() as u64, "bm25");
         let mut run = Run { tag: tag.to_string(), ..Default::default() };
         for (qid, text) in queries {
@@ -406,7 +419,12 @@ mod tests {
     use super::*;
 
     fn doc(id: &str, title: &str, text: &str) -> Document {
-        Document { id: id.into(), title: title.into(), text: text.into(), governance: Default::default() }
+        Document {
+            id: id.into(),
+            title: title.into(),
+            text: text.into(),
+            governance: Default::default(),
+        }
     }
 
     #[test]
@@ -426,20 +444,51 @@ mod tests {
 
     #[test]
     fn any_term_mode_ors_terms() {
-        assert_eq!(build_query("a b -c", QueryMode::AnyTerm).unwrap(), r#"("a"* OR "b"*) NOT "c"*"#);
+        assert_eq!(
+            build_query("a b -c", QueryMode::AnyTerm).unwrap(),
+            r#"("a"* OR "b"*) NOT "c"*"#
+        );
         assert_eq!(build_query("solo", QueryMode::AnyTerm).unwrap(), r#""solo"*"#);
     }
 
     #[test]
     fn hostile_queries_never_raise_fts5_syntax_errors() {
-        let docs = vec![doc("d1", "quotes", "a \"quoted\" word and NEAR stuff"), doc("d2", "", "x")];
+        let docs =
+            vec![doc("d1", "quotes", "a \"quoted\" word and NEAR stuff"), doc("d2", "", "x")];
         for mode in [QueryMode::QmdLex, QueryMode::AnyTerm] {
             let cfg = Bm25Config { query_mode: mode, ..Default::default() };
             let index = Bm25Index::in_memory(&docs, &cfg).unwrap();
             for q in [
-                "\"unbalanced", "a OR b", "NEAR(x y)", "title:quotes", "*", "^start", "\"\"", "'",
-                "'''", "AND", "OR NOT", "(", ")", "-", "--", "\"a\" \"b", "a\"b", "{x}", "x -", "-\"",
-                "🙂", "東京", "a.b.", ".a", "a-", "-a-b", "col : x", "\\", "NOT quoted", "x:*",
+                "\"unbalanced",
+                "a OR b",
+                "NEAR(x y)",
+                "title:quotes",
+                "*",
+                "^start",
+                "\"\"",
+                "'",
+                "'''",
+                "AND",
+                "OR NOT",
+                "(",
+                ")",
+                "-",
+                "--",
+                "\"a\" \"b",
+                "a\"b",
+                "{x}",
+                "x -",
+                "-\"",
+                "🙂",
+                "東京",
+                "a.b.",
+                ".a",
+                "a-",
+                "-a-b",
+                "col : x",
+                "\\",
+                "NOT quoted",
+                "x:*",
             ] {
                 index.search(q, 10).unwrap_or_else(|e| panic!("query {q:?} ({mode:?}): {e}"));
             }
@@ -478,10 +527,12 @@ mod tests {
     #[test]
     fn ties_are_ordered_by_doc_id_descending_and_cut_deterministically() {
         // Identical documents get identical scores; trec_eval's order puts the larger id first.
-        let docs = vec![doc("a", "", "same text"), doc("c", "", "same text"), doc("b", "", "same text")];
+        let docs =
+            vec![doc("a", "", "same text"), doc("c", "", "same text"), doc("b", "", "same text")];
         let cfg = Bm25Config { index_doc_id: false, ..Default::default() };
         let index = Bm25Index::in_memory(&docs, &cfg).unwrap();
-        let ids: Vec<String> = index.search("same", 2).unwrap().into_iter().map(|r| r.doc_id).collect();
+        let ids: Vec<String> =
+            index.search("same", 2).unwrap().into_iter().map(|r| r.doc_id).collect();
         assert_eq!(ids, ["c", "b"]);
     }
 

@@ -121,7 +121,9 @@ impl DenseIndex {
                 order.extend(0..n_docs);
                 let ids = &self.doc_ids;
                 let cmp = |a: &usize, b: &usize| {
-                    row[*b].total_cmp(&row[*a]).then_with(|| ids[*b].as_bytes().cmp(ids[*a].as_bytes()))
+                    row[*b]
+                        .total_cmp(&row[*a])
+                        .then_with(|| ids[*b].as_bytes().cmp(ids[*a].as_bytes()))
                 };
                 if k < n_docs {
                     order.select_nth_unstable_by(k - 1, cmp);
@@ -155,8 +157,10 @@ mod tests {
     fn hand_made_vectors_rank_by_cosine_with_doc_id_ties() {
         let device = Device::flex();
         // d4 = 2·d1 (same direction: both cosines are exactly equal), d3 at 45°, d2 orthogonal.
-        let docs = Tensor::<2>::from_floats([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0]], &device);
-        let index = DenseIndex::new(docs, ids(&["d1", "d2", "d3", "d4"])).unwrap().with_batch_size(2);
+        let docs =
+            Tensor::<2>::from_floats([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0]], &device);
+        let index =
+            DenseIndex::new(docs, ids(&["d1", "d2", "d3", "d4"])).unwrap().with_batch_size(2);
         // Three queries with batch size 2: the second batch is partial.
         let queries = Tensor::<2>::from_floats([[1.0, 0.0], [0.0, -3.0], [0.0, 0.0]], &device);
         let run = index.search(queries, &ids(&["q1", "q2", "q3"]), 3, "dense").unwrap();

@@ -46,7 +46,9 @@ impl RrfConfig {
     /// QMD's `hybridQuery` weighting: the first `original` lists (retrieved with the user's own
     /// query, e.g. BM25 and dense) weigh 2.0, the next `expansions` lists 1.0.
     pub fn qmd_hybrid(original: usize, expansions: usize) -> Self {
-        let weights = std::iter::repeat_n(2.0, original).chain(std::iter::repeat_n(1.0, expansions)).collect();
+        let weights = std::iter::repeat_n(2.0, original)
+            .chain(std::iter::repeat_n(1.0, expansions))
+            .collect();
         Self { weights, ..Self::default() }
     }
 }
@@ -116,7 +118,10 @@ mod tests {
             results: q
                 .iter()
                 .map(|(qid, docs)| {
-                    let v = docs.iter().map(|(d, s)| Retrieved { doc_id: d.to_string(), score: *s }).collect();
+                    let v = docs
+                        .iter()
+                        .map(|(d, s)| Retrieved { doc_id: d.to_string(), score: *s })
+                        .collect();
                     (qid.to_string(), v)
                 })
                 .collect(),
@@ -164,7 +169,11 @@ mod tests {
         assert!((score(&f, "q", "x") - (1.0 / 61.0 + 1.0 / 62.0)).abs() < 1e-15);
         // A query present in one run only is kept.
         assert!((score(&f, "only_a", "z") - 1.0 / 61.0).abs() < 1e-15);
-        let cut = reciprocal_rank_fusion(&[&a, &b], &RrfConfig { depth: Some(1), ..RrfConfig::plain() }, "t");
+        let cut = reciprocal_rank_fusion(
+            &[&a, &b],
+            &RrfConfig { depth: Some(1), ..RrfConfig::plain() },
+            "t",
+        );
         assert_eq!(cut.results["q"].len(), 1);
     }
 }
