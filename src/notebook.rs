@@ -419,6 +419,14 @@ pub struct ReportFiles {
     pub plots: Vec<PathBuf>,
 }
 
+/// Counts its calls in a static. Used by `notebooks/00-kernel-check` to show whether global state
+/// in tunelab (and its dependencies) is shared between notebook cells.
+#[doc(hidden)]
+pub fn static_probe() -> usize {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+}
+
 /// Rows of a table shown in `report.md`/`report.html` (the Arrow file has them all).
 const REPORT_ROWS: usize = 50;
 
@@ -701,15 +709,53 @@ pub fn watch_loss_log(path: impl Into<PathBuf>, label: &str, total_steps: usize,
 /// [`watch_loss_log`] with a [`Progress`] set up by the caller (e.g. [`Progress::quiet`]).
 pub fn watch_loss_log_with(path: impl Into<PathBuf>, progress: Progress) -> LossWatcher {
     let path = path.into();
+    spawn_watcher(move |_| Some(path.clone()), progress)
+}
+
+/// Like [`watch_loss_log`] for a loop whose output folder is not known in advance (e.g.
+/// `experiment::run` creates `reports/<name>/<run-id>/training/`): follows the newest `loss.jsonl`
+/// under `dir` (up to four levels down) written after the watcher started.
+pub fn watch_newest_loss_log(dir: impl Into<PathBuf>, progress: Progress) -> LossWatcher {
+    let dir = dir.into();
+    spawn_watcher(move |since| newest_loss_log(&dir, since, 4), progress)
+}
+
+fn newest_loss_log(dir: &Path, since: std::time::SystemTime, depth: usize) -> Option<PathBuf> {
+    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        let found = if p.is_dir() && depth > 0 {
+            newest_loss_log(&p, since, depth - 1).and_then(|f| Some((f.metadata().ok()?.modified().ok()?, f)))
+        } else if p.file_name().is_some_and(|n| n == "loss.jsonl") {
+            e.metadata().ok().and_then(|m| m.modified().ok()).filter(|t| *t >= since).map(|t| (t, p))
+        } else {
+            None
+        };
+        if let Some((t, f)) = found
+            && best.as_ref().is_none_or(|(bt, _)| t > *bt)
+        {
+            best = Some((t, f));
+        }
+    }
+    best.map(|(_, p)| p)
+}
+
+fn spawn_watcher(find: impl Fn(std::time::SystemTime) -> Option<PathBuf> + Send + 'static, progress: Progress) -> LossWatcher {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
+    // A second of slack: file times and the clock can disagree by that much on some filesystems.
+    let since = std::time::SystemTime::now() - Duration::from_secs(1);
     let mut progress = progress;
     let handle = std::thread::spawn(move || {
+        let mut path: Option<PathBuf> = None;
         let mut consumed = 0usize;
         loop {
             // Read the flag first: after it is set, one more full read catches the last lines.
             let stopping = flag.load(std::sync::atomic::Ordering::Acquire);
-            if let Ok(text) = std::fs::read_to_string(&path) {
+            if path.is_none() {
+                path = find(since);
+            }
+            if let Some(text) = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
                 let complete = text.rfind('\n').map_or(0, |i| i + 1);
                 if complete > consumed {
                     for line in text[consumed..complete].lines() {
@@ -981,6 +1027,21 @@ mod tests {
         assert_eq!(p.history("loss"), &[(1, 2.5), (2, 2.0)]);
         assert_eq!(p.history("valid_ndcg_cut_10"), &[(2, 0.4)]);
         assert!(p.history("grad_norm").is_empty(), "only loss, lr and validation values are shown");
+    }
+
+    #[test]
+    fn newest_loss_log_is_found_below_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let since = std::time::SystemTime::now() - Duration::from_secs(1);
+        assert_eq!(newest_loss_log(dir.path(), since, 4), None);
+        let run = dir.path().join("exp/run-1/training");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("loss.jsonl"), "").unwrap();
+        std::fs::write(dir.path().join("exp/other.jsonl"), "").unwrap();
+        assert_eq!(newest_loss_log(dir.path(), since, 4), Some(run.join("loss.jsonl")));
+        // Files older than the watcher are someone else's.
+        let later = std::time::SystemTime::now() + Duration::from_secs(60);
+        assert_eq!(newest_loss_log(dir.path(), later, 4), None);
     }
 
     #[test]
