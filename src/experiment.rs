@@ -66,7 +66,7 @@ impl Default for ExperimentConfig {
         let train = ContrastiveConfig {
             learning_rate: 5e-5,
             batch_size: 32,
-            epochs: 1,
+            epochs: 2,
             symmetric: true,
             seed: 42,
             output_dir: PathBuf::new(), // set inside the run directory
