@@ -530,8 +530,12 @@ pub(crate) mod tests {
         }
     }
 
+    // No dropout here: burn-flex has one random stream per process, and other unit tests running on
+    // parallel threads draw from it, so dropout masks would depend on test scheduling. Batch order and
+    // initialisation use our own seeded RNGs and stay covered; dropout determinism holds in a
+    // single-process run (the main job), not across concurrently running tests.
     fn encoder() -> HashedBagEncoder {
-        HashedBagEncoder::new(128, 16, 8, 0.1, 7, &Device::flex())
+        HashedBagEncoder::new(128, 16, 8, 0.0, 7, &Device::flex())
     }
 
     fn values(enc: &HashedBagEncoder) -> Vec<f32> {
@@ -571,7 +575,7 @@ pub(crate) mod tests {
         let ckpt = checkpoint::latest(d2.path()).unwrap();
         assert!(ckpt.ends_with("step-00000005"), "{ckpt:?}");
         // Resume onto a differently initialised encoder: everything must come from the checkpoint.
-        let fresh = HashedBagEncoder::new(128, 16, 8, 0.1, 1234, &Device::flex());
+        let fresh = HashedBagEncoder::new(128, 16, 8, 0.0, 1234, &Device::flex());
         let rest = ContrastiveTrainer::new(config(d2.path())).with_progress(false).fit(fresh, &data(), Some(&ckpt)).unwrap();
         assert_eq!(rest.steps, 8);
         assert_eq!([first.losses, rest.losses].concat(), full.losses);
