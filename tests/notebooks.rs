@@ -1,0 +1,100 @@
+//! The notebooks under `notebooks/` follow the conventions the batch runner relies on
+//! (`scripts/run_notebooks.py`, `notebooks/README.md`). Executing them needs the evcxr kernel and a
+//! long first build, so that happens in `scripts/run-notebooks`, not here.
+
+use std::path::{Path, PathBuf};
+
+fn notebooks() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("notebooks");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ipynb"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn source(cell: &serde_json::Value) -> String {
+    match &cell["source"] {
+        serde_json::Value::Array(lines) => lines.iter().filter_map(|l| l.as_str()).collect(),
+        serde_json::Value::String(s) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+fn code_cells(nb: &serde_json::Value) -> Vec<&serde_json::Value> {
+    nb["cells"].as_array().unwrap().iter().filter(|c| c["cell_type"] == "code").collect()
+}
+
+#[test]
+fn the_six_notebooks_exist() {
+    let names: Vec<String> = notebooks().iter().map(|p| p.file_stem().unwrap().to_string_lossy().into_owned()).collect();
+    for want in ["00-kernel-check", "01-datasets", "02-embedding-finetune", "03-query-expansion-lora", "04-ab-comparison", "05-persona-adapter"] {
+        assert!(names.iter().any(|n| n == want), "notebooks/{want}.ipynb is missing (have {names:?})");
+    }
+}
+
+#[test]
+fn notebooks_follow_the_runner_conventions() {
+    // The declaration form the runner parses: `let NAME: TYPE = ...;` (scripts/run_notebooks.py DECL).
+    let is_decl = |line: &str| {
+        let l = line.trim_start();
+        let after_semicolon = l.rfind(';').map(|i| l[i + 1..].trim());
+        l.starts_with("let ") && l.contains(':') && l.contains('=') && after_semicolon.is_some_and(|a| a.is_empty() || a.starts_with("//"))
+    };
+    for path in notebooks() {
+        let name = path.display();
+        let nb: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(nb["metadata"]["kernelspec"]["name"], "rust", "{name}: kernel must be `rust`");
+        let code = code_cells(&nb);
+        // Outputs are not committed.
+        for c in &code {
+            assert!(c["outputs"].as_array().is_none_or(|o| o.is_empty()), "{name}: commit notebooks with cleared outputs");
+            assert!(c["execution_count"].is_null(), "{name}: commit notebooks with cleared execution counts");
+        }
+        // Exactly one parameters cell, the first code cell, declaring typed parameters only.
+        let tagged: Vec<usize> = code
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c["metadata"]["tags"].as_array().is_some_and(|t| t.iter().any(|t| t == "parameters")))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(tagged, vec![0], "{name}: one cell tagged `parameters`, the first code cell");
+        for line in source(code[0]).lines().filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with("//")) {
+            assert!(is_decl(line), "{name}: parameters cell line is not `let NAME: TYPE = VALUE;`: {line}");
+        }
+        // The setup cell loads tunelab from this checkout with explicit features (the runner's
+        // --features rewrites that line) and installs the fail-fast hook.
+        let setup = source(code[1]);
+        assert!(
+            setup.lines().any(|l| l.starts_with(":dep tunelab = { path = \"..\"") && l.contains("features = [")),
+            "{name}: second code cell must `:dep tunelab = {{ path = \"..\", ... features = [...] }}`"
+        );
+        assert!(setup.contains("tunelab::notebook::init()"), "{name}: setup cell must call tunelab::notebook::init()");
+        // No `?` at the top level of a cell: evcxr reports such an error as a successful cell.
+        for c in &code {
+            for line in source(c).lines() {
+                let l = line.trim_end();
+                assert!(!(l.ends_with(")?;") || l.ends_with("?;")), "{name}: use .or_fail(..) instead of `?`: {l}");
+            }
+        }
+    }
+}
+
+#[test]
+fn notebooks_that_write_reports_let_the_runner_choose_where() {
+    for path in notebooks() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        if text.contains("RunDir::create") {
+            let nb: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let params = source(code_cells(&nb)[0]);
+            assert!(
+                params.contains("let reports_root: String"),
+                "{}: writes a report, so it declares `reports_root: String` for the batch runner",
+                path.display()
+            );
+        }
+    }
+}
