@@ -61,7 +61,8 @@ impl SearchError {
 /// (byte-wise), as `comp_sim_docno` in trec_eval's `form_res_rels.c` does
 /// (`strcmp (ptr2->docno, ptr1->docno)`). Scores are compared with `total_cmp`.
 pub fn trec_order(a: &Retrieved, b: &Retrieved) -> Ordering {
-    b.score.total_cmp(&a.score).then_with(|| b.doc_id.as_bytes().cmp(a.doc_id.as_bytes()))
+    // One definition of trec_eval's order for the whole crate (it also ties -0.0 with 0.0).
+    crate::data::trec::trec_eval_order(a, b)
 }
 
 /// Sort one query's results into [`trec_order`].
