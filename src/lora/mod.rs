@@ -22,8 +22,10 @@
 //! assert_eq!(y.into_data().try_to_vec::<f32>().unwrap(), vec![3.0, 0.0]);
 //! ```
 
+mod adapter;
 mod linear;
 
+pub use adapter::{AdapterWeights, LoraFactors};
 pub use linear::{AdaptableLinear, LoraLinear};
 
 use serde::{Deserialize, Serialize};
