@@ -1,4 +1,4 @@
-//! `tunelab train lora`, `generate`, `export`, `fuse` (owned by the decoder work).
+//! `tunelab train lora`, `generate`, `fuse` (owned by the decoder work); `export` lives in `cli/export.rs`.
 use crate::device::DeviceChoice;
 #[derive(clap::Args, Debug)]
 pub struct TrainLoraArgs {}
@@ -36,8 +36,6 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub extra_eos_token: Vec<String>,
 }
-#[derive(clap::Args, Debug)]
-pub struct ExportArgs {}
 #[derive(clap::Args, Debug)]
 pub struct FuseArgs {}
 pub fn run_train(_a: TrainLoraArgs, _d: DeviceChoice) -> anyhow::Result<()> {
@@ -121,9 +119,6 @@ pub fn run_generate(a: GenerateArgs, d: DeviceChoice) -> anyhow::Result<()> {
         d
     );
     Ok(())
-}
-pub fn run_export(_a: ExportArgs, _d: DeviceChoice) -> anyhow::Result<()> {
-    anyhow::bail!("`tunelab export` is not implemented yet")
 }
 pub fn run_fuse(_a: FuseArgs, _d: DeviceChoice) -> anyhow::Result<()> {
     anyhow::bail!("`tunelab fuse` is not implemented yet")
