@@ -18,7 +18,7 @@ Steps (all in a temporary folder):
 Exits 1 when the f32 adapter's max abs difference exceeds --tolerance.
 
 Measured (2026-12-01, SmolLM2-135M-Instruct F32 copy, rank 8 / alpha 16 on all 210 projections,
-3 prompts / 62 positions, llama.cpp from llama-cpp-python 0.3.36, CPU):
+3 prompts (every position), llama.cpp from llama-cpp-python 0.3.36, CPU):
   adapter effect, max |merged - base|            4.23
   f32 adapter, max |base+--lora - merged|        8.9e-05 (F32 KV cache), 1.6e-02 (default F16 KV cache)
   f16 adapter, max |base+--lora - merged|        2.3e-03 (F32 KV cache), 2.0e-02 (default F16 KV cache)
