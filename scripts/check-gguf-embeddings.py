@@ -10,17 +10,10 @@ and whether llama.cpp's token ids equal tunelab's (Hugging Face tokenizers) wher
 is installed. The f16 / q8_0 tensors are also compared byte for byte with gguf-py's rounding of
 the f32 export. Exits 1 when a minimum cosine is below its threshold or blocks differ.
 
-Environment (once; llama.cpp is built from the llama-cpp-python sdist, ~15 min on 2 cores):
-  python3 -m venv .venv && .venv/bin/pip install numpy
-  mkdir -p /work/tools && cd /work/tools && pip download --no-deps --no-binary llama-cpp-python llama-cpp-python
-  tar xzf llama_cpp_python-*.tar.gz && cd llama_cpp_python-*/vendor/llama.cpp
-  cmake -S . -B /work/tools/llama-build -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
-        -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
-        -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DGGML_OPENMP=OFF
-  nice -n 15 cmake --build /work/tools/llama-build -j2 --target llama
+Environment (once): scripts/setup-llama-cpp.sh builds llama.cpp's `llama` library from the
+llama-cpp-python sdist into .venv/llama-cpp (about 15 min on 2 cores; LLAMA_CPP_DIR elsewhere).
 Run (after `cargo build`; models from scripts/fetch-models.sh):
-  PYTHONPATH=/work/tools/llama_cpp_python-0.3.36 LLAMA_CPP_LIB_PATH=/work/tools/llama-build/bin \\
-    .venv/bin/python scripts/check-gguf-embeddings.py [--model models/all-MiniLM-L6-v2] [--types f32 f16 q8_0]
+  .venv/bin/python scripts/check-gguf-embeddings.py [--model models/all-MiniLM-L6-v2] [--types f32 f16 q8_0]
 
 Measured (2026-12-01, all-MiniLM-L6-v2, llama.cpp from llama-cpp-python 0.3.36, CPU, 20 sentences;
 token ids identical to Hugging Face tokenizers for all 20):
@@ -127,7 +120,8 @@ def main():
 
     import numpy as np
     import gguf
-    import llama_cpp
+    import llama_cpp_env
+    llama_cpp = llama_cpp_env.import_llama_cpp()
 
     hf_ids = None
     try:

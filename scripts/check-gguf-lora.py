@@ -17,6 +17,9 @@ Steps (all in a temporary folder):
      the adapter changes the logits by far more than the parity error.
 Exits 1 when the f32 adapter's max abs difference exceeds --tolerance.
 
+Environment (once): scripts/setup-llama-cpp.sh (see check-gguf-embeddings.py).
+Run (after `cargo build`): .venv/bin/python scripts/check-gguf-lora.py
+
 Measured (2026-12-01, SmolLM2-135M-Instruct F32 copy, rank 8 / alpha 16 on all 210 projections,
 3 prompts (every position), llama.cpp from llama-cpp-python 0.3.36, CPU):
   adapter effect, max |merged - base|            4.23
@@ -24,11 +27,6 @@ Measured (2026-12-01, SmolLM2-135M-Instruct F32 copy, rank 8 / alpha 16 on all 2
   f16 adapter, max |base+--lora - merged|        2.3e-03 (F32 KV cache), 2.0e-02 (default F16 KV cache)
   argmax identical at every position for both. With the reference's q/k permutation left out
   (a deliberate layout error) the f32 difference is 1.58, so the check does see layout mistakes.
-
-Environment and llama.cpp build: see scripts/check-gguf-embeddings.py.
-Run (after `cargo build`):
-  PYTHONPATH=/work/tools/llama_cpp_python-0.3.36 LLAMA_CPP_LIB_PATH=/work/tools/llama-build/bin \\
-    .venv/bin/python scripts/check-gguf-lora.py
 """
 import argparse
 import json
@@ -135,7 +133,8 @@ def main():
 
     import numpy as np
     import gguf
-    import llama_cpp
+    import llama_cpp_env
+    llama_cpp = llama_cpp_env.import_llama_cpp()
 
     reader = gguf.GGUFReader(args.base)
     arch = reader.fields["general.architecture"].contents()
