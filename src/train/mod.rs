@@ -2,7 +2,9 @@
 //!
 //! * [`contrastive`]: MultipleNegativesRankingLoss, its GradCache variant, the no-duplicates sampler.
 //! * [`contrastive_trainer`]: the embedding-model training loop (`tunelab train embed`).
+//! * [`embed_job`]: `tunelab train embed`: govern, mine, train, validate, export, manifest.
 //! * [`encoder`]: the [`encoder::TrainableEncoder`] seam between loops and models.
+//! * [`hard_negatives`]: mining hard negatives from a governed corpus (BM25 or dense).
 //! * [`gradcheck`]: finite-difference checks of parameter gradients for any encoder and loss.
 //! * [`schedule`]: warm-up + linear/cosine learning rates, clipping by global norm.
 //! * [`checkpoint`]: model + optimizer + loop state on disk, for resume.
@@ -10,8 +12,10 @@
 pub mod checkpoint;
 pub mod contrastive;
 pub mod contrastive_trainer;
+pub mod embed_job;
 pub mod encoder;
 pub mod gradcheck;
+pub mod hard_negatives;
 pub mod schedule;
 pub mod sft;
 pub mod validation;
