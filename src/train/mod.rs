@@ -5,6 +5,8 @@
 //! * [`encoder`]: the [`encoder::TrainableEncoder`] seam between loops and models.
 //! * [`gradcheck`]: finite-difference checks of parameter gradients for any encoder and loss.
 //! * [`schedule`]: warm-up + linear/cosine learning rates, clipping by global norm.
+//! * [`sft`]: LoRA supervised fine-tuning of decoders (`tunelab train lora`), MLX-LM's options.
+//! * [`sft_data`]: SFT records rendered and tokenized, length-grouped padded batches.
 //! * [`checkpoint`]: model + optimizer + loop state on disk, for resume.
 //! * [`validation`]: validation callbacks (retrieval metrics through `eval::metrics`).
 pub mod checkpoint;
@@ -14,4 +16,5 @@ pub mod encoder;
 pub mod gradcheck;
 pub mod schedule;
 pub mod sft;
+pub mod sft_data;
 pub mod validation;
