@@ -7,6 +7,8 @@
 //! * [`hard_negatives`]: mining hard negatives from a governed corpus (BM25 or dense).
 //! * [`gradcheck`]: finite-difference checks of parameter gradients for any encoder and loss.
 //! * [`schedule`]: warm-up + linear/cosine learning rates, clipping by global norm.
+//! * [`sft`]: LoRA supervised fine-tuning of decoders (`tunelab train lora`), MLX-LM's options.
+//! * [`sft_data`]: SFT records rendered and tokenized, length-grouped padded batches.
 //! * [`checkpoint`]: model + optimizer + loop state on disk, for resume.
 //! * [`validation`]: validation callbacks (retrieval metrics through `eval::metrics`).
 pub mod checkpoint;
@@ -18,4 +20,5 @@ pub mod gradcheck;
 pub mod hard_negatives;
 pub mod schedule;
 pub mod sft;
+pub mod sft_data;
 pub mod validation;
