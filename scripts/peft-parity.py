@@ -4,7 +4,7 @@
     python scripts/peft-parity.py BASE_HF_DIR PEFT_DIR FUSED_DIR [TOL]
 
 BASE_HF_DIR  the base model as a Hugging Face folder (e.g. tests/fixtures/decoder/tiny_llama)
-PEFT_DIR     `tunelab export --adapter-path ADAPTERS --format peft --output PEFT_DIR`
+PEFT_DIR     `tunelab export adapter --adapter-path ADAPTERS --format peft --output PEFT_DIR`
 FUSED_DIR    `tunelab fuse --model BASE_HF_DIR --adapter-path ADAPTERS --save-path FUSED_DIR`
              (tunelab's own W + scale*B*A, written as plain weights)
 
@@ -72,7 +72,7 @@ def demo() -> int:
     subprocess.run(tl + ["train", "lora", "--model", tiny, "--data", str(data), "--iters", "20", "--batch-size", "2",
                          "--learning-rate", "0.02", "--num-layers", "-1", "--rank", "4", "--alpha", "8",
                          "--adapter-path", str(out / "adapters")], check=True, cwd=ROOT)
-    subprocess.run(tl + ["export", "--adapter-path", str(out / "adapters"), "--format", "peft",
+    subprocess.run(tl + ["export", "adapter", "--adapter-path", str(out / "adapters"), "--format", "peft",
                          "--output", str(out / "peft"), "--base-model", tiny], check=True, cwd=ROOT)
     subprocess.run(tl + ["fuse", "--model", tiny, "--adapter-path", str(out / "adapters"),
                          "--save-path", str(out / "fused")], check=True, cwd=ROOT)

@@ -77,7 +77,7 @@ fn train_generate_export_and_fuse_on_a_tiny_model() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Generation:"));
 
     // export to PEFT: the same factors.
-    ok(&tunelab(&["export", "--adapter-path", "adapters", "--format", "peft", "--output", "peft", "--base-model", "tiny_llama"], tmp.path()));
+    ok(&tunelab(&["export", "adapter", "--adapter-path", "adapters", "--format", "peft", "--output", "peft", "--base-model", "tiny_llama"], tmp.path()));
     let (m, p) = (mlx::read(&adapters).unwrap(), peft::read(&tmp.path().join("peft")).unwrap());
     assert_eq!(m.layers, p.layers);
     assert_eq!(m.layers.len(), 14);

@@ -1,4 +1,4 @@
-//! `tunelab train lora`, `generate`, `export`, `fuse`: decoder LoRA from the command line, with
+//! `tunelab train lora`, `generate`, `export adapter`, `fuse`: decoder LoRA from the command line, with
 //! MLX-LM's option names (`mlx_lm.lora`, `mlx_lm.generate`, `mlx_lm.fuse`).
 //!
 //! `tunelab train lora [CONFIG.toml] [--flags]`: every option of [`SftConfig`] can be set in the
@@ -188,7 +188,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub extra_eos_token: Vec<String>,
 }
-/// `tunelab export`: convert a LoRA adapter folder between PEFT and MLX-LM.
+/// `tunelab export adapter`: convert a LoRA adapter folder between PEFT and MLX-LM.
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
     /// The adapter folder to read (MLX-LM or PEFT, detected from its files).

@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod embed;
 pub mod eval;
 pub mod experiment;
+pub mod export;
 pub mod gate;
 pub mod lora;
 pub mod report;
@@ -46,7 +47,8 @@ pub enum Command {
     /// Generate text with a decoder (and optional adapter).
     Generate(lora::GenerateArgs),
     /// Export adapters or models to other tools' formats.
-    Export(lora::ExportArgs),
+    #[command(subcommand)]
+    Export(export::ExportCommand),
     /// Fuse an adapter into its base model.
     Fuse(lora::FuseArgs),
     /// Run the end-to-end experiment on the bundled data and models.
@@ -86,7 +88,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Train(TrainCommand::Embed(a)) => embed::run_train(a, device),
         Command::Train(TrainCommand::Lora(a)) => lora::run_train(a, device),
         Command::Generate(a) => lora::run_generate(a, device),
-        Command::Export(a) => lora::run_export(a, device),
+        Command::Export(c) => export::run(c, device),
         Command::Fuse(a) => lora::run_fuse(a, device),
         Command::Experiment(a) => experiment::run(a, device),
         Command::Gate(a) => gate::run_gate(a),

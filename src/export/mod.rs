@@ -3,8 +3,12 @@
 //! * [`peft`]: LoRA adapters as PEFT folders (`adapter_config.json` + `adapter_model.safetensors`).
 //! * [`fused`]: adapters merged into a decoder, written as a Hugging Face folder.
 //! * [`mlx`]: LoRA adapters as MLX-LM folders (`adapter_config.json` + `adapters.safetensors`).
+//! * [`gguf_bert`]: BERT encoders as llama.cpp GGUF files (f32, f16, q8_0).
+//! * [`gguf_lora`]: decoder LoRA adapters as llama.cpp GGUF adapters (`--lora`).
 //! * [`sentence_transformers`]: tuned encoders as sentence-transformers folders.
 pub mod fused;
+pub mod gguf_bert;
+pub mod gguf_lora;
 pub mod mlx;
 pub mod peft;
 pub mod sentence_transformers;
