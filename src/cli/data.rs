@@ -164,8 +164,13 @@ pub fn run(cmd: DataCommand, device: DeviceChoice) -> anyhow::Result<()> {
                 other => anyhow::bail!("--method {other:?}: use bm25 or dense"),
             };
             let opts = MiningOptions { num_negatives, range_min, range_max, relative_margin, ..MiningOptions::default() };
-            let (mined, report) = mine_hard_negatives(&read.records, &governed_docs, &miner, &opts, relevant.as_ref())?;
+            // Pairs are governed too: excluded pairs (sacred, no consent) are neither mined for nor written.
+            let governed_pairs = policy.apply(read.records);
+            let (mined, report) = mine_hard_negatives(governed_pairs.records(), &governed_docs, &miner, &opts, relevant.as_ref())?;
             write_jsonl(&out, &mined)?;
+            if !governed_pairs.audit().excluded.is_empty() {
+                println!("{} of {} pairs excluded by the policy (not written)", governed_pairs.audit().excluded.len(), governed_pairs.audit().total);
+            }
             println!(
                 "{} negatives added to {} pairs ({} candidates skipped as relevant, {} by margin, {} pairs short) from {} of {} documents the policy allows; wrote {}",
                 report.negatives_added, report.pairs, report.skipped_relevant, report.skipped_margin, report.pairs_short,

@@ -181,6 +181,9 @@ pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Resu
         }
     }
     let mut pairs = policy.apply(read.records);
+    // The audit of what the policy kept and excluded from the data as given; mining below only adds
+    // negatives to kept pairs, and its hash is recorded beside this one.
+    let mut governance = serde_json::to_value(pairs.audit())?;
 
     if let Some(hn) = &cfg.hard_negatives {
         let t = Instant::now();
@@ -206,10 +209,16 @@ pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Resu
         std::fs::write(run_dir.path().join("hard_negatives.json"), serde_json::to_string_pretty(&report)?)?;
         // Mined pairs are judged again, so the audit and its hash describe exactly what trains.
         pairs = policy.apply(mined);
+        governance["sha256_after_mining"] = serde_json::Value::String(pairs.audit().sha256.clone());
         manifest.record_timing("mine_hard_negatives", t.elapsed());
     }
-    manifest.governance = serde_json::to_value(pairs.audit())?;
-    println!("training on {} pairs kept of {} ({} excluded by the policy)", pairs.len(), pairs.audit().total, pairs.audit().excluded.len());
+    println!(
+        "training on {} pairs kept of {} ({} excluded by the policy)",
+        pairs.len(),
+        governance["total"],
+        governance["excluded"].as_array().map_or(0, Vec::len)
+    );
+    manifest.governance = governance;
 
     let mut validation = match &cfg.validation {
         Some(v) => {
@@ -262,7 +271,7 @@ pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Resu
 
     let t = Instant::now();
     let model_dir = run_dir.path().join("model");
-    let meta = serde_json::json!({ "governance": pairs.audit(), "run_id": manifest.run_id, "config": cfg });
+    let meta = serde_json::json!({ "governance": manifest.governance.clone(), "run_id": manifest.run_id, "config": cfg });
     crate::export::sentence_transformers::write_folder(&tuned, &model_dir, meta)?;
     if let Some(adapter) = &lora_adapter {
         let summary: BTreeMap<&str, [usize; 2]> = adapter.layers.iter().map(|(k, f)| (k.as_str(), [f.b_shape[0], f.a_shape[1]])).collect();
