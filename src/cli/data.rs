@@ -64,9 +64,44 @@ pub enum DataCommand {
         #[arg(long)]
         skip_bad: bool,
     },
+    /// Add mined hard negatives to embedding pairs (BM25 or a dense model over a governed corpus),
+    /// as sentence-transformers' mine_hard_negatives does. Documents the policy refuses are never used.
+    MineNegatives {
+        /// Embedding pairs (JSONL).
+        pairs: PathBuf,
+        /// Corpus the negatives come from (markdown folder or JSONL).
+        #[arg(long)]
+        corpus: PathBuf,
+        /// Output JSONL: the pairs with negatives appended.
+        #[arg(long)]
+        out: PathBuf,
+        /// `bm25` or `dense`.
+        #[arg(long, default_value = "bm25")]
+        method: String,
+        /// Encoder folder for `--method dense`.
+        #[arg(long, required_if_eq("method", "dense"))]
+        model: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        num_negatives: usize,
+        /// Skip this many top candidates (often unjudged positives).
+        #[arg(long, default_value_t = 0)]
+        range_min: usize,
+        #[arg(long, default_value_t = 50)]
+        range_max: usize,
+        /// Dense only: keep candidates scoring at most (1 - margin) × the positive's score.
+        #[arg(long)]
+        relative_margin: Option<f32>,
+        /// TREC qrels + queries JSONL (`{"qid","query"}`): judged-relevant documents are never negatives.
+        #[arg(long, requires = "queries")]
+        qrels: Option<PathBuf>,
+        #[arg(long, requires = "qrels")]
+        queries: Option<PathBuf>,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
 }
 
-pub fn run(cmd: DataCommand, _device: DeviceChoice) -> anyhow::Result<()> {
+pub fn run(cmd: DataCommand, device: DeviceChoice) -> anyhow::Result<()> {
     widen_tables();
     match cmd {
         DataCommand::Inspect { path, policy } => {
@@ -104,7 +139,68 @@ pub fn run(cmd: DataCommand, _device: DeviceChoice) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        DataCommand::MineNegatives {
+            pairs, corpus, out, method, model, num_negatives, range_min, range_max, relative_margin, qrels, queries, policy: pargs,
+        } => {
+            use crate::train::hard_negatives::{Miner, MiningOptions, mine_hard_negatives};
+            let policy = resolve_policy(&pargs)?;
+            let read = crate::data::formats::read_records::<crate::data::formats::EmbeddingPair>(&pairs, bad_lines(pargs.skip_bad))?;
+            report_skipped(&read.skipped);
+            let docs = read_corpus(&corpus, bad_lines(pargs.skip_bad))?;
+            report_skipped(&docs.skipped);
+            let governed_docs = policy.apply(docs.records);
+            let relevant = match (&qrels, &queries) {
+                (Some(qrels), Some(queries)) => Some(relevant_by_query_text(qrels, queries)?),
+                _ => None,
+            };
+            let encoder;
+            let miner = match method.as_str() {
+                "bm25" => Miner::Bm25,
+                "dense" => {
+                    let dir = model.as_ref().context("--method dense needs --model")?;
+                    encoder = crate::model::bert::SentenceEncoder::load(dir, &device.device()?)?;
+                    Miner::Dense(&encoder)
+                }
+                other => anyhow::bail!("--method {other:?}: use bm25 or dense"),
+            };
+            let opts = MiningOptions { num_negatives, range_min, range_max, relative_margin, ..MiningOptions::default() };
+            // Pairs are governed too: excluded pairs (sacred, no consent) are neither mined for nor written.
+            let governed_pairs = policy.apply(read.records);
+            let (mined, report) = mine_hard_negatives(governed_pairs.records(), &governed_docs, &miner, &opts, relevant.as_ref())?;
+            write_jsonl(&out, &mined)?;
+            if !governed_pairs.audit().excluded.is_empty() {
+                println!("{} of {} pairs excluded by the policy (not written)", governed_pairs.audit().excluded.len(), governed_pairs.audit().total);
+            }
+            println!(
+                "{} negatives added to {} pairs ({} candidates skipped as relevant, {} by margin, {} pairs short) from {} of {} documents the policy allows; wrote {}",
+                report.negatives_added, report.pairs, report.skipped_relevant, report.skipped_margin, report.pairs_short,
+                report.documents_allowed, governed_docs.audit().total, out.display()
+            );
+            Ok(())
+        }
     }
+}
+
+/// Query text → documents judged relevant (grade > 0) for it.
+fn relevant_by_query_text(
+    qrels: &Path,
+    queries: &Path,
+) -> anyhow::Result<std::collections::BTreeMap<String, std::collections::BTreeSet<String>>> {
+    #[derive(serde::Deserialize)]
+    struct Q {
+        qid: String,
+        query: String,
+    }
+    let qrels = crate::data::trec::Qrels::read(qrels)?;
+    let qs = crate::data::jsonl::read_jsonl::<Q>(queries, BadLines::Fail)?.records;
+    let mut out = std::collections::BTreeMap::new();
+    for q in qs {
+        if let Some(j) = qrels.judgments.get(&q.qid) {
+            let set: &mut std::collections::BTreeSet<String> = out.entry(q.query).or_default();
+            set.extend(j.iter().filter(|(_, g)| **g > 0).map(|(d, _)| d.clone()));
+        }
+    }
+    Ok(out)
 }
 
 /// polars prints at most 8 columns and 10 rows by default and wraps at 100 characters when not on a

@@ -35,8 +35,54 @@ pub struct EmbedArgs {
     pub prompt_name: Option<String>,
 }
 
+/// `tunelab train embed [CONFIG.toml] [--flags]`: flags override the file's values.
 #[derive(clap::Args, Debug)]
-pub struct TrainEmbedArgs {}
+pub struct TrainEmbedArgs {
+    /// TOML config (`--print-config` shows every setting with its default).
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Encoder folder (Hugging Face / sentence-transformers layout).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Training pairs (JSONL `{"query", "positive", "negatives"?}` with governance fields).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Governance policy (TOML).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Folder the run directory goes under.
+    #[arg(long)]
+    pub reports: Option<PathBuf>,
+    /// Run name (`<reports>/<name>/<run-id>/`).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Use CachedMultipleNegativesRankingLoss (GradCache) with mini-batches of this size.
+    #[arg(long)]
+    pub mini_batch_size: Option<usize>,
+    /// Token limit while training.
+    #[arg(long)]
+    pub max_seq_length: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Train LoRA adapters of this rank instead of every weight (alpha defaults to 2 × rank).
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
+    #[arg(long, requires = "lora_rank")]
+    pub lora_alpha: Option<f64>,
+    /// Skip malformed JSONL lines (each is reported) instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad_lines: bool,
+}
 
 /// One output line; a struct (not `json!`) keeps `id` first and writes f32 values at f32 precision.
 #[derive(serde::Serialize)]
@@ -146,6 +192,37 @@ pub fn run_embed(a: EmbedArgs, d: DeviceChoice) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run_train(_a: TrainEmbedArgs, _d: DeviceChoice) -> anyhow::Result<()> {
-    anyhow::bail!("`tunelab train embed` is not implemented yet")
+pub fn run_train(a: TrainEmbedArgs, device: DeviceChoice) -> anyhow::Result<()> {
+    use crate::train::embed_job::{EmbedJobConfig, run_embed_job};
+    let mut cfg = match &a.config {
+        Some(p) => EmbedJobConfig::from_toml_file(p)?,
+        None => EmbedJobConfig::default(),
+    };
+    macro_rules! set {
+        ($($flag:ident => $($field:ident).+),* $(,)?) => { $(if let Some(v) = a.$flag.clone() { cfg.$($field).+ = v.into(); })* };
+    }
+    set!(model => model, data => data, policy => policy, reports => reports, name => name,
+         epochs => train.epochs, learning_rate => train.learning_rate, batch_size => train.batch_size,
+         seed => train.seed);
+    if let Some(v) = a.max_steps {
+        cfg.train.max_steps = Some(v);
+    }
+    if let Some(v) = a.mini_batch_size {
+        cfg.train.mini_batch_size = Some(v);
+    }
+    if let Some(v) = a.max_seq_length {
+        cfg.max_seq_length = Some(v);
+    }
+    if let Some(rank) = a.lora_rank {
+        let alpha = a.lora_alpha.unwrap_or(2.0 * rank as f64);
+        cfg.train.lora = Some(crate::lora::LoraConfig { rank, alpha, ..cfg.train.lora.clone().unwrap_or_default() });
+    }
+    cfg.skip_bad_lines |= a.skip_bad_lines;
+    if a.print_config {
+        print!("{}", toml::to_string_pretty(&cfg)?);
+        return Ok(());
+    }
+    let out = run_embed_job(&cfg, device)?;
+    println!("{} steps, final loss {:?}; run: {}", out.steps, out.final_loss, out.run_dir.display());
+    Ok(())
 }

@@ -20,6 +20,8 @@ pub enum ExportCommand {
     Gguf(GgufArgs),
     /// A decoder LoRA adapter (PEFT folder) as a llama.cpp GGUF adapter for a GGUF base model.
     GgufLora(GgufLoraArgs),
+    /// A decoder LoRA adapter folder (MLX-LM or PEFT) rewritten in the other format.
+    Adapter(crate::cli::lora::ExportArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -65,6 +67,7 @@ pub fn run(c: ExportCommand, d: DeviceChoice) -> anyhow::Result<()> {
     match c {
         ExportCommand::Gguf(a) => run_gguf(a, d),
         ExportCommand::GgufLora(a) => run_gguf_lora(a),
+        ExportCommand::Adapter(a) => crate::cli::lora::run_export(a, d),
     }
 }
 

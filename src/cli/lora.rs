@@ -1,14 +1,166 @@
-//! `tunelab train lora`, `generate`, `fuse` (owned by the decoder work); `export` lives in `cli/export.rs`.
+//! `tunelab train lora`, `generate`, `export adapter`, `fuse`: decoder LoRA from the command line, with
+//! MLX-LM's option names (`mlx_lm.lora`, `mlx_lm.generate`, `mlx_lm.fuse`).
+//!
+//! `tunelab train lora [CONFIG.toml] [--flags]`: every option of [`SftConfig`] can be set in the
+//! TOML file or as a flag; a flag wins over the file.
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::data::formats::{Format, Loaded, Record, load};
+use crate::data::governance::{GovernedDataset, Policy};
+use crate::data::jsonl::BadLines;
 use crate::device::DeviceChoice;
-#[derive(clap::Args, Debug)]
-pub struct TrainLoraArgs {}
+use crate::export::{fused, mlx, peft, read_adapter_dir};
+use crate::model::decoder::CausalLm;
+use crate::train::schedule::ScheduleKind;
+use crate::train::sft::{SftConfig, SftData, SftTrainer};
+use crate::train::sft_data::SftRecord;
+
+/// `tunelab train lora`: flags named as `mlx_lm.lora`'s (plus `--policy`, `--warmup`, ...).
+#[derive(clap::Args, Debug, Default)]
+pub struct TrainLoraArgs {
+    /// A TOML file of options (the names of the flags, with underscores).
+    pub config: Option<PathBuf>,
+    /// A `.gguf` file or a Hugging Face model folder.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// An MLX-LM data folder: train.jsonl, valid.jsonl (optional), test.jsonl (optional).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Governance policy TOML (default: datasets/governance/policy.toml if present, else built in).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Keep records without a classification, treating them as public.
+    #[arg(long)]
+    pub treat_unclassified_as_public: bool,
+    #[arg(long)]
+    pub iters: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    #[arg(long)]
+    pub steps_per_report: Option<usize>,
+    #[arg(long)]
+    pub steps_per_eval: Option<usize>,
+    /// Validation batches per evaluation (-1: all).
+    #[arg(long, allow_hyphen_values = true)]
+    pub val_batches: Option<i64>,
+    #[arg(long)]
+    pub save_every: Option<usize>,
+    /// Blocks to adapt, counted from the top (-1: all).
+    #[arg(long, allow_hyphen_values = true)]
+    pub num_layers: Option<i64>,
+    #[arg(long)]
+    pub max_seq_length: Option<usize>,
+    #[arg(long)]
+    pub grad_accumulation_steps: Option<usize>,
+    /// Loss on completion tokens only.
+    #[arg(long)]
+    pub mask_prompt: bool,
+    /// Output folder for adapters, checkpoints and loss.jsonl.
+    #[arg(long)]
+    pub adapter_path: Option<PathBuf>,
+    /// A checkpoint folder (exact resume) or an adapter file (initial weights).
+    #[arg(long)]
+    pub resume_adapter_file: Option<PathBuf>,
+    /// Evaluate on test.jsonl after training (loss and perplexity).
+    #[arg(long)]
+    pub test: bool,
+    #[arg(long, allow_hyphen_values = true)]
+    pub test_batches: Option<i64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// LoRA rank.
+    #[arg(long)]
+    pub rank: Option<usize>,
+    /// MLX-LM's LoRA scale (ignored with --alpha).
+    #[arg(long)]
+    pub scale: Option<f64>,
+    /// PEFT's lora_alpha (scale = alpha / rank).
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// Layers to adapt (repeatable): q_proj, self_attn.v_proj, ... (default: all projections).
+    #[arg(long)]
+    pub keys: Vec<String>,
+    /// Warm-up updates.
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// constant, linear or cosine.
+    #[arg(long)]
+    pub lr_schedule: Option<String>,
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Clip gradients to this global norm (0 disables clipping).
+    #[arg(long)]
+    pub max_grad_norm: Option<f64>,
+}
+
+impl TrainLoraArgs {
+    /// The config file (or the defaults) with every given flag applied over it.
+    pub fn config(&self) -> anyhow::Result<SftConfig> {
+        let mut c = match &self.config {
+            Some(p) => SftConfig::from_toml_file(p)?,
+            None => SftConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
+        }
+        set!(iters, batch_size, learning_rate, steps_per_report, steps_per_eval, val_batches, save_every, num_layers, max_seq_length, grad_accumulation_steps, test_batches, seed, warmup, weight_decay);
+        for (flag, target) in [(&self.model, &mut c.model), (&self.data, &mut c.data), (&self.policy, &mut c.policy), (&self.resume_adapter_file, &mut c.resume_adapter_file)] {
+            if flag.is_some() {
+                *target = flag.clone();
+            }
+        }
+        if let Some(p) = &self.adapter_path {
+            c.adapter_path = p.clone();
+        }
+        c.mask_prompt |= self.mask_prompt;
+        c.test |= self.test;
+        c.treat_unclassified_as_public |= self.treat_unclassified_as_public;
+        let lp = &mut c.lora_parameters;
+        if let Some(v) = self.rank {
+            lp.rank = v;
+        }
+        if let Some(v) = self.scale {
+            lp.scale = v;
+            lp.alpha = None;
+        }
+        if self.alpha.is_some() {
+            lp.alpha = self.alpha;
+        }
+        if let Some(v) = self.dropout {
+            lp.dropout = v;
+        }
+        if !self.keys.is_empty() {
+            lp.keys = Some(self.keys.clone());
+        }
+        if let Some(s) = &self.lr_schedule {
+            c.lr_schedule = match s.as_str() {
+                "constant" => ScheduleKind::Constant,
+                "linear" => ScheduleKind::Linear,
+                "cosine" => ScheduleKind::Cosine,
+                other => anyhow::bail!("--lr-schedule {other}: expected constant, linear or cosine"),
+            };
+        }
+        if let Some(v) = self.max_grad_norm {
+            c.max_grad_norm = (v > 0.0).then_some(v);
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
 /// `tunelab generate`: flags named as MLX-LM's `mlx_lm.generate`.
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
     /// A `.gguf` file or a Hugging Face model folder.
     #[arg(long)]
     pub model: std::path::PathBuf,
-    /// A LoRA adapter folder to apply (not supported yet).
+    /// A LoRA adapter folder to apply (MLX-LM `adapters.safetensors` or PEFT `adapter_model.safetensors`).
     #[arg(long)]
     pub adapter_path: Option<std::path::PathBuf>,
     /// The user message (rendered through the chat template unless --ignore-chat-template).
@@ -36,30 +188,117 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub extra_eos_token: Vec<String>,
 }
+/// `tunelab export adapter`: convert a LoRA adapter folder between PEFT and MLX-LM.
 #[derive(clap::Args, Debug)]
-pub struct FuseArgs {}
-pub fn run_train(_a: TrainLoraArgs, _d: DeviceChoice) -> anyhow::Result<()> {
-    anyhow::bail!("`tunelab train lora` is not implemented yet")
+pub struct ExportArgs {
+    /// The adapter folder to read (MLX-LM or PEFT, detected from its files).
+    #[arg(long)]
+    pub adapter_path: PathBuf,
+    /// peft or mlx.
+    #[arg(long)]
+    pub format: String,
+    /// The folder to write.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// `base_model_name_or_path` for PEFT's adapter_config.json.
+    #[arg(long, default_value = "")]
+    pub base_model: String,
 }
+
+/// `tunelab fuse`: fold an adapter into its base model and save a Hugging Face folder.
+#[derive(clap::Args, Debug)]
+pub struct FuseArgs {
+    /// A `.gguf` file or a Hugging Face model folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The adapter folder (MLX-LM or PEFT).
+    #[arg(long)]
+    pub adapter_path: PathBuf,
+    /// The folder to write (must not exist or be empty).
+    #[arg(long)]
+    pub save_path: PathBuf,
+}
+
+/// Load a model and apply an adapter folder to it.
+pub fn load_with_adapter(model: &Path, adapter: Option<&Path>, device: &burn::tensor::Device) -> anyhow::Result<CausalLm> {
+    let mut lm = CausalLm::load(model, device).with_context(|| format!("loading {}", model.display()))?;
+    if let Some(dir) = adapter {
+        let weights = read_adapter_dir(dir)?;
+        lm.model = lm
+            .model
+            .apply_adapter(&weights)
+            .with_context(|| format!("applying the adapter in {} to {}", dir.display(), model.display()))?;
+    }
+    Ok(lm)
+}
+
+/// Policy: the configured file, else the bundled one, else the built-in default; then the opt-in.
+fn resolve_policy(cfg: &SftConfig) -> anyhow::Result<Policy> {
+    let bundled = Path::new(crate::cli::data::DEFAULT_POLICY);
+    let mut policy = match &cfg.policy {
+        Some(p) => Policy::load(p)?,
+        None if bundled.is_file() => Policy::load(bundled)?,
+        None => Policy::default(),
+    };
+    policy.treat_unclassified_as_public |= cfg.treat_unclassified_as_public;
+    Ok(policy)
+}
+
+/// Govern the split files of one record type and train.
+fn train_typed<T: Record + SftRecord>(trainer: &SftTrainer, lm: &CausalLm, loaded: &Loaded, policy: &Policy) -> anyhow::Result<()> {
+    let part = |name: &str| -> Option<GovernedDataset<T>> {
+        let p = loaded.parts.iter().find(|p| p.name == name)?;
+        Some(policy.apply(T::slice(&p.data).expect("parts share the loaded format").to_vec()))
+    };
+    let train = part("train").context("the data folder has no train.jsonl")?;
+    let (valid, test) = (part("valid"), part("test"));
+    for (name, d) in [("train", Some(&train)), ("valid", valid.as_ref()), ("test", test.as_ref())] {
+        if let Some(d) = d {
+            let a = d.audit();
+            eprintln!("{name}: {} of {} records kept by the governance policy ({} excluded)", a.kept, a.total, a.excluded.len());
+        }
+    }
+    let out = trainer.fit(lm, &SftData { train: &train, valid: valid.as_ref(), test: test.as_ref() })?;
+    let cfg = trainer.config();
+    println!("Trained {} iterations: {:.0} tokens/s", out.iterations, out.tokens_per_s);
+    if let (Some(first), Some(last)) = (out.val_losses.first(), out.val_losses.last()) {
+        println!("Validation loss {:.3} (iteration {}) -> {:.3} (iteration {})", first.1, first.0, last.1, last.0);
+    }
+    if let Some(t) = out.test {
+        println!("Test loss {:.3}, Test ppl {:.3}.", t.loss, t.perplexity);
+    }
+    println!("Adapter saved to {}", cfg.adapter_path.join(mlx::WEIGHTS_FILE).display());
+    Ok(())
+}
+
+pub fn run_train(a: TrainLoraArgs, d: DeviceChoice) -> anyhow::Result<()> {
+    let cfg = a.config()?;
+    let model = cfg.model.clone().context("no model: give --model or `model = ...` in the config")?;
+    let data = cfg.data.clone().context("no data: give --data or `data = ...` in the config")?;
+    let device = d.device()?;
+    let lm = CausalLm::load(&model, &device).with_context(|| format!("loading {}", model.display()))?;
+    let loaded = load(&data, BadLines::Fail)?;
+    let policy = resolve_policy(&cfg)?;
+    let trainer = SftTrainer::new(cfg);
+    match loaded.format {
+        Format::Chat => train_typed::<crate::data::formats::ChatRecord>(&trainer, &lm, &loaded, &policy),
+        Format::Completions => train_typed::<crate::data::formats::CompletionRecord>(&trainer, &lm, &loaded, &policy),
+        Format::Text => train_typed::<crate::data::formats::TextRecord>(&trainer, &lm, &loaded, &policy),
+        Format::QueryExpansion => train_typed::<crate::data::formats::QueryExpansion>(&trainer, &lm, &loaded, &policy),
+        other => anyhow::bail!("{}: {other} records cannot train a decoder (use chat, completions, text or query-expansion records)", data.display()),
+    }
+}
+
 /// Load the model, render the prompt, stream the generated text to stdout, stats to stderr.
 pub fn run_generate(a: GenerateArgs, d: DeviceChoice) -> anyhow::Result<()> {
     use std::io::Write;
 
-    use anyhow::Context;
-
     use crate::data::chat_template::ChatMessage;
-    use crate::model::decoder::{CausalLm, GenerateOptions};
+    use crate::model::decoder::GenerateOptions;
 
-    if let Some(p) = &a.adapter_path {
-        anyhow::bail!(
-            "--adapter-path {}: adapters are not supported by `tunelab generate` yet",
-            p.display()
-        );
-    }
     let device = d.device()?;
     let started = std::time::Instant::now();
-    let lm = CausalLm::load(&a.model, &device)
-        .with_context(|| format!("loading {}", a.model.display()))?;
+    let lm = load_with_adapter(&a.model, a.adapter_path.as_deref(), &device)?;
     let load_s = started.elapsed().as_secs_f64();
     let ids = match (&lm.chat_template, a.ignore_chat_template) {
         (Some(tpl), false) => {
@@ -120,6 +359,26 @@ pub fn run_generate(a: GenerateArgs, d: DeviceChoice) -> anyhow::Result<()> {
     );
     Ok(())
 }
-pub fn run_fuse(_a: FuseArgs, _d: DeviceChoice) -> anyhow::Result<()> {
-    anyhow::bail!("`tunelab fuse` is not implemented yet")
+pub fn run_export(a: ExportArgs, _d: DeviceChoice) -> anyhow::Result<()> {
+    let adapter = read_adapter_dir(&a.adapter_path)?;
+    match a.format.as_str() {
+        "peft" => peft::write(&a.output, &adapter, &a.base_model)?,
+        "mlx" => mlx::write(&a.output, &adapter, serde_json::json!({}))?,
+        other => anyhow::bail!("--format {other}: expected peft or mlx"),
+    }
+    println!("Wrote {} adapted layers to {}", adapter.layers.len(), a.output.display());
+    Ok(())
+}
+
+pub fn run_fuse(a: FuseArgs, d: DeviceChoice) -> anyhow::Result<()> {
+    let device = d.device()?;
+    let lm = load_with_adapter(&a.model, Some(&a.adapter_path), &device)?;
+    let manifest = serde_json::json!({
+        "tool": "tunelab", "version": env!("CARGO_PKG_VERSION"),
+        "base_model": a.model, "adapter_path": a.adapter_path,
+        "adapter_manifest": read_adapter_dir(&a.adapter_path)?.metadata.get("tunelab_manifest"),
+    });
+    fused::write(&a.save_path, &lm, &manifest)?;
+    println!("Fused model saved to {}", a.save_path.display());
+    Ok(())
 }

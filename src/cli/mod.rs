@@ -3,6 +3,7 @@ use clap::{Parser, Subcommand};
 
 use crate::device::DeviceChoice;
 
+pub mod bench;
 pub mod data;
 pub mod doctor;
 pub mod embed;
@@ -58,6 +59,9 @@ pub enum Command {
     Promote(gate::PromoteArgs),
     /// Point a model store back at the previous version.
     Rollback(gate::RollbackArgs),
+    /// Measure training throughput on this machine (JSON lines, beside bench/torch_anchor.py's).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Summarise a notebook batch (scripts/run-notebooks): configurations ranked with CIs and p-values.
     BatchSummary(gate::BatchSummaryArgs),
 }
@@ -91,5 +95,6 @@ pub fn main() -> anyhow::Result<()> {
         Command::Promote(a) => gate::run_promote(a),
         Command::Rollback(a) => gate::run_rollback(a),
         Command::BatchSummary(a) => gate::run_batch_summary(a),
+        Command::Bench(c) => bench::run(c, device),
     }
 }

@@ -16,7 +16,7 @@ use super::corpus::{Document, sections};
 use super::formats::EmbeddingPair;
 
 /// The document's body without its title heading (the text a title should retrieve).
-fn body_without_title(doc: &Document) -> String {
+pub(crate) fn body_without_title(doc: &Document) -> String {
     let mut removed = false;
     let lines: Vec<&str> = doc
         .text

@@ -26,6 +26,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::io::hf::{HfError, ModelFolder, PoolingConfig};
+use crate::lora::{AdaptableLinear, AdapterWeights, LoraConfig, LoraError, LoraFactors};
 use crate::io::safetensors::{Weights, WeightsError};
 use crate::io::tokenizer::{TextTokenizer, TokenTensors, TokenizerError};
 
@@ -326,6 +327,21 @@ fn export_linear(out: &mut Vec<(String, Vec<usize>, Vec<f32>)>, name: &str, l: &
     }
 }
 
+/// An adapted layer exports fused (`W + scale·B·A`): a plain checkpoint every tool loads.
+fn export_adaptable(out: &mut Vec<(String, Vec<usize>, Vec<f32>)>, name: &str, l: &AdaptableLinear) {
+    match l {
+        AdaptableLinear::Base(l) => export_linear(out, name, l),
+        AdaptableLinear::Lora(l) => {
+            let w = l.merge();
+            let [d_out, d_in] = w.dims();
+            out.push((format!("{name}.weight"), vec![d_out, d_in], values(w)));
+            if let Some(b) = &l.bias {
+                out.push((format!("{name}.bias"), vec![d_out], values(b.val())));
+            }
+        }
+    }
+}
+
 fn export_layer_norm(out: &mut Vec<(String, Vec<usize>, Vec<f32>)>, name: &str, ln: &LayerNorm) {
     let d = ln.gamma.val().dims()[0];
     out.push((format!("{name}.weight"), vec![d], values(ln.gamma.val())));
@@ -386,9 +402,9 @@ impl BertEmbeddings {
 /// Multi-head self-attention (`attention.self` in `transformers`).
 #[derive(Module, Debug)]
 pub struct BertSelfAttention {
-    pub query: Linear,
-    pub key: Linear,
-    pub value: Linear,
+    pub query: AdaptableLinear,
+    pub key: AdaptableLinear,
+    pub value: AdaptableLinear,
     pub dropout: Dropout,
     pub num_heads: usize,
 }
@@ -397,9 +413,9 @@ impl BertSelfAttention {
     fn load(c: &BertConfig, src: &mut dyn ParamSource, p: &str, device: &Device) -> Result<Self, BertError> {
         let h = c.hidden_size;
         Ok(Self {
-            query: load_linear(src, &format!("{p}.query"), h, h, device)?,
-            key: load_linear(src, &format!("{p}.key"), h, h, device)?,
-            value: load_linear(src, &format!("{p}.value"), h, h, device)?,
+            query: AdaptableLinear::Base(load_linear(src, &format!("{p}.query"), h, h, device)?),
+            key: AdaptableLinear::Base(load_linear(src, &format!("{p}.key"), h, h, device)?),
+            value: AdaptableLinear::Base(load_linear(src, &format!("{p}.value"), h, h, device)?),
             dropout: DropoutConfig::new(c.attention_probs_dropout_prob).init(),
             num_heads: c.num_attention_heads,
         })
@@ -434,7 +450,7 @@ fn records_graph<const D: usize>(t: &Tensor<D>) -> bool {
 /// Dense → dropout → LayerNorm(· + residual): `attention.output` and `output` in `transformers`.
 #[derive(Module, Debug)]
 pub struct BertOutput {
-    pub dense: Linear,
+    pub dense: AdaptableLinear,
     pub layer_norm: LayerNorm,
     pub dropout: Dropout,
 }
@@ -448,7 +464,7 @@ impl BertOutput {
         device: &Device,
     ) -> Result<Self, BertError> {
         Ok(Self {
-            dense: load_linear(src, &format!("{p}.dense"), d_in, c.hidden_size, device)?,
+            dense: AdaptableLinear::Base(load_linear(src, &format!("{p}.dense"), d_in, c.hidden_size, device)?),
             layer_norm: load_layer_norm(src, &format!("{p}.LayerNorm"), c.hidden_size, c.layer_norm_eps, device)?,
             dropout: DropoutConfig::new(c.hidden_dropout_prob).init(),
         })
@@ -464,7 +480,7 @@ impl BertOutput {
 pub struct BertLayer {
     pub attention: BertSelfAttention,
     pub attention_output: BertOutput,
-    pub intermediate: Linear,
+    pub intermediate: AdaptableLinear,
     pub output: BertOutput,
     #[module(skip)]
     pub act: HiddenAct,
@@ -476,13 +492,13 @@ impl BertLayer {
         Ok(Self {
             attention: BertSelfAttention::load(c, src, &format!("{p}.attention.self"), device)?,
             attention_output: BertOutput::load(c, src, &format!("{p}.attention.output"), c.hidden_size, device)?,
-            intermediate: load_linear(
+            intermediate: AdaptableLinear::Base(load_linear(
                 src,
                 &format!("{p}.intermediate.dense"),
                 c.hidden_size,
                 c.intermediate_size,
                 device,
-            )?,
+            )?),
             output: BertOutput::load(c, src, &format!("{p}.output"), c.intermediate_size, device)?,
             act: HiddenAct::parse(&c.hidden_act).map_err(|r| BertError::Config {
                 path: "config.json".into(),
@@ -567,6 +583,87 @@ impl BertModel {
         x
     }
 
+    /// Linear layers PEFT adapts in BERT models when no `target_modules` are given.
+    pub const DEFAULT_LORA_TARGETS: [&'static str; 2] = ["query", "value"];
+
+    /// Freeze every weight and attach LoRA adapters where `config` says (targets by Hugging Face
+    /// name: `query`, `key`, `value`, `attention.output.dense`, `intermediate.dense`,
+    /// `output.dense`, or a full path; default `query` and `value`, as PEFT; `num_layers` counted
+    /// from the top). Adapters are drawn from `rng`. Fails when a target matches no layer.
+    pub fn with_lora<R: Rng>(self, config: &LoraConfig, rng: &mut R) -> Result<Self, LoraError> {
+        config.validate()?;
+        let mut m = self.no_grad();
+        let n = m.encoder.layers.len();
+        let mut hit = std::collections::BTreeSet::new();
+        let mut adapt = |slot: AdaptableLinear, path: String, rng: &mut R| {
+            // `dense` alone is ambiguous in BERT: targets may also name a path tail (`output.dense`).
+            let named: Vec<&String> =
+                config.target_modules.iter().filter(|t| path == **t || path.ends_with(&format!(".{t}"))).collect();
+            hit.extend(named.iter().map(|t| t.to_string()));
+            if config.targets(&path, &Self::DEFAULT_LORA_TARGETS) || !named.is_empty() { slot.with_lora(config, rng) } else { Ok(slot) }
+        };
+        let mut layers = Vec::with_capacity(n);
+        for (i, mut l) in std::mem::take(&mut m.encoder.layers).into_iter().enumerate() {
+            if config.adapts_layer(i, n) {
+                let p = format!("encoder.layer.{i}");
+                l.attention.query = adapt(l.attention.query, format!("{p}.attention.self.query"), rng)?;
+                l.attention.key = adapt(l.attention.key, format!("{p}.attention.self.key"), rng)?;
+                l.attention.value = adapt(l.attention.value, format!("{p}.attention.self.value"), rng)?;
+                l.attention_output.dense = adapt(l.attention_output.dense, format!("{p}.attention.output.dense"), rng)?;
+                l.intermediate = adapt(l.intermediate, format!("{p}.intermediate.dense"), rng)?;
+                l.output.dense = adapt(l.output.dense, format!("{p}.output.dense"), rng)?;
+            }
+            layers.push(l);
+        }
+        m.encoder.layers = layers;
+        if let Some(t) = config.target_modules.iter().find(|t| !hit.contains(*t)) {
+            return Err(LoraError::NoMatch { target: t.clone(), model: "BertModel".into() });
+        }
+        Ok(m)
+    }
+
+    /// The adapters as plain arrays (module paths as PEFT names them inside a `BertModel`).
+    pub fn adapter_weights(&self, config: &LoraConfig) -> AdapterWeights {
+        let mut out = AdapterWeights::new(config.clone());
+        for (i, l) in self.encoder.layers.iter().enumerate() {
+            let p = format!("encoder.layer.{i}");
+            for (path, slot) in [
+                (format!("{p}.attention.self.query"), &l.attention.query),
+                (format!("{p}.attention.self.key"), &l.attention.key),
+                (format!("{p}.attention.self.value"), &l.attention.value),
+                (format!("{p}.attention.output.dense"), &l.attention_output.dense),
+                (format!("{p}.intermediate.dense"), &l.intermediate),
+                (format!("{p}.output.dense"), &l.output.dense),
+            ] {
+                if let AdaptableLinear::Lora(lora) = slot {
+                    let (a, b) = (lora.lora_a.val(), lora.lora_b.val());
+                    let (a_shape, b_shape) = (a.dims(), b.dims());
+                    let f = LoraFactors { a: values(a), a_shape, b: values(b), b_shape };
+                    out.insert(&path, f).expect("factors of a LoraLinear have consistent shapes");
+                }
+            }
+        }
+        out
+    }
+
+    /// Every adapter folded into its base weight (`W + scale·B·A`): a plain model again.
+    pub fn merged(mut self) -> Self {
+        let layers = std::mem::take(&mut self.encoder.layers);
+        self.encoder.layers = layers
+            .into_iter()
+            .map(|mut l| {
+                l.attention.query = l.attention.query.merged();
+                l.attention.key = l.attention.key.merged();
+                l.attention.value = l.attention.value.merged();
+                l.attention_output.dense = l.attention_output.dense.merged();
+                l.intermediate = l.intermediate.merged();
+                l.output.dense = l.output.dense.merged();
+                l
+            })
+            .collect();
+        self
+    }
+
     /// All parameters under their Hugging Face names and layouts (`[out, in]` linear weights),
     /// for safetensors / GGUF export.
     pub fn hf_tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
@@ -583,13 +680,13 @@ impl BertModel {
         export_layer_norm(&mut out, "embeddings.LayerNorm", &e.layer_norm);
         for (i, l) in self.encoder.layers.iter().enumerate() {
             let p = format!("encoder.layer.{i}");
-            export_linear(&mut out, &format!("{p}.attention.self.query"), &l.attention.query);
-            export_linear(&mut out, &format!("{p}.attention.self.key"), &l.attention.key);
-            export_linear(&mut out, &format!("{p}.attention.self.value"), &l.attention.value);
-            export_linear(&mut out, &format!("{p}.attention.output.dense"), &l.attention_output.dense);
+            export_adaptable(&mut out, &format!("{p}.attention.self.query"), &l.attention.query);
+            export_adaptable(&mut out, &format!("{p}.attention.self.key"), &l.attention.key);
+            export_adaptable(&mut out, &format!("{p}.attention.self.value"), &l.attention.value);
+            export_adaptable(&mut out, &format!("{p}.attention.output.dense"), &l.attention_output.dense);
             export_layer_norm(&mut out, &format!("{p}.attention.output.LayerNorm"), &l.attention_output.layer_norm);
-            export_linear(&mut out, &format!("{p}.intermediate.dense"), &l.intermediate);
-            export_linear(&mut out, &format!("{p}.output.dense"), &l.output.dense);
+            export_adaptable(&mut out, &format!("{p}.intermediate.dense"), &l.intermediate);
+            export_adaptable(&mut out, &format!("{p}.output.dense"), &l.output.dense);
             export_layer_norm(&mut out, &format!("{p}.output.LayerNorm"), &l.output.layer_norm);
         }
         if let Some(p) = &self.pooler {
@@ -1145,7 +1242,8 @@ mod tests {
         let pooled = Pooling::mean().forward(m.forward(i, t, a.clone()), a);
         let loss = l2_normalize(pooled).sum();
         let grads = loss.backward();
-        let g = m.encoder.layers[0].attention.query.weight.grad(&grads).expect("gradient for layer 0 query");
+        let AdaptableLinear::Base(q) = &m.encoder.layers[0].attention.query else { unreachable!("no adapter attached") };
+        let g = q.weight.grad(&grads).expect("gradient for layer 0 query");
         assert_eq!(g.dims(), [32, 32]);
         let norm: f32 = values(g.powf_scalar(2.0).sum())[0];
         assert!(norm > 0.0 && norm.is_finite(), "gradient norm {norm}");
@@ -1191,5 +1289,63 @@ mod tests {
         .unwrap();
         assert_eq!(c.layer_norm_eps, 1e-12);
         assert_eq!(c.extra["architectures"][0], "BertModel", "unknown fields are kept for export");
+    }
+
+    #[test]
+    fn lora_trains_only_adapters_and_merges_to_the_same_function() {
+        let dev = Device::flex().autodiff();
+        let cfg = LoraConfig { rank: 2, alpha: 4.0, num_layers: 1, ..LoraConfig::default() };
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let m = BertModel::random(&tiny_config(), 5, &dev).without_dropout().with_lora(&cfg, &mut rng).unwrap();
+        // Defaults (query, value) on the top layer only, as PEFT and MLX-LM's num_layers mean.
+        assert!(!m.encoder.layers[0].attention.query.is_lora());
+        assert!(m.encoder.layers[1].attention.query.is_lora() && m.encoder.layers[1].attention.value.is_lora());
+        assert!(!m.encoder.layers[1].attention.key.is_lora());
+
+        let (i, t, a) = ids(&[&[2, 5, 9, 3], &[2, 7, 3]], 4);
+        let (i, t, a) = (i.to_device(&dev), t.to_device(&dev), a.to_device(&dev));
+        let loss = Pooling::mean().forward(m.forward(i.clone(), t.clone(), a.clone()), a.clone()).powf_scalar(2.0).sum();
+        let grads = loss.backward();
+        let AdaptableLinear::Lora(q) = &m.encoder.layers[1].attention.query else { unreachable!() };
+        assert!(q.lora_b.grad(&grads).is_some(), "adapter B gets a gradient");
+        assert!(q.weight.grad(&grads).is_none(), "frozen base weight gets none");
+        assert!(m.embeddings.word_embeddings.weight.grad(&grads).is_none(), "embeddings are frozen too");
+
+        // Give B non-zero values, then the fused model computes the same function.
+        let mut m = m.valid();
+        let layer = &mut m.encoder.layers[1];
+        if let AdaptableLinear::Lora(q) = &mut layer.attention.query {
+            let [o, r] = q.lora_b.val().dims();
+            q.lora_b = Param::from_tensor(Tensor::<2>::random([o, r], burn::tensor::Distribution::Uniform(-0.5, 0.5), &q.lora_b.val().device()));
+        }
+        let adapter = m.adapter_weights(&cfg);
+        assert_eq!(adapter.layers.keys().collect::<Vec<_>>(), ["encoder.layer.1.attention.self.query", "encoder.layer.1.attention.self.value"]);
+        let dev = m.embeddings.word_embeddings.weight.val().device();
+        let (i, t, a) = (i.to_device(&dev), t.to_device(&dev), a.to_device(&dev));
+        let before = values(m.forward(i.clone(), t.clone(), a.clone()));
+        let fused = m.clone().merged();
+        assert!(!fused.encoder.layers[1].attention.query.is_lora());
+        let after = values(fused.forward(i, t, a));
+        assert!(max_abs_diff(&before, &after) < 1e-5, "merged differs by {}", max_abs_diff(&before, &after));
+        // The exported (fused) weights equal W + scale·B·A from the adapter's own arrays.
+        let exported = m.hf_tensors();
+        let (_, _, w) = exported.iter().find(|(n, _, _)| n == "encoder.layer.1.attention.self.query.weight").unwrap();
+        let AdaptableLinear::Lora(q) = &m.encoder.layers[1].attention.query else { unreachable!() };
+        let base = values(q.weight.val());
+        let delta = adapter.delta("encoder.layer.1.attention.self.query").unwrap();
+        let expect: Vec<f32> = base.iter().zip(&delta).map(|(b, d)| b + d).collect();
+        assert!(max_abs_diff(w, &expect) < 1e-5);
+    }
+
+    #[test]
+    fn lora_target_that_matches_nothing_is_named() {
+        let cfg = LoraConfig { target_modules: vec!["q_proj".into()], ..LoraConfig::default() };
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let err = BertModel::random(&tiny_config(), 5, &Device::flex()).with_lora(&cfg, &mut rng).unwrap_err();
+        assert!(err.to_string().contains("q_proj"), "{err}");
+        let ok = LoraConfig { target_modules: vec!["output.dense".into(), "key".into()], ..LoraConfig::default() };
+        let m = BertModel::random(&tiny_config(), 5, &Device::flex()).with_lora(&ok, &mut rng).unwrap();
+        assert!(m.encoder.layers[0].output.dense.is_lora() && m.encoder.layers[0].attention_output.dense.is_lora());
+        assert!(m.encoder.layers[0].attention.key.is_lora() && !m.encoder.layers[0].attention.query.is_lora());
     }
 }

@@ -8,8 +8,9 @@
 //! applies; we undo that permutation on load and use the rotate-half RoPE of transformers
 //! everywhere, so a LoRA trained here has the same meaning in PEFT.
 //!
-//! Base weights are burn [`Param`]s; projections are a small [`Projection`] module so the LoRA work
-//! can swap in an adapted linear without touching the rest.
+//! Base weights are burn [`Param`]s; the seven block projections are [`AdaptableLinear`]s, so
+//! [`Decoder::with_lora`] can swap in LoRA layers (paths as PEFT names them), and
+//! [`Decoder::merged`] / [`Decoder::apply_adapter`] fold or load adapters.
 //!
 //! ```no_run
 //! use burn::tensor::Device;
@@ -24,8 +25,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use burn::module::{Module, Param};
-use burn::nn::RmsNorm;
+use burn::module::{Module, Param, ParamId};
+use burn::nn::{Linear, RmsNorm};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::module::{embedding, linear};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
@@ -35,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::chat_template::{ChatTemplate, TemplateError};
 use crate::io::gguf::{GgufError, GgufFile};
+use crate::lora::{AdaptableLinear, AdapterWeights, LoraConfig, LoraError, LoraFactors, LoraLinear};
 
 // ------------------------------------------------------------------------------------------ config
 
@@ -288,6 +290,80 @@ impl DecoderConfig {
         })
     }
 
+    /// A tiny Llama (vocab 128, hidden 64, 2 blocks, 4 query / 2 key-value heads of 16,
+    /// attention biases, untied head): the shape of `tests/fixtures/decoder/tiny_llama`, for fast tests.
+    pub fn tiny_llama() -> Self {
+        Self {
+            architecture: Architecture::Llama,
+            vocab_size: 128,
+            hidden_size: 64,
+            intermediate_size: 96,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 16,
+            max_position_embeddings: 256,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_scaling: None,
+            tie_word_embeddings: false,
+            qkv_bias: true,
+            o_bias: true,
+            qk_norm: false,
+        }
+    }
+
+    /// The Hugging Face `config.json` of this config (what [`DecoderConfig::from_hf_json`] reads
+    /// back), for a fused model folder. RoPE frequency factors read from a GGUF
+    /// (`rope_freqs.weight`) have no `config.json` form and are refused.
+    pub fn to_hf_json(&self) -> Result<serde_json::Value, String> {
+        let class = match self.architecture {
+            Architecture::Llama => "LlamaForCausalLM",
+            Architecture::Mistral => "MistralForCausalLM",
+            Architecture::Qwen2 => "Qwen2ForCausalLM",
+            Architecture::Qwen3 => "Qwen3ForCausalLM",
+        };
+        let rope_scaling = match &self.rope_scaling {
+            None => serde_json::Value::Null,
+            Some(RopeScaling::Linear { factor }) => {
+                serde_json::json!({ "rope_type": "linear", "factor": factor })
+            }
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => serde_json::json!({
+                "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+                "high_freq_factor": high_freq_factor,
+                "original_max_position_embeddings": *original_max_position_embeddings as u64,
+            }),
+            Some(RopeScaling::FreqFactors { .. }) => {
+                return Err("RoPE frequency factors (GGUF rope_freqs.weight) cannot be written to config.json".into());
+            }
+        };
+        Ok(serde_json::json!({
+            "architectures": [class],
+            "model_type": self.architecture.name(),
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": rope_scaling,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.qkv_bias && self.architecture != Architecture::Qwen2,
+            "mlp_bias": false,
+            "hidden_act": "silu",
+            "torch_dtype": "float32",
+        }))
+    }
+
     /// RoPE inverse frequencies `theta^(-2i/d)` for `i < head_dim/2`, rescaled as configured.
     pub fn rope_inv_freq(&self) -> Vec<f32> {
         let d = self.head_dim as f64;
@@ -380,7 +456,8 @@ pub enum DecoderError {
 // ------------------------------------------------------------------------------------------ modules
 
 /// `y = x W + b` with `W` stored `[in, out]` (burn's `Linear` layout; HF's `[out, in]` transposed).
-/// The one place the LoRA work swaps in an adapted layer.
+/// Used for the output head, which LoRA never adapts; the block projections are
+/// [`AdaptableLinear`]s.
 #[derive(Module, Debug)]
 pub struct Projection {
     pub weight: Param<Tensor<2>>,
@@ -396,10 +473,10 @@ impl Projection {
 /// Multi-head attention with grouped K/V heads, RoPE and optional q/k RMSNorm (Qwen3).
 #[derive(Module, Debug)]
 pub struct Attention {
-    pub q_proj: Projection,
-    pub k_proj: Projection,
-    pub v_proj: Projection,
-    pub o_proj: Projection,
+    pub q_proj: AdaptableLinear,
+    pub k_proj: AdaptableLinear,
+    pub v_proj: AdaptableLinear,
+    pub o_proj: AdaptableLinear,
     pub q_norm: Option<RmsNorm>,
     pub k_norm: Option<RmsNorm>,
     pub n_heads: usize,
@@ -473,9 +550,9 @@ impl Attention {
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
 #[derive(Module, Debug)]
 pub struct Mlp {
-    pub gate_proj: Projection,
-    pub up_proj: Projection,
-    pub down_proj: Projection,
+    pub gate_proj: AdaptableLinear,
+    pub up_proj: AdaptableLinear,
+    pub down_proj: AdaptableLinear,
 }
 
 impl Mlp {
@@ -692,17 +769,17 @@ impl Decoder {
                     out: usize,
                     inp: usize,
                     bias: bool|
-         -> Result<Projection, DecoderError> {
+         -> Result<AdaptableLinear, DecoderError> {
             let weight = w.take(&format!("{name}.weight"), &[out, inp])?;
             let bias = if bias {
                 Some(param1(w.take(&format!("{name}.bias"), &[out])?, device))
             } else {
                 None
             };
-            Ok(Projection {
+            Ok(AdaptableLinear::Base(Linear {
                 weight: param2(transpose(&weight, out, inp), [inp, out], device),
                 bias,
-            })
+            }))
         };
         let embed = w.take("model.embed_tokens.weight", &[cfg.vocab_size, d])?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
@@ -787,7 +864,11 @@ impl Decoder {
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            Some(proj(&mut w, "lm_head", cfg.vocab_size, d, false)?)
+            let weight = w.take("lm_head.weight", &[cfg.vocab_size, d])?;
+            Some(Projection {
+                weight: param2(transpose(&weight, cfg.vocab_size, d), [d, cfg.vocab_size], device),
+                bias: None,
+            })
         };
         let inv_freq = cfg.rope_inv_freq();
         let n = inv_freq.len();
@@ -1062,6 +1143,393 @@ fn read_safetensors_dir(
         }
     }
     Ok(out)
+}
+
+// ------------------------------------------------------------------------------------------ LoRA
+
+/// Module paths of the seven projections of a block, relative to `model.layers.{i}` (PEFT's
+/// and MLX-LM's names).
+pub const PROJECTIONS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+impl DecoderLayer {
+    /// The seven projections with their paths relative to the block.
+    pub fn projections(&self) -> [(&'static str, &AdaptableLinear); 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [
+            (PROJECTIONS[0], &a.q_proj),
+            (PROJECTIONS[1], &a.k_proj),
+            (PROJECTIONS[2], &a.v_proj),
+            (PROJECTIONS[3], &a.o_proj),
+            (PROJECTIONS[4], &m.gate_proj),
+            (PROJECTIONS[5], &m.up_proj),
+            (PROJECTIONS[6], &m.down_proj),
+        ]
+    }
+
+    /// Rebuild the block with each projection passed through `f(relative path, projection)`.
+    fn map_projections<E>(
+        self,
+        mut f: impl FnMut(&'static str, AdaptableLinear) -> Result<AdaptableLinear, E>,
+    ) -> Result<Self, E> {
+        let DecoderLayer {
+            input_layernorm,
+            self_attn,
+            post_attention_layernorm,
+            mlp,
+        } = self;
+        let Attention {
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            q_norm,
+            k_norm,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+        } = self_attn;
+        let self_attn = Attention {
+            q_proj: f(PROJECTIONS[0], q_proj)?,
+            k_proj: f(PROJECTIONS[1], k_proj)?,
+            v_proj: f(PROJECTIONS[2], v_proj)?,
+            o_proj: f(PROJECTIONS[3], o_proj)?,
+            q_norm,
+            k_norm,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+        };
+        let mlp = Mlp {
+            gate_proj: f(PROJECTIONS[4], mlp.gate_proj)?,
+            up_proj: f(PROJECTIONS[5], mlp.up_proj)?,
+            down_proj: f(PROJECTIONS[6], mlp.down_proj)?,
+        };
+        Ok(DecoderLayer {
+            input_layernorm,
+            self_attn,
+            post_attention_layernorm,
+            mlp,
+        })
+    }
+}
+
+/// A fixed parameter id for adapter factor `factor` (`lora_A`/`lora_B`) of the layer at `path`
+/// (FNV-1a of both). Optimizer state is keyed by parameter id, so fixed ids let a resumed run
+/// match the saved AdamW moments to adapters rebuilt from a saved adapter file.
+pub fn adapter_param_id(path: &str, factor: &str) -> ParamId {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in path.bytes().chain([b'.']).chain(factor.bytes()) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    ParamId::from(h)
+}
+
+fn with_id(p: Param<Tensor<2>>, id: ParamId) -> Param<Tensor<2>> {
+    let (_, value, mapper) = p.consume();
+    Param::from_mapped_value(id, value, mapper)
+}
+
+/// Give a freshly built adapter the fixed ids of [`adapter_param_id`].
+fn fix_ids(mut l: LoraLinear, path: &str) -> LoraLinear {
+    l.lora_a = with_id(l.lora_a, adapter_param_id(path, "lora_A"));
+    l.lora_b = with_id(l.lora_b, adapter_param_id(path, "lora_B"));
+    l
+}
+
+fn host(t: Tensor<2>) -> Vec<f32> {
+    t.into_data()
+        .try_into_vec_as::<f32>()
+        .expect("f32 parameters")
+}
+
+impl Decoder {
+    /// What MLX-LM adapts when no keys are given: every linear layer of the blocks.
+    pub const DEFAULT_LORA_TARGETS: [&'static str; 7] = [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ];
+
+    /// Freeze every weight and attach LoRA adapters where `config` says: targets by name
+    /// (`q_proj`), relative path (`self_attn.q_proj`) or full path
+    /// (`model.layers.3.mlp.up_proj`); all seven projections by default (MLX-LM's choice);
+    /// `num_layers` blocks counted from the top. `A` is drawn from `rng`, `B` is zero.
+    /// Fails with [`LoraError::NoMatch`] when a listed target matches no adapted layer.
+    pub fn with_lora<R: Rng>(self, config: &LoraConfig, rng: &mut R) -> Result<Self, LoraError> {
+        config.validate()?;
+        let mut m = self.no_grad();
+        let n = m.layers.len();
+        let mut hit = std::collections::BTreeSet::new();
+        let mut layers = Vec::with_capacity(n);
+        for (i, layer) in std::mem::take(&mut m.layers).into_iter().enumerate() {
+            if !config.adapts_layer(i, n) {
+                layers.push(layer);
+                continue;
+            }
+            layers.push(layer.map_projections(|rel, slot| {
+                let path = format!("model.layers.{i}.{rel}");
+                let named: Vec<&String> = config
+                    .target_modules
+                    .iter()
+                    .filter(|t| path == **t || path.ends_with(&format!(".{t}")))
+                    .collect();
+                hit.extend(named.iter().map(|t| t.to_string()));
+                let wanted = if config.target_modules.is_empty() {
+                    config.targets(&path, &Self::DEFAULT_LORA_TARGETS)
+                } else {
+                    !named.is_empty()
+                };
+                match slot {
+                    AdaptableLinear::Base(l) if wanted => Ok(AdaptableLinear::Lora(fix_ids(
+                        LoraLinear::from_linear(&l, config, &mut *rng)?,
+                        &path,
+                    ))),
+                    other => Ok(other),
+                }
+            })?);
+        }
+        m.layers = layers;
+        if let Some(t) = config.target_modules.iter().find(|t| !hit.contains(*t)) {
+            return Err(LoraError::NoMatch {
+                target: t.clone(),
+                model: format!("this {n}-block decoder (num_layers = {})", config.num_layers),
+            });
+        }
+        Ok(m)
+    }
+
+    /// The adapters as plain arrays, keyed `model.layers.{i}.self_attn.q_proj` (PEFT's paths).
+    pub fn adapter_weights(&self, config: &LoraConfig) -> AdapterWeights {
+        let mut out = AdapterWeights::new(config.clone());
+        for (i, layer) in self.layers.iter().enumerate() {
+            for (rel, slot) in layer.projections() {
+                if let AdaptableLinear::Lora(l) = slot {
+                    let (a, b) = (l.lora_a.val(), l.lora_b.val());
+                    let (a_shape, b_shape) = (a.dims(), b.dims());
+                    let f = LoraFactors {
+                        a: host(a),
+                        a_shape,
+                        b: host(b),
+                        b_shape,
+                    };
+                    out.insert(&format!("model.layers.{i}.{rel}"), f)
+                        .expect("factors of a LoraLinear have consistent shapes");
+                }
+            }
+        }
+        out
+    }
+
+    /// Number of adapted projections.
+    pub fn lora_layer_count(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| l.projections())
+            .filter(|(_, s)| s.is_lora())
+            .count()
+    }
+
+    /// Every adapter folded into its base weight (`W + scale·B·A`): a plain model again.
+    pub fn merged(mut self) -> Self {
+        self.layers = std::mem::take(&mut self.layers)
+            .into_iter()
+            .map(|l| {
+                l.map_projections(|_, s| Ok::<_, std::convert::Infallible>(s.merged()))
+                    .unwrap_or_else(|e| match e {})
+            })
+            .collect();
+        self
+    }
+
+    /// Freeze the model and attach the saved factors of `adapter` (scale and dropout from its
+    /// config). An already adapted projection gets the new factors on its base weight. Fails,
+    /// naming the layer, when a path is not a projection of this model or a shape disagrees.
+    pub fn apply_adapter(self, adapter: &AdapterWeights) -> Result<Self, LoraError> {
+        adapter.config.validate()?;
+        let mut m = self.no_grad();
+        let n = m.layers.len();
+        let bad = |path: &str, reason: String| LoraError::Config {
+            field: "layers",
+            reason: format!("{path}: {reason}"),
+        };
+        let mut by_layer: Vec<Vec<(&'static str, &str, &LoraFactors)>> = vec![Vec::new(); n];
+        for (path, f) in &adapter.layers {
+            let parsed = path
+                .strip_prefix("model.layers.")
+                .and_then(|r| r.split_once('.'))
+                .and_then(|(i, rel)| Some((i.parse::<usize>().ok()?, rel)))
+                .and_then(|(i, rel)| Some((i, *PROJECTIONS.iter().find(|p| **p == rel)?)));
+            match parsed {
+                Some((i, rel)) if i < n => by_layer[i].push((rel, path.as_str(), f)),
+                _ => {
+                    return Err(bad(
+                        path,
+                        format!("not a projection of this {n}-block decoder"),
+                    ));
+                }
+            }
+        }
+        let device = m.embed_tokens.val().device();
+        let (scale, dropout) = (adapter.config.scale(), adapter.config.dropout);
+        let mut layers = Vec::with_capacity(n);
+        for (i, layer) in std::mem::take(&mut m.layers).into_iter().enumerate() {
+            let wanted = &by_layer[i];
+            layers.push(layer.map_projections(|rel, slot| {
+                let Some((_, path, f)) = wanted.iter().find(|(r, _, _)| *r == rel) else {
+                    return Ok(slot);
+                };
+                let (weight, bias) = match slot {
+                    // Base weights are `[in, out]`; LoRA keeps `[out, in]` as PEFT does.
+                    AdaptableLinear::Base(l) => {
+                        (l.weight.val().transpose(), l.bias.map(|b| b.val()))
+                    }
+                    AdaptableLinear::Lora(l) => (l.weight.val(), l.bias.map(|b| b.val())),
+                };
+                let [out_f, in_f] = weight.dims();
+                if f.a_shape[1] != in_f || f.b_shape[0] != out_f {
+                    return Err(bad(
+                        path,
+                        format!(
+                            "lora_A {:?} / lora_B {:?} do not fit a [{out_f}, {in_f}] weight",
+                            f.a_shape, f.b_shape
+                        ),
+                    ));
+                }
+                let t = |v: &[f32], s: [usize; 2]| {
+                    Tensor::<2>::from_data(TensorData::new(v.to_vec(), s), &device)
+                };
+                let l = LoraLinear::from_parts(
+                    weight,
+                    bias,
+                    t(&f.a, f.a_shape),
+                    t(&f.b, f.b_shape),
+                    scale,
+                    dropout,
+                );
+                Ok(AdaptableLinear::Lora(fix_ids(l, path)))
+            })?);
+        }
+        m.layers = layers;
+        Ok(m)
+    }
+
+    /// All weights under their Hugging Face names and layouts (`[out, in]` for linear layers),
+    /// adapters fused (`W + scale·B·A`): what a merged safetensors checkpoint holds.
+    pub fn hf_tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        let mut out = Vec::new();
+        let push2 = |out: &mut Vec<_>, name: String, t: Tensor<2>| {
+            let dims = t.dims().to_vec();
+            out.push((name, dims, host(t)));
+        };
+        let vec1 = |t: Tensor<1>| {
+            t.into_data()
+                .try_into_vec_as::<f32>()
+                .expect("f32 parameters")
+        };
+        push2(&mut out, "model.embed_tokens.weight".into(), self.embed_tokens.val());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let g = layer.input_layernorm.gamma.val();
+            out.push((format!("{p}.input_layernorm.weight"), g.dims().to_vec(), vec1(g)));
+            for (rel, slot) in layer.projections() {
+                let (w, bias) = match slot {
+                    AdaptableLinear::Base(l) => {
+                        (l.weight.val().transpose(), l.bias.as_ref().map(|b| b.val()))
+                    }
+                    AdaptableLinear::Lora(l) => (l.merge(), l.bias.as_ref().map(|b| b.val())),
+                };
+                push2(&mut out, format!("{p}.{rel}.weight"), w);
+                if let Some(b) = bias {
+                    out.push((format!("{p}.{rel}.bias"), b.dims().to_vec(), vec1(b)));
+                }
+            }
+            for (name, norm) in [
+                ("self_attn.q_norm", &layer.self_attn.q_norm),
+                ("self_attn.k_norm", &layer.self_attn.k_norm),
+            ] {
+                if let Some(norm) = norm {
+                    let g = norm.gamma.val();
+                    out.push((format!("{p}.{name}.weight"), g.dims().to_vec(), vec1(g)));
+                }
+            }
+            let g = layer.post_attention_layernorm.gamma.val();
+            out.push((format!("{p}.post_attention_layernorm.weight"), g.dims().to_vec(), vec1(g)));
+        }
+        let g = self.norm.gamma.val();
+        out.push(("model.norm.weight".into(), g.dims().to_vec(), vec1(g)));
+        if let Some(head) = &self.lm_head {
+            push2(&mut out, "lm_head.weight".into(), head.weight.val().transpose());
+        }
+        out
+    }
+
+    /// A decoder with seeded random weights (tests, benchmarks): projections
+    /// `U(-1/√in, 1/√in)`, embeddings `U(-1, 1)`, norm weights 1.
+    pub fn random(cfg: &DecoderConfig, device: &Device, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut tensors = HashMap::new();
+        let mut add = |name: String, shape: Vec<usize>, bound: f32, rng: &mut ChaCha8Rng| {
+            let n: usize = shape.iter().product();
+            let v = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
+            tensors.insert(name, (shape, v));
+        };
+        let (d, h, kv, hd, ff, v) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            cfg.intermediate_size,
+            cfg.vocab_size,
+        );
+        add("model.embed_tokens.weight".into(), vec![v, d], 1.0, &mut rng);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            for (rel, out_f, in_f, bias) in [
+                ("self_attn.q_proj", h * hd, d, cfg.qkv_bias),
+                ("self_attn.k_proj", kv * hd, d, cfg.qkv_bias),
+                ("self_attn.v_proj", kv * hd, d, cfg.qkv_bias),
+                ("self_attn.o_proj", d, h * hd, cfg.o_bias),
+                ("mlp.gate_proj", ff, d, false),
+                ("mlp.up_proj", ff, d, false),
+                ("mlp.down_proj", d, ff, false),
+            ] {
+                let bound = 1.0 / (in_f as f32).sqrt();
+                add(format!("{p}.{rel}.weight"), vec![out_f, in_f], bound, &mut rng);
+                if bias {
+                    add(format!("{p}.{rel}.bias"), vec![out_f], bound, &mut rng);
+                }
+            }
+        }
+        if !cfg.tie_word_embeddings {
+            add("lm_head.weight".into(), vec![v, d], 1.0 / (d as f32).sqrt(), &mut rng);
+        }
+        let ones = |n: usize| (vec![n], vec![1.0f32; n]);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            tensors.insert(format!("{p}.input_layernorm.weight"), ones(d));
+            tensors.insert(format!("{p}.post_attention_layernorm.weight"), ones(d));
+            if cfg.qk_norm {
+                tensors.insert(format!("{p}.self_attn.q_norm.weight"), ones(hd));
+                tensors.insert(format!("{p}.self_attn.k_norm.weight"), ones(hd));
+            }
+        }
+        tensors.insert("model.norm.weight".into(), ones(d));
+        Self::from_tensors(cfg, TensorSource::map(Path::new("(random)"), tensors), device)
+            .expect("random tensors have the configured names and shapes")
+    }
 }
 
 // ------------------------------------------------------------------------------------------ sampling
@@ -1455,5 +1923,213 @@ mod tests {
             .count();
         let p = 1f64.exp() / (1.0 + 0.5f64.exp() + 1f64.exp() + 0.2f64.exp());
         assert!(((hits as f64 / n as f64) - p).abs() < 0.03, "{hits}");
+    }
+
+    // ---- LoRA
+
+    use burn::tensor::activation::log_softmax;
+
+    fn ids(device: &Device) -> Tensor<2, Int> {
+        Tensor::<2, Int>::from_data(
+            TensorData::new(vec![5i64, 17, 99, 3, 42, 8, 1, 77, 23, 64, 0, 101], [2, 6]),
+            device,
+        )
+    }
+
+    /// Mean next-token cross-entropy of `ids` (the SFT loss without masking).
+    fn next_token_loss(m: &Decoder, ids: Tensor<2, Int>) -> Tensor<1> {
+        let [b, t] = ids.dims();
+        let logits = m.forward(ids.clone().narrow(1, 0, t - 1), None, None);
+        let targets = ids.narrow(1, 1, t - 1).reshape([b, t - 1, 1]);
+        let logp = log_softmax(logits, 2).gather(2, targets);
+        logp.mean().neg().reshape([1])
+    }
+
+    fn flat<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_into_vec_as::<f32>().unwrap()
+    }
+
+    /// An adapter on `model` with random (non-zero) A and B, so every factor has a gradient.
+    fn random_adapter(model: &Decoder, config: &LoraConfig, seed: u64) -> AdapterWeights {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let zero = model
+            .clone()
+            .with_lora(config, &mut rng)
+            .unwrap()
+            .adapter_weights(config);
+        let mut out = AdapterWeights::new(config.clone());
+        for (path, f) in zero.layers {
+            let b = (0..f.b.len()).map(|_| rng.random_range(-0.3f32..0.3)).collect();
+            out.insert(&path, LoraFactors { b, ..f }).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn lora_trains_only_adapters() {
+        let device = Device::flex().autodiff();
+        let cfg = LoraConfig {
+            rank: 2,
+            alpha: 4.0,
+            num_layers: 1,
+            ..LoraConfig::default()
+        };
+        let m = Decoder::random(&DecoderConfig::tiny_llama(), &device, 1)
+            .with_lora(&cfg, &mut ChaCha8Rng::seed_from_u64(0))
+            .unwrap();
+        // num_layers = 1 counts from the top: only the last block is adapted, all 7 projections.
+        assert!(m.layers[0].projections().iter().all(|(_, s)| !s.is_lora()));
+        assert!(m.layers[1].projections().iter().all(|(_, s)| s.is_lora()));
+        assert_eq!(m.lora_layer_count(), 7);
+        let grads = next_token_loss(&m, ids(&device)).backward();
+
+        struct WithGrad<'a>(&'a burn::tensor::Gradients, Vec<String>, Vec<String>);
+        impl burn::module::ModuleVisitor for WithGrad<'_> {
+            fn enter_module(&mut self, name: &str, _: &str) {
+                self.1.push(name.to_string());
+            }
+            fn exit_module(&mut self, _: &str, _: &str) {
+                self.1.pop();
+            }
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+                if p.val().grad(self.0).is_some() {
+                    self.2.push(self.1.join("."));
+                }
+            }
+        }
+        let mut v = WithGrad(&grads, Vec::new(), Vec::new());
+        m.visit(&mut v);
+        assert_eq!(v.2.len(), 14, "A and B of 7 projections, nothing else: {:?}", v.2);
+        assert!(
+            v.2.iter().all(|p| p.ends_with("lora_a") || p.ends_with("lora_b")),
+            "{:?}",
+            v.2
+        );
+        // The adapted model starts as its base (B = 0).
+        let base = Decoder::random(&DecoderConfig::tiny_llama(), &Device::flex(), 1);
+        let adapted = m.valid();
+        let (x, y) = (
+            flat(base.forward(ids(&Device::flex()), None, None)),
+            flat(adapted.forward(ids(&Device::flex()), None, None)),
+        );
+        assert!(x.iter().zip(&y).all(|(a, b)| (a - b).abs() < 1e-5));
+    }
+
+    #[test]
+    fn merged_and_reloaded_adapters_give_the_adapted_logits() {
+        let device = Device::flex();
+        let cfg = LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            ..LoraConfig::default()
+        };
+        let base = Decoder::random(&DecoderConfig::tiny_llama(), &device, 2);
+        let adapter = random_adapter(&base, &cfg, 3);
+        assert_eq!(adapter.layers.len(), 14);
+        assert!(adapter.layers.contains_key("model.layers.1.mlp.down_proj"));
+        let adapted = base.clone().apply_adapter(&adapter).unwrap();
+        assert_eq!(adapted.adapter_weights(&cfg), adapter, "adapter_weights returns what was applied");
+        let want = flat(adapted.forward(ids(&device), None, None));
+        let plain = flat(base.forward(ids(&device), None, None));
+        let moved = want.iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(moved > 1e-2, "the adapter changes the logits ({moved})");
+        let merged = adapted.merged();
+        assert_eq!(merged.lora_layer_count(), 0);
+        let got = flat(merged.forward(ids(&device), None, None));
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(worst < 1e-4, "merged vs adapted: max |diff| {worst}");
+        // hf_tensors of the merged and of the adapted model are the same fused weights.
+        let fused: HashMap<String, (Vec<usize>, Vec<f32>)> = merged
+            .hf_tensors()
+            .into_iter()
+            .map(|(n, s, v)| (n, (s, v)))
+            .collect();
+        let rebuilt = Decoder::from_tensors(
+            &DecoderConfig::tiny_llama(),
+            TensorSource::map(Path::new("(fused)"), fused),
+            &device,
+        )
+        .unwrap();
+        let again = flat(rebuilt.forward(ids(&device), None, None));
+        assert!(again.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-4));
+    }
+
+    #[test]
+    fn lora_gradients_match_finite_differences() {
+        let device = Device::flex().autodiff();
+        let cfg = LoraConfig {
+            rank: 2,
+            alpha: 4.0,
+            num_layers: 1,
+            ..LoraConfig::default()
+        };
+        let base = Decoder::random(&DecoderConfig::tiny_llama(), &device, 4);
+        let adapter = random_adapter(&base, &cfg, 5);
+        let m = base.apply_adapter(&adapter).unwrap();
+        let x = ids(&device);
+        let report = crate::train::gradcheck::check_module_gradients(
+            &m,
+            |m| next_token_loss(m, x.clone()),
+            1e-2,
+            2,
+        );
+        eprintln!("decoder LoRA grad check: {report:?}");
+        assert_eq!(report.checked, 28, "2 entries of A and B in 7 projections");
+        assert!(report.max_rel_err < 1e-2, "{report:?}");
+    }
+
+    #[test]
+    fn lora_targets_are_matched_or_named() {
+        let device = Device::flex();
+        let m = || Decoder::random(&DecoderConfig::tiny_llama(), &device, 6);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let cfg = |t: &[&str]| LoraConfig {
+            target_modules: t.iter().map(|s| s.to_string()).collect(),
+            ..LoraConfig::default()
+        };
+        let err = m().with_lora(&cfg(&["q_proj", "query"]), &mut rng).unwrap_err();
+        assert!(matches!(&err, LoraError::NoMatch { target, .. } if target == "query"), "{err}");
+        assert!(err.to_string().contains("'query'"), "{err}");
+        let a = m()
+            .with_lora(&cfg(&["self_attn.v_proj", "model.layers.0.mlp.up_proj"]), &mut rng)
+            .unwrap();
+        let paths: Vec<String> = a.adapter_weights(&LoraConfig::default()).layers.into_keys().collect();
+        assert_eq!(
+            paths,
+            [
+                "model.layers.0.mlp.up_proj",
+                "model.layers.0.self_attn.v_proj",
+                "model.layers.1.self_attn.v_proj"
+            ]
+        );
+        // A saved adapter whose path is not a projection of the model is named.
+        let mut bad = random_adapter(&m(), &LoraConfig::default(), 1);
+        let f = bad.layers["model.layers.0.self_attn.q_proj"].clone();
+        bad.layers.insert("model.layers.7.self_attn.q_proj".into(), f);
+        let err = m().apply_adapter(&bad).unwrap_err().to_string();
+        assert!(err.contains("model.layers.7.self_attn.q_proj"), "{err}");
+    }
+
+    #[test]
+    fn hf_config_round_trips() {
+        let mut cfg = DecoderConfig::tiny_llama();
+        cfg.rope_scaling = Some(RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8.0,
+        });
+        let json = cfg.to_hf_json().unwrap();
+        assert_eq!(DecoderConfig::from_hf_json(Path::new("config.json"), &json).unwrap(), cfg);
+        let qwen = DecoderConfig {
+            architecture: Architecture::Qwen3,
+            qk_norm: true,
+            qkv_bias: false,
+            o_bias: false,
+            tie_word_embeddings: true,
+            ..DecoderConfig::tiny_llama()
+        };
+        let json = qwen.to_hf_json().unwrap();
+        assert_eq!(DecoderConfig::from_hf_json(Path::new("config.json"), &json).unwrap(), qwen);
     }
 }

@@ -83,6 +83,21 @@ pub fn save<M: Module>(dir: &Path, model: &M, optim: Option<&ModuleOptimizer>, s
     std::fs::rename(&tmp, dir).map_err(io(dir))
 }
 
+/// Write the optimizer state and the loop state into `dir` (created if missing), for a model
+/// saved there in its own format (a LoRA run saves only its adapter, not the frozen base).
+/// `state.json` is written last: a folder without it is not a complete checkpoint ([`latest`]).
+pub fn save_optimizer_and_state(dir: &Path, optim: &ModuleOptimizer, state: &TrainState) -> Result<(), CheckpointError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let state_path = dir.join("state.json");
+    if state_path.exists() {
+        std::fs::remove_file(&state_path).map_err(io(&state_path))?;
+    }
+    let optim_path = dir.join("optimizer.bpk");
+    optim.save(&optim_path).map_err(|e| CheckpointError::Record { path: optim_path.clone(), reason: e.to_string() })?;
+    let json = serde_json::to_string_pretty(state).map_err(|source| CheckpointError::State { path: state_path.clone(), source })?;
+    std::fs::write(&state_path, json).map_err(io(&state_path))
+}
+
 /// Read a checkpoint's state.
 pub fn load_state(dir: &Path) -> Result<TrainState, CheckpointError> {
     let path = dir.join("state.json");

@@ -200,4 +200,9 @@ impl TrainableEncoder for crate::model::bert::SentenceEncoder {
     fn encode(&self, texts: &[&str]) -> Result<Tensor<2>, Self::Error> {
         crate::model::bert::SentenceEncoder::encode(self, texts)
     }
+    fn with_lora(mut self, config: &LoraConfig, seed: u64) -> Result<Self, LoraError> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        self.model = self.model.with_lora(config, &mut rng)?;
+        Ok(self)
+    }
 }

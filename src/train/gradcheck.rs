@@ -1,4 +1,5 @@
-//! Finite-difference checks of parameter gradients, for any [`TrainableEncoder`] and loss.
+//! Finite-difference checks of parameter gradients, for any [`TrainableEncoder`] (or any module)
+//! and loss.
 //!
 //! For each parameter tensor, the entries with the largest autodiff gradient are nudged by
 //! `±eps` and the loss recomputed: the central difference `(L(θ+ε) − L(θ−ε)) / 2ε` must match
@@ -42,13 +43,28 @@ pub struct GradCheckReport {
 pub fn check_parameter_gradients<E: TrainableEncoder>(encoder: &E, loss: impl Fn(&E) -> Tensor<1>, eps: f32, per_param: usize) -> GradCheckReport {
     let mut e = encoder.clone();
     e.set_model(encoder.model().clone().train().freeze().set_require_grad(true));
-    let grads = loss(&e).backward();
+    check_module_gradients(
+        e.model(),
+        |m| {
+            let mut shifted = e.clone();
+            shifted.set_model(m.clone());
+            loss(&shifted)
+        },
+        eps,
+        per_param,
+    )
+}
+
+/// Like [`check_parameter_gradients`] for any module, taken as it is: only parameters that
+/// require a gradient (on an autodiff device) are checked, so a LoRA model checks its adapters
+/// and leaves its frozen base alone. The caller switches dropout off.
+pub fn check_module_gradients<M: Module>(model: &M, loss: impl Fn(&M) -> Tensor<1>, eps: f32, per_param: usize) -> GradCheckReport {
+    let grads = loss(model).backward();
     let mut collect = Collect { grads: &grads, path: Vec::new(), found: Vec::new() };
-    e.model().visit(&mut collect);
+    model.visit(&mut collect);
 
     let value = |id: ParamId, index: usize, delta: f32| -> f64 {
-        let mut shifted = e.clone();
-        shifted.set_model(e.model().clone().map(&mut Nudge { id, index, delta }));
+        let shifted = model.clone().map(&mut Nudge { id, index, delta });
         loss(&shifted).into_scalar::<f32>() as f64
     };
     let mut report = GradCheckReport { checked: 0, max_rel_err: 0.0, worst: String::new() };

@@ -2,16 +2,23 @@
 //!
 //! * [`contrastive`]: MultipleNegativesRankingLoss, its GradCache variant, the no-duplicates sampler.
 //! * [`contrastive_trainer`]: the embedding-model training loop (`tunelab train embed`).
+//! * [`embed_job`]: `tunelab train embed`: govern, mine, train, validate, export, manifest.
 //! * [`encoder`]: the [`encoder::TrainableEncoder`] seam between loops and models.
+//! * [`hard_negatives`]: mining hard negatives from a governed corpus (BM25 or dense).
 //! * [`gradcheck`]: finite-difference checks of parameter gradients for any encoder and loss.
 //! * [`schedule`]: warm-up + linear/cosine learning rates, clipping by global norm.
+//! * [`sft`]: LoRA supervised fine-tuning of decoders (`tunelab train lora`), MLX-LM's options.
+//! * [`sft_data`]: SFT records rendered and tokenized, length-grouped padded batches.
 //! * [`checkpoint`]: model + optimizer + loop state on disk, for resume.
 //! * [`validation`]: validation callbacks (retrieval metrics through `eval::metrics`).
 pub mod checkpoint;
 pub mod contrastive;
 pub mod contrastive_trainer;
+pub mod embed_job;
 pub mod encoder;
 pub mod gradcheck;
+pub mod hard_negatives;
 pub mod schedule;
 pub mod sft;
+pub mod sft_data;
 pub mod validation;

@@ -1,1 +1,680 @@
-//! TODO
+//! Supervised fine-tuning of LoRA adapters on a decoder (`tunelab train lora`), as
+//! `mlx_lm.lora` trains them, with the same option names and meanings.
+//!
+//! * Data: governed MLX-LM records (chat, completions, text) or QMD query-expansion records,
+//!   rendered through the model's chat template ([`super::sft_data`]); `mask_prompt` puts the
+//!   loss on completion tokens only.
+//! * Loss: mean next-token cross-entropy over the target tokens of a batch (MLX-LM's
+//!   `default_loss`); validation and test losses are token-weighted means over batches, and the
+//!   test perplexity is `exp(loss)`.
+//! * An iteration is one batch. Gradients of `grad_accumulation_steps` iterations are averaged
+//!   before one AdamW update (MLX-LM's accumulation); the learning rate warms up linearly over
+//!   `warmup` updates and then follows `lr_schedule` (cosine by default) down to 0 at the last
+//!   update; gradients are clipped to `max_grad_norm` (global L2 norm).
+//! * Validation runs before the first iteration (logged as iteration 0), every
+//!   `steps_per_eval` iterations after the update, and after the last.
+//! * Every `save_every` iterations: `adapter_path/adapters.safetensors`,
+//!   `adapter_path/{iteration:07}_adapters.safetensors` (as MLX-LM saves them), and a resume
+//!   checkpoint `adapter_path/checkpoints/step-{iteration:08}/` (adapter, AdamW moments, loop
+//!   state). `resume_adapter_file` pointing at a checkpoint (or a file inside one) continues that
+//!   run exactly; pointing at a plain adapter file starts from its weights, as in MLX-LM.
+//! * A NaN or infinite loss or gradient norm stops the run before the update, naming the
+//!   iteration; the adapter files already saved are left as they were.
+//! * `loss.jsonl` gets one line per iteration (`iteration`, `loss`, `tokens`, `lr`,
+//!   `tokens_per_s`, `grad_norm` on update iterations, `val_loss` on validation iterations).
+//! * Same seed, same data → same adapter on the CPU (adapters drawn from `seed`, batch order from
+//!   `seed` and the epoch, dropout from `seed` and the iteration).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{self, CheckpointError, TrainState};
+use super::schedule::{LrSchedule, ScheduleKind, clip_grad_norm, grad_norm};
+use super::sft_data::{Batch, Example, ExampleError, SftRecord, epoch_order, length_batches, make_batch, tokenize};
+use crate::data::governance::GovernedDataset;
+use crate::export::{AdapterFileError, mlx};
+use crate::lora::{AdapterWeights, LoraConfig, LoraError};
+use crate::model::decoder::{CausalLm, Decoder};
+
+/// MLX-LM's `lora_parameters`, plus PEFT's `alpha` and rsLoRA as alternatives to `scale`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraParameters {
+    pub rank: usize,
+    /// MLX-LM's multiplier on `B·A` (default 20, as MLX-LM). Ignored when `alpha` is set.
+    pub scale: f64,
+    /// PEFT's `lora_alpha` (`scale = alpha / rank`, or `alpha / √rank` with `use_rslora`).
+    pub alpha: Option<f64>,
+    pub use_rslora: bool,
+    pub dropout: f64,
+    /// Layers to adapt: names (`q_proj`) or paths inside a block (`self_attn.q_proj`); default
+    /// every projection (MLX-LM's default: all linear layers of the blocks).
+    pub keys: Option<Vec<String>>,
+}
+
+impl Default for LoraParameters {
+    fn default() -> Self {
+        Self { rank: 8, scale: 20.0, alpha: None, use_rslora: false, dropout: 0.0, keys: None }
+    }
+}
+
+/// Options of a run, named as `mlx_lm.lora` names them (TOML; unknown fields are refused).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SftConfig {
+    /// A `.gguf` file or Hugging Face folder (used by the CLI).
+    pub model: Option<PathBuf>,
+    /// An MLX-LM data folder: `train.jsonl`, `valid.jsonl`, `test.jsonl` (used by the CLI).
+    pub data: Option<PathBuf>,
+    /// A governance policy TOML (used by the CLI; default: the built-in policy).
+    pub policy: Option<PathBuf>,
+    /// Treat records without a `classification` as public (otherwise they are refused).
+    pub treat_unclassified_as_public: bool,
+    /// Batches to train on (with accumulation, updates happen every `grad_accumulation_steps`).
+    pub iters: usize,
+    pub batch_size: usize,
+    /// Peak learning rate (after warm-up).
+    pub learning_rate: f64,
+    /// Progress-bar message interval, in iterations (`loss.jsonl` gets every iteration).
+    pub steps_per_report: usize,
+    pub steps_per_eval: usize,
+    /// Validation batches per evaluation; -1 for all.
+    pub val_batches: i64,
+    pub save_every: usize,
+    /// Blocks adapted, counted from the top; -1 for all.
+    pub num_layers: i64,
+    pub max_seq_length: usize,
+    pub grad_accumulation_steps: usize,
+    pub mask_prompt: bool,
+    /// Output folder: adapters, checkpoints, `loss.jsonl`.
+    pub adapter_path: PathBuf,
+    /// A checkpoint folder (exact resume) or an adapter file (initial weights).
+    pub resume_adapter_file: Option<PathBuf>,
+    /// Evaluate on `test.jsonl` after training (loss and perplexity).
+    pub test: bool,
+    /// Test batches; -1 for all.
+    pub test_batches: i64,
+    pub seed: u64,
+    pub lora_parameters: LoraParameters,
+    /// Warm-up updates (linear from 0).
+    pub warmup: usize,
+    pub lr_schedule: ScheduleKind,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// Clip gradients to this global L2 norm; `None` disables clipping.
+    pub max_grad_norm: Option<f64>,
+}
+
+impl Default for SftConfig {
+    /// MLX-LM's defaults where it has one.
+    fn default() -> Self {
+        Self {
+            model: None,
+            data: None,
+            policy: None,
+            treat_unclassified_as_public: false,
+            iters: 1000,
+            batch_size: 4,
+            learning_rate: 1e-5,
+            steps_per_report: 10,
+            steps_per_eval: 200,
+            val_batches: 25,
+            save_every: 100,
+            num_layers: 16,
+            max_seq_length: 2048,
+            grad_accumulation_steps: 1,
+            mask_prompt: false,
+            adapter_path: PathBuf::from("adapters"),
+            resume_adapter_file: None,
+            test: false,
+            test_batches: 500,
+            seed: 0,
+            lora_parameters: LoraParameters::default(),
+            warmup: 0,
+            lr_schedule: ScheduleKind::Cosine,
+            weight_decay: 0.0,
+            max_grad_norm: Some(1.0),
+        }
+    }
+}
+
+impl SftConfig {
+    /// Read a TOML config; errors name the file and what `toml` reports (line, field).
+    pub fn from_toml_file(path: &Path) -> Result<Self, SftError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SftError::Io { path: path.to_path_buf(), source })?;
+        toml::from_str(&text).map_err(|e| SftError::ConfigFile { path: path.to_path_buf(), reason: e.to_string() })
+    }
+
+    /// The adapter shape this config asks for.
+    pub fn lora_config(&self) -> LoraConfig {
+        let p = &self.lora_parameters;
+        LoraConfig {
+            rank: p.rank,
+            alpha: p.alpha.unwrap_or(p.scale * p.rank as f64),
+            dropout: p.dropout,
+            use_rslora: p.use_rslora,
+            target_modules: p.keys.clone().unwrap_or_default(),
+            num_layers: self.num_layers,
+        }
+    }
+
+    /// Checks ranges; the error names the option.
+    pub fn validate(&self) -> Result<(), SftError> {
+        let bad = |field: &'static str, reason: String| Err(SftError::Config { field, reason });
+        if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
+            return bad("learning_rate", format!("{} is not a non-negative number", self.learning_rate));
+        }
+        for (field, v) in [("batch_size", self.batch_size), ("steps_per_report", self.steps_per_report), ("steps_per_eval", self.steps_per_eval), ("save_every", self.save_every), ("grad_accumulation_steps", self.grad_accumulation_steps)] {
+            if v == 0 {
+                return bad(field, "must be at least 1".into());
+            }
+        }
+        if self.max_seq_length < 2 {
+            return bad("max_seq_length", format!("{}: at least 2 tokens are needed to predict one", self.max_seq_length));
+        }
+        // Checkpoints are taken between updates, never with gradients half accumulated.
+        let acc = self.grad_accumulation_steps;
+        if self.iters % acc != 0 {
+            return bad("iters", format!("{} is not a multiple of grad_accumulation_steps ({acc})", self.iters));
+        }
+        if self.save_every % acc != 0 {
+            return bad("save_every", format!("{} is not a multiple of grad_accumulation_steps ({acc})", self.save_every));
+        }
+        self.lora_config().validate()?;
+        Ok(())
+    }
+}
+
+/// Why a run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SftError {
+    #[error("lora training option '{field}': {reason}")]
+    Config { field: &'static str, reason: String },
+    #[error("{path}: {reason}")]
+    ConfigFile { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Example(#[from] ExampleError),
+    #[error("{part}: {n} examples, fewer than batch_size = {batch_size}")]
+    TooFew { part: String, n: usize, batch_size: usize },
+    /// Nothing of that iteration was applied; saved adapters are untouched.
+    #[error("iteration {iteration}: {quantity} is {value}; training stopped before the update. Last good adapter: {}", last_adapter.as_ref().map_or("none saved yet".to_string(), |p| p.display().to_string()))]
+    NonFinite { iteration: usize, quantity: &'static str, value: f64, last_adapter: Option<PathBuf> },
+    #[error(transparent)]
+    Lora(#[from] LoraError),
+    #[error(transparent)]
+    Adapter(#[from] AdapterFileError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+/// Mean cross-entropy of the batch's target tokens (a `[1]` tensor) under `model`.
+pub fn batch_loss(model: &Decoder, batch: &Batch, device: &Device) -> Tensor<1> {
+    let (b, t) = (batch.rows, batch.cols);
+    let inputs = Tensor::<2, Int>::from_data(TensorData::new(batch.inputs.clone(), [b, t]), device);
+    let targets = Tensor::<3, Int>::from_data(TensorData::new(batch.targets.clone(), [b, t, 1]), device);
+    let mask = Tensor::<2>::from_data(TensorData::new(batch.mask.clone(), [b, t]), device);
+    // No padding mask: padding is on the right, so causal attention keeps it from every
+    // position whose prediction counts.
+    let logits = model.forward(inputs, None, None);
+    let logp = log_softmax(logits, 2).gather(2, targets).reshape([b, t]);
+    (logp * mask).sum().neg().div_scalar(batch.ntoks.max(1) as f32).reshape([1])
+}
+
+/// Token-weighted mean loss over up to `num_batches` batches (-1: all) of `examples`, in a
+/// fixed seeded order (the same batches at every evaluation), without autodiff or dropout.
+/// Returns `(loss, target tokens)`.
+pub fn evaluate(model: &Decoder, examples: &[Example], batch_size: usize, max_seq_length: usize, num_batches: i64, seed: u64) -> (f64, usize) {
+    let model = model.valid();
+    let device = model.embed_tokens.val().device();
+    let batches = length_batches(examples, batch_size);
+    let order = epoch_order(batches.len(), seed, usize::MAX);
+    let take = usize::try_from(num_batches).unwrap_or(usize::MAX);
+    let (mut total, mut tokens) = (0.0f64, 0usize);
+    for &i in order.iter().take(take) {
+        let batch = make_batch(examples, &batches[i], max_seq_length);
+        let loss = batch_loss(&model, &batch, &device).into_scalar::<f32>() as f64;
+        total += loss * batch.ntoks as f64;
+        tokens += batch.ntoks;
+    }
+    (total / tokens.max(1) as f64, tokens)
+}
+
+/// Test loss and perplexity (`exp(loss)`), as `mlx_lm.lora --test` reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct TestResult {
+    pub loss: f64,
+    pub perplexity: f64,
+    pub tokens: usize,
+}
+
+/// What [`SftTrainer::fit`] returns.
+#[derive(Debug)]
+pub struct SftOutcome {
+    /// The adapted model (inference copy: no autodiff).
+    pub model: Decoder,
+    /// The adapter as saved in `adapter_path`.
+    pub adapter: AdapterWeights,
+    /// Iterations done in total (including those before a resume).
+    pub iterations: usize,
+    /// Training loss of each iteration run in this call.
+    pub losses: Vec<f32>,
+    /// `(iteration, validation loss)` of each evaluation.
+    pub val_losses: Vec<(usize, f64)>,
+    pub test: Option<TestResult>,
+    /// Target tokens per second of training (this call).
+    pub tokens_per_s: f64,
+}
+
+/// Governed train / valid / test splits of one record type.
+pub struct SftData<'a, T> {
+    pub train: &'a GovernedDataset<T>,
+    pub valid: Option<&'a GovernedDataset<T>>,
+    pub test: Option<&'a GovernedDataset<T>>,
+}
+
+/// Runs LoRA SFT; see the module notes.
+pub struct SftTrainer {
+    config: SftConfig,
+    progress: bool,
+    stop_after: Option<usize>,
+}
+
+/// The dropout seed of an iteration (SplitMix64's constant mixes the run seed and iteration).
+fn iteration_seed(seed: u64, iteration: usize) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(iteration as u64).rotate_left(17)
+}
+
+/// The checkpoint folder holding `path` (the folder itself, or the folder of a file in it), if
+/// it is one (has `state.json`).
+fn checkpoint_of(path: &Path) -> Option<PathBuf> {
+    let dir = if path.is_dir() { path.to_path_buf() } else { path.parent()?.to_path_buf() };
+    dir.join("state.json").is_file().then_some(dir)
+}
+
+impl SftTrainer {
+    pub fn new(config: SftConfig) -> Self {
+        Self { config, progress: true, stop_after: None }
+    }
+
+    /// Show a progress bar (on by default; hidden anyway when stderr is not a terminal).
+    pub fn with_progress(mut self, on: bool) -> Self {
+        self.progress = on;
+        self
+    }
+
+    /// Stop after `iteration` with a checkpoint, as an interrupted run would (tests of resume);
+    /// the schedule still spans `iters`.
+    pub fn stop_after(mut self, iteration: usize) -> Self {
+        self.stop_after = Some(iteration);
+        self
+    }
+
+    pub fn config(&self) -> &SftConfig {
+        &self.config
+    }
+
+    /// Train an adapter for `lm` on `data` and save it in `adapter_path`; see the module notes.
+    pub fn fit<T: SftRecord>(&self, lm: &CausalLm, data: &SftData<'_, T>) -> Result<SftOutcome, SftError> {
+        let cfg = &self.config;
+        cfg.validate()?;
+        let out = cfg.adapter_path.clone();
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SftError::Io { path, source }
+        };
+        std::fs::create_dir_all(&out).map_err(io(&out))?;
+
+        let train = tokenize(lm, data.train, cfg.mask_prompt, "train")?;
+        let valid = data.valid.map(|v| tokenize(lm, v, cfg.mask_prompt, "valid")).transpose()?;
+        let test = data.test.filter(|_| cfg.test).map(|t| tokenize(lm, t, cfg.mask_prompt, "test")).transpose()?;
+        for (part, ex) in [("train", Some(&train)), ("valid", valid.as_ref()), ("test", test.as_ref())] {
+            if let Some(ex) = ex.filter(|e| e.len() < cfg.batch_size) {
+                return Err(SftError::TooFew { part: part.into(), n: ex.len(), batch_size: cfg.batch_size });
+            }
+        }
+        let audit = serde_json::to_value(data.train.audit()).expect("audits serialise");
+        let audit_path = out.join("governance_audit.json");
+        std::fs::write(&audit_path, serde_json::to_string_pretty(&audit).expect("JSON serialises")).map_err(io(&audit_path))?;
+        let manifest = serde_json::json!({
+            "tool": "tunelab", "version": env!("CARGO_PKG_VERSION"),
+            "base_model": lm.source, "config": cfg,
+            "train_sha256": data.train.sha256(), "train_records": data.train.len(),
+            "governance_audit": audit,
+        });
+
+        let lora = cfg.lora_config();
+        let mut model = lm.model.clone().with_lora(&lora, &mut ChaCha8Rng::seed_from_u64(cfg.seed))?;
+        let mut state = TrainState { step: 0, epoch: 0, batch_in_epoch: 0, seed: cfg.seed, best: None };
+        let mut resume_dir = None;
+        if let Some(from) = &cfg.resume_adapter_file {
+            let (adapter, ckpt) = match checkpoint_of(from) {
+                Some(dir) => (mlx::read(&dir)?, Some(dir)),
+                None => {
+                    let dir = from.parent().unwrap_or(Path::new("."));
+                    (mlx::read_with_weights(dir, from)?, None)
+                }
+            };
+            model = model.apply_adapter(&AdapterWeights { config: lora.clone(), ..adapter })?;
+            if let Some(dir) = ckpt {
+                state = checkpoint::load_state(&dir)?;
+                resume_dir = Some(dir);
+            }
+        }
+        let mut model = model.train();
+        let device = model.embed_tokens.val().device();
+        let mut optim: ModuleOptimizer = AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32).init();
+        if let Some(dir) = &resume_dir {
+            optim = checkpoint::load_optimizer(dir, optim)?;
+        }
+
+        let acc = cfg.grad_accumulation_steps;
+        let schedule = LrSchedule { base_lr: cfg.learning_rate, warmup_steps: cfg.warmup, total_steps: cfg.iters / acc, kind: cfg.lr_schedule };
+        let batches = length_batches(&train, cfg.batch_size);
+        let mut log = LossLog::open(&out.join("loss.jsonl"), state.step)?;
+        let extra = serde_json::to_value(cfg).expect("config serialises");
+        let save = |model: &Decoder, dir: &Path, iteration: usize| -> Result<AdapterWeights, SftError> {
+            let mut adapter = model.adapter_weights(&lora);
+            adapter.metadata.insert("tunelab_manifest".into(), serde_json::json!({ "iteration": iteration, "run": manifest }).to_string());
+            mlx::write(dir, &adapter, extra.clone())?;
+            Ok(adapter)
+        };
+        let mut val_losses = Vec::new();
+        let validate = |model: &Decoder| valid.as_ref().map(|v| evaluate(model, v, cfg.batch_size, cfg.max_seq_length, cfg.val_batches, cfg.seed).0);
+        if state.step == 0 && let Some(v) = validate(&model) {
+            val_losses.push((0, v));
+            log.write(&serde_json::json!({ "iteration": 0, "val_loss": v }))?;
+        }
+
+        let bar = progress_bar(self.progress, cfg.iters as u64, state.step as u64);
+        let started = Instant::now();
+        let (mut tokens_seen, mut losses) = (0usize, Vec::new());
+        let mut accumulator = GradientsAccumulator::new();
+        let mut last_adapter = resume_dir.as_ref().map(|d| d.join(mlx::WEIGHTS_FILE));
+        let stop = self.stop_after.unwrap_or(cfg.iters).min(cfg.iters);
+        while state.step < stop {
+            let it = state.step + 1;
+            let (epoch, pos) = ((it - 1) / batches.len(), (it - 1) % batches.len());
+            let batch = make_batch(&train, &batches[epoch_order(batches.len(), cfg.seed, epoch)[pos]], cfg.max_seq_length);
+            device.seed(iteration_seed(cfg.seed, it));
+            let loss = batch_loss(&model, &batch, &device);
+            let loss_value = loss.clone().into_scalar::<f32>();
+            if !loss_value.is_finite() {
+                bar.abandon_with_message(format!("loss {loss_value} at iteration {it}"));
+                return Err(SftError::NonFinite { iteration: it, quantity: "loss", value: loss_value as f64, last_adapter });
+            }
+            let grads = GradientsParams::from_grads(loss.div_scalar(acc as f32).backward(), &model);
+            accumulator.accumulate(&model, grads);
+            tokens_seen += batch.ntoks;
+            let tokens_per_s = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            let mut line = serde_json::json!({ "iteration": it, "loss": loss_value, "tokens": batch.ntoks, "tokens_per_s": tokens_per_s });
+            if it % acc == 0 {
+                let grads = accumulator.grads();
+                let (grads, norm) = match cfg.max_grad_norm {
+                    Some(max) => clip_grad_norm(&model, grads, max),
+                    None => {
+                        let n = grad_norm(&model, &grads);
+                        (grads, n)
+                    }
+                };
+                if !norm.is_finite() {
+                    bar.abandon_with_message(format!("gradient norm {norm} at iteration {it}"));
+                    return Err(SftError::NonFinite { iteration: it, quantity: "gradient norm", value: norm, last_adapter });
+                }
+                let update = it / acc - 1;
+                let lr = schedule.lr(update);
+                model = optim.step(lr, model, grads);
+                line["lr"] = serde_json::json!(lr);
+                line["grad_norm"] = serde_json::json!(norm);
+            }
+            state.step = it;
+            (state.epoch, state.batch_in_epoch) = (epoch, pos + 1);
+            losses.push(loss_value);
+            if (it % cfg.steps_per_eval == 0 || it == cfg.iters) && let Some(v) = validate(&model) {
+                val_losses.push((it, v));
+                line["val_loss"] = serde_json::json!(v);
+            }
+            log.write(&line)?;
+            bar.set_position(it as u64);
+            if it % cfg.steps_per_report == 0 || it == stop {
+                let val = val_losses.last().map_or(String::new(), |(i, v)| format!(" val {v:.3} (it {i})"));
+                bar.set_message(format!("loss {loss_value:.3}{val} {tokens_per_s:.0} tok/s"));
+            }
+            if it % cfg.save_every == 0 || it == stop {
+                save(&model, &out, it)?;
+                let numbered = out.join(format!("{it:07}_adapters.safetensors"));
+                std::fs::copy(out.join(mlx::WEIGHTS_FILE), &numbered).map_err(io(&numbered))?;
+                let ckpt = checkpoint::checkpoint_dir(&out, it);
+                save(&model, &ckpt, it)?;
+                // Only the optimizer and loop state: the adapter is the checkpoint's model.
+                checkpoint::save_optimizer_and_state(&ckpt, &optim, &state)?;
+                last_adapter = Some(out.join(mlx::WEIGHTS_FILE));
+            }
+        }
+        bar.finish_and_clear();
+        let tokens_per_s = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        let adapter = {
+            let mut a = model.adapter_weights(&lora);
+            a.metadata.insert("tunelab_manifest".into(), serde_json::json!({ "iteration": state.step, "run": manifest }).to_string());
+            a
+        };
+        if state.step == 0 {
+            // Nothing trained (iters = 0, test only): still leave the adapter that was evaluated.
+            mlx::write(&out, &adapter, extra.clone())?;
+        }
+        let model = model.valid();
+        let test = test.map(|t| {
+            let (loss, tokens) = evaluate(&model, &t, cfg.batch_size, cfg.max_seq_length, cfg.test_batches, cfg.seed);
+            TestResult { loss, perplexity: loss.exp(), tokens }
+        });
+        if let Some(t) = &test {
+            log.write(&serde_json::json!({ "iteration": state.step, "test_loss": t.loss, "test_ppl": t.perplexity }))?;
+        }
+        Ok(SftOutcome { model, adapter, iterations: state.step, losses, val_losses, test, tokens_per_s })
+    }
+}
+
+fn progress_bar(on: bool, total: u64, position: u64) -> indicatif::ProgressBar {
+    if !on {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("lora {bar:30} {pos}/{len} it  {msg}  [{elapsed_precise} < {eta_precise}]").expect("valid template"),
+    );
+    bar.set_position(position);
+    bar
+}
+
+/// `loss.jsonl`, appended and flushed line by line. On resume, lines past the checkpoint's
+/// iteration are dropped first: the resumed run writes them again.
+struct LossLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl LossLog {
+    fn open(path: &Path, keep_through: usize) -> Result<Self, SftError> {
+        let err = |source| SftError::Io { path: path.to_path_buf(), source };
+        let kept: String = match std::fs::read_to_string(path) {
+            Ok(text) => text
+                .lines()
+                .filter(|l| {
+                    let v: Option<serde_json::Value> = serde_json::from_str(l).ok();
+                    v.as_ref().and_then(|v| v["iteration"].as_u64()).is_some_and(|i| i as usize <= keep_through && v.as_ref().is_some_and(|v| v.get("test_loss").is_none()))
+                })
+                .map(|l| format!("{l}\n"))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(err(e)),
+        };
+        std::fs::write(path, kept).map_err(err)?;
+        let file = std::fs::OpenOptions::new().append(true).open(path).map_err(err)?;
+        Ok(Self { path: path.to_path_buf(), file })
+    }
+
+    fn write(&mut self, line: &serde_json::Value) -> Result<(), SftError> {
+        writeln!(self.file, "{line}").and_then(|_| self.file.flush()).map_err(|source| SftError::Io { path: self.path.clone(), source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::formats::{CompletionRecord, TextRecord};
+    use crate::data::governance::Policy;
+
+    fn lm() -> CausalLm {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decoder/tiny_llama");
+        CausalLm::load(&dir, &Device::flex()).unwrap()
+    }
+
+    fn policy() -> Policy {
+        Policy { treat_unclassified_as_public: true, ..Policy::default() }
+    }
+
+    /// Prompts of three words; the completion repeats the first word and then the word after
+    /// it in the vocabulary (`w{k}` → `w{k} w{k+1}`): learnable by a small adapter.
+    fn records(n: usize, from: usize) -> Vec<CompletionRecord> {
+        (0..n)
+            .map(|i| {
+                let k = 3 + (from + i * 7) % 100;
+                CompletionRecord {
+                    prompt: format!("w{k} w{} w{}", 3 + (k * 3) % 120, 3 + (k * 5) % 120),
+                    completion: format!("w{k} w{}", k + 1),
+                    ..CompletionRecord::default()
+                }
+            })
+            .collect()
+    }
+
+    fn config(dir: &Path) -> SftConfig {
+        SftConfig {
+            iters: 8,
+            batch_size: 2,
+            learning_rate: 2e-2,
+            steps_per_eval: 4,
+            save_every: 4,
+            num_layers: -1,
+            mask_prompt: true,
+            adapter_path: dir.to_path_buf(),
+            lora_parameters: LoraParameters { rank: 4, alpha: Some(8.0), ..LoraParameters::default() },
+            warmup: 1,
+            test: true,
+            seed: 3,
+            ..SftConfig::default()
+        }
+    }
+
+    struct Splits {
+        train: GovernedDataset<CompletionRecord>,
+        valid: GovernedDataset<CompletionRecord>,
+        test: GovernedDataset<CompletionRecord>,
+    }
+
+    fn splits() -> Splits {
+        Splits { train: policy().apply(records(12, 0)), valid: policy().apply(records(4, 50)), test: policy().apply(records(4, 80)) }
+    }
+
+    fn fit(cfg: SftConfig, s: &Splits, stop: Option<usize>) -> Result<SftOutcome, SftError> {
+        let mut t = SftTrainer::new(cfg).with_progress(false);
+        if let Some(stop) = stop {
+            t = t.stop_after(stop);
+        }
+        t.fit(&lm(), &SftData { train: &s.train, valid: Some(&s.valid), test: Some(&s.test) })
+    }
+
+    #[test]
+    fn training_lowers_the_loss_same_seed_same_adapter() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let s = splits();
+        let a = fit(config(d1.path()), &s, None).unwrap();
+        let b = fit(config(d2.path()), &s, None).unwrap();
+        assert_eq!(a.losses, b.losses, "same seed, same losses (bit for bit)");
+        assert_eq!(a.adapter.layers, b.adapter.layers);
+        assert_eq!(a.iterations, 8);
+        let (first, last) = (a.val_losses[0].1, a.val_losses.last().unwrap().1);
+        eprintln!("sft tiny: val loss {first:.3} -> {last:.3}, train {:?}, test {:?}, {:.0} tok/s", a.losses, a.test, a.tokens_per_s);
+        assert!(last < first - 0.1, "validation loss falls: {:?}", a.val_losses);
+        assert_eq!(a.val_losses.iter().map(|v| v.0).collect::<Vec<_>>(), vec![0, 4, 8]);
+        let t = a.test.unwrap();
+        assert!((t.perplexity - t.loss.exp()).abs() < 1e-9 && t.tokens > 0);
+        // Files as MLX-LM writes them, plus our log and checkpoints.
+        for f in ["adapters.safetensors", "adapter_config.json", "0000004_adapters.safetensors", "0000008_adapters.safetensors", "loss.jsonl", "governance_audit.json"] {
+            assert!(d1.path().join(f).is_file(), "{f}");
+        }
+        let log: Vec<serde_json::Value> = std::fs::read_to_string(d1.path().join("loss.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(log.len(), 1 + 8 + 1, "baseline validation, 8 iterations, test");
+        assert_eq!(log[1]["lr"], 0.0, "warm-up: the first update has lr 0");
+        assert!(log[8]["val_loss"].is_number() && log[8]["tokens_per_s"].is_number());
+        assert!(log[9]["test_ppl"].is_number());
+        // The saved adapter is the returned one, and it carries the manifest.
+        let saved = mlx::read(d1.path()).unwrap();
+        assert_eq!(saved.layers, a.adapter.layers);
+        assert!(saved.metadata["tunelab_manifest"].contains("governance_audit"));
+        assert_eq!(a.adapter.layers.len(), 14, "7 projections × 2 blocks");
+    }
+
+    /// An interrupted run (stopped after 4 of 8 iterations, gradient accumulation 2) resumed
+    /// from its checkpoint ends with the adapter of the uninterrupted run.
+    #[test]
+    fn resumed_run_ends_with_the_same_adapter() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let s = splits();
+        let cfg = |d: &Path| SftConfig { grad_accumulation_steps: 2, save_every: 2, test: false, ..config(d) };
+        let whole = fit(cfg(d1.path()), &s, None).unwrap();
+        let first = fit(cfg(d2.path()), &s, Some(4)).unwrap();
+        assert_eq!(first.iterations, 4);
+        let ckpt = checkpoint::checkpoint_dir(d2.path(), 4);
+        assert!(ckpt.join("optimizer.bpk").is_file() && ckpt.join("state.json").is_file());
+        let resumed = fit(SftConfig { resume_adapter_file: Some(ckpt), ..cfg(d2.path()) }, &s, None).unwrap();
+        assert_eq!(resumed.iterations, 8);
+        assert_eq!([&first.losses[..], &resumed.losses[..]].concat(), whole.losses, "same losses, iteration by iteration");
+        assert_eq!(resumed.adapter.layers, whole.adapter.layers, "bit-identical adapter");
+        let lines = std::fs::read_to_string(d2.path().join("loss.jsonl")).unwrap().lines().count();
+        assert_eq!(lines, 1 + 8, "the resumed log continues the first one");
+    }
+
+    #[test]
+    fn nan_loss_stops_naming_the_iteration_and_keeps_the_saved_adapter() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = splits();
+        // Adam moves every adapter entry by about the learning rate: 1e30 overflows the logits.
+        let cfg = SftConfig { learning_rate: 1e30, warmup: 0, save_every: 1, max_grad_norm: None, test: false, ..config(dir.path()) };
+        let err = fit(cfg, &s, None).unwrap_err();
+        let SftError::NonFinite { iteration, last_adapter, .. } = &err else { panic!("{err}") };
+        assert_eq!(*iteration, 2, "{err}");
+        assert_eq!(last_adapter.as_deref(), Some(dir.path().join("adapters.safetensors").as_path()));
+        assert!(err.to_string().contains("iteration 2"), "{err}");
+        assert!(mlx::read(dir.path()).is_ok(), "the adapter saved after iteration 1 is intact");
+        assert!(!dir.path().join("0000002_adapters.safetensors").exists());
+    }
+
+    #[test]
+    fn bad_options_and_data_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = SftConfig { iters: 5, grad_accumulation_steps: 2, ..config(dir.path()) }.validate().unwrap_err();
+        assert!(err.to_string().contains("'iters'"), "{err}");
+        let texts = policy().apply(vec![TextRecord { text: "w3 w4 w5".into(), ..TextRecord::default() }; 4]);
+        let err = SftTrainer::new(config(dir.path()))
+            .with_progress(false)
+            .fit(&lm(), &SftData { train: &texts, valid: None, test: None })
+            .unwrap_err();
+        assert!(err.to_string().contains("mask_prompt"), "{err}");
+        let few = policy().apply(records(1, 0));
+        let err = SftTrainer::new(config(dir.path())).with_progress(false).fit(&lm(), &SftData { train: &few, valid: None, test: None }).unwrap_err();
+        assert!(err.to_string().contains("train: 1 examples, fewer than batch_size = 2"), "{err}");
+        let toml_err = toml::from_str::<SftConfig>("iters = 3\nlearning_rat = 1.0\n").unwrap_err().to_string();
+        assert!(toml_err.contains("learning_rat"), "{toml_err}");
+    }
+}

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Contrastive (MNRL) training throughput, side by side on this machine, same run:
+#   tunelab   `tunelab bench train-embed` (the real trainer: tokenizer, MNRL, clipping, AdamW)
+#   torch     bench/torch_anchor.py's MNRL case (raw PyTorch loop, pre-tokenized ids)
+#   s-t       sentence-transformers' own model, tokenizer and MultipleNegativesRankingLoss, AdamW
+# all on all-MiniLM-L6-v2's shape, batch 32, anchors 64 tokens, positives 128 tokens (f32).
+# Peak memory: tunelab and s-t report the process's peak RSS (VmHWM).
+#
+#   scripts/bench-train-embed.sh [STEPS] [ROUNDS]            (defaults 5, 2)
+# Env: PYTHON_REF   a Python with torch + sentence-transformers (default /work/venvs/ref/bin/python)
+#      TORCH_ANCHOR path to torch_anchor.py (default ../shared/bench/torch_anchor.py)
+#      MODEL        encoder folder for tunelab and s-t (default models/all-MiniLM-L6-v2; the
+#                   torch anchor always uses random weights of the same shape)
+#      DEVICE       tunelab device (default cpu)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STEPS=${1:-5}
+ROUNDS=${2:-2}
+PY=${PYTHON_REF:-/work/venvs/ref/bin/python}
+ANCHOR=${TORCH_ANCHOR:-../shared/bench/torch_anchor.py}
+MODEL=${MODEL:-models/all-MiniLM-L6-v2}
+DEVICE=${DEVICE:-cpu}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+cat > "$WORK/st_mnrl.py" <<'PYEOF'
+import json, random, sys, time
+import torch
+from sentence_transformers import SentenceTransformer, losses
+model_dir, batch, seq, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+model = SentenceTransformer(model_dir, device="cpu")
+model.max_seq_length = seq
+tok = model.tokenizer
+rng = random.Random(0)
+pool = [w for w in list(tok.vocab) if w.isalpha() and w.islower() and len(w) > 2 and len(tok.tokenize(w)) == 1]
+def text(n): return " ".join(rng.choice(pool) for _ in range(n))
+loss_fn = losses.MultipleNegativesRankingLoss(model)  # scale 20, cosine: the same loss as ours
+opt = torch.optim.AdamW(model.parameters(), lr=2e-5)
+model.train()
+def step():
+    q = model.tokenize([text(seq // 2 - 2) for _ in range(batch)])
+    d = model.tokenize([text(seq - 2) for _ in range(batch)])
+    loss = loss_fn([q, d], None)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step(); opt.zero_grad(set_to_none=True)
+for _ in range(2): step()
+t = time.perf_counter()
+for _ in range(steps): step()
+dt = time.perf_counter() - t
+peak = None
+try:
+    peak = int([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]) / 2**20
+except Exception:
+    pass
+print(json.dumps({"case": f"minilm-l6 mnrl seq{seq} b{batch}", "framework": "sentence-transformers", "device": "cpu",
+                  "threads": torch.get_num_threads(), "pairs_per_s": round(batch * steps / dt, 2), "step_ms": round(dt / steps * 1000, 1),
+                  "peak_rss_gib": peak}))
+PYEOF
+
+cargo build --quiet --bin tunelab
+ours_model=()
+[ -d "$MODEL" ] && ours_model=(--model "$MODEL")
+for r in $(seq "$ROUNDS"); do
+  echo "# round $r" >&2
+  ./target/debug/tunelab --device "$DEVICE" bench train-embed "${ours_model[@]}" --batch-size 32 --seq 128 --steps "$STEPS" | tee -a "$WORK/results.jsonl"
+  if [ -f "$ANCHOR" ]; then
+    "$PY" "$ANCHOR" mnrl 2>/dev/null | sed 's/"framework"/"round": '"$r"', "framework"/' | tee -a "$WORK/results.jsonl"
+  else
+    echo "torch anchor not found at $ANCHOR (set TORCH_ANCHOR)" >&2
+  fi
+  if [ -d "$MODEL" ]; then
+    "$PY" "$WORK/st_mnrl.py" "$MODEL" 32 128 "$STEPS" 2>/dev/null | tee -a "$WORK/results.jsonl"
+  fi
+done
+python3 - "$WORK/results.jsonl" <<'PYEOF'
+import json, sys
+best = {}
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if "pairs_per_s" in r:
+        best[r["framework"]] = max(best.get(r["framework"], 0), r["pairs_per_s"])
+print("best pairs/s:", json.dumps(best))
+ours = best.get("tunelab")
+for peer in ("torch(MNRL)", "sentence-transformers"):
+    if ours and peer in best:
+        print(f"ratio tunelab / {peer}: {ours / best[peer]:.2f}")
+PYEOF

@@ -1,0 +1,293 @@
+//! `tunelab train embed CONFIG.toml`: fine-tune a sentence encoder on governed pairs, end to end.
+//!
+//! 1. Load the encoder folder and the pairs; apply the governance policy (only the
+//!    [`GovernedDataset`](crate::data::governance::GovernedDataset) it returns is trained on).
+//! 2. Optionally mine hard negatives from a corpus (BM25 or the base model), governed too.
+//! 3. Train with [`ContrastiveTrainer`] (MultipleNegativesRankingLoss, GradCache with
+//!    `mini_batch_size`, LoRA with `[train.lora]`), validating on held-out queries if given and
+//!    keeping the best checkpoint.
+//! 4. Export the tuned model (the best one when validating) as a sentence-transformers folder
+//!    and write the run's manifest: `<reports>/<name>/<run-id>/{manifest.json, training/, model/}`.
+//!
+//! ```no_run
+//! use tunelab::train::embed_job::{EmbedJobConfig, run_embed_job};
+//! let cfg: EmbedJobConfig = toml::from_str(r#"
+//!     model = "models/all-MiniLM-L6-v2"
+//!     data = "datasets/pairs/pairs.jsonl"
+//!     policy = "datasets/governance/policy.toml"
+//!     [train]
+//!     epochs = 2
+//!     learning_rate = 5e-5
+//!     [train.lora]
+//!     rank = 16
+//!     alpha = 32.0
+//! "#).unwrap();
+//! let out = run_embed_job(&cfg, tunelab::device::DeviceChoice::Cpu).unwrap();
+//! println!("{}", out.model_dir.display());
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use burn::module::Module;
+use serde::{Deserialize, Serialize};
+
+use crate::data::corpus::read_corpus;
+use crate::data::formats::{EmbeddingPair, read_records};
+use crate::data::governance::Policy;
+use crate::data::jsonl::{BadLines, read_jsonl};
+use crate::data::trec::Qrels;
+use crate::device::DeviceChoice;
+use crate::io::tokenizer::TextTokenizer;
+use crate::model::bert::{Prompts, SentenceEncoder};
+use crate::report::manifest::{Manifest, RunDir};
+use crate::train::checkpoint;
+use crate::train::contrastive_trainer::{ContrastiveConfig, ContrastiveTrainer};
+use crate::train::encoder::TrainableEncoder;
+use crate::train::hard_negatives::{Miner, MiningOptions, mine_hard_negatives};
+use crate::train::validation::RetrievalValidation;
+
+/// Everything a training run depends on; recorded whole in the manifest.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbedJobConfig {
+    /// Run name: the run lands in `<reports>/<name>/<run-id>/`.
+    pub name: String,
+    /// Encoder folder (Hugging Face / sentence-transformers layout).
+    pub model: PathBuf,
+    /// Embedding pairs, JSONL `{"query", "positive", "negatives"?, "doc_id"?, governance...}`.
+    pub data: PathBuf,
+    /// Governance policy (TOML). Required: nothing is trained on without one.
+    pub policy: PathBuf,
+    pub reports: PathBuf,
+    /// Token limit while training (the export keeps the model's own limit).
+    pub max_seq_length: Option<usize>,
+    /// Skip malformed JSONL lines (each one is reported) instead of stopping at the first.
+    pub skip_bad_lines: bool,
+    pub hard_negatives: Option<HardNegativesConfig>,
+    pub validation: Option<ValidationConfig>,
+    pub train: ContrastiveConfig,
+}
+
+impl Default for EmbedJobConfig {
+    fn default() -> Self {
+        EmbedJobConfig {
+            name: "train-embed".into(),
+            model: "models/all-MiniLM-L6-v2".into(),
+            data: "datasets/pairs/pairs.jsonl".into(),
+            policy: "datasets/governance/policy.toml".into(),
+            reports: "reports".into(),
+            max_seq_length: Some(128),
+            skip_bad_lines: false,
+            hard_negatives: None,
+            validation: None,
+            train: ContrastiveConfig::default(),
+        }
+    }
+}
+
+/// `[hard_negatives]`: mine negatives from a corpus before training.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HardNegativesConfig {
+    /// `bm25` or `dense` (the base model).
+    pub method: String,
+    /// Markdown folder or `{"id","title","text"}` JSONL; governed by the same policy.
+    pub corpus: PathBuf,
+    #[serde(default = "one")]
+    pub num_negatives: usize,
+    #[serde(default)]
+    pub range_min: usize,
+    #[serde(default = "fifty")]
+    pub range_max: usize,
+    #[serde(default)]
+    pub relative_margin: Option<f32>,
+}
+
+fn one() -> usize {
+    1
+}
+fn fifty() -> usize {
+    50
+}
+fn ten() -> usize {
+    10
+}
+
+/// `[validation]`: held-out queries searched over a corpus, scored with trec_eval's measures.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationConfig {
+    pub corpus: PathBuf,
+    /// JSONL `{"qid", "query"}`.
+    pub queries: PathBuf,
+    /// TREC qrels.
+    pub qrels: PathBuf,
+    #[serde(default = "ten")]
+    pub depth: usize,
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct EmbedJobOutcome {
+    pub run_dir: PathBuf,
+    /// The exported sentence-transformers folder.
+    pub model_dir: PathBuf,
+    pub steps: usize,
+    pub final_loss: Option<f32>,
+    /// Best validation value: (metric, value, step).
+    pub best: Option<(String, f64, usize)>,
+}
+
+#[derive(Deserialize)]
+struct QueryLine {
+    qid: String,
+    query: String,
+}
+
+impl EmbedJobConfig {
+    /// Read a TOML file; errors name the file and the TOML error (line, field).
+    pub fn from_toml_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+/// Run the job on `choice`'s device. See the module notes.
+pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Result<EmbedJobOutcome> {
+    cfg.train.validate()?;
+    let device = choice.device()?;
+    device.seed(cfg.train.seed);
+    let run_dir = RunDir::create(&cfg.reports, &cfg.name)?;
+    let mut manifest = Manifest::new(&run_dir, cfg.train.seed, serde_json::to_value(cfg)?, choice.to_string());
+    println!("run directory: {}", run_dir.path().display());
+    let bad = if cfg.skip_bad_lines { BadLines::SkipBad } else { BadLines::Fail };
+
+    // Data, governed.
+    let policy = Policy::load(&cfg.policy)?;
+    let read = read_records::<EmbeddingPair>(&cfg.data, bad)?;
+    for skipped in &read.skipped {
+        eprintln!("skipped {skipped}");
+    }
+    manifest.add_input(&cfg.policy)?;
+    manifest.add_input(&cfg.data)?;
+    let mut encoder = SentenceEncoder::load(&cfg.model, &device).with_context(|| format!("loading {}", cfg.model.display()))?;
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        let p = cfg.model.join(f);
+        if p.is_file() {
+            manifest.add_input(&p)?;
+        }
+    }
+    let mut pairs = policy.apply(read.records);
+    // The audit of what the policy kept and excluded from the data as given; mining below only adds
+    // negatives to kept pairs, and its hash is recorded beside this one.
+    let mut governance = serde_json::to_value(pairs.audit())?;
+
+    if let Some(hn) = &cfg.hard_negatives {
+        let t = Instant::now();
+        let docs = policy.apply(read_corpus(&hn.corpus, bad)?.records);
+        manifest.add_input(&hn.corpus)?;
+        let miner = match hn.method.as_str() {
+            "bm25" => Miner::Bm25,
+            "dense" => Miner::Dense(&encoder),
+            other => bail!("{}: hard_negatives.method {other:?}: use \"bm25\" or \"dense\"", cfg.policy.display()),
+        };
+        let opts = MiningOptions {
+            num_negatives: hn.num_negatives,
+            range_min: hn.range_min,
+            range_max: hn.range_max,
+            relative_margin: hn.relative_margin,
+            ..MiningOptions::default()
+        };
+        let (mined, report) = mine_hard_negatives(pairs.records(), &docs, &miner, &opts, None)?;
+        println!(
+            "hard negatives ({}): {} added to {} pairs ({} skipped as relevant, {} short), from {} allowed documents",
+            hn.method, report.negatives_added, report.pairs, report.skipped_relevant, report.pairs_short, report.documents_allowed
+        );
+        std::fs::write(run_dir.path().join("hard_negatives.json"), serde_json::to_string_pretty(&report)?)?;
+        // Mined pairs are judged again, so the audit and its hash describe exactly what trains.
+        pairs = policy.apply(mined);
+        governance["sha256_after_mining"] = serde_json::Value::String(pairs.audit().sha256.clone());
+        manifest.record_timing("mine_hard_negatives", t.elapsed());
+    }
+    println!(
+        "training on {} pairs kept of {} ({} excluded by the policy)",
+        pairs.len(),
+        governance["total"],
+        governance["excluded"].as_array().map_or(0, Vec::len)
+    );
+    manifest.governance = governance;
+
+    let mut validation = match &cfg.validation {
+        Some(v) => {
+            let docs = read_corpus(&v.corpus, bad)?.records;
+            let queries = read_jsonl::<QueryLine>(&v.queries, bad)?.records;
+            let qrels = Qrels::read(&v.qrels)?;
+            for p in [&v.corpus, &v.queries, &v.qrels] {
+                manifest.add_input(p)?;
+            }
+            let documents = docs
+                .iter()
+                .map(|d| (d.id.clone(), Prompts::apply(encoder.prompts.document.as_deref(), &format!("{}\n{}", d.title, d.text), None)))
+                .collect();
+            let queries = queries.into_iter().map(|q| (q.qid, Prompts::apply(encoder.prompts.query.as_deref(), &q.query, None))).collect();
+            let mut rv = RetrievalValidation::new(queries, documents, qrels);
+            rv.depth = v.depth;
+            Some(rv)
+        }
+        None => None,
+    };
+
+    // Train.
+    let t = Instant::now();
+    let mut train_cfg = cfg.train.clone();
+    train_cfg.output_dir = run_dir.path().join("training");
+    if validation.is_some() && train_cfg.eval_every.is_none() {
+        // Validate once per epoch at least, so "best" means something.
+        train_cfg.eval_every = Some(pairs.len().div_ceil(train_cfg.batch_size).max(1));
+    }
+    let full_len = encoder.tokenizer.max_len();
+    if let Some(max) = cfg.max_seq_length {
+        encoder.tokenizer = TextTokenizer::new(encoder.tokenizer.inner().clone(), encoder.tokenizer.path().to_path_buf(), max.min(full_len))?;
+    }
+    let mut trainer = ContrastiveTrainer::new(train_cfg.clone());
+    if let Some(v) = validation.as_mut() {
+        trainer = trainer.with_validation(v);
+    }
+    let trained = trainer.fit(encoder, &pairs, None).context("fine-tuning the encoder")?;
+    manifest.record_timing("train", t.elapsed());
+
+    // The best checkpoint when validating, else the last model.
+    let mut tuned = trained.encoder.for_inference();
+    if trained.best.is_some() {
+        let best_dir = train_cfg.output_dir.join("best");
+        tuned.set_model(checkpoint::load_model(&best_dir, tuned.model().clone())?.valid());
+    }
+    let lora_adapter = train_cfg.lora.as_ref().map(|l| tuned.model.adapter_weights(l));
+    tuned.model = tuned.model.merged();
+    tuned.tokenizer = TextTokenizer::new(tuned.tokenizer.inner().clone(), tuned.tokenizer.path().to_path_buf(), full_len)?;
+
+    let t = Instant::now();
+    let model_dir = run_dir.path().join("model");
+    let meta = serde_json::json!({ "governance": manifest.governance.clone(), "run_id": manifest.run_id, "config": cfg });
+    crate::export::sentence_transformers::write_folder(&tuned, &model_dir, meta)?;
+    if let Some(adapter) = &lora_adapter {
+        let summary: BTreeMap<&str, [usize; 2]> = adapter.layers.iter().map(|(k, f)| (k.as_str(), [f.b_shape[0], f.a_shape[1]])).collect();
+        std::fs::write(run_dir.path().join("lora_layers.json"), serde_json::to_string_pretty(&summary)?)?;
+    }
+    manifest.record_timing("export", t.elapsed());
+    let manifest_path = manifest.write(&run_dir)?;
+    println!("tuned model: {}\nmanifest: {}", model_dir.display(), manifest_path.display());
+    if let Some((m, v, s)) = &trained.best {
+        println!("best {m} = {v:.4} at step {s}");
+    }
+    Ok(EmbedJobOutcome {
+        run_dir: run_dir.path().to_path_buf(),
+        model_dir,
+        steps: trained.steps,
+        final_loss: trained.losses.last().copied(),
+        best: trained.best,
+    })
+}

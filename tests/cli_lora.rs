@@ -1,0 +1,115 @@
+//! `tunelab train lora`, `generate --adapter-path`, `export` and `fuse` end to end on the tiny
+//! Llama fixture (random weights, word-level vocabulary `w3`..`w127`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use tunelab::export::{mlx, peft};
+use tunelab::model::decoder::CausalLm;
+
+fn tiny_llama() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decoder/tiny_llama")
+}
+
+fn tunelab(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tunelab")).args(args).current_dir(cwd).output().expect("run tunelab")
+}
+
+fn ok(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "failed:\nstdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// Completion records `w{k} w{a} w{b}` → `w{k} w{k+1}`, classified public.
+fn write_split(path: &Path, n: usize, from: usize) {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            let k = 3 + (from + i * 7) % 100;
+            serde_json::json!({
+                "prompt": format!("w{k} w{} w{}", 3 + (k * 3) % 120, 3 + (k * 5) % 120),
+                "completion": format!("w{k} w{}", k + 1),
+                "classification": "public",
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+fn logits(lm: &CausalLm, ids: &[i64]) -> Vec<f32> {
+    let device = Device::flex();
+    let x = Tensor::<2, Int>::from_data(TensorData::new(ids.to_vec(), [1, ids.len()]), &device);
+    lm.model.forward(x, None, None).into_data().try_into_vec_as::<f32>().unwrap()
+}
+
+#[test]
+fn train_generate_export_and_fuse_on_a_tiny_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_split(&data.join("train.jsonl"), 16, 0);
+    write_split(&data.join("valid.jsonl"), 4, 50);
+    write_split(&data.join("test.jsonl"), 4, 80);
+    // Options from a TOML file, some overridden by flags.
+    let config = tmp.path().join("lora.toml");
+    std::fs::write(&config, "iters = 100\nbatch_size = 2\nlearning_rate = 0.02\nsteps_per_eval = 6\nnum_layers = 1\n[lora_parameters]\nrank = 4\nalpha = 8.0\n").unwrap();
+    let model = tiny_llama().display().to_string();
+    let out = ok(&tunelab(
+        &["train", "lora", config.to_str().unwrap(), "--model", &model, "--data", "data", "--iters", "12", "--save-every", "6", "--num-layers", "-1", "--mask-prompt", "--test", "--adapter-path", "adapters", "--seed", "1"],
+        tmp.path(),
+    ));
+    eprintln!("{out}");
+    assert!(out.contains("Trained 12 iterations") && out.contains("Test ppl"), "{out}");
+    let adapters = tmp.path().join("adapters");
+    let log: Vec<serde_json::Value> = std::fs::read_to_string(adapters.join("loss.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let val: Vec<f64> = log.iter().filter_map(|l| l["val_loss"].as_f64()).collect();
+    assert_eq!(val.len(), 3, "iterations 0, 6 and 12: {log:?}");
+    assert!(val[2] < val[0] - 0.1, "validation loss falls: {val:?}");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(adapters.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((cfg["iters"].as_u64(), cfg["num_layers"].as_i64(), cfg["lora_parameters"]["rank"].as_u64()), (Some(12), Some(-1), Some(4)), "flags win over the file");
+    assert_eq!(cfg["lora_parameters"]["scale"], 2.0);
+
+    // generate with the adapter.
+    let out = tunelab(&["generate", "--model", &model, "--adapter-path", "adapters", "--prompt", "w5 w6 w7", "-m", "3", "--ignore-chat-template"], tmp.path());
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Generation:"));
+
+    // export to PEFT: the same factors.
+    ok(&tunelab(&["export", "adapter", "--adapter-path", "adapters", "--format", "peft", "--output", "peft", "--base-model", "tiny_llama"], tmp.path()));
+    let (m, p) = (mlx::read(&adapters).unwrap(), peft::read(&tmp.path().join("peft")).unwrap());
+    assert_eq!(m.layers, p.layers);
+    assert_eq!(m.layers.len(), 14);
+
+    // fuse: the fused folder computes what base + adapter computes.
+    ok(&tunelab(&["fuse", "--model", &model, "--adapter-path", "adapters", "--save-path", "fused"], tmp.path()));
+    let fused = CausalLm::load(tmp.path().join("fused"), &Device::flex()).unwrap();
+    let mut adapted = CausalLm::load(tiny_llama(), &Device::flex()).unwrap();
+    adapted.model = adapted.model.apply_adapter(&m).unwrap();
+    let base = CausalLm::load(tiny_llama(), &Device::flex()).unwrap();
+    let ids = [1, 5, 17, 99, 3, 42];
+    let (f, a, b) = (logits(&fused, &ids), logits(&adapted, &ids), logits(&base, &ids));
+    let worst = f.iter().zip(&a).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let moved = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 1e-4 && moved > 1e-3, "fused vs adapted {worst}, adapted vs base {moved}");
+    assert!(fused.chat_template.is_some(), "tokenizer files copied");
+
+    // A second fuse into the same folder is refused, naming it.
+    let out = tunelab(&["fuse", "--model", &model, "--adapter-path", "adapters", "--save-path", "fused"], tmp.path());
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("fused"));
+}
+
+#[test]
+fn bad_option_and_missing_data_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("lora.toml");
+    std::fs::write(&config, "iters = 10\nbatchsize = 2\n").unwrap();
+    let out = tunelab(&["train", "lora", config.to_str().unwrap()], tmp.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("lora.toml") && err.contains("batchsize"), "{err}");
+    let model = tiny_llama().display().to_string();
+    let out = tunelab(&["train", "lora", "--model", &model, "--data", "nowhere"], tmp.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("nowhere"), "{err}");
+}

@@ -1,0 +1,195 @@
+//! `tunelab train embed CONFIG.toml` and `tunelab data mine-negatives` end to end on a tiny random
+//! encoder and the governance fixtures (sacred records and documents must never be used).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use burn::tensor::Device;
+use tunelab::export::sentence_transformers::write_folder;
+use tunelab::model::bert::SentenceEncoder;
+
+const WORDS: [&str; 14] = ["the", "tide", "high", "kelp", "storm", "boats", "fish", "spring", "rip", "pools", "a", "day", "is", "of"];
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data")
+}
+
+fn tiny_model(tmp: &Path) -> PathBuf {
+    let dir = tmp.join("base");
+    write_folder(&SentenceEncoder::random_tiny(&WORDS, 5, &Device::flex()), &dir, serde_json::Value::Null).unwrap();
+    dir
+}
+
+fn tunelab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tunelab")).args(args).env("TUNELAB_DEVICE", "cpu").output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn embed(model: &Path, texts: &[&str]) -> Vec<Vec<f32>> {
+    let enc = SentenceEncoder::load(model, &Device::flex()).unwrap();
+    enc.embed_documents(texts, 8).unwrap()
+}
+
+/// The only run folder under `reports/<name>/`.
+fn run_dir(reports: &Path, name: &str) -> PathBuf {
+    let runs: Vec<PathBuf> = std::fs::read_dir(reports.join(name)).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    runs[0].clone()
+}
+
+/// Five public documents that share words with the fixture pairs' queries, and one sacred one.
+fn corpus(tmp: &Path) -> PathBuf {
+    let dir = tmp.join("corpus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let docs = [
+        ("storms", "public", "# Storm log\nThe storm of the winter broke the boats and the pier."),
+        ("spring", "public", "# Spring tide table\nA spring tide is a high tide after the new moon."),
+        ("fishing", "public", "# Fishing\nFish the rip at high tide from the boats."),
+        ("pools", "public", "# Rock pools\nPools of the reef hold kelp and crabs."),
+        ("kelp", "public", "# Kelp forests\nKelp grows fast in spring; a storm can tear it."),
+        ("rite", "sacred", "# [placeholder] Tide rite\nThe tide, the kelp, the boats, the storm: never a negative."),
+    ];
+    for (id, class, body) in docs {
+        std::fs::write(dir.join(format!("{id}.md")), format!("---\nid: {id}\nclassification: {class}\n---\n{body}\n")).unwrap();
+    }
+    dir
+}
+
+fn config(tmp: &Path, base: &Path, extra_train: &str) -> PathBuf {
+    let f = fixtures();
+    let text = format!(
+        r#"
+name = "tiny"
+model = "{base}"
+data = "{data}"
+policy = "{policy}"
+reports = "{reports}"
+max_seq_length = 32
+
+[hard_negatives]
+method = "bm25"
+corpus = "{corpus}"
+num_negatives = 1
+
+[train]
+epochs = 3
+batch_size = 4
+learning_rate = 1e-2
+seed = 3
+{extra_train}
+"#,
+        base = base.display(),
+        data = f.join("pairs.jsonl").display(),
+        policy = f.join("governance/policy.toml").display(),
+        reports = tmp.join("reports").display(),
+        corpus = corpus(tmp).display(),
+    );
+    let p = tmp.join("train.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn lora_run_trains_governed_pairs_exports_a_merged_model_and_records_the_audit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tiny_model(tmp.path());
+    let cfg = config(tmp.path(), &base, "[train.lora]\nrank = 2\nalpha = 4.0\n");
+    let stdout = ok(&tunelab(&["train", "embed", cfg.to_str().unwrap()]));
+    assert!(stdout.contains("excluded by the policy"), "{stdout}");
+
+    let run = run_dir(&tmp.path().join("reports"), "tiny");
+    // The manifest carries the audit: the sacred pair is excluded and never trained on.
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap();
+    let audit = manifest["governance"].to_string();
+    assert!(audit.contains("sacred-1"), "the sacred pair is listed as excluded: {audit}");
+    // Hard negatives were mined from allowed documents only.
+    let hn: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("hard_negatives.json")).unwrap()).unwrap();
+    assert!(hn["negatives_added"].as_u64().unwrap() > 0, "{hn}");
+    assert_eq!(hn["documents_allowed"].as_u64(), Some(5), "the sacred document is not a candidate: {hn}");
+    // LoRA went on PEFT's default BERT targets in every layer, and the export is merged.
+    let layers: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("lora_layers.json")).unwrap()).unwrap();
+    let names: Vec<&String> = layers.as_object().unwrap().keys().collect();
+    assert!(names.iter().any(|n| n.ends_with("attention.self.query")) && names.iter().any(|n| n.ends_with("attention.self.value")), "{names:?}");
+    assert!(!names.iter().any(|n| n.ends_with("key")), "key is not a default target: {names:?}");
+    let tuned = run.join("model");
+    let texts = ["high tide is a day", "kelp of the storm"];
+    let (before, after) = (embed(&base, &texts), embed(&tuned, &texts));
+    let moved: f32 = before.iter().flatten().zip(after.iter().flatten()).map(|(a, b)| (a - b).abs()).sum();
+    assert!(moved > 1e-3, "training changed the exported model (sum |Δ| = {moved})");
+    // The loss curve exists and fell from the first logged step to the last.
+    let losses: Vec<f64> = std::fs::read_to_string(run.join("training/loss.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
+        .collect();
+    assert!(losses.len() >= 2, "{losses:?}");
+    assert!(losses.last().unwrap() < losses.first().unwrap(), "{losses:?}");
+}
+
+#[test]
+fn same_seed_gives_the_same_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tiny_model(tmp.path());
+    let mut outs = Vec::new();
+    for i in 0..2 {
+        let dir = tmp.path().join(format!("r{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = config(&dir, &base, "max_steps = 2\n");
+        ok(&tunelab(&["train", "embed", cfg.to_str().unwrap()]));
+        outs.push(embed(&run_dir(&dir.join("reports"), "tiny").join("model"), &["the tide"]));
+    }
+    assert_eq!(outs[0], outs[1], "CPU runs with one seed are bit-identical");
+}
+
+#[test]
+fn flags_override_the_file_and_unknown_keys_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tiny_model(tmp.path());
+    let cfg = config(tmp.path(), &base, "");
+    let out = tunelab(&["train", "embed", cfg.to_str().unwrap(), "--print-config", "--epochs", "7", "--lora-rank", "4"]);
+    let printed = ok(&out);
+    let parsed: toml::Value = toml::from_str(&printed).unwrap();
+    assert_eq!(parsed["train"]["epochs"].as_integer(), Some(7));
+    assert_eq!(parsed["train"]["lora"]["rank"].as_integer(), Some(4));
+
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[train]\nepochz = 2\n").unwrap();
+    let out = tunelab(&["train", "embed", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("bad.toml") && err.contains("epochz"), "{err}");
+}
+
+#[test]
+fn mine_negatives_skips_sacred_documents_and_writes_pairs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixtures();
+    let out_path = tmp.path().join("mined.jsonl");
+    let out = tunelab(&[
+        "data",
+        "mine-negatives",
+        f.join("pairs.jsonl").to_str().unwrap(),
+        "--corpus",
+        f.join("corpus").to_str().unwrap(),
+        "--out",
+        out_path.to_str().unwrap(),
+        "--num-negatives",
+        "2",
+        "--policy",
+        f.join("governance/policy.toml").to_str().unwrap(),
+    ]);
+    let stdout = ok(&out);
+    assert!(stdout.contains("negatives added"), "{stdout}");
+    let text = std::fs::read_to_string(&out_path).unwrap();
+    let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!rows.iter().any(|r| r["id"] == "sacred-1"), "the sacred pair is not written");
+    assert!(!text.contains("Ceremony"), "the sacred document never becomes a negative");
+    assert!(rows.iter().any(|r| r["negatives"].as_array().is_some_and(|n| !n.is_empty())));
+    // The pair that came with a negative keeps it first.
+    let rip = rows.iter().find(|r| r["id"] == "p11").unwrap();
+    assert_eq!(rip["negatives"][0], "Rips are rare in lakes.");
+}
