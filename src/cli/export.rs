@@ -2,7 +2,7 @@
 //!
 //! `tunelab export gguf --model ST_DIR --out FILE.gguf --type f16` writes a BERT sentence encoder
 //! as a GGUF that llama.cpp runs (`llama-embedding -m FILE.gguf`); see [`crate::export::gguf_bert`].
-//! `tunelab export gguf-lora --adapter PEFT_DIR --base BASE.gguf --out FILE.gguf` writes a decoder
+//! `tunelab export gguf-lora --adapter ADAPTER_DIR --base BASE.gguf --out FILE.gguf` writes a decoder
 //! LoRA adapter that llama.cpp applies with `--lora`; see [`crate::export::gguf_lora`].
 use std::path::PathBuf;
 
@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use crate::device::DeviceChoice;
 use crate::export::gguf_bert::{GgufExportSummary, GgufOutType, write_bert_gguf};
-use crate::export::gguf_lora::{LoraBase, read_peft_adapter, write_lora_gguf};
+use crate::export::gguf_lora::{LoraBase, write_lora_gguf};
 use crate::io::gguf::GgufFile;
 use crate::model::bert::SentenceEncoder;
 
@@ -18,7 +18,7 @@ use crate::model::bert::SentenceEncoder;
 pub enum ExportCommand {
     /// A BERT sentence encoder (sentence-transformers folder) as a llama.cpp GGUF.
     Gguf(GgufArgs),
-    /// A decoder LoRA adapter (PEFT folder) as a llama.cpp GGUF adapter for a GGUF base model.
+    /// A decoder LoRA adapter (PEFT or MLX-LM folder) as a llama.cpp GGUF adapter for a GGUF base model.
     GgufLora(GgufLoraArgs),
     /// A decoder LoRA adapter folder (MLX-LM or PEFT) rewritten in the other format.
     Adapter(crate::cli::lora::ExportArgs),
@@ -44,7 +44,7 @@ pub struct GgufArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct GgufLoraArgs {
-    /// The adapter: a PEFT folder (`adapter_config.json`, `adapter_model.safetensors`).
+    /// The adapter: a PEFT or MLX-LM folder (e.g. a `tunelab train lora` output).
     #[arg(long)]
     pub adapter: PathBuf,
     /// The GGUF base model the adapter will be applied to (its architecture, head counts and
@@ -92,7 +92,7 @@ fn run_gguf(a: GgufArgs, d: DeviceChoice) -> anyhow::Result<()> {
 }
 
 fn run_gguf_lora(a: GgufLoraArgs) -> anyhow::Result<()> {
-    let mut adapter = read_peft_adapter(&a.adapter)?;
+    let mut adapter = crate::export::read_adapter_dir(&a.adapter)?;
     if let Some(p) = &a.manifest {
         adapter.metadata.insert("manifest".into(), read_json(p)?.to_string());
     }

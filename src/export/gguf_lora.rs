@@ -18,15 +18,15 @@
 //!   alpha (`scale · rank`), so the applied scale is the trained one.
 //!
 //! ```no_run
-//! use tunelab::export::gguf_lora::{read_peft_adapter, write_lora_gguf, LoraBase};
+//! use tunelab::export::gguf_lora::{write_lora_gguf, LoraBase};
 //! use tunelab::export::gguf_bert::GgufOutType;
 //! use tunelab::io::gguf::GgufFile;
-//! let adapter = read_peft_adapter("runs/smollm-lora/adapter".as_ref()).unwrap();
+//! let adapter = tunelab::export::read_adapter_dir("runs/smollm-lora/adapter".as_ref()).unwrap();
 //! let base = LoraBase::from_gguf(&GgufFile::open("models/SmolLM2-135M-Instruct.Q4_1.gguf").unwrap()).unwrap();
 //! write_lora_gguf(&adapter, &base, "adapter.gguf".as_ref(), GgufOutType::F16).unwrap();
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
@@ -186,85 +186,6 @@ pub fn write_lora_gguf(
     })
 }
 
-/// PEFT's `adapter_config.json`, the fields a LoRA export needs.
-#[derive(serde::Deserialize)]
-struct PeftConfig {
-    r: usize,
-    lora_alpha: f64,
-    #[serde(default)]
-    use_rslora: bool,
-    #[serde(default)]
-    lora_dropout: f64,
-    #[serde(default)]
-    target_modules: Option<serde_json::Value>,
-    #[serde(default)]
-    peft_type: Option<String>,
-    #[serde(default)]
-    base_model_name_or_path: Option<String>,
-}
-
-/// Read a PEFT LoRA folder (`adapter_config.json` + `adapter_model.safetensors`, tensors named
-/// `base_model.model.<module>.lora_A.weight` / `.lora_B.weight`) as [`AdapterWeights`].
-pub fn read_peft_adapter(dir: &Path) -> Result<AdapterWeights, GgufExportError> {
-    let cfg_path = dir.join("adapter_config.json");
-    let bad = |path: &PathBuf, reason: String| GgufExportError::Unsupported { path: path.clone(), reason };
-    let text = std::fs::read_to_string(&cfg_path).map_err(|source| GgufExportError::Io { path: cfg_path.clone(), source })?;
-    let pc: PeftConfig = serde_json::from_str(&text).map_err(|e| bad(&cfg_path, e.to_string()))?;
-    if let Some(t) = pc.peft_type.as_deref().filter(|t| *t != "LORA") {
-        return Err(bad(&cfg_path, format!("peft_type '{t}' is not LORA")));
-    }
-    let targets = match pc.target_modules {
-        Some(serde_json::Value::Array(v)) => v.iter().filter_map(|s| s.as_str().map(str::to_string)).collect(),
-        Some(serde_json::Value::String(s)) => vec![s],
-        _ => Vec::new(),
-    };
-    let config = LoraConfig {
-        rank: pc.r,
-        alpha: pc.lora_alpha,
-        dropout: pc.lora_dropout,
-        use_rslora: pc.use_rslora,
-        target_modules: targets,
-        num_layers: -1,
-    };
-    let mut adapter = AdapterWeights::new(config);
-    if let Some(b) = pc.base_model_name_or_path {
-        adapter.metadata.insert("base_model".into(), b);
-    }
-    let st_path = dir.join("adapter_model.safetensors");
-    let st = crate::io::safetensors::SafetensorsFile::open(&st_path)
-        .map_err(|e| bad(&st_path, e.to_string()))?;
-    let mut names = st.names();
-    names.sort();
-    for name in names.iter().filter(|n| n.ends_with(".lora_A.weight")) {
-        let module = name.trim_end_matches(".lora_A.weight");
-        let b_name = format!("{module}.lora_B.weight");
-        let read = |n: &str| -> Result<(Vec<f32>, [usize; 2]), GgufExportError> {
-            let (v, s) = st.read_f32(n).map_err(|e| bad(&st_path, e.to_string()))?;
-            match s.as_slice() {
-                [r, c] => Ok((v, [*r, *c])),
-                other => Err(GgufExportError::Tensor {
-                    path: st_path.clone(),
-                    tensor: n.to_string(),
-                    reason: format!("shape {other:?} is not 2-D"),
-                }),
-            }
-        };
-        let (a, a_shape) = read(name)?;
-        if !st.contains(&b_name) {
-            return Err(GgufExportError::Tensor { path: st_path.clone(), tensor: name.clone(), reason: format!("no matching {b_name}") });
-        }
-        let (b, b_shape) = read(&b_name)?;
-        let path = module.strip_prefix("base_model.model.").unwrap_or(module);
-        adapter
-            .insert(path, LoraFactors { a, a_shape, b, b_shape })
-            .map_err(|e| GgufExportError::Tensor { path: st_path.clone(), tensor: name.clone(), reason: e.to_string() })?;
-    }
-    if adapter.layers.is_empty() {
-        return Err(bad(&st_path, "no .lora_A.weight tensors".into()));
-    }
-    Ok(adapter)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,26 +312,5 @@ mod tests {
         // for one head of 4 rows: HF rows [0, 1, 2, 3] -> [0, 2, 1, 3].
         let x: Vec<f32> = (0..8).map(|v| v as f32).collect(); // [4 rows, 2 cols]
         assert_eq!(permute_rows(&x, 1, 2), vec![0.0, 1.0, 4.0, 5.0, 2.0, 3.0, 6.0, 7.0]);
-    }
-
-    #[test]
-    fn reads_a_peft_folder() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("adapter_config.json"),
-            r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 8, "target_modules": ["q_proj"], "base_model_name_or_path": "smollm"}"#,
-        )
-        .unwrap();
-        let f = factors(2, 8, 8, 0.5);
-        let tensors = vec![
-            ("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight".to_string(), vec![2, 8], f.a.clone()),
-            ("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight".to_string(), vec![8, 2], f.b.clone()),
-        ];
-        crate::io::safetensors::write_f32(dir.path().join("adapter_model.safetensors"), &tensors, None).unwrap();
-        let ad = read_peft_adapter(dir.path()).unwrap();
-        assert_eq!(ad.config.rank, 2);
-        assert_eq!(ad.config.scale(), 4.0);
-        assert_eq!(ad.layers["model.layers.0.self_attn.q_proj"], f);
-        assert_eq!(ad.metadata["base_model"], "smollm");
     }
 }
