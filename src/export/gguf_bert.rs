@@ -141,8 +141,9 @@ fn pooling_type(mode: PoolingMode) -> Option<u32> {
     }
 }
 
-/// The GGUF name of a Hugging Face `BertModel` tensor, or `None` for tensors llama.cpp does not
-/// use (the pooler, which the converter drops too).
+/// The GGUF name of a Hugging Face `BertModel` tensor: `Some(Some(name))`; `Some(None)` for the
+/// pooler, which llama.cpp does not use (the converter drops it too); `None` for a name that is
+/// not part of a `BertModel` (the export refuses it rather than silently dropping weights).
 pub fn bert_gguf_name(hf: &str) -> Option<Option<String>> {
     let (stem, suffix) = hf.rsplit_once('.')?;
     if suffix != "weight" && suffix != "bias" {
