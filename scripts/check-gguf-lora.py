@@ -7,7 +7,8 @@ Steps (all in a temporary folder):
   1. base: an F32 copy of SmolLM2-135M-Instruct (Q4_1, from scripts/fetch-models.sh), dequantised
      by gguf-py, so base+adapter and the merged model share exact weights.
   2. adapter: random PEFT LoRA factors (rank 8, alpha 16) on q/k/v/o/gate/up/down of every layer,
-     written as a PEFT folder (adapter_config.json + adapter_model.safetensors).
+     written as a PEFT folder (adapter_config.json + adapter_model.safetensors); or, with
+     --adapter DIR, a given PEFT folder.
   3. tunelab export gguf-lora --adapter PEFT --base base.gguf --out adapter-{f32,f16}.gguf
   4. merged: base + scale·B·A per layer, computed here with numpy in Hugging Face row order and
      put into the GGUF row order with llama.cpp's own q/k permutation (convert_hf_to_gguf.py
@@ -29,6 +30,9 @@ Measured (2026-12-01, SmolLM2-135M-Instruct F32 copy, rank 8 / alpha 16 on all 2
   (a deliberate layout error) the f32 difference is 1.58, so the check does see layout mistakes.
   The f32 adapter on the original Q4_1 file loads and runs; against the merged F32 model it
   differs by the base's quantisation (max 1.42, argmax agreement 97.3%).
+  A real adapter from `tunelab train lora` (4 iterations on datasets/completions, rank 4, top 4
+  blocks, 28 modules; MLX output converted with `tunelab export adapter --format peft`, then
+  --adapter DIR): effect 0.344; f32 adapter 2.9e-05, f16 adapter 1.0e-04 (F32 KV cache).
 """
 import argparse
 import json
@@ -73,6 +77,22 @@ def write_safetensors(path, tensors):
         f.write(struct.pack("<Q", len(h)) + h)
         for b in blobs:
             f.write(b)
+
+
+def read_safetensors(path):
+    """The tensors of a safetensors file (F32 / F16) as numpy arrays."""
+    import numpy as np
+    raw = Path(path).read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    dtypes = {"F32": "<f4", "F16": "<f2"}
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        lo, hi = info["data_offsets"]
+        out[name] = np.frombuffer(raw[8 + n + lo:8 + n + hi], dtype=dtypes[info["dtype"]]).reshape(info["shape"])
+    return out
 
 
 def llama_permute(w, n_head):
@@ -127,6 +147,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", default=str(SMOLLM))
     ap.add_argument("--tunelab", default=str(ROOT / "target" / "debug" / "tunelab"))
+    ap.add_argument("--adapter", help="a PEFT adapter folder to check instead of random factors")
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--alpha", type=float, default=16.0)
     ap.add_argument("--tolerance", type=float, default=1e-3)
@@ -153,26 +174,46 @@ def main():
         base = tmp / "base-f32.gguf"
         copy_with(args.base, base, {})
 
-        peft, deltas = {}, {}
-        for layer in range(n_layer):
-            for module, gname in MODULES.items():
-                out_f, in_f = shapes[f"blk.{layer}.{gname}.weight"]
-                a = rng.normal(0, 1 / np.sqrt(in_f), size=(args.rank, in_f)).astype(np.float32)
-                b = rng.normal(0, 0.02, size=(out_f, args.rank)).astype(np.float32)
-                key = f"base_model.model.model.layers.{layer}.{module}"
-                peft[f"{key}.lora_A.weight"], peft[f"{key}.lora_B.weight"] = a, b
-                d = scale * (b.astype(np.float64) @ a.astype(np.float64))
-                if arch == "llama" and gname == "attn_q":
-                    d = llama_permute(d, n_head)
-                elif arch == "llama" and gname == "attn_k":
-                    d = llama_permute(d, n_head_kv)
-                deltas[f"blk.{layer}.{gname}.weight"] = d
-        adir = tmp / "peft"
-        adir.mkdir()
-        (adir / "adapter_config.json").write_text(json.dumps({
-            "peft_type": "LORA", "r": args.rank, "lora_alpha": args.alpha, "lora_dropout": 0.0,
-            "target_modules": [m.split(".")[-1] for m in MODULES], "base_model_name_or_path": Path(args.base).name}))
-        write_safetensors(adir / "adapter_model.safetensors", peft)
+        if args.adapter:
+            # A given PEFT adapter (e.g. `tunelab train lora` output converted with
+            # `tunelab export adapter --format peft`).
+            adir = Path(args.adapter)
+            cfg = json.loads((adir / "adapter_config.json").read_text())
+            rank, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
+            scale = alpha / (np.sqrt(rank) if cfg.get("use_rslora") else rank)
+            peft = read_safetensors(adir / "adapter_model.safetensors")
+        else:
+            rank, alpha = args.rank, args.alpha
+            scale = alpha / rank
+            peft = {}
+            for layer in range(n_layer):
+                for module in MODULES:
+                    out_f, in_f = shapes[f"blk.{layer}.{MODULES[module]}.weight"]
+                    key = f"base_model.model.model.layers.{layer}.{module}"
+                    peft[f"{key}.lora_A.weight"] = rng.normal(0, 1 / np.sqrt(in_f), size=(rank, in_f)).astype(np.float32)
+                    peft[f"{key}.lora_B.weight"] = rng.normal(0, 0.02, size=(out_f, rank)).astype(np.float32)
+            adir = tmp / "peft"
+            adir.mkdir()
+            (adir / "adapter_config.json").write_text(json.dumps({
+                "peft_type": "LORA", "r": rank, "lora_alpha": alpha, "lora_dropout": 0.0,
+                "target_modules": [m.split(".")[-1] for m in MODULES], "base_model_name_or_path": Path(args.base).name}))
+            write_safetensors(adir / "adapter_model.safetensors", peft)
+
+        # delta = scale·B·A per adapted module, in HF row order, then llama.cpp's q/k permutation.
+        deltas = {}
+        for name, a in peft.items():
+            if not name.endswith(".lora_A.weight"):
+                continue
+            key = name[: -len(".lora_A.weight")]
+            b = peft[key + ".lora_B.weight"]
+            layer, module = key.split("model.layers.")[1].split(".", 1)
+            gname = MODULES[module]
+            d = scale * (b.astype(np.float64) @ a.astype(np.float64))
+            if arch == "llama" and gname == "attn_q":
+                d = llama_permute(d, n_head)
+            elif arch == "llama" and gname == "attn_k":
+                d = llama_permute(d, n_head_kv)
+            deltas[f"blk.{layer}.{gname}.weight"] = d
 
         # Merged = dequantised base + delta, in float64 then rounded once to f32.
         r = gguf.GGUFReader(str(base))
@@ -191,7 +232,7 @@ def main():
         effect = max(float(np.abs(x - y).max()) for x, y in zip(ref, plain))
         results = {"base": Path(args.base).name + " (F32 copy, gguf-py dequantised)",
                    "reference": f"llama.cpp via llama-cpp-python {llama_cpp.__version__} (CPU, logits_all)",
-                   "rank": args.rank, "alpha": args.alpha, "layers_adapted": len(deltas),
+                   "adapter": args.adapter or "random", "rank": rank, "alpha": alpha, "layers_adapted": len(deltas),
                    "max_abs_logit_change_from_adapter": effect, "adapters": {}}
         print(f"adapter effect: max |logits(merged) - logits(base)| = {effect:.4f}")
         failed = False
