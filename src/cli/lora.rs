@@ -260,7 +260,7 @@ fn train_typed<T: Record + SftRecord>(trainer: &SftTrainer, lm: &CausalLm, loade
     }
     let out = trainer.fit(lm, &SftData { train: &train, valid: valid.as_ref(), test: test.as_ref() })?;
     let cfg = trainer.config();
-    println!("Trained {} iterations: {:.0} tokens/s", out.iterations, out.tokens_per_s);
+    println!("Trained {} iterations: {:.1} loss tokens/s, {:.1} tokens/s", out.iterations, out.tokens_per_s, out.seq_tokens_per_s);
     if let (Some(first), Some(last)) = (out.val_losses.first(), out.val_losses.last()) {
         println!("Validation loss {:.3} (iteration {}) -> {:.3} (iteration {})", first.1, first.0, last.1, last.0);
     }

@@ -20,8 +20,10 @@
 //!   run exactly; pointing at a plain adapter file starts from its weights, as in MLX-LM.
 //! * A NaN or infinite loss or gradient norm stops the run before the update, naming the
 //!   iteration; the adapter files already saved are left as they were.
-//! * `loss.jsonl` gets one line per iteration (`iteration`, `loss`, `tokens`, `lr`,
-//!   `tokens_per_s`, `grad_norm` on update iterations, `val_loss` on validation iterations).
+//! * `loss.jsonl` gets one line per iteration (`iteration`, `loss`, `tokens` and `tokens_per_s`
+//!   counting loss tokens as MLX-LM does, `seq_tokens` and `seq_tokens_per_s` counting every
+//!   unpadded token, `lr` and `grad_norm` on update iterations, `val_loss` on validation
+//!   iterations).
 //! * Same seed, same data → same adapter on the CPU (adapters drawn from `seed`, batch order from
 //!   `seed` and the epoch, dropout from `seed` and the iteration).
 
@@ -272,8 +274,10 @@ pub struct SftOutcome {
     /// `(iteration, validation loss)` of each evaluation.
     pub val_losses: Vec<(usize, f64)>,
     pub test: Option<TestResult>,
-    /// Target tokens per second of training (this call).
+    /// Target (loss) tokens per second of training, MLX-LM's count (this call).
     pub tokens_per_s: f64,
+    /// All unpadded tokens per second (what forward passes read; comparable to PyTorch anchors).
+    pub seq_tokens_per_s: f64,
 }
 
 /// Governed train / valid / test splits of one record type.
@@ -398,7 +402,7 @@ impl SftTrainer {
 
         let bar = progress_bar(self.progress, cfg.iters as u64, state.step as u64);
         let started = Instant::now();
-        let (mut tokens_seen, mut losses) = (0usize, Vec::new());
+        let (mut tokens_seen, mut seq_tokens_seen, mut losses) = (0usize, 0usize, Vec::new());
         let mut accumulator = GradientsAccumulator::new();
         let mut last_adapter = resume_dir.as_ref().map(|d| d.join(mlx::WEIGHTS_FILE));
         let stop = self.stop_after.unwrap_or(cfg.iters).min(cfg.iters);
@@ -416,8 +420,13 @@ impl SftTrainer {
             let grads = GradientsParams::from_grads(loss.div_scalar(acc as f32).backward(), &model);
             accumulator.accumulate(&model, grads);
             tokens_seen += batch.ntoks;
-            let tokens_per_s = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            let mut line = serde_json::json!({ "iteration": it, "loss": loss_value, "tokens": batch.ntoks, "tokens_per_s": tokens_per_s });
+            seq_tokens_seen += batch.seq_tokens;
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            let tokens_per_s = tokens_seen as f64 / secs;
+            let mut line = serde_json::json!({
+                "iteration": it, "loss": loss_value, "tokens": batch.ntoks, "tokens_per_s": tokens_per_s,
+                "seq_tokens": batch.seq_tokens, "seq_tokens_per_s": seq_tokens_seen as f64 / secs,
+            });
             if it % acc == 0 {
                 let grads = accumulator.grads();
                 let (grads, norm) = match cfg.max_grad_norm {
@@ -462,7 +471,8 @@ impl SftTrainer {
             }
         }
         bar.finish_and_clear();
-        let tokens_per_s = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        let (tokens_per_s, seq_tokens_per_s) = (tokens_seen as f64 / secs, seq_tokens_seen as f64 / secs);
         let adapter = {
             let mut a = model.adapter_weights(&lora);
             a.metadata.insert("tunelab_manifest".into(), serde_json::json!({ "iteration": state.step, "run": manifest }).to_string());
@@ -480,7 +490,7 @@ impl SftTrainer {
         if let Some(t) = &test {
             log.write(&serde_json::json!({ "iteration": state.step, "test_loss": t.loss, "test_ppl": t.perplexity }))?;
         }
-        Ok(SftOutcome { model, adapter, iterations: state.step, losses, val_losses, test, tokens_per_s })
+        Ok(SftOutcome { model, adapter, iterations: state.step, losses, val_losses, test, tokens_per_s, seq_tokens_per_s })
     }
 }
 
