@@ -687,4 +687,41 @@ mod tests {
         let toml_err = toml::from_str::<SftConfig>("iters = 3\nlearning_rat = 1.0\n").unwrap_err().to_string();
         assert!(toml_err.contains("learning_rat"), "{toml_err}");
     }
+
+    /// `iters = 0` with `test` and a saved adapter file: test mode, as `mlx_lm.lora --test
+    /// --adapter-path`; it scores exactly what the training run scored.
+    #[test]
+    fn test_mode_scores_a_saved_adapter() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let s = splits();
+        let trained = fit(config(d1.path()), &s, None).unwrap();
+        let cfg = SftConfig { iters: 0, resume_adapter_file: Some(d1.path().join("adapters.safetensors")), ..config(d2.path()) };
+        let tested = fit(cfg, &s, None).unwrap();
+        assert_eq!(tested.iterations, 0);
+        assert_eq!(tested.adapter.layers, trained.adapter.layers);
+        assert_eq!(tested.test.unwrap().loss, trained.test.unwrap().loss);
+    }
+
+    /// Chat records with `mask_prompt`: the loss starts after the rendering of all messages but
+    /// the last, with the generation prompt (MLX-LM's offset).
+    #[test]
+    fn chat_prompt_mask_offset_is_the_rendered_prompt() {
+        use crate::data::formats::{ChatMessage, ChatRecord, Role};
+        let lm = lm();
+        let rec = ChatRecord {
+            messages: vec![
+                ChatMessage { role: Role::System, content: "w9".into() },
+                ChatMessage { role: Role::User, content: "w5 w6".into() },
+                ChatMessage { role: Role::Assistant, content: "w7 w8 w10".into() },
+            ],
+            ..ChatRecord::default()
+        };
+        let data = policy().apply(vec![rec]);
+        let ex = &tokenize(&lm, &data, true, "train").unwrap()[0];
+        // Template: "<s>" then each content followed by a space: <s> w9 w5 w6 | w7 w8 w10.
+        assert_eq!(ex.tokens, vec![1, 9, 5, 6, 7, 8, 10]);
+        assert_eq!(ex.offset, 4);
+        let unmasked = &tokenize(&lm, &data, false, "train").unwrap()[0];
+        assert_eq!((unmasked.offset, unmasked.tokens.len()), (0, 7));
+    }
 }
