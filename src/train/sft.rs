@@ -221,16 +221,37 @@ pub enum SftError {
 }
 
 /// Mean cross-entropy of the batch's target tokens (a `[1]` tensor) under `model`.
+///
+/// Only the positions whose target counts go through the output head: the head and its
+/// softmax over the vocabulary are a large share of a small model's work (a fifth of
+/// SmolLM2-135M's), and prompt and padding positions would be computed only to be masked.
 pub fn batch_loss(model: &Decoder, batch: &Batch, device: &Device) -> Tensor<1> {
     let (b, t) = (batch.rows, batch.cols);
     let inputs = Tensor::<2, Int>::from_data(TensorData::new(batch.inputs.clone(), [b, t]), device);
-    let targets = Tensor::<3, Int>::from_data(TensorData::new(batch.targets.clone(), [b, t, 1]), device);
-    let mask = Tensor::<2>::from_data(TensorData::new(batch.mask.clone(), [b, t]), device);
+    let (mut rows, mut targets) = (Vec::with_capacity(batch.ntoks), Vec::with_capacity(batch.ntoks));
+    for (i, (&m, &target)) in batch.mask.iter().zip(&batch.targets).enumerate() {
+        if m > 0.0 {
+            rows.push(i as i64);
+            targets.push(target);
+        }
+    }
+    let n = rows.len();
+    if n == 0 {
+        // Nothing to predict (every target masked or truncated away): a zero loss that still
+        // belongs to the graph, so backward gives zero gradients.
+        return model.embed_tokens.val().sum().mul_scalar(0.0).reshape([1]);
+    }
     // No padding mask: padding is on the right, so causal attention keeps it from every
     // position whose prediction counts.
-    let logits = model.forward(inputs, None, None);
-    let logp = log_softmax(logits, 2).gather(2, targets).reshape([b, t]);
-    (logp * mask).sum().neg().div_scalar(batch.ntoks.max(1) as f32).reshape([1])
+    let hidden = model.forward_hidden(inputs, None, None);
+    let d = hidden.dims()[2];
+    let picked = hidden
+        .reshape([b * t, d])
+        .select(0, Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), device))
+        .reshape([1, n, d]);
+    let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [1, n, 1]), device);
+    let logp = log_softmax(model.logits(picked), 2).gather(2, targets);
+    logp.sum().neg().div_scalar(n as f32).reshape([1])
 }
 
 /// Token-weighted mean loss over up to `num_batches` batches (-1: all) of `examples`, in a
@@ -723,5 +744,23 @@ mod tests {
         assert_eq!(ex.offset, 4);
         let unmasked = &tokenize(&lm, &data, false, "train").unwrap()[0];
         assert_eq!((unmasked.offset, unmasked.tokens.len()), (0, 7));
+    }
+
+    /// The loss through the picked positions equals the masked mean over every position's logits.
+    #[test]
+    fn batch_loss_matches_full_logits_with_a_mask() {
+        let device = Device::flex();
+        let model = Decoder::random(&crate::model::decoder::DecoderConfig::tiny_llama(), &device, 4);
+        let examples = vec![Example { tokens: vec![1, 5, 9, 33, 7, 2], offset: 3 }, Example { tokens: vec![1, 8, 4, 2], offset: 0 }];
+        let batch = make_batch(&examples, &[0, 1], 64);
+        let got = batch_loss(&model, &batch, &device).into_scalar::<f32>();
+        let (b, t) = (batch.rows, batch.cols);
+        let inputs = Tensor::<2, Int>::from_data(TensorData::new(batch.inputs.clone(), [b, t]), &device);
+        let targets = Tensor::<3, Int>::from_data(TensorData::new(batch.targets.clone(), [b, t, 1]), &device);
+        let mask = Tensor::<2>::from_data(TensorData::new(batch.mask.clone(), [b, t]), &device);
+        let logp = log_softmax(model.forward(inputs, None, None), 2).gather(2, targets).reshape([b, t]);
+        let want = (logp * mask).sum().neg().into_scalar::<f32>() / batch.ntoks as f32;
+        assert_eq!(batch.ntoks, 3 + 3, "positions 3..6 of row 0, 1..4 of row 1");
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
     }
 }
