@@ -431,7 +431,11 @@ impl SftTrainer {
             let it = state.step + 1;
             let (epoch, pos) = ((it - 1) / batches.len(), (it - 1) % batches.len());
             let batch = make_batch(&train, &batches[epoch_order(batches.len(), cfg.seed, epoch)[pos]], cfg.max_seq_length);
-            device.seed(iteration_seed(cfg.seed, it));
+            if lora.dropout > 0.0 {
+                // Dropout masks come from the device's (process-wide) random stream; reseeding it
+                // only when drawn from leaves other users of the stream alone.
+                device.seed(iteration_seed(cfg.seed, it));
+            }
             let loss = batch_loss(&model, &batch, &device);
             let loss_value = loss.clone().into_scalar::<f32>();
             if !loss_value.is_finite() {
