@@ -180,6 +180,11 @@ impl SftConfig {
                 return bad(field, "must be at least 1".into());
             }
         }
+        for (field, v) in [("val_batches", self.val_batches), ("test_batches", self.test_batches)] {
+            if v == 0 || v < -1 {
+                return bad(field, format!("{v}: use -1 for all batches or a positive count"));
+            }
+        }
         if self.max_seq_length < 2 {
             return bad("max_seq_length", format!("{}: at least 2 tokens are needed to predict one", self.max_seq_length));
         }
@@ -700,6 +705,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = SftConfig { iters: 5, grad_accumulation_steps: 2, ..config(dir.path()) }.validate().unwrap_err();
         assert!(err.to_string().contains("'iters'"), "{err}");
+        let err = SftConfig { val_batches: 0, ..config(dir.path()) }.validate().unwrap_err();
+        assert!(err.to_string().contains("'val_batches'"), "{err}");
         let texts = policy().apply(vec![TextRecord { text: "w3 w4 w5".into(), ..TextRecord::default() }; 4]);
         let err = SftTrainer::new(config(dir.path()))
             .with_progress(false)
