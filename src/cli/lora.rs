@@ -219,7 +219,7 @@ pub struct FuseArgs {
     pub save_path: PathBuf,
 }
 
-/// Load a model and apply an adapter folder to it.
+/// Load a model and apply an adapter folder to it (kept as LoRA layers; `merged()` folds them).
 pub fn load_with_adapter(model: &Path, adapter: Option<&Path>, device: &burn::tensor::Device) -> anyhow::Result<CausalLm> {
     let mut lm = CausalLm::load(model, device).with_context(|| format!("loading {}", model.display()))?;
     if let Some(dir) = adapter {
@@ -298,7 +298,10 @@ pub fn run_generate(a: GenerateArgs, d: DeviceChoice) -> anyhow::Result<()> {
 
     let device = d.device()?;
     let started = std::time::Instant::now();
-    let lm = load_with_adapter(&a.model, a.adapter_path.as_deref(), &device)?;
+    let mut lm = load_with_adapter(&a.model, a.adapter_path.as_deref(), &device)?;
+    // Generation only runs forward: fold the adapter into the weights once instead of paying
+    // for the low-rank path at every token (the same function, see Decoder::merged).
+    lm.model = lm.model.merged();
     let load_s = started.elapsed().as_secs_f64();
     let ids = match (&lm.chat_template, a.ignore_chat_template) {
         (Some(tpl), false) => {
