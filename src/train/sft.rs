@@ -22,8 +22,8 @@
 //!   iteration; the adapter files already saved are left as they were.
 //! * `loss.jsonl` gets one line per iteration (`iteration`, `loss`, `tokens` and `tokens_per_s`
 //!   counting loss tokens as MLX-LM does, `seq_tokens` and `seq_tokens_per_s` counting every
-//!   unpadded token, `lr` and `grad_norm` on update iterations, `val_loss` on validation
-//!   iterations).
+//!   unpadded token, over training time only, `forward_ms` / `backward_ms` / `update_ms`, `lr`
+//!   and `grad_norm` on update iterations, `val_loss` on validation iterations).
 //! * Same seed, same data → same adapter on the CPU (adapters drawn from `seed`, batch order from
 //!   `seed` and the epoch, dropout from `seed` and the iteration).
 
@@ -427,8 +427,8 @@ impl SftTrainer {
         }
 
         let bar = progress_bar(self.progress, cfg.iters as u64, state.step as u64);
-        let started = Instant::now();
         let (mut tokens_seen, mut seq_tokens_seen, mut losses) = (0usize, 0usize, Vec::new());
+        let mut train_secs = 0.0f64;
         let mut accumulator = GradientsAccumulator::new();
         let mut last_adapter = resume_dir.as_ref().map(|d| d.join(mlx::WEIGHTS_FILE));
         let stop = self.stop_after.unwrap_or(cfg.iters).min(cfg.iters);
@@ -441,21 +441,23 @@ impl SftTrainer {
                 // only when drawn from leaves other users of the stream alone.
                 device.seed(iteration_seed(cfg.seed, it));
             }
+            let t0 = Instant::now();
             let loss = batch_loss(&model, &batch, &device);
             let loss_value = loss.clone().into_scalar::<f32>();
+            let forward_ms = t0.elapsed().as_secs_f64() * 1e3;
             if !loss_value.is_finite() {
                 bar.abandon_with_message(format!("loss {loss_value} at iteration {it}"));
                 return Err(SftError::NonFinite { iteration: it, quantity: "loss", value: loss_value as f64, last_adapter });
             }
+            let t1 = Instant::now();
             let grads = GradientsParams::from_grads(loss.div_scalar(acc as f32).backward(), &model);
             accumulator.accumulate(&model, grads);
+            let backward_ms = t1.elapsed().as_secs_f64() * 1e3;
             tokens_seen += batch.ntoks;
             seq_tokens_seen += batch.seq_tokens;
-            let secs = started.elapsed().as_secs_f64().max(1e-9);
-            let tokens_per_s = tokens_seen as f64 / secs;
             let mut line = serde_json::json!({
-                "iteration": it, "loss": loss_value, "tokens": batch.ntoks, "tokens_per_s": tokens_per_s,
-                "seq_tokens": batch.seq_tokens, "seq_tokens_per_s": seq_tokens_seen as f64 / secs,
+                "iteration": it, "loss": loss_value, "tokens": batch.ntoks, "seq_tokens": batch.seq_tokens,
+                "forward_ms": forward_ms, "backward_ms": backward_ms,
             });
             if it % acc == 0 {
                 let grads = accumulator.grads();
@@ -476,6 +478,12 @@ impl SftTrainer {
                 line["lr"] = serde_json::json!(lr);
                 line["grad_norm"] = serde_json::json!(norm);
             }
+            line["update_ms"] = serde_json::json!(t1.elapsed().as_secs_f64() * 1e3 - backward_ms);
+            // Throughput over training work only (validation and saving excluded, as MLX-LM).
+            train_secs += t0.elapsed().as_secs_f64();
+            let tokens_per_s = tokens_seen as f64 / train_secs.max(1e-9);
+            line["tokens_per_s"] = serde_json::json!(tokens_per_s);
+            line["seq_tokens_per_s"] = serde_json::json!(seq_tokens_seen as f64 / train_secs.max(1e-9));
             state.step = it;
             (state.epoch, state.batch_in_epoch) = (epoch, pos + 1);
             losses.push(loss_value);
@@ -501,7 +509,7 @@ impl SftTrainer {
             }
         }
         bar.finish_and_clear();
-        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        let secs = train_secs.max(1e-9);
         let (tokens_per_s, seq_tokens_per_s) = (tokens_seen as f64 / secs, seq_tokens_seen as f64 / secs);
         let adapter = {
             let mut a = model.adapter_weights(&lora);
