@@ -62,7 +62,8 @@ pub struct TrainLoraArgs {
     /// Output folder for adapters, checkpoints and loss.jsonl.
     #[arg(long)]
     pub adapter_path: Option<PathBuf>,
-    /// A checkpoint folder (exact resume) or an adapter file (initial weights).
+    /// A checkpoint folder or a run's adapter folder (exact resume from its latest checkpoint),
+    /// or an adapter file (initial weights only, as MLX-LM).
     #[arg(long)]
     pub resume_adapter_file: Option<PathBuf>,
     /// Evaluate on test.jsonl after training (loss and perplexity).

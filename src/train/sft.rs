@@ -16,8 +16,9 @@
 //! * Every `save_every` iterations: `adapter_path/adapters.safetensors`,
 //!   `adapter_path/{iteration:07}_adapters.safetensors` (as MLX-LM saves them), and a resume
 //!   checkpoint `adapter_path/checkpoints/step-{iteration:08}/` (adapter, AdamW moments, loop
-//!   state). `resume_adapter_file` pointing at a checkpoint (or a file inside one) continues that
-//!   run exactly; pointing at a plain adapter file starts from its weights, as in MLX-LM.
+//!   state). `resume_adapter_file` pointing at a checkpoint (or a file inside one, or a run's
+//!   `adapter_path`, meaning its latest checkpoint) continues that run exactly; pointing at a
+//!   plain adapter file starts from its weights, as in MLX-LM.
 //! * A NaN or infinite loss or gradient norm stops the run before the update, naming the
 //!   iteration; the adapter files already saved are left as they were.
 //! * `loss.jsonl` gets one line per iteration (`iteration`, `loss`, `tokens` and `tokens_per_s`
@@ -99,7 +100,8 @@ pub struct SftConfig {
     pub mask_prompt: bool,
     /// Output folder: adapters, checkpoints, `loss.jsonl`.
     pub adapter_path: PathBuf,
-    /// A checkpoint folder (exact resume) or an adapter file (initial weights).
+    /// A checkpoint folder or a run's adapter folder (exact resume from its latest checkpoint),
+    /// or an adapter file (initial weights only, as MLX-LM).
     pub resume_adapter_file: Option<PathBuf>,
     /// Evaluate on `test.jsonl` after training (loss and perplexity).
     pub test: bool,
@@ -325,11 +327,15 @@ fn iteration_seed(seed: u64, iteration: usize) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(iteration as u64).rotate_left(17)
 }
 
-/// The checkpoint folder holding `path` (the folder itself, or the folder of a file in it), if
-/// it is one (has `state.json`).
+/// The checkpoint to resume from for `path`: the folder itself or the folder of a file in it
+/// when it is a checkpoint (has `state.json`), else the latest checkpoint of a run's
+/// `adapter_path` folder.
 fn checkpoint_of(path: &Path) -> Option<PathBuf> {
     let dir = if path.is_dir() { path.to_path_buf() } else { path.parent()?.to_path_buf() };
-    dir.join("state.json").is_file().then_some(dir)
+    if dir.join("state.json").is_file() {
+        return Some(dir);
+    }
+    path.is_dir().then(|| checkpoint::latest(path)).flatten()
 }
 
 impl SftTrainer {
@@ -685,7 +691,9 @@ mod tests {
         assert_eq!(first.iterations, 4);
         let ckpt = checkpoint::checkpoint_dir(d2.path(), 4);
         assert!(ckpt.join("optimizer.bpk").is_file() && ckpt.join("state.json").is_file());
-        let resumed = fit(SftConfig { resume_adapter_file: Some(ckpt), ..cfg(d2.path()) }, &s, None).unwrap();
+        // The run's folder stands for its latest checkpoint.
+        assert_eq!(checkpoint_of(d2.path()), Some(ckpt));
+        let resumed = fit(SftConfig { resume_adapter_file: Some(d2.path().to_path_buf()), ..cfg(d2.path()) }, &s, None).unwrap();
         assert_eq!(resumed.iterations, 8);
         assert_eq!([&first.losses[..], &resumed.losses[..]].concat(), whole.losses, "same losses, iteration by iteration");
         assert_eq!(resumed.adapter.layers, whole.adapter.layers, "bit-identical adapter");
