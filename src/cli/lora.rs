@@ -62,7 +62,8 @@ pub struct TrainLoraArgs {
     /// Output folder for adapters, checkpoints and loss.jsonl.
     #[arg(long)]
     pub adapter_path: Option<PathBuf>,
-    /// A checkpoint folder (exact resume) or an adapter file (initial weights).
+    /// A checkpoint folder or a run's adapter folder (exact resume from its latest checkpoint),
+    /// or an adapter file (initial weights only, as MLX-LM).
     #[arg(long)]
     pub resume_adapter_file: Option<PathBuf>,
     /// Evaluate on test.jsonl after training (loss and perplexity).
@@ -219,7 +220,7 @@ pub struct FuseArgs {
     pub save_path: PathBuf,
 }
 
-/// Load a model and apply an adapter folder to it.
+/// Load a model and apply an adapter folder to it (kept as LoRA layers; `merged()` folds them).
 pub fn load_with_adapter(model: &Path, adapter: Option<&Path>, device: &burn::tensor::Device) -> anyhow::Result<CausalLm> {
     let mut lm = CausalLm::load(model, device).with_context(|| format!("loading {}", model.display()))?;
     if let Some(dir) = adapter {
@@ -260,7 +261,7 @@ fn train_typed<T: Record + SftRecord>(trainer: &SftTrainer, lm: &CausalLm, loade
     }
     let out = trainer.fit(lm, &SftData { train: &train, valid: valid.as_ref(), test: test.as_ref() })?;
     let cfg = trainer.config();
-    println!("Trained {} iterations: {:.0} tokens/s", out.iterations, out.tokens_per_s);
+    println!("Trained {} iterations: {:.1} loss tokens/s, {:.1} tokens/s", out.iterations, out.tokens_per_s, out.seq_tokens_per_s);
     if let (Some(first), Some(last)) = (out.val_losses.first(), out.val_losses.last()) {
         println!("Validation loss {:.3} (iteration {}) -> {:.3} (iteration {})", first.1, first.0, last.1, last.0);
     }
@@ -298,7 +299,10 @@ pub fn run_generate(a: GenerateArgs, d: DeviceChoice) -> anyhow::Result<()> {
 
     let device = d.device()?;
     let started = std::time::Instant::now();
-    let lm = load_with_adapter(&a.model, a.adapter_path.as_deref(), &device)?;
+    let mut lm = load_with_adapter(&a.model, a.adapter_path.as_deref(), &device)?;
+    // Generation only runs forward: fold the adapter into the weights once instead of paying
+    // for the low-rank path at every token (the same function, see Decoder::merged).
+    lm.model = lm.model.merged();
     let load_s = started.elapsed().as_secs_f64();
     let ids = match (&lm.chat_template, a.ignore_chat_template) {
         (Some(tpl), false) => {

@@ -64,3 +64,51 @@ pub fn write(dir: &Path, lm: &CausalLm, manifest: &serde_json::Value) -> Result<
     )?;
     write_json(&dir.join("generation_config.json"), &serde_json::json!({ "eos_token_id": lm.eos_token_ids }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lora::{AdapterWeights, LoraConfig, LoraFactors};
+    use burn::tensor::{Device, Int, Tensor, TensorData};
+    use rand::{Rng, SeedableRng};
+
+    fn logits(lm: &CausalLm) -> Vec<f32> {
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 5, 17, 99, 3, 42], [1, 6]), &Device::flex());
+        lm.model.forward(ids, None, None).into_data().try_into_vec_as::<f32>().unwrap()
+    }
+
+    /// A GGUF base (tiny Qwen3: q/k norms, tied embeddings) with a random adapter, fused: the
+    /// folder loads as a Hugging Face model and computes the adapted logits.
+    #[test]
+    fn gguf_base_fuses_into_a_loadable_hf_folder() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decoder");
+        let gguf = fixtures.join("tiny_qwen3.gguf");
+        // The tiny GGUFs carry weights only; the tokenizer comes from the HF copy of the model.
+        let (model, config) = crate::model::decoder::Decoder::from_gguf(&crate::io::gguf::GgufFile::open(&gguf).unwrap(), &Device::flex()).unwrap();
+        let tokenizer = tokenizers::Tokenizer::from_file(fixtures.join("tiny_qwen3/tokenizer.json")).unwrap();
+        let mut lm = CausalLm { model, config, tokenizer, chat_template: None, eos_token_ids: vec![2], add_bos: false, bos_token: None, source: gguf };
+        let cfg = LoraConfig { rank: 2, alpha: 4.0, ..LoraConfig::default() };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let zero = lm.model.clone().with_lora(&cfg, &mut rng).unwrap().adapter_weights(&cfg);
+        let mut adapter = AdapterWeights::new(cfg);
+        for (path, f) in zero.layers {
+            let b = (0..f.b.len()).map(|_| rng.random_range(-0.2f32..0.2)).collect();
+            adapter.insert(&path, LoraFactors { b, ..f }).unwrap();
+        }
+        let base = logits(&lm);
+        lm.model = lm.model.apply_adapter(&adapter).unwrap();
+        let want = logits(&lm);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("fused");
+        write(&out, &lm, &serde_json::json!({"test": true})).unwrap();
+        let fused = CausalLm::load(&out, &Device::flex()).unwrap();
+        assert_eq!(fused.config, lm.config);
+        let got = logits(&fused);
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let moved = want.iter().zip(&base).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-4 && moved > 1e-3, "fused vs adapted {worst}, adapted vs base {moved}");
+        assert_eq!(fused.chat_template.is_some(), lm.chat_template.is_some());
+        assert_eq!(fused.eos_token_ids, lm.eos_token_ids);
+        assert!(write(&out, &lm, &serde_json::json!({})).unwrap_err().to_string().contains("fused"), "never overwrites");
+    }
+}

@@ -36,7 +36,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::chat_template::{ChatTemplate, TemplateError};
 use crate::io::gguf::{GgufError, GgufFile};
-use crate::lora::{AdaptableLinear, AdapterWeights, LoraConfig, LoraError, LoraFactors, LoraLinear};
+use crate::lora::{
+    AdaptableLinear, AdapterWeights, LoraConfig, LoraError, LoraFactors, LoraLinear,
+};
 
 // ------------------------------------------------------------------------------------------ config
 
@@ -866,7 +868,11 @@ impl Decoder {
         } else {
             let weight = w.take("lm_head.weight", &[cfg.vocab_size, d])?;
             Some(Projection {
-                weight: param2(transpose(&weight, cfg.vocab_size, d), [d, cfg.vocab_size], device),
+                weight: param2(
+                    transpose(&weight, cfg.vocab_size, d),
+                    [d, cfg.vocab_size],
+                    device,
+                ),
                 bias: None,
             })
         };
@@ -1305,7 +1311,10 @@ impl Decoder {
         if let Some(t) = config.target_modules.iter().find(|t| !hit.contains(*t)) {
             return Err(LoraError::NoMatch {
                 target: t.clone(),
-                model: format!("this {n}-block decoder (num_layers = {})", config.num_layers),
+                model: format!(
+                    "this {n}-block decoder (num_layers = {})",
+                    config.num_layers
+                ),
             });
         }
         Ok(m)
@@ -1439,11 +1448,19 @@ impl Decoder {
                 .try_into_vec_as::<f32>()
                 .expect("f32 parameters")
         };
-        push2(&mut out, "model.embed_tokens.weight".into(), self.embed_tokens.val());
+        push2(
+            &mut out,
+            "model.embed_tokens.weight".into(),
+            self.embed_tokens.val(),
+        );
         for (i, layer) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
             let g = layer.input_layernorm.gamma.val();
-            out.push((format!("{p}.input_layernorm.weight"), g.dims().to_vec(), vec1(g)));
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                g.dims().to_vec(),
+                vec1(g),
+            ));
             for (rel, slot) in layer.projections() {
                 let (w, bias) = match slot {
                     AdaptableLinear::Base(l) => {
@@ -1466,12 +1483,20 @@ impl Decoder {
                 }
             }
             let g = layer.post_attention_layernorm.gamma.val();
-            out.push((format!("{p}.post_attention_layernorm.weight"), g.dims().to_vec(), vec1(g)));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                g.dims().to_vec(),
+                vec1(g),
+            ));
         }
         let g = self.norm.gamma.val();
         out.push(("model.norm.weight".into(), g.dims().to_vec(), vec1(g)));
         if let Some(head) = &self.lm_head {
-            push2(&mut out, "lm_head.weight".into(), head.weight.val().transpose());
+            push2(
+                &mut out,
+                "lm_head.weight".into(),
+                head.weight.val().transpose(),
+            );
         }
         out
     }
@@ -1494,7 +1519,12 @@ impl Decoder {
             cfg.intermediate_size,
             cfg.vocab_size,
         );
-        add("model.embed_tokens.weight".into(), vec![v, d], 1.0, &mut rng);
+        add(
+            "model.embed_tokens.weight".into(),
+            vec![v, d],
+            1.0,
+            &mut rng,
+        );
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
             for (rel, out_f, in_f, bias) in [
@@ -1507,14 +1537,24 @@ impl Decoder {
                 ("mlp.down_proj", d, ff, false),
             ] {
                 let bound = 1.0 / (in_f as f32).sqrt();
-                add(format!("{p}.{rel}.weight"), vec![out_f, in_f], bound, &mut rng);
+                add(
+                    format!("{p}.{rel}.weight"),
+                    vec![out_f, in_f],
+                    bound,
+                    &mut rng,
+                );
                 if bias {
                     add(format!("{p}.{rel}.bias"), vec![out_f], bound, &mut rng);
                 }
             }
         }
         if !cfg.tie_word_embeddings {
-            add("lm_head.weight".into(), vec![v, d], 1.0 / (d as f32).sqrt(), &mut rng);
+            add(
+                "lm_head.weight".into(),
+                vec![v, d],
+                1.0 / (d as f32).sqrt(),
+                &mut rng,
+            );
         }
         let ones = |n: usize| (vec![n], vec![1.0f32; n]);
         for i in 0..cfg.num_hidden_layers {
@@ -1527,8 +1567,12 @@ impl Decoder {
             }
         }
         tensors.insert("model.norm.weight".into(), ones(d));
-        Self::from_tensors(cfg, TensorSource::map(Path::new("(random)"), tensors), device)
-            .expect("random tensors have the configured names and shapes")
+        Self::from_tensors(
+            cfg,
+            TensorSource::map(Path::new("(random)"), tensors),
+            device,
+        )
+        .expect("random tensors have the configured names and shapes")
     }
 }
 
@@ -1959,7 +2003,9 @@ mod tests {
             .adapter_weights(config);
         let mut out = AdapterWeights::new(config.clone());
         for (path, f) in zero.layers {
-            let b = (0..f.b.len()).map(|_| rng.random_range(-0.3f32..0.3)).collect();
+            let b = (0..f.b.len())
+                .map(|_| rng.random_range(-0.3f32..0.3))
+                .collect();
             out.insert(&path, LoraFactors { b, ..f }).unwrap();
         }
         out
@@ -1999,9 +2045,15 @@ mod tests {
         }
         let mut v = WithGrad(&grads, Vec::new(), Vec::new());
         m.visit(&mut v);
-        assert_eq!(v.2.len(), 14, "A and B of 7 projections, nothing else: {:?}", v.2);
+        assert_eq!(
+            v.2.len(),
+            14,
+            "A and B of 7 projections, nothing else: {:?}",
+            v.2
+        );
         assert!(
-            v.2.iter().all(|p| p.ends_with("lora_a") || p.ends_with("lora_b")),
+            v.2.iter()
+                .all(|p| p.ends_with("lora_a") || p.ends_with("lora_b")),
             "{:?}",
             v.2
         );
@@ -2028,15 +2080,27 @@ mod tests {
         assert_eq!(adapter.layers.len(), 14);
         assert!(adapter.layers.contains_key("model.layers.1.mlp.down_proj"));
         let adapted = base.clone().apply_adapter(&adapter).unwrap();
-        assert_eq!(adapted.adapter_weights(&cfg), adapter, "adapter_weights returns what was applied");
+        assert_eq!(
+            adapted.adapter_weights(&cfg),
+            adapter,
+            "adapter_weights returns what was applied"
+        );
         let want = flat(adapted.forward(ids(&device), None, None));
         let plain = flat(base.forward(ids(&device), None, None));
-        let moved = want.iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let moved = want
+            .iter()
+            .zip(&plain)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         assert!(moved > 1e-2, "the adapter changes the logits ({moved})");
         let merged = adapted.merged();
         assert_eq!(merged.lora_layer_count(), 0);
         let got = flat(merged.forward(ids(&device), None, None));
-        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         assert!(worst < 1e-4, "merged vs adapted: max |diff| {worst}");
         // hf_tensors of the merged and of the adapted model are the same fused weights.
         let fused: HashMap<String, (Vec<usize>, Vec<f32>)> = merged
@@ -2087,13 +2151,25 @@ mod tests {
             target_modules: t.iter().map(|s| s.to_string()).collect(),
             ..LoraConfig::default()
         };
-        let err = m().with_lora(&cfg(&["q_proj", "query"]), &mut rng).unwrap_err();
-        assert!(matches!(&err, LoraError::NoMatch { target, .. } if target == "query"), "{err}");
+        let err = m()
+            .with_lora(&cfg(&["q_proj", "query"]), &mut rng)
+            .unwrap_err();
+        assert!(
+            matches!(&err, LoraError::NoMatch { target, .. } if target == "query"),
+            "{err}"
+        );
         assert!(err.to_string().contains("'query'"), "{err}");
         let a = m()
-            .with_lora(&cfg(&["self_attn.v_proj", "model.layers.0.mlp.up_proj"]), &mut rng)
+            .with_lora(
+                &cfg(&["self_attn.v_proj", "model.layers.0.mlp.up_proj"]),
+                &mut rng,
+            )
             .unwrap();
-        let paths: Vec<String> = a.adapter_weights(&LoraConfig::default()).layers.into_keys().collect();
+        let paths: Vec<String> = a
+            .adapter_weights(&LoraConfig::default())
+            .layers
+            .into_keys()
+            .collect();
         assert_eq!(
             paths,
             [
@@ -2105,7 +2181,8 @@ mod tests {
         // A saved adapter whose path is not a projection of the model is named.
         let mut bad = random_adapter(&m(), &LoraConfig::default(), 1);
         let f = bad.layers["model.layers.0.self_attn.q_proj"].clone();
-        bad.layers.insert("model.layers.7.self_attn.q_proj".into(), f);
+        bad.layers
+            .insert("model.layers.7.self_attn.q_proj".into(), f);
         let err = m().apply_adapter(&bad).unwrap_err().to_string();
         assert!(err.contains("model.layers.7.self_attn.q_proj"), "{err}");
     }
@@ -2120,7 +2197,10 @@ mod tests {
             original_max_position_embeddings: 8.0,
         });
         let json = cfg.to_hf_json().unwrap();
-        assert_eq!(DecoderConfig::from_hf_json(Path::new("config.json"), &json).unwrap(), cfg);
+        assert_eq!(
+            DecoderConfig::from_hf_json(Path::new("config.json"), &json).unwrap(),
+            cfg
+        );
         let qwen = DecoderConfig {
             architecture: Architecture::Qwen3,
             qk_norm: true,
@@ -2130,6 +2210,9 @@ mod tests {
             ..DecoderConfig::tiny_llama()
         };
         let json = qwen.to_hf_json().unwrap();
-        assert_eq!(DecoderConfig::from_hf_json(Path::new("config.json"), &json).unwrap(), qwen);
+        assert_eq!(
+            DecoderConfig::from_hf_json(Path::new("config.json"), &json).unwrap(),
+            qwen
+        );
     }
 }

@@ -16,12 +16,15 @@
 //! * Every `save_every` iterations: `adapter_path/adapters.safetensors`,
 //!   `adapter_path/{iteration:07}_adapters.safetensors` (as MLX-LM saves them), and a resume
 //!   checkpoint `adapter_path/checkpoints/step-{iteration:08}/` (adapter, AdamW moments, loop
-//!   state). `resume_adapter_file` pointing at a checkpoint (or a file inside one) continues that
-//!   run exactly; pointing at a plain adapter file starts from its weights, as in MLX-LM.
+//!   state). `resume_adapter_file` pointing at a checkpoint (or a file inside one, or a run's
+//!   `adapter_path`, meaning its latest checkpoint) continues that run exactly; pointing at a
+//!   plain adapter file starts from its weights, as in MLX-LM.
 //! * A NaN or infinite loss or gradient norm stops the run before the update, naming the
 //!   iteration; the adapter files already saved are left as they were.
-//! * `loss.jsonl` gets one line per iteration (`iteration`, `loss`, `tokens`, `lr`,
-//!   `tokens_per_s`, `grad_norm` on update iterations, `val_loss` on validation iterations).
+//! * `loss.jsonl` gets one line per iteration (`iteration`, `loss`, `tokens` and `tokens_per_s`
+//!   counting loss tokens as MLX-LM does, `seq_tokens` and `seq_tokens_per_s` counting every
+//!   unpadded token, over training time only, `forward_ms` / `backward_ms` / `update_ms`, `lr`
+//!   and `grad_norm` on update iterations, `val_loss` on validation iterations).
 //! * Same seed, same data → same adapter on the CPU (adapters drawn from `seed`, batch order from
 //!   `seed` and the epoch, dropout from `seed` and the iteration).
 
@@ -97,7 +100,8 @@ pub struct SftConfig {
     pub mask_prompt: bool,
     /// Output folder: adapters, checkpoints, `loss.jsonl`.
     pub adapter_path: PathBuf,
-    /// A checkpoint folder (exact resume) or an adapter file (initial weights).
+    /// A checkpoint folder or a run's adapter folder (exact resume from its latest checkpoint),
+    /// or an adapter file (initial weights only, as MLX-LM).
     pub resume_adapter_file: Option<PathBuf>,
     /// Evaluate on `test.jsonl` after training (loss and perplexity).
     pub test: bool,
@@ -178,6 +182,11 @@ impl SftConfig {
                 return bad(field, "must be at least 1".into());
             }
         }
+        for (field, v) in [("val_batches", self.val_batches), ("test_batches", self.test_batches)] {
+            if v == 0 || v < -1 {
+                return bad(field, format!("{v}: use -1 for all batches or a positive count"));
+            }
+        }
         if self.max_seq_length < 2 {
             return bad("max_seq_length", format!("{}: at least 2 tokens are needed to predict one", self.max_seq_length));
         }
@@ -219,16 +228,37 @@ pub enum SftError {
 }
 
 /// Mean cross-entropy of the batch's target tokens (a `[1]` tensor) under `model`.
+///
+/// Only the positions whose target counts go through the output head: the head and its
+/// softmax over the vocabulary are a large share of a small model's work (a fifth of
+/// SmolLM2-135M's), and prompt and padding positions would be computed only to be masked.
 pub fn batch_loss(model: &Decoder, batch: &Batch, device: &Device) -> Tensor<1> {
     let (b, t) = (batch.rows, batch.cols);
     let inputs = Tensor::<2, Int>::from_data(TensorData::new(batch.inputs.clone(), [b, t]), device);
-    let targets = Tensor::<3, Int>::from_data(TensorData::new(batch.targets.clone(), [b, t, 1]), device);
-    let mask = Tensor::<2>::from_data(TensorData::new(batch.mask.clone(), [b, t]), device);
+    let (mut rows, mut targets) = (Vec::with_capacity(batch.ntoks), Vec::with_capacity(batch.ntoks));
+    for (i, (&m, &target)) in batch.mask.iter().zip(&batch.targets).enumerate() {
+        if m > 0.0 {
+            rows.push(i as i64);
+            targets.push(target);
+        }
+    }
+    let n = rows.len();
+    if n == 0 {
+        // Nothing to predict (every target masked or truncated away): a zero loss that still
+        // belongs to the graph, so backward gives zero gradients.
+        return model.embed_tokens.val().sum().mul_scalar(0.0).reshape([1]);
+    }
     // No padding mask: padding is on the right, so causal attention keeps it from every
     // position whose prediction counts.
-    let logits = model.forward(inputs, None, None);
-    let logp = log_softmax(logits, 2).gather(2, targets).reshape([b, t]);
-    (logp * mask).sum().neg().div_scalar(batch.ntoks.max(1) as f32).reshape([1])
+    let hidden = model.forward_hidden(inputs, None, None);
+    let d = hidden.dims()[2];
+    let picked = hidden
+        .reshape([b * t, d])
+        .select(0, Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), device))
+        .reshape([1, n, d]);
+    let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [1, n, 1]), device);
+    let logp = log_softmax(model.logits(picked), 2).gather(2, targets);
+    logp.sum().neg().div_scalar(n as f32).reshape([1])
 }
 
 /// Token-weighted mean loss over up to `num_batches` batches (-1: all) of `examples`, in a
@@ -272,8 +302,10 @@ pub struct SftOutcome {
     /// `(iteration, validation loss)` of each evaluation.
     pub val_losses: Vec<(usize, f64)>,
     pub test: Option<TestResult>,
-    /// Target tokens per second of training (this call).
+    /// Target (loss) tokens per second of training, MLX-LM's count (this call).
     pub tokens_per_s: f64,
+    /// All unpadded tokens per second (what forward passes read; comparable to PyTorch anchors).
+    pub seq_tokens_per_s: f64,
 }
 
 /// Governed train / valid / test splits of one record type.
@@ -295,11 +327,15 @@ fn iteration_seed(seed: u64, iteration: usize) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(iteration as u64).rotate_left(17)
 }
 
-/// The checkpoint folder holding `path` (the folder itself, or the folder of a file in it), if
-/// it is one (has `state.json`).
+/// The checkpoint to resume from for `path`: the folder itself or the folder of a file in it
+/// when it is a checkpoint (has `state.json`), else the latest checkpoint of a run's
+/// `adapter_path` folder.
 fn checkpoint_of(path: &Path) -> Option<PathBuf> {
     let dir = if path.is_dir() { path.to_path_buf() } else { path.parent()?.to_path_buf() };
-    dir.join("state.json").is_file().then_some(dir)
+    if dir.join("state.json").is_file() {
+        return Some(dir);
+    }
+    path.is_dir().then(|| checkpoint::latest(path)).flatten()
 }
 
 impl SftTrainer {
@@ -397,8 +433,8 @@ impl SftTrainer {
         }
 
         let bar = progress_bar(self.progress, cfg.iters as u64, state.step as u64);
-        let started = Instant::now();
-        let (mut tokens_seen, mut losses) = (0usize, Vec::new());
+        let (mut tokens_seen, mut seq_tokens_seen, mut losses) = (0usize, 0usize, Vec::new());
+        let mut train_secs = 0.0f64;
         let mut accumulator = GradientsAccumulator::new();
         let mut last_adapter = resume_dir.as_ref().map(|d| d.join(mlx::WEIGHTS_FILE));
         let stop = self.stop_after.unwrap_or(cfg.iters).min(cfg.iters);
@@ -406,18 +442,29 @@ impl SftTrainer {
             let it = state.step + 1;
             let (epoch, pos) = ((it - 1) / batches.len(), (it - 1) % batches.len());
             let batch = make_batch(&train, &batches[epoch_order(batches.len(), cfg.seed, epoch)[pos]], cfg.max_seq_length);
-            device.seed(iteration_seed(cfg.seed, it));
+            if lora.dropout > 0.0 {
+                // Dropout masks come from the device's (process-wide) random stream; reseeding it
+                // only when drawn from leaves other users of the stream alone.
+                device.seed(iteration_seed(cfg.seed, it));
+            }
+            let t0 = Instant::now();
             let loss = batch_loss(&model, &batch, &device);
             let loss_value = loss.clone().into_scalar::<f32>();
+            let forward_ms = t0.elapsed().as_secs_f64() * 1e3;
             if !loss_value.is_finite() {
                 bar.abandon_with_message(format!("loss {loss_value} at iteration {it}"));
                 return Err(SftError::NonFinite { iteration: it, quantity: "loss", value: loss_value as f64, last_adapter });
             }
+            let t1 = Instant::now();
             let grads = GradientsParams::from_grads(loss.div_scalar(acc as f32).backward(), &model);
             accumulator.accumulate(&model, grads);
+            let backward_ms = t1.elapsed().as_secs_f64() * 1e3;
             tokens_seen += batch.ntoks;
-            let tokens_per_s = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            let mut line = serde_json::json!({ "iteration": it, "loss": loss_value, "tokens": batch.ntoks, "tokens_per_s": tokens_per_s });
+            seq_tokens_seen += batch.seq_tokens;
+            let mut line = serde_json::json!({
+                "iteration": it, "loss": loss_value, "tokens": batch.ntoks, "seq_tokens": batch.seq_tokens,
+                "forward_ms": forward_ms, "backward_ms": backward_ms,
+            });
             if it % acc == 0 {
                 let grads = accumulator.grads();
                 let (grads, norm) = match cfg.max_grad_norm {
@@ -437,6 +484,12 @@ impl SftTrainer {
                 line["lr"] = serde_json::json!(lr);
                 line["grad_norm"] = serde_json::json!(norm);
             }
+            line["update_ms"] = serde_json::json!(t1.elapsed().as_secs_f64() * 1e3 - backward_ms);
+            // Throughput over training work only (validation and saving excluded, as MLX-LM).
+            train_secs += t0.elapsed().as_secs_f64();
+            let tokens_per_s = tokens_seen as f64 / train_secs.max(1e-9);
+            line["tokens_per_s"] = serde_json::json!(tokens_per_s);
+            line["seq_tokens_per_s"] = serde_json::json!(seq_tokens_seen as f64 / train_secs.max(1e-9));
             state.step = it;
             (state.epoch, state.batch_in_epoch) = (epoch, pos + 1);
             losses.push(loss_value);
@@ -462,7 +515,8 @@ impl SftTrainer {
             }
         }
         bar.finish_and_clear();
-        let tokens_per_s = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        let secs = train_secs.max(1e-9);
+        let (tokens_per_s, seq_tokens_per_s) = (tokens_seen as f64 / secs, seq_tokens_seen as f64 / secs);
         let adapter = {
             let mut a = model.adapter_weights(&lora);
             a.metadata.insert("tunelab_manifest".into(), serde_json::json!({ "iteration": state.step, "run": manifest }).to_string());
@@ -480,7 +534,7 @@ impl SftTrainer {
         if let Some(t) = &test {
             log.write(&serde_json::json!({ "iteration": state.step, "test_loss": t.loss, "test_ppl": t.perplexity }))?;
         }
-        Ok(SftOutcome { model, adapter, iterations: state.step, losses, val_losses, test, tokens_per_s })
+        Ok(SftOutcome { model, adapter, iterations: state.step, losses, val_losses, test, tokens_per_s, seq_tokens_per_s })
     }
 }
 
@@ -637,7 +691,9 @@ mod tests {
         assert_eq!(first.iterations, 4);
         let ckpt = checkpoint::checkpoint_dir(d2.path(), 4);
         assert!(ckpt.join("optimizer.bpk").is_file() && ckpt.join("state.json").is_file());
-        let resumed = fit(SftConfig { resume_adapter_file: Some(ckpt), ..cfg(d2.path()) }, &s, None).unwrap();
+        // The run's folder stands for its latest checkpoint.
+        assert_eq!(checkpoint_of(d2.path()), Some(ckpt));
+        let resumed = fit(SftConfig { resume_adapter_file: Some(d2.path().to_path_buf()), ..cfg(d2.path()) }, &s, None).unwrap();
         assert_eq!(resumed.iterations, 8);
         assert_eq!([&first.losses[..], &resumed.losses[..]].concat(), whole.losses, "same losses, iteration by iteration");
         assert_eq!(resumed.adapter.layers, whole.adapter.layers, "bit-identical adapter");
@@ -665,6 +721,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = SftConfig { iters: 5, grad_accumulation_steps: 2, ..config(dir.path()) }.validate().unwrap_err();
         assert!(err.to_string().contains("'iters'"), "{err}");
+        let err = SftConfig { val_batches: 0, ..config(dir.path()) }.validate().unwrap_err();
+        assert!(err.to_string().contains("'val_batches'"), "{err}");
         let texts = policy().apply(vec![TextRecord { text: "w3 w4 w5".into(), ..TextRecord::default() }; 4]);
         let err = SftTrainer::new(config(dir.path()))
             .with_progress(false)
@@ -676,5 +734,60 @@ mod tests {
         assert!(err.to_string().contains("train: 1 examples, fewer than batch_size = 2"), "{err}");
         let toml_err = toml::from_str::<SftConfig>("iters = 3\nlearning_rat = 1.0\n").unwrap_err().to_string();
         assert!(toml_err.contains("learning_rat"), "{toml_err}");
+    }
+
+    /// `iters = 0` with `test` and a saved adapter file: test mode, as `mlx_lm.lora --test
+    /// --adapter-path`; it scores exactly what the training run scored.
+    #[test]
+    fn test_mode_scores_a_saved_adapter() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let s = splits();
+        let trained = fit(config(d1.path()), &s, None).unwrap();
+        let cfg = SftConfig { iters: 0, resume_adapter_file: Some(d1.path().join("adapters.safetensors")), ..config(d2.path()) };
+        let tested = fit(cfg, &s, None).unwrap();
+        assert_eq!(tested.iterations, 0);
+        assert_eq!(tested.adapter.layers, trained.adapter.layers);
+        assert_eq!(tested.test.unwrap().loss, trained.test.unwrap().loss);
+    }
+
+    /// Chat records with `mask_prompt`: the loss starts after the rendering of all messages but
+    /// the last, with the generation prompt (MLX-LM's offset).
+    #[test]
+    fn chat_prompt_mask_offset_is_the_rendered_prompt() {
+        use crate::data::formats::{ChatMessage, ChatRecord, Role};
+        let lm = lm();
+        let rec = ChatRecord {
+            messages: vec![
+                ChatMessage { role: Role::System, content: "w9".into() },
+                ChatMessage { role: Role::User, content: "w5 w6".into() },
+                ChatMessage { role: Role::Assistant, content: "w7 w8 w10".into() },
+            ],
+            ..ChatRecord::default()
+        };
+        let data = policy().apply(vec![rec]);
+        let ex = &tokenize(&lm, &data, true, "train").unwrap()[0];
+        // Template: "<s>" then each content followed by a space: <s> w9 w5 w6 | w7 w8 w10.
+        assert_eq!(ex.tokens, vec![1, 9, 5, 6, 7, 8, 10]);
+        assert_eq!(ex.offset, 4);
+        let unmasked = &tokenize(&lm, &data, false, "train").unwrap()[0];
+        assert_eq!((unmasked.offset, unmasked.tokens.len()), (0, 7));
+    }
+
+    /// The loss through the picked positions equals the masked mean over every position's logits.
+    #[test]
+    fn batch_loss_matches_full_logits_with_a_mask() {
+        let device = Device::flex();
+        let model = Decoder::random(&crate::model::decoder::DecoderConfig::tiny_llama(), &device, 4);
+        let examples = vec![Example { tokens: vec![1, 5, 9, 33, 7, 2], offset: 3 }, Example { tokens: vec![1, 8, 4, 2], offset: 0 }];
+        let batch = make_batch(&examples, &[0, 1], 64);
+        let got = batch_loss(&model, &batch, &device).into_scalar::<f32>();
+        let (b, t) = (batch.rows, batch.cols);
+        let inputs = Tensor::<2, Int>::from_data(TensorData::new(batch.inputs.clone(), [b, t]), &device);
+        let targets = Tensor::<3, Int>::from_data(TensorData::new(batch.targets.clone(), [b, t, 1]), &device);
+        let mask = Tensor::<2>::from_data(TensorData::new(batch.mask.clone(), [b, t]), &device);
+        let logp = log_softmax(model.forward(inputs, None, None), 2).gather(2, targets).reshape([b, t]);
+        let want = (logp * mask).sum().neg().into_scalar::<f32>() / batch.ntoks as f32;
+        assert_eq!(batch.ntoks, 3 + 3, "positions 3..6 of row 0, 1..4 of row 1");
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
     }
 }

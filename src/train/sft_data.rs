@@ -188,6 +188,8 @@ pub struct Batch {
     pub mask: Vec<f32>,
     /// Targets in the loss (the mask's sum).
     pub ntoks: usize,
+    /// Tokens of the rows without padding (what a forward pass reads).
+    pub seq_tokens: usize,
 }
 
 /// Pad the examples `idx` into a batch: inputs are tokens `0..L-1`, targets `1..L`, with `L`
@@ -216,7 +218,7 @@ pub fn make_batch(examples: &[Example], idx: &[usize], max_seq_length: usize) ->
             }
         }
     }
-    Batch { rows, cols, inputs, targets, mask, ntoks }
+    Batch { rows, cols, inputs, targets, mask, ntoks, seq_tokens: lens.iter().sum() }
 }
 
 #[cfg(test)]
