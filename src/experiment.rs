@@ -206,9 +206,12 @@ pub fn run(cfg: &ExperimentConfig, choice: DeviceChoice) -> anyhow::Result<Exper
         let t = Instant::now();
         let export_dir = run_dir.path().join("model");
         let meta = serde_json::json!({ "governance": pairs.audit(), "run_id": manifest.run_id, "config": cfg });
-        crate::export::sentence_transformers::write_folder(&tuned, &export_dir, meta)?;
+        crate::export::sentence_transformers::write_folder(&tuned, &export_dir, meta.clone())?;
+        // The same model for GGUF-based engines (QMD, llama.cpp's llama-embedding), f16 as llama.cpp's converter writes it.
+        let gguf = run_dir.path().join("model.f16.gguf");
+        let summary = crate::export::gguf_bert::write_bert_gguf(&tuned, &gguf, crate::export::gguf_bert::GgufOutType::F16, meta)?;
         manifest.record_timing("export", t.elapsed());
-        println!("tuned model exported to {}", export_dir.display());
+        println!("tuned model exported to {} and {} ({} tensors, sha256 {})", export_dir.display(), gguf.display(), summary.tensors, &summary.sha256[..12]);
         ("dense-base".to_string(), "dense-tuned".to_string())
     };
 
