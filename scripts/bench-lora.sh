@@ -23,10 +23,22 @@
 #   scripts/bench-lora.sh [STEPS] [WARMUP] [ROUNDS]      (defaults 5, 2, 1: tunelab's timed and
 #                                                         warm-up steps; the anchor always warms up 3)
 # Env: PYTHON_REF   a Python with torch + transformers + peft (default /work/venvs/ref/bin/python)
-#      TORCH_ANCHOR path to torch_anchor.py (default ../shared/bench/torch_anchor.py)
+#      TORCH_ANCHOR path to torch_anchor.py (default ../shared/bench/torch_anchor.py; from a
+#                   worktree under /work/wt: /work/shared/bench/torch_anchor.py)
 #      DEVICE       tunelab device (default cpu)
 #      SHAPES       shapes for tunelab on CPU (default smollm2-135m)
 #      SEQ512       1: also the seq 512 batch 1 case on CPU (default 1)
+#
+# Measured 2026-12-01 21:58-22:19 UTC, CPU, 2 cores shared with other jobs (load average 6-10
+# throughout, each process got ~0.5-0.7 of a core), `TORCH_ANCHOR=/work/shared/bench/torch_anchor.py
+# scripts/bench-lora.sh 2 1 1` (tunelab 1 warm-up + 2 timed steps; the anchor 3 + 5 at seq 256
+# b4, 3 + 2 at seq 512 b1), 21 min in all (the anchor's fixed 8 steps took 14 min of it):
+#   smollm2-135m seq256 b4  tunelab 18.7 tok/s (54.9 s/step, RSS 3.29 GiB)
+#                           torch+peft 15.2 tok/s (67.4 s/step, RSS 5.03 GiB)  -> 1.23x, RSS 0.65x
+#   smollm2-135m seq512 b1  tunelab 13.9 tok/s (36.9 s/step, RSS 2.34 GiB)
+#                           torch+peft 13.3 tok/s (38.4 s/step, RSS 3.06 GiB)  -> 1.04x, RSS 0.77x
+# (torch 2.15.0, transformers 5.24.0, peft 0.21.2; one round each, so the ratios are +-~20% noise
+# under that load.) Qwen3-0.6B and the GPU comparison were not run here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-5}
@@ -87,28 +99,28 @@ else
   ours=("smollm2-135m 512 8" "qwen3-0.6b 512 8" "qwen3-1.7b 512 8")
 fi
 
-echo "# $(date -u +%FT%TZ) $(uname -n) nproc=$(nproc) load:$(uptime | sed 's/.*load average//')" >&2
+echo "# $(date -u +%FT%TZ) $(uname -n) nproc=$(nproc) load:$(uptime | sed 's/.*load average: //')" >&2
 for r in $(seq "$ROUNDS"); do
   echo "# round $r" >&2
   for c in "${ours[@]}"; do
     read -r shape seq batch <<<"$c"
-    echo "# tunelab $shape seq $seq batch $batch (load:$(uptime | sed 's/.*load average//'))" >&2
+    echo "# tunelab $shape seq $seq batch $batch (load:$(uptime | sed 's/.*load average: //'))" >&2
     ./target/debug/tunelab --device "$DEVICE" bench lora --shape "$shape" --seq "$seq" --batch-size "$batch" \
       --rank 16 --steps "$STEPS" --warmup "$WARMUP" | tee -a "$WORK/results.jsonl"
   done
-  echo "# torch+peft anchor lora cases (load:$(uptime | sed 's/.*load average//'))" >&2
+  echo "# torch+peft anchor lora cases (load:$(uptime | sed 's/.*load average: //'))" >&2
   "$PY" "$WORK/anchor_lora.py" "$ANCHOR" 2>"$WORK/torch.err" | tee -a "$WORK/results.jsonl" || { tail -5 "$WORK/torch.err" >&2; exit 1; }
   if [ "$DEVICE" = cpu ]; then
     for c in "${ours[@]}"; do
       read -r shape seq batch <<<"$c"
       [ "$seq $batch" = "256 4" ] && [ "$shape" = smollm2-135m ] && continue  # the anchor's own case
-      echo "# torch+peft $shape seq $seq batch $batch (load:$(uptime | sed 's/.*load average//'))" >&2
+      echo "# torch+peft $shape seq $seq batch $batch (load:$(uptime | sed 's/.*load average: //'))" >&2
       "$PY" "$WORK/anchor_lora.py" "$ANCHOR" "$shape lora r16 seq$seq b$batch" "$shape" "$seq" "$batch" "$STEPS" f32 \
         2>"$WORK/torch.err" | tee -a "$WORK/results.jsonl" || { tail -5 "$WORK/torch.err" >&2; exit 1; }
     done
   fi
 done
-echo "# done (load:$(uptime | sed 's/.*load average//'))" >&2
+echo "# done (load:$(uptime | sed 's/.*load average: //'))" >&2
 python3 - "$WORK/results.jsonl" <<'PYEOF'
 import json, sys
 best = {}  # (case, framework, dtype) -> (tokens/s, peak GiB)
