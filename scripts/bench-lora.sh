@@ -37,8 +37,13 @@
 #                           torch+peft 15.2 tok/s (67.4 s/step, RSS 5.03 GiB)  -> 1.23x, RSS 0.65x
 #   smollm2-135m seq512 b1  tunelab 13.9 tok/s (36.9 s/step, RSS 2.34 GiB)
 #                           torch+peft 13.3 tok/s (38.4 s/step, RSS 3.06 GiB)  -> 1.04x, RSS 0.77x
-# (torch 2.15.0, transformers 5.24.0, peft 0.21.2; one round each, so the ratios are +-~20% noise
-# under that load.) Qwen3-0.6B and the GPU comparison were not run here.
+# Qwen3-0.6B, 22:22-22:32 UTC, load 4-5, run by hand (tunelab `bench lora --shape qwen3-0.6b --seq 512
+# --batch-size 1 --steps 1 --warmup 1`; the anchor's lora_case(..., QWEN3_06B, 512, 1, 1, "f32")):
+#   qwen3-0.6b seq512 b1    tunelab 7.0 tok/s (73.2 s/step, RSS 6.20 GiB)
+#                           torch+peft 6.5 tok/s (79.2 s/step, RSS 7.16 GiB)   -> 1.08x, RSS 0.87x
+# (torch 2.15.0, transformers 5.24.0, peft 0.21.2; one round, 1-2 timed steps, so the ratios carry
+# +-~20% noise under that load. In these runs tunelab fed seq - 1 positions (seq 512: 511), not seq
+# as now: <0.4% of the work.) The GPU comparison (Vulkan vs CUDA) was not run here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-5}

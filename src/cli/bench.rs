@@ -281,18 +281,19 @@ fn lora(a: LoraBench, choice: DeviceChoice) -> anyhow::Result<()> {
     let build_s = built.elapsed().as_secs_f64();
     let mut optim: ModuleOptimizer = AdamWConfig::new().with_weight_decay(0.0).init();
 
-    // input_ids = labels = random ids: HF shifts the labels, so seq - 1 targets per row, all counted.
+    // input_ids = labels = random ids, as in the anchor: all `seq` positions go through the model,
+    // and HF's shifted labels make the first seq - 1 of them targets (the last one predicts nothing).
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let ids: Vec<Vec<i64>> = (0..a.batch_size).map(|_| (0..a.seq).map(|_| rng.random_range(0..cfg.vocab_size as i64)).collect()).collect();
-    let cols = a.seq - 1;
-    let batch = Batch {
-        rows: a.batch_size,
-        cols,
-        inputs: ids.iter().flat_map(|r| r[..cols].to_vec()).collect(),
-        targets: ids.iter().flat_map(|r| r[1..].to_vec()).collect(),
-        mask: vec![1.0; a.batch_size * cols],
-        ntoks: a.batch_size * cols,
-    };
+    let (rows, cols) = (a.batch_size, a.seq);
+    let inputs: Vec<i64> = (0..rows * cols).map(|_| rng.random_range(0..cfg.vocab_size as i64)).collect();
+    let (mut targets, mut mask) = (vec![0i64; rows * cols], vec![0f32; rows * cols]);
+    for r in 0..rows {
+        for j in 0..cols - 1 {
+            targets[r * cols + j] = inputs[r * cols + j + 1];
+            mask[r * cols + j] = 1.0;
+        }
+    }
+    let batch = Batch { rows, cols, inputs, targets, mask, ntoks: rows * (cols - 1) };
     let mut losses = Vec::new();
     let mut step = |model: Decoder| -> anyhow::Result<Decoder> {
         let loss = batch_loss(&model, &batch, &device);
