@@ -6,10 +6,17 @@
 //! positives exactly `seq` tokens, as the anchor does. Without `--model`, the encoder is a random
 //! all-MiniLM-L6-v2-shaped BERT (throughput does not depend on the weight values) with a
 //! synthetic 30,522-word vocabulary, so the benchmark needs no files (e.g. on a GPU machine).
+//!
+//! `bench lora` is the peer of the anchor's `lora_case`: a random decoder of a real shape
+//! (SmolLM2-135M, Qwen3-0.6B, Qwen3-1.7B), LoRA r=16 alpha=32 on the seven projections of every
+//! block, AdamW lr 1e-4, input ids = labels = random ids `[batch, seq]`, warm-up steps and then
+//! timed steps; `tokens_per_s` = batch * seq * steps / time, as the anchor counts them.
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -18,12 +25,107 @@ use crate::data::governance::Policy;
 use crate::device::DeviceChoice;
 use crate::io::tokenizer::TextTokenizer;
 use crate::model::bert::{BertConfig, BertModel, Pooling, Prompts, SentenceEncoder, word_level_tokenizer_json};
+use crate::model::decoder::{Architecture, Decoder, DecoderConfig};
 use crate::train::contrastive_trainer::{ContrastiveConfig, ContrastiveTrainer};
+use crate::train::schedule::clip_grad_norm;
+use crate::train::sft::batch_loss;
+use crate::train::sft_data::Batch;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
     /// Contrastive (MNRL) training throughput of a BERT encoder: pairs/s and peak memory.
     TrainEmbed(TrainEmbedBench),
+    /// Decoder LoRA training throughput on a random model of a real shape: tokens/s and peak memory.
+    Lora(LoraBench),
+}
+
+/// The decoder shapes of `bench/torch_anchor.py` (its SMOLLM2_135M, QWEN3_06B, QWEN3_17B).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecoderShape {
+    #[value(name = "smollm2-135m")]
+    Smollm2_135m,
+    #[value(name = "qwen3-0.6b")]
+    Qwen3_0_6b,
+    #[value(name = "qwen3-1.7b")]
+    Qwen3_1_7b,
+}
+
+impl DecoderShape {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Smollm2_135m => "smollm2-135m",
+            Self::Qwen3_0_6b => "qwen3-0.6b",
+            Self::Qwen3_1_7b => "qwen3-1.7b",
+        }
+    }
+
+    /// The anchor's config dict as a [`DecoderConfig`] (Hugging Face defaults elsewhere:
+    /// no biases, RMSNorm eps 1e-6; Qwen3's q/k norms).
+    pub fn config(self) -> DecoderConfig {
+        let qwen3 = |hidden_size, intermediate_size| DecoderConfig {
+            architecture: Architecture::Qwen3,
+            vocab_size: 151_936,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers: 28,
+            num_attention_heads: 16,
+            num_key_value_heads: 8,
+            head_dim: 128,
+            max_position_embeddings: 4096,
+            rms_norm_eps: 1e-6,
+            rope_theta: 1e6,
+            rope_scaling: None,
+            tie_word_embeddings: true,
+            qkv_bias: false,
+            o_bias: false,
+            qk_norm: true,
+        };
+        match self {
+            Self::Smollm2_135m => DecoderConfig {
+                architecture: Architecture::Llama,
+                vocab_size: 49_152,
+                hidden_size: 576,
+                intermediate_size: 1536,
+                num_hidden_layers: 30,
+                num_attention_heads: 9,
+                num_key_value_heads: 3,
+                head_dim: 64,
+                max_position_embeddings: 2048,
+                rms_norm_eps: 1e-6,
+                rope_theta: 1e5,
+                rope_scaling: None,
+                tie_word_embeddings: true,
+                qkv_bias: false,
+                o_bias: false,
+                qk_norm: false,
+            },
+            Self::Qwen3_0_6b => qwen3(1024, 3072),
+            Self::Qwen3_1_7b => qwen3(2048, 6144),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LoraBench {
+    #[arg(long, value_enum, default_value = "smollm2-135m")]
+    pub shape: DecoderShape,
+    /// Tokens per row (input ids = labels, as the anchor feeds them).
+    #[arg(long, default_value_t = 512)]
+    pub seq: usize,
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 16)]
+    pub rank: usize,
+    /// LoRA alpha; default 2 * rank (the anchor's 32 at r=16).
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Timed steps (after the warm-up steps).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 1e-4)]
+    pub learning_rate: f64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -52,6 +154,7 @@ pub struct TrainEmbedBench {
 pub fn run(cmd: BenchCommand, device: DeviceChoice) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::TrainEmbed(a) => train_embed(a, device),
+        BenchCommand::Lora(a) => lora(a, device),
     }
 }
 
@@ -151,6 +254,79 @@ fn train_embed(a: TrainEmbedBench, choice: DeviceChoice) -> anyhow::Result<()> {
         "step_ms": dt / done.steps as f64 * 1000.0,
         "steps": done.steps,
         "final_loss": done.losses.last(),
+        "peak_rss_gib": peak_rss_gib(),
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// `tunelab train lora`'s training step on a fixed batch. `SftTrainer::fit` takes governed,
+/// tokenized records (and writes adapters and checkpoints), so this loop repeats its update
+/// instead, with the same pieces: `sft::batch_loss` (mean next-token cross-entropy over the
+/// masked targets; here every target counts, as with `labels = input_ids` in the anchor), burn's
+/// AdamW from `AdamWConfig` (weight decay 0, the trainer's default), `clip_grad_norm` at 1.0 (the
+/// trainer's `max_grad_norm`; PEFT's loop in the anchor does not clip), a constant learning rate,
+/// and the loss read back every step as the trainer does (that read is its per-step sync).
+/// `final_loss` is large (~136 on SmolLM2's shape): `Decoder::random` draws embeddings U(-1, 1)
+/// and the head is tied, so the logits are large; throughput does not depend on the values.
+fn lora(a: LoraBench, choice: DeviceChoice) -> anyhow::Result<()> {
+    anyhow::ensure!(a.seq >= 2 && a.batch_size >= 1 && a.steps >= 1, "--seq must be at least 2, --batch-size and --steps at least 1");
+    let device = choice.device()?;
+    let cfg = a.shape.config();
+    let lora = crate::lora::LoraConfig { rank: a.rank, alpha: a.alpha.unwrap_or(2.0 * a.rank as f64), ..Default::default() };
+    let built = Instant::now();
+    let model = Decoder::random(&cfg, &device, 0).with_lora(&lora, &mut ChaCha8Rng::seed_from_u64(0))?;
+    let mut model = model.train();
+    let build_s = built.elapsed().as_secs_f64();
+    let mut optim: ModuleOptimizer = AdamWConfig::new().with_weight_decay(0.0).init();
+
+    // input_ids = labels = random ids, as in the anchor: all `seq` positions go through the model,
+    // and HF's shifted labels make the first seq - 1 of them targets (the last one predicts nothing).
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let (rows, cols) = (a.batch_size, a.seq);
+    let inputs: Vec<i64> = (0..rows * cols).map(|_| rng.random_range(0..cfg.vocab_size as i64)).collect();
+    let (mut targets, mut mask) = (vec![0i64; rows * cols], vec![0f32; rows * cols]);
+    for r in 0..rows {
+        for j in 0..cols - 1 {
+            targets[r * cols + j] = inputs[r * cols + j + 1];
+            mask[r * cols + j] = 1.0;
+        }
+    }
+    let batch = Batch { rows, cols, inputs, targets, mask, ntoks: rows * (cols - 1) };
+    let mut losses = Vec::new();
+    let mut step = |model: Decoder| -> anyhow::Result<Decoder> {
+        let loss = batch_loss(&model, &batch, &device);
+        let value = loss.clone().into_scalar::<f32>();
+        anyhow::ensure!(value.is_finite(), "loss {value}");
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let (grads, _norm) = clip_grad_norm(&model, grads, 1.0);
+        losses.push(value);
+        Ok(optim.step(a.learning_rate, model, grads))
+    };
+    for _ in 0..a.warmup {
+        model = step(model)?;
+    }
+    device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let t = Instant::now();
+    for _ in 0..a.steps {
+        model = step(model)?;
+    }
+    device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let dt = t.elapsed().as_secs_f64();
+    let line = serde_json::json!({
+        "case": format!("{} lora r{} seq{} b{}", a.shape.name(), a.rank, a.seq, a.batch_size),
+        "framework": "tunelab",
+        "device": choice.to_string(),
+        "dtype": "f32",
+        "batch": a.batch_size,
+        "seq": a.seq,
+        "tokens_per_s": (a.batch_size * a.seq * a.steps) as f64 / dt,
+        "step_ms": dt / a.steps as f64 * 1000.0,
+        "steps": a.steps,
+        "warmup": a.warmup,
+        "build_s": build_s,
+        "final_loss": losses.last(),
         "peak_rss_gib": peak_rss_gib(),
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     });

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Decoder LoRA training throughput, side by side on this machine, same run:
+#   tunelab     `tunelab bench lora` (the SFT trainer's step on a fixed batch: sft::batch_loss,
+#               clipping at 1.0, AdamW; random decoder of the shape, LoRA r=16 alpha=32 on
+#               q,k,v,o,gate,up,down of every block, input ids = labels = random ids)
+#   torch+peft  bench/torch_anchor.py's lora_case (transformers from_config + PEFT, same LoRA,
+#               AdamW lr 1e-4, 3 warm-up steps, no clipping)
+# and prints the best tokens/s per case and framework, and the ratios tunelab / torch+peft.
+#
+# CPU (DEVICE=cpu, default): the anchor's CPU case, SmolLM2-135M seq 256 batch 4 f32, and ours with
+#   the same settings. With SEQ512=1 (default) also the issue's setting, seq 512 batch 1, for both
+#   (the anchor's lora_case called with those arguments). Qwen3-0.6B on CPU: SHAPES="smollm2-135m
+#   qwen3-0.6b" (slow: ~5x SmolLM2's time per token).
+# GPU (DEVICE=vulkan, built with --features vulkan; the anchor then runs on CUDA): the anchor's GPU
+#   cases, seq 512 batch 8 on SmolLM2-135M, Qwen3-0.6B, Qwen3-1.7B (bf16, plus Qwen3-0.6B f32), and
+#   ours (f32) on the same shapes; the f32 anchor case is the like-for-like ratio.
+# Peak memory: tunelab reports its process's peak RSS (VmHWM); for torch on CPU the wrapper below
+#   adds the process's VmHWM (the anchor prints none), on CUDA the anchor's max_memory_allocated.
+#   Both processes build the random model in f32 first, so the RSS peaks include that.
+# MLX-LM is not run: its Linux CPU path did not finish one training step in 15 minutes on these
+#   2-core machines.
+#
+#   scripts/bench-lora.sh [STEPS] [WARMUP] [ROUNDS]      (defaults 5, 2, 1: tunelab's timed and
+#                                                         warm-up steps; the anchor always warms up 3)
+# Env: PYTHON_REF   a Python with torch + transformers + peft (default /work/venvs/ref/bin/python)
+#      TORCH_ANCHOR path to torch_anchor.py (default ../shared/bench/torch_anchor.py; from a
+#                   worktree under /work/wt: /work/shared/bench/torch_anchor.py)
+#      DEVICE       tunelab device (default cpu)
+#      SHAPES       shapes for tunelab on CPU (default smollm2-135m)
+#      SEQ512       1: also the seq 512 batch 1 case on CPU (default 1)
+#
+# Measured 2026-12-01 21:58-22:19 UTC, CPU, 2 cores shared with other jobs (load average 6-10
+# throughout, each process got ~0.5-0.7 of a core), `TORCH_ANCHOR=/work/shared/bench/torch_anchor.py
+# scripts/bench-lora.sh 2 1 1` (tunelab 1 warm-up + 2 timed steps; the anchor 3 + 5 at seq 256
+# b4, 3 + 2 at seq 512 b1), 21 min in all (the anchor's fixed 8 steps took 14 min of it):
+#   smollm2-135m seq256 b4  tunelab 18.7 tok/s (54.9 s/step, RSS 3.29 GiB)
+#                           torch+peft 15.2 tok/s (67.4 s/step, RSS 5.03 GiB)  -> 1.23x, RSS 0.65x
+#   smollm2-135m seq512 b1  tunelab 13.9 tok/s (36.9 s/step, RSS 2.34 GiB)
+#                           torch+peft 13.3 tok/s (38.4 s/step, RSS 3.06 GiB)  -> 1.04x, RSS 0.77x
+# Qwen3-0.6B, 22:22-22:32 UTC, load 4-5, run by hand (tunelab `bench lora --shape qwen3-0.6b --seq 512
+# --batch-size 1 --steps 1 --warmup 1`; the anchor's lora_case(..., QWEN3_06B, 512, 1, 1, "f32")):
+#   qwen3-0.6b seq512 b1    tunelab 7.0 tok/s (73.2 s/step, RSS 6.20 GiB)
+#                           torch+peft 6.5 tok/s (79.2 s/step, RSS 7.16 GiB)   -> 1.08x, RSS 0.87x
+# (torch 2.15.0, transformers 5.24.0, peft 0.21.2; one round, 1-2 timed steps, so the ratios carry
+# +-~20% noise under that load. In these runs tunelab fed seq - 1 positions (seq 512: 511), not seq
+# as now: <0.4% of the work.) The GPU comparison (Vulkan vs CUDA) was not run here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STEPS=${1:-5}
+WARMUP=${2:-2}
+ROUNDS=${3:-1}
+PY=${PYTHON_REF:-/work/venvs/ref/bin/python}
+ANCHOR=${TORCH_ANCHOR:-../shared/bench/torch_anchor.py}
+DEVICE=${DEVICE:-cpu}
+SHAPES=${SHAPES:-smollm2-135m}
+SEQ512=${SEQ512:-1}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+[ -f "$ANCHOR" ] || { echo "torch anchor not found at $ANCHOR (set TORCH_ANCHOR)" >&2; exit 1; }
+"$PY" -c "import torch, transformers, peft" || { echo "$PY lacks torch/transformers/peft (pip install peft)" >&2; exit 1; }
+
+# Runs the anchor's own `lora` cases (no case argument) or one lora_case (NAME SHAPE SEQ BATCH
+# STEPS DTYPE), adding the process's peak RSS to each JSON line.
+cat > "$WORK/anchor_lora.py" <<'PYEOF'
+import contextlib, importlib.util, io, json, runpy, sys
+anchor = sys.argv[1]
+def vmhwm():
+    try:
+        return int([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]) / 2**20
+    except Exception:
+        return None
+buf = io.StringIO()
+with contextlib.redirect_stdout(buf):
+    if len(sys.argv) == 2:
+        sys.argv = [anchor, "lora"]
+        runpy.run_path(anchor, run_name="__main__")
+    else:
+        spec = importlib.util.spec_from_file_location("torch_anchor", anchor)
+        A = importlib.util.module_from_spec(spec); spec.loader.exec_module(A)
+        name, shape, seq, batch, steps, dtype = sys.argv[2:8]
+        kind, cfg = {"smollm2-135m": ("llama", A.SMOLLM2_135M), "qwen3-0.6b": ("qwen3", A.QWEN3_06B),
+                     "qwen3-1.7b": ("qwen3", A.QWEN3_17B)}[shape]
+        A.lora_case(name, kind, cfg, int(seq), int(batch), int(steps), dtype)
+for line in buf.getvalue().splitlines():
+    try:
+        r = json.loads(line)
+    except ValueError:
+        print(line, file=sys.stderr); continue
+    r["peak_rss_gib"] = vmhwm()
+    r["threads"] = __import__("torch").get_num_threads()
+    print(json.dumps(r), flush=True)
+PYEOF
+
+if [ "$DEVICE" = cpu ]; then
+  nice cargo build --locked --quiet --bin tunelab
+  # shape seq batch: the anchor's CPU case first, then the issue's seq 512.
+  ours=()
+  for s in $SHAPES; do
+    ours+=("$s 256 4")
+    [ "$SEQ512" = 1 ] && ours+=("$s 512 1")
+  done
+else
+  nice cargo build --locked --quiet --features "$DEVICE" --bin tunelab
+  ours=("smollm2-135m 512 8" "qwen3-0.6b 512 8" "qwen3-1.7b 512 8")
+fi
+
+echo "# $(date -u +%FT%TZ) $(uname -n) nproc=$(nproc) load:$(uptime | sed 's/.*load average: //')" >&2
+for r in $(seq "$ROUNDS"); do
+  echo "# round $r" >&2
+  for c in "${ours[@]}"; do
+    read -r shape seq batch <<<"$c"
+    echo "# tunelab $shape seq $seq batch $batch (load:$(uptime | sed 's/.*load average: //'))" >&2
+    ./target/debug/tunelab --device "$DEVICE" bench lora --shape "$shape" --seq "$seq" --batch-size "$batch" \
+      --rank 16 --steps "$STEPS" --warmup "$WARMUP" | tee -a "$WORK/results.jsonl"
+  done
+  echo "# torch+peft anchor lora cases (load:$(uptime | sed 's/.*load average: //'))" >&2
+  "$PY" "$WORK/anchor_lora.py" "$ANCHOR" 2>"$WORK/torch.err" | tee -a "$WORK/results.jsonl" || { tail -5 "$WORK/torch.err" >&2; exit 1; }
+  if [ "$DEVICE" = cpu ]; then
+    for c in "${ours[@]}"; do
+      read -r shape seq batch <<<"$c"
+      [ "$seq $batch" = "256 4" ] && [ "$shape" = smollm2-135m ] && continue  # the anchor's own case
+      echo "# torch+peft $shape seq $seq batch $batch (load:$(uptime | sed 's/.*load average: //'))" >&2
+      "$PY" "$WORK/anchor_lora.py" "$ANCHOR" "$shape lora r16 seq$seq b$batch" "$shape" "$seq" "$batch" "$STEPS" f32 \
+        2>"$WORK/torch.err" | tee -a "$WORK/results.jsonl" || { tail -5 "$WORK/torch.err" >&2; exit 1; }
+    done
+  fi
+done
+echo "# done (load:$(uptime | sed 's/.*load average: //'))" >&2
+python3 - "$WORK/results.jsonl" <<'PYEOF'
+import json, sys
+best = {}  # (case, framework, dtype) -> (tokens/s, peak GiB)
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if "tokens_per_s" not in r:
+        continue
+    case = r["case"].removesuffix(" f32")
+    peak = r.get("peak_gib") or r.get("peak_rss_gib")
+    key = (case, r["framework"], r.get("dtype", "f32"))
+    if r["tokens_per_s"] > best.get(key, (0, None, None))[0]:
+        best[key] = (r["tokens_per_s"], peak, r["device"])
+for (case, fw, dt), (tok, peak, dev) in sorted(best.items()):
+    kind = "RSS" if dev == "cpu" or fw == "tunelab" else dev
+    print(f"best {case:36s} {fw:10s} {dev:6s} {dt:4s} {tok:10.1f} tokens/s  peak {kind} {peak if peak is None else round(peak, 2)} GiB")
+for (case, fw, dt), (tok, peak, dev) in sorted(best.items()):
+    if fw != "tunelab":
+        continue
+    for (c2, fw2, dt2), (tok2, peak2, dev2) in sorted(best.items()):
+        if c2 == case and fw2 != "tunelab":
+            # Peak RSS against peak RSS only (on a GPU the anchor reports CUDA memory instead).
+            mem = f", peak RSS {peak / peak2:.2f}x" if peak and peak2 and dev == dev2 == "cpu" else ""
+            print(f"ratio {case}: tunelab {dt} / {fw2} {dt2} = {tok / tok2:.2f}x tokens/s{mem}")
+PYEOF
