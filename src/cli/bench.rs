@@ -293,7 +293,7 @@ fn lora(a: LoraBench, choice: DeviceChoice) -> anyhow::Result<()> {
             mask[r * cols + j] = 1.0;
         }
     }
-    let batch = Batch { rows, cols, inputs, targets, mask, ntoks: rows * (cols - 1) };
+    let batch = Batch { rows, cols, inputs, targets, mask, ntoks: rows * (cols - 1), seq_tokens: rows * cols };
     let mut losses = Vec::new();
     let mut step = |model: Decoder| -> anyhow::Result<Decoder> {
         let loss = batch_loss(&model, &batch, &device);
