@@ -14,14 +14,28 @@ ANCHOR=${TORCH_ANCHOR:-../shared/bench/torch_anchor.py}
 PY=${PYTHON:-python3}
 STEPS=${STEPS:-20}
 OUTF=$(mktemp)
+CASE_TIMEOUT=${CASE_TIMEOUT:-180}
+
+# Run one tunelab case under a time limit, sampling the GPU's memory in use (nvidia-smi, MiB)
+# meanwhile; the peak is printed as its own JSON line after the case's line.
+gpu_case() {
+  local samples; samples=$(mktemp)
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$samples" 2>/dev/null &
+  fi
+  local sampler=$!
+  timeout "$CASE_TIMEOUT" "$TL" --device vulkan "$@" | tee -a "$OUTF"
+  kill "$sampler" 2>/dev/null
+  echo "{\"gpu_peak_mib\": $(sort -n "$samples" | tail -1 || echo null), \"args\": \"$*\"}"
+}
 
 "$TL" --device vulkan doctor || { echo "Vulkan device did not start" >&2; exit 1; }
 for b in 64 32; do
-  "$TL" --device vulkan bench train-embed --batch-size "$b" --seq 128 --steps "$STEPS" --warmup 3 | tee -a "$OUTF"
+  gpu_case bench train-embed --batch-size "$b" --seq 128 --steps "$STEPS" --warmup 3
 done
 if "$TL" bench lora --help >/dev/null 2>&1; then
   for shape in smollm2-135m qwen3-0.6b; do
-    "$TL" --device vulkan bench lora --shape "$shape" --seq 512 --batch-size 8 --rank 16 --steps 5 --warmup 2 | tee -a "$OUTF"
+    gpu_case bench lora --shape "$shape" --seq 512 --batch-size 8 --rank 16 --steps 5 --warmup 2
   done
 fi
 "$PY" "$ANCHOR" mnrl | tee -a "$OUTF"
@@ -35,8 +49,8 @@ ours = {r["case"]: r for r in rows if r.get("framework") == "tunelab"}
 peers = [r for r in rows if r.get("framework") != "tunelab"]
 for case, r in ours.items():
     key = "pairs_per_s" if "pairs_per_s" in r else "tokens_per_s"
-    # Match the peer by model and batch (the anchor's case names differ in dtype suffixes only).
+    # Match peers by model and batch; each peer dtype (f32, bf16) gets its own ratio. Ours is f32.
     for p in peers:
-        if key in p and p.get("batch") == r.get("batch") and p["case"].split()[0] == case.split()[0] and p.get("dtype", "f32") == "f32":
-            print(f"{case}: tunelab {r[key]} vs {p['framework']} {p[key]} {key} -> ratio {r[key] / p[key]:.3f}")
+        if key in p and p.get("batch") == r.get("batch") and p["case"].split()[0] == case.split()[0]:
+            print(f"{case}: tunelab f32 {r[key]:.1f} vs {p['framework']} {p.get('dtype')} {p[key]} {key} -> ratio {r[key] / p[key]:.3f}")
 PYEOF
