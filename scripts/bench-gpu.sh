@@ -8,6 +8,16 @@
 # loader (libvulkan1) and NVIDIA's ICD; VK_DRIVER_FILES may point at the ICD JSON.
 # Cases: MiniLM-L6 MNRL at seq 128, batch 64 and 32 (f32); SmolLM2-135M / Qwen3-0.6B-shaped
 # LoRA r16 at seq 512, batch 8, when the binary has `bench lora`.
+#
+# Measured 2026-12-01 on one NVIDIA H200 (driver's Vulkan ICD, burn 0.22 wgpu/Vulkan, f32; torch 2.11 CUDA),
+# 20 timed steps for MNRL, 5 for LoRA; GPU memory for tunelab is nvidia-smi's peak (context included), for
+# torch max_memory_allocated:
+#   MiniLM MNRL seq128 b64: tunelab 239 pairs/s (4.5 GiB) vs torch f32 1706 (2.2 GiB) -> 0.14x; vs bf16 2099 -> 0.11x
+#   MiniLM MNRL seq128 b32: tunelab 197 pairs/s (2.6 GiB)
+#   SmolLM2-135M LoRA r16 seq512 b8: tunelab 5278 tokens/s (15.0 GiB) vs torch+peft bf16 15733 (7.3 GiB) -> 0.34x
+#   Qwen3-0.6B LoRA r16 seq512 b8: tunelab fails: the logits of 4096 tokens x 151,936 words (2.48 GB) exceed
+#     wgpu's largest buffer; torch+peft f32 11512 tokens/s, bf16 14868.
+# The binary links libfontconfig/libfreetype (plotters' text rendering): carry them where they are missing.
 set -uo pipefail
 TL=${TUNELAB:-target/debug/tunelab}
 ANCHOR=${TORCH_ANCHOR:-../shared/bench/torch_anchor.py}
