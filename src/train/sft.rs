@@ -233,6 +233,11 @@ pub enum SftError {
 /// softmax over the vocabulary are a large share of a small model's work (a fifth of
 /// SmolLM2-135M's), and prompt and padding positions would be computed only to be masked.
 pub fn batch_loss(model: &Decoder, batch: &Batch, device: &Device) -> Tensor<1> {
+    batch_loss_chunked(model, batch, device, 1 << 28)
+}
+
+/// [`batch_loss`] with the output head run on chunks of at most `max_logits` logits.
+fn batch_loss_chunked(model: &Decoder, batch: &Batch, device: &Device, max_logits: usize) -> Tensor<1> {
     let (b, t) = (batch.rows, batch.cols);
     let inputs = Tensor::<2, Int>::from_data(TensorData::new(batch.inputs.clone(), [b, t]), device);
     let (mut rows, mut targets) = (Vec::with_capacity(batch.ntoks), Vec::with_capacity(batch.ntoks));
@@ -252,13 +257,22 @@ pub fn batch_loss(model: &Decoder, batch: &Batch, device: &Device) -> Tensor<1> 
     // position whose prediction counts.
     let hidden = model.forward_hidden(inputs, None, None);
     let d = hidden.dims()[2];
-    let picked = hidden
-        .reshape([b * t, d])
-        .select(0, Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), device))
-        .reshape([1, n, d]);
-    let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [1, n, 1]), device);
-    let logp = log_softmax(model.logits(picked), 2).gather(2, targets);
-    logp.sum().neg().div_scalar(n as f32).reshape([1])
+    let picked = hidden.reshape([b * t, d]).select(0, Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), device));
+    // The output head runs on chunks of at most `max_logits` logits (2^28: 1 GiB in f32): all targets at
+    // once can exceed a GPU's largest buffer (Qwen3: 4,096 targets × 151,936 words × 4 B = 2.5 GB > wgpu's limit).
+    let chunk = (max_logits / model.vocab_size().max(1)).max(1);
+    let mut total: Option<Tensor<1>> = None;
+    for start in (0..n).step_by(chunk) {
+        let end = (start + chunk).min(n);
+        let h = picked.clone().slice([start..end]).reshape([1, end - start, d]);
+        let tg = Tensor::<3, Int>::from_data(TensorData::new(targets[start..end].to_vec(), [1, end - start, 1]), device);
+        let s = log_softmax(model.logits(h), 2).gather(2, tg).sum();
+        total = Some(match total {
+            Some(t) => t + s,
+            None => s,
+        });
+    }
+    total.expect("n > 0").neg().div_scalar(n as f32).reshape([1])
 }
 
 /// Token-weighted mean loss over up to `num_batches` batches (-1: all) of `examples`, in a
@@ -789,5 +803,22 @@ mod tests {
         let want = (logp * mask).sum().neg().into_scalar::<f32>() / batch.ntoks as f32;
         assert_eq!(batch.ntoks, 3 + 3, "positions 3..6 of row 0, 1..4 of row 1");
         assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
+
+    #[test]
+    fn chunked_output_head_gives_the_same_loss_and_gradients() {
+        let device = Device::flex().autodiff();
+        let model = Decoder::random(&crate::model::decoder::DecoderConfig::tiny_llama(), &device, 5);
+        let examples = vec![Example { tokens: vec![1, 5, 9, 33, 7, 2, 11], offset: 1 }, Example { tokens: vec![1, 8, 4, 2], offset: 0 }];
+        let batch = make_batch(&examples, &[0, 1], 64);
+        let whole = batch_loss(&model, &batch, &device);
+        // Two target rows per chunk: 4 chunks for 8 targets.
+        let chunked = batch_loss_chunked(&model, &batch, &device, 2 * model.vocab_size());
+        let (a, b) = (whole.clone().into_scalar::<f32>(), chunked.clone().into_scalar::<f32>());
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        let ga = model.embed_tokens.val().grad(&whole.backward()).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        let gb = model.embed_tokens.val().grad(&chunked.backward()).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        let worst = ga.iter().zip(&gb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-5 && ga.iter().any(|x| *x != 0.0), "max |Δgrad| {worst}");
     }
 }
