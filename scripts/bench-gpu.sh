@@ -15,8 +15,9 @@
 #   MiniLM MNRL seq128 b64: tunelab 239 pairs/s (4.5 GiB) vs torch f32 1706 (2.2 GiB) -> 0.14x; vs bf16 2099 -> 0.11x
 #   MiniLM MNRL seq128 b32: tunelab 197 pairs/s (2.6 GiB)
 #   SmolLM2-135M LoRA r16 seq512 b8: tunelab 5278 tokens/s (15.0 GiB) vs torch+peft bf16 15733 (7.3 GiB) -> 0.34x
-#   Qwen3-0.6B LoRA r16 seq512 b8: tunelab fails: the logits of 4096 tokens x 151,936 words (2.48 GB) exceed
-#     wgpu's largest buffer; torch+peft f32 11512 tokens/s, bf16 14868.
+#   Qwen3-0.6B LoRA r16 seq512 b8: first run failed (the logits of 4096 tokens x 151,936 words, 2.48 GB, exceed
+#     wgpu's largest buffer); with the output head chunked (sft::batch_loss): tunelab 2756 tokens/s (32.8 GiB)
+#     vs torch+peft f32 11512 (27.9 GiB) -> 0.24x; vs bf16 14868 -> 0.19x.
 # The binary links libfontconfig/libfreetype (plotters' text rendering): carry them where they are missing.
 set -uo pipefail
 TL=${TUNELAB:-target/debug/tunelab}
