@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 use super::gguf_bert::{GgufExportError, GgufExportSummary, GgufOutType};
 use crate::io::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue};
 use crate::lora::{AdapterWeights, LoraConfig, LoraFactors};
-use crate::model::decoder::{Architecture, gguf_name};
+use crate::model::decoder::{Architecture, gguf_name, permute_rows};
 
 /// What the adapter needs to know about the GGUF base model it will be applied to.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,24 +72,6 @@ impl LoraBase {
     }
 }
 
-/// llama.cpp's `permute` (convert_hf_to_gguf.py, `LlamaModel.permute`) of the rows of a
-/// row-major `[rows, cols]` matrix: within each of `n_heads` heads, Hugging Face's row
-/// `(half i, pair j)` moves to `(pair j, half i)`.
-pub fn permute_rows(x: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
-    let rows = x.len() / cols;
-    let hd = rows / n_heads;
-    let mut out = vec![0.0; x.len()];
-    for head in 0..n_heads {
-        for i in 0..2 {
-            for j in 0..hd / 2 {
-                let hf_row = head * hd + i * (hd / 2) + j;
-                let gguf_row = head * hd + j * 2 + i;
-                out[gguf_row * cols..(gguf_row + 1) * cols].copy_from_slice(&x[hf_row * cols..(hf_row + 1) * cols]);
-            }
-        }
-    }
-    out
-}
 
 /// The alpha to write so that llama.cpp's `alpha / rank` equals the trained scale.
 pub fn llama_cpp_alpha(config: &LoraConfig) -> f32 {

@@ -938,21 +938,30 @@ fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// Undo llama.cpp's `permute` (convert_hf_to_gguf.py, `LlamaModel.permute`): within each head
-/// the GGUF rows are `(pair j, half i)` interleaved where HF has `(half i, pair j)`.
-fn unpermute_rows(x: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
-    let rows = x.len() / cols;
+/// The row pairs of llama.cpp's `permute` (convert_hf_to_gguf.py, `LlamaModel.permute`) of a
+/// `[rows, cols]` q/k matrix: within each of `n_heads` heads, Hugging Face's row `(half i, pair j)`
+/// sits at GGUF row `(pair j, half i)`. Yields `(hf_row, gguf_row)`.
+fn llama_permutation(rows: usize, n_heads: usize) -> impl Iterator<Item = (usize, usize)> {
     let hd = rows / n_heads;
+    (0..n_heads).flat_map(move |head| {
+        (0..2).flat_map(move |i| (0..hd / 2).map(move |j| (head * hd + i * (hd / 2) + j, head * hd + j * 2 + i)))
+    })
+}
+
+/// llama.cpp's `permute` of the rows of a row-major `[rows, cols]` matrix (HF order → GGUF order).
+pub fn permute_rows(x: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0; x.len()];
-    for head in 0..n_heads {
-        for i in 0..2 {
-            for j in 0..hd / 2 {
-                let hf_row = head * hd + i * (hd / 2) + j;
-                let gguf_row = head * hd + j * 2 + i;
-                out[hf_row * cols..(hf_row + 1) * cols]
-                    .copy_from_slice(&x[gguf_row * cols..(gguf_row + 1) * cols]);
-            }
-        }
+    for (hf, gguf) in llama_permutation(x.len() / cols, n_heads) {
+        out[gguf * cols..(gguf + 1) * cols].copy_from_slice(&x[hf * cols..(hf + 1) * cols]);
+    }
+    out
+}
+
+/// Undo llama.cpp's `permute` (GGUF order → HF order).
+fn unpermute_rows(x: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for (hf, gguf) in llama_permutation(x.len() / cols, n_heads) {
+        out[hf * cols..(hf + 1) * cols].copy_from_slice(&x[gguf * cols..(gguf + 1) * cols]);
     }
     out
 }
