@@ -123,6 +123,14 @@ pub struct GgufExportSummary {
     pub out_type: GgufOutType,
 }
 
+impl GgufExportSummary {
+    /// Size and SHA-256 of a GGUF file just written.
+    pub(crate) fn of_written(path: &Path, tensors: usize, out_type: GgufOutType) -> Result<Self, GgufExportError> {
+        let bytes = std::fs::read(path).map_err(|source| GgufExportError::Io { path: path.to_path_buf(), source })?;
+        Ok(GgufExportSummary { path: path.to_path_buf(), tensors, bytes: bytes.len() as u64, sha256: hex::encode(Sha256::digest(&bytes)), out_type })
+    }
+}
+
 /// llama.cpp's token types (`tokenizer.ggml.token_type`, gguf-py `TokenType`).
 mod token_type {
     pub const NORMAL: i32 = 1;
@@ -463,14 +471,7 @@ pub fn write_bert_gguf(
         n_tensors += 1;
     }
     w.write(path)?;
-    let bytes = std::fs::read(path).map_err(|source| GgufExportError::Io { path: path.to_path_buf(), source })?;
-    Ok(GgufExportSummary {
-        path: path.to_path_buf(),
-        tensors: n_tensors,
-        bytes: bytes.len() as u64,
-        sha256: hex::encode(Sha256::digest(&bytes)),
-        out_type: ty,
-    })
+    GgufExportSummary::of_written(path, n_tensors, ty)
 }
 
 #[cfg(test)]

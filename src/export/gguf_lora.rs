@@ -28,7 +28,6 @@
 
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
 
 use super::gguf_bert::{GgufExportError, GgufExportSummary, GgufOutType};
 use crate::io::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue};
@@ -158,14 +157,7 @@ pub fn write_lora_gguf(
         n += 2;
     }
     w.write(path)?;
-    let bytes = std::fs::read(path).map_err(|source| GgufExportError::Io { path: path.to_path_buf(), source })?;
-    Ok(GgufExportSummary {
-        path: path.to_path_buf(),
-        tensors: n,
-        bytes: bytes.len() as u64,
-        sha256: hex::encode(Sha256::digest(&bytes)),
-        out_type: ty,
-    })
+    GgufExportSummary::of_written(path, n, ty)
 }
 
 #[cfg(test)]
