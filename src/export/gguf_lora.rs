@@ -28,7 +28,6 @@
 
 use std::path::Path;
 
-
 use super::gguf_bert::{GgufExportError, GgufExportSummary, GgufOutType};
 use crate::io::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue};
 use crate::lora::{AdapterWeights, LoraConfig, LoraFactors};
