@@ -207,13 +207,19 @@ DEP_RE = re.compile(r"^(:dep\s+tunelab\s*=\s*\{)(.*)(\}\s*)$", re.M)
 
 
 def set_features(nb, features: list[str]) -> None:
-    """Rewrite the `:dep tunelab = {...}` line to build exactly `features` (no defaults)."""
+    """Rewrite the `:dep tunelab = {...}` line to build exactly `features` (no defaults).
+
+    A notebook that asks for no features (`features = []`: no models, no burn) is left alone: a
+    backend would only make its first build 20 minutes longer.
+    """
     feats = ", ".join(f'"{f}"' for f in features)
     for c in nb.cells:
         if c.cell_type != "code":
             continue
 
         def repl(m):
+            if re.search(r"features\s*=\s*\[\s*\]", m.group(2)):
+                return m.group(0)
             body = re.sub(r",?\s*(default-features|features)\s*=\s*(\[[^\]]*\]|true|false)", "", m.group(2)).strip().rstrip(",")
             return f"{m.group(1)} {body}, default-features = false, features = [{feats}] {m.group(3)}"
 

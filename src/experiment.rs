@@ -262,7 +262,7 @@ pub fn run(cfg: &ExperimentConfig, choice: DeviceChoice) -> anyhow::Result<Exper
     });
     manifest.tools.insert("sqlite".into(), rusqlite::version().to_string());
 
-    let values = |name: &str| crate::cli::report::per_query_values(&evaluate(&qrels, &runs[name], &measures, &opts));
+    let values = |name: &str| crate::report::per_query_values(&evaluate(&qrels, &runs[name], &measures, &opts));
     let input = AbReportInput {
         title: format!("{system_b} vs {system_a} on the bundled Ostrel Valley test queries"),
         system_a: system_a.clone(),

@@ -16,19 +16,30 @@
 //! * [`device`]: run-time backend selection (`cpu`, `vulkan`, `metal`, `wgpu`).
 //! * [`gate`]: the validation gate for retraining, versioned model stores (promote/rollback).
 //! * [`notebook`]: rich display in evcxr notebooks (tables, plots, progress).
+//!
+//! The modules that need burn (`model`, `lora`, `train`, `export`, `device`, `experiment`, `cli`,
+//! dense search, tensor loading) are behind the `models` feature (on by default, implied by every
+//! backend feature); without it the data, evaluation, report and gate modules build alone.
 
+#[cfg(feature = "models")]
 pub mod cli;
 pub mod data;
+#[cfg(feature = "models")]
 pub mod device;
 pub mod eval;
+#[cfg(feature = "models")]
 pub mod experiment;
+#[cfg(feature = "models")]
 pub mod export;
 pub mod gate;
 pub mod io;
+#[cfg(feature = "models")]
 pub mod lora;
+#[cfg(feature = "models")]
 pub mod model;
 pub mod notebook;
 pub mod report;
+#[cfg(feature = "models")]
 pub mod train;
 
 /// The crate version, recorded in every run manifest.

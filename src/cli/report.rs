@@ -40,16 +40,7 @@ pub fn metrics_evaluator() -> impl MetricsEvaluator {
     }
 }
 
-/// Flatten an evaluation into `(qid, measure, value)` rows (trec_eval measure names).
-pub fn per_query_values(e: &crate::eval::metrics::Evaluation) -> Vec<QueryValue> {
-    let mut out = Vec::new();
-    for (qid, values) in &e.per_query {
-        for (m, v) in e.measures.iter().zip(values) {
-            out.push((qid.clone(), m.trec_name(), *v));
-        }
-    }
-    out
-}
+pub use crate::report::per_query_values;
 
 /// Run the re-evaluation, print the outcome, fail when anything differs.
 pub fn rerun_command(manifest: &Path, evaluator: &dyn MetricsEvaluator) -> anyhow::Result<()> {

@@ -802,6 +802,7 @@ macro_rules! with_records {
 pub(crate) use with_records;
 
 /// Runs `$body` with the type alias `$t` set to the record type of a [`Format`].
+#[cfg(feature = "models")] // only the CLI uses it
 macro_rules! with_format {
     ($format:expr, $t:ident => $body:expr) => {{
         use $crate::data::formats as f;
@@ -837,6 +838,7 @@ macro_rules! with_format {
         }
     }};
 }
+#[cfg(feature = "models")]
 pub(crate) use with_format;
 
 impl Dataset {

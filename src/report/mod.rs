@@ -126,6 +126,17 @@ fn create_new(path: &Path) -> Result<fs::File, ReportError> {
 /// One query's value of one measure: `(qid, measure, value)`.
 pub type QueryValue = (String, String, f64);
 
+/// Flatten an evaluation into `(qid, measure, value)` rows (trec_eval measure names).
+pub fn per_query_values(e: &crate::eval::metrics::Evaluation) -> Vec<QueryValue> {
+    let mut out = Vec::new();
+    for (qid, values) in &e.per_query {
+        for (m, v) in e.measures.iter().zip(values) {
+            out.push((qid.clone(), m.trec_name(), *v));
+        }
+    }
+    out
+}
+
 /// One measure's A/B comparison (B − A), as computed by the statistics code.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ComparisonRow {

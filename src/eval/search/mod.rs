@@ -26,6 +26,7 @@ use std::cmp::Ordering;
 use crate::data::trec::Retrieved;
 
 pub mod bm25;
+#[cfg(feature = "models")]
 pub mod dense;
 pub mod fusion;
 
