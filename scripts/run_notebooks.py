@@ -331,6 +331,10 @@ def run_config(cfg: dict, batch_dir: Path, args) -> dict:
         for i, c in enumerate(client.nb.cells) if c.cell_type == "code" and (s := cell_seconds(c)) is not None
     ]
     failure = find_failure(client.nb, exc)
+    result["rich"] = rich_outputs(client.nb)
+    if not failure and args.require_rich and not (result["rich"]["tables"] and result["rich"]["svgs"] + result["rich"]["images"]):
+        failure = {"cell": None, "code_cell": None, "source": "", "ename": "NoRichOutput",
+                   "evalue": f"--require-rich: the executed notebook shows {result['rich']} (want an HTML table and a plot)", "stderr_tail": ""}
     if failure:
         result["failure"] = failure
         where = f"cell {failure['cell']} (code cell {failure['code_cell']})" if failure["cell"] else "before any cell"
@@ -351,6 +355,16 @@ def run_config(cfg: dict, batch_dir: Path, args) -> dict:
         if manifests:
             result["report_dir"] = str(manifests[-1].parent)
     return result
+
+
+def rich_outputs(nb) -> dict:
+    """What the executed notebook shows: HTML outputs, the tables and SVG plots in them, PNG images."""
+    html = [o["data"]["text/html"] for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+            if o.get("output_type") in ("display_data", "execute_result") and "text/html" in o.get("data", {})]
+    html = ["".join(h) if isinstance(h, list) else h for h in html]
+    images = sum(1 for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
+    return {"html_outputs": len(html), "tables": sum(h.count("<table") for h in html),
+            "svgs": sum(h.count("<svg") for h in html), "images": images}
 
 
 def seed_lockfile(tmpdir: Path) -> None:
@@ -419,6 +433,8 @@ def main() -> int:
                     help="per-cell timeout in seconds (the first cell builds dependencies: default 5400)")
     ap.add_argument("--features", help="tunelab cargo features for the notebooks' :dep line, e.g. cpu,vulkan")
     ap.add_argument("--html", action="store_true", help="also render each executed notebook to HTML")
+    ap.add_argument("--require-rich", action="store_true",
+                    help="fail a notebook whose outputs hold no HTML table or no plot (CI: the display protocol works)")
     ap.add_argument("--tunelab", help="tunelab binary for the summary (default: cargo build)")
     ap.add_argument("--no-summary", action="store_true")
     args = ap.parse_args()
