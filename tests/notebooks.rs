@@ -98,3 +98,24 @@ fn notebooks_that_write_reports_let_the_runner_choose_where() {
         }
     }
 }
+
+/// evcxr keeps every top-level variable of a cell for the later cells, so it must name its type;
+/// it asks rust-analyzer when the type is not written, which fails for many library types
+/// ("Couldn't automatically determine type of variable `policy`", seen in a headless run of 01),
+/// and a closure has no type to name at all. So: a written type on every top-level `let`, and
+/// functions instead of top-level closures (variables inside `{ ... }` blocks are not kept).
+#[test]
+fn top_level_variables_have_written_types() {
+    for path in notebooks() {
+        let nb: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for (i, c) in code_cells(&nb).iter().enumerate() {
+            for line in source(c).lines().filter(|l| l.starts_with("let ")) {
+                let rest = line.trim_start_matches("let ").trim_start_matches("mut ");
+                let pattern_end = if rest.starts_with('(') { rest.find(')').map(|j| j + 1) } else { rest.find(|ch: char| !(ch.is_alphanumeric() || ch == '_')) };
+                let typed = pattern_end.is_some_and(|j| rest[j..].trim_start().starts_with(':'));
+                assert!(typed, "{} code cell {}: top-level `let` without a written type: {line}", path.display(), i + 1);
+                assert!(!line.contains("= |") && !line.contains("= move |"), "{} code cell {}: top-level closure (use a fn): {line}", path.display(), i + 1);
+            }
+        }
+    }
+}
