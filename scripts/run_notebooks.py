@@ -332,9 +332,10 @@ def run_config(cfg: dict, batch_dir: Path, args) -> dict:
     ]
     failure = find_failure(client.nb, exc)
     result["rich"] = rich_outputs(client.nb)
-    if not failure and args.require_rich and not (result["rich"]["tables"] and result["rich"]["svgs"] + result["rich"]["images"]):
+    rich = result["rich"]
+    if not failure and args.require_rich and (not (rich["tables"] and rich["svgs"] + rich["images"]) or rich["debug_fallbacks"]):
         failure = {"cell": None, "code_cell": None, "source": "", "ename": "NoRichOutput",
-                   "evalue": f"--require-rich: the executed notebook shows {result['rich']} (want an HTML table and a plot)", "stderr_tail": ""}
+                   "evalue": f"--require-rich: the executed notebook shows {result['rich']} (want an HTML table and a plot, and no rich value shown as Debug text)", "stderr_tail": ""}
     if failure:
         result["failure"] = failure
         where = f"cell {failure['cell']} (code cell {failure['code_cell']})" if failure["cell"] else "before any cell"
@@ -363,8 +364,13 @@ def rich_outputs(nb) -> dict:
             if o.get("output_type") in ("display_data", "execute_result") and "text/html" in o.get("data", {})]
     html = ["".join(h) if isinstance(h, list) else h for h in html]
     images = sum(1 for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
+    # A value whose rich display evcxr could not use comes out as its Debug text (e.g. `Html { markup: ... }`).
+    plain = ["".join(o["data"]["text/plain"]) if isinstance(o["data"]["text/plain"], list) else o["data"]["text/plain"]
+             for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+             if o.get("output_type") == "execute_result" and set(o.get("data", {})) == {"text/plain"}]
+    debug = sum(1 for t in plain if re.match(r"(Html|NotebookReport|Progress|GateDecision) \{|shape: \(", t))
     return {"html_outputs": len(html), "tables": sum(h.count("<table") for h in html),
-            "svgs": sum(h.count("<svg") for h in html), "images": images}
+            "svgs": sum(h.count("<svg") for h in html), "images": images, "debug_fallbacks": debug}
 
 
 def seed_lockfile(tmpdir: Path) -> None:
@@ -434,7 +440,7 @@ def main() -> int:
     ap.add_argument("--features", help="tunelab cargo features for the notebooks' :dep line, e.g. cpu,vulkan")
     ap.add_argument("--html", action="store_true", help="also render each executed notebook to HTML")
     ap.add_argument("--require-rich", action="store_true",
-                    help="fail a notebook whose outputs hold no HTML table or no plot (CI: the display protocol works)")
+                    help="fail a notebook whose outputs hold no HTML table or no plot, or show a rich value as Debug text")
     ap.add_argument("--tunelab", help="tunelab binary for the summary (default: cargo build)")
     ap.add_argument("--no-summary", action="store_true")
     args = ap.parse_args()
