@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::chat_template::{ChatTemplate, TemplateError};
 use crate::io::gguf::{GgufError, GgufFile};
 use crate::lora::{
-    AdaptableLinear, AdapterWeights, LoraConfig, LoraError, LoraFactors, LoraLinear,
+    AdaptableLinear, AdapterWeights, BaseWeight, LoraConfig, LoraError, LoraFactors, LoraLinear,
 };
 
 // ------------------------------------------------------------------------------------------ config
@@ -1312,6 +1312,10 @@ impl Decoder {
                         LoraLinear::from_linear(&l, config, &mut *rng)?,
                         &path,
                     ))),
+                    AdaptableLinear::Quantized(l) if wanted => Ok(AdaptableLinear::Lora(fix_ids(
+                        LoraLinear::from_quantized(&l, config, &mut *rng)?,
+                        &path,
+                    ))),
                     other => Ok(other),
                 }
             })?);
@@ -1409,12 +1413,15 @@ impl Decoder {
                 let Some((_, path, f)) = wanted.iter().find(|(r, _, _)| *r == rel) else {
                     return Ok(slot);
                 };
+                // Base weights are `[in, out]`; LoRA keeps `[out, in]` as PEFT does. A quantized
+                // base stays quantized (QLoRA).
                 let (weight, bias) = match slot {
-                    // Base weights are `[in, out]`; LoRA keeps `[out, in]` as PEFT does.
-                    AdaptableLinear::Base(l) => {
-                        (l.weight.val().transpose(), l.bias.map(|b| b.val()))
-                    }
-                    AdaptableLinear::Lora(l) => (l.weight.val(), l.bias.map(|b| b.val())),
+                    AdaptableLinear::Base(l) => (
+                        BaseWeight::Dense(Param::from_tensor(l.weight.val().transpose().detach()).set_require_grad(false)),
+                        l.bias.map(|b| b.val()),
+                    ),
+                    AdaptableLinear::Lora(l) => (l.weight, l.bias.map(|b| b.val())),
+                    AdaptableLinear::Quantized(l) => (BaseWeight::Quantized(l.weight), l.bias.map(|b| b.val())),
                 };
                 let [out_f, in_f] = weight.dims();
                 if f.a_shape[1] != in_f || f.b_shape[0] != out_f {
@@ -1429,7 +1436,7 @@ impl Decoder {
                 let t = |v: &[f32], s: [usize; 2]| {
                     Tensor::<2>::from_data(TensorData::new(v.to_vec(), s), &device)
                 };
-                let l = LoraLinear::from_parts(
+                let l = LoraLinear::from_base(
                     weight,
                     bias,
                     t(&f.a, f.a_shape),
@@ -1471,12 +1478,7 @@ impl Decoder {
                 vec1(g),
             ));
             for (rel, slot) in layer.projections() {
-                let (w, bias) = match slot {
-                    AdaptableLinear::Base(l) => {
-                        (l.weight.val().transpose(), l.bias.as_ref().map(|b| b.val()))
-                    }
-                    AdaptableLinear::Lora(l) => (l.merge(), l.bias.as_ref().map(|b| b.val())),
-                };
+                let (w, bias) = slot.fused_weight();
                 push2(&mut out, format!("{p}.{rel}.weight"), w);
                 if let Some(b) = bias {
                     out.push((format!("{p}.{rel}.bias"), b.dims().to_vec(), vec1(b)));
