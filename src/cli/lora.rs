@@ -287,10 +287,15 @@ pub fn run_train(a: TrainLoraArgs, d: DeviceChoice) -> anyhow::Result<()> {
     let lm = CausalLm::load_with(&model, &device, cfg.quantize_base).with_context(|| format!("loading {}", model.display()))?;
     let quantized = lm.model.layers.iter().flat_map(|l| l.projections()).filter(|(_, s)| matches!(s, crate::lora::AdaptableLinear::Quantized(_))).count();
     let total = lm.model.layers.len() * crate::model::decoder::PROJECTIONS.len();
+    // Resident memory right after loading: the weights at rest, before autodiff keeps anything.
+    let rss = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse::<f64>().ok()
+    });
     eprintln!(
-        "base weights: {quantized} of {total} projections quantized (quantize_base = {}), {:.1} MiB at rest",
+        "base weights: {quantized} of {total} projections quantized (quantize_base = {}), {:.1} MiB at rest{}",
         serde_json::to_value(cfg.quantize_base).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
-        lm.model.projection_bytes() as f64 / (1 << 20) as f64
+        lm.model.projection_bytes() as f64 / (1 << 20) as f64,
+        rss.map_or(String::new(), |kb| format!("; process RSS after loading {:.0} MiB", kb / 1024.0))
     );
     let loaded = load(&data, BadLines::Fail)?;
     let policy = resolve_policy(&cfg)?;

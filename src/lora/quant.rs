@@ -24,6 +24,17 @@
 //! packed nibbles take 0.5; its quantizer also rounds with the f16-rounded scale, which is not
 //! ggml's reference quantizer. A GGUF's own blocks are kept bit-exact here instead.
 //!
+//! Memory: at rest the blocks are all there is (SmolLM2-135M's 210 projections: 63 MiB as Q4_1
+//! against 405 MiB f32). During a training step each layer's dequantized f32 matrix lives on:
+//! the backward of `x·Wᵀ` needs `W` to pass the gradient down to the layers below, so autodiff
+//! keeps it until `backward()`, and a step's peak is about the f32 model's. burn 0.22's
+//! gradient checkpointing (`Device::autodiff().gradient_checkpointing()`, the balanced
+//! strategy) does not change that: it can recompute memory-bound float ops, but the
+//! dequantization starts with an int → float conversion, which autodiff sees as a new leaf, and
+//! a leaf is kept, at the size of `W`. Only a custom backward op (dequantize again inside
+//! backward) would bring the step's peak down. Forward-only work (validation, generation) frees
+//! each matrix right after its matmul.
+//!
 //! ```
 //! use burn::tensor::{Device, Tensor, TensorData};
 //! use tunelab::io::gguf::{dequantize, quantize_q8_0, GgmlType};

@@ -25,6 +25,10 @@
 //!   counting loss tokens as MLX-LM does, `seq_tokens` and `seq_tokens_per_s` counting every
 //!   unpadded token, over training time only, `forward_ms` / `backward_ms` / `update_ms`, `lr`
 //!   and `grad_norm` on update iterations, `val_loss` on validation iterations).
+//! * QLoRA: `quantize_base` (`keep` by default) keeps a GGUF's Q8_0/Q4_0/Q4_1 projection blocks
+//!   as the frozen base when the CLI loads the model, or quantizes the projections (`q8_0`,
+//!   `q4_0`); `fit` quantizes an f32 model it is given when `q8_0`/`q4_0` is asked
+//!   ([`crate::lora::quant`]).
 //! * Same seed, same data → same adapter on the CPU (adapters drawn from `seed`, batch order from
 //!   `seed` and the epoch, dropout from `seed` and the iteration).
 
