@@ -7,6 +7,8 @@ script, never from tunelab itself:
   quants      gguf-py (the `gguf` PyPI package, ggml's own Python reader/writer): a small GGUF file
               written by gguf-py's GGUFWriter with hand-made blocks of every tensor type we read, and
               gguf-py's dequantized values.                     -> quant_blocks.gguf, quant_blocks.json
+  quantizers  gguf-py's Q8_0 and Q4_0 quantizers (numpy ports of ggml's quantize_row_*_ref) on
+              random rows with ties, zero blocks and clamped values.      -> quantize_ref.json
   tokenizer   llama.cpp's tokenizer (llama-cpp-python, vocab_only) on the SmolLM2 GGUF.
                                                                  -> smollm2_tokens.json
   spm         a small SentencePiece vocabulary in a vocab-only GGUF (gguf-py) and llama.cpp's ids.
@@ -116,6 +118,25 @@ def make_quants():
         }
     (OUT / "quant_blocks.json").write_text(json.dumps(expected, ensure_ascii=False) + "\n")
     print(f"wrote {path} and quant_blocks.json ({len(r.tensors)} tensors)")
+
+
+# ------------------------------------------------------------------------------------ quantizers
+def make_quantizers():
+    import numpy as np
+    from gguf import GGMLQuantizationType as T
+    from gguf.quants import quantize
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(0, 1, size=(4, 96)).astype(np.float32)
+    x[1, :32] = 0  # an all-zero block: d = 0
+    x[2, :32] = np.arange(32, dtype=np.float32) - 16  # exact ties for roundf (x * 127/16 = k + 0.5)
+    x[3, 32:64] *= 1e-3  # small scales
+    x[3, 64] = -5.0  # a negative block maximum (Q4_0: d > 0, +x clamps at 15)
+    out = {"shape": list(x.shape), "values": f32_list(x)}
+    for name, t in [("q8_0", T.Q8_0), ("q4_0", T.Q4_0)]:
+        out[name] = quantize(x, t).tobytes().hex()
+    (OUT / "quantize_ref.json").write_text(json.dumps(out) + "\n")
+    print("wrote quantize_ref.json")
 
 
 # ------------------------------------------------------------------------------------- tokenizer
@@ -511,7 +532,7 @@ def make_tiny_gguf():
         print(f"wrote {path.name} and {name}/llamacpp.json")
 
 
-COMMANDS = {"quants": make_quants, "tokenizer": make_tokenizer, "logits": make_logits,
+COMMANDS = {"quants": make_quants, "quantizers": make_quantizers, "tokenizer": make_tokenizer, "logits": make_logits,
             "templates": make_templates, "tiny": make_tiny,
             "spm": make_spm, "tiny-gguf": make_tiny_gguf}
 

@@ -113,3 +113,35 @@ fn bad_option_and_missing_data_are_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("nowhere"), "{err}");
 }
+
+/// QLoRA from the command line: `--quantize-base q4_0` (and the same option in the TOML file)
+/// trains over quantized projections; the adapter fits the f32 model as any adapter does.
+#[test]
+fn train_lora_over_a_quantized_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_split(&data.join("train.jsonl"), 8, 0);
+    write_split(&data.join("valid.jsonl"), 4, 50);
+    let model = tiny_llama().display().to_string();
+    let args = ["train", "lora", "--model", &model, "--data", "data", "--iters", "4", "--batch-size", "2", "--num-layers", "-1", "--adapter-path", "q4"];
+    let out = tunelab(&[&args[..], &["--quantize-base", "q4_0"]].concat(), tmp.path());
+    ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("14 of 14 projections quantized (quantize_base = q4_0)"), "{err}");
+    let adapter = mlx::read(&tmp.path().join("q4")).unwrap();
+    assert_eq!(adapter.layers.len(), 14);
+    // `keep` on an f32 folder has no blocks to keep: plain LoRA.
+    let config = tmp.path().join("lora.toml");
+    std::fs::write(&config, "quantize_base = \"keep\"\n").unwrap();
+    let out = tunelab(&[&args[..], &[config.to_str().unwrap()]].concat(), tmp.path());
+    assert!(String::from_utf8_lossy(&ok_err(&out)).contains("0 of 14 projections quantized (quantize_base = keep)"));
+    let out = tunelab(&[&args[..], &["--quantize-base", "q3"]].concat(), tmp.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("'q3'") && err.contains("q4_0"), "{err}");
+}
+
+fn ok_err(out: &Output) -> Vec<u8> {
+    ok(out);
+    out.stderr.clone()
+}

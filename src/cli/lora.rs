@@ -98,6 +98,10 @@ pub struct TrainLoraArgs {
     /// Clip gradients to this global norm (0 disables clipping).
     #[arg(long)]
     pub max_grad_norm: Option<f64>,
+    /// QLoRA base: keep (a GGUF's own Q8_0/Q4_0/Q4_1 projections stay quantized; default),
+    /// none (f32), q8_0 or q4_0 (quantize the projections as ggml's reference quantizers do).
+    #[arg(long)]
+    pub quantize_base: Option<crate::lora::QuantizeBase>,
 }
 
 impl TrainLoraArgs {
@@ -146,6 +150,9 @@ impl TrainLoraArgs {
                 "cosine" => ScheduleKind::Cosine,
                 other => anyhow::bail!("--lr-schedule {other}: expected constant, linear or cosine"),
             };
+        }
+        if let Some(v) = self.quantize_base {
+            c.quantize_base = v;
         }
         if let Some(v) = self.max_grad_norm {
             c.max_grad_norm = (v > 0.0).then_some(v);
@@ -277,7 +284,19 @@ pub fn run_train(a: TrainLoraArgs, d: DeviceChoice) -> anyhow::Result<()> {
     let model = cfg.model.clone().context("no model: give --model or `model = ...` in the config")?;
     let data = cfg.data.clone().context("no data: give --data or `data = ...` in the config")?;
     let device = d.device()?;
-    let lm = CausalLm::load(&model, &device).with_context(|| format!("loading {}", model.display()))?;
+    let lm = CausalLm::load_with(&model, &device, cfg.quantize_base).with_context(|| format!("loading {}", model.display()))?;
+    let quantized = lm.model.layers.iter().flat_map(|l| l.projections()).filter(|(_, s)| matches!(s, crate::lora::AdaptableLinear::Quantized(_))).count();
+    let total = lm.model.layers.len() * crate::model::decoder::PROJECTIONS.len();
+    // Resident memory right after loading: the weights at rest, before autodiff keeps anything.
+    let rss = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse::<f64>().ok()
+    });
+    eprintln!(
+        "base weights: {quantized} of {total} projections quantized (quantize_base = {}), {:.1} MiB at rest{}",
+        serde_json::to_value(cfg.quantize_base).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        lm.model.projection_bytes() as f64 / (1 << 20) as f64,
+        rss.map_or(String::new(), |kb| format!("; process RSS after loading {:.0} MiB", kb / 1024.0))
+    );
     let loaded = load(&data, BadLines::Fail)?;
     let policy = resolve_policy(&cfg)?;
     let trainer = SftTrainer::new(cfg);

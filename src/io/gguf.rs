@@ -908,6 +908,31 @@ pub fn quantize_q8_0(values: &[f32]) -> Vec<u8> {
     out
 }
 
+/// Quantize f32 values to Q4_0 blocks as ggml's `quantize_row_q4_0_ref` does: the value of
+/// largest magnitude `max` (the first one on ties) gives `d = max / -8`, so it lands on -8;
+/// q = min(15, trunc(x / d + 8.5)), stored as `q` (low nibbles: elements 0..16, high: 16..32),
+/// d stored as f16. `values.len()` must be a multiple of 32.
+pub fn quantize_q4_0(values: &[f32]) -> Vec<u8> {
+    assert!(values.len() % 32 == 0, "Q4_0 needs a multiple of 32 values");
+    let mut out = Vec::with_capacity(values.len() / 32 * 18);
+    for block in values.chunks_exact(32) {
+        let (mut amax, mut max) = (0.0f32, 0.0f32);
+        for &x in block {
+            if amax < x.abs() {
+                amax = x.abs();
+                max = x;
+            }
+        }
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&half::f16::from_f32(d).to_bits().to_le_bytes());
+        // ggml casts through int8_t before the MIN: trunc, as `as i8` does for these values.
+        let q = |x: f32| ((x * id + 8.5) as i8).min(15) as u8;
+        out.extend((0..16).map(|j| q(block[j]) | (q(block[j + 16]) << 4)));
+    }
+    out
+}
+
 /// Builds a GGUF v3 file: metadata plus F32, F16 or Q8_0 tensors (or raw blocks of any type).
 ///
 /// ```

@@ -1,4 +1,5 @@
-//! `LoraLinear`: a frozen linear layer plus a trainable low-rank update (PEFT's `lora.Linear`).
+//! `LoraLinear`: a frozen linear layer plus a trainable low-rank update (PEFT's `lora.Linear`);
+//! with a [`QuantWeight`] base it is QLoRA's layer (the base dequantized inside `forward`).
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
@@ -6,7 +7,46 @@ use burn::tensor::module::linear;
 use burn::tensor::{Tensor, TensorData};
 use rand::Rng;
 
+use super::quant::QuantWeight;
 use super::{LoraConfig, LoraError};
+
+/// The frozen base weight `[out, in]` of a [`LoraLinear`]: f32, or ggml blocks (QLoRA).
+#[derive(Module, Debug)]
+pub enum BaseWeight {
+    /// A parameter that never requires a gradient.
+    Dense(Param<Tensor<2>>),
+    /// Dequantized at every use; nothing of it is a parameter.
+    Quantized(QuantWeight),
+}
+
+impl BaseWeight {
+    /// The f32 weight `[out, in]` (dequantized for a quantized base).
+    pub fn val(&self) -> Tensor<2> {
+        match self {
+            Self::Dense(w) => w.val(),
+            Self::Quantized(q) => q.dequantize(),
+        }
+    }
+
+    /// `[out, in]`.
+    pub fn dims(&self) -> [usize; 2] {
+        match self {
+            Self::Dense(w) => w.dims(),
+            Self::Quantized(q) => q.dims(),
+        }
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        matches!(self, Self::Quantized(_))
+    }
+}
+
+/// PEFT's `kaiming_uniform_(a=√5)` for `A` `[rank, in]`: `U(-1/√in, 1/√in)`, drawn on the host.
+fn kaiming_a(rank: usize, in_features: usize, device: &burn::tensor::Device, rng: &mut impl Rng) -> Tensor<2> {
+    let bound = 1.0 / (in_features as f32).sqrt();
+    let a: Vec<f32> = (0..rank * in_features).map(|_| rng.random_range(-bound..bound)).collect();
+    Tensor::<2>::from_data(TensorData::new(a, [rank, in_features]), device)
+}
 
 /// `y = x·Wᵀ + b + scale·(dropout(x)·Aᵀ)·Bᵀ` with `W` and `b` frozen.
 ///
@@ -15,7 +55,7 @@ use super::{LoraConfig, LoraError};
 #[derive(Module, Debug)]
 pub struct LoraLinear {
     /// Frozen base weight `[out, in]`: no gradient, never updated by an optimizer.
-    pub weight: Param<Tensor<2>>,
+    pub weight: BaseWeight,
     /// Frozen base bias `[out]`.
     pub bias: Option<Param<Tensor<1>>>,
     /// `A` `[rank, in]`, Kaiming-uniform initialised as PEFT does.
@@ -37,9 +77,7 @@ impl LoraLinear {
         config.validate()?;
         let [out_features, in_features] = weight.dims();
         let device = weight.device();
-        let bound = 1.0 / (in_features as f32).sqrt();
-        let a: Vec<f32> = (0..config.rank * in_features).map(|_| rng.random_range(-bound..bound)).collect();
-        let lora_a = Tensor::<2>::from_data(TensorData::new(a, [config.rank, in_features]), &device);
+        let lora_a = kaiming_a(config.rank, in_features, &device, rng);
         let lora_b = Tensor::<2>::zeros([out_features, config.rank], &device);
         Ok(Self::from_parts(weight, bias, lora_a, lora_b, config.scale(), config.dropout))
     }
@@ -47,13 +85,18 @@ impl LoraLinear {
     /// Assemble from known factors (loading a saved adapter, tests). `W` and `b` are frozen;
     /// `A` and `B` are trainable.
     pub fn from_parts(weight: Tensor<2>, bias: Option<Tensor<1>>, lora_a: Tensor<2>, lora_b: Tensor<2>, scale: f64, dropout: f64) -> Self {
-        let (out_features, in_features) = (weight.dims()[0], weight.dims()[1]);
+        // Detached: each becomes a leaf of its own (a transposed or computed input is not one).
+        Self::from_base(BaseWeight::Dense(Param::from_tensor(weight.detach()).set_require_grad(false)), bias, lora_a, lora_b, scale, dropout)
+    }
+
+    /// Like [`LoraLinear::from_parts`] over any base, e.g. a quantized one (QLoRA).
+    pub fn from_base(weight: BaseWeight, bias: Option<Tensor<1>>, lora_a: Tensor<2>, lora_b: Tensor<2>, scale: f64, dropout: f64) -> Self {
+        let [out_features, in_features] = weight.dims();
         let rank = lora_a.dims()[0];
         assert_eq!(lora_a.dims(), [rank, in_features], "lora_a must be [rank, in]");
         assert_eq!(lora_b.dims(), [out_features, rank], "lora_b must be [out, rank]");
-        // Detached: each becomes a leaf of its own (a transposed or computed input is not one).
         Self {
-            weight: Param::from_tensor(weight.detach()).set_require_grad(false),
+            weight,
             bias: bias.map(|b| Param::from_tensor(b.detach()).set_require_grad(false)),
             lora_a: Param::from_tensor(lora_a.detach()),
             lora_b: Param::from_tensor(lora_b.detach()),
@@ -65,6 +108,18 @@ impl LoraLinear {
     /// Adapt a burn [`Linear`] (which stores its weight `[in, out]`).
     pub fn from_linear(base: &Linear, config: &LoraConfig, rng: &mut impl Rng) -> Result<Self, LoraError> {
         Self::new(base.weight.val().transpose(), base.bias.as_ref().map(|b| b.val()), config, rng)
+    }
+
+    /// QLoRA: adapt a quantized layer, whose blocks stay as they are. `A` is drawn exactly as
+    /// [`LoraLinear::new`] draws it, so one seed gives the same adapter over either base.
+    pub fn from_quantized(base: &QuantLinear, config: &LoraConfig, rng: &mut impl Rng) -> Result<Self, LoraError> {
+        config.validate()?;
+        let [out_features, in_features] = base.weight.dims();
+        let device = base.weight.scales.device();
+        let lora_a = kaiming_a(config.rank, in_features, &device, rng);
+        let lora_b = Tensor::<2>::zeros([out_features, config.rank], &device);
+        let bias = base.bias.as_ref().map(|b| b.val());
+        Ok(Self::from_base(BaseWeight::Quantized(base.weight.clone()), bias, lora_a, lora_b, config.scale(), config.dropout))
     }
 
     pub fn rank(&self) -> usize {
@@ -100,6 +155,29 @@ impl LoraLinear {
 pub enum AdaptableLinear {
     Base(Linear),
     Lora(LoraLinear),
+    /// A frozen layer kept in ggml blocks (QLoRA's untargeted layers).
+    Quantized(QuantLinear),
+}
+
+/// A frozen linear layer over a [`QuantWeight`] `[out, in]`: `y = x·Wᵀ + b`, `W` dequantized
+/// at every call (the f32 matrix lives only while an op or autodiff holds it).
+#[derive(Module, Debug)]
+pub struct QuantLinear {
+    pub weight: QuantWeight,
+    /// Frozen bias `[out]`.
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+impl QuantLinear {
+    /// `bias` is frozen (no gradient).
+    pub fn new(weight: QuantWeight, bias: Option<Tensor<1>>) -> Self {
+        Self { weight, bias: bias.map(|b| Param::from_tensor(b.detach()).set_require_grad(false)) }
+    }
+
+    /// `[..., in]` → `[..., out]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        linear(x, self.weight.dequantize().transpose(), self.bias.as_ref().map(|b| b.val()))
+    }
 }
 
 impl AdaptableLinear {
@@ -108,6 +186,7 @@ impl AdaptableLinear {
         match self {
             Self::Base(l) => l.forward(x),
             Self::Lora(l) => l.forward(x),
+            Self::Quantized(l) => l.forward(x),
         }
     }
 
@@ -115,11 +194,13 @@ impl AdaptableLinear {
     pub fn with_lora(self, config: &LoraConfig, rng: &mut impl Rng) -> Result<Self, LoraError> {
         match self {
             Self::Base(l) => Ok(Self::Lora(LoraLinear::from_linear(&l, config, rng)?)),
+            Self::Quantized(l) => Ok(Self::Lora(LoraLinear::from_quantized(&l, config, rng)?)),
             lora => Ok(lora),
         }
     }
 
-    /// Fold an adapter into a plain layer with weight `W + scale·B·A` (trainable again).
+    /// Fold an adapter into a plain layer with weight `W + scale·B·A` (trainable again; a
+    /// quantized base is dequantized first). A quantized layer without adapter stays quantized.
     pub fn merged(self) -> Self {
         match self {
             Self::Lora(l) => Self::Base(Linear {
@@ -127,6 +208,15 @@ impl AdaptableLinear {
                 bias: l.bias.as_ref().map(|b| Param::from_tensor(b.val().detach())),
             }),
             base => base,
+        }
+    }
+
+    /// The f32 weight `[out, in]` and bias, adapters fused (what a merged checkpoint holds).
+    pub fn fused_weight(&self) -> (Tensor<2>, Option<Tensor<1>>) {
+        match self {
+            Self::Base(l) => (l.weight.val().transpose(), l.bias.as_ref().map(|b| b.val())),
+            Self::Lora(l) => (l.merge(), l.bias.as_ref().map(|b| b.val())),
+            Self::Quantized(l) => (l.weight.dequantize(), l.bias.as_ref().map(|b| b.val())),
         }
     }
 
@@ -278,5 +368,71 @@ mod tests {
         for (a1, a0) in values(l.lora_a.val()).iter().zip(&a0) {
             assert!((a1 - a0 * (1.0 - 1e-3)).abs() < 1e-6, "{a1} vs {a0}");
         }
+    }
+
+    /// QLoRA against LoRA on the dequantized weight: same outputs, same gradients for `A`, `B`
+    /// and the input, and nothing else gets a gradient. Tolerance 1e-6 absolute (the two compute
+    /// the same f32 products in the same order; observed difference 0).
+    #[test]
+    fn qlora_matches_lora_on_the_dequantized_weight() {
+        use crate::lora::quant::{QuantType, QuantWeight};
+        let device = Device::flex().autodiff();
+        let mut rng = ChaCha8Rng::seed_from_u64(21);
+        let (out, inp, r) = (8, 64, 3);
+        let w = random(&mut rng, out * inp);
+        let t2 = |v: Vec<f32>, s: [usize; 2]| Tensor::<2>::from_data(TensorData::new(v, s), &device);
+        let (a, b, bias) = (random(&mut rng, r * inp), random(&mut rng, out * r), random(&mut rng, out));
+        let xv = random(&mut rng, 3 * inp);
+        let rv = random(&mut rng, 3 * out);
+        for ty in [QuantType::Q8_0, QuantType::Q4_0] {
+            let q = QuantWeight::quantize(ty, &w, [out, inp], &device).unwrap();
+            let dense_w = q.dequantize();
+            let bias_t = || Some(Tensor::<1>::from_data(TensorData::new(bias.clone(), [out]), &device));
+            let ql = LoraLinear::from_base(BaseWeight::Quantized(q), bias_t(), t2(a.clone(), [r, inp]), t2(b.clone(), [out, r]), 0.75, 0.0);
+            let dl = LoraLinear::from_parts(dense_w, bias_t(), t2(a.clone(), [r, inp]), t2(b.clone(), [out, r]), 0.75, 0.0);
+            let run = |l: &LoraLinear| {
+                let x = t2(xv.clone(), [3, inp]).require_grad();
+                let y = l.forward(x.clone());
+                let grads = (y.clone() * t2(rv.clone(), [3, out])).sum().backward();
+                let g = |t: Option<Tensor<2>>| values(t.expect("gradient"));
+                let (ga, gb, gx) = (g(l.lora_a.val().grad(&grads)), g(l.lora_b.val().grad(&grads)), g(x.grad(&grads)));
+                let params = GradientsParams::from_grads(grads, l);
+                (values(y), ga, gb, gx, params.len())
+            };
+            let (qy, qa, qb, qx, qn) = run(&ql);
+            let (dy, da, db, dx, dn) = run(&dl);
+            let diff = |p: &[f32], q: &[f32]| p.iter().zip(q).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            for (what, p, q) in [("output", &qy, &dy), ("dA", &qa, &da), ("dB", &qb, &db), ("dx", &qx, &dx)] {
+                assert!(diff(p, q) <= 1e-6, "{ty} {what}: max difference {}", diff(p, q));
+            }
+            assert!(qa.iter().any(|v| *v != 0.0) && qx.iter().any(|v| *v != 0.0));
+            assert_eq!((qn, dn), (2, 2), "{ty}: only A and B get gradients");
+            assert_eq!(ql.num_params(), r * inp + out * r + out, "{ty}: the quantized base is not a parameter");
+            assert!(ql.weight.is_quantized());
+        }
+    }
+
+    #[test]
+    fn qlora_optimizer_step_leaves_the_blocks_unchanged() {
+        use crate::lora::quant::{QuantType, QuantWeight};
+        let device = Device::flex().autodiff();
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let w = random(&mut rng, 4 * 32);
+        let q = QuantLinear::new(QuantWeight::quantize(QuantType::Q4_0, &w, [4, 32], &device).unwrap(), None);
+        let cfg = LoraConfig { rank: 2, alpha: 2.0, ..LoraConfig::default() };
+        let l = AdaptableLinear::Quantized(q).with_lora(&cfg, &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
+        let AdaptableLinear::Lora(l) = l else { panic!("adapter attached") };
+        let (w0, v0) = (values(l.weight.val()), l.lora_b.val());
+        let grads = l.forward(Tensor::<2>::ones([2, 32], &device)).sum().backward();
+        let grads = GradientsParams::from_grads(grads, &l);
+        let mut optim = AdamWConfig::new().with_weight_decay(0.1).init();
+        let l = optim.step(1e-2, l, grads);
+        assert_eq!(values(l.weight.val()), w0, "quantized base unchanged");
+        assert_ne!(values(l.lora_b.val()), values(v0), "B moved");
+        // Same seed, same A as over a dense base.
+        let dense = LoraLinear::new(Tensor::<2>::zeros([4, 32], &device), None, &cfg, &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
+        let qa = AdaptableLinear::Quantized(QuantLinear::new(QuantWeight::quantize(QuantType::Q4_0, &w, [4, 32], &device).unwrap(), None));
+        let AdaptableLinear::Lora(qa) = qa.with_lora(&cfg, &mut ChaCha8Rng::seed_from_u64(3)).unwrap() else { unreachable!() };
+        assert_eq!(values(qa.lora_a.val()), values(dense.lora_a.val()));
     }
 }

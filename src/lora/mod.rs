@@ -6,6 +6,11 @@
 //! [`LoraConfig`] says which layers get adapters: `target_modules` by name and `num_layers`
 //! counted from the top of the stack, as MLX-LM counts them.
 //!
+//! QLoRA (Dettmers et al., 2023): a [`LoraLinear`] over a [`QuantWeight`] base keeps `W` in
+//! ggml's Q8_0/Q4_0/Q4_1 blocks and dequantizes it inside `forward` ([`quant`]); layers that get
+//! no adapter can stay quantized too ([`AdaptableLinear::Quantized`]). [`QuantizeBase`] says
+//! what a loader does with a model's projection weights.
+//!
 //! ```
 //! use burn::tensor::{Device, Tensor};
 //! use rand::SeedableRng;
@@ -24,9 +29,11 @@
 
 mod adapter;
 mod linear;
+pub mod quant;
 
 pub use adapter::{AdapterWeights, LoraFactors};
-pub use linear::{AdaptableLinear, LoraLinear};
+pub use linear::{AdaptableLinear, BaseWeight, LoraLinear, QuantLinear};
+pub use quant::{QuantError, QuantType, QuantWeight, QuantizeBase};
 
 use serde::{Deserialize, Serialize};
 

@@ -331,12 +331,12 @@ fn export_linear(out: &mut Vec<(String, Vec<usize>, Vec<f32>)>, name: &str, l: &
 fn export_adaptable(out: &mut Vec<(String, Vec<usize>, Vec<f32>)>, name: &str, l: &AdaptableLinear) {
     match l {
         AdaptableLinear::Base(l) => export_linear(out, name, l),
-        AdaptableLinear::Lora(l) => {
-            let w = l.merge();
+        other => {
+            let (w, bias) = other.fused_weight();
             let [d_out, d_in] = w.dims();
             out.push((format!("{name}.weight"), vec![d_out, d_in], values(w)));
-            if let Some(b) = &l.bias {
-                out.push((format!("{name}.bias"), vec![d_out], values(b.val())));
+            if let Some(b) = bias {
+                out.push((format!("{name}.bias"), vec![d_out], values(b)));
             }
         }
     }
@@ -1308,7 +1308,7 @@ mod tests {
         let grads = loss.backward();
         let AdaptableLinear::Lora(q) = &m.encoder.layers[1].attention.query else { unreachable!() };
         assert!(q.lora_b.grad(&grads).is_some(), "adapter B gets a gradient");
-        assert!(q.weight.grad(&grads).is_none(), "frozen base weight gets none");
+        assert!(q.weight.val().grad(&grads).is_none(), "frozen base weight gets none");
         assert!(m.embeddings.word_embeddings.weight.grad(&grads).is_none(), "embeddings are frozen too");
 
         // Give B non-zero values, then the fused model computes the same function.

@@ -37,7 +37,8 @@ use serde::{Deserialize, Serialize};
 use crate::data::chat_template::{ChatTemplate, TemplateError};
 use crate::io::gguf::{GgufError, GgufFile};
 use crate::lora::{
-    AdaptableLinear, AdapterWeights, LoraConfig, LoraError, LoraFactors, LoraLinear,
+    AdaptableLinear, AdapterWeights, BaseWeight, LoraConfig, LoraError, LoraFactors, LoraLinear,
+    QuantError, QuantLinear, QuantType, QuantWeight, QuantizeBase,
 };
 
 // ------------------------------------------------------------------------------------------ config
@@ -453,6 +454,8 @@ pub enum DecoderError {
     Template(#[from] TemplateError),
     #[error(transparent)]
     GgufTokenizer(#[from] crate::io::gguf::TokenizerError),
+    #[error("{path}: {source}")]
+    Quant { path: PathBuf, source: QuantError },
 }
 
 // ------------------------------------------------------------------------------------------ modules
@@ -742,8 +745,19 @@ impl Decoder {
     /// Build a decoder from named f32 tensors in Hugging Face naming and layout.
     pub fn from_tensors(
         cfg: &DecoderConfig,
+        w: TensorSource<'_>,
+        device: &Device,
+    ) -> Result<Self, DecoderError> {
+        Self::from_tensors_with(cfg, w, device, QuantizeBase::None)
+    }
+
+    /// [`Decoder::from_tensors`] with the seven block projections kept or made quantized as
+    /// `quantize` says (QLoRA's frozen base); embeddings, norms and the output head stay f32.
+    pub fn from_tensors_with(
+        cfg: &DecoderConfig,
         mut w: TensorSource<'_>,
         device: &Device,
+        quantize: QuantizeBase,
     ) -> Result<Self, DecoderError> {
         let (h, kv, hd) = (
             cfg.num_attention_heads,
@@ -772,16 +786,21 @@ impl Decoder {
                     inp: usize,
                     bias: bool|
          -> Result<AdaptableLinear, DecoderError> {
-            let weight = w.take(&format!("{name}.weight"), &[out, inp])?;
+            let weight = w.take_projection(&format!("{name}.weight"), [out, inp], quantize, device)?;
             let bias = if bias {
                 Some(param1(w.take(&format!("{name}.bias"), &[out])?, device))
             } else {
                 None
             };
-            Ok(AdaptableLinear::Base(Linear {
-                weight: param2(transpose(&weight, out, inp), [inp, out], device),
-                bias,
-            }))
+            Ok(match weight {
+                ProjectionWeight::Dense(weight) => AdaptableLinear::Base(Linear {
+                    weight: param2(transpose(&weight, out, inp), [inp, out], device),
+                    bias,
+                }),
+                ProjectionWeight::Quantized(q) => {
+                    AdaptableLinear::Quantized(QuantLinear::new(q, bias.map(|b| b.val())))
+                }
+            })
         };
         let embed = w.take("model.embed_tokens.weight", &[cfg.vocab_size, d])?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
@@ -890,14 +909,26 @@ impl Decoder {
     /// Load from a GGUF file: config from metadata, every tensor dequantized to f32, renamed to
     /// Hugging Face's names, Llama's permuted q/k rows restored.
     pub fn from_gguf(g: &GgufFile, device: &Device) -> Result<(Self, DecoderConfig), DecoderError> {
+        Self::from_gguf_with(g, device, QuantizeBase::None)
+    }
+
+    /// [`Decoder::from_gguf`] with the projections kept or made quantized ([`QuantizeBase`]):
+    /// with `Keep`, Q8_0/Q4_0/Q4_1 projections stay in the file's own blocks.
+    pub fn from_gguf_with(g: &GgufFile, device: &Device, quantize: QuantizeBase) -> Result<(Self, DecoderConfig), DecoderError> {
         let cfg = DecoderConfig::from_gguf(g)?;
-        let model = Self::from_tensors(&cfg, TensorSource::gguf(g, &cfg), device)?;
+        let model = Self::from_tensors_with(&cfg, TensorSource::gguf(g, &cfg), device, quantize)?;
         Ok((model, cfg))
     }
 
     /// Load from a Hugging Face model folder (`config.json`, `model.safetensors` or
     /// `model.safetensors.index.json` with shards).
     pub fn from_hf_dir(dir: &Path, device: &Device) -> Result<(Self, DecoderConfig), DecoderError> {
+        Self::from_hf_dir_with(dir, device, QuantizeBase::None)
+    }
+
+    /// [`Decoder::from_hf_dir`] with the projections quantized as `quantize` says (`q8_0`,
+    /// `q4_0`; `keep` and `none` load f32, as the folder holds).
+    pub fn from_hf_dir_with(dir: &Path, device: &Device, quantize: QuantizeBase) -> Result<(Self, DecoderConfig), DecoderError> {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|source| DecoderError::Io {
             path: cfg_path.clone(),
@@ -911,7 +942,7 @@ impl Decoder {
             })?;
         let cfg = DecoderConfig::from_hf_json(&cfg_path, &json)?;
         let tensors = read_safetensors_dir(dir)?;
-        let model = Self::from_tensors(&cfg, TensorSource::map(dir, tensors), device)?;
+        let model = Self::from_tensors_with(&cfg, TensorSource::map(dir, tensors), device, quantize)?;
         Ok((model, cfg))
     }
 }
@@ -949,8 +980,8 @@ fn llama_permutation(rows: usize, n_heads: usize) -> impl Iterator<Item = (usize
 }
 
 /// llama.cpp's `permute` of the rows of a row-major `[rows, cols]` matrix (HF order → GGUF order).
-pub fn permute_rows(x: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
+pub fn permute_rows<T: Copy + Default>(x: &[T], n_heads: usize, cols: usize) -> Vec<T> {
+    let mut out = vec![T::default(); x.len()];
     for (hf, gguf) in llama_permutation(x.len() / cols, n_heads) {
         out[gguf * cols..(gguf + 1) * cols].copy_from_slice(&x[hf * cols..(hf + 1) * cols]);
     }
@@ -958,8 +989,8 @@ pub fn permute_rows(x: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
 }
 
 /// Undo llama.cpp's `permute` (GGUF order → HF order).
-fn unpermute_rows(x: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
+fn unpermute_rows<T: Copy + Default>(x: &[T], n_heads: usize, cols: usize) -> Vec<T> {
+    let mut out = vec![T::default(); x.len()];
     for (hf, gguf) in llama_permutation(x.len() / cols, n_heads) {
         out[hf * cols..(hf + 1) * cols].copy_from_slice(&x[gguf * cols..(gguf + 1) * cols]);
     }
@@ -1053,6 +1084,51 @@ impl<'a> TensorSource<'a> {
             });
         }
         Ok(values)
+    }
+}
+
+/// A projection weight as loaded: f32 values `[out, in]` or ggml blocks.
+enum ProjectionWeight {
+    Dense(Vec<f32>),
+    Quantized(QuantWeight),
+}
+
+impl TensorSource<'_> {
+    /// A projection weight `[out, in]`, kept in the file's blocks or quantized as `quantize`
+    /// says, else f32 (see [`QuantizeBase`]).
+    fn take_projection(&mut self, name: &str, shape: [usize; 2], quantize: QuantizeBase, device: &Device) -> Result<ProjectionWeight, DecoderError> {
+        let path = self.path.to_path_buf();
+        let quant_err = |source| DecoderError::Quant { path: path.clone(), source };
+        let file_type = match &self.inner {
+            SourceKind::Gguf { file, .. } => gguf_name(name)
+                .and_then(|g| file.tensor_info(&g))
+                .and_then(|t| QuantType::from_ggml(t.ggml_type)),
+            SourceKind::Map(_) => None,
+        };
+        let Some(target) = quantize.target(file_type) else {
+            return Ok(ProjectionWeight::Dense(self.take(name, &shape)?));
+        };
+        if let (Some(ty), SourceKind::Gguf { file, arch, n_heads, n_kv_heads }) = (file_type.filter(|t| *t == target), &self.inner) {
+            // The file's own blocks, bit for bit; llama.cpp's q/k row permutation is undone on
+            // whole rows of blocks (a row is never split across blocks).
+            let gname = gguf_name(name).expect("file_type came from this name");
+            let info = file.tensor_info(&gname).expect("file_type came from this tensor");
+            if info.shape() != shape {
+                return Err(DecoderError::Shape { path: path.clone(), tensor: gname, expected: shape.to_vec(), found: info.shape() });
+            }
+            let mut bytes = file.tensor_bytes(&gname)?.to_vec();
+            if matches!(arch, Architecture::Llama | Architecture::Mistral) {
+                let row = shape[1] / crate::lora::quant::BLOCK * ty.block_bytes();
+                if name.ends_with("q_proj.weight") {
+                    bytes = unpermute_rows(&bytes, *n_heads, row);
+                } else if name.ends_with("k_proj.weight") {
+                    bytes = unpermute_rows(&bytes, *n_kv_heads, row);
+                }
+            }
+            return QuantWeight::from_ggml_blocks(&gname, ty, &bytes, shape, device).map(ProjectionWeight::Quantized).map_err(quant_err);
+        }
+        let values = self.take(name, &shape)?;
+        QuantWeight::quantize_named(name, target, &values, shape, device).map(ProjectionWeight::Quantized).map_err(quant_err)
     }
 }
 
@@ -1312,6 +1388,10 @@ impl Decoder {
                         LoraLinear::from_linear(&l, config, &mut *rng)?,
                         &path,
                     ))),
+                    AdaptableLinear::Quantized(l) if wanted => Ok(AdaptableLinear::Lora(fix_ids(
+                        LoraLinear::from_quantized(&l, config, &mut *rng)?,
+                        &path,
+                    ))),
                     other => Ok(other),
                 }
             })?);
@@ -1358,6 +1438,45 @@ impl Decoder {
             .flat_map(|l| l.projections())
             .filter(|(_, s)| s.is_lora())
             .count()
+    }
+
+    /// Quantize every f32 projection without an adapter to `ty` with ggml's reference quantizer
+    /// (QLoRA on a model loaded as f32); already quantized ones are left as they are. The error
+    /// names the layer whose rows are not whole blocks of 32.
+    pub fn quantize_projections(mut self, ty: QuantType) -> Result<Self, QuantError> {
+        let layers = std::mem::take(&mut self.layers);
+        let mut out = Vec::with_capacity(layers.len());
+        for (i, layer) in layers.into_iter().enumerate() {
+            out.push(layer.map_projections(|rel, slot| match slot {
+                AdaptableLinear::Base(l) => {
+                    let w = l.weight.val().transpose();
+                    let shape = w.dims();
+                    let q = QuantWeight::quantize_named(&format!("model.layers.{i}.{rel}.weight"), ty, &host(w), shape, &l.weight.val().device())?;
+                    Ok(AdaptableLinear::Quantized(QuantLinear::new(q, l.bias.map(|b| b.val()))))
+                }
+                other => Ok(other),
+            })?);
+        }
+        self.layers = out;
+        Ok(self)
+    }
+
+    /// Bytes the block projections' frozen weights take on the device (f32 or quantized;
+    /// adapters not counted): what QLoRA shrinks.
+    pub fn projection_bytes(&self) -> usize {
+        let dense = |dims: [usize; 2]| dims[0] * dims[1] * 4;
+        self.layers
+            .iter()
+            .flat_map(|l| l.projections())
+            .map(|(_, s)| match s {
+                AdaptableLinear::Base(l) => dense(l.weight.dims()),
+                AdaptableLinear::Lora(l) => match &l.weight {
+                    BaseWeight::Dense(w) => dense(w.dims()),
+                    BaseWeight::Quantized(q) => q.bytes_at_rest(),
+                },
+                AdaptableLinear::Quantized(l) => l.weight.bytes_at_rest(),
+            })
+            .sum()
     }
 
     /// Every adapter folded into its base weight (`W + scale·B·A`): a plain model again.
@@ -1409,12 +1528,15 @@ impl Decoder {
                 let Some((_, path, f)) = wanted.iter().find(|(r, _, _)| *r == rel) else {
                     return Ok(slot);
                 };
+                // Base weights are `[in, out]`; LoRA keeps `[out, in]` as PEFT does. A quantized
+                // base stays quantized (QLoRA).
                 let (weight, bias) = match slot {
-                    // Base weights are `[in, out]`; LoRA keeps `[out, in]` as PEFT does.
-                    AdaptableLinear::Base(l) => {
-                        (l.weight.val().transpose(), l.bias.map(|b| b.val()))
-                    }
-                    AdaptableLinear::Lora(l) => (l.weight.val(), l.bias.map(|b| b.val())),
+                    AdaptableLinear::Base(l) => (
+                        BaseWeight::Dense(Param::from_tensor(l.weight.val().transpose().detach()).set_require_grad(false)),
+                        l.bias.map(|b| b.val()),
+                    ),
+                    AdaptableLinear::Lora(l) => (l.weight, l.bias.map(|b| b.val())),
+                    AdaptableLinear::Quantized(l) => (BaseWeight::Quantized(l.weight), l.bias.map(|b| b.val())),
                 };
                 let [out_f, in_f] = weight.dims();
                 if f.a_shape[1] != in_f || f.b_shape[0] != out_f {
@@ -1429,7 +1551,7 @@ impl Decoder {
                 let t = |v: &[f32], s: [usize; 2]| {
                     Tensor::<2>::from_data(TensorData::new(v.to_vec(), s), &device)
                 };
-                let l = LoraLinear::from_parts(
+                let l = LoraLinear::from_base(
                     weight,
                     bias,
                     t(&f.a, f.a_shape),
@@ -1471,12 +1593,7 @@ impl Decoder {
                 vec1(g),
             ));
             for (rel, slot) in layer.projections() {
-                let (w, bias) = match slot {
-                    AdaptableLinear::Base(l) => {
-                        (l.weight.val().transpose(), l.bias.as_ref().map(|b| b.val()))
-                    }
-                    AdaptableLinear::Lora(l) => (l.merge(), l.bias.as_ref().map(|b| b.val())),
-                };
+                let (w, bias) = slot.fused_weight();
                 push2(&mut out, format!("{p}.{rel}.weight"), w);
                 if let Some(b) = bias {
                     out.push((format!("{p}.{rel}.bias"), b.dims().to_vec(), vec1(b)));
@@ -1676,18 +1793,28 @@ pub struct CausalLm {
 impl CausalLm {
     /// Load a `.gguf` file or a Hugging Face folder.
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self, DecoderError> {
+        Self::load_with(path, device, QuantizeBase::None)
+    }
+
+    /// [`CausalLm::load`] with the block projections kept or made quantized (QLoRA's frozen
+    /// base, see [`QuantizeBase`]).
+    pub fn load_with(path: impl AsRef<Path>, device: &Device, quantize: QuantizeBase) -> Result<Self, DecoderError> {
         let path = path.as_ref();
         if path.is_dir() {
-            Self::load_hf_dir(path, device)
+            Self::load_hf_dir_with(path, device, quantize)
         } else {
-            Self::load_gguf(path, device)
+            Self::load_gguf_with(path, device, quantize)
         }
     }
 
     /// Load model, tokenizer and chat template from one GGUF file.
     pub fn load_gguf(path: &Path, device: &Device) -> Result<Self, DecoderError> {
+        Self::load_gguf_with(path, device, QuantizeBase::None)
+    }
+
+    fn load_gguf_with(path: &Path, device: &Device, quantize: QuantizeBase) -> Result<Self, DecoderError> {
         let g = GgufFile::open(path)?;
-        let (model, config) = Decoder::from_gguf(&g, device)?;
+        let (model, config) = Decoder::from_gguf_with(&g, device, quantize)?;
         let tok = crate::io::gguf::GgufTokenizer::from_gguf(&g)?;
         let template_text = g
             .get("tokenizer.chat_template")
@@ -1731,7 +1858,11 @@ impl CausalLm {
     /// Load a Hugging Face folder: `config.json`, safetensors, `tokenizer.json`,
     /// `tokenizer_config.json` (chat template, bos/eos), `generation_config.json` (eos ids).
     pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<Self, DecoderError> {
-        let (model, config) = Decoder::from_hf_dir(dir, device)?;
+        Self::load_hf_dir_with(dir, device, QuantizeBase::None)
+    }
+
+    fn load_hf_dir_with(dir: &Path, device: &Device, quantize: QuantizeBase) -> Result<Self, DecoderError> {
+        let (model, config) = Decoder::from_hf_dir_with(dir, device, quantize)?;
         let tok_path = dir.join("tokenizer.json");
         let tokenizer =
             tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| DecoderError::Tokenizer {
@@ -1879,6 +2010,73 @@ impl CausalLm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `tiny_llama.gguf` (llama.cpp's conversion, q/k rows permuted) rewritten with Q4_0
+    /// attention and Q8_0 MLP projections (ggml's reference quantizers); other tensors as they were.
+    fn quantized_tiny_gguf(dir: &Path) -> PathBuf {
+        use crate::io::gguf::{GgmlType, GgufWriter, quantize_q4_0};
+        let src = GgufFile::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decoder/tiny_llama.gguf")).unwrap();
+        let mut w = GgufWriter::new();
+        for (k, v) in src.metadata.iter().filter(|(k, _)| k != "general.alignment") {
+            w.add_metadata(k, v.clone());
+        }
+        for t in &src.tensors {
+            let (shape, values) = src.tensor_f32(&t.name).unwrap();
+            let proj = t.name.starts_with("blk.") && t.name.ends_with(".weight") && shape.len() == 2;
+            if proj && t.name.contains(".attn_") {
+                w.add_raw_tensor(&t.name, &shape, GgmlType::Q4_0, quantize_q4_0(&values));
+            } else if proj && t.name.contains(".ffn_") {
+                w.add_tensor(&t.name, &shape, GgmlType::Q8_0, &values);
+            } else {
+                w.add_tensor(&t.name, &shape, GgmlType::F32, &values);
+            }
+        }
+        let path = dir.join("tiny_q.gguf");
+        w.write(&path).unwrap();
+        path
+    }
+
+    /// `keep` holds the file's blocks (the permuted q/k rows restored on whole rows of blocks)
+    /// and dequantizes to exactly the f32 model loaded from the same file; `q8_0` keeps the
+    /// Q8_0 tensors and requantizes the others.
+    #[test]
+    fn kept_gguf_blocks_are_the_dequantized_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = GgufFile::open(quantized_tiny_gguf(dir.path())).unwrap();
+        let device = Device::flex();
+        let (dense, _) = Decoder::from_gguf(&g, &device).unwrap();
+        let (kept, _) = Decoder::from_gguf_with(&g, &device, QuantizeBase::Keep).unwrap();
+        let kinds = |m: &Decoder| {
+            m.layers[0].projections().iter().map(|(_, s)| match s {
+                AdaptableLinear::Quantized(q) => Some(q.weight.ty),
+                _ => None,
+            }).collect::<Vec<_>>()
+        };
+        let (q4, q8) = (Some(QuantType::Q4_0), Some(QuantType::Q8_0));
+        assert_eq!(kinds(&kept), vec![q4, q4, q4, q4, q8, q8, q8]);
+        assert!(kinds(&dense).iter().all(Option::is_none));
+        let (kt, dt) = (kept.hf_tensors(), dense.hf_tensors());
+        assert_eq!(kt.len(), dt.len());
+        for ((name, shape, k), (dname, dshape, d)) in kt.iter().zip(&dt) {
+            let same = k.iter().zip(d).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(name == dname && shape == dshape && same, "{name}: not the f32 load's values bit for bit");
+        }
+        assert!(kept.projection_bytes() * 3 < dense.projection_bytes(), "{} vs {}", kept.projection_bytes(), dense.projection_bytes());
+        let (q8_all, _) = Decoder::from_gguf_with(&g, &device, QuantizeBase::Q8_0).unwrap();
+        assert_eq!(kinds(&q8_all), vec![q8; 7]);
+        let q8_mlp = |m: &Decoder| m.hf_tensors().into_iter().filter(|(n, _, _)| n.contains(".mlp.")).collect::<Vec<_>>();
+        assert_eq!(q8_mlp(&q8_all), q8_mlp(&dense), "Q8_0 blocks kept, not requantized");
+        // Same logits (up to matmul order) and an adapter attaches over the blocks.
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 5, 9, 3], [1, 4]), &device);
+        let (a, b) = (flat(kept.forward(ids.clone(), None, None)), flat(dense.forward(ids, None, None)));
+        let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(diff < 1e-5, "logits differ by {diff}");
+        let cfg = LoraConfig { rank: 2, alpha: 4.0, ..LoraConfig::default() };
+        let adapted = kept.with_lora(&cfg, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+        assert_eq!(adapted.lora_layer_count(), 14);
+        let AdaptableLinear::Lora(l) = &adapted.layers[1].self_attn.q_proj else { panic!() };
+        assert!(l.weight.is_quantized());
+    }
 
     #[test]
     fn unpermute_inverts_llama_cpp_permute() {
