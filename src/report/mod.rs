@@ -36,6 +36,7 @@
 //!     }],
 //!     loss_log: None,
 //!     manifest: Manifest::new(&run, 42, serde_json::json!({}), "cpu"),
+//!     examples: None,
 //! };
 //! let paths = write_ab_report(&run, &input).unwrap();
 //! assert!(std::fs::read_to_string(paths.report_html).unwrap().contains("<svg"));
@@ -233,6 +234,27 @@ pub struct AbReportInput {
     pub comparison: Vec<ComparisonRow>,
     pub loss_log: Option<Vec<LossPoint>>,
     pub manifest: Manifest,
+    /// Inputs shown side by side with what each system made of them (none: no section).
+    pub examples: Option<ExampleSet>,
+}
+
+/// Worked examples for a report: `caption` says how they were chosen.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExampleSet {
+    pub caption: String,
+    pub items: Vec<PairedExample>,
+}
+
+/// One input with system A's and system B's output for it (a query and two models' expansions).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PairedExample {
+    pub id: String,
+    pub input: String,
+    pub a: String,
+    pub b: String,
+    /// A short line under each output (its score, say).
+    pub note_a: String,
+    pub note_b: String,
 }
 
 /// The files a report wrote.
