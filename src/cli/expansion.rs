@@ -220,7 +220,8 @@ pub fn run_expansions(a: ExpansionsArgs, d: DeviceChoice) -> anyhow::Result<()> 
             seconds: t.elapsed().as_secs_f64(),
             score: score.clone(),
         };
-        writeln!(file, "{}", serde_json::to_string(&rec)?).with_context(|| format!("writing {}", lines_path.display()))?;
+        // Flushed per line: a long run that is cut short keeps what it generated.
+        writeln!(file, "{}", serde_json::to_string(&rec)?).and_then(|()| file.flush()).with_context(|| format!("writing {}", lines_path.display()))?;
         scores.push(score);
         pb.inc(1);
     }
