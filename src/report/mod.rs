@@ -176,9 +176,7 @@ impl LossPoint {
                 continue;
             }
             if line.starts_with('{') {
-                let p: LossPoint =
-                    serde_json::from_str(line).map_err(|e| err(i + 1, e.to_string()))?;
-                points.push(p);
+                points.push(json_point(line).map_err(|m| err(i + 1, m))?);
                 continue;
             }
             let cells: Vec<&str> = line.split([',', '\t']).map(str::trim).collect();
@@ -218,6 +216,26 @@ impl LossPoint {
         }
         Ok(points)
     }
+}
+
+/// One JSON line of a loss log: `{"step", "loss", "valid_loss"?}`, or the SFT trainer's
+/// `loss.jsonl` names (`iteration`, `loss`, `val_loss`), whose validation lines carry no training
+/// loss (then NaN, which the plot leaves out).
+fn json_point(line: &str) -> Result<LossPoint, String> {
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let field = |names: [&str; 2]| names.iter().find_map(|n| v.get(*n)).filter(|x| !x.is_null());
+    let number = |names: [&str; 2]| -> Result<Option<f64>, String> {
+        field(names).map(|x| x.as_f64().ok_or_else(|| format!("field `{}`: not a number", names[0]))).transpose()
+    };
+    let step = field(["step", "iteration"]).ok_or("missing field `step`")?;
+    let step = step.as_u64().ok_or_else(|| format!("field `step`: {step} is not a count"))?;
+    let valid_loss = number(["valid_loss", "val_loss"])?;
+    let loss = match (number(["loss", "loss"])?, valid_loss) {
+        (Some(l), _) => l,
+        (None, Some(_)) => f64::NAN,
+        (None, None) => return Err("missing field `loss`".into()),
+    };
+    Ok(LossPoint { step, loss, valid_loss })
 }
 
 /// Everything an A/B report shows.
@@ -647,6 +665,13 @@ mod tests {
         let p = dir.path().join("loss.jsonl");
         fs::write(&p, "{\"step\": 3, \"loss\": 0.5, \"valid_loss\": 0.7}\n").unwrap();
         assert_eq!(LossPoint::read_log(&p).unwrap()[0].valid_loss, Some(0.7));
+        // The SFT trainer's loss.jsonl: validation lines have no training loss.
+        fs::write(&p, "{\"iteration\":0,\"val_loss\":4.5}\n{\"iteration\":1,\"loss\":3.9,\"lr\":1e-4}\n").unwrap();
+        let got = LossPoint::read_log(&p).unwrap();
+        assert!(got[0].step == 0 && got[0].loss.is_nan() && got[0].valid_loss == Some(4.5));
+        assert_eq!(got[1], LossPoint { step: 1, loss: 3.9, valid_loss: None });
+        fs::write(&p, "{\"iteration\":2}\n").unwrap();
+        assert!(LossPoint::read_log(&p).unwrap_err().to_string().contains("`loss`"));
         fs::write(&p, "step,loss\n1,0.5\n2,abc\n").unwrap();
         let err = LossPoint::read_log(&p).unwrap_err().to_string();
         assert!(
