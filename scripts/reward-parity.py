@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
-"""Score fixed (query, expansion) strings with QMD's own finetune/reward.py and write what it
-returns, so `cargo test --lib eval::expansion` can check src/eval/expansion.rs against it.
+"""Score fixed (query, expansion) strings with QMD's own finetune/reward.py, write what it
+returns, and check src/eval/expansion.rs against it (the unit test
+`eval::expansion::tests::matches_reward_py_on_its_fixture`: every component, total, rating,
+deduction and parsed line equal, reward and percentage within 1e-9).
 
     scripts/reward-parity.py PATH/TO/qmd/finetune/reward.py [OUT.jsonl]
 
-OUT defaults to tests/fixtures/expansion/reward_py_scores.jsonl. reward.py is read from where you
+OUT defaults to tests/fixtures/expansion/reward_py_scores.jsonl (the test's fixture; with another
+OUT only the file is written). `git diff` on the fixture shows whether reward.py changed its
+verdicts. reward.py is read from where you
 point (a QMD checkout, e.g. `git -C qmd show 4511b9bd:finetune/reward.py > /tmp/reward.py`); it
 is not copied into this repository, only its scores are. It needs nothing beyond the standard
 library. Set-valued deductions ("entities dropped: {...}") are written with their elements
@@ -13,6 +17,7 @@ sorted, as the port writes them (Python's set order depends on string hashing).
 import importlib.util
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -100,6 +105,11 @@ def main():
             }
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     print(f"wrote {len(CASES)} cases scored by {sys.argv[1]} to {out}")
+    if len(sys.argv) == 2:
+        test = "eval::expansion::tests::matches_reward_py_on_its_fixture"
+        rc = subprocess.call(["cargo", "test", "--locked", "--lib", test])
+        print("the port agrees with reward.py on every case" if rc == 0 else "the port DISAGREES with reward.py (see the test output)")
+        sys.exit(rc)
 
 
 if __name__ == "__main__":

@@ -337,7 +337,7 @@ pub fn run_expansions_compare(a: ExpansionsCompareArgs, _d: DeviceChoice) -> any
             chosen.push(id);
         }
     }
-    let items = chosen
+    let items: Vec<PairedExample> = chosen
         .iter()
         .map(|id| PairedExample {
             id: (*id).clone(),
@@ -390,7 +390,7 @@ pub fn run_expansions_compare(a: ExpansionsCompareArgs, _d: DeviceChoice) -> any
         comparison,
         loss_log,
         manifest,
-        examples: Some(ExampleSet {
+        examples: (!items.is_empty()).then(|| ExampleSet {
             caption: format!(
                 "Queries where {b} gained most reward over {a} ({gains}), then where {b} lost most or gained least. Valid: no hard fail and reward.py's full format score (a lex: and a vec: line, no unprefixed line).",
                 b = a.name_b,
