@@ -28,6 +28,9 @@
 //! `/only:` queries: the requested type present and no other type). Echoes and duplicates do not
 //! make an expansion invalid; they lower its reward, as in reward.py.
 //!
+//! Not ported: reward.py's TRL wrapper (`QMDRewardFunction`, `extract_query_from_prompt`), which
+//! only feeds these functions during GRPO training.
+//!
 //! Python semantics kept: lengths count code points, `str.split()`/`strip()` use Python's
 //! whitespace (Unicode White_Space plus U+001C..U+001F), `isupper()` needs a cased character,
 //! `\w` is a letter, digit or `_`. Set-valued deductions print their elements sorted (Python's

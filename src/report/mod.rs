@@ -176,7 +176,7 @@ impl LossPoint {
                 continue;
             }
             if line.starts_with('{') {
-                points.push(json_point(line).map_err(|m| err(i + 1, m))?);
+                points.extend(json_point(line).map_err(|m| err(i + 1, m))?);
                 continue;
             }
             let cells: Vec<&str> = line.split([',', '\t']).map(str::trim).collect();
@@ -220,9 +220,13 @@ impl LossPoint {
 
 /// One JSON line of a loss log: `{"step", "loss", "valid_loss"?}`, or the SFT trainer's
 /// `loss.jsonl` names (`iteration`, `loss`, `val_loss`), whose validation lines carry no training
-/// loss (then NaN, which the plot leaves out).
-fn json_point(line: &str) -> Result<LossPoint, String> {
+/// loss (then NaN, which the plot leaves out) and its final test line is no point of the curve
+/// (`None`).
+fn json_point(line: &str) -> Result<Option<LossPoint>, String> {
     let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    if v.get("test_loss").is_some() && v.get("loss").is_none() {
+        return Ok(None);
+    }
     let field = |names: [&str; 2]| names.iter().find_map(|n| v.get(*n)).filter(|x| !x.is_null());
     let number = |names: [&str; 2]| -> Result<Option<f64>, String> {
         field(names).map(|x| x.as_f64().ok_or_else(|| format!("field `{}`: not a number", names[0]))).transpose()
@@ -235,7 +239,7 @@ fn json_point(line: &str) -> Result<LossPoint, String> {
         (None, Some(_)) => f64::NAN,
         (None, None) => return Err("missing field `loss`".into()),
     };
-    Ok(LossPoint { step, loss, valid_loss })
+    Ok(Some(LossPoint { step, loss, valid_loss }))
 }
 
 /// Everything an A/B report shows.
@@ -666,8 +670,9 @@ mod tests {
         fs::write(&p, "{\"step\": 3, \"loss\": 0.5, \"valid_loss\": 0.7}\n").unwrap();
         assert_eq!(LossPoint::read_log(&p).unwrap()[0].valid_loss, Some(0.7));
         // The SFT trainer's loss.jsonl: validation lines have no training loss.
-        fs::write(&p, "{\"iteration\":0,\"val_loss\":4.5}\n{\"iteration\":1,\"loss\":3.9,\"lr\":1e-4}\n").unwrap();
+        fs::write(&p, "{\"iteration\":0,\"val_loss\":4.5}\n{\"iteration\":1,\"loss\":3.9,\"lr\":1e-4}\n{\"iteration\":1,\"test_loss\":4.0,\"test_ppl\":54.6}\n").unwrap();
         let got = LossPoint::read_log(&p).unwrap();
+        assert_eq!(got.len(), 2, "the test line is no point of the curve");
         assert!(got[0].step == 0 && got[0].loss.is_nan() && got[0].valid_loss == Some(4.5));
         assert_eq!(got[1], LossPoint { step: 1, loss: 3.9, valid_loss: None });
         fs::write(&p, "{\"iteration\":2}\n").unwrap();
