@@ -272,6 +272,7 @@ pub fn run(cfg: &ExperimentConfig, choice: DeviceChoice) -> anyhow::Result<Exper
         comparison: comparison.clone(),
         loss_log,
         manifest,
+        examples: None,
     };
     let paths = write_ab_report(&run_dir, &input)?;
     println!("\n{}", cmp.to_table());

@@ -145,3 +145,73 @@ fn ok_err(out: &Output) -> Vec<u8> {
     ok(out);
     out.stderr.clone()
 }
+
+/// `tunelab eval expansions` (base and with an adapter) and `eval expansions-compare` on the tiny
+/// model: the files, scores in range, the summary agreeing with its lines, and the report.
+#[test]
+fn eval_expansions_scores_and_compares_on_a_tiny_model() {
+    use tunelab::eval::expansion::{ExpansionSummary, score_expansion_detailed};
+    let tmp = tempfile::tempdir().unwrap();
+    let queries: Vec<String> = ["w5 w6", "w7 w8 w9", "w10", "w11 w12"]
+        .iter()
+        .enumerate()
+        .map(|(i, q)| serde_json::json!({"id": format!("q{i}"), "query": q, "output": [["lex", "w5"]], "classification": "public"}).to_string())
+        .collect();
+    std::fs::write(tmp.path().join("queries.jsonl"), queries.join("\n") + "\n").unwrap();
+    let model = tiny_llama().display().to_string();
+    let adapter = tiny_llama().parent().unwrap().join("peft_tiny_llama").display().to_string();
+    let eval = |out: &str, extra: &[&str]| {
+        let mut args = vec!["eval", "expansions", "--model", &model, "--queries", "queries.jsonl", "-m", "6", "--out", out];
+        args.extend_from_slice(extra);
+        tunelab(&args, tmp.path())
+    };
+    let out = ok(&eval("base", &[]));
+    assert!(out.contains("4 queries: valid-expansion rate"), "{out}");
+    ok(&eval("tuned", &["--adapter-path", &adapter]));
+
+    for dir in ["base", "tuned"] {
+        let lines: Vec<serde_json::Value> =
+            std::fs::read_to_string(tmp.path().join(dir).join("expansions.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 4);
+        let mut scores = Vec::new();
+        for l in &lines {
+            let score: tunelab::eval::expansion::ExpansionScore = serde_json::from_value(l["score"].clone()).unwrap();
+            assert!((0.0..=1.0).contains(&score.reward) && (0.0..=100.0).contains(&score.percentage), "{l}");
+            assert!(l["generated_tokens"].as_u64().unwrap() <= 6);
+            // The stored breakdown is the scorer's verdict on the stored text.
+            assert_eq!(score, score_expansion_detailed(l["query"].as_str().unwrap(), l["text"].as_str().unwrap()));
+            scores.push(score);
+        }
+        let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join(dir).join("summary.json")).unwrap()).unwrap();
+        let want = ExpansionSummary::of(&scores);
+        assert_eq!(summary["summary"]["n"], 4);
+        assert!((summary["summary"]["mean_reward"].as_f64().unwrap() - want.mean_reward).abs() < 1e-12);
+        assert!((summary["summary"]["valid_rate"].as_f64().unwrap() - want.valid_rate).abs() < 1e-12);
+        assert_eq!(summary["model"]["sha256"].as_str().unwrap().len(), 64);
+        assert_eq!(summary["adapter"].is_null(), dir == "base");
+        assert!(summary["example_prompt"].as_str().unwrap().contains("/no_think Expand this search query: w5 w6"), "{summary}");
+    }
+    // Never overwrites an evaluation.
+    assert!(!eval("base", &[]).status.success());
+
+    let out = ok(&tunelab(&["eval", "expansions-compare", "base", "tuned/summary.json", "--reports-root", "reports", "--permutations", "200", "--bootstrap", "200"], tmp.path()));
+    assert!(out.contains("reward") && out.contains("valid"), "{out}");
+    let run = std::fs::read_dir(tmp.path().join("reports/qe-eval")).unwrap().next().unwrap().unwrap().path();
+    let md = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(md.contains("## Examples") && (0..4).any(|i| md.contains(&format!("| q{i} |"))), "{md}");
+    assert!(std::fs::read_to_string(run.join("report.html")).unwrap().contains("<h2>Examples</h2>"));
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["seed"], 42);
+    assert!(manifest["inputs"].as_array().unwrap().iter().any(|i| i["path"] == adapter.as_str()), "{manifest}");
+    assert!(manifest["config"]["b"]["evaluation"]["adapter"]["sha256"].is_string());
+
+    // Bad input names the file and the line.
+    std::fs::write(tmp.path().join("bad.jsonl"), "{\"query\": \"w5\"}\n{\"text\": \"no query\"}\n").unwrap();
+    let out = tunelab(&["eval", "expansions", "--model", &model, "--queries", "bad.jsonl", "--out", "bad"], tmp.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("bad.jsonl:2") && err.contains("query"), "{err}");
+    // Still `tunelab eval QRELS RUN` without a subcommand.
+    std::fs::write(tmp.path().join("q.qrels"), "1 0 d1 1\n").unwrap();
+    std::fs::write(tmp.path().join("r.run"), "1 Q0 d1 1 1.0 t\n").unwrap();
+    assert!(ok(&tunelab(&["eval", "q.qrels", "r.run", "-m", "map"], tmp.path())).contains("map"));
+}

@@ -130,6 +130,7 @@ fn ab_report_has_every_file_plot_and_number() {
         comparison: comparison(),
         loss_log: Some(loss_log()),
         manifest: manifest.clone(),
+        examples: None,
     };
     let paths = write_ab_report(&run, &input).unwrap();
     if std::env::var_os("TUNELAB_KEEP_REPORT").is_some() {
@@ -240,6 +241,7 @@ fn inconsistent_inputs_are_refused_before_writing() {
         comparison: rows,
         loss_log: None,
         manifest: Manifest::new(&run, 1, serde_json::Value::Null, "cpu"),
+        examples: None,
     };
     let err = write_ab_report(&run, &input).unwrap_err().to_string();
     assert!(err.contains("ndcg_cut.10") && err.contains("bm25") && err.contains("0.51"), "{err}");
@@ -329,6 +331,7 @@ fn rerun_reproduces_metrics_and_detects_differences() {
         }],
         loss_log: None,
         manifest,
+        examples: None,
     };
     let paths = write_ab_report(&run, &input).unwrap();
 

@@ -15,12 +15,18 @@ const DEFAULT_EVAL_MEASURES: [&str; 8] =
 const DEFAULT_COMPARE_MEASURES: [&str; 3] = ["map", "recip_rank", "ndcg_cut.10"];
 
 /// Evaluate a TREC run against qrels; output is trec_eval's (`measure<TAB>qid<TAB>value`).
+/// Subcommands evaluate other things (query expansions).
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct EvalArgs {
+    #[command(subcommand)]
+    pub command: Option<EvalCommand>,
     /// Relevance judgments (`qid 0 docid rel`).
-    pub qrels: PathBuf,
+    #[arg(required = true)]
+    pub qrels: Option<PathBuf>,
     /// Run file (`qid Q0 docid rank score tag`).
-    pub run: PathBuf,
+    #[arg(required = true)]
+    pub run: Option<PathBuf>,
     /// Measure, trec_eval style, repeatable: map, recip_rank, ndcg, P.5, P.5,10, recall.100,
     /// ndcg_cut.10, success.1, num_q, num_ret, num_rel, num_rel_ret, runid. Default: runid num_q
     /// num_ret num_rel num_rel_ret map recip_rank P.
@@ -38,6 +44,15 @@ pub struct EvalArgs {
     /// Print full-precision values as JSON instead of trec_eval's 4-decimal text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What `tunelab eval` evaluates besides TREC runs.
+#[derive(clap::Subcommand, Debug)]
+pub enum EvalCommand {
+    /// Generate expansions of held-out queries and score them with QMD's reward (reward.py).
+    Expansions(super::expansion::ExpansionsArgs),
+    /// A/B report of two `eval expansions` folders (base vs tuned): rates, rewards, paired tests, examples.
+    ExpansionsCompare(super::expansion::ExpansionsCompareArgs),
 }
 
 /// A/B-compare two runs: means, difference, randomization test, bootstrap CI, Holm, win/tie/loss.
@@ -99,14 +114,20 @@ fn read_inputs(qrels: &Path, runs: &[&Path]) -> anyhow::Result<(Qrels, Vec<Run>)
     Ok((q, out))
 }
 
-pub fn run_eval(a: EvalArgs) -> anyhow::Result<()> {
+pub fn run_eval(a: EvalArgs, d: crate::device::DeviceChoice) -> anyhow::Result<()> {
+    match a.command {
+        Some(EvalCommand::Expansions(e)) => return super::expansion::run_expansions(e, d),
+        Some(EvalCommand::ExpansionsCompare(c)) => return super::expansion::run_expansions_compare(c, d),
+        None => {}
+    }
+    let (Some(qrels_path), Some(run_path)) = (&a.qrels, &a.run) else { bail!("give QRELS and RUN, or a subcommand") };
     let (runid, measures) = parse_measures(&a.measures, &DEFAULT_EVAL_MEASURES)?;
-    let (qrels, runs) = read_inputs(&a.qrels, &[&a.run])?;
+    let (qrels, runs) = read_inputs(qrels_path, &[run_path])?;
     let run = &runs[0];
     let opts = EvalOptions { relevance_level: a.relevance_level, complete: a.complete };
     let ev = evaluate(&qrels, run, &measures, &opts);
     if ev.num_queries() == 0 {
-        bail!("no queries with both results ({}) and relevance info ({})", a.run.display(), a.qrels.display());
+        bail!("no queries with both results ({}) and relevance info ({})", run_path.display(), qrels_path.display());
     }
     let out = if a.json {
         serde_json::to_string(&ev.to_json())? + "\n"

@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod embed;
 pub mod eval;
 pub mod experiment;
+pub mod expansion;
 pub mod export;
 pub mod gate;
 pub mod lora;
@@ -32,7 +33,7 @@ pub enum Command {
     /// Inspect and split datasets (governance applied).
     #[command(subcommand)]
     Data(data::DataCommand),
-    /// Evaluate a TREC run against qrels, printing trec_eval's format.
+    /// Evaluate a TREC run against qrels, printing trec_eval's format; `eval expansions` scores query expansions.
     Eval(eval::EvalArgs),
     /// A/B-compare two runs with paired significance tests.
     Compare(eval::CompareArgs),
@@ -81,7 +82,7 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Doctor(a) => doctor::run(a, device),
         Command::Data(c) => data::run(c, device),
-        Command::Eval(a) => eval::run_eval(a),
+        Command::Eval(a) => eval::run_eval(a, device),
         Command::Compare(a) => eval::run_compare(a),
         Command::Report(c) => report::run(c, device),
         Command::Embed(a) => embed::run_embed(a, device),

@@ -149,6 +149,13 @@ impl LoraLinear {
     }
 }
 
+/// `t` copied into its own row-major buffer. A transposed view would be read strided by every
+/// matmul that uses it: generation with a merged adapter ran ~6x slower per token than the base.
+fn contiguous(t: Tensor<2>) -> Tensor<2> {
+    let device = t.device();
+    Tensor::from_data(t.into_data(), &device)
+}
+
 /// A linear layer that may carry an adapter: what a model holds where LoRA can be attached
 /// (`with_lora` swaps the plain layer for a [`LoraLinear`], `merged` folds it back).
 #[derive(Module, Debug)]
@@ -204,7 +211,7 @@ impl AdaptableLinear {
     pub fn merged(self) -> Self {
         match self {
             Self::Lora(l) => Self::Base(Linear {
-                weight: Param::from_tensor(l.merge().transpose()),
+                weight: Param::from_tensor(contiguous(l.merge().transpose())),
                 bias: l.bias.as_ref().map(|b| Param::from_tensor(b.val().detach())),
             }),
             base => base,

@@ -153,6 +153,7 @@ fn context(input: &AbReportInput, data: &ReportData, figures: &[Figure]) -> Valu
         config_json => pretty(&m.config),
         governance_json => if m.governance.is_null() { String::new() } else { pretty(&m.governance) },
         evaluation => m.evaluation,
+        examples => input.examples,
         generator => format!("tunelab {}", crate::version()),
     }
 }
@@ -162,6 +163,8 @@ fn render(name: &str, template: &str, ctx: Value) -> Result<String, ReportError>
     let mut env = Environment::new();
     // Markdown table cells: escape the column separator, keep one line.
     env.add_filter("md", |s: String| s.replace('|', "\\|").replace(['\n', '\r'], " "));
+    // Multi-line text in a Markdown table cell: line breaks as <br>.
+    env.add_filter("mdlines", |s: String| s.replace('|', "\\|").replace('\r', "").replace('\n', "<br>"));
     env.add_template(name, template).map_err(fail)?;
     env.get_template(name).and_then(|t| t.render(ctx)).map_err(fail)
 }
@@ -212,7 +215,15 @@ W/T/L: queries where B is better / equal / worse. p: two-sided paired randomizat
 ![{{ f.title }}]({{ f.svg_file }})
 
 {{ f.caption }} ([PNG]({{ f.png_file }}))
-{% endfor %}
+{% endfor %}{% if examples %}
+## Examples
+
+{{ examples.caption }}
+
+| id | input | {{ system_a|md }} (A) | {{ system_b|md }} (B) |
+|---|---|---|---|
+{% for e in examples.items %}| {{ e.id|md }} | {{ e.input|mdlines }} | {{ e.a|mdlines }}<br>*{{ e.note_a|md }}* | {{ e.b|mdlines }}<br>*{{ e.note_b|md }}* |
+{% endfor %}{% endif %}
 ## Run
 
 | | |
@@ -301,6 +312,8 @@ pre { background: var(--soft); padding: 12px; border-radius: 6px; overflow: auto
 details { margin: 10px 0; }
 summary { cursor: pointer; font-weight: 600; }
 footer { color: var(--muted); font-size: 12px; margin-top: 40px; }
+pre.ex { white-space: pre-wrap; margin: 0; padding: 6px; max-height: none; }
+table.examples td { vertical-align: top; }
 </style>
 </head>
 <body>
@@ -336,6 +349,16 @@ footer { color: var(--muted); font-size: 12px; margin-top: 40px; }
 <figcaption>{{ f.caption }} <a href="{{ f.svg_file }}">SVG</a> · <a href="{{ f.png_file }}">PNG</a></figcaption>
 </figure>
 {% endfor %}
+{% if examples %}
+<h2>Examples</h2>
+<p class="note">{{ examples.caption }}</p>
+<table class="examples">
+<thead><tr><th>id</th><th>input</th><th>{{ system_a }} (A)</th><th>{{ system_b }} (B)</th></tr></thead>
+<tbody>
+{% for e in examples.items %}<tr><td><code>{{ e.id }}</code></td><td>{{ e.input }}</td><td><pre class="ex">{{ e.a }}</pre><div class="note">{{ e.note_a }}</div></td><td><pre class="ex">{{ e.b }}</pre><div class="note">{{ e.note_b }}</div></td></tr>
+{% endfor %}</tbody>
+</table>
+{% endif %}
 
 <h2>Run</h2>
 <table class="kv">

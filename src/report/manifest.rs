@@ -152,6 +152,19 @@ pub struct InputHash {
     pub files: Option<u64>,
 }
 
+impl InputHash {
+    /// Hash a file ([`hash_file`]) or a directory ([`hash_dir`]).
+    pub fn of(path: &Path) -> Result<Self, ReportError> {
+        let meta = fs::metadata(path).map_err(ReportError::io(path))?;
+        Ok(if meta.is_dir() {
+            let d = hash_dir(path)?;
+            InputHash { path: path.display().to_string(), sha256: d.sha256, bytes: d.bytes, files: Some(d.files) }
+        } else {
+            InputHash { path: path.display().to_string(), sha256: hash_file(path)?, bytes: meta.len(), files: None }
+        })
+    }
+}
+
 /// A file copied into the run directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredInput {
@@ -254,24 +267,7 @@ impl Manifest {
 
     /// Hash an input file or directory and record it.
     pub fn add_input(&mut self, path: &Path) -> Result<&InputHash, ReportError> {
-        let meta = fs::metadata(path).map_err(ReportError::io(path))?;
-        let entry = if meta.is_dir() {
-            let d = hash_dir(path)?;
-            InputHash {
-                path: path.display().to_string(),
-                sha256: d.sha256,
-                bytes: d.bytes,
-                files: Some(d.files),
-            }
-        } else {
-            InputHash {
-                path: path.display().to_string(),
-                sha256: hash_file(path)?,
-                bytes: meta.len(),
-                files: None,
-            }
-        };
-        self.inputs.push(entry);
+        self.inputs.push(InputHash::of(path)?);
         Ok(self.inputs.last().expect("just pushed"))
     }
 

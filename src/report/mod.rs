@@ -36,6 +36,7 @@
 //!     }],
 //!     loss_log: None,
 //!     manifest: Manifest::new(&run, 42, serde_json::json!({}), "cpu"),
+//!     examples: None,
 //! };
 //! let paths = write_ab_report(&run, &input).unwrap();
 //! assert!(std::fs::read_to_string(paths.report_html).unwrap().contains("<svg"));
@@ -186,9 +187,7 @@ impl LossPoint {
                 continue;
             }
             if line.starts_with('{') {
-                let p: LossPoint =
-                    serde_json::from_str(line).map_err(|e| err(i + 1, e.to_string()))?;
-                points.push(p);
+                points.extend(json_point(line).map_err(|m| err(i + 1, m))?);
                 continue;
             }
             let cells: Vec<&str> = line.split([',', '\t']).map(str::trim).collect();
@@ -230,6 +229,30 @@ impl LossPoint {
     }
 }
 
+/// One JSON line of a loss log: `{"step", "loss", "valid_loss"?}`, or the SFT trainer's
+/// `loss.jsonl` names (`iteration`, `loss`, `val_loss`), whose validation lines carry no training
+/// loss (then NaN, which the plot leaves out) and its final test line is no point of the curve
+/// (`None`).
+fn json_point(line: &str) -> Result<Option<LossPoint>, String> {
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    if v.get("test_loss").is_some() && v.get("loss").is_none() {
+        return Ok(None);
+    }
+    let field = |names: [&str; 2]| names.iter().find_map(|n| v.get(*n)).filter(|x| !x.is_null());
+    let number = |names: [&str; 2]| -> Result<Option<f64>, String> {
+        field(names).map(|x| x.as_f64().ok_or_else(|| format!("field `{}`: not a number", names[0]))).transpose()
+    };
+    let step = field(["step", "iteration"]).ok_or("missing field `step`")?;
+    let step = step.as_u64().ok_or_else(|| format!("field `step`: {step} is not a count"))?;
+    let valid_loss = number(["valid_loss", "val_loss"])?;
+    let loss = match (number(["loss", "loss"])?, valid_loss) {
+        (Some(l), _) => l,
+        (None, Some(_)) => f64::NAN,
+        (None, None) => return Err("missing field `loss`".into()),
+    };
+    Ok(Some(LossPoint { step, loss, valid_loss }))
+}
+
 /// Everything an A/B report shows.
 #[derive(Clone, Debug)]
 pub struct AbReportInput {
@@ -244,6 +267,27 @@ pub struct AbReportInput {
     pub comparison: Vec<ComparisonRow>,
     pub loss_log: Option<Vec<LossPoint>>,
     pub manifest: Manifest,
+    /// Inputs shown side by side with what each system made of them (none: no section).
+    pub examples: Option<ExampleSet>,
+}
+
+/// Worked examples for a report: `caption` says how they were chosen.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExampleSet {
+    pub caption: String,
+    pub items: Vec<PairedExample>,
+}
+
+/// One input with system A's and system B's output for it (a query and two models' expansions).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PairedExample {
+    pub id: String,
+    pub input: String,
+    pub a: String,
+    pub b: String,
+    /// A short line under each output (its score, say).
+    pub note_a: String,
+    pub note_b: String,
 }
 
 /// The files a report wrote.
@@ -636,6 +680,14 @@ mod tests {
         let p = dir.path().join("loss.jsonl");
         fs::write(&p, "{\"step\": 3, \"loss\": 0.5, \"valid_loss\": 0.7}\n").unwrap();
         assert_eq!(LossPoint::read_log(&p).unwrap()[0].valid_loss, Some(0.7));
+        // The SFT trainer's loss.jsonl: validation lines have no training loss.
+        fs::write(&p, "{\"iteration\":0,\"val_loss\":4.5}\n{\"iteration\":1,\"loss\":3.9,\"lr\":1e-4}\n{\"iteration\":1,\"test_loss\":4.0,\"test_ppl\":54.6}\n").unwrap();
+        let got = LossPoint::read_log(&p).unwrap();
+        assert_eq!(got.len(), 2, "the test line is no point of the curve");
+        assert!(got[0].step == 0 && got[0].loss.is_nan() && got[0].valid_loss == Some(4.5));
+        assert_eq!(got[1], LossPoint { step: 1, loss: 3.9, valid_loss: None });
+        fs::write(&p, "{\"iteration\":2}\n").unwrap();
+        assert!(LossPoint::read_log(&p).unwrap_err().to_string().contains("`loss`"));
         fs::write(&p, "step,loss\n1,0.5\n2,abc\n").unwrap();
         let err = LossPoint::read_log(&p).unwrap_err().to_string();
         assert!(

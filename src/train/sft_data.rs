@@ -20,7 +20,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use crate::data::chat_template::ChatMessage;
+use crate::data::chat_template::{ChatMessage, ChatTemplate, TemplateError};
 use crate::data::formats::{ChatRecord, CompletionRecord, ExpansionKind, QueryExpansion, TextRecord};
 use crate::data::governance::{Governed, GovernedDataset};
 use crate::model::decoder::CausalLm;
@@ -109,6 +109,29 @@ pub enum ExampleError {
 
 const EMPTY_THINK: &str = "<think>\n\n</think>\n\n";
 
+/// Render `messages` through the template as the trainer does (`strip_empty_think`: without
+/// Qwen3's empty thinking block).
+fn render_chat(tpl: &ChatTemplate, messages: &[ChatMessage], gen_prompt: bool, strip_empty_think: bool) -> Result<String, TemplateError> {
+    let text = tpl.render(messages, gen_prompt)?;
+    Ok(if strip_empty_think { text.replace(EMPTY_THINK, "") } else { text })
+}
+
+/// The prompt of a conversation: every message but the last, rendered with the generation prompt
+/// when the last is the assistant's. It is what `mask_prompt` keeps out of the loss, and so what
+/// a model trained here is prompted with when it generates (`tunelab eval expansions`).
+pub fn prompt_text(tpl: &ChatTemplate, messages: &[ChatMessage], strip_empty_think: bool) -> Result<String, TemplateError> {
+    let gen_prompt = messages.last().is_some_and(|m| m.role == "assistant");
+    render_chat(tpl, &messages[..messages.len().saturating_sub(1)], gen_prompt, strip_empty_think)
+}
+
+/// The prompt the SFT trainer's QMD query-expansion examples start with for `query`.
+pub fn qmd_generation_prompt(tpl: &ChatTemplate, query: &str) -> Result<String, TemplateError> {
+    let Sample::Chat { messages, strip_empty_think } = QueryExpansion { query: query.to_string(), ..QueryExpansion::default() }.sample() else {
+        unreachable!("query-expansion records are chats")
+    };
+    prompt_text(tpl, &messages, strip_empty_think)
+}
+
 /// Render and tokenize every record of `data` (`part` names the split in errors).
 pub fn tokenize<T: SftRecord>(lm: &CausalLm, data: &GovernedDataset<T>, mask_prompt: bool, part: &str) -> Result<Vec<Example>, ExampleError> {
     let eos = lm
@@ -137,15 +160,11 @@ pub fn tokenize<T: SftRecord>(lm: &CausalLm, data: &GovernedDataset<T>, mask_pro
                 let Some(tpl) = &lm.chat_template else {
                     return Err(ExampleError::NoTemplate { part: part.to_string(), record });
                 };
-                let render = |m: &[ChatMessage], gen_prompt: bool| -> Result<String, ExampleError> {
-                    let text = tpl.render(m, gen_prompt).map_err(|e| fail(e.to_string()))?;
-                    Ok(if strip_empty_think { text.replace(EMPTY_THINK, "") } else { text })
-                };
                 // The template writes BOS itself; transformers tokenizes its output without specials.
-                let tokens = encode(&render(&messages, false)?, false)?;
+                let full = render_chat(tpl, &messages, false, strip_empty_think).map_err(|e| fail(e.to_string()))?;
+                let tokens = encode(&full, false)?;
                 let offset = if mask_prompt && messages.len() > 1 {
-                    let gen_prompt = messages.last().is_some_and(|m| m.role == "assistant");
-                    encode(&render(&messages[..messages.len() - 1], gen_prompt)?, false)?.len()
+                    encode(&prompt_text(tpl, &messages, strip_empty_think).map_err(|e| fail(e.to_string()))?, false)?.len()
                 } else {
                     0
                 };
@@ -242,6 +261,23 @@ mod tests {
         assert!(strip_empty_think);
         assert_eq!(messages[0].content, "/no_think Expand this search query: tide times");
         assert_eq!(messages[1].content, "hyde: Tides rise twice a day.\nlex: tide table\nvec: when is high tide");
+    }
+
+    #[test]
+    fn the_generation_prompt_is_the_masked_prefix_of_a_training_example() {
+        let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/decoder/templates/smollm2.jinja")).unwrap();
+        let tpl = ChatTemplate::new(&src, None, Some("<|im_end|>".into()), "smollm2.jinja").unwrap();
+        let q = QueryExpansion {
+            query: "tide times".into(),
+            output: vec![Expansion { kind: ExpansionKind::Lex, text: "tide table".into() }],
+            ..QueryExpansion::default()
+        };
+        let Sample::Chat { messages, strip_empty_think } = q.sample() else { panic!() };
+        let full = render_chat(&tpl, &messages, false, strip_empty_think).unwrap();
+        let prompt = qmd_generation_prompt(&tpl, "tide times").unwrap();
+        assert_eq!(prompt, prompt_text(&tpl, &messages, strip_empty_think).unwrap());
+        assert!(prompt.ends_with("Expand this search query: tide times<|im_end|>\n<|im_start|>assistant\n"), "{prompt:?}");
+        assert_eq!(full.strip_prefix(prompt.as_str()), Some("lex: tide table<|im_end|>\n"), "{full:?}");
     }
 
     fn ex(n: usize, offset: usize) -> Example {
