@@ -800,12 +800,13 @@ fn record_loss_line(progress: &mut Progress, line: &str) {
     let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(line) else {
         return;
     };
-    let Some(step) = m.get("step").and_then(|s| s.as_u64()) else {
+    // `step` in the contrastive trainer's log, `iteration` in the SFT trainer's (MLX-LM's word).
+    let Some(step) = m.get("step").or_else(|| m.get("iteration")).and_then(|s| s.as_u64()) else {
         return;
     };
     let values: Vec<(&str, f64)> = m
         .iter()
-        .filter(|(k, _)| k.as_str() == "loss" || k.as_str() == "lr" || k.starts_with("valid_"))
+        .filter(|(k, _)| matches!(k.as_str(), "loss" | "lr" | "val_loss" | "tokens_per_s") || k.starts_with("valid_"))
         .filter_map(|(k, v)| v.as_f64().map(|x| (k.as_str(), x)))
         .collect();
     progress.update(step as usize, &values);
@@ -1027,6 +1028,17 @@ mod tests {
         assert_eq!(p.history("loss"), &[(1, 2.5), (2, 2.0)]);
         assert_eq!(p.history("valid_ndcg_cut_10"), &[(2, 0.4)]);
         assert!(p.history("grad_norm").is_empty(), "only loss, lr and validation values are shown");
+    }
+
+    #[test]
+    fn the_sft_trainers_loss_log_is_followed_too() {
+        let mut p = Progress::new("sft", 2).quiet();
+        record_loss_line(&mut p, r#"{"iteration":0,"val_loss":4.5}"#);
+        record_loss_line(&mut p, r#"{"iteration":1,"loss":4.7,"lr":0.0,"tokens_per_s":31.5}"#);
+        record_loss_line(&mut p, r#"{"iteration":2,"loss":2.7,"lr":0.001,"val_loss":2.4}"#);
+        assert_eq!(p.history("loss"), &[(1, 4.7), (2, 2.7)]);
+        assert_eq!(p.history("val_loss"), &[(0, 4.5), (2, 2.4)]);
+        assert_eq!(p.history("tokens_per_s").len(), 1);
     }
 
     #[test]
