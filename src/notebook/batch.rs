@@ -384,10 +384,11 @@ pub fn to_html(batch: &BatchFile, s: Option<&BatchSummary>) -> String {
     let mut html = String::new();
     for line in md_tables.lines() {
         if line.starts_with('|') {
-            let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
-            if cells.iter().all(|c| c.chars().all(|ch| matches!(ch, '-' | ':'))) {
+            // The alignment row (`|---|---:|`) has no spaces around its pipes: test it on its own.
+            if line.trim_matches('|').split('|').all(|c| !c.trim().is_empty() && c.trim().chars().all(|ch| matches!(ch, '-' | ':'))) {
                 continue;
             }
+            let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
             if !in_table {
                 html.push_str("<table><thead><tr>");
                 for c in &cells {
@@ -521,5 +522,8 @@ mod tests {
         assert!(md.contains("| 1 | t | 1.0000 |"), "{md}");
         let html = to_html(&batch, Some(&s));
         assert!(html.contains("<svg") && html.contains("<td>t</td>"), "{html}");
+        // Markdown's alignment rows are not table rows.
+        assert!(!html.contains("<td>---") && !html.contains("<th>---"), "{html}");
+        assert_eq!(html.matches("<table>").count(), md.lines().filter(|l| l.starts_with("|---")).count(), "{html}");
     }
 }
