@@ -102,6 +102,9 @@ pub struct TrainLoraArgs {
     /// none (f32), q8_0 or q4_0 (quantize the projections as ggml's reference quantizers do).
     #[arg(long)]
     pub quantize_base: Option<crate::lora::QuantizeBase>,
+    /// Recompute memory-bound activations in the backward pass (less memory, more time; MLX-LM's flag).
+    #[arg(long)]
+    pub grad_checkpoint: bool,
 }
 
 impl TrainLoraArgs {
@@ -125,6 +128,7 @@ impl TrainLoraArgs {
         }
         c.mask_prompt |= self.mask_prompt;
         c.test |= self.test;
+        c.grad_checkpoint |= self.grad_checkpoint;
         c.treat_unclassified_as_public |= self.treat_unclassified_as_public;
         let lp = &mut c.lora_parameters;
         if let Some(v) = self.rank {

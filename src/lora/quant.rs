@@ -267,18 +267,20 @@ impl QuantWeight {
     pub fn dequantize(&self) -> Tensor<2> {
         let [out, inp] = self.shape;
         let nb = inp / BLOCK;
-        let d = self.scales.clone().cast(FloatDType::F32).reshape([out, nb, 1]);
+        // Constants off the autodiff graph: `Module::train` makes a module's plain tensors autodiff
+        // tensors with no checkpointing, which burn refuses to mix with checkpointed activations.
+        let d = self.scales.clone().without_autodiff().cast(FloatDType::F32).reshape([out, nb, 1]);
         let q: Tensor<3> = if self.ty.is_4bit() {
-            let bytes = self.values.clone().reshape([out, nb, BLOCK / 2]);
+            let bytes = self.values.clone().without_autodiff().reshape([out, nb, BLOCK / 2]);
             let lo = bytes.clone().bitwise_and_scalar(0x0F);
             let hi = bytes.bitwise_right_shift_scalar(4);
             Tensor::cat(vec![lo, hi], 2).float()
         } else {
-            self.values.clone().reshape([out, nb, BLOCK]).float()
+            self.values.clone().without_autodiff().reshape([out, nb, BLOCK]).float()
         };
         let w = match (self.ty, &self.mins) {
             (QuantType::Q4_0, _) => q.sub_scalar(8.0) * d,
-            (QuantType::Q4_1, Some(m)) => q * d + m.clone().cast(FloatDType::F32).reshape([out, nb, 1]),
+            (QuantType::Q4_1, Some(m)) => q * d + m.clone().without_autodiff().cast(FloatDType::F32).reshape([out, nb, 1]),
             _ => q * d,
         };
         w.reshape([out, inp])

@@ -665,7 +665,8 @@ impl Decoder {
         let pos = Tensor::<1, Int>::arange(past as i64..(past + t) as i64, &device)
             .float()
             .reshape([t, 1]);
-        let freqs = pos * self.inv_freq.clone().unsqueeze::<2>();
+        // A constant: off the autodiff graph, so it mixes with activations of any checkpointing strategy.
+        let freqs = pos * self.inv_freq.clone().without_autodiff().unsqueeze::<2>();
         let emb = Tensor::cat(vec![freqs.clone(), freqs], 1);
         let (cos, sin) = (emb.clone().cos(), emb.sin());
 

@@ -36,10 +36,10 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, GradientCheckpointingStrategy, Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -123,6 +123,10 @@ pub struct SftConfig {
     /// QLoRA: `keep` (default) trains over a GGUF's own Q8_0/Q4_0/Q4_1 projection blocks,
     /// `q8_0`/`q4_0` quantize the projections, `none` uses f32 ([`QuantizeBase`]).
     pub quantize_base: QuantizeBase,
+    /// MLX-LM's `grad_checkpoint`: recompute memory-bound activations (element-wise ops, norms,
+    /// softmax) in the backward pass instead of keeping them (burn's balanced checkpointing;
+    /// matmul outputs are still kept). Same numbers, less memory, more time.
+    pub grad_checkpoint: bool,
 }
 
 impl Default for SftConfig {
@@ -155,6 +159,7 @@ impl Default for SftConfig {
             weight_decay: 0.0,
             max_grad_norm: Some(1.0),
             quantize_base: QuantizeBase::Keep,
+            grad_checkpoint: false,
         }
     }
 }
@@ -346,6 +351,24 @@ pub struct SftTrainer {
     stop_after: Option<usize>,
 }
 
+/// `model` in training mode with burn's balanced gradient checkpointing on every tensor. burn
+/// refuses operations that mix strategies, and `Module::train` gives parameters the default one
+/// (none) whatever their device says: the constant tensors (RoPE tables) take the strategy from
+/// the device move, the parameters from [`BalancedCheckpointing`] after `train`.
+fn with_checkpointing(model: Decoder) -> Decoder {
+    let device = model.embed_tokens.val().device().inner();
+    model.to_device(&device.autodiff().gradient_checkpointing()).train().map(&mut BalancedCheckpointing)
+}
+
+/// Gives every float parameter burn's balanced gradient-checkpointing strategy.
+struct BalancedCheckpointing;
+
+impl ModuleMapper for BalancedCheckpointing {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.map(|t| t.autodiff().with_gradient_checkpointing_strategy(GradientCheckpointingStrategy::Balanced))
+    }
+}
+
 /// The dropout seed of an iteration (SplitMix64's constant mixes the run seed and iteration).
 fn iteration_seed(seed: u64, iteration: usize) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(iteration as u64).rotate_left(17)
@@ -437,7 +460,8 @@ impl SftTrainer {
                 resume_dir = Some(dir);
             }
         }
-        let mut model = model.train();
+        let mut model = if cfg.grad_checkpoint { with_checkpointing(model) } else { model.train() };
+        // Inputs are made on the parameters' device, so they carry the same strategy.
         let device = model.embed_tokens.val().device();
         let mut optim: ModuleOptimizer = AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32).init();
         if let Some(dir) = &resume_dir {
@@ -711,6 +735,28 @@ mod tests {
 
     /// An interrupted run (stopped after 4 of 8 iterations, gradient accumulation 2) resumed
     /// from its checkpoint ends with the adapter of the uninterrupted run.
+    #[test]
+    fn gradient_checkpointing_reaches_the_parameters_and_trains_the_same_numbers() {
+        let model = lm().model.with_lora(&SftConfig::default().lora_config(), &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+        let model = with_checkpointing(model);
+        let crate::lora::AdaptableLinear::Lora(q) = &model.layers[0].self_attn.q_proj else { panic!("q_proj is adapted") };
+        assert!(q.lora_a.val().is_require_grad());
+        assert_eq!(format!("{:?}", q.lora_a.val().gradient_checkpointing_strategy()), "Some(Balanced)");
+        assert_eq!(format!("{:?}", model.embed_tokens.val().device().gradient_checkpointing_strategy()), "Some(Balanced)");
+
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let s = splits();
+        let plain = fit(SftConfig { iters: 4, ..config(d1.path()) }, &s, None).unwrap();
+        let ckpt = fit(SftConfig { iters: 4, grad_checkpoint: true, ..config(d2.path()) }, &s, None).unwrap();
+        // Recomputing an activation in the backward pass gives the value it had in the forward.
+        assert_eq!(plain.losses, ckpt.losses);
+        for (name, f) in &plain.adapter.layers {
+            let g = &ckpt.adapter.layers[name];
+            let worst = f.a.iter().chain(&f.b).zip(g.a.iter().chain(&g.b)).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(worst <= 1e-6, "{name}: adapters differ by {worst}");
+        }
+    }
+
     #[test]
     fn resumed_run_ends_with_the_same_adapter() {
         let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
