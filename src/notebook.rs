@@ -630,7 +630,8 @@ impl Progress {
         for (name, v) in values {
             s.push_str(&format!("  {name} {}", fmt_num(*v)));
         }
-        let eta = (self.total.saturating_sub(self.last_step)) as f64 / rate.max(1e-9);
+        // No rate before the first step (a step-0 validation line): the ETA is unknown, not years.
+        let eta = if self.last_step == 0 { f64::NAN } else { (self.total.saturating_sub(self.last_step)) as f64 / rate };
         s.push_str(&format!("  {rate:.2} it/s  elapsed {}  eta {}", fmt_secs(elapsed), fmt_secs(eta)));
         s
     }
@@ -1033,6 +1034,7 @@ mod tests {
     #[test]
     fn the_sft_trainers_loss_log_is_followed_too() {
         let mut p = Progress::new("sft", 2).quiet();
+        assert!(p.line(&[]).ends_with("eta ?"), "{}", p.line(&[]));
         record_loss_line(&mut p, r#"{"iteration":0,"val_loss":4.5}"#);
         record_loss_line(&mut p, r#"{"iteration":1,"loss":4.7,"lr":0.0,"tokens_per_s":31.5}"#);
         record_loss_line(&mut p, r#"{"iteration":2,"loss":2.7,"lr":0.001,"val_loss":2.4}"#);
