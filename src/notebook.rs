@@ -613,7 +613,7 @@ impl Progress {
             }
         }
         self.last_step = step;
-        if step % self.every == 0 || step == self.total {
+        if step.is_multiple_of(self.every) || step == self.total {
             self.printed += 1;
             if !self.quiet {
                 println!("{}", self.line(values));

@@ -161,8 +161,8 @@ mod tests {
             ..Default::default()
         };
         // queries: "a b" (3 chars, 2 tokens), "hello" (5, 1); positives: "x" (1, 1), "one two three" (13, 3).
-        let train = vec![p("a b", "x"), p("hello", "one two three")];
-        let test = vec![p("q", "")];
+        let train = [p("a b", "x"), p("hello", "one two three")];
+        let test = [p("q", "")];
         let df = length_stats(&[("train", &train[..]), ("test", &test[..])]).unwrap();
         let fields: Vec<&str> = df.column("field").unwrap().str().unwrap().iter().flatten().collect();
         assert_eq!(fields, ["query", "positive", "query", "positive"]);
@@ -196,7 +196,7 @@ mod tests {
             role,
             content: c.into(),
         };
-        let recs = vec![ChatRecord {
+        let recs = [ChatRecord {
             messages: vec![m(Role::User, "hi there"), m(Role::Assistant, "hello")],
             ..Default::default()
         }];

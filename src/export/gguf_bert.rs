@@ -65,7 +65,7 @@ impl GgufOutType {
         match self {
             Self::F32 => GgmlType::F32,
             Self::F16 => GgmlType::F16,
-            Self::Q8_0 if row_len % 32 == 0 => GgmlType::Q8_0,
+            Self::Q8_0 if row_len.is_multiple_of(32) => GgmlType::Q8_0,
             Self::Q8_0 => GgmlType::F16,
         }
     }

@@ -135,7 +135,7 @@ impl GgmlType {
     /// `n_elements` is not a whole number of blocks).
     pub fn bytes_for(self, n_elements: u64) -> Option<u64> {
         let (block, size) = self.block_layout()?;
-        (n_elements % block as u64 == 0).then(|| n_elements / block as u64 * size as u64)
+        n_elements.is_multiple_of(block as u64).then(|| n_elements / block as u64 * size as u64)
     }
 }
 
@@ -790,7 +790,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>, DequantError> 
     if !ty.can_dequantize() {
         return Err(DequantError::Unsupported(ty));
     }
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return Err(DequantError::Partial {
             ggml_type: ty,
             len: bytes.len(),
@@ -896,7 +896,7 @@ fn dequant_q6_k(b: &[u8], out: &mut Vec<f32>) {
 ///
 /// `values.len()` must be a multiple of 32.
 pub fn quantize_q8_0(values: &[f32]) -> Vec<u8> {
-    assert!(values.len() % 32 == 0, "Q8_0 needs a multiple of 32 values");
+    assert!(values.len().is_multiple_of(32), "Q8_0 needs a multiple of 32 values");
     let mut out = Vec::with_capacity(values.len() / 32 * 34);
     for block in values.chunks_exact(32) {
         let amax = block.iter().fold(0.0f32, |a, &x| a.max(x.abs()));
@@ -913,7 +913,7 @@ pub fn quantize_q8_0(values: &[f32]) -> Vec<u8> {
 /// q = min(15, trunc(x / d + 8.5)), stored as `q` (low nibbles: elements 0..16, high: 16..32),
 /// d stored as f16. `values.len()` must be a multiple of 32.
 pub fn quantize_q4_0(values: &[f32]) -> Vec<u8> {
-    assert!(values.len() % 32 == 0, "Q4_0 needs a multiple of 32 values");
+    assert!(values.len().is_multiple_of(32), "Q4_0 needs a multiple of 32 values");
     let mut out = Vec::with_capacity(values.len() / 32 * 18);
     for block in values.chunks_exact(32) {
         let (mut amax, mut max) = (0.0f32, 0.0f32);

@@ -247,7 +247,7 @@ impl QuantWeight {
     /// [`QuantWeight::quantize`] with a tensor name for errors.
     pub fn quantize_named(name: &str, ty: QuantType, values: &[f32], shape: [usize; 2], device: &Device) -> Result<Self, QuantError> {
         assert_eq!(values.len(), shape[0] * shape[1], "tensor '{name}': values do not fill {shape:?}");
-        if shape[1] % BLOCK != 0 {
+        if !shape[1].is_multiple_of(BLOCK) {
             return Err(QuantError::Row { tensor: name.into(), cols: shape[1], ty });
         }
         let bytes = match ty {
@@ -409,7 +409,7 @@ mod tests {
         x[16] = 3.9; // 7.8 + 8.5 = 16.3 → 16, clamped to 15
         let b = quantize_q4_0(&x);
         assert_eq!(half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(), 0.5);
-        assert_eq!(b[2], 0 | (15 << 4), "element 0 → 0, element 16 → 15");
+        assert_eq!(b[2], 15 << 4, "element 0 → 0, element 16 → 15");
         assert_eq!(b[3] & 0x0F, 11);
         assert_eq!(b[4], 8 | (8 << 4), "zeros → 8");
         // An all-zero block: d = 0, every q = 8.

@@ -130,7 +130,7 @@ impl BertConfig {
             // RoBERTa/XLM-R number positions from padding_idx + 1 and name tensors differently.
             return fail("model_type", format!("'{t}' is not supported (expected 'bert')"));
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return fail(
                 "num_attention_heads",
                 format!("hidden_size {} is not divisible by {} heads", self.hidden_size, self.num_attention_heads),

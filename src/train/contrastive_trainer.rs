@@ -353,7 +353,7 @@ impl<'v, E: TrainableEncoder> ContrastiveTrainer<'v, E> {
                 });
                 let last = step == total_steps || self.stop_after == Some(step);
                 if let Some(every) = cfg.eval_every
-                    && (step % every == 0 || step == total_steps)
+                    && (step.is_multiple_of(every) || step == total_steps)
                     && let Some(validation) = self.validation.as_deref_mut()
                 {
                     let metrics = validation
@@ -371,7 +371,7 @@ impl<'v, E: TrainableEncoder> ContrastiveTrainer<'v, E> {
                 bar.set_position(step as u64);
                 bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {pairs_per_s:.1} pairs/s"));
 
-                if cfg.save_every.is_some_and(|every| step % every == 0) || last {
+                if cfg.save_every.is_some_and(|every| step.is_multiple_of(every)) || last {
                     let dir = checkpoint::checkpoint_dir(&out, step);
                     checkpoint::save(&dir, encoder.model(), Some(&optim), &state)?;
                     last_checkpoint = Some(dir);

@@ -154,6 +154,26 @@ impl TrainableEncoder for HashedBagEncoder {
     }
 }
 
+/// The BERT-family sentence encoder trains as is: its `encode` is differentiable.
+impl TrainableEncoder for crate::model::bert::SentenceEncoder {
+    type Model = crate::model::bert::BertModel;
+    type Error = crate::model::bert::BertError;
+    fn model(&self) -> &Self::Model {
+        &self.model
+    }
+    fn set_model(&mut self, model: Self::Model) {
+        self.model = model;
+    }
+    fn encode(&self, texts: &[&str]) -> Result<Tensor<2>, Self::Error> {
+        crate::model::bert::SentenceEncoder::encode(self, texts)
+    }
+    fn with_lora(mut self, config: &LoraConfig, seed: u64) -> Result<Self, LoraError> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        self.model = self.model.with_lora(config, &mut rng)?;
+        Ok(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,25 +204,5 @@ mod tests {
         let bad = LoraConfig { target_modules: vec!["query".into()], ..lora };
         let err = HashedBagEncoder::new(32, 4, 3, 0.0, 1, &device).with_lora(&bad, 9).unwrap_err();
         assert!(err.to_string().contains("query"), "{err}");
-    }
-}
-
-/// The BERT-family sentence encoder trains as is: its `encode` is differentiable.
-impl TrainableEncoder for crate::model::bert::SentenceEncoder {
-    type Model = crate::model::bert::BertModel;
-    type Error = crate::model::bert::BertError;
-    fn model(&self) -> &Self::Model {
-        &self.model
-    }
-    fn set_model(&mut self, model: Self::Model) {
-        self.model = model;
-    }
-    fn encode(&self, texts: &[&str]) -> Result<Tensor<2>, Self::Error> {
-        crate::model::bert::SentenceEncoder::encode(self, texts)
-    }
-    fn with_lora(mut self, config: &LoraConfig, seed: u64) -> Result<Self, LoraError> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        self.model = self.model.with_lora(config, &mut rng)?;
-        Ok(self)
     }
 }

@@ -144,7 +144,7 @@ mod tests {
     #[test]
     fn mnrl_parameter_gradients_match_finite_differences() {
         let enc = HashedBagEncoder::new(32, 8, 6, 0.3, 4, &Device::flex());
-        let negatives = vec!["stone wall".to_string()];
+        let negatives = ["stone wall".to_string()];
         let texts = [("red fox", "a fox that is red", &negatives[..]), ("blue sea", "the sea is blue", &[][..]), ("old tree", "an old oak tree", &[][..])];
         let batch = PairBatch::from_pairs(texts.iter().map(|(q, p, n)| crate::train::contrastive::PairRef { query: q, positive: p, negatives: n }));
         let loss = MultipleNegativesRankingLoss::default();

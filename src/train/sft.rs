@@ -205,10 +205,10 @@ impl SftConfig {
         }
         // Checkpoints are taken between updates, never with gradients half accumulated.
         let acc = self.grad_accumulation_steps;
-        if self.iters % acc != 0 {
+        if !self.iters.is_multiple_of(acc) {
             return bad("iters", format!("{} is not a multiple of grad_accumulation_steps ({acc})", self.iters));
         }
-        if self.save_every % acc != 0 {
+        if !self.save_every.is_multiple_of(acc) {
             return bad("save_every", format!("{} is not a multiple of grad_accumulation_steps ({acc})", self.save_every));
         }
         self.lora_config().validate()?;
@@ -519,7 +519,7 @@ impl SftTrainer {
                 "iteration": it, "loss": loss_value, "tokens": batch.ntoks, "seq_tokens": batch.seq_tokens,
                 "forward_ms": forward_ms, "backward_ms": backward_ms,
             });
-            if it % acc == 0 {
+            if it.is_multiple_of(acc) {
                 let grads = accumulator.grads();
                 let (grads, norm) = match cfg.max_grad_norm {
                     Some(max) => clip_grad_norm(&model, grads, max),
@@ -547,17 +547,17 @@ impl SftTrainer {
             state.step = it;
             (state.epoch, state.batch_in_epoch) = (epoch, pos + 1);
             losses.push(loss_value);
-            if (it % cfg.steps_per_eval == 0 || it == cfg.iters) && let Some(v) = validate(&model) {
+            if (it.is_multiple_of(cfg.steps_per_eval) || it == cfg.iters) && let Some(v) = validate(&model) {
                 val_losses.push((it, v));
                 line["val_loss"] = serde_json::json!(v);
             }
             log.write(&line)?;
             bar.set_position(it as u64);
-            if it % cfg.steps_per_report == 0 || it == stop {
+            if it.is_multiple_of(cfg.steps_per_report) || it == stop {
                 let val = val_losses.last().map_or(String::new(), |(i, v)| format!(" val {v:.3} (it {i})"));
                 bar.set_message(format!("loss {loss_value:.3}{val} {tokens_per_s:.0} tok/s"));
             }
-            if it % cfg.save_every == 0 || it == stop {
+            if it.is_multiple_of(cfg.save_every) || it == stop {
                 save(&model, &out, it)?;
                 let numbered = out.join(format!("{it:07}_adapters.safetensors"));
                 std::fs::copy(out.join(mlx::WEIGHTS_FILE), &numbered).map_err(io(&numbered))?;
