@@ -235,23 +235,7 @@ pub fn run(cfg: &ExperimentConfig, choice: DeviceChoice) -> anyhow::Result<Exper
 
     let copts = CompareOptions { seed: cfg.seed, permutations: cfg.permutations, ..CompareOptions::default() };
     let cmp = compare(&qrels, &runs[&system_a], &runs[&system_b], &measures, &copts);
-    let comparison: Vec<ComparisonRow> = cmp
-        .metrics
-        .iter()
-        .map(|m| ComparisonRow {
-            measure: m.measure.clone(),
-            mean_a: m.mean_a,
-            mean_b: m.mean_b,
-            diff: m.difference,
-            ci_low: m.ci_low,
-            ci_high: m.ci_high,
-            p_value: m.p_value,
-            p_holm: m.p_holm,
-            wins: m.wins as u32,
-            ties: m.ties as u32,
-            losses: m.losses as u32,
-        })
-        .collect();
+    let comparison: Vec<ComparisonRow> = cmp.metrics.iter().map(ComparisonRow::from).collect();
     manifest.evaluation = Some(EvaluationSpec {
         qrels: run_dir.store_input(&qrels_path, "test.qrels")?,
         runs: stored,

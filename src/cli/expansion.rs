@@ -306,23 +306,7 @@ pub fn run_expansions_compare(a: ExpansionsCompareArgs, _d: DeviceChoice) -> any
     let opts = CompareOptions { seed: a.seed, permutations: a.permutations, bootstrap_samples: a.bootstrap, ..CompareOptions::default() };
     let mut cmp = compare_values(&names, &va, &vb, &opts);
     (cmp.run_a, cmp.run_b) = (a.name_a.clone(), a.name_b.clone());
-    let comparison: Vec<ComparisonRow> = cmp
-        .metrics
-        .iter()
-        .map(|m| ComparisonRow {
-            measure: m.measure.clone(),
-            mean_a: m.mean_a,
-            mean_b: m.mean_b,
-            diff: m.difference,
-            ci_low: m.ci_low,
-            ci_high: m.ci_high,
-            p_value: m.p_value,
-            p_holm: m.p_holm,
-            wins: m.wins as u32,
-            ties: m.ties as u32,
-            losses: m.losses as u32,
-        })
-        .collect();
+    let comparison: Vec<ComparisonRow> = cmp.metrics.iter().map(ComparisonRow::from).collect();
     let per_query = |v: &[Vec<f64>]| -> Vec<(String, String, f64)> {
         COMPARED.iter().zip(v).flat_map(|(m, xs)| ids.iter().zip(xs).map(move |(id, x)| ((*id).clone(), m.to_string(), *x))).collect()
     };

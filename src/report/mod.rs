@@ -159,6 +159,25 @@ pub struct ComparisonRow {
     pub losses: u32,
 }
 
+impl From<&crate::eval::compare::MetricComparison> for ComparisonRow {
+    /// The row of one measure of [`crate::eval::compare::compare`]'s result.
+    fn from(m: &crate::eval::compare::MetricComparison) -> Self {
+        ComparisonRow {
+            measure: m.measure.clone(),
+            mean_a: m.mean_a,
+            mean_b: m.mean_b,
+            diff: m.difference,
+            ci_low: m.ci_low,
+            ci_high: m.ci_high,
+            p_value: m.p_value,
+            p_holm: m.p_holm,
+            wins: m.wins as u32,
+            ties: m.ties as u32,
+            losses: m.losses as u32,
+        }
+    }
+}
+
 /// One point of a training loss log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LossPoint {
