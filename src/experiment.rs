@@ -216,7 +216,10 @@ pub fn run(cfg: &ExperimentConfig, choice: DeviceChoice) -> anyhow::Result<Exper
     };
 
     // 5. Evaluate every system, compare A vs B, store the runs for `report rerun`.
-    let opts = EvalOptions::default();
+    // Every judged query counts (trec_eval -c): a system that retrieves nothing for a query scores 0
+    // there, in the table, the comparison and the report alike (BM25 with QMD's all-terms queries
+    // answers few of them; without -c its per-query values and the comparison disagreed).
+    let opts = EvalOptions { complete: true, ..EvalOptions::default() };
     let mut means = BTreeMap::new();
     let mut stored = Vec::new();
     for (name, run) in &runs {
@@ -233,7 +236,7 @@ pub fn run(cfg: &ExperimentConfig, choice: DeviceChoice) -> anyhow::Result<Exper
     }
     std::fs::write(run_dir.path().join("systems.json"), serde_json::to_string_pretty(&means)?)?;
 
-    let copts = CompareOptions { seed: cfg.seed, permutations: cfg.permutations, ..CompareOptions::default() };
+    let copts = CompareOptions { seed: cfg.seed, permutations: cfg.permutations, complete: true, ..CompareOptions::default() };
     let cmp = compare(&qrels, &runs[&system_a], &runs[&system_b], &measures, &copts);
     let comparison: Vec<ComparisonRow> = cmp.metrics.iter().map(ComparisonRow::from).collect();
     manifest.evaluation = Some(EvaluationSpec {
