@@ -190,6 +190,21 @@ impl QuantLinear {
 impl AdaptableLinear {
     /// `[..., in]` → `[..., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if D <= 2 {
+            return self.forward_rows(x);
+        }
+        // Leading dims folded into rows: one `[rows, in]·[in, out]` matmul. burn keeps
+        // `[batch, seq, in]` as a batched matmul when `seq` is a multiple of 32, and the CPU
+        // backend then packs the weight once per batch item: MiniLM training ran at half speed.
+        let dims = x.dims();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let y = self.forward_rows(x.reshape([rows, dims[D - 1]]));
+        let mut out = dims;
+        out[D - 1] = y.dims()[1];
+        y.reshape(out)
+    }
+
+    fn forward_rows<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self {
             Self::Base(l) => l.forward(x),
             Self::Lora(l) => l.forward(x),
