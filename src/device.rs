@@ -184,6 +184,133 @@ pub fn system_memory() -> Option<(u64, u64)> {
 mod tests {
     use super::*;
 
+    /// The element-wise kernels of the CPU backend (vendor/burn-flex, patched to split large
+    /// loops over threads) give exactly element-by-element arithmetic, on every path the patch
+    /// touches, whatever the number of threads.
+    #[test]
+    #[cfg(feature = "cpu")]
+    fn flex_elementwise_kernels_match_scalar_arithmetic() {
+        use burn::tensor::{Tensor, TensorData};
+        let (rows, cols) = (771, 131); // 101,001 elements: over the parallel threshold, odd chunks
+        let n = rows * cols;
+        let a: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0).collect();
+        let b: Vec<f32> = (0..n).map(|i| ((i * 104729) % 997) as f32 / 500.0 + 0.5).collect();
+        let row: Vec<f32> = (0..cols).map(|j| j as f32 * 0.25 - 3.0).collect();
+        let col: Vec<f32> = (0..rows).map(|i| 1.0 + i as f32 / 1000.0).collect();
+        let run = || {
+            let device = Device::flex();
+            let t = |v: &[f32], shape: [usize; 2]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), shape), &device);
+            let vals = |x: Tensor<2>| x.into_data().to_vec::<f32>().unwrap();
+            let a_t = t(&a, [rows, cols]);
+            let shared = a_t.clone(); // keeps `a_t` shared: the allocating paths
+            vec![
+                vals(t(&a, [rows, cols]) * t(&b, [rows, cols])),      // in place, SIMD
+                vals(a_t.clone() - t(&b, [rows, cols])),              // swapped in place, SIMD
+                vals(t(&a, [rows, cols]).exp()),                       // unary in place
+                vals(shared.clone().transpose().exp()),                // unary, allocating
+                vals(t(&a, [rows, cols]).add_scalar(1.5)),             // scalar in place
+                vals(shared.clone().mul_scalar(-0.75)),                // scalar, allocating
+                vals(t(&a, [rows, cols]) + t(&row, [1, cols])),        // broadcast row, in place
+                vals(t(&a, [rows, cols]) * t(&col, [rows, 1])),        // broadcast column, in place
+                vals(t(&a, [rows, cols]).powf(t(&b, [rows, cols]))),   // generic binary in place
+            ]
+        };
+        let got = run();
+        let expect: Vec<Vec<f32>> = vec![
+            (0..n).map(|i| a[i] * b[i]).collect(),
+            (0..n).map(|i| a[i] - b[i]).collect(),
+            a.iter().map(|x| x.exp()).collect(),
+            (0..n).map(|k| a[(k % rows) * cols + k / rows].exp()).collect(),
+            a.iter().map(|x| x + 1.5).collect(),
+            a.iter().map(|x| x * -0.75).collect(),
+            (0..n).map(|i| a[i] + row[i % cols]).collect(),
+            (0..n).map(|i| a[i] * col[i / cols]).collect(),
+            (0..n).map(|i| a[i].powf(b[i])).collect(),
+        ];
+        for (k, (g, e)) in got.iter().zip(&expect).enumerate() {
+            let bad = g.iter().zip(e).position(|(x, y)| x.to_bits() != y.to_bits() && !(x.is_nan() && y.is_nan()));
+            assert!(bad.is_none(), "case {k}: element {:?}: {} vs {}", bad, g[bad.unwrap()], e[bad.unwrap()]);
+        }
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let three = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let bits = |r: Vec<Vec<f32>>| r.into_iter().map(|v| v.into_iter().map(f32::to_bits).collect::<Vec<_>>()).collect::<Vec<_>>();
+        assert!(bits(one.install(run)) == bits(three.install(run)), "results depend on the thread count");
+    }
+
+    /// GELU and its gradient on the CPU (the patched burn-flex computes erf and exp with
+    /// vectorizable approximations) against the exact f64 formulas on [-10, 10]: within 1.5e-6
+    /// (erf's 4.2e-7 times x/2 at its worst, near x = 4.7).
+    #[test]
+    #[cfg(feature = "cpu")]
+    fn flex_gelu_and_its_gradient_match_the_exact_formulas() {
+        use burn::tensor::{Tensor, TensorData, activation};
+        let device = Device::flex().autodiff();
+        let xs: Vec<f32> = (0..40_001).map(|i| -10.0 + i as f32 * 0.0005).collect();
+        let x = Tensor::<1>::from_data(TensorData::new(xs.clone(), [xs.len()]), &device).require_grad();
+        let y = activation::gelu(x.clone());
+        let grads = y.clone().sum().backward();
+        let got_y = y.into_data().to_vec::<f32>().unwrap();
+        let got_g = x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        let erf = |v: f64| erf_reference(v);
+        for (i, &xf) in xs.iter().enumerate() {
+            let v = xf as f64;
+            let cdf = 0.5 * (1.0 + erf(v / std::f64::consts::SQRT_2));
+            let pdf = (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            assert!((got_y[i] as f64 - v * cdf).abs() < 1.5e-6, "gelu({v}) = {} vs {}", got_y[i], v * cdf);
+            assert!((got_g[i] as f64 - (cdf + v * pdf)).abs() < 1.5e-6, "gelu'({v}) = {} vs {}", got_g[i], cdf + v * pdf);
+        }
+    }
+
+    /// erf to 1e-13 by its Maclaurin series (|x| < 3) or the continued fraction of erfc, for
+    /// the reference above; std has no erf.
+    fn erf_reference(x: f64) -> f64 {
+        let a = x.abs();
+        let r = if a < 3.0 {
+            let (mut term, mut sum, mut n) = (a, a, 0.0f64);
+            while term.abs() > 1e-17 * sum.abs() {
+                n += 1.0;
+                term *= -a * a / n;
+                sum += term / (2.0 * n + 1.0);
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        } else {
+            // erfc(a) = exp(-a²)/√π · 1/(a + 1/2/(a + 1/(a + 3/2/(a + ...))))
+            let mut f = a;
+            for k in (1..60).rev() {
+                f = a + (k as f64 / 2.0) / f;
+            }
+            1.0 - (-a * a).exp() / std::f64::consts::PI.sqrt() / f
+        };
+        r.copysign(x)
+    }
+
+    /// Dropout masks on the CPU (drawn in parallel chunks by the patched burn-flex): the right
+    /// fraction dropped, kept values scaled, fixed by `device.seed`, independent of threads.
+    #[test]
+    #[cfg(feature = "cpu")]
+    fn flex_dropout_masks_follow_the_seed_not_the_thread_count() {
+        use burn::nn::DropoutConfig;
+        use burn::tensor::Tensor;
+        let device = Device::flex().autodiff();
+        let layer = DropoutConfig::new(0.25).init();
+        let draw = |seed: u64| {
+            device.seed(seed);
+            let x = Tensor::<2>::ones([300, 300], &device);
+            layer.forward(x).into_data().to_vec::<f32>().unwrap()
+        };
+        let a = draw(7);
+        // 90,000 draws at p = 0.25: the dropped fraction has standard deviation 0.0014.
+        let dropped = a.iter().filter(|&&v| v == 0.0).count() as f64 / a.len() as f64;
+        assert!((dropped - 0.25).abs() < 0.01, "dropped fraction {dropped}");
+        assert!(a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6), "kept values are scaled by 1/(1-p)");
+        assert_eq!(draw(7), a);
+        assert_ne!(draw(8), a);
+        // Neighbouring chunks of 64 Ki elements come from different generators.
+        assert_ne!(a[..20_000], a[65_536..85_536]);
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        assert_eq!(one.install(|| draw(7)), a, "masks depend on the thread count");
+    }
+
     #[test]
     fn parses_and_rejects() {
         assert_eq!("CPU".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);

@@ -74,6 +74,34 @@ impl ZipNest {
         true
     }
 
+    /// (tunelab patch) The lhs and rhs storage indices of the first element of run `run`.
+    #[cfg(feature = "rayon")]
+    pub fn bases_of_run(&self, run: usize) -> (usize, usize) {
+        let mut rest = run;
+        let (mut l, mut r) = (self.lhs_offset as isize, self.rhs_offset as isize);
+        for d in (0..self.ndim - 1).rev() {
+            let i = (rest % self.shape[d]) as isize;
+            rest /= self.shape[d];
+            l += i * self.lhs_strides[d];
+            r += i * self.rhs_strides[d];
+        }
+        (l as usize, r as usize)
+    }
+
+    /// (tunelab patch) The rhs storage index of the first element of run `run` (runs in
+    /// row-major order over the outer dims), as [`ZipNest::for_each_run`] would reach it.
+    #[cfg(feature = "rayon")]
+    pub fn rhs_base_of_run(&self, run: usize) -> usize {
+        let mut rest = run;
+        let mut base = self.rhs_offset as isize;
+        for d in (0..self.ndim - 1).rev() {
+            let i = rest % self.shape[d];
+            rest /= self.shape[d];
+            base += i as isize * self.rhs_strides[d];
+        }
+        base as usize
+    }
+
     pub fn lhs_is_dense_from_zero(&self) -> bool {
         self.lhs_offset == 0 && self.lhs_is_dense()
     }
@@ -200,9 +228,10 @@ pub(crate) fn zip_map<L, R, Out, F>(
     op: F,
 ) -> Option<Vec<Out>>
 where
-    L: Copy,
-    R: Copy,
-    F: Fn(L, R) -> Out,
+    L: Copy + Sync,
+    R: Copy + Sync,
+    Out: Send,
+    F: Fn(L, R) -> Out + Sync + Send,
 {
     let numel = lhs_layout.num_elements();
     if numel == 0 {
@@ -214,6 +243,55 @@ where
     if nest.ndim == 0 {
         // All dims were size 1: a single element.
         out.push(op(lhs[nest.lhs_offset], rhs[nest.rhs_offset]));
+        return Some(out);
+    }
+
+    // (tunelab patch) Large nests: runs written in parallel chunks of the output, each chunk
+    // finding both operands' bases from its first run index.
+    #[cfg(feature = "rayon")]
+    if numel >= crate::par::PAR_MIN_ELEMS && nest.ndim >= 2 && !nest.shape[..nest.ndim].contains(&0) {
+        use rayon::prelude::*;
+        let (len, l_st, r_st) = nest.inner();
+        let runs = numel / len;
+        let threads = rayon::current_num_threads().max(1);
+        let runs_per_chunk = runs.div_ceil(threads * 4).max(1);
+        out.spare_capacity_mut()[..numel]
+            .par_chunks_mut(runs_per_chunk * len)
+            .enumerate()
+            .for_each(|(ci, o)| {
+                for (j, run) in o.chunks_mut(len).enumerate() {
+                    let (lb, rb) = nest.bases_of_run(ci * runs_per_chunk + j);
+                    // The same inner-loop specializations as the sequential walk below.
+                    match (l_st, r_st) {
+                        (1, 1) => {
+                            for ((slot, &a), &b) in run.iter_mut().zip(&lhs[lb..lb + len]).zip(&rhs[rb..rb + len]) {
+                                slot.write(op(a, b));
+                            }
+                        }
+                        (1, 0) => {
+                            let b = rhs[rb];
+                            for (slot, &a) in run.iter_mut().zip(&lhs[lb..lb + len]) {
+                                slot.write(op(a, b));
+                            }
+                        }
+                        (0, 1) => {
+                            let a = lhs[lb];
+                            for (slot, &b) in run.iter_mut().zip(&rhs[rb..rb + len]) {
+                                slot.write(op(a, b));
+                            }
+                        }
+                        _ => {
+                            for (i, slot) in run.iter_mut().enumerate() {
+                                let a = lhs[lb + i * l_st as usize];
+                                let b = rhs[rb + i * r_st as usize];
+                                slot.write(op(a, b));
+                            }
+                        }
+                    }
+                }
+            });
+        // SAFETY: the chunks cover all `numel` slots, each written once above.
+        unsafe { out.set_len(numel) };
         return Some(out);
     }
 
@@ -262,9 +340,9 @@ where
 /// strided — and monomorphized per call site so LLVM autovectorizes it.
 pub(crate) fn zip_apply_inplace<D, S, F>(nest: &ZipNest, dst: &mut [D], src: &[S], op: F)
 where
-    D: Copy,
-    S: Copy,
-    F: Fn(D, S) -> D,
+    D: Copy + Send,
+    S: Copy + Sync,
+    F: Fn(D, S) -> D + Sync + Send,
 {
     debug_assert!(
         nest.lhs_is_dense(),
@@ -282,6 +360,49 @@ where
 
     let (len, l_st, r_st) = nest.inner();
     debug_assert_eq!(l_st, 1, "dense destination implies a contiguous inner run");
+
+    // (tunelab patch) Large nests: runs split over rayon's threads. The dense destination
+    // holds run `i` at `lhs_offset + i * len`; each chunk finds its source bases by unravelling
+    // its first run index, then walks the runs in order. Same arithmetic per element.
+    #[cfg(feature = "rayon")]
+    {
+        let numel: usize = nest.shape[..nest.ndim].iter().product();
+        if numel >= crate::par::PAR_MIN_ELEMS && nest.ndim >= 2 {
+            use rayon::prelude::*;
+            let runs = numel / len;
+            let threads = rayon::current_num_threads().max(1);
+            let runs_per_chunk = runs.div_ceil(threads * 4).max(1);
+            let start = nest.lhs_offset;
+            dst[start..start + numel]
+                .par_chunks_mut(runs_per_chunk * len)
+                .enumerate()
+                .for_each(|(ci, d)| {
+                    for (j, run) in d.chunks_mut(len).enumerate() {
+                        let rb = nest.rhs_base_of_run(ci * runs_per_chunk + j);
+                        match r_st {
+                            1 => {
+                                for (d, &s) in run.iter_mut().zip(&src[rb..rb + len]) {
+                                    *d = op(*d, s);
+                                }
+                            }
+                            0 => {
+                                let s = src[rb];
+                                for d in run.iter_mut() {
+                                    *d = op(*d, s);
+                                }
+                            }
+                            _ => {
+                                for (i, d) in run.iter_mut().enumerate() {
+                                    *d = op(*d, src[rb + i * r_st as usize]);
+                                }
+                            }
+                        }
+                    }
+                });
+            return;
+        }
+    }
+
     match r_st {
         1 => nest.for_each_run(|lb, rb| {
             for (d, &s) in dst[lb..lb + len].iter_mut().zip(&src[rb..rb + len]) {

@@ -40,6 +40,20 @@ impl FloatTensorOps<Flex> for Flex {
     ) -> FloatTensor<Flex> {
         let mut seed = crate::backend::SEED.lock();
         let mut rng = seed.take().unwrap_or_else(crate::backend::get_seeded_rng);
+        // (tunelab patch) Large f32 Bernoulli tensors (dropout masks) are drawn in parallel
+        // chunks, each from its own generator seeded by one draw from the seeded one: `seed`
+        // still fixes the result, and the thread count does not change it.
+        #[cfg(feature = "rayon")]
+        if let (FloatDType::F32 | FloatDType::Flex32, Distribution::Bernoulli(prob)) = (dtype, distribution)
+            && shape.num_elements() >= crate::par::PAR_MIN_ELEMS
+        {
+            use burn_std::rand::RngExt;
+            let base: u64 = rng.random();
+            *seed = Some(rng);
+            drop(seed);
+            let values = crate::par::bernoulli_f32(shape.num_elements(), prob, base);
+            return FlexTensor::from_data(TensorData::new(values, shape));
+        }
         let data = match dtype {
             FloatDType::F64 => TensorData::random::<f64, _, _>(shape, distribution, &mut rng),
             FloatDType::F32 | FloatDType::Flex32 => {
