@@ -13,11 +13,13 @@
 #                   torch anchor always uses random weights of the same shape)
 #      DEVICE       tunelab device (default cpu)
 #
-# Measured 2026-12-01 on this 2-core machine, idle (load average 0.0 at the start), 3 timed steps:
-#   tunelab 2.01 pairs/s (peak RSS 2.30 GiB), torch anchor 5.2, sentence-transformers 4.41 (3.15 GiB)
-#   -> 0.39x the torch anchor, 0.46x sentence-transformers, 0.73x its peak memory.
-#   perf: gemm microkernels ~53% of CPU time at ~25 GFLOP/s per core (MKL-class); the rest is element-wise
-#   work (exact-erf GELU, dropout sampling, copies) largely on one thread: the process used 1.19 of 2 cores.
+# Measured 2026-12-02 on this 2-core machine (AMD EPYC, AVX2), 5 timed steps, best of 2 rounds each:
+#   tunelab 6.69 pairs/s (peak RSS 2.20 GiB), torch anchor 6.9, sentence-transformers 6.95 (3.16 GiB)
+#   -> 0.96x sentence-transformers, 0.97x the torch anchor, 0.70x its peak memory.
+#   Before that day's work: 2.70 pairs/s, 0.37x (same machine idle). What moved it: dependencies without
+#   debug assertions (gemm at full speed), linear layers as one [rows, in] matmul, and vendor/burn-flex's
+#   patch (element-wise kernels on all cores, parallel dropout masks, vectorizable erf/exp).
+#   perf: gemm ~57% of CPU time (about MKL's rate per core here); the rest element-wise, now on both cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-5}
