@@ -18,6 +18,14 @@ fn chunk_len(n: usize) -> usize {
     (c + 63) & !63
 }
 
+/// How many runs of a loop nest each parallel chunk takes: the same few chunks per thread as
+/// [`chunk_len`], counted in whole runs.
+#[cfg(feature = "rayon")]
+pub(crate) fn runs_per_chunk(runs: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    runs.div_ceil(threads * 4).max(1)
+}
+
 /// `f` on disjoint chunks of `dst`.
 pub(crate) fn chunks_mut<E: Send, F: Fn(&mut [E]) + Sync + Send>(dst: &mut [E], f: F) {
     #[cfg(feature = "rayon")]

@@ -74,7 +74,8 @@ impl ZipNest {
         true
     }
 
-    /// (tunelab patch) The lhs and rhs storage indices of the first element of run `run`.
+    /// (tunelab patch) The lhs and rhs storage indices of the first element of run `run` (runs
+    /// in row-major order over the outer dims), as [`ZipNest::for_each_run`] reaches it.
     #[cfg(feature = "rayon")]
     pub fn bases_of_run(&self, run: usize) -> (usize, usize) {
         let mut rest = run;
@@ -86,20 +87,6 @@ impl ZipNest {
             r += i * self.rhs_strides[d];
         }
         (l as usize, r as usize)
-    }
-
-    /// (tunelab patch) The rhs storage index of the first element of run `run` (runs in
-    /// row-major order over the outer dims), as [`ZipNest::for_each_run`] would reach it.
-    #[cfg(feature = "rayon")]
-    pub fn rhs_base_of_run(&self, run: usize) -> usize {
-        let mut rest = run;
-        let mut base = self.rhs_offset as isize;
-        for d in (0..self.ndim - 1).rev() {
-            let i = rest % self.shape[d];
-            rest /= self.shape[d];
-            base += i as isize * self.rhs_strides[d];
-        }
-        base as usize
     }
 
     pub fn lhs_is_dense_from_zero(&self) -> bool {
@@ -253,8 +240,7 @@ where
         use rayon::prelude::*;
         let (len, l_st, r_st) = nest.inner();
         let runs = numel / len;
-        let threads = rayon::current_num_threads().max(1);
-        let runs_per_chunk = runs.div_ceil(threads * 4).max(1);
+        let runs_per_chunk = crate::par::runs_per_chunk(runs);
         out.spare_capacity_mut()[..numel]
             .par_chunks_mut(runs_per_chunk * len)
             .enumerate()
@@ -370,15 +356,14 @@ where
         if numel >= crate::par::PAR_MIN_ELEMS && nest.ndim >= 2 {
             use rayon::prelude::*;
             let runs = numel / len;
-            let threads = rayon::current_num_threads().max(1);
-            let runs_per_chunk = runs.div_ceil(threads * 4).max(1);
+            let runs_per_chunk = crate::par::runs_per_chunk(runs);
             let start = nest.lhs_offset;
             dst[start..start + numel]
                 .par_chunks_mut(runs_per_chunk * len)
                 .enumerate()
                 .for_each(|(ci, d)| {
                     for (j, run) in d.chunks_mut(len).enumerate() {
-                        let rb = nest.rhs_base_of_run(ci * runs_per_chunk + j);
+                        let (_, rb) = nest.bases_of_run(ci * runs_per_chunk + j);
                         match r_st {
                             1 => {
                                 for (d, &s) in run.iter_mut().zip(&src[rb..rb + len]) {
