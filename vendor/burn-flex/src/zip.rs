@@ -244,7 +244,7 @@ where
         out.spare_capacity_mut()[..numel]
             .par_chunks_mut(runs_per_chunk * len)
             .enumerate()
-            .for_each(|(ci, o)| {
+            .for_each(|(ci, o)| crate::par::wide(#[inline(always)] || {
                 for (j, run) in o.chunks_mut(len).enumerate() {
                     let (lb, rb) = nest.bases_of_run(ci * runs_per_chunk + j);
                     // The same inner-loop specializations as the sequential walk below.
@@ -275,7 +275,7 @@ where
                         }
                     }
                 }
-            });
+            }));
         // SAFETY: the chunks cover all `numel` slots, each written once above.
         unsafe { out.set_len(numel) };
         return Some(out);
@@ -361,7 +361,7 @@ where
             dst[start..start + numel]
                 .par_chunks_mut(runs_per_chunk * len)
                 .enumerate()
-                .for_each(|(ci, d)| {
+                .for_each(|(ci, d)| crate::par::wide(#[inline(always)] || {
                     for (j, run) in d.chunks_mut(len).enumerate() {
                         let (_, rb) = nest.bases_of_run(ci * runs_per_chunk + j);
                         match r_st {
@@ -383,7 +383,7 @@ where
                             }
                         }
                     }
-                });
+                }));
             return;
         }
     }

@@ -159,7 +159,8 @@ where
         let rhs_storage: &[E] = rhs.storage();
         let r_slice = &rhs_storage[r_start..r_end];
         let lhs_storage: &mut [E] = lhs.storage_mut();
-        crate::par::zip_chunks_mut(&mut lhs_storage[..l_end], r_slice, |ls, rs| {
+        // (tunelab patch) inline(always): the loop must be inlined into `par::wide`'s AVX2 copy.
+        crate::par::zip_chunks_mut(&mut lhs_storage[..l_end], r_slice, #[inline(always)] |ls, rs| {
             for (l, &r) in ls.iter_mut().zip(rs) {
                 *l = op(*l, r);
             }
@@ -317,7 +318,8 @@ where
         && let Some((0, end)) = tensor.layout().contiguous_offsets()
     {
         let storage: &mut [E] = tensor.storage_mut();
-        crate::par::chunks_mut(&mut storage[..end], |c| {
+        // (tunelab patch) inline(always): the loop must be inlined into `par::wide`'s AVX2 copy.
+        crate::par::chunks_mut(&mut storage[..end], #[inline(always)] |c| {
             for x in c.iter_mut() {
                 *x = op(*x, scalar);
             }

@@ -81,7 +81,8 @@ where
     if tensor.is_unique() && tensor.layout().is_contiguous() && tensor.layout().start_offset() == 0
     {
         let storage: &mut [E] = tensor.storage_mut();
-        crate::par::chunks_mut(&mut storage[..n], |c| {
+        // (tunelab patch) inline(always): the loop must be inlined into `par::wide`'s AVX2 copy.
+        crate::par::chunks_mut(&mut storage[..n], #[inline(always)] |c| {
             for x in c.iter_mut() {
                 *x = op(*x);
             }
@@ -165,7 +166,9 @@ where
 
 /// Exponential: e^x
 pub fn exp(tensor: FlexTensor) -> FlexTensor {
-    unary_op(tensor, |x| x.exp(), |x| x.exp())
+    // (tunelab patch) f32 through the arithmetic exp (within 2 ulp, vectorizes): autodiff's
+    // softmax is exp(x - max) / sum, so attention spent its time in libm's `expf` per element.
+    unary_op(tensor, exp_f32_vectorizable, |x| x.exp())
 }
 
 /// Natural logarithm: ln(x)
@@ -385,17 +388,21 @@ pub fn erf_f32(x: f32) -> f32 {
 /// (tunelab patch) `e^x` for f32 as pure arithmetic (Cephes' `expf`: `x = k·ln2 + r`, a
 /// degree-6 polynomial for `e^r`, `2^k` from the exponent bits), so element loops that need it
 /// vectorize; `f32::exp` is a libm call per element. Within 2 ulp of `f32::exp` for
-/// `x` in [-87.3, 88.3]; inputs are clamped to that range (NaN stays NaN).
+/// `x` in [-87.3, 88.3]; 0 below it (where libm gives subnormals under 1.2e-38, which would
+/// slow later arithmetic), `e^88.3` above it, NaN for NaN.
 #[inline]
-pub fn exp_f32_vectorizable(x: f32) -> f32 {
+pub fn exp_f32_vectorizable(x_in: f32) -> f32 {
     const LOG2E: f32 = core::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Round to nearest by adding and removing 1.5·2²³: `f32::round`/`floor` are libm calls
     // on baseline x86-64 (no SSE4.1), which would stop the loop from vectorizing.
     const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.3, 88.3);
-    let k = (x * LOG2E + ROUND) - ROUND;
+    let x = x_in.clamp(-87.3, 88.3);
+    // `t`'s low mantissa bits hold k as an integer: 2^k is built from them below without a
+    // float-to-int conversion (Rust's saturating `as i32` does not vectorize on SSE2).
+    let t = x * LOG2E + ROUND;
+    let k = t - ROUND;
     let r = x - k * LN2_HI - k * LN2_LO;
     let p = 1.987_569_1e-4_f32;
     let p = p * r + 1.398_199_9e-3;
@@ -404,7 +411,9 @@ pub fn exp_f32_vectorizable(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 5.000_000_1e-1;
     let e_r = p * r * r + r + 1.0;
-    e_r * f32::from_bits(((k as i32 + 127) as u32) << 23)
+    // t = 1.5·2²³ + k exactly, so its bits are 0x4B40_0000 + k (two's complement, |k| < 2²²).
+    let e = e_r * f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23);
+    if x_in < -87.3 { 0.0 } else { e }
 }
 
 /// Error function for f64.
