@@ -13,13 +13,18 @@
 #                   torch anchor always uses random weights of the same shape)
 #      DEVICE       tunelab device (default cpu)
 #
-# Measured 2026-12-02 on this 2-core machine (AMD EPYC, AVX2), 5 timed steps, best of 2 rounds each:
-#   tunelab 6.69 pairs/s (peak RSS 2.20 GiB), torch anchor 6.9, sentence-transformers 6.95 (3.16 GiB)
-#   -> 0.96x sentence-transformers, 0.97x the torch anchor, 0.70x its peak memory.
-#   Before that day's work: 2.70 pairs/s, 0.37x (same machine idle). What moved it: dependencies without
-#   debug assertions (gemm at full speed), linear layers as one [rows, in] matmul, and vendor/burn-flex's
-#   patch (element-wise kernels on all cores, parallel dropout masks, vectorizable erf/exp).
-#   perf: gemm ~57% of CPU time (about MKL's rate per core here); the rest element-wise, now on both cores.
+# Measured 2026-12-02 on this 2-core machine (AMD EPYC Zen 2, AVX2), 5 timed steps, two runs of 2 and 3
+# rounds, best round of each run:
+#   run 1: tunelab 8.09 pairs/s (peak RSS 2.21 GiB), torch anchor 7.6, sentence-transformers 7.46 (3.13 GiB)
+#   run 2: tunelab 8.49 pairs/s (2.20 GiB), torch anchor 7.6, sentence-transformers 7.21 (3.11 GiB)
+#   -> 1.08x and 1.18x sentence-transformers (median of the 5 rounds' own ratios 1.08x, range 0.94-1.30x:
+#   the machine's speed drifts by 20% within minutes), 0.70x its peak memory.
+#   That morning: 2.70 pairs/s, 0.37x (same machine idle). What moved it: dependencies without debug
+#   assertions (gemm at full speed), linear layers as one [rows, in] matmul, vendor/burn-flex's patch
+#   (element-wise kernels on all cores and in AVX2, parallel dropout masks, vectorizable erf/exp), and
+#   the CLI keeping freed tensor buffers for reuse (device::keep_freed_memory: 0.56 M page faults per
+#   run instead of 2.1-2.8 M).
+#   perf: gemm ~60% of CPU time (about MKL's rate per core here); the rest element-wise, on both cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-5}
