@@ -29,6 +29,12 @@
 #      SHAPES       shapes for tunelab on CPU (default smollm2-135m)
 #      SEQ512       1: also the seq 512 batch 1 case on CPU (default 1)
 #
+# Measured 2026-12-02 07:59-08:08 UTC, CPU, the 2-core machine idle (load 1.4-1.9), defaults
+# (`scripts/bench-lora.sh`: tunelab 2 warm-up + 5 timed steps, one round), after the burn-flex patch
+# (element loops on both cores in AVX2, vectorizable exp/erf) and the freed-buffer reuse:
+#   smollm2-135m seq256 b4  tunelab 171.0 tok/s (RSS 3.30 GiB), torch+peft 155.7 (4.99 GiB) -> 1.10x, RSS 0.66x
+#   smollm2-135m seq512 b1  tunelab 151.6 tok/s (RSS 2.35 GiB), torch+peft 143.2 (3.10 GiB) -> 1.06x, RSS 0.76x
+# Earlier, under heavy load (absolute numbers ~10x lower, ratios comparable):
 # Measured 2026-12-01 21:58-22:19 UTC, CPU, 2 cores shared with other jobs (load average 6-10
 # throughout, each process got ~0.5-0.7 of a core), `TORCH_ANCHOR=/work/shared/bench/torch_anchor.py
 # scripts/bench-lora.sh 2 1 1` (tunelab 1 warm-up + 2 timed steps; the anchor 3 + 5 at seq 256
