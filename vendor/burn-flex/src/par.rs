@@ -80,24 +80,20 @@ pub(crate) fn zip_chunks_mut<E: Send, S: Sync, F: Fn(&mut [E], &[S]) + Sync + Se
     wide(#[inline(always)] || f(dst, src))
 }
 
-/// `src.iter().map(op).collect()`, in parallel chunks when large.
+/// `src.iter().map(op).collect()`, in parallel chunks when large (as [`zip_chunks_mut`] decides).
 pub(crate) fn map_collect<S: Copy + Sync, E: Send, F: Fn(S) -> E + Sync + Send>(
     src: &[S],
     op: F,
 ) -> alloc::vec::Vec<E> {
-    #[cfg(feature = "rayon")]
-    if src.len() >= PAR_MIN_ELEMS {
-        let mut out = alloc::vec::Vec::with_capacity(src.len());
-        zip_chunks_mut(&mut out.spare_capacity_mut()[..src.len()], src, #[inline(always)] |d, s| {
-            for (o, &x) in d.iter_mut().zip(s) {
-                o.write(op(x));
-            }
-        });
-        // SAFETY: every one of the `src.len()` slots was written above.
-        unsafe { out.set_len(src.len()) };
-        return out;
-    }
-    src.iter().map(|&x| op(x)).collect()
+    let mut out = alloc::vec::Vec::with_capacity(src.len());
+    zip_chunks_mut(&mut out.spare_capacity_mut()[..src.len()], src, #[inline(always)] |d, s| {
+        for (o, &x) in d.iter_mut().zip(s) {
+            o.write(op(x));
+        }
+    });
+    // SAFETY: every one of the `src.len()` slots was written above.
+    unsafe { out.set_len(src.len()) };
+    out
 }
 
 /// `a.iter().zip(b).map(op).collect()` for slices of equal length, in parallel chunks when large.
