@@ -1285,6 +1285,52 @@ mod tests {
     }
 
     #[test]
+    fn property_consent_terms_over_random_scopes_and_dates() {
+        let today = NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(16);
+        let spell = |rng: &mut ChaCha8Rng, w: &str| -> String {
+            let cased: String = w
+                .chars()
+                .map(|c| if rng.random_bool(0.5) { c.to_ascii_uppercase() } else { c })
+                .collect();
+            format!("{}{cased}{}", SPACES[rng.random_range(0..3)], SPACES[rng.random_range(0..3)])
+        };
+        let mut admitted_any = (false, false);
+        for i in 0..400 {
+            // Scopes: one or two words, `training` spelled any way or another use altogether.
+            let others = ["display-only", "research", "archive", "train", "trainings", "no training", ""];
+            let has_training = rng.random_bool(0.5);
+            let mut words = vec![if has_training { spell(&mut rng, "training") } else { others[rng.random_range(0..others.len())].to_string() }];
+            if rng.random_bool(0.4) {
+                let (at, other) = (rng.random_range(0..2), others[rng.random_range(0..3)]);
+                let extra = spell(&mut rng, other);
+                words.insert(at, extra);
+            }
+            let scope = words.join(if rng.random_bool(0.5) { "," } else { ";" });
+            let granted = today + chrono::Duration::days(rng.random_range(-400..40));
+            let expires = rng.random_bool(0.5).then(|| today + chrono::Duration::days(rng.random_range(-40..400)));
+            let e = ConsentEntry {
+                consent: format!("c{i}"),
+                contributor: Some("ana".into()),
+                scope: Some(scope.clone()),
+                granted: Some(granted.to_string().into()),
+                expires: expires.map(|d| d.to_string().into()),
+            };
+            let p = Policy { ledger: ConsentLedger::from_entries([e]), as_of: Some(today), ..Policy::default() };
+            let g = p.apply(vec![doc("r", Some(Personal), Some("ana"), Some(&format!("c{i}")))]);
+            let want = has_training && granted <= today && expires.is_none_or(|x| x > today);
+            assert_eq!(g.len() == 1, want, "scope {scope:?} granted {granted} expires {expires:?}: {:?}", g.audit().excluded);
+            if want {
+                assert_eq!(g.audit().admitted_by_consent[&format!("c{i}")].ids, ["r"]);
+            } else {
+                assert_eq!(reasons(&g), [("r".to_string(), R::ConsentTerms)]);
+            }
+            admitted_any = (admitted_any.0 | want, admitted_any.1 | !want);
+        }
+        assert_eq!(admitted_any, (true, true), "both outcomes were generated");
+    }
+
+    #[test]
     fn ledger_and_withdrawal_dates_must_be_dates() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.jsonl");

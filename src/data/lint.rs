@@ -183,4 +183,75 @@ mod tests {
             ]
         );
     }
+    #[test]
+    fn property_injected_problems_are_each_found_at_their_line() {
+        use crate::data::formats::TextRecord;
+        use rand::{Rng, SeedableRng};
+        let policy = Policy {
+            withdrawn: Withdrawals::from_entries([Withdrawal { contributor: "Corwin Ashby".into(), withdrawn: None, reason: None }]),
+            ..Policy::default()
+        };
+        // Names 1-2 edits from the withdrawn one, and spellings of it (excluded, so not warned about).
+        let near = ["Corwin Ashbey", "Korwin Ashbi", "CorwinAshby", "corwin ashbyy", "Corwin Asby"];
+        let same = ["corwin ashby", " CORWIN  ASHBY ", "Ｃｏｒｗｉｎ Ａｓｈｂｙ"];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(16);
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..60 {
+            let mut lines: Vec<String> = Vec::new();
+            let mut want: Vec<(usize, CheckKind)> = Vec::new();
+            let mut texts: Vec<String> = Vec::new();
+            let mut ids: Vec<String> = Vec::new();
+            let n = rng.random_range(3..20);
+            for i in 0..n {
+                let line = lines.len() + 1;
+                let mut rec = serde_json::json!({"id": format!("r{i}"), "text": format!("text number {i}"), "classification": "public"});
+                match rng.random_range(0..8) {
+                    0 if !ids.is_empty() => {
+                        rec["id"] = ids[rng.random_range(0..ids.len())].clone().into();
+                        want.push((line, CheckKind::DuplicateId));
+                    }
+                    1 => {
+                        rec.as_object_mut().unwrap().remove("id");
+                        want.push((line, CheckKind::MissingId));
+                    }
+                    2 => {
+                        rec["text"] = ["", " ", "\t", "\u{a0}\u{3000}"][rng.random_range(0..4)].into();
+                        want.push((line, CheckKind::EmptyText));
+                    }
+                    3 if !texts.is_empty() => {
+                        // An earlier text with other case and punctuation.
+                        let t = &texts[rng.random_range(0..texts.len())];
+                        rec["text"] = format!("{}!", t.to_uppercase().replace(' ', "  ")).into();
+                        want.push((line, CheckKind::DuplicateText));
+                    }
+                    4 => {
+                        rec["contributor"] = near[rng.random_range(0..near.len())].into();
+                        want.push((line, CheckKind::NearWithdrawn));
+                    }
+                    5 => rec["contributor"] = same[rng.random_range(0..same.len())].into(),
+                    _ => {}
+                }
+                if let Some(id) = rec["id"].as_str() {
+                    ids.push(id.to_string());
+                }
+                if let Some(t) = rec["text"].as_str().filter(|t| !t.trim().is_empty()) {
+                    texts.push(t.to_string());
+                }
+                lines.push(rec.to_string());
+                if rng.random_bool(0.2) {
+                    lines.push(String::new()); // blank lines still count
+                }
+            }
+            // Two empty texts are also the same text: expect that too.
+            let empties: Vec<usize> = want.iter().filter(|w| w.1 == CheckKind::EmptyText).map(|w| w.0).collect();
+            want.extend(empties.iter().skip(1).map(|&l| (l, CheckKind::DuplicateText)));
+            want.sort();
+            let path = dir.path().join(format!("t{round}.jsonl"));
+            std::fs::write(&path, lines.join("\n")).unwrap();
+            let mut found: Vec<(usize, CheckKind)> =
+                check::<TextRecord>(&load(&path, BadLines::Fail).unwrap(), &policy).iter().map(|f| (f.origin.line, f.kind)).collect();
+            found.sort();
+            assert_eq!(found, want, "round {round}:\n{}", lines.join("\n"));
+        }
+    }
 }
