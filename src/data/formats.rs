@@ -914,8 +914,11 @@ pub fn read_detected(path: &Path, bad: BadLines) -> Result<(Option<Dataset>, Vec
     read_detected_lines(path, bad).map(|(data, skipped, _)| (data, skipped))
 }
 
+/// What [`read_detected_lines`] returns: the records, the skipped lines, each record's 1-based line.
+type DetectedLines = (Option<Dataset>, Vec<SkippedLine>, Vec<usize>);
+
 /// [`read_detected`], with the 1-based line of each record read.
-fn read_detected_lines(path: &Path, bad: BadLines) -> Result<(Option<Dataset>, Vec<SkippedLine>, Vec<usize>), DataError> {
+fn read_detected_lines(path: &Path, bad: BadLines) -> Result<DetectedLines, DataError> {
     let mut first: Option<(Format, usize)> = None;
     let mut data: Option<Dataset> = None;
     let read = read_with(path, bad, |line, v| {
