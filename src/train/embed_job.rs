@@ -59,8 +59,11 @@ pub struct EmbedJobConfig {
     pub model: PathBuf,
     /// Embedding pairs, JSONL `{"query", "positive", "negatives"?, "doc_id"?, governance...}`.
     pub data: PathBuf,
-    /// Governance policy (TOML). Required: nothing is trained on without one.
-    pub policy: PathBuf,
+    /// Governance policy (TOML). Default: the first `governance/policy.toml` (or `tunelab.toml` naming a
+    /// `policy`) in the data's folder or a folder above it, never the working directory's; without one
+    /// only public pairs are trained on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PathBuf>,
     pub reports: PathBuf,
     /// Token limit while training (the export keeps the model's own limit).
     pub max_seq_length: Option<usize>,
@@ -77,7 +80,7 @@ impl Default for EmbedJobConfig {
             name: "train-embed".into(),
             model: "models/all-MiniLM-L6-v2".into(),
             data: "datasets/pairs/pairs.jsonl".into(),
-            policy: "datasets/governance/policy.toml".into(),
+            policy: None,
             reports: "reports".into(),
             max_seq_length: Some(128),
             skip_bad_lines: false,
@@ -166,12 +169,19 @@ pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Resu
     let bad = if cfg.skip_bad_lines { BadLines::SkipBad } else { BadLines::Fail };
 
     // Data, governed.
-    let policy = Policy::load(&cfg.policy)?;
+    let policy = Policy::resolve(cfg.policy.as_deref(), &cfg.data)?;
+    match (&policy.file, &policy.not_found) {
+        (_, Some(why)) => eprintln!("warning: {why}. Only public pairs are used (sacred never)."),
+        (Some(file), None) => eprintln!("governance policy: {}", file.display()),
+        (None, None) => {}
+    }
     let read = read_records::<EmbeddingPair>(&cfg.data, bad)?;
     for skipped in &read.skipped {
         eprintln!("skipped {skipped}");
     }
-    manifest.add_input(&cfg.policy)?;
+    if let Some(file) = &policy.file {
+        manifest.add_input(file)?;
+    }
     manifest.add_input(&cfg.data)?;
     let mut encoder = SentenceEncoder::load(&cfg.model, &device).with_context(|| format!("loading {}", cfg.model.display()))?;
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
@@ -192,7 +202,7 @@ pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Resu
         let miner = match hn.method.as_str() {
             "bm25" => Miner::Bm25,
             "dense" => Miner::Dense(&encoder),
-            other => bail!("{}: hard_negatives.method {other:?}: use \"bm25\" or \"dense\"", cfg.policy.display()),
+            other => bail!("hard_negatives.method {other:?}: use \"bm25\" or \"dense\""),
         };
         let opts = MiningOptions {
             num_negatives: hn.num_negatives,
