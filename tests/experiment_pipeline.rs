@@ -94,6 +94,16 @@ fn every_system_and_stage_lands_in_one_report() {
             assert!(Run::read(out.run_dir.join("runs").join(s).join(format!("{stage}.run"))).is_ok(), "{s} {stage}");
         }
     }
+    // Compare the runs themselves, not only a mean: what a part cannot change stays identical.
+    let results = |s: &str, stage: &str| Run::read(out.run_dir.join("runs").join(s).join(format!("{stage}.run"))).unwrap().results;
+    for stage in ["bm25", "vector", "hybrid"] {
+        assert_eq!(results("tuned-expansion", stage), results("base", stage), "{stage}");
+        assert_eq!(results("tuned-reranker", stage), results("base", stage), "{stage}");
+    }
+    assert_eq!(results("tuned-reranker", "hybrid+expansion"), results("base", "hybrid+expansion"));
+    assert_ne!(results("tuned-expansion", "hybrid+expansion"), results("base", "hybrid+expansion"), "the expansions are used");
+    assert_ne!(results("tuned-reranker", "full"), results("base", "full"), "the reranker is used");
+    assert_ne!(results("tuned-embedder", "vector"), results("base", "vector"), "the embedder is used");
     assert!(out.queries_per_second.values().all(|q| *q > 0.0));
     // Without any tuned model there is nothing to compare.
     let none = PipelineExperimentConfig { tuned_embedder: None, tuned_expansions: None, ..cfg };
