@@ -186,3 +186,26 @@ fn bad_inputs_name_the_file_and_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("e.jsonl") && err.contains("tide"), "{err}");
 }
+
+#[test]
+fn an_expansion_model_generates_the_expansions() {
+    // The tiny random Llama fixture (word-level vocabulary w3..w127) writes no `lex:`/`vec:` lines,
+    // so QMD's fallback applies: `hyde: Information about {q}` (kept), `lex: {q}` and `vec: {q}`
+    // (dropped: equal to the query).
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, corpus) = setup(tmp.path());
+    let lm = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decoder/tiny_llama");
+    let queries = tmp.path().join("q.jsonl");
+    std::fs::write(&queries, "{\"qid\": \"q1\", \"query\": \"moon tide\"}\n").unwrap();
+    let dir = tmp.path().join("runs");
+    let out = search(&[
+        "--corpus", s(&corpus), "--model", s(&model), "--expansion-model", s(&lm), "--expansion-max-tokens", "6", "--queries", s(&queries), "--out", s(&dir),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answers = std::fs::read_to_string(dir.join("answers.jsonl")).unwrap();
+    let a: serde_json::Value = serde_json::from_str(answers.lines().next().unwrap()).unwrap();
+    // One BM25 hit on a three-document corpus is far below QMD's strong-signal score (0.85).
+    assert_eq!(a["strong_signal"], false, "{answers}");
+    assert_eq!(a["expansions"], serde_json::json!([{"type": "hyde", "query": "Information about moon tide"}]), "{answers}");
+    assert_eq!(a["lists"].as_array().unwrap().iter().filter(|l| l["query_type"] == "hyde").count(), 1, "{answers}");
+}
