@@ -29,13 +29,16 @@
 //!
 //! Each stage is a TREC run ([`STAGES`]): `bm25` (step 1's list), `vector` (the original query's
 //! vector list), `hybrid` (RRF of those two, no expansion), `hybrid+expansion` (step 5's 40
-//! candidates with their fused scores) and `full` (step 6, when a reranker is given).
+//! candidates with their fused scores) and `full` (step 6, when a reranker is given). The
+//! `hybrid+expansion` and `full` runs keep all 40 candidates, so deeper measures can be computed;
+//! QMD shows the first `limit` (10 by default) of the same order.
 //!
 //! Differences from QMD, on purpose: documents are ids of a tunelab corpus, not
 //! `qmd://collection/path` (the FTS `filepath` column holds the id); the title is QMD's
 //! `extractTitle` of the text, falling back to the corpus title and then the id's last component
 //! (QMD falls back to the file name); exact ties in a run file are ordered as trec_eval orders
-//! them; no LLM cache (QMD's caches only save time).
+//! them; no LLM cache (QMD's caches only save time); a markdown file's text is its body without
+//! the front matter (tunelab reads governance fields from it), where QMD indexes the whole file.
 //!
 //! ```
 //! use tunelab::data::corpus::Document;
