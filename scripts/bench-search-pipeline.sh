@@ -10,6 +10,13 @@
 # Env: PYTHON_REF  a Python with torch + sentence-transformers (default /work/venv-ref/bin/python)
 #      MODEL       encoder folder (default models/all-MiniLM-L6-v2)
 #      THREADS     torch threads for the Python side (default 2 = this machine's cores)
+#
+# Measured 2026-12-06 on this 2-core machine (AMD EPYC, shared: load average ~17 during the run),
+# bundled corpus (280 documents, one chunk each), 120 test queries, all-MiniLM-L6-v2, no expansion,
+# no reranker:
+#   tunelab 21.1 queries/s (indexing 62.8 s), python 2.36 queries/s (indexing 64.6 s, torch 2 threads)
+#   -> 8.9x; the fused top 10 agree on 120 of 120 queries. (Python's per-query cost is one
+#   sentence-transformers `encode` call per query; both ran under the same contention.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-2}

@@ -531,10 +531,10 @@ pub fn extract_title(content: &str, filename: &str) -> String {
     };
     if let Some(title) = heading(false) {
         let title = title.trim().to_string();
-        if title == "📝 Notes" || title == "Notes" {
-            if let Some(next) = heading(true) {
-                return next.trim().to_string();
-            }
+        if (title == "📝 Notes" || title == "Notes")
+            && let Some(next) = heading(true)
+        {
+            return next.trim().to_string();
         }
         return title;
     }
