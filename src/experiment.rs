@@ -40,6 +40,8 @@ use crate::report::{AbReportInput, ComparisonRow, LossPoint, write_ab_report};
 use crate::train::contrastive_trainer::{ContrastiveConfig, ContrastiveTrainer};
 use crate::train::encoder::TrainableEncoder;
 
+pub mod pipeline;
+
 /// Everything the experiment depends on; recorded whole in the manifest.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

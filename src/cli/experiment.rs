@@ -30,9 +30,57 @@ pub struct ExperimentArgs {
     /// Where run folders go.
     #[arg(long)]
     pub reports: Option<PathBuf>,
+    /// Evaluate QMD's whole search pipeline stage by stage with base and tuned models instead
+    /// (`--config` then reads a pipeline configuration; `--print-config` prints its defaults).
+    #[arg(long)]
+    pub pipeline: bool,
+    /// Pipeline experiment: the base embedder folder.
+    #[arg(long, requires = "pipeline")]
+    pub base_embedder: Option<PathBuf>,
+    /// Pipeline experiment: a tuned embedder folder (e.g. a main-experiment run's `model/`).
+    #[arg(long, requires = "pipeline")]
+    pub tuned_embedder: Option<PathBuf>,
+    /// Pipeline experiment: the base expansion model's expansions (JSONL, `tunelab eval expansions`).
+    #[arg(long, requires = "pipeline")]
+    pub base_expansions: Option<PathBuf>,
+    /// Pipeline experiment: the tuned expansion model's expansions.
+    #[arg(long, requires = "pipeline")]
+    pub tuned_expansions: Option<PathBuf>,
+}
+
+fn run_pipeline(a: ExperimentArgs, device: DeviceChoice) -> anyhow::Result<()> {
+    use crate::experiment::pipeline::{PipelineExperimentConfig, load_config};
+    if a.print_config {
+        print!("{}", toml::to_string_pretty(&PipelineExperimentConfig::default())?);
+        return Ok(());
+    }
+    let mut cfg = match &a.config {
+        Some(p) => load_config(p)?,
+        None => PipelineExperimentConfig::default(),
+    };
+    if let Some(s) = a.seed {
+        cfg.seed = s;
+    }
+    if let Some(n) = a.name {
+        cfg.name = n;
+    }
+    if let Some(r) = a.reports {
+        cfg.reports = r;
+    }
+    if let Some(m) = a.base_embedder {
+        cfg.base_embedder = m;
+    }
+    cfg.tuned_embedder = a.tuned_embedder.or(cfg.tuned_embedder);
+    cfg.base_expansions = a.base_expansions.or(cfg.base_expansions);
+    cfg.tuned_expansions = a.tuned_expansions.or(cfg.tuned_expansions);
+    crate::experiment::pipeline::run(&cfg, device, None)?;
+    Ok(())
 }
 
 pub fn run(a: ExperimentArgs, device: DeviceChoice) -> anyhow::Result<()> {
+    if a.pipeline {
+        return run_pipeline(a, device);
+    }
     if a.print_config {
         print!("{}", experiment::default_config_toml());
         return Ok(());

@@ -14,6 +14,7 @@ pub mod export;
 pub mod gate;
 pub mod lora;
 pub mod report;
+pub mod search;
 
 /// Fine-tune and evaluate retrieval models locally.
 #[derive(Parser, Debug)]
@@ -40,6 +41,8 @@ pub enum Command {
     /// Work with run reports.
     #[command(subcommand)]
     Report(report::ReportCommand),
+    /// Search a corpus through a whole search pipeline (QMD's: BM25, vectors, expansions, RRF, rerank).
+    Search(search::SearchArgs),
     /// Embed texts with an encoder model.
     Embed(embed::EmbedArgs),
     /// Train a model.
@@ -85,6 +88,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Eval(a) => eval::run_eval(a, device),
         Command::Compare(a) => eval::run_compare(a),
         Command::Report(c) => report::run(c, device),
+        Command::Search(a) => search::run(a, device),
         Command::Embed(a) => embed::run_embed(a, device),
         Command::Train(TrainCommand::Embed(a)) => embed::run_train(a, device),
         Command::Train(TrainCommand::Lora(a)) => lora::run_train(a, device),

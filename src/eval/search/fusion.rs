@@ -70,35 +70,25 @@ impl RrfConfig {
 /// ```
 pub fn reciprocal_rank_fusion(runs: &[&Run], config: &RrfConfig, tag: &str) -> Run {
     let qids: BTreeSet<&String> = runs.iter().flat_map(|r| r.results.keys()).collect();
-    let mut fused = Run { tag: tag.to_string(), ..Default::default() };
+    let mut fused = Run {
+        tag: tag.to_string(),
+        ..Default::default()
+    };
     for qid in qids {
-        // doc -> (score, best 0-based position); insertion order is irrelevant to the result.
-        let mut acc: HashMap<&str, (f64, usize)> = HashMap::new();
-        for (i, run) in runs.iter().enumerate() {
-            let Some(list) = run.results.get(qid) else { continue };
-            let weight = config.weights.get(i).copied().unwrap_or(1.0);
-            let mut ordered: Vec<&Retrieved> = list.iter().collect();
-            ordered.sort_by(|a, b| super::trec_order(a, b));
-            for (rank, r) in ordered.into_iter().enumerate() {
-                let contribution = weight / (config.k + rank as f64 + 1.0);
-                let e = acc.entry(r.doc_id.as_str()).or_insert((0.0, rank));
-                e.0 += contribution;
-                e.1 = e.1.min(rank);
-            }
-        }
-        let mut list: Vec<Retrieved> = acc
-            .into_iter()
-            .map(|(doc, (mut score, top))| {
-                if config.top_rank_bonus {
-                    score += match top {
-                        0 => 0.05,
-                        1 | 2 => 0.02,
-                        _ => 0.0,
-                    };
-                }
-                Retrieved { doc_id: doc.to_string(), score }
+        let ordered: Vec<Vec<Retrieved>> = runs
+            .iter()
+            .map(|run| {
+                let mut list = run.results.get(qid).cloned().unwrap_or_default();
+                sort_trec(&mut list);
+                list
             })
             .collect();
+        let lists: Vec<(&[Retrieved], f64)> = ordered
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.as_slice(), config.weights.get(i).copied().unwrap_or(1.0)))
+            .collect();
+        let mut list = fuse_ranked_lists(&lists, config.k, config.top_rank_bonus);
         sort_trec(&mut list);
         if let Some(depth) = config.depth {
             list.truncate(depth);
@@ -106,6 +96,65 @@ pub fn reciprocal_rank_fusion(runs: &[&Run], config: &RrfConfig, tag: &str) -> R
         fused.results.insert(qid.clone(), list);
     }
     fused
+}
+
+/// QMD's `reciprocalRankFusion` itself, on lists already in rank order, each with its weight:
+/// the fused list in QMD's order — fused score descending, exact ties in first-seen order (JS's
+/// stable sort over a `Map`'s insertion order). Duplicates within one list count once per
+/// occurrence, as in QMD.
+///
+/// ```
+/// use tunelab::data::trec::Retrieved;
+/// use tunelab::eval::search::fusion::fuse_ranked_lists;
+/// let l = |ids: &[&str]| ids.iter().map(|d| Retrieved { doc_id: d.to_string(), score: 0.0 }).collect::<Vec<_>>();
+/// let (a, b) = (l(&["doc1"]), l(&["doc2"]));
+/// // QMD test "RRF respects weights": weight 2 puts doc1 first.
+/// let fused = fuse_ranked_lists(&[(&a, 2.0), (&b, 1.0)], 60.0, true);
+/// assert_eq!(fused[0].doc_id, "doc1");
+/// assert!((fused[0].score - (2.0 / 61.0 + 0.05)).abs() < 1e-15);
+/// ```
+pub fn fuse_ranked_lists(
+    lists: &[(&[Retrieved], f64)],
+    k: f64,
+    top_rank_bonus: bool,
+) -> Vec<Retrieved> {
+    // doc -> index into `acc` (first-seen order), acc = (doc, score, best 0-based position).
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut acc: Vec<(&str, f64, usize)> = Vec::new();
+    for (list, weight) in lists {
+        for (rank, r) in list.iter().enumerate() {
+            let contribution = weight / (k + rank as f64 + 1.0);
+            match index.get(r.doc_id.as_str()) {
+                Some(&i) => {
+                    acc[i].1 += contribution;
+                    acc[i].2 = acc[i].2.min(rank);
+                }
+                None => {
+                    index.insert(r.doc_id.as_str(), acc.len());
+                    acc.push((r.doc_id.as_str(), contribution, rank));
+                }
+            }
+        }
+    }
+    let mut out: Vec<Retrieved> = acc
+        .into_iter()
+        .map(|(doc, mut score, top)| {
+            if top_rank_bonus {
+                score += match top {
+                    0 => 0.05,
+                    1 | 2 => 0.02,
+                    _ => 0.0,
+                };
+            }
+            Retrieved {
+                doc_id: doc.to_string(),
+                score,
+            }
+        })
+        .collect();
+    // Stable, like Array.prototype.sort: exact ties keep first-seen order.
+    out.sort_by(|a, b| b.score.total_cmp(&a.score));
+    out
 }
 
 #[cfg(test)]

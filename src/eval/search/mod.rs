@@ -1,4 +1,5 @@
-//! Search engines that produce TREC runs: exact dense search, BM25 (SQLite FTS5), hybrid RRF.
+//! Search engines that produce TREC runs: exact dense search, BM25 (SQLite FTS5), hybrid RRF, and
+//! QMD's whole pipeline ([`qmd`]: chunking, expansions, fusion, reranking).
 //!
 //! Every engine returns a [`Run`] whose per-query lists are already in the order trec_eval
 //! evaluates them in ([`trec_order`]: score descending, ties broken by document id descending),
@@ -26,9 +27,11 @@ use std::cmp::Ordering;
 use crate::data::trec::Retrieved;
 
 pub mod bm25;
+pub mod chunk;
 #[cfg(feature = "models")]
 pub mod dense;
 pub mod fusion;
+pub mod qmd;
 
 /// Why a search could not run.
 #[derive(Debug, thiserror::Error)]

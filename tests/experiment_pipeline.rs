@@ -1,0 +1,111 @@
+//! `tunelab experiment --pipeline` (library entry point) end to end on a tiny dataset: two random
+//! encoders as base and tuned embedder, two expansion files, a fake base and tuned reranker.
+
+use std::path::Path;
+
+use burn::tensor::Device;
+use tunelab::data::trec::Run;
+use tunelab::device::DeviceChoice;
+use tunelab::eval::search::qmd::RerankScorer;
+use tunelab::experiment::pipeline::{PipelineExperimentConfig, Rerankers, run};
+use tunelab::export::sentence_transformers::write_folder;
+use tunelab::model::bert::SentenceEncoder;
+
+const WORDS: [&str; 14] =
+    ["tide", "tables", "moon", "bread", "starter", "flour", "water", "river", "salt", "boat", "task", "search", "title", "text"];
+
+/// P(yes) = share of the document's words that occur in the query (the tuned one squares it).
+struct Overlap {
+    squared: bool,
+}
+
+impl RerankScorer for Overlap {
+    fn score(&self, query: &str, docs: &[&str]) -> anyhow::Result<Vec<f32>> {
+        let q: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
+        Ok(docs
+            .iter()
+            .map(|d| {
+                let words: Vec<String> = d.split_whitespace().map(str::to_lowercase).collect();
+                let hit = words.iter().filter(|w| q.contains(w)).count() as f32 / words.len().max(1) as f32;
+                if self.squared { hit * hit } else { hit }
+            })
+            .collect())
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::create_dir_all(dir.join(name).parent().unwrap()).unwrap();
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+#[test]
+fn every_system_and_stage_lands_in_one_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tmp.path().join("datasets");
+    write(&ds, "corpus/tides.md", "# Tide tables\nThe moon pulls the tide.\n");
+    write(&ds, "corpus/bread.md", "# Sourdough\nA starter of flour and water.\n");
+    write(&ds, "corpus/river.md", "# River\nRiver water rises with the tide.\n");
+    write(&ds, "corpus/salt.md", "# Salt\nSalt from sea water, dried on a boat.\n");
+    write(
+        &ds,
+        "queries/test.jsonl",
+        "{\"qid\": \"q1\", \"query\": \"moon tide\"}\n{\"qid\": \"q2\", \"query\": \"bread starter\"}\n{\"qid\": \"q3\", \"query\": \"salt boat\"}\n",
+    );
+    write(&ds, "qrels/test.qrels", "q1 0 tides 2\nq1 0 river 1\nq2 0 bread 1\nq3 0 salt 1\n");
+    write(&ds, "exp/base.jsonl", "{\"query\": \"moon tide\", \"text\": \"lex: tide\"}\n{\"query\": \"bread starter\", \"text\": \"vec: flour starter\"}\n{\"query\": \"salt boat\", \"text\": \"lex: salt\"}\n");
+    write(&ds, "exp/tuned.jsonl", "{\"query\": \"moon tide\", \"text\": \"lex: tide tables\\nvec: moon and tide\"}\n{\"query\": \"bread starter\", \"text\": \"lex: starter\"}\n{\"query\": \"salt boat\", \"text\": \"hyde: salt dried on a boat\"}\n");
+    let (base, tuned) = (tmp.path().join("base"), tmp.path().join("tuned"));
+    write_folder(&SentenceEncoder::random_tiny(&WORDS, 1, &Device::flex()), &base, serde_json::Value::Null).unwrap();
+    write_folder(&SentenceEncoder::random_tiny(&WORDS, 2, &Device::flex()), &tuned, serde_json::Value::Null).unwrap();
+    let cfg = PipelineExperimentConfig {
+        datasets: ds.clone(),
+        reports: tmp.path().join("reports"),
+        permutations: 200,
+        base_embedder: base,
+        tuned_embedder: Some(tuned),
+        base_expansions: Some(ds.join("exp/base.jsonl")),
+        tuned_expansions: Some(ds.join("exp/tuned.jsonl")),
+        ..PipelineExperimentConfig::default()
+    };
+    let (rb, rt) = (Overlap { squared: false }, Overlap { squared: true });
+    let out = run(&cfg, DeviceChoice::Cpu, Some(Rerankers { base: &rb, tuned: Some(&rt) })).unwrap();
+    assert!(out.report_html.is_file());
+    let systems: Vec<&str> = out.means.keys().map(String::as_str).collect();
+    assert_eq!(systems, ["base", "tuned-all", "tuned-embedder", "tuned-expansion", "tuned-reranker"]);
+    // 4 tuned systems × 5 stages × 3 measures, each labelled `system · stage · measure`.
+    assert_eq!(out.comparison.len(), 4 * 5 * 3);
+    for r in &out.comparison {
+        assert_eq!(r.measure.split(" · ").count(), 3, "{}", r.measure);
+        assert!(r.p_holm >= r.p_value && r.p_holm <= 1.0, "{}", r.measure);
+    }
+    let mean = |s: &str, stage: &str| out.means[s][stage]["recip_rank"];
+    // Changing only the expansions or the reranker cannot move the stages before them.
+    for s in ["tuned-expansion", "tuned-reranker"] {
+        for stage in ["bm25", "vector", "hybrid"] {
+            assert_eq!(mean(s, stage), mean("base", stage), "{s} {stage}");
+        }
+    }
+    assert_eq!(mean("tuned-reranker", "hybrid+expansion"), mean("base", "hybrid+expansion"));
+    // The embedder does not move BM25.
+    assert_eq!(mean("tuned-embedder", "bm25"), mean("base", "bm25"));
+    // Each system's stage runs are stored.
+    for s in &systems {
+        for stage in ["bm25", "vector", "hybrid", "hybrid+expansion", "full"] {
+            assert!(Run::read(out.run_dir.join("runs").join(s).join(format!("{stage}.run"))).is_ok(), "{s} {stage}");
+        }
+    }
+    // Compare the runs themselves, not only a mean: what a part cannot change stays identical.
+    let results = |s: &str, stage: &str| Run::read(out.run_dir.join("runs").join(s).join(format!("{stage}.run"))).unwrap().results;
+    for stage in ["bm25", "vector", "hybrid"] {
+        assert_eq!(results("tuned-expansion", stage), results("base", stage), "{stage}");
+        assert_eq!(results("tuned-reranker", stage), results("base", stage), "{stage}");
+    }
+    assert_eq!(results("tuned-reranker", "hybrid+expansion"), results("base", "hybrid+expansion"));
+    assert_ne!(results("tuned-expansion", "hybrid+expansion"), results("base", "hybrid+expansion"), "the expansions are used");
+    assert_ne!(results("tuned-reranker", "full"), results("base", "full"), "the reranker is used");
+    assert_ne!(results("tuned-embedder", "vector"), results("base", "vector"), "the embedder is used");
+    assert!(out.queries_per_second.values().all(|q| *q > 0.0));
+    // Without any tuned model there is nothing to compare.
+    let none = PipelineExperimentConfig { tuned_embedder: None, tuned_expansions: None, ..cfg };
+    assert!(run(&none, DeviceChoice::Cpu, None).unwrap_err().to_string().contains("tuned"));
+}
