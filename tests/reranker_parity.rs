@@ -27,19 +27,37 @@ fn json(path: &Path) -> Value {
 }
 
 fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// Check token ids and P(yes) of every case, one by one and in batches of several sizes.
 fn check(r: &mut Reranker, expected: &Value, tol: f64) {
-    assert_eq!(expected["template"].as_str().unwrap(), QWEN3_RERANK_TEMPLATE);
+    assert_eq!(
+        expected["template"].as_str().unwrap(),
+        QWEN3_RERANK_TEMPLATE
+    );
     assert_eq!(r.yes_id as u64, expected["yes_id"].as_u64().unwrap());
     assert_eq!(r.no_id as u64, expected["no_id"].as_u64().unwrap());
     let cases = expected["cases"].as_array().unwrap();
     let mut prompts = Vec::new();
     for c in cases {
-        let ids = r.encode_pair(c["query"].as_str().unwrap(), c["document"].as_str().unwrap()).unwrap();
-        assert_eq!(ids, u32s(&c["input_ids"]), "token ids of {:?} / {:?}", c["query"], c["document"]);
+        let ids = r
+            .encode_pair(
+                c["query"].as_str().unwrap(),
+                c["document"].as_str().unwrap(),
+            )
+            .unwrap();
+        assert_eq!(
+            ids,
+            u32s(&c["input_ids"]),
+            "token ids of {:?} / {:?}",
+            c["query"],
+            c["document"]
+        );
         prompts.push(ids);
     }
     let want: Vec<f64> = cases.iter().map(|c| c["p_yes"].as_f64().unwrap()).collect();
@@ -48,7 +66,10 @@ fn check(r: &mut Reranker, expected: &Value, tol: f64) {
         r.batch_size = batch_size;
         let got = r.score_tokens(&prompts).unwrap();
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!((*g as f64 - w).abs() <= tol, "case {i} (batch {batch_size}): P(yes) {g} vs transformers {w}");
+            assert!(
+                (*g as f64 - w).abs() <= tol,
+                "case {i} (batch {batch_size}): P(yes) {g} vs transformers {w}"
+            );
         }
         if batch_size == 1 {
             one_by_one = got;
@@ -60,7 +81,11 @@ fn check(r: &mut Reranker, expected: &Value, tol: f64) {
     }
     // The same through the string interface the search pipeline calls.
     let q = cases[0]["query"].as_str().unwrap();
-    let docs: Vec<&str> = cases.iter().filter(|c| c["query"].as_str() == Some(q)).map(|c| c["document"].as_str().unwrap()).collect();
+    let docs: Vec<&str> = cases
+        .iter()
+        .filter(|c| c["query"].as_str() == Some(q))
+        .map(|c| c["document"].as_str().unwrap())
+        .collect();
     let scored = Scorer::score(&*r, q, &docs).unwrap();
     assert!((scored[0] as f64 - want[0]).abs() <= tol);
 }
@@ -76,7 +101,11 @@ fn tiny_qwen3_p_yes_matches_transformers() {
 #[test]
 fn smollm2_gguf_p_yes_matches_transformers() {
     let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.exists(), "{} is missing: run scripts/fetch-models.sh", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-models.sh",
+        p.display()
+    );
     let mut r = Reranker::load(&p, None, &Device::flex()).unwrap();
     check(&mut r, &json(&fixture("smollm2.json")), 1e-4);
 }
@@ -93,7 +122,12 @@ fn long_documents_lose_their_tail_not_the_template() {
         let ids = r.encode_pair("q", &doc).unwrap();
         assert_eq!(ids.len(), max, "truncated to max_length {max}");
         // The template's end (assistant turn, empty think block) survives.
-        let tail = r.lm.encode("<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n", false).unwrap();
+        let tail =
+            r.lm.encode(
+                "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+                false,
+            )
+            .unwrap();
         assert_eq!(&ids[ids.len() - tail.len()..], &tail[..]);
     }
     r.max_length = full_head.len() - 1;
@@ -104,10 +138,21 @@ fn long_documents_lose_their_tail_not_the_template() {
 #[test]
 fn templates_need_both_placeholders_in_order() {
     assert!(RerankTemplate::parse("Q: {query} D: {document}").is_ok());
-    for bad in ["Q: {query}", "D: {document}", "{document} then {query}", "{query}{query}{document}", ""] {
+    for bad in [
+        "Q: {query}",
+        "D: {document}",
+        "{document} then {query}",
+        "{query}{query}{document}",
+        "",
+    ] {
         assert!(RerankTemplate::parse(bad).is_err(), "{bad:?} accepted");
     }
     let t = RerankTemplate::default();
     assert_eq!(t.text(), QWEN3_RERANK_TEMPLATE);
-    assert_eq!(t.render("a", "b"), QWEN3_RERANK_TEMPLATE.replace("{query}", "a").replace("{document}", "b"));
+    assert_eq!(
+        t.render("a", "b"),
+        QWEN3_RERANK_TEMPLATE
+            .replace("{query}", "a")
+            .replace("{document}", "b")
+    );
 }

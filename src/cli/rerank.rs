@@ -59,14 +59,21 @@ pub fn read_qid_queries(path: &Path) -> Result<BTreeMap<String, String>, DataErr
             v.get(k)
                 .and_then(|q| q.as_str())
                 .map(str::to_string)
-                .ok_or_else(|| DataError::at(path, line, Some(k), format!("expected a string `{k}`")))
+                .ok_or_else(|| {
+                    DataError::at(path, line, Some(k), format!("expected a string `{k}`"))
+                })
         };
         Ok((line, field("qid")?, field("query")?))
     })?;
     let mut out = BTreeMap::new();
     for (line, qid, query) in read.records {
         if out.insert(qid.clone(), query).is_some() {
-            return Err(DataError::at(path, line, Some("qid"), format!("qid {qid:?} appears twice")));
+            return Err(DataError::at(
+                path,
+                line,
+                Some("qid"),
+                format!("qid {qid:?} appears twice"),
+            ));
         }
     }
     Ok(out)
@@ -83,18 +90,34 @@ pub fn rerank_run(
     tag: &str,
     mut on_query: impl FnMut(&str, usize),
 ) -> anyhow::Result<Run> {
-    let mut out = Run { tag: tag.to_string(), results: BTreeMap::new() };
+    let mut out = Run {
+        tag: tag.to_string(),
+        results: BTreeMap::new(),
+    };
     for (qid, retrieved) in &run.results {
-        let query = queries.get(qid).with_context(|| format!("the run has query {qid:?}, which the queries file lacks"))?;
+        let query = queries
+            .get(qid)
+            .with_context(|| format!("the run has query {qid:?}, which the queries file lacks"))?;
         let mut top = retrieved.clone();
         sort_trec(&mut top);
         top.truncate(depth);
         let docs: Vec<&str> = top
             .iter()
-            .map(|r| texts.get(&r.doc_id).map(String::as_str).with_context(|| format!("query {qid}: document {:?} is not in the corpus", r.doc_id)))
+            .map(|r| {
+                texts.get(&r.doc_id).map(String::as_str).with_context(|| {
+                    format!("query {qid}: document {:?} is not in the corpus", r.doc_id)
+                })
+            })
             .collect::<anyhow::Result<_>>()?;
         let scores = scorer.score(query, &docs)?;
-        let mut rescored: Vec<Retrieved> = top.iter().zip(scores).map(|(r, s)| Retrieved { doc_id: r.doc_id.clone(), score: s as f64 }).collect();
+        let mut rescored: Vec<Retrieved> = top
+            .iter()
+            .zip(scores)
+            .map(|(r, s)| Retrieved {
+                doc_id: r.doc_id.clone(),
+                score: s as f64,
+            })
+            .collect();
         sort_trec(&mut rescored);
         on_query(qid, rescored.len());
         out.results.insert(qid.clone(), rescored);
@@ -116,7 +139,12 @@ pub fn run_rerank(a: RerankArgs, d: DeviceChoice) -> anyhow::Result<()> {
     let queries = read_qid_queries(&a.queries)?;
     let run = Run::read(&a.run)?;
     let corpus = read_corpus(&a.corpus, BadLines::Fail)?;
-    let wanted: BTreeSet<&str> = run.results.values().flatten().map(|r| r.doc_id.as_str()).collect();
+    let wanted: BTreeSet<&str> = run
+        .results
+        .values()
+        .flatten()
+        .map(|r| r.doc_id.as_str())
+        .collect();
     let texts: BTreeMap<String, String> = corpus
         .records
         .into_iter()
@@ -128,13 +156,22 @@ pub fn run_rerank(a: RerankArgs, d: DeviceChoice) -> anyhow::Result<()> {
     let mut n_docs = 0;
     let total = run.results.len();
     let mut done = 0;
-    let out = rerank_run(&reranker, &queries, &run, &texts, a.depth, &a.tag, |qid, n| {
-        n_docs += n;
-        done += 1;
-        eprintln!("[{done}/{total}] {qid}: {n} documents");
-    })?;
+    let out = rerank_run(
+        &reranker,
+        &queries,
+        &run,
+        &texts,
+        a.depth,
+        &a.tag,
+        |qid, n| {
+            n_docs += n;
+            done += 1;
+            eprintln!("[{done}/{total}] {qid}: {n} documents");
+        },
+    )?;
     if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     out.write(&a.out)?;
     let secs = t0.elapsed().as_secs_f64();
@@ -216,8 +253,29 @@ impl TrainRerankArgs {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
         }
-        set!(iters, batch_size, learning_rate, steps_per_report, save_every, num_layers, max_seq_length, grad_accumulation_steps, seed, warmup, quantize_base, negatives, mined_negatives, valid_fraction, adapter_path);
-        for (flag, target) in [(&self.model, &mut c.model), (&self.data, &mut c.data), (&self.policy, &mut c.policy), (&self.resume_adapter_file, &mut c.resume_adapter_file)] {
+        set!(
+            iters,
+            batch_size,
+            learning_rate,
+            steps_per_report,
+            save_every,
+            num_layers,
+            max_seq_length,
+            grad_accumulation_steps,
+            seed,
+            warmup,
+            quantize_base,
+            negatives,
+            mined_negatives,
+            valid_fraction,
+            adapter_path
+        );
+        for (flag, target) in [
+            (&self.model, &mut c.model),
+            (&self.data, &mut c.data),
+            (&self.policy, &mut c.policy),
+            (&self.resume_adapter_file, &mut c.resume_adapter_file),
+        ] {
             if flag.is_some() {
                 *target = flag.clone();
             }
@@ -250,12 +308,26 @@ pub fn run_train(a: TrainRerankArgs, d: DeviceChoice) -> anyhow::Result<()> {
     use crate::data::governance::Policy;
 
     let cfg = a.config()?;
-    let model = cfg.model.clone().context("no model: give --model or `model = ...` in the config")?;
-    let data = cfg.data.clone().context("no data: give --data or `data = ...` in the config")?;
+    let model = cfg
+        .model
+        .clone()
+        .context("no model: give --model or `model = ...` in the config")?;
+    let data = cfg
+        .data
+        .clone()
+        .context("no data: give --data or `data = ...` in the config")?;
     let device = d.device()?;
-    let lm = crate::model::decoder::CausalLm::load_with(&model, &device, cfg.quantize_base).with_context(|| format!("loading {}", model.display()))?;
-    let template = match model.is_file().then(|| crate::io::gguf::GgufFile::open(&model)).transpose()? {
-        Some(g) => match g.get(crate::model::reranker::RERANK_TEMPLATE_KEY).and_then(|v| v.as_str()) {
+    let lm = crate::model::decoder::CausalLm::load_with(&model, &device, cfg.quantize_base)
+        .with_context(|| format!("loading {}", model.display()))?;
+    let template = match model
+        .is_file()
+        .then(|| crate::io::gguf::GgufFile::open(&model))
+        .transpose()?
+    {
+        Some(g) => match g
+            .get(crate::model::reranker::RERANK_TEMPLATE_KEY)
+            .and_then(|v| v.as_str())
+        {
             Some(t) => RerankTemplate::parse(t)?,
             None => RerankTemplate::default(),
         },
@@ -263,7 +335,11 @@ pub fn run_train(a: TrainRerankArgs, d: DeviceChoice) -> anyhow::Result<()> {
     };
     let loaded = load(&data, BadLines::Fail)?;
     if loaded.format != Format::Reranker {
-        bail!("{}: {} records cannot train a reranker (use reranker judgments {{\"query\", \"document\", \"relevant\"}})", data.display(), loaded.format);
+        bail!(
+            "{}: {} records cannot train a reranker (use reranker judgments {{\"query\", \"document\", \"relevant\"}})",
+            data.display(),
+            loaded.format
+        );
     }
     let bundled = Path::new(crate::cli::data::DEFAULT_POLICY);
     let mut policy = match &cfg.policy {
@@ -272,21 +348,59 @@ pub fn run_train(a: TrainRerankArgs, d: DeviceChoice) -> anyhow::Result<()> {
         None => Policy::default(),
     };
     policy.treat_unclassified_as_public |= cfg.treat_unclassified_as_public;
-    let records: Vec<RerankerJudgment> = loaded.parts.iter().flat_map(|p| RerankerJudgment::slice(&p.data).expect("one format").to_vec()).collect();
+    let records: Vec<RerankerJudgment> = loaded
+        .parts
+        .iter()
+        .flat_map(|p| {
+            RerankerJudgment::slice(&p.data)
+                .expect("one format")
+                .to_vec()
+        })
+        .collect();
     let governed = policy.apply(records);
     let audit = governed.audit();
-    eprintln!("{} of {} judgments kept by the governance policy ({} excluded)", audit.kept, audit.total, audit.excluded.len());
+    eprintln!(
+        "{} of {} judgments kept by the governance policy ({} excluded)",
+        audit.kept,
+        audit.total,
+        audit.excluded.len()
+    );
     let audit = serde_json::to_value(audit)?;
-    let judged: Vec<Judged> = governed.iter().map(|r| Judged { query: r.query.clone(), document: r.document.clone(), grade: r.relevant.grade() }).collect();
+    let judged: Vec<Judged> = governed
+        .iter()
+        .map(|r| Judged {
+            query: r.query.clone(),
+            document: r.document.clone(),
+            grade: r.relevant.grade(),
+        })
+        .collect();
     let out = crate::train::rerank::fit(&cfg, &lm, &template, &judged, audit, true)?;
-    println!("Trained {} iterations on {} {} items ({:.2} prompts/s)", out.iterations, out.train_items, if cfg.loss == RerankLoss::Listwise { "listwise" } else { "pointwise" }, out.pairs_per_s);
+    println!(
+        "Trained {} iterations on {} {} items ({:.2} prompts/s)",
+        out.iterations,
+        out.train_items,
+        if cfg.loss == RerankLoss::Listwise {
+            "listwise"
+        } else {
+            "pointwise"
+        },
+        out.pairs_per_s
+    );
     let show = |name: &str, c: &Option<crate::train::rerank::Calibration>| {
         if let Some(c) = c {
-            println!("{name}: Brier {:.4}, ECE {:.4}, mean P(yes) {:.3} (positive rate {:.3}, {} held-out judgments)", c.brier, c.ece, c.mean_p, c.positive_rate, c.n);
+            println!(
+                "{name}: Brier {:.4}, ECE {:.4}, mean P(yes) {:.3} (positive rate {:.3}, {} held-out judgments)",
+                c.brier, c.ece, c.mean_p, c.positive_rate, c.n
+            );
         }
     };
     show("base ", &out.base);
     show("tuned", &out.tuned);
-    println!("Adapter saved to {}", cfg.adapter_path.join(crate::export::mlx::WEIGHTS_FILE).display());
+    println!(
+        "Adapter saved to {}",
+        cfg.adapter_path
+            .join(crate::export::mlx::WEIGHTS_FILE)
+            .display()
+    );
     Ok(())
 }

@@ -59,17 +59,27 @@ impl RerankTemplate {
         let Some((middle, suffix)) = rest.split_once("{document}") else {
             bail!("a rerank template must put {{query}} before {{document}}");
         };
-        Ok(Self { prefix: prefix.into(), middle: middle.into(), suffix: suffix.into() })
+        Ok(Self {
+            prefix: prefix.into(),
+            middle: middle.into(),
+            suffix: suffix.into(),
+        })
     }
 
     /// The template text again (placeholders restored), as written to GGUF metadata.
     pub fn text(&self) -> String {
-        format!("{}{{query}}{}{{document}}{}", self.prefix, self.middle, self.suffix)
+        format!(
+            "{}{{query}}{}{{document}}{}",
+            self.prefix, self.middle, self.suffix
+        )
     }
 
     /// The prompt as one string (for display; scoring tokenizes the pieces separately).
     pub fn render(&self, query: &str, document: &str) -> String {
-        format!("{}{query}{}{document}{}", self.prefix, self.middle, self.suffix)
+        format!(
+            "{}{query}{}{document}{}",
+            self.prefix, self.middle, self.suffix
+        )
     }
 }
 
@@ -109,19 +119,30 @@ impl Reranker {
     /// Load a GGUF file or Hugging Face folder, optionally with a LoRA adapter folder (PEFT or
     /// MLX-LM). The prompt is the GGUF's `tokenizer.chat_template.rerank` when present.
     pub fn load(model: &Path, adapter: Option<&Path>, device: &Device) -> anyhow::Result<Self> {
-        let mut lm = CausalLm::load(model, device).with_context(|| format!("loading {}", model.display()))?;
+        let mut lm = CausalLm::load(model, device)
+            .with_context(|| format!("loading {}", model.display()))?;
         if let Some(dir) = adapter {
             let weights = crate::export::read_adapter_dir(dir)?;
-            lm.model = lm.model.apply_adapter(&weights).with_context(|| format!("applying the adapter in {} to {}", dir.display(), model.display()))?;
+            lm.model = lm.model.apply_adapter(&weights).with_context(|| {
+                format!(
+                    "applying the adapter in {} to {}",
+                    dir.display(),
+                    model.display()
+                )
+            })?;
         }
         let template = if model.is_file() {
-            let g = GgufFile::open(model).with_context(|| format!("reading {}", model.display()))?;
-            g.get(RERANK_TEMPLATE_KEY).and_then(|v| v.as_str()).map(str::to_string)
+            let g =
+                GgufFile::open(model).with_context(|| format!("reading {}", model.display()))?;
+            g.get(RERANK_TEMPLATE_KEY)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
         } else {
             None
         };
         let template = match template {
-            Some(t) => RerankTemplate::parse(&t).with_context(|| format!("{}: {RERANK_TEMPLATE_KEY}", model.display()))?,
+            Some(t) => RerankTemplate::parse(&t)
+                .with_context(|| format!("{}: {RERANK_TEMPLATE_KEY}", model.display()))?,
             None => RerankTemplate::default(),
         };
         Self::new(lm, template)
@@ -131,7 +152,14 @@ impl Reranker {
     pub fn new(lm: CausalLm, template: RerankTemplate) -> anyhow::Result<Self> {
         let (yes_id, no_id) = yes_no_ids(&lm)?;
         let max_length = lm.config.max_position_embeddings.min(2048);
-        Ok(Self { lm, template, yes_id, no_id, max_length, batch_size: 8 })
+        Ok(Self {
+            lm,
+            template,
+            yes_id,
+            no_id,
+            max_length,
+            batch_size: 8,
+        })
     }
 
     /// The prompt's token ids as QMD sends them (see [`encode_pair`]).
@@ -142,18 +170,31 @@ impl Reranker {
     /// P(yes) for each document, in order, computed in batches of [`Reranker::batch_size`]
     /// (rows sorted by length first, so a batch holds little padding).
     pub fn score(&self, query: &str, documents: &[&str]) -> anyhow::Result<Vec<f32>> {
-        let prompts = documents.iter().map(|d| self.encode_pair(query, d)).collect::<anyhow::Result<Vec<_>>>()?;
+        let prompts = documents
+            .iter()
+            .map(|d| self.encode_pair(query, d))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         self.score_tokens(&prompts)
     }
 
     /// P(yes) for prompts already tokenized (see [`Reranker::encode_pair`]).
     pub fn score_tokens(&self, prompts: &[Vec<u32>]) -> anyhow::Result<Vec<f32>> {
-        Ok(self.logit_margins(prompts)?.into_iter().map(sigmoid_f32).collect())
+        Ok(self
+            .logit_margins(prompts)?
+            .into_iter()
+            .map(sigmoid_f32)
+            .collect())
     }
 
     /// `logit_yes − logit_no` for each prompt (P(yes) is its logistic sigmoid).
     pub fn logit_margins(&self, prompts: &[Vec<u32>]) -> anyhow::Result<Vec<f32>> {
-        logit_margins(&self.lm.model, prompts, self.batch_size, self.yes_id, self.no_id)
+        logit_margins(
+            &self.lm.model,
+            prompts,
+            self.batch_size,
+            self.yes_id,
+            self.no_id,
+        )
     }
 }
 
@@ -165,9 +206,12 @@ pub fn sigmoid_f32(m: f32) -> f32 {
 /// Token ids of `yes` and `no` in `lm`'s vocabulary; an error names the model when one is missing.
 pub fn yes_no_ids(lm: &CausalLm) -> anyhow::Result<(u32, u32)> {
     let id = |t: &str| {
-        lm.tokenizer
-            .token_to_id(t)
-            .with_context(|| format!("{}: the vocabulary has no token '{t}' (a yes/no reranker reads its logit)", lm.source.display()))
+        lm.tokenizer.token_to_id(t).with_context(|| {
+            format!(
+                "{}: the vocabulary has no token '{t}' (a yes/no reranker reads its logit)",
+                lm.source.display()
+            )
+        })
     };
     Ok((id("yes")?, id("no")?))
 }
@@ -175,11 +219,20 @@ pub fn yes_no_ids(lm: &CausalLm) -> anyhow::Result<(u32, u32)> {
 /// The prompt's token ids as QMD sends them: template pieces, query and document tokenized
 /// each on its own, BOS first when the model adds one. A document too long for `max_length`
 /// loses its tail; the template's end is always kept.
-pub fn encode_pair(lm: &CausalLm, template: &RerankTemplate, max_length: usize, query: &str, document: &str) -> anyhow::Result<Vec<u32>> {
+pub fn encode_pair(
+    lm: &CausalLm,
+    template: &RerankTemplate,
+    max_length: usize,
+    query: &str,
+    document: &str,
+) -> anyhow::Result<Vec<u32>> {
     let piece = |text: &str| -> anyhow::Result<Vec<u32>> { Ok(lm.encode(text, false)?) };
     let mut head = Vec::new();
     if lm.add_bos
-        && let Some(bos) = lm.bos_token.as_deref().and_then(|t| lm.tokenizer.token_to_id(t))
+        && let Some(bos) = lm
+            .bos_token
+            .as_deref()
+            .and_then(|t| lm.tokenizer.token_to_id(t))
     {
         head.push(bos);
     }
@@ -190,7 +243,9 @@ pub fn encode_pair(lm: &CausalLm, template: &RerankTemplate, max_length: usize, 
     let tail = piece(&template.suffix)?;
     let room = max_length.saturating_sub(head.len() + tail.len());
     if room == 0 {
-        bail!("the rerank prompt for query {query:?} needs more than max_length = {max_length} tokens before any document text");
+        bail!(
+            "the rerank prompt for query {query:?} needs more than max_length = {max_length} tokens before any document text"
+        );
     }
     doc.truncate(room);
     head.extend(doc);
@@ -200,7 +255,13 @@ pub fn encode_pair(lm: &CausalLm, template: &RerankTemplate, max_length: usize, 
 
 /// `logit_yes − logit_no` of each prompt under `model`, in batches of `batch_size` rows of
 /// similar length (sorted first, order restored). Forward only.
-pub fn logit_margins(model: &Decoder, prompts: &[Vec<u32>], batch_size: usize, yes_id: u32, no_id: u32) -> anyhow::Result<Vec<f32>> {
+pub fn logit_margins(
+    model: &Decoder,
+    prompts: &[Vec<u32>],
+    batch_size: usize,
+    yes_id: u32,
+    no_id: u32,
+) -> anyhow::Result<Vec<f32>> {
     let device = model.embed_tokens.val().device();
     let mut order: Vec<usize> = (0..prompts.len()).collect();
     order.sort_by_key(|&i| prompts[i].len());
@@ -209,7 +270,10 @@ pub fn logit_margins(model: &Decoder, prompts: &[Vec<u32>], batch_size: usize, y
         let rows: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i].as_slice()).collect();
         let (ids, last) = right_padded(&rows, &device)?;
         let logits = yes_no_logits(model, ids, last, yes_id, no_id);
-        let m: Vec<f32> = logits.into_data().try_into_vec_as::<f32>().expect("f32 logits");
+        let m: Vec<f32> = logits
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .expect("f32 logits");
         for (k, &i) in chunk.iter().enumerate() {
             out[i] = m[2 * k] - m[2 * k + 1];
         }
@@ -220,7 +284,10 @@ pub fn logit_margins(model: &Decoder, prompts: &[Vec<u32>], batch_size: usize, y
 /// Right-padded `[batch, longest]` ids and the index of each row's last real token in the
 /// flattened `[batch · longest]` positions. Padding repeats the row's last token (any id would
 /// do: causal attention never lets a real position see it).
-pub fn right_padded(rows: &[&[u32]], device: &Device) -> anyhow::Result<(Tensor<2, Int>, Tensor<1, Int>)> {
+pub fn right_padded(
+    rows: &[&[u32]],
+    device: &Device,
+) -> anyhow::Result<(Tensor<2, Int>, Tensor<1, Int>)> {
     let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     if rows.iter().any(|r| r.is_empty()) {
         bail!("an empty rerank prompt cannot be scored");
@@ -229,7 +296,10 @@ pub fn right_padded(rows: &[&[u32]], device: &Device) -> anyhow::Result<(Tensor<
     let mut last = Vec::with_capacity(rows.len());
     for (b, r) in rows.iter().enumerate() {
         ids.extend(r.iter().map(|&i| i as i64));
-        ids.extend(std::iter::repeat_n(*r.last().expect("non-empty") as i64, t - r.len()));
+        ids.extend(std::iter::repeat_n(
+            *r.last().expect("non-empty") as i64,
+            t - r.len(),
+        ));
         last.push((b * t + r.len() - 1) as i64);
     }
     let n = rows.len();
@@ -242,12 +312,21 @@ pub fn right_padded(rows: &[&[u32]], device: &Device) -> anyhow::Result<(Tensor<
 /// `[batch, 2]` logits of `yes` and `no` at the positions `last` (flattened `[batch · seq]`
 /// indices) of right-padded `ids`: only those two rows of the output head, only there. Works on
 /// an autodiff device (training).
-pub fn yes_no_logits(model: &Decoder, ids: Tensor<2, Int>, last: Tensor<1, Int>, yes_id: u32, no_id: u32) -> Tensor<2> {
+pub fn yes_no_logits(
+    model: &Decoder,
+    ids: Tensor<2, Int>,
+    last: Tensor<1, Int>,
+    yes_id: u32,
+    no_id: u32,
+) -> Tensor<2> {
     let device = ids.device();
     let hidden = model.forward_hidden(ids, None, None);
     let [b, t, d] = hidden.dims();
     let h = hidden.reshape([b * t, d]).select(0, last); // [batch, hidden]
-    let rows = Tensor::<1, Int>::from_data(TensorData::new(vec![yes_id as i64, no_id as i64], [2]), &device);
+    let rows = Tensor::<1, Int>::from_data(
+        TensorData::new(vec![yes_id as i64, no_id as i64], [2]),
+        &device,
+    );
     let head = match &model.lm_head {
         // `[hidden, vocab]` → the two columns, `[hidden, 2]`.
         Some(p) => {

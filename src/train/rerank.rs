@@ -32,14 +32,20 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, TrainState};
 use super::schedule::{LrSchedule, ScheduleKind, clip_grad_norm, grad_norm};
-use super::sft::{LoraParameters, LossLog, SftConfig, SftError, checkpoint_of, iteration_seed, progress_bar, with_checkpointing};
+use super::sft::{
+    LoraParameters, LossLog, SftConfig, SftError, checkpoint_of, iteration_seed, progress_bar,
+    with_checkpointing,
+};
 use super::sft_data::epoch_order;
 use crate::data::corpus::Document;
 use crate::eval::search::bm25::{Bm25Config, Bm25Index, QueryMode};
 use crate::export::mlx;
 use crate::lora::{AdapterWeights, QuantizeBase};
 use crate::model::decoder::{CausalLm, Decoder};
-use crate::model::reranker::{RerankTemplate, encode_pair, logit_margins, right_padded, sigmoid_f32, yes_no_ids, yes_no_logits};
+use crate::model::reranker::{
+    RerankTemplate, encode_pair, logit_margins, right_padded, sigmoid_f32, yes_no_ids,
+    yes_no_logits,
+};
 
 /// Which loss trains the reranker.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,7 +121,11 @@ impl Default for RerankConfig {
             adapter_path: PathBuf::from("adapters"),
             resume_adapter_file: None,
             seed: 0,
-            lora_parameters: LoraParameters { rank: 8, scale: 2.0, ..LoraParameters::default() },
+            lora_parameters: LoraParameters {
+                rank: 8,
+                scale: 2.0,
+                ..LoraParameters::default()
+            },
             warmup: 0,
             lr_schedule: s.lr_schedule,
             weight_decay: 0.0,
@@ -134,8 +144,14 @@ impl Default for RerankConfig {
 
 impl RerankConfig {
     pub fn from_toml_file(path: &Path) -> Result<Self, SftError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SftError::Io { path: path.to_path_buf(), source })?;
-        toml::from_str(&text).map_err(|e| SftError::ConfigFile { path: path.to_path_buf(), reason: e.to_string() })
+        let text = std::fs::read_to_string(path).map_err(|source| SftError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| SftError::ConfigFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
     }
 
     /// The `train lora` options this run shares, validated there (ranges, accumulation).
@@ -164,13 +180,22 @@ impl RerankConfig {
         self.sft().validate()?;
         let bad = |field: &'static str, reason: String| Err(SftError::Config { field, reason });
         if !(self.valid_fraction >= 0.0 && self.valid_fraction < 1.0) {
-            return bad("valid_fraction", format!("{} is not in [0, 1)", self.valid_fraction));
+            return bad(
+                "valid_fraction",
+                format!("{} is not in [0, 1)", self.valid_fraction),
+            );
         }
         if self.loss == RerankLoss::Listwise && self.negatives == 0 {
-            return bad("negatives", "listwise training needs at least one negative per group".into());
+            return bad(
+                "negatives",
+                "listwise training needs at least one negative per group".into(),
+            );
         }
         if self.calibration_bins == 0 || self.eval_batch_size == 0 {
-            return bad("calibration_bins", "calibration_bins and eval_batch_size must be at least 1".into());
+            return bad(
+                "calibration_bins",
+                "calibration_bins and eval_batch_size must be at least 1".into(),
+            );
         }
         Ok(())
     }
@@ -196,25 +221,49 @@ fn fnv(seed: u64, text: &str) -> u64 {
 
 /// Split judgments by query: every judgment of a query lands on the same side. Returns
 /// `(train, held_out)`.
-pub fn split_by_query(judged: &[Judged], valid_fraction: f64, seed: u64) -> (Vec<Judged>, Vec<Judged>) {
+pub fn split_by_query(
+    judged: &[Judged],
+    valid_fraction: f64,
+    seed: u64,
+) -> (Vec<Judged>, Vec<Judged>) {
     let held = |q: &str| (fnv(seed, q) % 10_000) as f64 / 10_000.0 < valid_fraction;
     judged.iter().cloned().partition(|j| !held(&j.query))
 }
 
 /// Up to `k` BM25 hard negatives per query: the best-ranked documents of the pool (distinct
 /// documents of `judged`) that are not judged for that query. QMD's FTS5 settings, any term.
-pub fn mine_negatives(judged: &[Judged], k: usize) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+pub fn mine_negatives(
+    judged: &[Judged],
+    k: usize,
+) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
     let mut out = BTreeMap::new();
     if k == 0 {
         return Ok(out);
     }
-    let pool: Vec<String> = judged.iter().map(|j| j.document.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    let pool: Vec<String> = judged
+        .iter()
+        .map(|j| j.document.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let docs: Vec<Document> = pool
         .iter()
         .enumerate()
-        .map(|(i, text)| Document { id: format!("d{i}"), title: String::new(), text: text.clone(), governance: Default::default() })
+        .map(|(i, text)| Document {
+            id: format!("d{i}"),
+            title: String::new(),
+            text: text.clone(),
+            governance: Default::default(),
+        })
         .collect();
-    let index = Bm25Index::in_memory(&docs, &Bm25Config { query_mode: QueryMode::AnyTerm, index_doc_id: false, ..Bm25Config::default() })?;
+    let index = Bm25Index::in_memory(
+        &docs,
+        &Bm25Config {
+            query_mode: QueryMode::AnyTerm,
+            index_doc_id: false,
+            ..Bm25Config::default()
+        },
+    )?;
     let mut judged_for: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for j in judged {
         judged_for.entry(&j.query).or_default().insert(&j.document);
@@ -223,7 +272,11 @@ pub fn mine_negatives(judged: &[Judged], k: usize) -> anyhow::Result<BTreeMap<St
         let hits = index.search(query, k + seen.len())?;
         let negs: Vec<String> = hits
             .iter()
-            .filter_map(|r| r.doc_id.strip_prefix('d').and_then(|i| i.parse::<usize>().ok()))
+            .filter_map(|r| {
+                r.doc_id
+                    .strip_prefix('d')
+                    .and_then(|i| i.parse::<usize>().ok())
+            })
             .map(|i| pool[i].clone())
             .filter(|d| !seen.contains(d.as_str()))
             .take(k)
@@ -262,14 +315,27 @@ pub fn calibration(p: &[f32], labels: &[bool], bins: usize) -> Calibration {
         acc[b].1 += pi;
         acc[b].2 += yf;
     }
-    let ece = acc.iter().filter(|b| b.0 > 0).map(|b| (b.0 as f64 / nf) * (b.2 / b.0 as f64 - b.1 / b.0 as f64).abs()).sum();
+    let ece = acc
+        .iter()
+        .filter(|b| b.0 > 0)
+        .map(|b| (b.0 as f64 / nf) * (b.2 / b.0 as f64 - b.1 / b.0 as f64).abs())
+        .sum();
     Calibration {
         n,
         brier: brier / nf,
         ece,
         mean_p: p.iter().map(|&x| x as f64).sum::<f64>() / nf,
         positive_rate: labels.iter().filter(|&&y| y).count() as f64 / nf,
-        bins: acc.into_iter().map(|(c, s, y)| if c == 0 { (0, 0.0, 0.0) } else { (c, s / c as f64, y / c as f64) }).collect(),
+        bins: acc
+            .into_iter()
+            .map(|(c, s, y)| {
+                if c == 0 {
+                    (0, 0.0, 0.0)
+                } else {
+                    (c, s / c as f64, y / c as f64)
+                }
+            })
+            .collect(),
     }
 }
 
@@ -284,7 +350,10 @@ pub fn pointwise_loss(margin: Tensor<1>, targets: Tensor<1>) -> Tensor<1> {
 /// document first in each group). `[1]`.
 pub fn listwise_loss(margin: Tensor<1>, group: usize) -> Tensor<1> {
     let n = margin.dims()[0] / group;
-    log_softmax(margin.reshape([n, group]), 1).narrow(1, 0, 1).neg().mean()
+    log_softmax(margin.reshape([n, group]), 1)
+        .narrow(1, 0, 1)
+        .neg()
+        .mean()
 }
 
 /// `logit_yes − logit_no` of a batch of prompts on the model's device (autodiff when training), `[batch]`.
@@ -327,13 +396,26 @@ pub struct RerankOutcome {
 
 /// Train a reranker adapter for `lm` on `train` judgments; score `held_out` before and after.
 /// `audit` (the governance audit of the judgments) is written beside the adapter.
-pub fn fit(cfg: &RerankConfig, lm: &CausalLm, template: &RerankTemplate, judged: &[Judged], audit: serde_json::Value, progress: bool) -> anyhow::Result<RerankOutcome> {
+pub fn fit(
+    cfg: &RerankConfig,
+    lm: &CausalLm,
+    template: &RerankTemplate,
+    judged: &[Judged],
+    audit: serde_json::Value,
+    progress: bool,
+) -> anyhow::Result<RerankOutcome> {
     cfg.validate()?;
     let out = cfg.adapter_path.clone();
-    std::fs::create_dir_all(&out).map_err(|source| SftError::Io { path: out.clone(), source })?;
+    std::fs::create_dir_all(&out).map_err(|source| SftError::Io {
+        path: out.clone(),
+        source,
+    })?;
     let (train, held_out) = split_by_query(judged, cfg.valid_fraction, cfg.seed);
     if train.is_empty() {
-        anyhow::bail!("no training judgments left after holding out {:.0}% of the queries", cfg.valid_fraction * 100.0);
+        anyhow::bail!(
+            "no training judgments left after holding out {:.0}% of the queries",
+            cfg.valid_fraction * 100.0
+        );
     }
     let (yes, no) = yes_no_ids(lm)?;
     let enc = |q: &str, d: &str| encode_pair(lm, template, cfg.max_seq_length, q, d);
@@ -343,7 +425,10 @@ pub fn fit(cfg: &RerankConfig, lm: &CausalLm, template: &RerankTemplate, judged:
         RerankLoss::Pointwise => {
             let mut pairs = Vec::new();
             for j in &train {
-                pairs.push((enc(&j.query, &j.document)?, (j.grade.clamp(0, max_grade) as f32) / max_grade as f32));
+                pairs.push((
+                    enc(&j.query, &j.document)?,
+                    (j.grade.clamp(0, max_grade) as f32) / max_grade as f32,
+                ));
             }
             for (q, negs) in &mined {
                 for d in negs {
@@ -360,7 +445,11 @@ pub fn fit(cfg: &RerankConfig, lm: &CausalLm, template: &RerankTemplate, judged:
             }
             for (q, js) in by_query {
                 for pos in js.iter().filter(|j| j.grade >= 1) {
-                    let mut negs: Vec<&str> = js.iter().filter(|j| j.grade < pos.grade && j.grade < 1).map(|j| j.document.as_str()).collect();
+                    let mut negs: Vec<&str> = js
+                        .iter()
+                        .filter(|j| j.grade < pos.grade && j.grade < 1)
+                        .map(|j| j.document.as_str())
+                        .collect();
                     negs.extend(mined.get(q).into_iter().flatten().map(String::as_str));
                     if negs.is_empty() {
                         continue;
@@ -376,9 +465,16 @@ pub fn fit(cfg: &RerankConfig, lm: &CausalLm, template: &RerankTemplate, judged:
         }
     };
     if items.len() < cfg.batch_size {
-        anyhow::bail!(SftError::TooFew { part: "train".into(), n: items.len(), batch_size: cfg.batch_size });
+        anyhow::bail!(SftError::TooFew {
+            part: "train".into(),
+            n: items.len(),
+            batch_size: cfg.batch_size
+        });
     }
-    std::fs::write(out.join("governance_audit.json"), serde_json::to_string_pretty(&audit)?)?;
+    std::fs::write(
+        out.join("governance_audit.json"),
+        serde_json::to_string_pretty(&audit)?,
+    )?;
     let manifest = serde_json::json!({
         "tool": "tunelab", "version": env!("CARGO_PKG_VERSION"), "task": "rerank",
         "base_model": lm.source, "config": cfg, "train_judgments": train.len(), "held_out_judgments": held_out.len(),
@@ -386,13 +482,19 @@ pub fn fit(cfg: &RerankConfig, lm: &CausalLm, template: &RerankTemplate, judged:
     });
 
     // Held-out calibration of a model (forward only).
-    let held_prompts = held_out.iter().map(|j| enc(&j.query, &j.document)).collect::<anyhow::Result<Vec<_>>>()?;
+    let held_prompts = held_out
+        .iter()
+        .map(|j| enc(&j.query, &j.document))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let labels: Vec<bool> = held_out.iter().map(|j| j.grade >= 1).collect();
     let calibrate = |model: &Decoder| -> anyhow::Result<Option<Calibration>> {
         if held_prompts.is_empty() {
             return Ok(None);
         }
-        let p: Vec<f32> = logit_margins(model, &held_prompts, cfg.eval_batch_size, yes, no)?.into_iter().map(sigmoid_f32).collect();
+        let p: Vec<f32> = logit_margins(model, &held_prompts, cfg.eval_batch_size, yes, no)?
+            .into_iter()
+            .map(sigmoid_f32)
+            .collect();
         Ok(Some(calibration(&p, &labels, cfg.calibration_bins)))
     };
 
@@ -402,34 +504,64 @@ pub fn fit(cfg: &RerankConfig, lm: &CausalLm, template: &RerankTemplate, judged:
         None => lm.model.clone(),
     };
     let mut model = base.with_lora(&lora, &mut ChaCha8Rng::seed_from_u64(cfg.seed))?;
-    let mut state = TrainState { step: 0, epoch: 0, batch_in_epoch: 0, seed: cfg.seed, best: None };
+    let mut state = TrainState {
+        step: 0,
+        epoch: 0,
+        batch_in_epoch: 0,
+        seed: cfg.seed,
+        best: None,
+    };
     let mut resume_dir = None;
     if let Some(from) = &cfg.resume_adapter_file {
         let (adapter, ckpt) = match checkpoint_of(from) {
             Some(dir) => (mlx::read(&dir)?, Some(dir)),
-            None => (mlx::read_with_weights(from.parent().unwrap_or(Path::new(".")), from)?, None),
+            None => (
+                mlx::read_with_weights(from.parent().unwrap_or(Path::new(".")), from)?,
+                None,
+            ),
         };
-        model = model.apply_adapter(&AdapterWeights { config: lora.clone(), ..adapter })?;
+        model = model.apply_adapter(&AdapterWeights {
+            config: lora.clone(),
+            ..adapter
+        })?;
         if let Some(dir) = ckpt {
             state = checkpoint::load_state(&dir)?;
             resume_dir = Some(dir);
         }
     }
-    let base_cal = if state.step == 0 { calibrate(&model)? } else { None };
-    let mut model = if cfg.grad_checkpoint { with_checkpointing(model) } else { model.train() };
+    let base_cal = if state.step == 0 {
+        calibrate(&model)?
+    } else {
+        None
+    };
+    let mut model = if cfg.grad_checkpoint {
+        with_checkpointing(model)
+    } else {
+        model.train()
+    };
     let device = model.embed_tokens.val().device();
-    let mut optim: ModuleOptimizer = AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32).init();
+    let mut optim: ModuleOptimizer = AdamWConfig::new()
+        .with_weight_decay(cfg.weight_decay as f32)
+        .init();
     if let Some(dir) = &resume_dir {
         optim = checkpoint::load_optimizer(dir, optim)?;
     }
     let acc = cfg.grad_accumulation_steps;
-    let schedule = LrSchedule { base_lr: cfg.learning_rate, warmup_steps: cfg.warmup, total_steps: cfg.iters / acc, kind: cfg.lr_schedule };
+    let schedule = LrSchedule {
+        base_lr: cfg.learning_rate,
+        warmup_steps: cfg.warmup,
+        total_steps: cfg.iters / acc,
+        kind: cfg.lr_schedule,
+    };
     let n_batches = items.len() / cfg.batch_size;
     let mut log = LossLog::open(&out.join("loss.jsonl"), state.step)?;
     let extra = serde_json::json!({ "tunelab_rerank": cfg, "template": template.text() });
     let save = |model: &Decoder, dir: &Path, iteration: usize| -> anyhow::Result<AdapterWeights> {
         let mut adapter = model.adapter_weights(&lora);
-        adapter.metadata.insert("tunelab_manifest".into(), serde_json::json!({ "iteration": iteration, "run": manifest }).to_string());
+        adapter.metadata.insert(
+            "tunelab_manifest".into(),
+            serde_json::json!({ "iteration": iteration, "run": manifest }).to_string(),
+        );
         mlx::write(dir, &adapter, extra.clone())?;
         Ok(adapter)
     };
@@ -456,17 +588,32 @@ pub fn fit(cfg: &RerankConfig, lm: &CausalLm, template: &RerankTemplate, judged:
                 let rows: Vec<&[u32]> = picked.iter().map(|&i| pairs[i].0.as_slice()).collect();
                 let targets: Vec<f32> = picked.iter().map(|&i| pairs[i].1).collect();
                 let t = Tensor::<1>::from_data(TensorData::new(targets, [rows.len()]), &device);
-                (pointwise_loss(margins(&model, &rows, yes, no)?, t), rows.len())
+                (
+                    pointwise_loss(margins(&model, &rows, yes, no)?, t),
+                    rows.len(),
+                )
             }
             Items::Groups(groups) => {
-                let rows: Vec<&[u32]> = picked.iter().flat_map(|&i| groups[i].iter().map(Vec::as_slice)).collect();
-                (listwise_loss(margins(&model, &rows, yes, no)?, cfg.negatives + 1), rows.len())
+                let rows: Vec<&[u32]> = picked
+                    .iter()
+                    .flat_map(|&i| groups[i].iter().map(Vec::as_slice))
+                    .collect();
+                (
+                    listwise_loss(margins(&model, &rows, yes, no)?, cfg.negatives + 1),
+                    rows.len(),
+                )
             }
         };
         let loss_value = loss.clone().into_scalar::<f32>();
         if !loss_value.is_finite() {
             bar.abandon_with_message(format!("loss {loss_value} at iteration {it}"));
-            return Err(SftError::NonFinite { iteration: it, quantity: "loss", value: loss_value as f64, last_adapter }.into());
+            return Err(SftError::NonFinite {
+                iteration: it,
+                quantity: "loss",
+                value: loss_value as f64,
+                last_adapter,
+            }
+            .into());
         }
         let grads = GradientsParams::from_grads(loss.div_scalar(acc as f32).backward(), &model);
         accumulator.accumulate(&model, grads);
@@ -482,7 +629,13 @@ pub fn fit(cfg: &RerankConfig, lm: &CausalLm, template: &RerankTemplate, judged:
             };
             if !norm.is_finite() {
                 bar.abandon_with_message(format!("gradient norm {norm} at iteration {it}"));
-                return Err(SftError::NonFinite { iteration: it, quantity: "gradient norm", value: norm, last_adapter }.into());
+                return Err(SftError::NonFinite {
+                    iteration: it,
+                    quantity: "gradient norm",
+                    value: norm,
+                    last_adapter,
+                }
+                .into());
             }
             let lr = schedule.lr(it / acc - 1);
             model = optim.step(lr, model, grads);
@@ -516,13 +669,18 @@ pub fn fit(cfg: &RerankConfig, lm: &CausalLm, template: &RerankTemplate, judged:
     let model = model.valid();
     let tuned = calibrate(&model)?;
     if let Some(t) = &tuned {
-        log.write(&serde_json::json!({ "iteration": state.step, "val_brier": t.brier, "val_ece": t.ece }))?;
+        log.write(
+            &serde_json::json!({ "iteration": state.step, "val_brier": t.brier, "val_ece": t.ece }),
+        )?;
     }
     let report = serde_json::json!({
         "held_out_judgments": held_out.len(), "labels": "relevant >= 1",
         "base": base_cal, "tuned": tuned,
     });
-    std::fs::write(out.join("calibration.json"), serde_json::to_string_pretty(&report)? + "\n")?;
+    std::fs::write(
+        out.join("calibration.json"),
+        serde_json::to_string_pretty(&report)? + "\n",
+    )?;
     Ok(RerankOutcome {
         model,
         adapter,
@@ -586,7 +744,9 @@ mod tests {
         let p = [0.05f32, 0.15, 0.95, 0.85, 1.0, 0.0];
         let y = [false, true, true, true, true, false];
         let c = calibration(&p, &y, 10);
-        let brier = (0.05f64.powi(2) + 0.85f64.powi(2) + 0.05f64.powi(2) + 0.15f64.powi(2) + 0.0 + 0.0) / 6.0;
+        let brier =
+            (0.05f64.powi(2) + 0.85f64.powi(2) + 0.05f64.powi(2) + 0.15f64.powi(2) + 0.0 + 0.0)
+                / 6.0;
         assert!((c.brier - brier).abs() < 1e-6, "{} vs {brier}", c.brier);
         // Bins: [0,0.1): {0.05 n, 0.0 n} mean p 0.025, rate 0; [0.1,0.2): {0.15 y}; [0.8,0.9): {0.85 y};
         // [0.9,1.0]: {0.95 y, 1.0 y} (1.0 falls in the last bin).
@@ -600,21 +760,39 @@ mod tests {
     #[test]
     fn the_query_split_keeps_queries_whole_and_is_seeded() {
         let judged: Vec<Judged> = (0..200)
-            .flat_map(|q| (0..3).map(move |d| Judged { query: format!("query {q}"), document: format!("doc {d}"), grade: d }))
+            .flat_map(|q| {
+                (0..3).map(move |d| Judged {
+                    query: format!("query {q}"),
+                    document: format!("doc {d}"),
+                    grade: d,
+                })
+            })
             .collect();
         let (train, held) = split_by_query(&judged, 0.25, 7);
         let tq: BTreeSet<_> = train.iter().map(|j| &j.query).collect();
         let hq: BTreeSet<_> = held.iter().map(|j| &j.query).collect();
         assert!(tq.is_disjoint(&hq));
         assert_eq!(train.len() + held.len(), judged.len());
-        assert!((30..70).contains(&hq.len()), "{} of 200 queries held out at 25%", hq.len());
-        assert_ne!(split_by_query(&judged, 0.25, 8).1, held, "another seed gives another split");
+        assert!(
+            (30..70).contains(&hq.len()),
+            "{} of 200 queries held out at 25%",
+            hq.len()
+        );
+        assert_ne!(
+            split_by_query(&judged, 0.25, 8).1,
+            held,
+            "another seed gives another split"
+        );
         assert!(split_by_query(&judged, 0.0, 7).1.is_empty());
     }
 
     #[test]
     fn mined_negatives_skip_documents_judged_for_the_query() {
-        let j = |q: &str, d: &str, g| Judged { query: q.into(), document: d.into(), grade: g };
+        let j = |q: &str, d: &str, g| Judged {
+            query: q.into(),
+            document: d.into(),
+            grade: g,
+        };
         let judged = vec![
             j("ferry timetable", "The ferry leaves at nine.", 2),
             j("ferry timetable", "Bread recipes of the valley.", 0),
@@ -624,10 +802,18 @@ mod tests {
         let mined = mine_negatives(&judged, 2).unwrap();
         for (q, negs) in &mined {
             for d in negs {
-                assert!(!judged.iter().any(|x| &x.query == q && &x.document == d), "{q}: judged document {d:?} mined");
+                assert!(
+                    !judged.iter().any(|x| &x.query == q && &x.document == d),
+                    "{q}: judged document {d:?} mined"
+                );
             }
         }
-        assert!(mined["ferry timetable"].iter().any(|d| d.contains("Ferry tickets")), "{mined:?}");
+        assert!(
+            mined["ferry timetable"]
+                .iter()
+                .any(|d| d.contains("Ferry tickets")),
+            "{mined:?}"
+        );
         assert!(mine_negatives(&judged, 0).unwrap().is_empty());
     }
 }
