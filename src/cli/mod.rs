@@ -14,6 +14,7 @@ pub mod export;
 pub mod gate;
 pub mod lora;
 pub mod report;
+pub mod rerank;
 pub mod search;
 
 /// Fine-tune and evaluate retrieval models locally.
@@ -50,6 +51,8 @@ pub enum Command {
     Train(TrainCommand),
     /// Generate text with a decoder (and optional adapter).
     Generate(lora::GenerateArgs),
+    /// Rescore the top documents of a TREC run with a yes/no LLM reranker (scores = P(yes)).
+    Rerank(rerank::RerankArgs),
     /// Export adapters or models to other tools' formats.
     #[command(subcommand)]
     Export(export::ExportCommand),
@@ -76,6 +79,8 @@ pub enum TrainCommand {
     Embed(embed::TrainEmbedArgs),
     /// LoRA fine-tuning of a decoder.
     Lora(lora::TrainLoraArgs),
+    /// LoRA fine-tuning of a decoder as a yes/no reranker (pointwise or listwise loss).
+    Rerank(rerank::TrainRerankArgs),
 }
 
 /// Parse arguments and run the command.
@@ -92,7 +97,9 @@ pub fn main() -> anyhow::Result<()> {
         Command::Embed(a) => embed::run_embed(a, device),
         Command::Train(TrainCommand::Embed(a)) => embed::run_train(a, device),
         Command::Train(TrainCommand::Lora(a)) => lora::run_train(a, device),
+        Command::Train(TrainCommand::Rerank(a)) => rerank::run_train(a, device),
         Command::Generate(a) => lora::run_generate(a, device),
+        Command::Rerank(a) => rerank::run_rerank(a, device),
         Command::Export(c) => export::run(c, device),
         Command::Fuse(a) => lora::run_fuse(a, device),
         Command::Experiment(a) => experiment::run(a, device),

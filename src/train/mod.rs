@@ -6,6 +6,7 @@
 //! * [`encoder`]: the [`encoder::TrainableEncoder`] seam between loops and models.
 //! * [`hard_negatives`]: mining hard negatives from a governed corpus (BM25 or dense).
 //! * [`gradcheck`]: finite-difference checks of parameter gradients for any encoder and loss.
+//! * [`rerank`]: LoRA fine-tuning of a yes/no LLM reranker (`tunelab train rerank`), calibration.
 //! * [`schedule`]: warm-up + linear/cosine learning rates, clipping by global norm.
 //! * [`sft`]: LoRA supervised fine-tuning of decoders (`tunelab train lora`), MLX-LM's options.
 //! * [`sft_data`]: SFT records rendered and tokenized, length-grouped padded batches.
@@ -18,6 +19,7 @@ pub mod embed_job;
 pub mod encoder;
 pub mod gradcheck;
 pub mod hard_negatives;
+pub mod rerank;
 pub mod schedule;
 pub mod sft;
 pub mod sft_data;

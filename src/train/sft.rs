@@ -355,7 +355,7 @@ pub struct SftTrainer {
 /// refuses operations that mix strategies, and `Module::train` gives parameters the default one
 /// (none) whatever their device says: the constant tensors (RoPE tables) take the strategy from
 /// the device move, the parameters from [`BalancedCheckpointing`] after `train`.
-fn with_checkpointing(model: Decoder) -> Decoder {
+pub(crate) fn with_checkpointing(model: Decoder) -> Decoder {
     let device = model.embed_tokens.val().device().inner();
     model.to_device(&device.autodiff().gradient_checkpointing()).train().map(&mut BalancedCheckpointing)
 }
@@ -370,14 +370,14 @@ impl ModuleMapper for BalancedCheckpointing {
 }
 
 /// The dropout seed of an iteration (SplitMix64's constant mixes the run seed and iteration).
-fn iteration_seed(seed: u64, iteration: usize) -> u64 {
+pub(crate) fn iteration_seed(seed: u64, iteration: usize) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(iteration as u64).rotate_left(17)
 }
 
 /// The checkpoint to resume from for `path`: the folder itself or the folder of a file in it
 /// when it is a checkpoint (has `state.json`), else the latest checkpoint of a run's
 /// `adapter_path` folder.
-fn checkpoint_of(path: &Path) -> Option<PathBuf> {
+pub(crate) fn checkpoint_of(path: &Path) -> Option<PathBuf> {
     let dir = if path.is_dir() { path.to_path_buf() } else { path.parent()?.to_path_buf() };
     if dir.join("state.json").is_file() {
         return Some(dir);
@@ -592,7 +592,7 @@ impl SftTrainer {
     }
 }
 
-fn progress_bar(on: bool, total: u64, position: u64) -> indicatif::ProgressBar {
+pub(crate) fn progress_bar(on: bool, total: u64, position: u64) -> indicatif::ProgressBar {
     if !on {
         return indicatif::ProgressBar::hidden();
     }
@@ -606,13 +606,13 @@ fn progress_bar(on: bool, total: u64, position: u64) -> indicatif::ProgressBar {
 
 /// `loss.jsonl`, appended and flushed line by line. On resume, lines past the checkpoint's
 /// iteration are dropped first: the resumed run writes them again.
-struct LossLog {
+pub(crate) struct LossLog {
     path: PathBuf,
     file: std::fs::File,
 }
 
 impl LossLog {
-    fn open(path: &Path, keep_through: usize) -> Result<Self, SftError> {
+    pub(crate) fn open(path: &Path, keep_through: usize) -> Result<Self, SftError> {
         let err = |source| SftError::Io { path: path.to_path_buf(), source };
         let kept: String = match std::fs::read_to_string(path) {
             Ok(text) => text
@@ -631,7 +631,7 @@ impl LossLog {
         Ok(Self { path: path.to_path_buf(), file })
     }
 
-    fn write(&mut self, line: &serde_json::Value) -> Result<(), SftError> {
+    pub(crate) fn write(&mut self, line: &serde_json::Value) -> Result<(), SftError> {
         writeln!(self.file, "{line}").and_then(|_| self.file.flush()).map_err(|source| SftError::Io { path: self.path.clone(), source })
     }
 }

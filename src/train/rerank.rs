@@ -1,0 +1,819 @@
+//! LoRA fine-tuning of a yes/no LLM reranker (`tunelab train rerank`) on governed
+//! `{"query", "document", "relevant": bool | grade}` judgments, with the machinery of
+//! [`super::sft`]: LoRA wiring, AdamW, warm-up + schedule, clipping, gradient accumulation,
+//! MLX-LM adapter files, resumable checkpoints, `loss.jsonl`, a governance audit and manifest.
+//!
+//! * Prompts are the reranker's ([`crate::model::reranker::encode_pair`]), so what is trained is
+//!   what QMD scores: `m = logit_yes − logit_no` at the last position, `P(yes) = σ(m)`.
+//! * `loss = "pointwise"`: binary cross-entropy of P(yes) against a target per pair: the grade
+//!   divided by the largest grade in the data (0/1/2 → 0, 0.5, 1; booleans → 0, 1); mined
+//!   negatives have target 0. `loss = "listwise"`: for each judged relevant document, softmax
+//!   cross-entropy over `m` of it and `negatives` documents of lower grade (judged ones first,
+//!   then mined), the relevant one at index 0.
+//! * Hard negatives: BM25 (QMD's FTS5 settings, any term) over the distinct documents of the
+//!   training judgments, skipping documents judged for that query. Documents of held-out queries
+//!   never enter the pool, so nothing held out is seen in training.
+//! * Held-out judgments: the queries whose FNV-1a hash (with `seed`) falls in the
+//!   `valid_fraction`; Brier score and expected calibration error of P(yes) against
+//!   `relevant ≥ 1` are reported for the base model and the tuned one (`calibration.json`):
+//!   QMD blends P(yes) with ranks, so calibration has to survive tuning.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::tensor::activation::{log_softmax, relu};
+use burn::tensor::{Tensor, TensorData};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{self, TrainState};
+use super::schedule::{LrSchedule, ScheduleKind, clip_grad_norm, grad_norm};
+use super::sft::{
+    LoraParameters, LossLog, SftConfig, SftError, checkpoint_of, iteration_seed, progress_bar,
+    with_checkpointing,
+};
+use super::sft_data::epoch_order;
+use crate::data::corpus::Document;
+use crate::eval::search::bm25::{Bm25Config, Bm25Index, QueryMode};
+use crate::export::mlx;
+use crate::lora::{AdapterWeights, QuantizeBase};
+use crate::model::decoder::{CausalLm, Decoder};
+use crate::model::reranker::{
+    RerankTemplate, encode_pair, logit_margins, right_padded, sigmoid_f32, yes_no_ids,
+    yes_no_logits,
+};
+
+/// Which loss trains the reranker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RerankLoss {
+    /// Binary cross-entropy of P(yes) against the pair's target.
+    #[default]
+    Pointwise,
+    /// Softmax cross-entropy over one relevant document and `negatives` less relevant ones.
+    Listwise,
+}
+
+/// Options of `tunelab train rerank`: `train lora`'s names and meanings where they apply, plus
+/// the reranker's own (`loss`, `negatives`, `mined_negatives`, `valid_fraction`,
+/// `calibration_bins`, `eval_batch_size`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RerankConfig {
+    /// A `.gguf` file or Hugging Face folder.
+    pub model: Option<PathBuf>,
+    /// A JSONL file of judgments `{"query", "document", "relevant"}` with governance fields.
+    pub data: Option<PathBuf>,
+    pub policy: Option<PathBuf>,
+    pub treat_unclassified_as_public: bool,
+    /// Batches to train on: pairs (pointwise) or groups (listwise) per batch.
+    pub iters: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub steps_per_report: usize,
+    pub save_every: usize,
+    pub num_layers: i64,
+    /// Longest prompt in tokens (documents lose their tail).
+    pub max_seq_length: usize,
+    pub grad_accumulation_steps: usize,
+    pub adapter_path: PathBuf,
+    pub resume_adapter_file: Option<PathBuf>,
+    pub seed: u64,
+    pub lora_parameters: LoraParameters,
+    pub warmup: usize,
+    pub lr_schedule: ScheduleKind,
+    pub weight_decay: f64,
+    pub max_grad_norm: Option<f64>,
+    pub quantize_base: QuantizeBase,
+    pub grad_checkpoint: bool,
+    pub loss: RerankLoss,
+    /// Negatives per group (listwise).
+    pub negatives: usize,
+    /// BM25-mined hard negatives added per training query.
+    pub mined_negatives: usize,
+    /// Share of queries held out for calibration (Brier, ECE).
+    pub valid_fraction: f64,
+    pub calibration_bins: usize,
+    /// Prompts per forward pass when scoring held-out judgments.
+    pub eval_batch_size: usize,
+}
+
+impl Default for RerankConfig {
+    fn default() -> Self {
+        let s = SftConfig::default();
+        Self {
+            model: None,
+            data: None,
+            policy: None,
+            treat_unclassified_as_public: false,
+            iters: 200,
+            batch_size: 4,
+            learning_rate: 1e-4,
+            steps_per_report: 10,
+            save_every: 100,
+            num_layers: -1,
+            max_seq_length: 512,
+            grad_accumulation_steps: 1,
+            adapter_path: PathBuf::from("adapters"),
+            resume_adapter_file: None,
+            seed: 0,
+            lora_parameters: LoraParameters {
+                rank: 8,
+                scale: 2.0,
+                ..LoraParameters::default()
+            },
+            warmup: 0,
+            lr_schedule: s.lr_schedule,
+            weight_decay: 0.0,
+            max_grad_norm: Some(1.0),
+            quantize_base: QuantizeBase::Keep,
+            grad_checkpoint: false,
+            loss: RerankLoss::Pointwise,
+            negatives: 3,
+            mined_negatives: 2,
+            valid_fraction: 0.2,
+            calibration_bins: 10,
+            eval_batch_size: 8,
+        }
+    }
+}
+
+impl RerankConfig {
+    pub fn from_toml_file(path: &Path) -> Result<Self, SftError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SftError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| SftError::ConfigFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The `train lora` options this run shares, validated there (ranges, accumulation).
+    fn sft(&self) -> SftConfig {
+        SftConfig {
+            iters: self.iters,
+            batch_size: self.batch_size,
+            learning_rate: self.learning_rate,
+            steps_per_report: self.steps_per_report,
+            save_every: self.save_every,
+            num_layers: self.num_layers,
+            max_seq_length: self.max_seq_length,
+            grad_accumulation_steps: self.grad_accumulation_steps,
+            seed: self.seed,
+            lora_parameters: self.lora_parameters.clone(),
+            warmup: self.warmup,
+            lr_schedule: self.lr_schedule,
+            weight_decay: self.weight_decay,
+            max_grad_norm: self.max_grad_norm,
+            quantize_base: self.quantize_base,
+            ..SftConfig::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), SftError> {
+        self.sft().validate()?;
+        let bad = |field: &'static str, reason: String| Err(SftError::Config { field, reason });
+        if !(self.valid_fraction >= 0.0 && self.valid_fraction < 1.0) {
+            return bad(
+                "valid_fraction",
+                format!("{} is not in [0, 1)", self.valid_fraction),
+            );
+        }
+        if self.loss == RerankLoss::Listwise && self.negatives == 0 {
+            return bad(
+                "negatives",
+                "listwise training needs at least one negative per group".into(),
+            );
+        }
+        if self.calibration_bins == 0 || self.eval_batch_size == 0 {
+            return bad(
+                "calibration_bins",
+                "calibration_bins and eval_batch_size must be at least 1".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// One judgment: a query, a document text and its grade (booleans as 0/1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Judged {
+    pub query: String,
+    pub document: String,
+    pub grade: i64,
+}
+
+/// FNV-1a of `seed` and `text`: a stable hash for the query split.
+fn fnv(seed: u64, text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for b in text.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Split judgments by query: every judgment of a query lands on the same side. Returns
+/// `(train, held_out)`.
+pub fn split_by_query(
+    judged: &[Judged],
+    valid_fraction: f64,
+    seed: u64,
+) -> (Vec<Judged>, Vec<Judged>) {
+    let held = |q: &str| (fnv(seed, q) % 10_000) as f64 / 10_000.0 < valid_fraction;
+    judged.iter().cloned().partition(|j| !held(&j.query))
+}
+
+/// Up to `k` BM25 hard negatives per query: the best-ranked documents of the pool (distinct
+/// documents of `judged`) that are not judged for that query. QMD's FTS5 settings, any term.
+pub fn mine_negatives(
+    judged: &[Judged],
+    k: usize,
+) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let mut out = BTreeMap::new();
+    if k == 0 {
+        return Ok(out);
+    }
+    let pool: Vec<String> = judged
+        .iter()
+        .map(|j| j.document.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let docs: Vec<Document> = pool
+        .iter()
+        .enumerate()
+        .map(|(i, text)| Document {
+            id: format!("d{i}"),
+            title: String::new(),
+            text: text.clone(),
+            governance: Default::default(),
+        })
+        .collect();
+    let index = Bm25Index::in_memory(
+        &docs,
+        &Bm25Config {
+            query_mode: QueryMode::AnyTerm,
+            index_doc_id: false,
+            ..Bm25Config::default()
+        },
+    )?;
+    let mut judged_for: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for j in judged {
+        judged_for.entry(&j.query).or_default().insert(&j.document);
+    }
+    for (query, seen) in judged_for {
+        let hits = index.search(query, k + seen.len())?;
+        let negs: Vec<String> = hits
+            .iter()
+            .filter_map(|r| {
+                r.doc_id
+                    .strip_prefix('d')
+                    .and_then(|i| i.parse::<usize>().ok())
+            })
+            .map(|i| pool[i].clone())
+            .filter(|d| !seen.contains(d.as_str()))
+            .take(k)
+            .collect();
+        out.insert(query.to_string(), negs);
+    }
+    Ok(out)
+}
+
+/// Brier score and expected calibration error of probabilities `p` against binary labels.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    pub n: usize,
+    /// Mean squared error of P(yes) against the 0/1 label.
+    pub brier: f64,
+    /// Σ_bins (n_bin / n) · |mean label − mean P(yes)| over equal-width bins of P(yes).
+    pub ece: f64,
+    pub mean_p: f64,
+    pub positive_rate: f64,
+    /// Per bin: (count, mean P(yes), positive rate).
+    pub bins: Vec<(usize, f64, f64)>,
+}
+
+/// Brier score and ECE (`bins` equal-width bins over [0, 1], the last one closed).
+pub fn calibration(p: &[f32], labels: &[bool], bins: usize) -> Calibration {
+    assert_eq!(p.len(), labels.len());
+    let n = p.len();
+    let nf = n.max(1) as f64;
+    let mut acc = vec![(0usize, 0f64, 0f64); bins];
+    let mut brier = 0.0;
+    for (&pi, &y) in p.iter().zip(labels) {
+        let (pi, yf) = (pi as f64, y as u8 as f64);
+        brier += (pi - yf).powi(2);
+        let b = ((pi * bins as f64) as usize).min(bins - 1);
+        acc[b].0 += 1;
+        acc[b].1 += pi;
+        acc[b].2 += yf;
+    }
+    let ece = acc
+        .iter()
+        .filter(|b| b.0 > 0)
+        .map(|b| (b.0 as f64 / nf) * (b.2 / b.0 as f64 - b.1 / b.0 as f64).abs())
+        .sum();
+    Calibration {
+        n,
+        brier: brier / nf,
+        ece,
+        mean_p: p.iter().map(|&x| x as f64).sum::<f64>() / nf,
+        positive_rate: labels.iter().filter(|&&y| y).count() as f64 / nf,
+        bins: acc
+            .into_iter()
+            .map(|(c, s, y)| {
+                if c == 0 {
+                    (0, 0.0, 0.0)
+                } else {
+                    (c, s / c as f64, y / c as f64)
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Mean binary cross-entropy of `σ(margin)` against `targets` in [0, 1], computed stably from
+/// the margin: `max(m, 0) − y·m + log(1 + e^{−|m|})`. `[1]`.
+pub fn pointwise_loss(margin: Tensor<1>, targets: Tensor<1>) -> Tensor<1> {
+    let softplus_neg_abs = margin.clone().abs().neg().exp().log1p();
+    (relu(margin.clone()) - targets * margin + softplus_neg_abs).mean()
+}
+
+/// Mean softmax cross-entropy over groups of `group` margins (`[n_groups · group]`, the relevant
+/// document first in each group). `[1]`.
+pub fn listwise_loss(margin: Tensor<1>, group: usize) -> Tensor<1> {
+    let n = margin.dims()[0] / group;
+    log_softmax(margin.reshape([n, group]), 1)
+        .narrow(1, 0, 1)
+        .neg()
+        .mean()
+}
+
+/// `logit_yes − logit_no` of a batch of prompts on the model's device (autodiff when training), `[batch]`.
+fn margins(model: &Decoder, prompts: &[&[u32]], yes: u32, no: u32) -> anyhow::Result<Tensor<1>> {
+    let device = model.embed_tokens.val().device();
+    let (ids, last) = right_padded(prompts, &device)?;
+    let logits = yes_no_logits(model, ids, last, yes, no);
+    let b = prompts.len();
+    Ok((logits.clone().narrow(1, 0, 1) - logits.narrow(1, 1, 1)).reshape([b]))
+}
+
+/// Training items: pairs with targets (pointwise) or groups with the relevant document first
+/// (listwise).
+enum Items {
+    Pairs(Vec<(Vec<u32>, f32)>),
+    Groups(Vec<Vec<Vec<u32>>>),
+}
+
+impl Items {
+    fn len(&self) -> usize {
+        match self {
+            Items::Pairs(p) => p.len(),
+            Items::Groups(g) => g.len(),
+        }
+    }
+}
+
+/// What a run produced.
+pub struct RerankOutcome {
+    pub model: Decoder,
+    pub adapter: AdapterWeights,
+    pub iterations: usize,
+    pub losses: Vec<f32>,
+    pub base: Option<Calibration>,
+    pub tuned: Option<Calibration>,
+    pub train_items: usize,
+    pub held_out: usize,
+    pub pairs_per_s: f64,
+}
+
+/// Train a reranker adapter for `lm` on `train` judgments; score `held_out` before and after.
+/// `audit` (the governance audit of the judgments) is written beside the adapter.
+pub fn fit(
+    cfg: &RerankConfig,
+    lm: &CausalLm,
+    template: &RerankTemplate,
+    judged: &[Judged],
+    audit: serde_json::Value,
+    progress: bool,
+) -> anyhow::Result<RerankOutcome> {
+    cfg.validate()?;
+    let out = cfg.adapter_path.clone();
+    std::fs::create_dir_all(&out).map_err(|source| SftError::Io {
+        path: out.clone(),
+        source,
+    })?;
+    let (train, held_out) = split_by_query(judged, cfg.valid_fraction, cfg.seed);
+    if train.is_empty() {
+        anyhow::bail!(
+            "no training judgments left after holding out {:.0}% of the queries",
+            cfg.valid_fraction * 100.0
+        );
+    }
+    let (yes, no) = yes_no_ids(lm)?;
+    let enc = |q: &str, d: &str| encode_pair(lm, template, cfg.max_seq_length, q, d);
+    let max_grade = train.iter().map(|j| j.grade).max().unwrap_or(1).max(1);
+    let mined = mine_negatives(&train, cfg.mined_negatives)?;
+    let items = match cfg.loss {
+        RerankLoss::Pointwise => {
+            let mut pairs = Vec::new();
+            for j in &train {
+                pairs.push((
+                    enc(&j.query, &j.document)?,
+                    (j.grade.clamp(0, max_grade) as f32) / max_grade as f32,
+                ));
+            }
+            for (q, negs) in &mined {
+                for d in negs {
+                    pairs.push((enc(q, d)?, 0.0));
+                }
+            }
+            Items::Pairs(pairs)
+        }
+        RerankLoss::Listwise => {
+            let mut groups = Vec::new();
+            let mut by_query: BTreeMap<&str, Vec<&Judged>> = BTreeMap::new();
+            for j in &train {
+                by_query.entry(&j.query).or_default().push(j);
+            }
+            for (q, js) in by_query {
+                for pos in js.iter().filter(|j| j.grade >= 1) {
+                    let mut negs: Vec<&str> = js
+                        .iter()
+                        .filter(|j| j.grade < pos.grade && j.grade < 1)
+                        .map(|j| j.document.as_str())
+                        .collect();
+                    negs.extend(mined.get(q).into_iter().flatten().map(String::as_str));
+                    if negs.is_empty() {
+                        continue;
+                    }
+                    let mut g = vec![enc(q, &pos.document)?];
+                    for i in 0..cfg.negatives {
+                        g.push(enc(q, negs[i % negs.len()])?);
+                    }
+                    groups.push(g);
+                }
+            }
+            Items::Groups(groups)
+        }
+    };
+    if items.len() < cfg.batch_size {
+        anyhow::bail!(SftError::TooFew {
+            part: "train".into(),
+            n: items.len(),
+            batch_size: cfg.batch_size
+        });
+    }
+    std::fs::write(
+        out.join("governance_audit.json"),
+        serde_json::to_string_pretty(&audit)?,
+    )?;
+    let manifest = serde_json::json!({
+        "tool": "tunelab", "version": env!("CARGO_PKG_VERSION"), "task": "rerank",
+        "base_model": lm.source, "config": cfg, "train_judgments": train.len(), "held_out_judgments": held_out.len(),
+        "train_items": items.len(), "template": template.text(), "governance_audit": audit,
+    });
+
+    // Held-out calibration of a model (forward only).
+    let held_prompts = held_out
+        .iter()
+        .map(|j| enc(&j.query, &j.document))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let labels: Vec<bool> = held_out.iter().map(|j| j.grade >= 1).collect();
+    let calibrate = |model: &Decoder| -> anyhow::Result<Option<Calibration>> {
+        if held_prompts.is_empty() {
+            return Ok(None);
+        }
+        let p: Vec<f32> = logit_margins(model, &held_prompts, cfg.eval_batch_size, yes, no)?
+            .into_iter()
+            .map(sigmoid_f32)
+            .collect();
+        Ok(Some(calibration(&p, &labels, cfg.calibration_bins)))
+    };
+
+    let lora = cfg.sft().lora_config();
+    let base = match cfg.quantize_base.target(None) {
+        Some(ty) => lm.model.clone().quantize_projections(ty)?,
+        None => lm.model.clone(),
+    };
+    let mut model = base.with_lora(&lora, &mut ChaCha8Rng::seed_from_u64(cfg.seed))?;
+    let mut state = TrainState {
+        step: 0,
+        epoch: 0,
+        batch_in_epoch: 0,
+        seed: cfg.seed,
+        best: None,
+    };
+    let mut resume_dir = None;
+    if let Some(from) = &cfg.resume_adapter_file {
+        let (adapter, ckpt) = match checkpoint_of(from) {
+            Some(dir) => (mlx::read(&dir)?, Some(dir)),
+            None => (
+                mlx::read_with_weights(from.parent().unwrap_or(Path::new(".")), from)?,
+                None,
+            ),
+        };
+        model = model.apply_adapter(&AdapterWeights {
+            config: lora.clone(),
+            ..adapter
+        })?;
+        if let Some(dir) = ckpt {
+            state = checkpoint::load_state(&dir)?;
+            resume_dir = Some(dir);
+        }
+    }
+    let base_cal = if state.step == 0 {
+        calibrate(&model)?
+    } else {
+        None
+    };
+    let mut model = if cfg.grad_checkpoint {
+        with_checkpointing(model)
+    } else {
+        model.train()
+    };
+    let device = model.embed_tokens.val().device();
+    let mut optim: ModuleOptimizer = AdamWConfig::new()
+        .with_weight_decay(cfg.weight_decay as f32)
+        .init();
+    if let Some(dir) = &resume_dir {
+        optim = checkpoint::load_optimizer(dir, optim)?;
+    }
+    let acc = cfg.grad_accumulation_steps;
+    let schedule = LrSchedule {
+        base_lr: cfg.learning_rate,
+        warmup_steps: cfg.warmup,
+        total_steps: cfg.iters / acc,
+        kind: cfg.lr_schedule,
+    };
+    let n_batches = items.len() / cfg.batch_size;
+    let mut log = LossLog::open(&out.join("loss.jsonl"), state.step)?;
+    let extra = serde_json::json!({ "tunelab_rerank": cfg, "template": template.text() });
+    let save = |model: &Decoder, dir: &Path, iteration: usize| -> anyhow::Result<AdapterWeights> {
+        let mut adapter = model.adapter_weights(&lora);
+        adapter.metadata.insert(
+            "tunelab_manifest".into(),
+            serde_json::json!({ "iteration": iteration, "run": manifest }).to_string(),
+        );
+        mlx::write(dir, &adapter, extra.clone())?;
+        Ok(adapter)
+    };
+    if state.step == 0
+        && let Some(c) = &base_cal
+    {
+        log.write(&serde_json::json!({ "iteration": 0, "val_brier": c.brier, "val_ece": c.ece }))?;
+    }
+    let bar = progress_bar(progress, cfg.iters as u64, state.step as u64);
+    let mut accumulator = GradientsAccumulator::new();
+    let (mut losses, mut pairs_seen, mut train_secs) = (Vec::new(), 0usize, 0f64);
+    let mut last_adapter = resume_dir.as_ref().map(|d| d.join(mlx::WEIGHTS_FILE));
+    while state.step < cfg.iters {
+        let it = state.step + 1;
+        let (epoch, pos) = ((it - 1) / n_batches, (it - 1) % n_batches);
+        let order = epoch_order(items.len(), cfg.seed, epoch);
+        let picked = &order[pos * cfg.batch_size..(pos + 1) * cfg.batch_size];
+        if lora.dropout > 0.0 {
+            device.seed(iteration_seed(cfg.seed, it));
+        }
+        let t0 = Instant::now();
+        let (loss, n_pairs) = match &items {
+            Items::Pairs(pairs) => {
+                let rows: Vec<&[u32]> = picked.iter().map(|&i| pairs[i].0.as_slice()).collect();
+                let targets: Vec<f32> = picked.iter().map(|&i| pairs[i].1).collect();
+                let t = Tensor::<1>::from_data(TensorData::new(targets, [rows.len()]), &device);
+                (
+                    pointwise_loss(margins(&model, &rows, yes, no)?, t),
+                    rows.len(),
+                )
+            }
+            Items::Groups(groups) => {
+                let rows: Vec<&[u32]> = picked
+                    .iter()
+                    .flat_map(|&i| groups[i].iter().map(Vec::as_slice))
+                    .collect();
+                (
+                    listwise_loss(margins(&model, &rows, yes, no)?, cfg.negatives + 1),
+                    rows.len(),
+                )
+            }
+        };
+        let loss_value = loss.clone().into_scalar::<f32>();
+        if !loss_value.is_finite() {
+            bar.abandon_with_message(format!("loss {loss_value} at iteration {it}"));
+            return Err(SftError::NonFinite {
+                iteration: it,
+                quantity: "loss",
+                value: loss_value as f64,
+                last_adapter,
+            }
+            .into());
+        }
+        let grads = GradientsParams::from_grads(loss.div_scalar(acc as f32).backward(), &model);
+        accumulator.accumulate(&model, grads);
+        let mut line = serde_json::json!({ "iteration": it, "loss": loss_value, "pairs": n_pairs });
+        if it.is_multiple_of(acc) {
+            let grads = accumulator.grads();
+            let (grads, norm) = match cfg.max_grad_norm {
+                Some(max) => clip_grad_norm(&model, grads, max),
+                None => {
+                    let n = grad_norm(&model, &grads);
+                    (grads, n)
+                }
+            };
+            if !norm.is_finite() {
+                bar.abandon_with_message(format!("gradient norm {norm} at iteration {it}"));
+                return Err(SftError::NonFinite {
+                    iteration: it,
+                    quantity: "gradient norm",
+                    value: norm,
+                    last_adapter,
+                }
+                .into());
+            }
+            let lr = schedule.lr(it / acc - 1);
+            model = optim.step(lr, model, grads);
+            line["lr"] = serde_json::json!(lr);
+            line["grad_norm"] = serde_json::json!(norm);
+        }
+        train_secs += t0.elapsed().as_secs_f64();
+        pairs_seen += n_pairs;
+        line["pairs_per_s"] = serde_json::json!(pairs_seen as f64 / train_secs.max(1e-9));
+        state.step = it;
+        (state.epoch, state.batch_in_epoch) = (epoch, pos + 1);
+        losses.push(loss_value);
+        log.write(&line)?;
+        bar.set_position(it as u64);
+        if it.is_multiple_of(cfg.steps_per_report) || it == cfg.iters {
+            bar.set_message(format!("loss {loss_value:.3}"));
+        }
+        if it.is_multiple_of(cfg.save_every) || it == cfg.iters {
+            save(&model, &out, it)?;
+            let ckpt = checkpoint::checkpoint_dir(&out, it);
+            save(&model, &ckpt, it)?;
+            checkpoint::save_optimizer_and_state(&ckpt, &optim, &state)?;
+            last_adapter = Some(out.join(mlx::WEIGHTS_FILE));
+        }
+    }
+    bar.finish_and_clear();
+    let adapter = model.adapter_weights(&lora);
+    if state.step == 0 {
+        save(&model, &out, 0)?;
+    }
+    let model = model.valid();
+    let tuned = calibrate(&model)?;
+    if let Some(t) = &tuned {
+        log.write(
+            &serde_json::json!({ "iteration": state.step, "val_brier": t.brier, "val_ece": t.ece }),
+        )?;
+    }
+    let report = serde_json::json!({
+        "held_out_judgments": held_out.len(), "labels": "relevant >= 1",
+        "base": base_cal, "tuned": tuned,
+    });
+    std::fs::write(
+        out.join("calibration.json"),
+        serde_json::to_string_pretty(&report)? + "\n",
+    )?;
+    Ok(RerankOutcome {
+        model,
+        adapter,
+        iterations: state.step,
+        losses,
+        base: base_cal,
+        tuned,
+        train_items: items.len(),
+        held_out: held_out.len(),
+        pairs_per_s: pairs_seen as f64 / train_secs.max(1e-9),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+
+    fn t1(v: &[f32]) -> Tensor<1> {
+        Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), &Device::flex())
+    }
+
+    #[test]
+    fn pointwise_loss_is_binary_cross_entropy_of_p_yes() {
+        // Margins of every size (saturated both ways included) and fractional targets.
+        let m = [-40.0f32, -3.0, -0.5, 0.0, 0.25, 2.0, 9.0, 40.0];
+        let y = [0.0f32, 1.0, 0.5, 1.0, 0.0, 0.5, 1.0, 0.0];
+        let want: f64 = m
+            .iter()
+            .zip(&y)
+            .map(|(&m, &y)| {
+                let (m, y) = (m as f64, y as f64);
+                // log σ(m) and log(1 − σ(m)) in f64, stably.
+                let log_p = -(1.0 + (-m).exp()).ln();
+                let log_q = -(1.0 + m.exp()).ln();
+                -(y * log_p + (1.0 - y) * log_q)
+            })
+            .sum::<f64>()
+            / m.len() as f64;
+        let got = pointwise_loss(t1(&m), t1(&y)).into_scalar::<f32>() as f64;
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
+
+    #[test]
+    fn listwise_loss_is_cross_entropy_with_the_positive_first() {
+        let m = [2.0f32, 0.5, -1.0, 0.0, 3.0, 3.0];
+        let want: f64 = m
+            .chunks(3)
+            .map(|g| {
+                let lse = g.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
+                lse - g[0] as f64
+            })
+            .sum::<f64>()
+            / 2.0;
+        let got = listwise_loss(t1(&m), 3).into_scalar::<f32>() as f64;
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
+
+    #[test]
+    fn calibration_of_known_predictions() {
+        let p = [0.05f32, 0.15, 0.95, 0.85, 1.0, 0.0];
+        let y = [false, true, true, true, true, false];
+        let c = calibration(&p, &y, 10);
+        let brier =
+            (0.05f64.powi(2) + 0.85f64.powi(2) + 0.05f64.powi(2) + 0.15f64.powi(2) + 0.0 + 0.0)
+                / 6.0;
+        assert!((c.brier - brier).abs() < 1e-6, "{} vs {brier}", c.brier);
+        // Bins: [0,0.1): {0.05 n, 0.0 n} mean p 0.025, rate 0; [0.1,0.2): {0.15 y}; [0.8,0.9): {0.85 y};
+        // [0.9,1.0]: {0.95 y, 1.0 y} (1.0 falls in the last bin).
+        let ece = (2.0 * 0.025 + 0.85 + 0.15 + 2.0 * 0.025) / 6.0;
+        assert!((c.ece - ece).abs() < 1e-6, "{} vs {ece}", c.ece);
+        assert_eq!(c.bins[9].0, 2);
+        let perfect = calibration(&[0.0, 1.0], &[false, true], 10);
+        assert_eq!((perfect.brier, perfect.ece), (0.0, 0.0));
+    }
+
+    #[test]
+    fn the_query_split_keeps_queries_whole_and_is_seeded() {
+        let judged: Vec<Judged> = (0..200)
+            .flat_map(|q| {
+                (0..3).map(move |d| Judged {
+                    query: format!("query {q}"),
+                    document: format!("doc {d}"),
+                    grade: d,
+                })
+            })
+            .collect();
+        let (train, held) = split_by_query(&judged, 0.25, 7);
+        let tq: BTreeSet<_> = train.iter().map(|j| &j.query).collect();
+        let hq: BTreeSet<_> = held.iter().map(|j| &j.query).collect();
+        assert!(tq.is_disjoint(&hq));
+        assert_eq!(train.len() + held.len(), judged.len());
+        assert!(
+            (30..70).contains(&hq.len()),
+            "{} of 200 queries held out at 25%",
+            hq.len()
+        );
+        assert_ne!(
+            split_by_query(&judged, 0.25, 8).1,
+            held,
+            "another seed gives another split"
+        );
+        assert!(split_by_query(&judged, 0.0, 7).1.is_empty());
+    }
+
+    #[test]
+    fn mined_negatives_skip_documents_judged_for_the_query() {
+        let j = |q: &str, d: &str, g| Judged {
+            query: q.into(),
+            document: d.into(),
+            grade: g,
+        };
+        let judged = vec![
+            j("ferry timetable", "The ferry leaves at nine.", 2),
+            j("ferry timetable", "Bread recipes of the valley.", 0),
+            j("bread oven", "The bread oven is lit at dawn.", 2),
+            j("bread oven", "Ferry tickets are sold at the pier.", 0),
+        ];
+        let mined = mine_negatives(&judged, 2).unwrap();
+        for (q, negs) in &mined {
+            for d in negs {
+                assert!(
+                    !judged.iter().any(|x| &x.query == q && &x.document == d),
+                    "{q}: judged document {d:?} mined"
+                );
+            }
+        }
+        assert!(
+            mined["ferry timetable"]
+                .iter()
+                .any(|d| d.contains("Ferry tickets")),
+            "{mined:?}"
+        );
+        assert!(mine_negatives(&judged, 0).unwrap().is_empty());
+    }
+}
