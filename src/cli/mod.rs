@@ -14,6 +14,7 @@ pub mod export;
 pub mod gate;
 pub mod lora;
 pub mod report;
+pub mod values;
 
 /// Fine-tune and evaluate retrieval models locally.
 #[derive(Parser, Debug)]

@@ -120,7 +120,7 @@ pub fn markdown_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 pub fn read_markdown_dir(dir: &Path, bad: BadLines) -> Result<Read<Document>, DataError> {
     let mut out = Read::default();
     for path in markdown_files(dir)? {
-        let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
+        let text = crate::io::text::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
         let rel = path.strip_prefix(dir).unwrap_or(&path).with_extension("");
         let rel: Vec<String> = rel
             .components()

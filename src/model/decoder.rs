@@ -142,7 +142,7 @@ impl DecoderConfig {
         let head_dim = g
             .opt_int(&key("attention.key_length"))?
             .map(|v| v as usize)
-            .unwrap_or(hidden_size / num_attention_heads);
+            .unwrap_or(hidden_size.checked_div(num_attention_heads).unwrap_or(0));
         // The embedding's row count is authoritative; `{arch}.vocab_size` is often absent.
         let vocab_size = match (
             g.tensor_info("token_embd.weight"),
@@ -280,7 +280,7 @@ impl DecoderConfig {
             num_hidden_layers: uint("num_hidden_layers")?,
             num_attention_heads,
             num_key_value_heads: opt_uint("num_key_value_heads").unwrap_or(num_attention_heads),
-            head_dim: opt_uint("head_dim").unwrap_or(hidden_size / num_attention_heads),
+            head_dim: opt_uint("head_dim").unwrap_or(hidden_size.checked_div(num_attention_heads).unwrap_or(0)),
             max_position_embeddings: opt_uint("max_position_embeddings").unwrap_or(4096),
             rms_norm_eps: json["rms_norm_eps"].as_f64().unwrap_or(1e-6),
             rope_theta,
@@ -917,6 +917,7 @@ impl Decoder {
     /// with `Keep`, Q8_0/Q4_0/Q4_1 projections stay in the file's own blocks.
     pub fn from_gguf_with(g: &GgufFile, device: &Device, quantize: QuantizeBase) -> Result<(Self, DecoderConfig), DecoderError> {
         let cfg = DecoderConfig::from_gguf(g)?;
+        crate::model::checks::decoder_config(&cfg, g.path(), g.tensors.iter().map(|t| t.name.as_str()), "blk.")?;
         let model = Self::from_tensors_with(&cfg, TensorSource::gguf(g, &cfg), device, quantize)?;
         Ok((model, cfg))
     }
@@ -931,7 +932,7 @@ impl Decoder {
     /// `q4_0`; `keep` and `none` load f32, as the folder holds).
     pub fn from_hf_dir_with(dir: &Path, device: &Device, quantize: QuantizeBase) -> Result<(Self, DecoderConfig), DecoderError> {
         let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|source| DecoderError::Io {
+        let text = crate::io::text::read_to_string(&cfg_path).map_err(|source| DecoderError::Io {
             path: cfg_path.clone(),
             source,
         })?;
@@ -943,6 +944,7 @@ impl Decoder {
             })?;
         let cfg = DecoderConfig::from_hf_json(&cfg_path, &json)?;
         let tensors = read_safetensors_dir(dir)?;
+        crate::model::checks::decoder_config(&cfg, &cfg_path, tensors.keys().map(String::as_str), "model.layers.")?;
         let model = Self::from_tensors_with(&cfg, TensorSource::map(dir, tensors), device, quantize)?;
         Ok((model, cfg))
     }
@@ -1084,6 +1086,7 @@ impl<'a> TensorSource<'a> {
                 found,
             });
         }
+        crate::model::checks::finite_tensor(&values, &file_name, self.path)?;
         Ok(values)
     }
 }

@@ -104,7 +104,7 @@ impl Default for ContrastiveConfig {
 impl ContrastiveConfig {
     /// Read a TOML config; errors name the file (and line and field, as `toml` reports them).
     pub fn from_toml_file(path: &Path) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
+        let text = crate::io::text::read_to_string(path).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
         let config: Self = toml::from_str(&text).map_err(|e| TrainError::ConfigFile { path: path.to_path_buf(), reason: e.to_string() })?;
         config.validate()?;
         Ok(config)
@@ -162,6 +162,8 @@ pub enum TrainError {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Lora(#[from] LoraError),
+    #[error(transparent)]
+    RunFolder(#[from] crate::train::run_folder::RunFolderError),
 }
 
 mod sealed {
@@ -261,7 +263,9 @@ impl<'v, E: TrainableEncoder> ContrastiveTrainer<'v, E> {
             return Err(TrainError::EmptyData);
         }
         let out = cfg.output_dir.clone();
-        std::fs::create_dir_all(&out).map_err(|source| TrainError::Io { path: out.clone(), source })?;
+        // The folder belongs to one run: another run's checkpoints and log would mix with these.
+        use crate::train::run_folder::{Claim, claim};
+        claim(&out, if resume.is_some() { Claim::Resume } else { Claim::Fresh })?;
         let config_path = out.join("config.json");
         std::fs::write(&config_path, serde_json::to_string_pretty(&cfg).expect("config serialises"))
             .map_err(|source| TrainError::Io { path: config_path, source })?;

@@ -18,6 +18,7 @@ pub mod embed_job;
 pub mod encoder;
 pub mod gradcheck;
 pub mod hard_negatives;
+pub mod run_folder;
 pub mod schedule;
 pub mod sft;
 pub mod sft_data;
