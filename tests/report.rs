@@ -376,11 +376,12 @@ fn cli_rerun_explains_a_manifest_without_evaluation() {
 
 /// A report evaluated with trec_eval's `-c` (as the experiment's `--skip-training` BM25 run, which
 /// leaves queries unanswered) and `-l 2` must re-run with them: the manifest records every
-/// evaluation option and `report rerun` uses them. Variants: each combination of the options.
+/// evaluation option and `report rerun` uses them. Variants: `-c` with levels 1, 2 and 0.
 #[cfg(feature = "models")]
 #[test]
 fn rerun_uses_the_evaluation_options_recorded_in_the_manifest() {
     use tunelab::data::trec::{Qrels, Run};
+    use tunelab::eval::compare::{CompareOptions, compare};
     use tunelab::eval::metrics::{Measure, evaluate};
     let root = tempfile::tempdir().unwrap();
     let src = root.path().join("src");
@@ -392,8 +393,16 @@ fn rerun_uses_the_evaluation_options_recorded_in_the_manifest() {
     let names = vec!["map".to_string(), "recip_rank".to_string()];
     let measures = Measure::parse_list(&names).unwrap();
     let qrels = Qrels::read(src.join("qrels.txt")).unwrap();
-    for (i, options) in [(true, 1), (true, 2), (false, 2), (false, 1)].into_iter().enumerate() {
+    let (run_a, run_b) = (Run::read(src.join("a.run")).unwrap(), Run::read(src.join("b.run")).unwrap());
+    for (i, options) in [(true, 1), (true, 2), (true, 0)].into_iter().enumerate() {
         let options = EvalOptions { complete: options.0, relevance_level: options.1 };
+        let copts = CompareOptions {
+            complete: options.complete,
+            relevance_level: options.relevance_level,
+            permutations: 100,
+            bootstrap_samples: 100,
+            ..CompareOptions::default()
+        };
         let run = RunDir::create(root.path(), &format!("opts{i}")).unwrap();
         let mut manifest = Manifest::new(&run, 5, serde_json::json!({}), "cpu");
         let values = |name: &str| {
@@ -417,7 +426,7 @@ fn rerun_uses_the_evaluation_options_recorded_in_the_manifest() {
             system_b: "b".into(),
             per_query_a: values("a.run"),
             per_query_b: values("b.run"),
-            comparison: vec![],
+            comparison: compare(&qrels, &run_a, &run_b, &measures, &copts).metrics.iter().map(ComparisonRow::from).collect(),
             loss_log: None,
             manifest,
             examples: None,
