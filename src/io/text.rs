@@ -30,17 +30,29 @@ pub fn strip_bom_bytes(bytes: &[u8]) -> &[u8] {
 #[derive(Debug, thiserror::Error)]
 pub enum TextError {
     #[error("{}: {source}", path.display())]
-    Io { path: std::path::PathBuf, source: std::io::Error },
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: not UTF-8 text: {source}", path.display())]
-    NotUtf8 { path: std::path::PathBuf, source: std::str::Utf8Error },
+    NotUtf8 {
+        path: std::path::PathBuf,
+        source: std::str::Utf8Error,
+    },
 }
 
 /// Read a UTF-8 text file, dropping a leading byte-order mark (see the module docs).
 pub fn read_text(path: &Path) -> Result<String, TextError> {
-    let mut bytes = std::fs::read(path).map_err(|source| TextError::Io { path: path.into(), source })?;
+    let mut bytes = std::fs::read(path).map_err(|source| TextError::Io {
+        path: path.into(),
+        source,
+    })?;
     let bom = bytes.len() - strip_bom_bytes(&bytes).len();
     bytes.drain(..bom);
-    String::from_utf8(bytes).map_err(|e| TextError::NotUtf8 { path: path.into(), source: e.utf8_error() })
+    String::from_utf8(bytes).map_err(|e| TextError::NotUtf8 {
+        path: path.into(),
+        source: e.utf8_error(),
+    })
 }
 
 /// Read a UTF-8 text file like `std::fs::read_to_string`, dropping a leading byte-order mark.

@@ -9,7 +9,13 @@ use crate::model::decoder::{DecoderConfig, DecoderError};
 /// Number of blocks the tensor names hold: one more than the largest `{prefix}{i}.` index.
 pub fn layers_held<'a>(names: impl Iterator<Item = &'a str>, prefix: &str) -> usize {
     names
-        .filter_map(|n| n.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok())
+        .filter_map(|n| {
+            n.strip_prefix(prefix)?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
         .max()
         .map_or(0, |i| i + 1)
 }
@@ -22,12 +28,24 @@ pub fn decoder_config<'a>(
     tensor_names: impl Iterator<Item = &'a str>,
     layer_prefix: &str,
 ) -> Result<(), DecoderError> {
-    let bad = |field: &str, reason: String| Err(DecoderError::Config { path: path.to_path_buf(), field: field.into(), reason });
+    let bad = |field: &str, reason: String| {
+        Err(DecoderError::Config {
+            path: path.to_path_buf(),
+            field: field.into(),
+            reason,
+        })
+    };
     if !(cfg.rms_norm_eps.is_finite() && cfg.rms_norm_eps > 0.0) {
-        return bad("rms_norm_eps", format!("{} must be a finite number above 0", cfg.rms_norm_eps));
+        return bad(
+            "rms_norm_eps",
+            format!("{} must be a finite number above 0", cfg.rms_norm_eps),
+        );
     }
     if !(cfg.rope_theta.is_finite() && cfg.rope_theta > 0.0) {
-        return bad("rope_theta", format!("{} must be a finite number above 0", cfg.rope_theta));
+        return bad(
+            "rope_theta",
+            format!("{} must be a finite number above 0", cfg.rope_theta),
+        );
     }
     for (field, v) in [
         ("vocab_size", cfg.vocab_size),
@@ -45,7 +63,10 @@ pub fn decoder_config<'a>(
     if held != cfg.num_hidden_layers {
         return bad(
             "num_hidden_layers",
-            format!("{} declared, but the weights hold {held} layers ({layer_prefix}N tensors)", cfg.num_hidden_layers),
+            format!(
+                "{} declared, but the weights hold {held} layers ({layer_prefix}N tensors)",
+                cfg.num_hidden_layers
+            ),
         );
     }
     Ok(())
@@ -69,7 +90,11 @@ mod tests {
 
     #[test]
     fn counts_layers_from_names() {
-        let names = ["model.layers.0.mlp.up_proj.weight", "model.layers.11.mlp.up_proj.weight", "model.norm.weight"];
+        let names = [
+            "model.layers.0.mlp.up_proj.weight",
+            "model.layers.11.mlp.up_proj.weight",
+            "model.norm.weight",
+        ];
         assert_eq!(layers_held(names.into_iter(), "model.layers."), 12);
         assert_eq!(layers_held(["blk.3.ffn_up.weight"].into_iter(), "blk."), 4);
         assert_eq!(layers_held(std::iter::empty(), "blk."), 0);
@@ -80,10 +105,17 @@ mod tests {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decoder/tiny_llama");
         let dst = dir.join("tiny");
         std::fs::create_dir_all(&dst).unwrap();
-        for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        for f in [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ] {
             std::fs::copy(src.join(f), dst.join(f)).unwrap();
         }
-        let config = serde_json::from_str(&std::fs::read_to_string(dst.join("config.json")).unwrap()).unwrap();
+        let config =
+            serde_json::from_str(&std::fs::read_to_string(dst.join("config.json")).unwrap())
+                .unwrap();
         (dst, config)
     }
 
@@ -97,15 +129,23 @@ mod tests {
             let mut c = config.clone();
             c[field] = v;
             std::fs::write(folder.join("config.json"), c.to_string()).unwrap();
-            CausalLm::load(&folder, &dev).map(|_| ()).map_err(|e| e.to_string())
+            CausalLm::load(&folder, &dev)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         };
         for n in [1, 3] {
             let err = load("num_hidden_layers", serde_json::json!(n)).unwrap_err();
-            assert!(err.contains("num_hidden_layers") && err.contains("hold 2 layers"), "{n}: {err}");
+            assert!(
+                err.contains("num_hidden_layers") && err.contains("hold 2 layers"),
+                "{n}: {err}"
+            );
         }
         for eps in [-1.0, 0.0] {
             let err = load("rms_norm_eps", serde_json::json!(eps)).unwrap_err();
-            assert!(err.contains("config.json") && err.contains("rms_norm_eps"), "{eps}: {err}");
+            assert!(
+                err.contains("config.json") && err.contains("rms_norm_eps"),
+                "{eps}: {err}"
+            );
         }
         load("num_hidden_layers", serde_json::json!(2)).unwrap();
     }
@@ -119,7 +159,18 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let dir = tempfile::tempdir().unwrap();
         let (folder, config) = tiny_llama_copy(dir.path());
-        let fields = ["rms_norm_eps", "num_hidden_layers", "hidden_size", "vocab_size", "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size", "rope_theta", "max_position_embeddings"];
+        let fields = [
+            "rms_norm_eps",
+            "num_hidden_layers",
+            "hidden_size",
+            "vocab_size",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "intermediate_size",
+            "rope_theta",
+            "max_position_embeddings",
+        ];
         let garbage = [
             serde_json::json!(-1),
             serde_json::json!(0),
@@ -141,13 +192,24 @@ mod tests {
             let outcome = std::panic::catch_unwind(|| {
                 let dev = burn::tensor::Device::flex();
                 CausalLm::load(&folder, &dev).map(|lm| {
-                    let x = Tensor::<2, Int>::from_data(TensorData::new(vec![3i64, 4, 5], [1, 3]), &dev);
-                    lm.model.forward(x, None, None).into_data().try_into_vec_as::<f32>().unwrap()
+                    let x = Tensor::<2, Int>::from_data(
+                        TensorData::new(vec![3i64, 4, 5], [1, 3]),
+                        &dev,
+                    );
+                    lm.model
+                        .forward(x, None, None)
+                        .into_data()
+                        .try_into_vec_as::<f32>()
+                        .unwrap()
                 })
             })
             .unwrap_or_else(|_| panic!("case {case}: {field} = {} panicked", c[field]));
             if let Ok(logits) = outcome {
-                assert!(logits.iter().all(|v| v.is_finite()), "case {case}: {field} = {}", c[field]);
+                assert!(
+                    logits.iter().all(|v| v.is_finite()),
+                    "case {case}: {field} = {}",
+                    c[field]
+                );
             }
         }
     }

@@ -125,6 +125,25 @@ impl ContrastiveConfig {
         if !(0.0..=1.0).contains(&self.warmup_ratio) {
             return bad("warmup_ratio", format!("{} is not in [0, 1]", self.warmup_ratio));
         }
+        // A TOML file bypasses the command line's parsers: every float is checked here too.
+        let positive = [
+            ("scale", self.scale as f64),
+            ("adam_epsilon", self.adam_epsilon as f64),
+            ("max_grad_norm", self.max_grad_norm.unwrap_or(1.0)),
+        ];
+        for (field, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(field, format!("{v} is not a finite number above 0"));
+            }
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("weight_decay", format!("{} is not a finite number >= 0", self.weight_decay));
+        }
+        for (field, v) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return bad(field, format!("{v} is not in [0, 1)"));
+            }
+        }
         if self.mini_batch_size == Some(0) {
             return bad("mini_batch_size", "must be at least 1".into());
         }
@@ -544,6 +563,32 @@ pub(crate) mod tests {
 
     fn values(enc: &HashedBagEncoder) -> Vec<f32> {
         enc.embedding.val().into_data().try_to_vec().unwrap()
+    }
+
+    /// Property: non-finite or out-of-range floats in any float option are refused by
+    /// `validate`, naming the option (a TOML file bypasses the command line's parsers).
+    #[test]
+    fn numeric_garbage_in_float_options_is_refused_naming_the_option() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1.0, -1e-9];
+        for (i, v) in garbage.iter().copied().enumerate() {
+            let base = || config(dir.path());
+            let cases: Vec<(&str, ContrastiveConfig)> = vec![
+                ("learning_rate", ContrastiveConfig { learning_rate: v, ..base() }),
+                ("warmup_ratio", ContrastiveConfig { warmup_ratio: v, ..base() }),
+                ("weight_decay", ContrastiveConfig { weight_decay: v, ..base() }),
+                ("max_grad_norm", ContrastiveConfig { max_grad_norm: Some(v), ..base() }),
+                ("scale", ContrastiveConfig { scale: v as f32, ..base() }),
+                ("adam_epsilon", ContrastiveConfig { adam_epsilon: v as f32, ..base() }),
+                ("adam_beta1", ContrastiveConfig { adam_beta1: v as f32, ..base() }),
+                ("adam_beta2", ContrastiveConfig { adam_beta2: v as f32, ..base() }),
+            ];
+            for (field, cfg) in cases {
+                let err = cfg.validate().map(|_| ()).unwrap_err().to_string();
+                assert!(err.contains(field), "case {i}: {field} = {v}: {err}");
+            }
+        }
+        config(dir.path()).validate().unwrap();
     }
 
     #[test]

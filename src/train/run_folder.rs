@@ -38,11 +38,17 @@ pub enum RunFolderError {
     )]
     NotEmpty { path: PathBuf, found: Vec<String> },
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunFolderError + '_ {
-    move |source| RunFolderError::Io { path: path.to_path_buf(), source }
+    move |source| RunFolderError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Whether a name is a temporary that an interrupted write leaves behind (checkpoint folders
@@ -55,7 +61,9 @@ pub fn is_stale_temporary(name: &str) -> bool {
 pub fn remove_stale_temporaries(dir: &Path) -> Result<Vec<PathBuf>, RunFolderError> {
     let mut removed = Vec::new();
     for d in [dir.to_path_buf(), dir.join("checkpoints")] {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries {
             let e = e.map_err(io(&d))?;
             let path = e.path();
@@ -77,8 +85,16 @@ pub fn remove_stale_temporaries(dir: &Path) -> Result<Vec<PathBuf>, RunFolderErr
 fn is_run_file(name: &str) -> bool {
     matches!(
         name,
-        "adapters.safetensors" | "adapter_config.json" | "loss.jsonl" | "governance_audit.json" | "checkpoints" | "best" | "final"
-    ) || name.strip_suffix("_adapters.safetensors").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        "adapters.safetensors"
+            | "adapter_config.json"
+            | "loss.jsonl"
+            | "governance_audit.json"
+            | "checkpoints"
+            | "best"
+            | "final"
+    ) || name
+        .strip_suffix("_adapters.safetensors")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Make `dir` ready for a run as `how` says (see the module docs); creates it when missing.
@@ -94,7 +110,10 @@ pub fn claim(dir: &Path, how: Claim) -> Result<(), RunFolderError> {
     match how {
         Claim::Resume => Ok(()),
         Claim::Fresh if found.is_empty() => Ok(()),
-        Claim::Fresh => Err(RunFolderError::NotEmpty { path: dir.to_path_buf(), found }),
+        Claim::Fresh => Err(RunFolderError::NotEmpty {
+            path: dir.to_path_buf(),
+            found,
+        }),
         Claim::Overwrite => {
             // Only what a run writes is removed; anything else of the user's stays.
             for name in found.iter().filter(|n| is_run_file(n)) {
@@ -112,7 +131,10 @@ pub fn claim(dir: &Path, how: Claim) -> Result<(), RunFolderError> {
 
 /// Whether `resume_from` (a checkpoint folder, a file in one, or a run folder) lies in `dir`.
 pub fn is_inside(resume_from: &Path, dir: &Path) -> bool {
-    let (Ok(from), Ok(dir)) = (std::fs::canonicalize(resume_from), std::fs::canonicalize(dir)) else {
+    let (Ok(from), Ok(dir)) = (
+        std::fs::canonicalize(resume_from),
+        std::fs::canonicalize(dir),
+    ) else {
         return false;
     };
     from.starts_with(&dir)
@@ -133,7 +155,10 @@ mod tests {
         claim(dir.path(), Claim::Resume).unwrap();
         assert!(!ck.join("step-00000004.tmp").exists());
         // The folder still holds `checkpoints/` (empty): a run's folder.
-        assert!(matches!(claim(dir.path(), Claim::Fresh), Err(RunFolderError::NotEmpty { .. })));
+        assert!(matches!(
+            claim(dir.path(), Claim::Fresh),
+            Err(RunFolderError::NotEmpty { .. })
+        ));
         assert!(!dir.path().join("adapters.safetensors.part").exists());
         assert!(!dir.path().join("loss.jsonl.tmp").exists());
     }
@@ -141,14 +166,25 @@ mod tests {
     #[test]
     fn overwrite_removes_run_files_only() {
         let dir = tempfile::tempdir().unwrap();
-        for f in ["adapters.safetensors", "0000100_adapters.safetensors", "loss.jsonl", "notes.txt"] {
+        for f in [
+            "adapters.safetensors",
+            "0000100_adapters.safetensors",
+            "loss.jsonl",
+            "notes.txt",
+        ] {
             std::fs::write(dir.path().join(f), b"x").unwrap();
         }
         std::fs::create_dir_all(dir.path().join("checkpoints/step-00000100")).unwrap();
         let err = claim(dir.path(), Claim::Fresh).unwrap_err().to_string();
-        assert!(err.contains("--overwrite") && err.contains("adapters.safetensors"), "{err}");
+        assert!(
+            err.contains("--overwrite") && err.contains("adapters.safetensors"),
+            "{err}"
+        );
         claim(dir.path(), Claim::Overwrite).unwrap();
-        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(left, ["notes.txt"]);
     }
 }

@@ -197,6 +197,19 @@ impl SftConfig {
         if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
             return bad("learning_rate", format!("{} is not a non-negative number", self.learning_rate));
         }
+        // A TOML file bypasses the command line's parsers: every float is checked here too.
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("weight_decay", format!("{} is not a finite number >= 0", self.weight_decay));
+        }
+        if let Some(m) = self.max_grad_norm
+            && !(m.is_finite() && m > 0.0)
+        {
+            return bad("max_grad_norm", format!("{m} is not a finite number above 0 (leave it out to disable clipping)"));
+        }
+        let p = &self.lora_parameters;
+        if !p.scale.is_finite() || (p.alpha.is_none() && !(p.scale * p.rank as f64).is_finite()) {
+            return bad("lora_parameters.scale", format!("{} gives no finite alpha (scale × rank)", p.scale));
+        }
         for (field, v) in [("batch_size", self.batch_size), ("steps_per_report", self.steps_per_report), ("steps_per_eval", self.steps_per_eval), ("save_every", self.save_every), ("grad_accumulation_steps", self.grad_accumulation_steps)] {
             if v == 0 {
                 return bad(field, "must be at least 1".into());
@@ -1006,6 +1019,39 @@ mod tests {
         assert!(err.to_string().contains("iteration 2"), "{err}");
         assert!(mlx::read(dir.path()).is_ok(), "the adapter saved after iteration 1 is intact");
         assert!(!dir.path().join("0000002_adapters.safetensors").exists());
+    }
+
+    /// Property: numeric garbage (nan, ±inf, negative, huge) written into a TOML config for any
+    /// float option is refused by `validate`, naming the option; sane values pass.
+    #[test]
+    fn numeric_garbage_in_a_toml_config_is_refused_naming_the_option() {
+        use rand::{Rng, SeedableRng};
+        // (TOML key, table, accepts)
+        type Accepts = fn(f64) -> bool;
+        let fields: [(&str, &str, Accepts); 6] = [
+            ("learning_rate", "", |v| v.is_finite() && v >= 0.0),
+            ("weight_decay", "", |v| v.is_finite() && v >= 0.0),
+            ("max_grad_norm", "", |v| v.is_finite() && v > 0.0),
+            ("scale", "lora_parameters", |v| (v * 8.0).is_finite()),
+            ("alpha", "lora_parameters", |v| v.is_finite()),
+            ("dropout", "lora_parameters", |v| (0.0..1.0).contains(&v)),
+        ];
+        let values = ["nan", "+nan", "inf", "-inf", "-1.0", "-1e-9", "0.0", "0.5", "1.0", "1e308", "2.0"];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(16);
+        for case in 0..300 {
+            let (key, table, accepts) = fields[rng.random_range(0..fields.len())];
+            let text = values[rng.random_range(0..values.len())];
+            let toml_text = if table.is_empty() { format!("{key} = {text}\n") } else { format!("[{table}]\n{key} = {text}\n") };
+            let cfg: SftConfig = toml::from_str(&toml_text).unwrap_or_else(|e| panic!("case {case}: {toml_text}: {e}"));
+            let v: f64 = text.trim_start_matches('+').parse().unwrap();
+            match cfg.validate() {
+                Ok(()) => assert!(accepts(v), "case {case}: {toml_text} accepted"),
+                Err(e) => {
+                    assert!(!accepts(v), "case {case}: {toml_text} refused: {e}");
+                    assert!(e.to_string().contains(key), "case {case}: {toml_text}: {e}");
+                }
+            }
+        }
     }
 
     #[test]
