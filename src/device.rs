@@ -64,10 +64,24 @@ impl DeviceChoice {
         }
     }
 
-    /// The burn device for this choice (without autodiff; call `.autodiff()` to train).
+    /// The burn device for this choice (without autodiff; call `.autodiff()` to train), started
+    /// and checked with a tiny computation.
     ///
-    /// Fails with a message naming the cargo feature when the backend was not compiled in.
+    /// Fails with a message naming the cargo feature when the backend was not compiled in, and
+    /// with one line saying what is missing when it does not start: wgpu/cubecl start a GPU in
+    /// their own threads and panic there (the caller then sees `RecvError`); those panics are
+    /// caught and their messages kept, not printed ([`start_with`]).
     pub fn device(self) -> Result<Device, DeviceError> {
+        let choice = self;
+        start_with(self, move || {
+            let device = choice.raw_device()?;
+            self_test(&device)?;
+            Ok(device)
+        })
+    }
+
+    /// The device handle alone (GPU back-ends start lazily, at the first computation).
+    fn raw_device(self) -> Result<Device, DeviceError> {
         if !self.compiled() {
             return Err(DeviceError::NotCompiled { choice: self });
         }
@@ -119,6 +133,79 @@ pub enum DeviceError {
     Failed { choice: DeviceChoice, reason: String },
 }
 
+/// A 2x2 matmul whose answer is known: a device that starts but computes garbage is not usable.
+fn self_test(device: &Device) -> Result<(), DeviceError> {
+    use burn::tensor::Tensor;
+    let a = Tensor::<2>::from_floats([[1.0, 2.0], [3.0, 4.0]], device);
+    let s: f32 = a.clone().matmul(a).sum().into_scalar::<f32>();
+    if (s - 54.0).abs() < 1e-4 {
+        Ok(())
+    } else {
+        Err(DeviceError::Failed { choice: DeviceChoice::Cpu, reason: format!("self-test matmul gave {s}, expected 54") })
+    }
+}
+
+/// Start a device with `init`, turning panics (in `init` or in threads it starts) into one
+/// [`DeviceError::Failed`] line. A temporary panic hook records every panic message silently
+/// while `init` runs (no backtraces on the terminal); the previous hook is put back after.
+/// The error says what is missing and what to install when the messages tell (no adapter).
+///
+/// `init` is a parameter so that tests can inject an initialiser that fails as wgpu does.
+pub fn start_with<T>(
+    choice: DeviceChoice,
+    init: impl FnOnce() -> Result<T, DeviceError> + std::panic::UnwindSafe,
+) -> Result<T, DeviceError> {
+    use std::sync::{Arc, Mutex};
+    // The hook is process-wide: one start at a time.
+    static STARTING: Mutex<()> = Mutex::new(());
+    let _one = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+    let messages: Arc<Mutex<Vec<String>>> = Arc::default();
+    let previous = std::panic::take_hook();
+    let sink = Arc::clone(&messages);
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panicked".into());
+        sink.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
+    }));
+    let outcome = std::panic::catch_unwind(init);
+    std::panic::set_hook(previous);
+    let messages = std::mem::take(&mut *messages.lock().unwrap_or_else(|e| e.into_inner()));
+    match outcome {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(DeviceError::Failed { reason, .. })) => Err(DeviceError::Failed { choice, reason }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(DeviceError::Failed { choice, reason: explain_start_failure(choice, &messages) }),
+    }
+}
+
+/// One line from the panic messages of a failed start: the root cause (a worker thread's
+/// message, not the `RecvError` the caller got when that thread died) and what to install.
+fn explain_start_failure(choice: DeviceChoice, messages: &[String]) -> String {
+    let first_line = |m: &String| m.lines().next().unwrap_or("").trim().to_string();
+    let root = messages
+        .iter()
+        .find(|m| !m.contains("RecvError") && !m.trim().is_empty())
+        .or(messages.first())
+        .map(first_line)
+        .unwrap_or_else(|| "the backend panicked while starting".into());
+    let lower = messages.join(" ").to_lowercase();
+    let no_adapter = lower.contains("adapter") || lower.contains("recverror") || lower.contains("no suitable");
+    match (choice, no_adapter) {
+        (DeviceChoice::Vulkan, true) => format!(
+            "no Vulkan adapter found ({root}); install a Vulkan driver (Linux: mesa-vulkan-drivers, or your GPU vendor's driver; check with `vulkaninfo --summary`), or use --device cpu"
+        ),
+        (DeviceChoice::Metal, true) => format!("no Metal device found ({root}); Metal needs macOS on Apple or AMD GPUs, or use --device cpu"),
+        (DeviceChoice::Wgpu, true) => format!(
+            "no GPU adapter found ({root}); install a Vulkan, Metal or DirectX 12 driver, or use --device cpu"
+        ),
+        _ => root,
+    }
+}
+
 /// What `tunelab doctor` found for one backend.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DeviceReport {
@@ -134,37 +221,29 @@ pub struct DeviceReport {
 ///
 /// Device start-up failures in wgpu can panic; they are caught and reported as an error string.
 pub fn probe(choice: DeviceChoice) -> DeviceReport {
-    use burn::tensor::{DType, Tensor};
-    let mut report =
-        DeviceReport { choice, compiled: choice.compiled(), error: None, dtypes: Vec::new() };
-    let device = match choice.device() {
-        Ok(d) => d,
-        Err(e) => {
-            report.error = Some(e.to_string());
-            return report;
-        }
-    };
-    let outcome = std::panic::catch_unwind(|| {
-        let a = Tensor::<2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &device);
-        let s: f32 = a.clone().matmul(a).sum().into_scalar::<f32>();
+    probe_with(choice, move || choice.raw_device())
+}
+
+/// [`probe`] with the device handle made by `init` (tests inject a failing one).
+pub fn probe_with(
+    choice: DeviceChoice,
+    init: impl FnOnce() -> Result<Device, DeviceError> + std::panic::UnwindSafe,
+) -> DeviceReport {
+    use burn::tensor::DType;
+    let mut report = DeviceReport { choice, compiled: choice.compiled(), error: None, dtypes: Vec::new() };
+    let started = start_with(choice, move || {
+        let device = init()?;
+        self_test(&device)?;
         let dtypes: Vec<String> = [("f32", DType::F32), ("f16", DType::F16), ("bf16", DType::BF16)]
             .into_iter()
             .filter(|(_, d)| device.supports_dtype(*d))
             .map(|(n, _)| n.to_string())
             .collect();
-        (s, dtypes)
+        Ok(dtypes)
     });
-    match outcome {
-        Ok((s, dtypes)) if (s - 54.0).abs() < 1e-4 => report.dtypes = dtypes,
-        Ok((s, _)) => report.error = Some(format!("self-test matmul gave {s}, expected 54")),
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panicked while starting".into());
-            report.error = Some(msg)
-        }
+    match started {
+        Ok(dtypes) => report.dtypes = dtypes,
+        Err(e) => report.error = Some(e.to_string()),
     }
     report
 }
@@ -213,6 +292,49 @@ pub fn keep_freed_memory() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An initialiser failing as wgpu does without an adapter: the worker thread panics with the
+    /// cause, the caller's `recv` then panics with `RecvError`.
+    fn failing_like_wgpu() -> Result<Device, DeviceError> {
+        let (tx, rx) = std::sync::mpsc::channel::<Device>();
+        let worker = std::thread::spawn(move || {
+            let _tx = tx;
+            panic!("No possible adapter available for backend. Falling back to first available.");
+        });
+        let _ = worker.join();
+        Ok(rx.recv().unwrap())
+    }
+
+    #[test]
+    fn a_backend_that_panics_while_starting_is_one_clean_line() {
+        // A hook of the caller's, to check it is put back afterwards.
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = std::sync::Arc::clone(&seen);
+        let original = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        let report = probe_with(DeviceChoice::Vulkan, failing_like_wgpu);
+        let err = start_with(DeviceChoice::Vulkan, failing_like_wgpu).unwrap_err().to_string();
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 0, "the panics were printed by the outer hook");
+        let _ = std::panic::catch_unwind(|| panic!("after"));
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1, "the caller's hook is back");
+        std::panic::set_hook(original);
+        for msg in [report.error.clone().unwrap(), err] {
+            assert!(msg.contains("no Vulkan adapter found") && msg.contains("mesa-vulkan-drivers"), "{msg}");
+            assert!(msg.contains("No possible adapter"), "the root cause, not RecvError: {msg}");
+            assert!(!msg.contains('\n') && !msg.contains("RecvError"), "{msg}");
+        }
+        assert!(report.dtypes.is_empty());
+        // Other start-up panics keep their own first line.
+        let err = start_with(DeviceChoice::Wgpu, || -> Result<Device, DeviceError> { panic!("shader compiler crashed\nbacktrace") })
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "device 'wgpu' failed to start: shader compiler crashed");
+        // The CPU starts.
+        #[cfg(feature = "cpu")]
+        assert!(probe(DeviceChoice::Cpu).error.is_none());
+    }
 
     /// The element-wise kernels of the CPU backend (vendor/burn-flex, patched to split large
     /// loops over threads) give exactly element-by-element arithmetic, on every path the patch

@@ -248,6 +248,7 @@ pub fn run(cfg: &ExperimentConfig, choice: DeviceChoice) -> anyhow::Result<Exper
         seed: cfg.seed,
         permutations: cfg.permutations as u64,
         bootstrap: Some(copts.bootstrap_samples as u64),
+        options: opts.clone(),
     });
     manifest.tools.insert("sqlite".into(), rusqlite::version().to_string());
 
@@ -302,6 +303,6 @@ pub fn default_config_toml() -> String {
 
 /// Load a config file (TOML), every field optional.
 pub fn load_config(path: &Path) -> anyhow::Result<ExperimentConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = crate::io::text::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }

@@ -235,7 +235,7 @@ fn read_ipc(path: &Path, system: Option<&str>) -> Result<RunMetrics, GateError> 
 
 /// trec_eval `-q` output: `measure<whitespace>qid<whitespace>value` per line.
 fn read_trec_eval(path: &Path) -> Result<RunMetrics, GateError> {
-    let text = fs::read_to_string(path).map_err(io_err(path))?;
+    let text = crate::io::text::read_to_string(path).map_err(io_err(path))?;
     let mut triples = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

@@ -134,3 +134,36 @@ fn missing_model_folder_is_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no-such-model"), "{err}");
 }
+
+/// The output may not be the input, however the path spells it (same name, `./`, `dir/../`, a
+/// symlink); a BOM-started input reads as the plain one; stale `.partial-` files of a killed run
+/// are removed.
+#[test]
+fn output_over_the_input_is_refused_and_bom_input_is_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let input = tmp.path().join("in.jsonl");
+    let text = "{\"id\": 1, \"text\": \"the cat\"}\n{\"id\": 2, \"text\": \"the dog\"}\n";
+    std::fs::write(&input, text).unwrap();
+    std::os::unix::fs::symlink(&input, tmp.path().join("link.jsonl")).unwrap();
+    std::fs::create_dir(tmp.path().join("sub")).unwrap();
+    for same in [input.clone(), tmp.path().join("./in.jsonl"), tmp.path().join("sub/../in.jsonl"), tmp.path().join("link.jsonl")] {
+        let out = embed(&model, &input, &same, &[]);
+        assert!(!out.status.success(), "{}", same.display());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("is the input file"), "{err}");
+        assert_eq!(std::fs::read_to_string(&input).unwrap(), text, "input untouched");
+    }
+    // A BOM at the start of the input: the first record is read, not reported as bad JSON.
+    let bom = tmp.path().join("bom.jsonl");
+    std::fs::write(&bom, format!("\u{feff}{}", text.replace('\n', "\r\n"))).unwrap();
+    let stale = tmp.path().join(".out.jsonl.partial-999999");
+    std::fs::write(&stale, "half").unwrap();
+    let out_path = tmp.path().join("out.jsonl");
+    let out = embed(&model, &bom, &out_path, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = read_output(&out_path);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["id"], 1);
+    assert!(!stale.exists(), "stale partial file removed");
+}

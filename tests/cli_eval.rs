@@ -164,3 +164,33 @@ fn compare_is_seeded_and_reports_every_statistic() {
     let table = stdout(&tunelab(&["compare", "-m", "recip_rank", "-m", "P.1"], &[&q, &ra, &rb]));
     assert!(table.contains("recip_rank") && table.contains("P_1") && table.contains("9/2/1"), "{table}");
 }
+
+/// Numbers that would give nonsense are refused before anything is computed: a negative `-l`
+/// (MAP above 1), an empty run in `compare` (a "significant" difference from a file that failed
+/// to be written) or in `eval`, an empty qrels file. A BOM-started qrels/run reads as the plain one.
+#[test]
+fn nonsense_levels_and_empty_runs_are_refused_and_a_bom_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (q, r) = (write(dir.path(), "q", QRELS), write(dir.path(), "r", RUN));
+    let empty = write(dir.path(), "empty.run", "");
+    let blank = write(dir.path(), "blank.run", "# no results\n\n");
+    for level in ["-1", "-7", "x"] {
+        let err = stderr_of_failure(&tunelab(&["eval", "-l", level], &[&q, &r]));
+        assert!(err.contains("level-for-rel") || err.contains("-l"), "{level}: {err}");
+    }
+    for e in [&empty, &blank] {
+        let err = stderr_of_failure(&tunelab(&["compare"], &[&q, &r, e]));
+        assert!(err.contains("holds no results"), "{err}");
+        let err = stderr_of_failure(&tunelab(&["compare"], &[&q, e, &r]));
+        assert!(err.contains("holds no results"), "{err}");
+        let err = stderr_of_failure(&tunelab(&["eval", "-c"], &[&q, e]));
+        assert!(err.contains("holds no results"), "{err}");
+    }
+    let err = stderr_of_failure(&tunelab(&["eval"], &[&empty, &r]));
+    assert!(err.contains("no judgments"), "{err}");
+    // BOM + CRLF variants give exactly the plain files' output.
+    let plain = stdout(&tunelab(&["eval", "-q", "-c"], &[&q, &r]));
+    let qb = write(dir.path(), "qb", &format!("\u{feff}{}", QRELS.replace('\n', "\r\n")));
+    let rb = write(dir.path(), "rb", &format!("\u{feff}{}", RUN.replace('\n', " \r\n")));
+    assert_eq!(stdout(&tunelab(&["eval", "-q", "-c"], &[&qb, &rb])), plain);
+}

@@ -134,7 +134,11 @@ fn train_lora_over_a_quantized_base() {
     // `keep` on an f32 folder has no blocks to keep: plain LoRA.
     let config = tmp.path().join("lora.toml");
     std::fs::write(&config, "quantize_base = \"keep\"\n").unwrap();
+    // The folder holds the first run: a second run is refused unless it replaces it.
     let out = tunelab(&[&args[..], &[config.to_str().unwrap()]].concat(), tmp.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("already holds another run") && err.contains("--overwrite"), "{err}");
+    let out = tunelab(&[&args[..], &[config.to_str().unwrap(), "--overwrite"]].concat(), tmp.path());
     assert!(String::from_utf8_lossy(&ok_err(&out)).contains("0 of 14 projections quantized (quantize_base = keep)"));
     let out = tunelab(&[&args[..], &["--quantize-base", "q3"]].concat(), tmp.path());
     let err = String::from_utf8_lossy(&out.stderr);

@@ -9,6 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
+use tunelab::eval::metrics::EvalOptions;
 use tunelab::report::manifest::{EvaluationSpec, Manifest, RunDir, SystemRun};
 use tunelab::report::{
     AbReportInput, ComparisonRow, LossPoint, QueryValue, ReportError, read_metrics, rerun,
@@ -250,7 +251,7 @@ fn inconsistent_inputs_are_refused_before_writing() {
 
 /// A toy metric for the rerun test: `hit.1` = 1 if the top-scored document (ties by doc id
 /// descending) is judged relevant, else 0. Files are whitespace-separated TREC qrels / runs.
-fn hit_at_1(qrels: &Path, run: &Path, measures: &[String]) -> Result<Vec<QueryValue>, String> {
+fn hit_at_1(qrels: &Path, run: &Path, measures: &[String], _: &EvalOptions) -> Result<Vec<QueryValue>, String> {
     assert_eq!(measures, ["hit.1"]);
     let read = |p: &Path| fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
     let mut rel: BTreeMap<(String, String), i32> = BTreeMap::new();
@@ -303,10 +304,11 @@ fn rerun_reproduces_metrics_and_detects_differences() {
         seed: 5,
         permutations: 1000,
         bootstrap: None,
+        options: EvalOptions::default(),
     });
     let measures = vec!["hit.1".to_string()];
-    let a = hit_at_1(&src.join("qrels.txt"), &src.join("a.run"), &measures).unwrap();
-    let b = hit_at_1(&src.join("qrels.txt"), &src.join("b.run"), &measures).unwrap();
+    let a = hit_at_1(&src.join("qrels.txt"), &src.join("a.run"), &measures, &EvalOptions::default()).unwrap();
+    let b = hit_at_1(&src.join("qrels.txt"), &src.join("b.run"), &measures, &EvalOptions::default()).unwrap();
     // By hand: A = {q1: 0, q2: 1}, B = {q1: 1, q2: 0}.
     assert_eq!(a.iter().map(|v| v.2).collect::<Vec<_>>(), [0.0, 1.0]);
     assert_eq!(b.iter().map(|v| v.2).collect::<Vec<_>>(), [1.0, 0.0]);
@@ -340,8 +342,8 @@ fn rerun_reproduces_metrics_and_detects_differences() {
     assert_eq!(ok.compared, 4);
 
     // An evaluator that disagrees on one value is reported value by value.
-    let off = |q: &Path, r: &Path, m: &[String]| -> Result<Vec<QueryValue>, String> {
-        let mut v = hit_at_1(q, r, m)?;
+    let off = |q: &Path, r: &Path, m: &[String], o: &EvalOptions| -> Result<Vec<QueryValue>, String> {
+        let mut v = hit_at_1(q, r, m, o)?;
         if r.ends_with("b.run") {
             v[0].2 += 1e-12;
         }
@@ -370,4 +372,69 @@ fn cli_rerun_explains_a_manifest_without_evaluation() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("manifest.json") && err.contains("no `evaluation` section"), "{err}");
+}
+
+/// A report evaluated with trec_eval's `-c` (as the experiment's `--skip-training` BM25 run, which
+/// leaves queries unanswered) and `-l 2` must re-run with them: the manifest records every
+/// evaluation option and `report rerun` uses them. Variants: `-c` with levels 1, 2 and 0.
+#[cfg(feature = "models")]
+#[test]
+fn rerun_uses_the_evaluation_options_recorded_in_the_manifest() {
+    use tunelab::data::trec::{Qrels, Run};
+    use tunelab::eval::compare::{CompareOptions, compare};
+    use tunelab::eval::metrics::{Measure, evaluate};
+    let root = tempfile::tempdir().unwrap();
+    let src = root.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("qrels.txt"), "q1 0 d1 2\nq1 0 d2 1\nq2 0 d3 1\nq3 0 d4 2\n").unwrap();
+    // A answers only q1; B answers q1 and q2: without -c, q2 and q3 drop out of A's values.
+    fs::write(src.join("a.run"), "q1 Q0 d2 1 0.9 a\nq1 Q0 d1 2 0.5 a\n").unwrap();
+    fs::write(src.join("b.run"), "q1 Q0 d1 1 0.8 b\nq2 Q0 d3 1 0.9 b\n").unwrap();
+    let names = vec!["map".to_string(), "recip_rank".to_string()];
+    let measures = Measure::parse_list(&names).unwrap();
+    let qrels = Qrels::read(src.join("qrels.txt")).unwrap();
+    let (run_a, run_b) = (Run::read(src.join("a.run")).unwrap(), Run::read(src.join("b.run")).unwrap());
+    for (i, options) in [(true, 1), (true, 2), (true, 0)].into_iter().enumerate() {
+        let options = EvalOptions { complete: options.0, relevance_level: options.1 };
+        let copts = CompareOptions {
+            complete: options.complete,
+            relevance_level: options.relevance_level,
+            permutations: 100,
+            bootstrap_samples: 100,
+            ..CompareOptions::default()
+        };
+        let run = RunDir::create(root.path(), &format!("opts{i}")).unwrap();
+        let mut manifest = Manifest::new(&run, 5, serde_json::json!({}), "cpu");
+        let values = |name: &str| {
+            tunelab::report::per_query_values(&evaluate(&qrels, &Run::read(src.join(name)).unwrap(), &measures, &options))
+        };
+        manifest.evaluation = Some(EvaluationSpec {
+            qrels: run.store_input(&src.join("qrels.txt"), "qrels.txt").unwrap(),
+            runs: vec![
+                SystemRun { system: "a".into(), run: run.store_input(&src.join("a.run"), "a.run").unwrap() },
+                SystemRun { system: "b".into(), run: run.store_input(&src.join("b.run"), "b.run").unwrap() },
+            ],
+            measures: names.clone(),
+            seed: 5,
+            permutations: 100,
+            bootstrap: None,
+            options: options.clone(),
+        });
+        let input = AbReportInput {
+            title: "options".into(),
+            system_a: "a".into(),
+            system_b: "b".into(),
+            per_query_a: values("a.run"),
+            per_query_b: values("b.run"),
+            comparison: compare(&qrels, &run_a, &run_b, &measures, &copts).metrics.iter().map(ComparisonRow::from).collect(),
+            loss_log: None,
+            manifest,
+            examples: None,
+        };
+        let paths = write_ab_report(&run, &input).unwrap();
+        let outcome = rerun(&paths.manifest, &tunelab::cli::report::metrics_evaluator()).unwrap();
+        assert!(outcome.matches(), "{options:?}: {:?}", outcome.mismatches);
+        let text = fs::read_to_string(&paths.manifest).unwrap();
+        assert!(text.contains("\"complete\"") && text.contains("\"relevance_level\""), "{text}");
+    }
 }

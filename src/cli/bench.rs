@@ -110,21 +110,21 @@ pub struct LoraBench {
     #[arg(long, value_enum, default_value = "smollm2-135m")]
     pub shape: DecoderShape,
     /// Tokens per row (input ids = labels, as the anchor feeds them).
-    #[arg(long, default_value_t = 512)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long, default_value_t = 512)]
     pub seq: usize,
-    #[arg(long, default_value_t = 1)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long, default_value_t = 1)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 16)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long, default_value_t = 16)]
     pub rank: usize,
     /// LoRA alpha; default 2 * rank (the anchor's 32 at r=16).
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::finite_positive_f64, long)]
     pub alpha: Option<f64>,
     /// Timed steps (after the warm-up steps).
-    #[arg(long, default_value_t = 5)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long, default_value_t = 5)]
     pub steps: usize,
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(value_parser = crate::cli::values::non_negative_f64, long, default_value_t = 1e-4)]
     pub learning_rate: f64,
 }
 
@@ -133,21 +133,21 @@ pub struct TrainEmbedBench {
     /// Encoder folder; default: a random all-MiniLM-L6-v2-shaped model.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    #[arg(long, default_value_t = 32)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long, default_value_t = 32)]
     pub batch_size: usize,
     /// Tokens per positive (anchors get half), special tokens included.
-    #[arg(long, default_value_t = 128)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long, default_value_t = 128)]
     pub seq: usize,
     /// Timed steps (after the warm-up steps).
-    #[arg(long, default_value_t = 5)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long, default_value_t = 5)]
     pub steps: usize,
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
     /// Train LoRA adapters of this rank instead of every weight.
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub lora_rank: Option<usize>,
     /// GradCache mini-batch size (CachedMultipleNegativesRankingLoss).
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub mini_batch_size: Option<usize>,
 }
 

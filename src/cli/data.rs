@@ -52,7 +52,7 @@ pub enum DataCommand {
         #[arg(long, default_value = "doc_id")]
         group_by: String,
         /// Shares of train, valid and test.
-        #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [0.8, 0.1, 0.1])]
+        #[arg(value_parser = crate::cli::values::fraction_f64, long, value_delimiter = ',', num_args = 3, default_values_t = [0.8, 0.1, 0.1])]
         ratios: Vec<f64>,
         #[command(flatten)]
         policy: PolicyArgs,
@@ -83,7 +83,7 @@ pub enum DataCommand {
         /// Encoder folder for `--method dense`.
         #[arg(long, required_if_eq("method", "dense"))]
         model: Option<PathBuf>,
-        #[arg(long, default_value_t = 1)]
+        #[arg(value_parser = crate::cli::values::positive_usize, long, default_value_t = 1)]
         num_negatives: usize,
         /// Skip this many top candidates (often unjudged positives).
         #[arg(long, default_value_t = 0)]
@@ -91,7 +91,7 @@ pub enum DataCommand {
         #[arg(long, default_value_t = 50)]
         range_max: usize,
         /// Dense only: keep candidates scoring at most (1 - margin) × the positive's score.
-        #[arg(long)]
+        #[arg(value_parser = crate::cli::values::fraction_f32, long)]
         relative_margin: Option<f32>,
         /// TREC qrels + queries JSONL (`{"qid","query"}`): judged-relevant documents are never negatives.
         #[arg(long, requires = "queries")]
@@ -119,6 +119,10 @@ pub fn run(cmd: DataCommand, device: DeviceChoice) -> anyhow::Result<()> {
             ratios,
             policy,
         } => {
+            // Each share is checked in [0, 1] when parsed; all three zero would put every record in train.
+            if ratios.iter().sum::<f64>() <= 0.0 {
+                anyhow::bail!("--ratios {ratios:?}: at least one share must be above 0");
+            }
             let loaded = load_reporting(&path, &policy)?;
             let policy = resolve_policy(policy.policy.as_deref(), &path, policy.treat_unclassified_as_public)?;
             let cfg = SplitConfig {

@@ -25,7 +25,7 @@ pub struct EmbedArgs {
     #[arg(long)]
     pub output: PathBuf,
     /// Texts per forward pass.
-    #[arg(long, default_value_t = 32)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long, default_value_t = 32)]
     pub batch_size: usize,
     /// Prompt for every text: a prefix (e.g. "query: "), or a template with {text} and {title}.
     #[arg(long, conflicts_with = "prompt_name")]
@@ -58,26 +58,26 @@ pub struct TrainEmbedArgs {
     /// Run name (`<reports>/<name>/<run-id>/`).
     #[arg(long)]
     pub name: Option<String>,
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub epochs: Option<usize>,
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub max_steps: Option<usize>,
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::non_negative_f64, long)]
     pub learning_rate: Option<f64>,
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub batch_size: Option<usize>,
     /// Use CachedMultipleNegativesRankingLoss (GradCache) with mini-batches of this size.
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub mini_batch_size: Option<usize>,
     /// Token limit while training.
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub max_seq_length: Option<usize>,
     #[arg(long)]
     pub seed: Option<u64>,
     /// Train LoRA adapters of this rank instead of every weight (alpha defaults to 2 × rank).
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub lora_rank: Option<usize>,
-    #[arg(long, requires = "lora_rank")]
+    #[arg(value_parser = crate::cli::values::finite_positive_f64, long, requires = "lora_rank")]
     pub lora_alpha: Option<f64>,
     /// Skip malformed JSONL lines (each is reported) instead of stopping at the first.
     #[arg(long)]
@@ -105,6 +105,7 @@ fn read_input(path: &Path) -> anyhow::Result<Vec<Item>> {
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let n = i + 1;
         let line = line.with_context(|| format!("{}:{n}: cannot read line", path.display()))?;
+        let line = if n == 1 { crate::io::text::strip_bom(&line).to_string() } else { line };
         if line.trim().is_empty() {
             continue;
         }
@@ -131,10 +132,32 @@ fn read_input(path: &Path) -> anyhow::Result<Vec<Item>> {
     Ok(items)
 }
 
+/// Remove `.{name}.partial-{pid}` files an interrupted `embed` left beside `output`.
+fn remove_stale_partials(output: &std::path::Path) {
+    let (Some(dir), Some(name)) = (output.parent(), output.file_name()) else { return };
+    let dir = if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir };
+    let prefix = format!(".{}.partial-", name.to_string_lossy());
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 pub fn run_embed(a: EmbedArgs, d: DeviceChoice) -> anyhow::Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    // Writing over the input would lose it (the output replaces it only at the end, but then
+    // the texts are gone): refuse, whatever path spells the same file.
+    if let (Ok(i), Ok(o)) = (std::fs::canonicalize(&a.input), std::fs::canonicalize(&a.output))
+        && i == o
+    {
+        bail!("--output {} is the input file: choose another path (the input would be lost)", a.output.display());
+    }
+    remove_stale_partials(&a.output);
     let items = read_input(&a.input)?;
     let device = d.device()?;
     let encoder =

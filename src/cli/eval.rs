@@ -39,7 +39,7 @@ pub struct EvalArgs {
     #[arg(short = 'c', long = "complete")]
     pub complete: bool,
     /// Judgments at or above this level are relevant for binary measures (trec_eval -l).
-    #[arg(short = 'l', long = "level-for-rel", default_value_t = 1, allow_negative_numbers = true)]
+    #[arg(value_parser = crate::cli::values::relevance_level, short = 'l', long = "level-for-rel", default_value_t = 1, allow_negative_numbers = true)]
     pub relevance_level: i32,
     /// Print full-precision values as JSON instead of trec_eval's 4-decimal text.
     #[arg(long)]
@@ -71,16 +71,16 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Sign-flip rounds of the randomization test.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long, default_value_t = 10_000)]
     pub permutations: usize,
     /// Bootstrap resamples for the confidence interval.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long, default_value_t = 10_000)]
     pub bootstrap: usize,
     /// Compare on every qrels query (trec_eval -c).
     #[arg(short = 'c', long = "complete")]
     pub complete: bool,
     /// Relevance level for binary measures (trec_eval -l).
-    #[arg(short = 'l', long = "level-for-rel", default_value_t = 1, allow_negative_numbers = true)]
+    #[arg(value_parser = crate::cli::values::relevance_level, short = 'l', long = "level-for-rel", default_value_t = 1, allow_negative_numbers = true)]
     pub relevance_level: i32,
     /// Print the result as JSON instead of a table.
     #[arg(long)]
@@ -105,10 +105,19 @@ fn spinner(msg: String) -> ProgressBar {
 fn read_inputs(qrels: &Path, runs: &[&Path]) -> anyhow::Result<(Qrels, Vec<Run>)> {
     let pb = spinner(format!("reading {}", qrels.display()));
     let q = Qrels::read(qrels)?;
+    if q.judgments.is_empty() {
+        bail!("{}: no judgments (empty file?)", qrels.display());
+    }
     let mut out = Vec::new();
     for r in runs {
         pb.set_message(format!("reading {}", r.display()));
-        out.push(Run::read(r)?);
+        let run = Run::read(r)?;
+        // An empty run would score 0 everywhere: in `compare` a "significant" difference, in
+        // `eval -c` a MAP of 0, both from a file that failed to be written, not from a system.
+        if run.results.is_empty() {
+            bail!("{}: the run holds no results (empty file?)", r.display());
+        }
+        out.push(run);
     }
     pb.finish_and_clear();
     Ok((q, out))

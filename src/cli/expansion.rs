@@ -38,19 +38,19 @@ pub struct ExpansionsArgs {
     #[arg(long)]
     pub queries: PathBuf,
     /// Maximum number of tokens to generate per query.
-    #[arg(long, short = 'm', default_value_t = 160)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long, short = 'm', default_value_t = 160)]
     pub max_tokens: usize,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(value_parser = crate::cli::values::non_negative_f32, long, default_value_t = 0.0)]
     pub temp: f32,
     /// Nucleus sampling threshold (1.0 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(value_parser = crate::cli::values::probability_f32, long, default_value_t = 1.0)]
     pub top_p: f32,
     /// Seed of the sampler.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Only the first N queries.
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub limit: Option<usize>,
     /// Output folder for expansions.jsonl and summary.json (must not hold them already).
     #[arg(long)]
@@ -82,10 +82,10 @@ pub struct ExpansionsCompareArgs {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Sign-flip rounds of the randomization test.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long, default_value_t = 10_000)]
     pub permutations: usize,
     /// Bootstrap resamples for the confidence interval.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long, default_value_t = 10_000)]
     pub bootstrap: usize,
     /// Examples shown side by side: half the largest reward gains of B, half its largest losses.
     #[arg(long, default_value_t = 6)]

@@ -16,10 +16,10 @@ pub struct ExperimentArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Training epochs.
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub epochs: Option<usize>,
     /// Stop training after this many optimizer steps.
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub max_steps: Option<usize>,
     /// Compare BM25 with the base dense model, without fine-tuning.
     #[arg(long)]

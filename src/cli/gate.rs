@@ -33,13 +33,13 @@ pub struct GateArgs {
     #[arg(long, value_delimiter = ',')]
     pub metrics: Vec<String>,
     /// Significance level of the paired randomization test.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(value_parser = crate::cli::values::open_unit_f64, long, default_value_t = 0.05)]
     pub alpha: f64,
     /// Accept a higher primary mean that is not significant (default: require p < alpha).
     #[arg(long)]
     pub allow_insignificant_gain: bool,
     /// Randomization rounds.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long, default_value_t = 10_000)]
     pub permutations: usize,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -149,11 +149,11 @@ pub struct BatchSummaryArgs {
     pub system: Option<String>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long, default_value_t = 10_000)]
     pub permutations: usize,
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long, default_value_t = 10_000)]
     pub bootstrap: usize,
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(value_parser = crate::cli::values::open_unit_f64, long, default_value_t = 0.95)]
     pub confidence: f64,
 }
 

@@ -35,27 +35,27 @@ pub struct TrainLoraArgs {
     /// Keep records without a classification, treating them as public.
     #[arg(long)]
     pub treat_unclassified_as_public: bool,
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub iters: Option<usize>,
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub batch_size: Option<usize>,
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::non_negative_f64, long)]
     pub learning_rate: Option<f64>,
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub steps_per_report: Option<usize>,
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub steps_per_eval: Option<usize>,
     /// Validation batches per evaluation (-1: all).
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(value_parser = crate::cli::values::count_or_all, long, allow_hyphen_values = true)]
     pub val_batches: Option<i64>,
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub save_every: Option<usize>,
     /// Blocks to adapt, counted from the top (-1: all).
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(value_parser = crate::cli::values::count_or_all, long, allow_hyphen_values = true)]
     pub num_layers: Option<i64>,
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub max_seq_length: Option<usize>,
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub grad_accumulation_steps: Option<usize>,
     /// Loss on completion tokens only.
     #[arg(long)]
@@ -67,23 +67,29 @@ pub struct TrainLoraArgs {
     /// or an adapter file (initial weights only, as MLX-LM).
     #[arg(long)]
     pub resume_adapter_file: Option<PathBuf>,
+    /// Continue the run in --adapter-path from its latest checkpoint (= --resume-adapter-file ADAPTER_PATH).
+    #[arg(long, conflicts_with = "overwrite")]
+    pub resume: bool,
+    /// Replace the run already in --adapter-path (its adapters, checkpoints and loss log are removed).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Evaluate on test.jsonl after training (loss and perplexity).
     #[arg(long)]
     pub test: bool,
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(value_parser = crate::cli::values::count_or_all, long, allow_hyphen_values = true)]
     pub test_batches: Option<i64>,
     #[arg(long)]
     pub seed: Option<u64>,
     /// LoRA rank.
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub rank: Option<usize>,
     /// MLX-LM's LoRA scale (ignored with --alpha).
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::finite_f64, long)]
     pub scale: Option<f64>,
     /// PEFT's lora_alpha (scale = alpha / rank).
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::finite_positive_f64, long)]
     pub alpha: Option<f64>,
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::fraction_f64, long)]
     pub dropout: Option<f64>,
     /// Layers to adapt (repeatable): q_proj, self_attn.v_proj, ... (default: all projections).
     #[arg(long)]
@@ -94,10 +100,10 @@ pub struct TrainLoraArgs {
     /// constant, linear or cosine.
     #[arg(long)]
     pub lr_schedule: Option<String>,
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::non_negative_f64, long)]
     pub weight_decay: Option<f64>,
     /// Clip gradients to this global norm (0 disables clipping).
-    #[arg(long)]
+    #[arg(value_parser = crate::cli::values::non_negative_f64, long)]
     pub max_grad_norm: Option<f64>,
     /// QLoRA base: keep (a GGUF's own Q8_0/Q4_0/Q4_1 projections stay quantized; default),
     /// none (f32), q8_0 or q4_0 (quantize the projections as ggml's reference quantizers do).
@@ -128,6 +134,10 @@ impl TrainLoraArgs {
             c.adapter_path = p.clone();
         }
         c.mask_prompt |= self.mask_prompt;
+        c.overwrite |= self.overwrite;
+        if self.resume && c.resume_adapter_file.is_none() {
+            c.resume_adapter_file = Some(c.adapter_path.clone());
+        }
         c.test |= self.test;
         c.grad_checkpoint |= self.grad_checkpoint;
         c.treat_unclassified_as_public |= self.treat_unclassified_as_public;
@@ -183,13 +193,13 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub system_prompt: Option<String>,
     /// Maximum number of tokens to generate.
-    #[arg(long, short = 'm', default_value_t = 100)]
+    #[arg(value_parser = crate::cli::values::positive_usize, long, short = 'm', default_value_t = 100)]
     pub max_tokens: usize,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(value_parser = crate::cli::values::non_negative_f32, long, default_value_t = 0.0)]
     pub temp: f32,
     /// Nucleus sampling threshold (1.0 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(value_parser = crate::cli::values::probability_f32, long, default_value_t = 1.0)]
     pub top_p: f32,
     /// Seed of the sampler.
     #[arg(long, default_value_t = 0)]
@@ -274,7 +284,10 @@ fn train_typed<T: Record + SftRecord>(trainer: &SftTrainer, lm: &CausalLm, loade
     if let Some(t) = out.test {
         println!("Test loss {:.3}, Test ppl {:.3}.", t.loss, t.perplexity);
     }
-    println!("Adapter saved to {}", cfg.adapter_path.join(mlx::WEIGHTS_FILE).display());
+    // Report only what is on disk.
+    let saved = cfg.adapter_path.join(mlx::WEIGHTS_FILE);
+    anyhow::ensure!(saved.is_file(), "training ended but {} was not written", saved.display());
+    println!("Adapter saved to {}", saved.display());
     Ok(())
 }
 

@@ -16,6 +16,7 @@ pub mod lora;
 pub mod report;
 pub mod rerank;
 pub mod search;
+pub mod values;
 
 /// Fine-tune and evaluate retrieval models locally.
 #[derive(Parser, Debug)]

@@ -30,13 +30,13 @@ pub fn run(c: ReportCommand, _device: DeviceChoice) -> anyhow::Result<()> {
 /// The metric computation `report rerun` uses: `eval::metrics` on the stored qrels and run,
 /// measure names as trec_eval prints them (`recip_rank`, `ndcg_cut_10`, `P_5`).
 pub fn metrics_evaluator() -> impl MetricsEvaluator {
-    |qrels: &Path, run: &Path, measures: &[String]| -> Result<Vec<QueryValue>, String> {
+    |qrels: &Path, run: &Path, measures: &[String], options: &crate::eval::metrics::EvalOptions| -> Result<Vec<QueryValue>, String> {
         use crate::data::trec::{Qrels, Run};
-        use crate::eval::metrics::{EvalOptions, Measure, evaluate};
+        use crate::eval::metrics::{Measure, evaluate};
         let measures = Measure::parse_list(measures).map_err(|e| e.to_string())?;
         let qrels = Qrels::read(qrels).map_err(|e| e.to_string())?;
         let run = Run::read(run).map_err(|e| e.to_string())?;
-        Ok(per_query_values(&evaluate(&qrels, &run, &measures, &EvalOptions::default())))
+        Ok(per_query_values(&evaluate(&qrels, &run, &measures, options)))
     }
 }
 

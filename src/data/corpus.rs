@@ -126,7 +126,7 @@ pub(crate) fn read_markdown_files(dir: &Path, bad: BadLines) -> Result<(Read<Doc
     let mut out = Read::default();
     let mut files = Vec::new();
     for path in markdown_files(dir)? {
-        let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
+        let text = crate::io::text::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
         let rel = path.strip_prefix(dir).unwrap_or(&path).with_extension("");
         let rel: Vec<String> = rel
             .components()

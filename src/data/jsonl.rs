@@ -171,6 +171,8 @@ pub fn read_with<T>(
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let line_no = i + 1;
         let text = line.map_err(|e| DataError::at(path, line_no, None, e.to_string()))?;
+        // A byte-order mark starts some Windows-saved files: accepted and removed (crate::io::text).
+        let text = if line_no == 1 { crate::io::text::strip_bom(&text).to_string() } else { text };
         if text.trim().is_empty() {
             continue;
         }
@@ -186,8 +188,14 @@ pub fn read_with<T>(
                     path,
                     line_no,
                     None,
-                    format!("invalid JSON at column {}: {}", e.column(), strip_position(&e)),
-                ),
+                    if text.starts_with(crate::io::text::BOM) {
+                        // Only line 1 may start with a BOM (it is removed there): one further
+                        // down means files were concatenated.
+                        "the line starts with a UTF-8 byte-order mark (U+FEFF; files concatenated?); remove it".to_string()
+                    } else {
+                        format!("invalid JSON at column {}: {}", e.column(), strip_position(&e))
+                    },
+                )
             })
             .and_then(|v| parse(line_no, v));
         out.push(line_no, record, bad)?;
@@ -397,6 +405,44 @@ mod tests {
         let path = dir.path().join("x.jsonl");
         std::fs::write(&path, content).unwrap();
         (dir, path)
+    }
+
+    /// Property: BOM, CRLF, trailing whitespace and blank-line variants of a file read as the
+    /// plain file, with the same line numbers; a BOM further down is named as one.
+    #[test]
+    fn bom_crlf_and_whitespace_variants_read_as_the_plain_file() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(16);
+        for case in 0..200 {
+            let n = rng.random_range(1..5);
+            let lines: Vec<String> = (0..n).map(|i| format!("{{\"query\":\"q{i}\"}}")).collect();
+            let eol = if rng.random_bool(0.5) { "\r\n" } else { "\n" };
+            let mut text = String::new();
+            if rng.random_bool(0.7) {
+                text.push('\u{feff}');
+            }
+            let mut expected_lines = Vec::new();
+            let mut line_no = 0;
+            for l in &lines {
+                if rng.random_bool(0.2) {
+                    text.push_str(eol);
+                    line_no += 1;
+                }
+                text.push_str(l);
+                text.push_str(["", " ", "\t", "  "][rng.random_range(0..4)]);
+                text.push_str(eol);
+                line_no += 1;
+                expected_lines.push(line_no);
+            }
+            let (_d, p) = file(&text);
+            let r = read_jsonl::<Rec>(&p, BadLines::Fail).unwrap_or_else(|e| panic!("case {case}: {e}: {text:?}"));
+            let queries: Vec<String> = r.records.iter().map(|r| r.query.clone()).collect();
+            assert_eq!(queries, (0..n).map(|i| format!("q{i}")).collect::<Vec<_>>(), "case {case}");
+            assert_eq!(r.lines, expected_lines, "case {case}");
+        }
+        let (_d, p) = file("{\"query\":\"a\"}\n\u{feff}{\"query\":\"b\"}\n");
+        let err = read_jsonl::<Rec>(&p, BadLines::Fail).unwrap_err().to_string();
+        assert!(err.contains(":2") && err.contains("byte-order mark"), "{err}");
     }
 
     #[test]

@@ -9,9 +9,12 @@
 //!   integer (trec_eval uses `atol`, which would silently read `x` as 0: we refuse non-integers).
 //!   Negative values are kept: trec_eval treats them as "in the pool but unjudged" (never relevant,
 //!   gain 0). Two judgments of the same (qid, docid) are an error in trec_eval and here.
-//! * run lines have at least six fields; the iteration (`Q0`) and the rank are ignored, fields after
-//!   the tag are ignored. The score is a float (trec_eval uses `atof`: we refuse non-numbers and NaN).
+//! * run lines have exactly six fields; the iteration (`Q0`) and the rank are ignored. trec_eval
+//!   ignores fields after the tag; we refuse them (file:line), since a seventh column means the
+//!   columns are not the ones we think (a split docid, a stray score). The score is a float (trec_eval uses `atof`: we refuse non-numbers and NaN).
 //!   The run tag trec_eval reports (`runid`) is the one on the last line.
+//! * A UTF-8 byte-order mark at the start of a file is removed ([`crate::io::text::strip_bom`]);
+//!   left in, it would glue itself to the first query id and drop that line from evaluation.
 //! * The same docid twice within one query of a run: trec_eval stops with
 //!   `trec_eval.form_res_qrels: duplicate docs ...` and evaluates nothing (`form_res_rels.c` sorts
 //!   the query's documents by docno and rejects equal neighbours). We reject the file at read time,
@@ -64,8 +67,8 @@ pub enum TrecError {
     },
     #[error("{path}:{line}: missing column `{field}` (a {kind} line is `{layout}`)")]
     MissingColumn { path: PathBuf, line: usize, field: &'static str, kind: &'static str, layout: &'static str },
-    #[error("{path}:{line}: unexpected extra column {value:?} (a qrels line is `qid 0 docid rel`)")]
-    ExtraColumn { path: PathBuf, line: usize, value: String },
+    #[error("{path}:{line}: unexpected extra column {value:?} (a {kind} line is `{layout}`)")]
+    ExtraColumn { path: PathBuf, line: usize, value: String, kind: &'static str, layout: &'static str },
     #[error("{path}:{line}: field `{field}` is not {expected}: {value:?}")]
     NotANumber { path: PathBuf, line: usize, field: &'static str, expected: &'static str, value: String },
     #[error(
@@ -178,8 +181,10 @@ impl<'a> Record<'a> {
 }
 
 fn read_text(path: &Path) -> Result<String, TrecError> {
-    let bytes = std::fs::read(path).map_err(|source| TrecError::Io { path: path.into(), source })?;
-    String::from_utf8(bytes).map_err(|e| TrecError::NotUtf8 { path: path.into(), source: e.utf8_error() })
+    crate::io::text::read_text(path).map_err(|e| match e {
+        crate::io::text::TextError::Io { source, .. } => TrecError::Io { path: path.into(), source },
+        crate::io::text::TextError::NotUtf8 { source, .. } => TrecError::NotUtf8 { path: path.into(), source },
+    })
 }
 
 /// Write to `path.tmp` then rename, so a failed write never leaves a truncated file behind.
@@ -203,6 +208,7 @@ impl Qrels {
 
     /// Parse qrels text; `path` only names the source in errors.
     pub fn parse_str(text: &str, path: impl AsRef<Path>) -> Result<Self, TrecError> {
+        let text = crate::io::text::strip_bom(text);
         let path = path.as_ref();
         let mut judgments: BTreeMap<String, BTreeMap<String, i32>> = BTreeMap::new();
         for rec in Records::new(text) {
@@ -213,7 +219,13 @@ impl Qrels {
             let doc_id = next(2, "docid")?;
             let rel_s = next(3, "rel")?;
             if rec.len > 4 {
-                return Err(TrecError::ExtraColumn { path: path.into(), line, value: rec.fields[4].into() });
+                return Err(TrecError::ExtraColumn {
+                    path: path.into(),
+                    line,
+                    value: rec.fields[4].into(),
+                    kind: "qrels",
+                    layout: QRELS_LAYOUT,
+                });
             }
             let rel: i32 = rel_s.parse().map_err(|_| TrecError::NotANumber {
                 path: path.into(),
@@ -273,6 +285,7 @@ impl Run {
 
     /// Parse run text; `path` only names the source in errors. Documents keep file order.
     pub fn parse_str(text: &str, path: impl AsRef<Path>) -> Result<Self, TrecError> {
+        let text = crate::io::text::strip_bom(text);
         let path = path.as_ref();
         let mut results: BTreeMap<String, Vec<Retrieved>> = BTreeMap::new();
         // Line of each retrieved document, for the duplicate check after reading.
@@ -292,6 +305,15 @@ impl Run {
             next(3, "rank")?;
             let score_s = next(4, "score")?;
             last_tag = next(5, "tag")?;
+            if rec.len > 6 {
+                return Err(TrecError::ExtraColumn {
+                    path: path.into(),
+                    line,
+                    value: rec.fields[6].into(),
+                    kind: "run",
+                    layout: RUN_LAYOUT,
+                });
+            }
             let score: f64 =
                 score_s.parse().ok().filter(|s: &f64| !s.is_nan()).ok_or_else(|| TrecError::NotANumber {
                     path: path.into(),
@@ -492,11 +514,76 @@ mod tests {
 
     #[test]
     fn reads_runs_keeping_file_order_and_last_tag() {
-        let r = Run::parse_str("q2 Q0 a 1 1.5 x\nq1 Q0 b 1 2 x\nq2 Q0 c 2 -1e3 y extra\nq1 Q0 d 2 0 y\n", "r").unwrap();
+        let r = Run::parse_str("q2 Q0 a 1 1.5 x\nq1 Q0 b 1 2 x\nq2 Q0 c 2 -1e3 y\nq1 Q0 d 2 0 y\n", "r").unwrap();
         assert_eq!(r.tag, "y");
         let docs: Vec<_> = r.results["q2"].iter().map(|d| (d.doc_id.as_str(), d.score)).collect();
         assert_eq!(docs, [("a", 1.5), ("c", -1000.0)]);
         assert_eq!(r.results["q1"].len(), 2);
+    }
+
+    #[test]
+    fn a_bom_is_stripped_and_a_seventh_run_column_is_refused() {
+        let q = Qrels::parse_str("\u{feff}q1 0 d1 1\n", "a.qrels").unwrap();
+        assert_eq!(q.judgments["q1"]["d1"], 1);
+        let r = Run::parse_str("\u{feff}q1 Q0 d1 1 2 t\n", "a.run").unwrap();
+        assert!(r.results.contains_key("q1"), "{r:?}");
+        let e = Run::parse_str("q1 Q0 d1 1 2 t\nq1 Q0 d2 2 1 t extra\n", "a.run").unwrap_err();
+        assert!(e.to_string().starts_with("a.run:2: unexpected extra column \"extra\""), "{e}");
+    }
+
+    /// Property: any mix of BOM, CRLF, tabs, trailing whitespace and blank lines reads as the plain
+    /// file; any line given one extra column is refused naming that line.
+    #[test]
+    fn whitespace_bom_and_column_variants_of_random_files() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(16);
+        for case in 0..300 {
+            let nq = rng.random_range(1..4);
+            let mut qrels_lines = Vec::new();
+            let mut run_lines = Vec::new();
+            for q in 0..nq {
+                for d in 0..rng.random_range(1..4) {
+                    qrels_lines.push(vec![format!("q{q}"), "0".into(), format!("d{d}"), format!("{}", rng.random_range(0..3))]);
+                    run_lines.push(vec![format!("q{q}"), "Q0".into(), format!("d{d}"), format!("{}", d + 1), format!("{}", 10 - d), "t".into()]);
+                }
+            }
+            let render = |lines: &[Vec<String>], rng: &mut rand_chacha::ChaCha8Rng| {
+                let mut out = String::new();
+                if rng.random_bool(0.5) {
+                    out.push('\u{feff}');
+                }
+                let eol = if rng.random_bool(0.5) { "\r\n" } else { "\n" };
+                for l in lines {
+                    let sep = [" ", "\t", "  ", " \t"][rng.random_range(0..4)];
+                    out.push_str(&l.join(sep));
+                    out.push_str(["", " ", "\t", "  "][rng.random_range(0..4)]);
+                    out.push_str(eol);
+                    if rng.random_bool(0.1) {
+                        out.push_str(eol);
+                    }
+                }
+                out
+            };
+            let plain_q = Qrels::parse_str(&qrels_lines.iter().map(|l| l.join(" ") + "\n").collect::<String>(), "p").unwrap();
+            let plain_r = Run::parse_str(&run_lines.iter().map(|l| l.join(" ") + "\n").collect::<String>(), "p").unwrap();
+            let text = render(&qrels_lines, &mut rng);
+            assert_eq!(Qrels::parse_str(&text, "v.qrels").unwrap(), plain_q, "case {case}: {text:?}");
+            let text = render(&run_lines, &mut rng);
+            assert_eq!(Run::parse_str(&text, "v.run").unwrap(), plain_r, "case {case}: {text:?}");
+            // One extra column on a random line: refused, naming that line (no blank lines here).
+            let bad = rng.random_range(0..run_lines.len());
+            let mut lines = run_lines.clone();
+            lines[bad].push("x".into());
+            let text: String = lines.iter().map(|l| l.join(" ") + "\n").collect();
+            let e = Run::parse_str(&text, "v.run").unwrap_err().to_string();
+            assert!(e.starts_with(&format!("v.run:{}: unexpected extra column", bad + 1)), "case {case}: {e}");
+            let mut lines = qrels_lines.clone();
+            let last = lines.len() - 1;
+            lines[bad.min(last)].push("x".into());
+            let text: String = lines.iter().map(|l| l.join(" ") + "\n").collect();
+            let e = Qrels::parse_str(&text, "v.qrels").unwrap_err().to_string();
+            assert!(e.contains("unexpected extra column"), "case {case}: {e}");
+        }
     }
 
     #[test]

@@ -229,7 +229,7 @@ impl FromStr for Measure {
 }
 
 /// trec_eval's command-line switches that change values.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EvalOptions {
     /// `-l`: judgments at or above this level are relevant for binary measures (default 1).
     pub relevance_level: i32,

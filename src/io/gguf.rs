@@ -135,7 +135,8 @@ impl GgmlType {
     /// `n_elements` is not a whole number of blocks).
     pub fn bytes_for(self, n_elements: u64) -> Option<u64> {
         let (block, size) = self.block_layout()?;
-        n_elements.is_multiple_of(block as u64).then(|| n_elements / block as u64 * size as u64)
+        // Checked: a corrupt dimension must give None (an error upstream), not an overflow.
+        n_elements.is_multiple_of(block as u64).then(|| (n_elements / block as u64).checked_mul(size as u64))?
     }
 }
 
@@ -338,13 +339,22 @@ impl TensorInfo {
         self.dims.iter().rev().map(|&d| d as usize).collect()
     }
 
+    /// Number of values (saturating; [`GgufFile::open`] refuses files where the product overflows).
     pub fn n_elements(&self) -> u64 {
-        self.dims.iter().product()
+        self.checked_n_elements().unwrap_or(u64::MAX)
     }
 
-    /// Bytes the tensor takes in the data section (None for an unknown type).
+    /// Number of values, or None when the product of the dimensions overflows `u64`/`usize`.
+    pub fn checked_n_elements(&self) -> Option<u64> {
+        self.dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .filter(|&n| usize::try_from(n).is_ok())
+    }
+
+    /// Bytes the tensor takes in the data section (None for an unknown type or an overflowing size).
     pub fn n_bytes(&self) -> Option<u64> {
-        self.ggml_type.bytes_for(self.n_elements())
+        self.ggml_type.bytes_for(self.checked_n_elements()?)
     }
 }
 
@@ -445,7 +455,7 @@ impl<'a> Cursor<'a> {
                 path: self.path.to_path_buf(),
                 what: what(),
                 len: self.buf.len() as u64,
-                needed: self.pos as u64 + n as u64,
+                needed: (self.pos as u64).saturating_add(n as u64),
             }),
         }
     }
@@ -506,7 +516,7 @@ impl<'a> Cursor<'a> {
                         path: self.path.to_path_buf(),
                         what: what(),
                         len: self.buf.len() as u64,
-                        needed: self.pos as u64 + n,
+                        needed: (self.pos as u64).saturating_add(n),
                     });
                 }
                 let mut items = Vec::with_capacity(n as usize);
@@ -620,9 +630,24 @@ impl GgufFile {
                     c.malformed(format!("tensor '{}'", t.name), "data offset is not aligned")
                 );
             }
+            // Every size below is checked arithmetic: a corrupt dimension (2^63) or offset must
+            // be an error naming the tensor, never an overflow panic or a wrapped-around size.
+            if t.checked_n_elements().is_none() {
+                return Err(c.malformed(
+                    format!("tensor '{}'", t.name),
+                    &format!("dimensions {:?} overflow the number of elements", t.dims),
+                ));
+            }
+            if t.ggml_type.block_layout().is_some() && t.n_bytes().is_none() {
+                let (block, _) = t.ggml_type.block_layout().unwrap_or((1, 0));
+                return Err(c.malformed(
+                    format!("tensor '{}'", t.name),
+                    &format!("{} elements of {} are not a whole number of {block}-element blocks", t.n_elements(), t.ggml_type),
+                ));
+            }
             // Unknown types have no known size: they fail later, when someone asks for their data.
             if let Some(n) = t.n_bytes() {
-                let end = data_offset + t.offset + n;
+                let end = data_offset.checked_add(t.offset).and_then(|e| e.checked_add(n)).unwrap_or(u64::MAX);
                 if end > len {
                     return Err(GgufError::Truncated {
                         path: path.clone(),
@@ -1541,6 +1566,78 @@ mod tests {
             err.contains("cut.gguf") && err.contains("truncated") && err.contains("metadata"),
             "{err}"
         );
+    }
+
+    /// Offset of the first dimension of tensor `name` in a file written by [`GgufWriter`].
+    fn dims_offset(bytes: &[u8], name: &str) -> usize {
+        let mut key = (name.len() as u64).to_le_bytes().to_vec();
+        key.extend_from_slice(name.as_bytes());
+        let at = bytes.windows(key.len()).rposition(|w| w == key.as_slice()).unwrap();
+        at + key.len() + 4
+    }
+
+    #[test]
+    fn a_huge_dimension_is_an_error_naming_the_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.gguf");
+        sample_writer().write(&path).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        for huge in [1u64 << 63, u64::MAX, 1 << 40] {
+            let mut bytes = good.clone();
+            let at = dims_offset(&bytes, "q8");
+            bytes[at..at + 8].copy_from_slice(&huge.to_le_bytes());
+            std::fs::write(&path, &bytes).unwrap();
+            let err = GgufFile::open(&path).unwrap_err().to_string();
+            assert!(err.contains("huge.gguf") && err.contains("'q8'"), "{huge}: {err}");
+        }
+    }
+
+    /// Property: random truncation points and random corruption of the header never panic;
+    /// each gives an error naming the file (and the tensor, when a tensor's data is cut).
+    #[test]
+    fn random_truncations_and_header_corruptions_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.gguf");
+        sample_writer().write(&path).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let data_offset = GgufFile::open(&path).unwrap().data_offset as usize;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(63);
+        for case in 0..400 {
+            let mut bytes = good.clone();
+            let truncated = case % 2 == 0;
+            if truncated {
+                bytes.truncate(rng.random_range(0..good.len()));
+            } else {
+                for _ in 0..rng.random_range(1..4) {
+                    let i = rng.random_range(0..data_offset);
+                    bytes[i] = match rng.random_range(0..3) {
+                        0 => rng.random(),
+                        1 => 0xff,
+                        _ => 0x80,
+                    };
+                }
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            let outcome = std::panic::catch_unwind(|| match GgufFile::open(&path) {
+                Err(e) => Err(e.to_string()),
+                Ok(g) => {
+                    for t in g.tensors.clone() {
+                        let _ = g.tensor_f32(&t.name);
+                    }
+                    Ok(())
+                }
+            });
+            match outcome.unwrap_or_else(|_| panic!("case {case}: panicked")) {
+                Err(msg) => {
+                    assert!(msg.contains("bad.gguf"), "case {case}: {msg}");
+                    if truncated && bytes.len() > data_offset {
+                        assert!(msg.contains("tensor '"), "case {case}: {msg}");
+                    }
+                }
+                Ok(()) => assert!(!truncated || bytes.len() >= good.len() - 31, "case {case}: truncated file accepted"),
+            }
+        }
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub enum HfError {
 /// Read and deserialize a JSON file, naming the file (and serde's line/column) on error; a key given
 /// twice in one object is an error.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, HfError> {
-    let text = std::fs::read_to_string(path).map_err(|source| HfError::Io { path: path.to_path_buf(), source })?;
+    let text = crate::io::text::read_to_string(path).map_err(|source| HfError::Io { path: path.to_path_buf(), source })?;
     // A config that gives a key twice is ambiguous (serde would keep the last): refuse it, naming the key.
     crate::data::jsonl::parse_strict(&text).map_err(|source| HfError::Json { path: path.to_path_buf(), source })?;
     serde_json::from_str(&text).map_err(|source| HfError::Json { path: path.to_path_buf(), source })

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use ::safetensors::tensor::{Dtype, Metadata, SafeTensorError, SafeTensors, TensorView};
+use ::safetensors::tensor::{Dtype, Metadata, SafeTensorError, SafeTensors};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use memmap2::Mmap;
 
@@ -65,6 +65,8 @@ impl SafetensorsFile {
         // SAFETY: the map is read-only; a file changed underneath us by another process could give
         // garbage numbers but not memory unsafety in our code, which only reads bytes.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|source| WeightsError::Io { path: path.clone(), source })?;
+        // Our own checked pass first: it names the tensor whose entry is wrong or whose data is cut.
+        check_header(&mmap).map_err(|reason| WeightsError::Corrupt { path: path.clone(), reason })?;
         let (n, metadata) = SafeTensors::read_metadata(&mmap)
             .map_err(|e| WeightsError::Corrupt { path: path.clone(), reason: describe(&e, mmap.len()) })?;
         Ok(Self { path, mmap, data_start: 8 + n, metadata })
@@ -169,6 +171,74 @@ impl SafetensorsFile {
         };
         WeightsError::Missing { path: self.path.clone(), name: name.to_string(), hint }
     }
+}
+
+/// Bytes per element of a safetensors dtype name (None for names we do not know).
+fn dtype_size(dtype: &str) -> Option<u64> {
+    Some(match dtype {
+        "F64" | "I64" | "U64" | "C64" => 8,
+        "F32" | "I32" | "U32" => 4,
+        "F16" | "BF16" | "I16" | "U16" => 2,
+        "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" | "F8_E8M0" => 1,
+        _ => return None,
+    })
+}
+
+/// Check the header of a safetensors file with checked arithmetic, naming the tensor at fault:
+/// its dtype and shape must agree with its `data_offsets`, and its data must lie inside the file.
+/// (The `safetensors` crate checks the same, but its errors do not always say which tensor.)
+fn check_header(bytes: &[u8]) -> Result<(), String> {
+    let len = bytes.len() as u64;
+    let Some(prefix) = bytes.get(..8) else {
+        return Err(format!("file is only {len} bytes, too short for a header (truncated?)"));
+    };
+    let n = u64::from_le_bytes(prefix.try_into().expect("8 bytes"));
+    let data_start = match 8u64.checked_add(n) {
+        Some(end) if end <= len => end,
+        _ => {
+            return Err(format!(
+                "header length {n} runs past the end of the {len}-byte file (truncated or not safetensors)"
+            ));
+        }
+    };
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..data_start as usize])
+        .map_err(|e| format!("the {n}-byte header is not a JSON object: {e}"))?;
+    let data_len = len - data_start;
+    for (name, info) in &header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let bad = |why: String| Err(format!("tensor '{name}': {why}"));
+        let dtype = info.get("dtype").and_then(|d| d.as_str()).unwrap_or("");
+        let Some(size) = dtype_size(dtype) else {
+            return bad(format!("unknown or missing dtype {:?}", info.get("dtype")));
+        };
+        let shape: Option<Vec<u64>> =
+            info.get("shape").and_then(|s| s.as_array()).and_then(|a| a.iter().map(|d| d.as_u64()).collect());
+        let Some(shape) = shape else { return bad(format!("shape {:?} is not a list of sizes", info.get("shape"))) };
+        let offsets: Option<Vec<u64>> = info
+            .get("data_offsets")
+            .and_then(|s| s.as_array())
+            .and_then(|a| a.iter().map(|d| d.as_u64()).collect());
+        let (begin, end) = match offsets.as_deref() {
+            Some(&[b, e]) if b <= e => (b, e),
+            _ => return bad(format!("data_offsets {:?} is not [begin, end]", info.get("data_offsets"))),
+        };
+        let needed = shape.iter().try_fold(size, |acc, &d| acc.checked_mul(d));
+        let Some(needed) = needed.filter(|&b| usize::try_from(b).is_ok()) else {
+            return bad(format!("shape {shape:?} of {dtype} overflows the size of a tensor"));
+        };
+        if end - begin != needed {
+            return bad(format!("shape {shape:?} of {dtype} needs {needed} bytes, data_offsets [{begin}, {end}] hold {}", end - begin));
+        }
+        if end > data_len {
+            return bad(format!(
+                "data ends at byte {} but the file has {len} bytes (truncated?)",
+                data_start.saturating_add(end)
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Say in words what a safetensors parse error means for the user.
@@ -312,35 +382,72 @@ pub fn write_f32(
     tensors: &[(String, Vec<usize>, Vec<f32>)],
     metadata: Option<HashMap<String, String>>,
 ) -> Result<(), WeightsError> {
+    use std::io::Write as _;
     let path = path.as_ref();
     let werr = |reason: String| WeightsError::Write { path: path.to_path_buf(), reason };
-    // TensorData holds the values as little-endian bytes (see read_data), ready for the file.
-    let bytes: Vec<(String, TensorData)> = tensors
-        .iter()
-        .map(|(name, shape, values)| {
-            let n: usize = shape.iter().product();
-            if n != values.len() {
-                return Err(werr(format!("tensor '{name}' has {} values for shape {shape:?}", values.len())));
-            }
-            Ok((name.clone(), TensorData::new(values.clone(), shape.clone())))
-        })
-        .collect::<Result<_, _>>()?;
-    let views = bytes
-        .iter()
-        .map(|(name, data)| {
-            TensorView::new(Dtype::F32, data.shape().to_vec(), data.as_bytes())
-                .map(|v| (name.as_str(), v))
-                .map_err(|e| werr(e.to_string()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    // The header is written here rather than by the `safetensors` crate, whose `__metadata__` is a
+    // HashMap serialised in random order: the same run would give files with different hashes.
+    // Metadata keys and tensors are written sorted by name, so equal inputs give equal bytes.
+    let mut order: Vec<&(String, Vec<usize>, Vec<f32>)> = tensors.iter().collect();
+    order.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(w) = order.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(werr(format!("tensor '{}' is given twice", w[0].0)));
+    }
+    let mut header = String::from("{");
+    if let Some(meta) = &metadata {
+        let sorted: BTreeMap<&String, &String> = meta.iter().collect();
+        header.push_str(&format!("\"__metadata__\":{},", json(&sorted)));
+    }
+    let mut offset = 0usize;
+    for (name, shape, values) in &order {
+        let n = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        if n != Some(values.len()) {
+            return Err(werr(format!("tensor '{name}' has {} values for shape {shape:?}", values.len())));
+        }
+        let end = offset + 4 * values.len();
+        header.push_str(&format!(
+            "{}:{{\"dtype\":\"F32\",\"shape\":{},\"data_offsets\":[{offset},{end}]}},",
+            json(name),
+            json(shape)
+        ));
+        offset = end;
+    }
+    if header.ends_with(',') {
+        header.pop();
+    }
+    header.push('}');
+    // As the `safetensors` crate does: pad the header with spaces so the data starts 8-aligned.
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
     let tmp = path.with_extension("safetensors.part");
-    ::safetensors::tensor::serialize_to_file(views, metadata, &tmp).map_err(|e| werr(e.to_string()))?;
+    let write = || -> std::io::Result<()> {
+        let mut f = std::io::BufWriter::new(File::create(&tmp)?);
+        f.write_all(&(header.len() as u64).to_le_bytes())?;
+        f.write_all(header.as_bytes())?;
+        for (_, _, values) in &order {
+            for v in values {
+                f.write_all(&v.to_le_bytes())?;
+            }
+        }
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(werr(e.to_string()));
+    }
     std::fs::rename(&tmp, path).map_err(|e| werr(e.to_string()))
+}
+
+/// JSON text of plain data (names, shapes, sorted string maps: serialising them cannot fail).
+fn json<T: serde::Serialize + ?Sized>(v: &T) -> String {
+    serde_json::to_string(v).expect("plain data serialises")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ::safetensors::tensor::TensorView;
 
     fn sample(dir: &Path) -> PathBuf {
         let path = dir.join("w.safetensors");
@@ -406,6 +513,82 @@ mod tests {
         std::fs::write(&path, &bytes[..4]).unwrap();
         let msg = SafetensorsFile::open(&path).unwrap_err().to_string();
         assert!(msg.contains("w.safetensors") && msg.contains("truncated"), "{msg}");
+    }
+
+    #[test]
+    fn equal_inputs_give_byte_identical_files_whatever_the_metadata_map_order() {
+        // Each HashMap has its own random iteration order: 16 keys almost surely differ in order.
+        let meta = || (0..16).map(|i| (format!("key{i}"), format!("v{i}"))).collect::<HashMap<_, _>>();
+        let dir = tempfile::tempdir().unwrap();
+        let tensors = vec![
+            ("z".to_string(), vec![2], vec![1.0, 2.0]),
+            ("a".to_string(), vec![1, 2], vec![3.0, 4.0]),
+        ];
+        let mut reversed = tensors.clone();
+        reversed.reverse();
+        let (p1, p2) = (dir.path().join("1.safetensors"), dir.path().join("2.safetensors"));
+        for _ in 0..4 {
+            write_f32(&p1, &tensors, Some(meta())).unwrap();
+            write_f32(&p2, &reversed, Some(meta())).unwrap();
+            assert_eq!(std::fs::read(&p1).unwrap(), std::fs::read(&p2).unwrap());
+        }
+        // And the file is still a safetensors file the reference crate reads.
+        let f = SafetensorsFile::open(&p1).unwrap();
+        assert_eq!(f.read_f32("a").unwrap(), (vec![3.0, 4.0], vec![1, 2]));
+        assert_eq!(f.header_metadata().unwrap().len(), 16);
+        let bytes = std::fs::read(&p1).unwrap();
+        assert!(::safetensors::SafeTensors::deserialize(&bytes).is_ok());
+        assert!(!dir.path().join("1.safetensors.part").exists());
+    }
+
+    /// Property: any truncation point and any corrupted header byte gives an error naming the
+    /// file (and the tensor, when the cut falls in a tensor's data), or a file whose tensors all
+    /// read or fail cleanly; never a panic.
+    #[test]
+    fn random_truncations_and_header_corruptions_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let dir = tempfile::tempdir().unwrap();
+        let good = std::fs::read(sample(dir.path())).unwrap();
+        let header_end = 8 + u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+        let path = dir.path().join("bad.safetensors");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for case in 0..400 {
+            let mut bytes = good.clone();
+            let truncated = case % 2 == 0;
+            if truncated {
+                bytes.truncate(rng.random_range(0..good.len()));
+            } else {
+                for _ in 0..rng.random_range(1..4) {
+                    let i = rng.random_range(0..header_end);
+                    bytes[i] = match rng.random_range(0..4) {
+                        0 => rng.random(),
+                        1 => b'9',
+                        2 => 0xff,
+                        _ => b'-',
+                    };
+                }
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            let outcome = std::panic::catch_unwind(|| match SafetensorsFile::open(&path) {
+                Err(e) => Err(e.to_string()),
+                Ok(f) => {
+                    for name in f.names() {
+                        let _ = f.read_f32(&name);
+                    }
+                    Ok(())
+                }
+            });
+            let outcome = outcome.unwrap_or_else(|_| panic!("case {case}: panicked on {bytes:?}"));
+            match outcome {
+                Err(msg) => {
+                    assert!(msg.contains("bad.safetensors"), "case {case}: {msg}");
+                    if truncated && bytes.len() > header_end {
+                        assert!(msg.contains("tensor '"), "case {case}: cut in the data must name the tensor: {msg}");
+                    }
+                }
+                Ok(()) => assert!(!truncated, "case {case}: a truncated file was accepted"),
+            }
+        }
     }
 
     #[test]

@@ -142,6 +142,28 @@ impl BertConfig {
         if let Err(reason) = HiddenAct::parse(&self.hidden_act) {
             return fail("hidden_act", reason);
         }
+        // A zero-variance row divided by sqrt(eps <= 0) is NaN or inf: every embedding would be null.
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return fail("layer_norm_eps", format!("{} must be a finite number above 0", self.layer_norm_eps));
+        }
+        for (field, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if v == 0 {
+                return fail(field, "must be at least 1".into());
+            }
+        }
+        for (field, p) in
+            [("hidden_dropout_prob", self.hidden_dropout_prob), ("attention_probs_dropout_prob", self.attention_probs_dropout_prob)]
+        {
+            if !(0.0..1.0).contains(&p) {
+                return fail(field, format!("{p} is not a probability in [0, 1)"));
+            }
+        }
         Ok(())
     }
 }
@@ -190,6 +212,9 @@ pub enum BertError {
     Tokenizer(#[from] TokenizerError),
     #[error("{path}: {field}: {reason}")]
     Config { path: String, field: String, reason: String },
+    /// NaN or infinity in weights or outputs; nothing was written.
+    #[error("non-finite values: {what}")]
+    NonFinite { what: String },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -237,15 +262,58 @@ impl ParamSource for CheckpointSource<'_> {
             let legacy =
                 full.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta");
             if legacy != full && self.weights.contains(&legacy) {
-                return Ok(self.weights.read_data_checked(&legacy, shape)?);
+                let data = self.weights.read_data_checked(&legacy, shape)?;
+                check_finite(&data, &legacy, self.weights.path())?;
+                return Ok(data);
             }
         }
-        Ok(self.weights.read_data_checked(&full, shape)?)
+        let data = self.weights.read_data_checked(&full, shape)?;
+        check_finite(&data, &full, self.weights.path())?;
+        Ok(data)
     }
 
     fn has(&self, name: &str) -> bool {
         self.weights.contains(&format!("{}{name}", self.prefix))
     }
+}
+
+/// The weights must hold exactly the layers `config.json` declares: with fewer declared, the
+/// extra layers would be silently dropped (a different model); with more, loading would fail on
+/// the first missing tensor without saying why.
+fn check_layer_count(config: &BertConfig, weights: &Weights, prefix: &str, config_path: &Path) -> Result<(), BertError> {
+    let layer_prefix = format!("{prefix}encoder.layer.");
+    let held = weights
+        .names()
+        .iter()
+        .filter_map(|n| n.strip_prefix(&layer_prefix)?.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(0, |i| i + 1);
+    if held != config.num_hidden_layers {
+        return Err(BertError::Config {
+            path: config_path.display().to_string(),
+            field: "num_hidden_layers".into(),
+            reason: format!(
+                "{} declared, but {} holds {held} layers ({layer_prefix}0..{})",
+                config.num_hidden_layers,
+                weights.path().display(),
+                held.saturating_sub(1)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Refuse a checkpoint tensor holding NaN or infinity (a corrupt or diverged checkpoint): it would
+/// turn every embedding into NaN, written out as `null`.
+fn check_finite(data: &TensorData, name: &str, file: &Path) -> Result<(), BertError> {
+    if let Ok(values) = data.as_slice::<f32>()
+        && let Some(i) = values.iter().position(|v| !v.is_finite())
+    {
+        return Err(BertError::NonFinite {
+            what: format!("{}: tensor '{name}' holds {} at index {i}", file.display(), values[i]),
+        });
+    }
+    Ok(())
 }
 
 /// Seeded random parameters: LayerNorm scales near 1, everything else uniform in ±`scale`.
@@ -297,9 +365,11 @@ fn load_layer_norm(
     device: &Device,
 ) -> Result<LayerNorm, BertError> {
     // burn's LayerNorm is (x - mean) / sqrt(biased var + eps) * gamma + beta, as BERT's.
+    // Read (and shape-check) the checkpoint's values before allocating anything of size `d`.
+    let (gamma, beta) = (src.get(&format!("{name}.weight"), &[d])?, src.get(&format!("{name}.bias"), &[d])?);
     let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(device);
-    ln.gamma = Param::from_tensor(Tensor::from_data(src.get(&format!("{name}.weight"), &[d])?, device));
-    ln.beta = Some(Param::from_tensor(Tensor::from_data(src.get(&format!("{name}.bias"), &[d])?, device)));
+    ln.gamma = Param::from_tensor(Tensor::from_data(gamma, device));
+    ln.beta = Some(Param::from_tensor(Tensor::from_data(beta, device)));
     Ok(ln)
 }
 
@@ -895,7 +965,9 @@ impl SentenceEncoder {
         let config_path = folder.config_path();
         let config = BertConfig::from_file(&config_path)?;
         let weights = Weights::open_dir(&folder.transformer_dir)?;
-        let model = BertModel::load(&config, &mut CheckpointSource::new(&weights), device)?;
+        let mut source = CheckpointSource::new(&weights);
+        check_layer_count(&config, &weights, &source.prefix, &config_path)?;
+        let model = BertModel::load(&config, &mut source, device)?;
 
         let max_len = folder.max_seq_length(config.max_position_embeddings);
         let tokenizer = TextTokenizer::from_file(&folder.tokenizer_json, max_len)?
@@ -1058,6 +1130,18 @@ impl SentenceEncoder {
             let batch: Vec<&str> = chunk.iter().map(|&i| prompted[i].as_str()).collect();
             let tokens = encoder.tokenizer.encode_batch(&batch)?;
             let flat = values(encoder.encode_tokens(tokens.to_tensors(&device)));
+            // Stop rather than hand back NaN (JSON `null`) vectors: name the first text affected.
+            if let Some(k) = flat.iter().position(|v| !v.is_finite()) {
+                let i = chunk[k / dim];
+                return Err(BertError::NonFinite {
+                    what: format!(
+                        "the embedding of text {} ({:?}) holds {}",
+                        i + 1,
+                        texts[i].chars().take(40).collect::<String>(),
+                        flat[k]
+                    ),
+                });
+            }
             for (row, &i) in chunk.iter().enumerate() {
                 out[i] = flat[row * dim..(row + 1) * dim].to_vec();
             }
@@ -1187,6 +1271,110 @@ mod tests {
         // [3, 4] / 5 by hand.
         let n = values(l2_normalize(Tensor::<2>::from_data(TensorData::new(vec![3.0f32, 4.0], [1, 2]), &dev)));
         assert!(max_abs_diff(&n, &[0.6, 0.8]) < 1e-7);
+    }
+
+    use serde_json::json;
+
+    /// A tiny encoder saved as a sentence-transformers folder, with its config.json as JSON.
+    fn saved_tiny(dir: &Path) -> (std::path::PathBuf, serde_json::Value) {
+        let enc = SentenceEncoder::random_tiny(&["the", "cat", "sat"], 1, &Device::flex());
+        let folder = dir.join("enc");
+        crate::export::sentence_transformers::write_folder(&enc, &folder, serde_json::json!({})).unwrap();
+        let config = serde_json::from_str(&std::fs::read_to_string(folder.join("config.json")).unwrap()).unwrap();
+        (folder, config)
+    }
+
+    #[test]
+    fn configs_that_disagree_with_the_weights_or_make_no_sense_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (folder, config) = saved_tiny(dir.path());
+        let dev = Device::flex();
+        let with = |field: &str, v: serde_json::Value| {
+            let mut c = config.clone();
+            c[field] = v;
+            std::fs::write(folder.join("config.json"), c.to_string()).unwrap();
+            SentenceEncoder::load(&folder, &dev).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let err = with("layer_norm_eps", json!(-1.0)).unwrap_err();
+        assert!(err.contains("config.json") && err.contains("layer_norm_eps"), "{err}");
+        // The weights hold 2 layers: declaring 1 must not silently drop one, declaring 3 says why.
+        for n in [1, 3] {
+            let err = with("num_hidden_layers", json!(n)).unwrap_err();
+            assert!(err.contains("num_hidden_layers") && err.contains("holds 2 layers"), "{n}: {err}");
+        }
+        with("num_hidden_layers", json!(2)).unwrap();
+    }
+
+    #[test]
+    fn nan_weights_are_refused_naming_the_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let (folder, _) = saved_tiny(dir.path());
+        let path = folder.join("model.safetensors");
+        let w = crate::io::safetensors::SafetensorsFile::open(&path).unwrap();
+        let mut tensors: Vec<_> = w
+            .names()
+            .into_iter()
+            .map(|n| {
+                let (v, shape) = w.read_f32(&n).unwrap();
+                (n, shape, v)
+            })
+            .collect();
+        drop(w);
+        let victim = "encoder.layer.1.output.dense.weight";
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            tensors.iter_mut().find(|t| t.0 == victim).unwrap().2[3] = bad;
+            crate::io::safetensors::write_f32(&path, &tensors, None).unwrap();
+            let err = SentenceEncoder::load(&folder, &Device::flex()).map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains(victim) && err.contains("model.safetensors"), "{err}");
+        }
+    }
+
+    /// Property: random numeric garbage in random config.json fields gives a load error or a
+    /// model whose embeddings are finite; never a panic, never null vectors with success.
+    #[test]
+    fn random_numeric_garbage_in_config_json() {
+        use rand::{Rng, SeedableRng};
+        let dir = tempfile::tempdir().unwrap();
+        let (folder, config) = saved_tiny(dir.path());
+        let fields = [
+            "layer_norm_eps",
+            "num_hidden_layers",
+            "hidden_size",
+            "vocab_size",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+            "hidden_dropout_prob",
+        ];
+        let garbage = [
+            json!(-1),
+            json!(0),
+            json!(-0.0),
+            json!(1e308),
+            json!(-1e-12),
+            json!(u64::MAX),
+            json!(1u64 << 40),
+            json!(2.5),
+            json!("NaN"),
+            json!(null),
+            json!(1),
+            json!(3),
+        ];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for case in 0..60 {
+            let mut c = config.clone();
+            let field = fields[rng.random_range(0..fields.len())];
+            c[field] = garbage[rng.random_range(0..garbage.len())].clone();
+            std::fs::write(folder.join("config.json"), c.to_string()).unwrap();
+            let outcome = std::panic::catch_unwind(|| {
+                SentenceEncoder::load(&folder, &Device::flex()).and_then(|e| e.embed(&["the cat", "sat"], 2))
+            })
+            .unwrap_or_else(|_| panic!("case {case}: {field} = {} panicked", c[field]));
+            if let Ok(vectors) = outcome {
+                assert!(vectors.iter().flatten().all(|v| v.is_finite()), "case {case}: {field} = {}", c[field]);
+            }
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
 //! Model architectures, one file each.
 pub mod bert;
+pub mod checks;
 pub mod decoder;
 pub mod reranker;

@@ -199,6 +199,11 @@ pub struct EvaluationSpec {
     /// Bootstrap resamples for the confidence intervals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<u64>,
+    /// trec_eval's switches the metrics were computed with (`-c`, `-l`): a re-run without them
+    /// computes different values (queries a run does not answer drop out without `-c`).
+    /// Manifests written before this field read as trec_eval's defaults.
+    #[serde(default)]
+    pub options: crate::eval::metrics::EvalOptions,
 }
 
 /// A named duration.
@@ -444,6 +449,7 @@ mod tests {
             seed: 7,
             permutations: 10_000,
             bootstrap: Some(1000),
+            options: Default::default(),
         });
         let x = m.time("sleep", || 3);
         assert_eq!(x, 3);

@@ -543,17 +543,19 @@ pub fn read_metrics(path: &Path) -> Result<Vec<(String, String, String, f64)>, R
 /// implement it.
 pub trait MetricsEvaluator {
     /// Per-query values `(qid, measure, value)` of `run` judged by `qrels`, for `measures`.
+    /// `options` are the trec_eval switches recorded in the manifest.
     fn evaluate(
         &self,
         qrels: &Path,
         run: &Path,
         measures: &[String],
+        options: &crate::eval::metrics::EvalOptions,
     ) -> Result<Vec<QueryValue>, String>;
 }
 
 impl<F, E> MetricsEvaluator for F
 where
-    F: Fn(&Path, &Path, &[String]) -> Result<Vec<QueryValue>, E>,
+    F: Fn(&Path, &Path, &[String], &crate::eval::metrics::EvalOptions) -> Result<Vec<QueryValue>, E>,
     E: std::fmt::Display,
 {
     fn evaluate(
@@ -561,8 +563,9 @@ where
         qrels: &Path,
         run: &Path,
         measures: &[String],
+        options: &crate::eval::metrics::EvalOptions,
     ) -> Result<Vec<QueryValue>, String> {
-        self(qrels, run, measures).map_err(|e| e.to_string())
+        self(qrels, run, measures, options).map_err(|e| e.to_string())
     }
 }
 
@@ -620,7 +623,7 @@ pub fn rerun(
     for sr in &spec.runs {
         let run_path = checked(&sr.run)?;
         let values = evaluator
-            .evaluate(&qrels, &run_path, &spec.measures)
+            .evaluate(&qrels, &run_path, &spec.measures, &spec.options)
             .map_err(|message| ReportError::Evaluator { path: run_path.clone(), message })?;
         for (qid, measure, v) in values {
             recomputed.insert((sr.system.clone(), qid, measure), v);

@@ -101,7 +101,7 @@ pub fn save_optimizer_and_state(dir: &Path, optim: &ModuleOptimizer, state: &Tra
 /// Read a checkpoint's state.
 pub fn load_state(dir: &Path) -> Result<TrainState, CheckpointError> {
     let path = dir.join("state.json");
-    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    let text = crate::io::text::read_to_string(&path).map_err(io(&path))?;
     serde_json::from_str(&text).map_err(|source| CheckpointError::State { path, source })
 }
 

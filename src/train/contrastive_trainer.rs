@@ -104,7 +104,7 @@ impl Default for ContrastiveConfig {
 impl ContrastiveConfig {
     /// Read a TOML config; errors name the file (and line and field, as `toml` reports them).
     pub fn from_toml_file(path: &Path) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
+        let text = crate::io::text::read_to_string(path).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
         let config: Self = toml::from_str(&text).map_err(|e| TrainError::ConfigFile { path: path.to_path_buf(), reason: e.to_string() })?;
         config.validate()?;
         Ok(config)
@@ -124,6 +124,25 @@ impl ContrastiveConfig {
         }
         if !(0.0..=1.0).contains(&self.warmup_ratio) {
             return bad("warmup_ratio", format!("{} is not in [0, 1]", self.warmup_ratio));
+        }
+        // A TOML file bypasses the command line's parsers: every float is checked here too.
+        let positive = [
+            ("scale", self.scale as f64),
+            ("adam_epsilon", self.adam_epsilon as f64),
+            ("max_grad_norm", self.max_grad_norm.unwrap_or(1.0)),
+        ];
+        for (field, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(field, format!("{v} is not a finite number above 0"));
+            }
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("weight_decay", format!("{} is not a finite number >= 0", self.weight_decay));
+        }
+        for (field, v) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return bad(field, format!("{v} is not in [0, 1)"));
+            }
         }
         if self.mini_batch_size == Some(0) {
             return bad("mini_batch_size", "must be at least 1".into());
@@ -162,6 +181,8 @@ pub enum TrainError {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Lora(#[from] LoraError),
+    #[error(transparent)]
+    RunFolder(#[from] crate::train::run_folder::RunFolderError),
 }
 
 mod sealed {
@@ -261,7 +282,9 @@ impl<'v, E: TrainableEncoder> ContrastiveTrainer<'v, E> {
             return Err(TrainError::EmptyData);
         }
         let out = cfg.output_dir.clone();
-        std::fs::create_dir_all(&out).map_err(|source| TrainError::Io { path: out.clone(), source })?;
+        // The folder belongs to one run: another run's checkpoints and log would mix with these.
+        use crate::train::run_folder::{Claim, claim};
+        claim(&out, if resume.is_some() { Claim::Resume } else { Claim::Fresh })?;
         let config_path = out.join("config.json");
         std::fs::write(&config_path, serde_json::to_string_pretty(&cfg).expect("config serialises"))
             .map_err(|source| TrainError::Io { path: config_path, source })?;
@@ -540,6 +563,32 @@ pub(crate) mod tests {
 
     fn values(enc: &HashedBagEncoder) -> Vec<f32> {
         enc.embedding.val().into_data().try_to_vec().unwrap()
+    }
+
+    /// Property: non-finite or out-of-range floats in any float option are refused by
+    /// `validate`, naming the option (a TOML file bypasses the command line's parsers).
+    #[test]
+    fn numeric_garbage_in_float_options_is_refused_naming_the_option() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1.0, -1e-9];
+        for (i, v) in garbage.iter().copied().enumerate() {
+            let base = || config(dir.path());
+            let cases: Vec<(&str, ContrastiveConfig)> = vec![
+                ("learning_rate", ContrastiveConfig { learning_rate: v, ..base() }),
+                ("warmup_ratio", ContrastiveConfig { warmup_ratio: v, ..base() }),
+                ("weight_decay", ContrastiveConfig { weight_decay: v, ..base() }),
+                ("max_grad_norm", ContrastiveConfig { max_grad_norm: Some(v), ..base() }),
+                ("scale", ContrastiveConfig { scale: v as f32, ..base() }),
+                ("adam_epsilon", ContrastiveConfig { adam_epsilon: v as f32, ..base() }),
+                ("adam_beta1", ContrastiveConfig { adam_beta1: v as f32, ..base() }),
+                ("adam_beta2", ContrastiveConfig { adam_beta2: v as f32, ..base() }),
+            ];
+            for (field, cfg) in cases {
+                let err = cfg.validate().map(|_| ()).unwrap_err().to_string();
+                assert!(err.contains(field), "case {i}: {field} = {v}: {err}");
+            }
+        }
+        config(dir.path()).validate().unwrap();
     }
 
     #[test]

@@ -153,7 +153,7 @@ struct QueryLine {
 impl EmbedJobConfig {
     /// Read a TOML file; errors name the file and the TOML error (line, field).
     pub fn from_toml_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = crate::io::text::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 }

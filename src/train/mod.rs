@@ -20,6 +20,7 @@ pub mod encoder;
 pub mod gradcheck;
 pub mod hard_negatives;
 pub mod rerank;
+pub mod run_folder;
 pub mod schedule;
 pub mod sft;
 pub mod sft_data;

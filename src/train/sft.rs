@@ -44,7 +44,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeSet;
+
 use super::checkpoint::{self, CheckpointError, TrainState};
+use super::run_folder::{self, Claim, RunFolderError};
 use super::schedule::{LrSchedule, ScheduleKind, clip_grad_norm, grad_norm};
 use super::sft_data::{Batch, Example, ExampleError, SftRecord, epoch_order, length_batches, make_batch, tokenize};
 use crate::data::governance::GovernedDataset;
@@ -107,6 +110,9 @@ pub struct SftConfig {
     /// A checkpoint folder or a run's adapter folder (exact resume from its latest checkpoint),
     /// or an adapter file (initial weights only, as MLX-LM).
     pub resume_adapter_file: Option<PathBuf>,
+    /// Replace the run already in `adapter_path` (its adapters, checkpoints and log are removed
+    /// first). Without it, a non-empty `adapter_path` is refused unless the run resumes from it.
+    pub overwrite: bool,
     /// Evaluate on `test.jsonl` after training (loss and perplexity).
     pub test: bool,
     /// Test batches; -1 for all.
@@ -150,6 +156,7 @@ impl Default for SftConfig {
             mask_prompt: false,
             adapter_path: PathBuf::from("adapters"),
             resume_adapter_file: None,
+            overwrite: false,
             test: false,
             test_batches: 500,
             seed: 0,
@@ -167,7 +174,7 @@ impl Default for SftConfig {
 impl SftConfig {
     /// Read a TOML config; errors name the file and what `toml` reports (line, field).
     pub fn from_toml_file(path: &Path) -> Result<Self, SftError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SftError::Io { path: path.to_path_buf(), source })?;
+        let text = crate::io::text::read_to_string(path).map_err(|source| SftError::Io { path: path.to_path_buf(), source })?;
         toml::from_str(&text).map_err(|e| SftError::ConfigFile { path: path.to_path_buf(), reason: e.to_string() })
     }
 
@@ -189,6 +196,19 @@ impl SftConfig {
         let bad = |field: &'static str, reason: String| Err(SftError::Config { field, reason });
         if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
             return bad("learning_rate", format!("{} is not a non-negative number", self.learning_rate));
+        }
+        // A TOML file bypasses the command line's parsers: every float is checked here too.
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("weight_decay", format!("{} is not a finite number >= 0", self.weight_decay));
+        }
+        if let Some(m) = self.max_grad_norm
+            && !(m.is_finite() && m > 0.0)
+        {
+            return bad("max_grad_norm", format!("{m} is not a finite number above 0 (leave it out to disable clipping)"));
+        }
+        let p = &self.lora_parameters;
+        if !p.scale.is_finite() || (p.alpha.is_none() && !(p.scale * p.rank as f64).is_finite()) {
+            return bad("lora_parameters.scale", format!("{} gives no finite alpha (scale × rank)", p.scale));
         }
         for (field, v) in [("batch_size", self.batch_size), ("steps_per_report", self.steps_per_report), ("steps_per_eval", self.steps_per_eval), ("save_every", self.save_every), ("grad_accumulation_steps", self.grad_accumulation_steps)] {
             if v == 0 {
@@ -240,6 +260,77 @@ pub enum SftError {
     Checkpoint(#[from] CheckpointError),
     #[error("quantize_base: {0}")]
     Quant(#[from] QuantError),
+    #[error(transparent)]
+    RunFolder(#[from] RunFolderError),
+    /// A resumed run must train the model its checkpoint was trained as.
+    #[error(
+        "{path}: cannot resume: the checkpoint was trained with {key} = {saved}, this run asks for {key} = {given}; use the same value, or start a new run in an empty --adapter-path"
+    )]
+    ResumeMismatch { path: PathBuf, key: String, saved: String, given: String },
+    #[error("{path}: the checkpoint is at iteration {step}, past iters = {iters}: nothing to train (raise --iters to continue it)")]
+    ResumePastEnd { path: PathBuf, step: usize, iters: usize },
+}
+
+/// Options that define the numbers of a run: a resume from an exact checkpoint must keep them,
+/// or it continues a different run than the one checkpointed. (`iters` may grow to extend a run.)
+const RESUME_KEYS: [&str; 11] = [
+    "batch_size",
+    "grad_accumulation_steps",
+    "seed",
+    "max_seq_length",
+    "mask_prompt",
+    "learning_rate",
+    "lr_schedule",
+    "warmup",
+    "weight_decay",
+    "max_grad_norm",
+    "quantize_base",
+];
+
+/// Compare what a checkpoint (or adapter file) was trained with against this run's settings;
+/// the error names the first differing key. `exact`: a checkpoint resumed bit for bit (every
+/// option in [`RESUME_KEYS`] must match) rather than an adapter used as initial weights (only
+/// its shape: rank and adapted layers).
+fn check_resume(from: &Path, saved: &AdapterWeights, planned: &AdapterWeights, cfg: &SftConfig, exact: bool) -> Result<(), SftError> {
+    let mismatch = |key: &str, saved: String, given: String| {
+        Err(SftError::ResumeMismatch { path: from.to_path_buf(), key: key.into(), saved, given })
+    };
+    let lora = &planned.config;
+    if saved.config.rank != lora.rank {
+        return mismatch("rank", saved.config.rank.to_string(), lora.rank.to_string());
+    }
+    let (have, want): (BTreeSet<&String>, BTreeSet<&String>) = (saved.layers.keys().collect(), planned.layers.keys().collect());
+    if have != want {
+        let show = |s: &BTreeSet<&String>, o: &BTreeSet<&String>| {
+            let d: Vec<&str> = s.difference(o).take(2).map(|p| p.as_str()).collect();
+            format!("{} layers{}", s.len(), if d.is_empty() { String::new() } else { format!(" (e.g. {})", d.join(", ")) })
+        };
+        return mismatch("num_layers/keys", show(&have, &want), show(&want, &have));
+    }
+    if !exact {
+        return Ok(());
+    }
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs());
+    if !close(saved.config.scale(), lora.scale()) {
+        return mismatch("scale", saved.config.scale().to_string(), lora.scale().to_string());
+    }
+    if !close(saved.config.dropout, lora.dropout) {
+        return mismatch("dropout", saved.config.dropout.to_string(), lora.dropout.to_string());
+    }
+    let config_path = from.join(mlx::CONFIG_FILE);
+    let text = crate::io::text::read_to_string(&config_path).map_err(|source| SftError::Io { path: config_path.clone(), source })?;
+    let stored: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| SftError::ConfigFile { path: config_path.clone(), reason: e.to_string() })?;
+    let given = serde_json::to_value(cfg).expect("config serialises");
+    for key in RESUME_KEYS {
+        // Checkpoints written before a key existed do not constrain it.
+        if let Some(s) = stored.get(key)
+            && Some(s) != given.get(key)
+        {
+            return mismatch(key, s.to_string(), given.get(key).map_or("(unset)".into(), |g| g.to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// Mean cross-entropy of the batch's target tokens (a `[1]` tensor) under `model`.
@@ -416,7 +507,21 @@ impl SftTrainer {
             let path = path.to_path_buf();
             move |source| SftError::Io { path, source }
         };
-        std::fs::create_dir_all(&out).map_err(io(&out))?;
+        // The folder belongs to this run: refused if another run's files are in it, unless this
+        // run continues that one (resume from inside it) or replaces it (overwrite).
+        let resuming_here = cfg.resume_adapter_file.as_deref().is_some_and(|f| run_folder::is_inside(f, &out));
+        if resuming_here && cfg.overwrite {
+            return Err(SftError::Config {
+                field: "overwrite",
+                reason: format!("the run resumes from {}, inside the folder it would overwrite", out.display()),
+            });
+        }
+        let how = match (resuming_here, cfg.overwrite) {
+            (true, _) => Claim::Resume,
+            (false, true) => Claim::Overwrite,
+            (false, false) => Claim::Fresh,
+        };
+        run_folder::claim(&out, how)?;
 
         let train = tokenize(lm, data.train, cfg.mask_prompt, "train")?;
         let valid = data.valid.map(|v| tokenize(lm, v, cfg.mask_prompt, "valid")).transpose()?;
@@ -454,9 +559,14 @@ impl SftTrainer {
                     (mlx::read_with_weights(dir, from)?, None)
                 }
             };
+            let saved_from = ckpt.clone().unwrap_or_else(|| from.parent().unwrap_or(Path::new(".")).to_path_buf());
+            check_resume(&saved_from, &adapter, &model.adapter_weights(&lora), cfg, ckpt.is_some())?;
             model = model.apply_adapter(&AdapterWeights { config: lora.clone(), ..adapter })?;
             if let Some(dir) = ckpt {
                 state = checkpoint::load_state(&dir)?;
+                if state.step > cfg.iters {
+                    return Err(SftError::ResumePastEnd { path: dir, step: state.step, iters: cfg.iters });
+                }
                 resume_dir = Some(dir);
             }
         }
@@ -491,6 +601,7 @@ impl SftTrainer {
         let mut train_secs = 0.0f64;
         let mut accumulator = GradientsAccumulator::new();
         let mut last_adapter = resume_dir.as_ref().map(|d| d.join(mlx::WEIGHTS_FILE));
+        let mut saved_here = false;
         let stop = self.stop_after.unwrap_or(cfg.iters).min(cfg.iters);
         while state.step < stop {
             let it = state.step + 1;
@@ -566,6 +677,7 @@ impl SftTrainer {
                 // Only the optimizer and loop state: the adapter is the checkpoint's model.
                 checkpoint::save_optimizer_and_state(&ckpt, &optim, &state)?;
                 last_adapter = Some(out.join(mlx::WEIGHTS_FILE));
+                saved_here = true;
             }
         }
         bar.finish_and_clear();
@@ -576,8 +688,10 @@ impl SftTrainer {
             a.metadata.insert("tunelab_manifest".into(), serde_json::json!({ "iteration": state.step, "run": manifest }).to_string());
             a
         };
-        if state.step == 0 {
-            // Nothing trained (iters = 0, test only): still leave the adapter that was evaluated.
+        if !saved_here {
+            // Nothing trained in this call (iters = 0, test only; or a resume from a checkpoint
+            // already at iters): still leave the adapter that was evaluated, so the adapter the
+            // caller reports as saved exists in `adapter_path`.
             mlx::write(&out, &adapter, extra.clone())?;
         }
         let model = model.valid();
@@ -804,6 +918,94 @@ mod tests {
         assert_eq!(resumed.adapter.layers, whole.adapter.layers, "bit-identical adapter");
     }
 
+    /// A folder holding a run is refused for a new run; `overwrite` replaces it (none of the old
+    /// run's numbered adapters or checkpoints survive, the log is the new run's); stale `.tmp`
+    /// checkpoint folders of a killed run are removed.
+    #[test]
+    fn a_used_run_folder_is_refused_unless_resumed_or_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = splits();
+        let cfg = || SftConfig { test: false, ..config(dir.path()) };
+        fit(cfg(), &s, None).unwrap();
+        std::fs::create_dir_all(dir.path().join("checkpoints/step-00000012.tmp")).unwrap();
+        let err = fit(SftConfig { iters: 4, ..cfg() }, &s, None).unwrap_err().to_string();
+        assert!(err.contains("already holds another run") && err.contains("--overwrite"), "{err}");
+        assert!(dir.path().join("0000008_adapters.safetensors").is_file(), "a refused run touches nothing");
+        let again = fit(SftConfig { iters: 4, overwrite: true, ..cfg() }, &s, None).unwrap();
+        assert_eq!(again.iterations, 4);
+        assert!(!dir.path().join("0000008_adapters.safetensors").exists(), "old run's adapters removed");
+        assert!(!checkpoint::checkpoint_dir(dir.path(), 8).exists(), "old run's checkpoints removed");
+        assert!(!dir.path().join("checkpoints/step-00000012.tmp").exists(), "stale temporaries removed");
+        assert_eq!(checkpoint_of(dir.path()), Some(checkpoint::checkpoint_dir(dir.path(), 4)));
+        let log = std::fs::read_to_string(dir.path().join("loss.jsonl")).unwrap();
+        assert_eq!(log.lines().count(), 1 + 4, "only the new run's log");
+    }
+
+    /// Two identical runs (same seed, same folder) write byte-identical adapter files: the
+    /// safetensors metadata is written in sorted order, not a HashMap's.
+    #[test]
+    fn identical_runs_write_byte_identical_adapters() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = splits();
+        let cfg = || SftConfig { test: false, iters: 4, overwrite: true, ..config(dir.path()) };
+        let files = ["adapters.safetensors", "0000004_adapters.safetensors", "adapter_config.json"];
+        fit(cfg(), &s, None).unwrap();
+        let first: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(dir.path().join(f)).unwrap()).collect();
+        let ckpt_first = std::fs::read(checkpoint::checkpoint_dir(dir.path(), 4).join("adapters.safetensors")).unwrap();
+        fit(cfg(), &s, None).unwrap();
+        for (f, bytes) in files.iter().zip(&first) {
+            assert!(std::fs::read(dir.path().join(f)).unwrap() == *bytes, "{f} differs between identical runs");
+        }
+        assert!(std::fs::read(checkpoint::checkpoint_dir(dir.path(), 4).join("adapters.safetensors")).unwrap() == ckpt_first);
+    }
+
+    /// Property: resuming a checkpoint with any one run-defining option changed is refused,
+    /// naming that option (no panic, nothing trained); the same options resume.
+    #[test]
+    fn resume_with_a_different_setting_names_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = splits();
+        let cfg = || SftConfig { test: false, resume_adapter_file: Some(dir.path().to_path_buf()), ..config(dir.path()) };
+        fit(SftConfig { resume_adapter_file: None, ..cfg() }, &s, Some(4)).unwrap();
+        let lp = |rank, alpha| LoraParameters { rank, alpha: Some(alpha), ..LoraParameters::default() };
+        let changes: Vec<(&str, SftConfig)> = vec![
+            ("rank", SftConfig { lora_parameters: lp(2, 8.0), ..cfg() }),
+            ("rank", SftConfig { lora_parameters: lp(8, 8.0), ..cfg() }),
+            ("scale", SftConfig { lora_parameters: lp(4, 4.0), ..cfg() }),
+            ("num_layers", SftConfig { num_layers: 1, ..cfg() }),
+            ("keys", SftConfig { lora_parameters: LoraParameters { keys: Some(vec!["q_proj".into()]), ..lp(4, 8.0) }, ..cfg() }),
+            ("batch_size", SftConfig { batch_size: 4, ..cfg() }),
+            ("seed", SftConfig { seed: 4, ..cfg() }),
+            ("learning_rate", SftConfig { learning_rate: 1e-3, ..cfg() }),
+            ("max_seq_length", SftConfig { max_seq_length: 64, ..cfg() }),
+            ("warmup", SftConfig { warmup: 0, ..cfg() }),
+            ("mask_prompt", SftConfig { mask_prompt: false, ..cfg() }),
+        ];
+        for (key, changed) in changes {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fit(changed, &s, None)));
+            let err = outcome.unwrap_or_else(|_| panic!("{key}: panicked")).map(|o| o.iterations).unwrap_err().to_string();
+            assert!(err.contains("cannot resume") && err.contains(key), "{key}: {err}");
+        }
+        // iters may grow (extend the run); the same settings resume.
+        assert_eq!(fit(SftConfig { iters: 12, ..cfg() }, &s, None).unwrap().iterations, 12);
+    }
+
+    /// Resuming a checkpoint at `iters` writes the adapter where the run says it is saved (here
+    /// a fresh folder); past `iters` it is an error, not a silent no-op.
+    #[test]
+    fn resume_at_or_past_iters_writes_or_refuses() {
+        let (d1, d2, d3) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let s = splits();
+        let done = fit(SftConfig { test: false, ..config(d1.path()) }, &s, None).unwrap();
+        let from = Some(d1.path().to_path_buf());
+        let at = fit(SftConfig { test: false, resume_adapter_file: from.clone(), ..config(d2.path()) }, &s, None).unwrap();
+        assert_eq!(at.iterations, 8);
+        assert_eq!(mlx::read(d2.path()).unwrap().layers, done.adapter.layers, "the adapter is in the new folder");
+        let err = fit(SftConfig { test: false, iters: 4, resume_adapter_file: from, ..config(d3.path()) }, &s, None).unwrap_err();
+        assert!(err.to_string().contains("past iters = 4"), "{err}");
+        assert!(!d3.path().join("adapters.safetensors").exists());
+    }
+
     #[test]
     fn nan_loss_stops_naming_the_iteration_and_keeps_the_saved_adapter() {
         let dir = tempfile::tempdir().unwrap();
@@ -817,6 +1019,39 @@ mod tests {
         assert!(err.to_string().contains("iteration 2"), "{err}");
         assert!(mlx::read(dir.path()).is_ok(), "the adapter saved after iteration 1 is intact");
         assert!(!dir.path().join("0000002_adapters.safetensors").exists());
+    }
+
+    /// Property: numeric garbage (nan, ±inf, negative, huge) written into a TOML config for any
+    /// float option is refused by `validate`, naming the option; sane values pass.
+    #[test]
+    fn numeric_garbage_in_a_toml_config_is_refused_naming_the_option() {
+        use rand::{Rng, SeedableRng};
+        // (TOML key, table, accepts)
+        type Accepts = fn(f64) -> bool;
+        let fields: [(&str, &str, Accepts); 6] = [
+            ("learning_rate", "", |v| v.is_finite() && v >= 0.0),
+            ("weight_decay", "", |v| v.is_finite() && v >= 0.0),
+            ("max_grad_norm", "", |v| v.is_finite() && v > 0.0),
+            ("scale", "lora_parameters", |v| (v * 8.0).is_finite()),
+            ("alpha", "lora_parameters", |v| v.is_finite()),
+            ("dropout", "lora_parameters", |v| (0.0..1.0).contains(&v)),
+        ];
+        let values = ["nan", "+nan", "inf", "-inf", "-1.0", "-1e-9", "0.0", "0.5", "1.0", "1e308", "2.0"];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(16);
+        for case in 0..300 {
+            let (key, table, accepts) = fields[rng.random_range(0..fields.len())];
+            let text = values[rng.random_range(0..values.len())];
+            let toml_text = if table.is_empty() { format!("{key} = {text}\n") } else { format!("[{table}]\n{key} = {text}\n") };
+            let cfg: SftConfig = toml::from_str(&toml_text).unwrap_or_else(|e| panic!("case {case}: {toml_text}: {e}"));
+            let v: f64 = text.trim_start_matches('+').parse().unwrap();
+            match cfg.validate() {
+                Ok(()) => assert!(accepts(v), "case {case}: {toml_text} accepted"),
+                Err(e) => {
+                    assert!(!accepts(v), "case {case}: {toml_text} refused: {e}");
+                    assert!(e.to_string().contains(key), "case {case}: {toml_text}: {e}");
+                }
+            }
+        }
     }
 
     #[test]

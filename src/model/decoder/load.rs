@@ -193,6 +193,7 @@ impl Decoder {
     /// with `Keep`, Q8_0/Q4_0/Q4_1 projections stay in the file's own blocks.
     pub fn from_gguf_with(g: &GgufFile, device: &Device, quantize: QuantizeBase) -> Result<(Self, DecoderConfig), DecoderError> {
         let cfg = DecoderConfig::from_gguf(g)?;
+        crate::model::checks::decoder_config(&cfg, g.path(), g.tensors.iter().map(|t| t.name.as_str()), "blk.")?;
         let model = Self::from_tensors_with(&cfg, TensorSource::gguf(g, &cfg), device, quantize)?;
         Ok((model, cfg))
     }
@@ -207,7 +208,7 @@ impl Decoder {
     /// `q4_0`; `keep` and `none` load f32, as the folder holds).
     pub fn from_hf_dir_with(dir: &Path, device: &Device, quantize: QuantizeBase) -> Result<(Self, DecoderConfig), DecoderError> {
         let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|source| DecoderError::Io {
+        let text = crate::io::text::read_to_string(&cfg_path).map_err(|source| DecoderError::Io {
             path: cfg_path.clone(),
             source,
         })?;
@@ -219,6 +220,7 @@ impl Decoder {
             })?;
         let cfg = DecoderConfig::from_hf_json(&cfg_path, &json)?;
         let tensors = read_safetensors_dir(dir)?;
+        crate::model::checks::decoder_config(&cfg, &cfg_path, tensors.keys().map(String::as_str), "model.layers.")?;
         let model = Self::from_tensors_with(&cfg, TensorSource::map(dir, tensors), device, quantize)?;
         Ok((model, cfg))
     }
@@ -360,6 +362,7 @@ impl<'a> TensorSource<'a> {
                 found,
             });
         }
+        crate::model::checks::finite_tensor(&values, &file_name, self.path)?;
         Ok(values)
     }
 }

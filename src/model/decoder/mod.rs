@@ -141,7 +141,7 @@ impl DecoderConfig {
         let head_dim = g
             .opt_int(&key("attention.key_length"))?
             .map(|v| v as usize)
-            .unwrap_or(hidden_size / num_attention_heads);
+            .unwrap_or(hidden_size.checked_div(num_attention_heads).unwrap_or(0));
         // The embedding's row count is authoritative; `{arch}.vocab_size` is often absent.
         let vocab_size = match (
             g.tensor_info("token_embd.weight"),
@@ -279,7 +279,7 @@ impl DecoderConfig {
             num_hidden_layers: uint("num_hidden_layers")?,
             num_attention_heads,
             num_key_value_heads: opt_uint("num_key_value_heads").unwrap_or(num_attention_heads),
-            head_dim: opt_uint("head_dim").unwrap_or(hidden_size / num_attention_heads),
+            head_dim: opt_uint("head_dim").unwrap_or(hidden_size.checked_div(num_attention_heads).unwrap_or(0)),
             max_position_embeddings: opt_uint("max_position_embeddings").unwrap_or(4096),
             rms_norm_eps: json["rms_norm_eps"].as_f64().unwrap_or(1e-6),
             rope_theta,
