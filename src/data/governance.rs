@@ -602,7 +602,7 @@ pub const HOW_TO_GIVE_A_POLICY: &str = "give one with --policy FILE (or `policy 
 impl Policy {
     /// Reads a TOML policy and the ledger and withdrawal files it names (relative to the policy file).
     pub fn load(path: &Path) -> Result<Policy, DataError> {
-        let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+        let text = crate::io::text::read_to_string(path).map_err(|e| DataError::io(path, e))?;
         let mut policy: Policy = toml::from_str(&text).map_err(|e| {
             let line = e.span().map_or(1, |s| text[..s.start].matches('\n').count() + 1);
             DataError::at(path, line, None, e.message().to_string())
@@ -633,7 +633,7 @@ impl Policy {
             }
             let config = dir.join(PROJECT_CONFIG);
             if config.is_file() {
-                let text = std::fs::read_to_string(&config).map_err(|e| DataError::io(&config, e))?;
+                let text = crate::io::text::read_to_string(&config).map_err(|e| DataError::io(&config, e))?;
                 let table: toml::Table = toml::from_str(&text).map_err(|e| {
                     let line = e.span().map_or(1, |s| text[..s.start].matches('\n').count() + 1);
                     DataError::at(&config, line, None, e.message().to_string())
@@ -1355,6 +1355,29 @@ mod tests {
         std::fs::write(&path, "forbid = [\"sacred\", \"personal\"]\ntreat_unclassified_as_public = false\nforbid = []\n").unwrap();
         let e = Policy::load(&path).unwrap_err();
         assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn policy_and_project_config_are_read_whatever_their_bom_and_line_endings() {
+        // Windows editors save TOML with a byte-order mark and CRLF; a BOM that broke parsing would make
+        // the policy unreadable (refused), one silently skipped would lose the first key (`forbid`).
+        let body = "forbid = [\"sacred\", \"personal\"]\ntreat_unclassified_as_public = false\n";
+        for (bom, crlf) in [(false, false), (true, false), (false, true), (true, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut text = if crlf { body.replace('\n', "\r\n") } else { body.to_string() };
+            if bom {
+                text.insert(0, crate::io::text::BOM);
+            }
+            std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+            std::fs::write(dir.path().join("rules/p.toml"), &text).unwrap();
+            let policy = Policy::load(&dir.path().join("rules/p.toml")).unwrap();
+            assert_eq!(policy.forbid, vec![Classification::Sacred, Classification::Personal], "bom {bom} crlf {crlf}");
+            let config = if bom { "\u{feff}policy = \"rules/p.toml\"\n" } else { "policy = \"rules/p.toml\"\n" };
+            std::fs::write(dir.path().join("tunelab.toml"), config).unwrap();
+            std::fs::create_dir_all(dir.path().join("data")).unwrap();
+            let found = Policy::discover(&dir.path().join("data")).unwrap().unwrap();
+            assert!(found.ends_with("rules/p.toml"), "bom {bom}: {}", found.display());
+        }
     }
 
     // ---- which policy applies (issue 16, class 4) ----
