@@ -191,7 +191,7 @@ impl LoraLinear {
         let g = (m.val() / self.adapted_row_norms()).unsqueeze::<D>();
         let y = if dropped {
             let base_d = linear(xd, w, None);
-            base + base_d * (g.clone() - 1.0) + up * g
+            base + base_d * g.clone().sub_scalar(1.0) + up * g
         } else {
             (base + up) * g
         };
