@@ -75,11 +75,28 @@ def test_loss(model, tokenizer, data: Path, mask_prompt: bool) -> float:
     return evaluate(model=model, dataset=CacheDataset(test), batch_size=2, num_batches=-1, max_seq_length=2048)
 
 
+def legacy_rope_copy(src: Path, dst: Path) -> Path:
+    """`src` with `rope_theta` / `rope_scaling` beside transformers 5's `rope_parameters`:
+    mlx-lm 0.32.2 reads only the older keys and would otherwise run the tiny Llama without its
+    llama3 RoPE scaling (logits off by up to 5 from position 1 on)."""
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    p = cfg.get("rope_parameters")
+    if p:
+        cfg["rope_theta"] = p["rope_theta"]
+        cfg["rope_scaling"] = {k: v for k, v in p.items() if k != "rope_theta"}
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+MLX_TINY = None
+
+
 def with_adapter(adapter: Path):
     from mlx_lm import load
     from mlx_lm.tuner.utils import load_adapters
 
-    model, tokenizer = load(str(TINY))
+    model, tokenizer = load(str(MLX_TINY))
     load_adapters(model, str(adapter))
     model.eval()
     return model, tokenizer
@@ -94,8 +111,10 @@ def main() -> int:
     import mlx_lm
 
     ref["mlx"], ref["mlx_lm"] = mx.__version__, mlx_lm.__version__
+    global MLX_TINY
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        MLX_TINY = legacy_rope_copy(TINY, tmp / "tiny_llama")
         for kind in ["lora", "dora"]:
             run = tmp / f"run_{kind}"
             tunelab("train", "lora", "--model", str(TINY), "--data", str(data), "--iters", "20", "--batch-size", "2",
@@ -111,12 +130,12 @@ def main() -> int:
             print(kind, "test loss under mlx-lm", ref[f"tunelab_{kind}"]["test_loss"])
         fused = tmp / "fused_dora"
         tunelab("fuse", "--model", str(TINY), "--adapter-path", str(out / "tunelab_dora"), "--save-path", str(fused))
-        model, _ = mlx_lm.load(str(fused))
+        model, _ = mlx_lm.load(str(legacy_rope_copy(fused, tmp / "fused_dora_mlx")))
         ref["fused_dora_logits"] = logits(model)
 
         for kind in ["lora", "dora"]:
             adapters = tmp / f"mlx_{kind}"
-            subprocess.run([sys.executable, "-m", "mlx_lm", "lora", "--model", str(TINY), "--train", "--data", str(data),
+            subprocess.run([sys.executable, "-m", "mlx_lm", "lora", "--model", str(MLX_TINY), "--train", "--data", str(data),
                             "--iters", "10", "--batch-size", "2", "--learning-rate", "0.02", "--num-layers", "2",
                             "--fine-tune-type", kind, "--steps-per-eval", "10", "--adapter-path", str(adapters),
                             "--seed", "0"], check=True)

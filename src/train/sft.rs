@@ -304,21 +304,26 @@ fn batch_loss_chunked(model: &Decoder, batch: &Batch, device: &Device, max_logit
 /// fixed seeded order (the same batches at every evaluation), without autodiff or dropout.
 /// Returns `(loss, target tokens)`.
 pub fn evaluate(model: &Decoder, examples: &[Example], batch_size: usize, max_seq_length: usize, num_batches: i64, seed: u64) -> (f64, usize) {
-    evaluate_batches(model, examples, batch_size, max_seq_length, num_batches, seed, make_batch)
+    evaluate_batches(model, examples, length_batches(examples, batch_size), max_seq_length, num_batches, seed, make_batch)
 }
 
-/// [`evaluate`] with the batches `mlx_lm.lora --test` scores ([`make_batch_mlx_eval`]: one
-/// padding target per padded row counted, as MLX-LM's `default_loss` does). Over all batches
+/// [`evaluate`] with the batches `mlx_lm.lora --test` scores: records batched in file order
+/// (see below) and [`make_batch_mlx_eval`] (one padding target per padded row counted, as
+/// MLX-LM's `default_loss` does). Over all batches
 /// (`num_batches` -1 or at least their number) the result is MLX-LM's test loss whatever the
 /// order; with fewer, MLX-LM picks its batches from an unseeded shuffle and this a seeded one.
 pub fn evaluate_mlx(model: &Decoder, examples: &[Example], batch_size: usize, max_seq_length: usize, num_batches: i64, seed: u64) -> (f64, usize) {
-    evaluate_batches(model, examples, batch_size, max_seq_length, num_batches, seed, make_batch_mlx_eval)
+    // MLX-LM 0.32's `iterate_batches` sorts a `CacheDataset` by `len(record)`, the number of
+    // the record's JSON keys, which is the same for every record of a split in the usual case:
+    // its batches are then consecutive records in file order, the incomplete last one dropped.
+    let idx: Vec<usize> = (0..examples.len()).collect();
+    let batches = idx.chunks_exact(batch_size.max(1)).map(<[usize]>::to_vec).collect();
+    evaluate_batches(model, examples, batches, max_seq_length, num_batches, seed, make_batch_mlx_eval)
 }
 
-fn evaluate_batches(model: &Decoder, examples: &[Example], batch_size: usize, max_seq_length: usize, num_batches: i64, seed: u64, make: fn(&[Example], &[usize], usize) -> Batch) -> (f64, usize) {
+fn evaluate_batches(model: &Decoder, examples: &[Example], batches: Vec<Vec<usize>>, max_seq_length: usize, num_batches: i64, seed: u64, make: fn(&[Example], &[usize], usize) -> Batch) -> (f64, usize) {
     let model = model.valid();
     let device = model.embed_tokens.val().device();
-    let batches = length_batches(examples, batch_size);
     let order = epoch_order(batches.len(), seed, usize::MAX);
     let take = usize::try_from(num_batches).unwrap_or(usize::MAX);
     let (mut total, mut tokens) = (0.0f64, 0usize);
