@@ -775,6 +775,29 @@ mod tests {
 
     /// An interrupted run (stopped after 4 of 8 iterations, gradient accumulation 2) resumed
     /// from its checkpoint ends with the adapter of the uninterrupted run.
+    /// `fine_tune_type = "dora"`: the magnitudes train with the factors, the validation loss
+    /// falls, the saved folder is an MLX-LM DoRA adapter, and a resumed run ends on the same
+    /// adapter (the magnitudes' AdamW moments included). `full` is refused by name.
+    #[test]
+    fn dora_training_saves_magnitudes_and_resumes_exactly() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let s = splits();
+        let cfg = |d: &Path| SftConfig { fine_tune_type: FineTuneType::Dora, test: false, save_every: 4, ..config(d) };
+        let a = fit(cfg(d1.path()), &s, None).unwrap();
+        let (first, last) = (a.val_losses[0].1, a.val_losses.last().unwrap().1);
+        assert!(last < first - 0.1, "validation loss falls: {:?}", a.val_losses);
+        assert_eq!(a.adapter.magnitudes.len(), a.adapter.layers.len());
+        let saved = mlx::read(d1.path()).unwrap();
+        assert!(saved.config.use_dora);
+        assert_eq!(saved.magnitudes, a.adapter.magnitudes);
+        // Interrupted after 4 iterations, resumed from the run folder: the same adapter.
+        let _ = fit(cfg(d2.path()), &s, Some(4));
+        let resumed = fit(SftConfig { resume_adapter_file: Some(d2.path().to_path_buf()), ..cfg(d2.path()) }, &s, None).unwrap();
+        assert_eq!((resumed.adapter.layers, resumed.adapter.magnitudes), (a.adapter.layers, a.adapter.magnitudes));
+        let err = SftConfig { fine_tune_type: FineTuneType::Full, ..config(d1.path()) }.validate().unwrap_err();
+        assert!(err.to_string().contains("fine_tune_type"), "{err}");
+    }
+
     #[test]
     fn gradient_checkpointing_reaches_the_parameters_and_trains_the_same_numbers() {
         let model = lm().model.with_lora(&SftConfig::default().lora_config(), &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
