@@ -80,6 +80,9 @@ pub struct TrainLoraArgs {
     pub test_batches: Option<i64>,
     #[arg(long)]
     pub seed: Option<u64>,
+    /// lora, dora (LoRA plus DoRA's magnitude vectors) or full (MLX-LM's flag).
+    #[arg(long, value_enum)]
+    pub fine_tune_type: Option<crate::lora::FineTuneType>,
     /// LoRA rank.
     #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub rank: Option<usize>,
@@ -124,7 +127,7 @@ impl TrainLoraArgs {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
         }
-        set!(iters, batch_size, learning_rate, steps_per_report, steps_per_eval, val_batches, save_every, num_layers, max_seq_length, grad_accumulation_steps, test_batches, seed, warmup, weight_decay);
+        set!(iters, batch_size, learning_rate, steps_per_report, steps_per_eval, val_batches, save_every, num_layers, max_seq_length, grad_accumulation_steps, test_batches, seed, warmup, weight_decay, fine_tune_type);
         for (flag, target) in [(&self.model, &mut c.model), (&self.data, &mut c.data), (&self.policy, &mut c.policy), (&self.resume_adapter_file, &mut c.resume_adapter_file)] {
             if flag.is_some() {
                 *target = flag.clone();

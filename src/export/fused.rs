@@ -1,4 +1,5 @@
-//! Fused models: adapters folded into the base weights (`W + scale·B·A`) and written as a
+//! Fused models: adapters folded into the base weights (`W + scale·B·A`; DoRA's
+//! `m ⊙ (W + scale·B·A) / ‖W + scale·B·A‖`, rows) and written as a
 //! Hugging Face folder that transformers, MLX-LM and `tunelab generate` load as a plain model
 //! (what `mlx_lm.fuse --save-path` produces).
 //!
@@ -77,23 +78,34 @@ mod tests {
         lm.model.forward(ids, None, None).into_data().try_into_vec_as::<f32>().unwrap()
     }
 
-    /// A GGUF base (tiny Qwen3: q/k norms, tied embeddings) with a random adapter, fused: the
-    /// folder loads as a Hugging Face model and computes the adapted logits.
+    /// A GGUF base (tiny Qwen3: q/k norms, tied embeddings) with a random LoRA or DoRA adapter,
+    /// fused: the folder loads as a Hugging Face model and computes the adapted logits (DoRA:
+    /// magnitudes away from the row norms, so the rescaling must be merged to match).
     #[test]
     fn gguf_base_fuses_into_a_loadable_hf_folder() {
+        for dora in [false, true] {
+            fuse_gguf_base(dora);
+        }
+    }
+
+    fn fuse_gguf_base(dora: bool) {
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decoder");
         let gguf = fixtures.join("tiny_qwen3.gguf");
         // The tiny GGUFs carry weights only; the tokenizer comes from the HF copy of the model.
         let (model, config) = crate::model::decoder::Decoder::from_gguf(&crate::io::gguf::GgufFile::open(&gguf).unwrap(), &Device::flex()).unwrap();
         let tokenizer = tokenizers::Tokenizer::from_file(fixtures.join("tiny_qwen3/tokenizer.json")).unwrap();
         let mut lm = CausalLm { model, config, tokenizer, chat_template: None, eos_token_ids: vec![2], add_bos: false, bos_token: None, source: gguf };
-        let cfg = LoraConfig { rank: 2, alpha: 4.0, ..LoraConfig::default() };
+        let cfg = LoraConfig { rank: 2, alpha: 4.0, use_dora: dora, ..LoraConfig::default() };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
         let zero = lm.model.clone().with_lora(&cfg, &mut rng).unwrap().adapter_weights(&cfg);
+        assert_eq!(zero.magnitudes.len(), if dora { zero.layers.len() } else { 0 });
         let mut adapter = AdapterWeights::new(cfg);
         for (path, f) in zero.layers {
             let b = (0..f.b.len()).map(|_| rng.random_range(-0.2f32..0.2)).collect();
             adapter.insert(&path, LoraFactors { b, ..f }).unwrap();
+            if let Some(m) = zero.magnitudes.get(&path) {
+                adapter.insert_magnitude(&path, m.iter().map(|v| v * rng.random_range(0.5f32..1.5)).collect()).unwrap();
+            }
         }
         let base = logits(&lm);
         lm.model = lm.model.apply_adapter(&adapter).unwrap();
@@ -106,7 +118,8 @@ mod tests {
         let got = logits(&fused);
         let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         let moved = want.iter().zip(&base).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        assert!(worst < 1e-4 && moved > 1e-3, "fused vs adapted {worst}, adapted vs base {moved}");
+        eprintln!("fused (dora {dora}) vs adapted {worst:e}, adapted vs base {moved}");
+        assert!(worst < 1e-4 && moved > 1e-3, "dora {dora}: fused vs adapted {worst}, adapted vs base {moved}");
         assert_eq!(fused.chat_template.is_some(), lm.chat_template.is_some());
         assert_eq!(fused.eos_token_ids, lm.eos_token_ids);
         assert!(write(&out, &lm, &serde_json::json!({})).unwrap_err().to_string().contains("fused"), "never overwrites");

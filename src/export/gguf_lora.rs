@@ -98,6 +98,10 @@ pub fn write_lora_gguf(
     if adapter.layers.is_empty() {
         return Err(unsupported("the adapter has no layers".into()));
     }
+    if adapter.config.use_dora || !adapter.magnitudes.is_empty() {
+        // llama.cpp adds scale·B·A; DoRA's row rescaling has no place in a GGUF adapter.
+        return Err(unsupported("a DoRA adapter cannot be a llama.cpp LoRA adapter (it only adds B·A): fold it into the model with `tunelab fuse` instead".into()));
+    }
     let cfg = &adapter.config;
 
     let mut w = GgufWriter::new();
@@ -276,6 +280,10 @@ mod tests {
         ad.insert("lm_head", factors(2, 8, 8, 0.0)).unwrap();
         let e = write_lora_gguf(&ad, &base("llama"), &dir.path().join("d.gguf"), GgufOutType::F32).unwrap_err();
         assert!(e.to_string().contains("lm_head"), "{e}");
+        let mut dora = adapter(false);
+        dora.config.use_dora = true;
+        let e = write_lora_gguf(&dora, &base("llama"), &dir.path().join("e.gguf"), GgufOutType::F32).unwrap_err();
+        assert!(e.to_string().contains("DoRA") && e.to_string().contains("tunelab fuse"), "{e}");
         assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "nothing written on error");
     }
 

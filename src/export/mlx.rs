@@ -9,6 +9,8 @@
 //! `num_layers` (blocks counted from the top) and `lora_parameters: {rank, scale, dropout,
 //! keys}`, `keys` being module paths inside a block (`self_attn.q_proj`). Extra fields (our
 //! training options) may be added by the caller; MLX-LM ignores what it does not use.
+//! A DoRA adapter has `fine_tune_type: "dora"` and a magnitude `{path}.m` (`[out]`) per layer
+//! (`mlx_lm/tuner/dora.py`'s `DoRALinear.m`).
 //!
 //! ```
 //! use tunelab::export::mlx;
@@ -43,11 +45,15 @@ fn block_key(path: &str) -> &str {
 /// Write only the weights (`adapters.safetensors`-style) to `path`: what the trainer saves
 /// every `save_every` iterations.
 pub fn write_weights(path: &Path, adapter: &AdapterWeights) -> Result<(), AdapterFileError> {
-    let mut tensors = Vec::with_capacity(2 * adapter.layers.len());
+    adapter.check_dora().map_err(|source| AdapterFileError::Lora { path: path.to_path_buf(), source })?;
+    let mut tensors = Vec::with_capacity(3 * adapter.layers.len());
     for (p, f) in &adapter.layers {
         let ([r, in_f], [out_f, _]) = (f.a_shape, f.b_shape);
         tensors.push((format!("{p}.lora_a"), vec![in_f, r], transpose(&f.a, r, in_f)));
         tensors.push((format!("{p}.lora_b"), vec![r, out_f], transpose(&f.b, out_f, r)));
+        if let Some(m) = adapter.magnitudes.get(p) {
+            tensors.push((format!("{p}.m"), vec![m.len()], m.clone()));
+        }
     }
     let mut meta: HashMap<String, String> = adapter.metadata.clone().into_iter().collect();
     meta.insert("format".into(), "mlx".into());
@@ -64,7 +70,7 @@ pub fn config_json(adapter: &AdapterWeights, extra: serde_json::Value) -> serde_
         serde_json::Value::Object(m) => m,
         _ => serde_json::Map::new(),
     };
-    json.insert("fine_tune_type".into(), "lora".into());
+    json.insert("fine_tune_type".into(), if c.use_dora { "dora" } else { "lora" }.into());
     json.insert("num_layers".into(), c.num_layers.into());
     json.insert(
         "lora_parameters".into(),
@@ -96,10 +102,11 @@ pub fn read_with_weights(dir: &Path, weights_path: &Path) -> Result<AdapterWeigh
     let config_path = dir.join(CONFIG_FILE);
     let json = read_json(&config_path)?;
     let field = |name: &str, reason: &str| AdapterFileError::Field { path: config_path.clone(), field: name.into(), reason: reason.into() };
-    match json["fine_tune_type"].as_str().unwrap_or("lora") {
-        "lora" => {}
-        other => return Err(field("fine_tune_type", &format!("'{other}' is not supported (lora only)"))),
-    }
+    let use_dora = match json["fine_tune_type"].as_str().unwrap_or("lora") {
+        "lora" => false,
+        "dora" => true,
+        other => return Err(field("fine_tune_type", &format!("'{other}' is not an adapter (lora or dora); a full fine-tune is a model folder"))),
+    };
     let p = &json["lora_parameters"];
     let rank = p["rank"].as_u64().ok_or_else(|| field("lora_parameters.rank", "missing or not a positive integer"))? as usize;
     let scale = p["scale"].as_f64().ok_or_else(|| field("lora_parameters.scale", "missing or not a number"))?;
@@ -110,13 +117,23 @@ pub fn read_with_weights(dir: &Path, weights_path: &Path) -> Result<AdapterWeigh
         use_rslora: false,
         target_modules: p["keys"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default(),
         num_layers: json["num_layers"].as_i64().unwrap_or(-1),
+        use_dora,
     };
     let file = SafetensorsFile::open(weights_path)?;
     let bad = |tensor: &str, reason: String| AdapterFileError::Tensor { path: weights_path.to_path_buf(), tensor: tensor.into(), reason };
     let mut pending: BTreeMap<String, [Option<(Vec<f32>, [usize; 2])>; 2]> = BTreeMap::new();
+    let mut magnitudes = Vec::new();
     for name in file.names() {
+        if let Some(path) = name.strip_suffix(".m") {
+            let (values, shape) = file.read_f32(&name)?;
+            if shape.len() != 1 {
+                return Err(bad(&name, format!("shape {shape:?} is not 1-D")));
+            }
+            magnitudes.push((path.to_string(), values));
+            continue;
+        }
         let Some((path, which)) = name.strip_suffix(".lora_a").map(|p| (p, 0)).or_else(|| name.strip_suffix(".lora_b").map(|p| (p, 1))) else {
-            return Err(bad(&name, "not a LoRA factor (expected <module>.lora_a / <module>.lora_b)".into()));
+            return Err(bad(&name, "not a LoRA factor (expected <module>.lora_a / <module>.lora_b / <module>.m)".into()));
         };
         let (values, shape) = file.read_f32(&name)?;
         let shape: [usize; 2] = shape.try_into().map_err(|s: Vec<usize>| bad(&name, format!("shape {s:?} is not 2-D")))?;
@@ -131,6 +148,11 @@ pub fn read_with_weights(dir: &Path, weights_path: &Path) -> Result<AdapterWeigh
         let f = LoraFactors { a: transpose(&a, in_f, r), a_shape: [r, in_f], b: transpose(&b, r2, out_f), b_shape: [out_f, r2] };
         adapter.insert(&path, f).map_err(|source| AdapterFileError::Lora { path: weights_path.to_path_buf(), source })?;
     }
+    let lora_err = |source| AdapterFileError::Lora { path: weights_path.to_path_buf(), source };
+    for (path, m) in magnitudes {
+        adapter.insert_magnitude(&path, m).map_err(lora_err)?;
+    }
+    adapter.check_dora().map_err(lora_err)?;
     if let Some(meta) = file.header_metadata() {
         adapter.metadata = meta.iter().filter(|(k, _)| *k != "format").map(|(k, v)| (k.clone(), v.clone())).collect();
     }
@@ -173,6 +195,27 @@ mod tests {
         assert_eq!(cfg["lora_parameters"]["keys"], serde_json::json!(["mlp.gate_proj", "self_attn.v_proj"]));
         assert_eq!(cfg["num_layers"], 2, "the adapter's num_layers wins over extra fields");
         assert_eq!(cfg["iters"], 10);
+    }
+
+    #[test]
+    fn dora_round_trip_uses_mlx_names() {
+        let mut a = adapter();
+        a.config.use_dora = true;
+        for (path, f) in a.layers.clone() {
+            a.insert_magnitude(&path, (0..f.b_shape[0]).map(|j| 0.5 + j as f32).collect()).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &a, serde_json::json!({})).unwrap();
+        let back = read(dir.path()).unwrap();
+        assert!(back.config.use_dora);
+        assert_eq!((back.layers, back.magnitudes), (a.layers.clone(), a.magnitudes.clone()));
+        assert_eq!(read_json(&dir.path().join(CONFIG_FILE)).unwrap()["fine_tune_type"], "dora");
+        let f = SafetensorsFile::open(dir.path().join(WEIGHTS_FILE)).unwrap();
+        assert_eq!(f.shape("model.layers.5.mlp.gate_proj.m"), Some(&[5usize][..]));
+        // A DoRA config whose file lacks the magnitudes is refused, naming the layer.
+        write_weights(&dir.path().join(WEIGHTS_FILE), &AdapterWeights { magnitudes: Default::default(), config: LoraConfig { use_dora: false, ..a.config.clone() }, ..a }).unwrap();
+        let err = read(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("magnitude vector") && err.contains("model.layers.4.self_attn.v_proj"), "{err}");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! Tensor keys are `base_model.model.{path}.lora_A.weight` (`[r, in]`) and `...lora_B.weight`
 //! (`[out, r]`), where `path` is the module path inside the transformers model
 //! (`model.layers.0.self_attn.q_proj`). PEFT computes `W·x + (lora_alpha / r)·B·A·x`
-//! (`lora_alpha / √r` with `use_rslora`). [`AdapterWeights::metadata`] (our manifest: training
+//! (`lora_alpha / √r` with `use_rslora`). A DoRA adapter (`use_dora: true`) adds
+//! `...{path}.lora_magnitude_vector` (`[out]`, no `.weight` suffix) per layer. [`AdapterWeights::metadata`] (our manifest: training
 //! config, governance audit) goes into the safetensors header next to `format: pt`.
 //!
 //! ```
@@ -72,7 +73,7 @@ pub fn write(dir: &Path, adapter: &AdapterWeights, base_model: &str) -> Result<(
         "lora_alpha": c.alpha,
         "lora_dropout": c.dropout,
         "use_rslora": c.use_rslora,
-        "use_dora": false,
+        "use_dora": c.use_dora,
         "target_modules": target_modules,
         "layers_to_transform": layers_to_transform,
         "bias": "none",
@@ -82,10 +83,14 @@ pub fn write(dir: &Path, adapter: &AdapterWeights, base_model: &str) -> Result<(
         "modules_to_save": null,
     });
     write_json(&dir.join(CONFIG_FILE), &config)?;
-    let mut tensors = Vec::with_capacity(2 * adapter.layers.len());
+    adapter.check_dora().map_err(|source| AdapterFileError::Lora { path: dir.join(WEIGHTS_FILE), source })?;
+    let mut tensors = Vec::with_capacity(3 * adapter.layers.len());
     for (path, f) in &adapter.layers {
         tensors.push((format!("{PREFIX}{path}.lora_A.weight"), f.a_shape.to_vec(), f.a.clone()));
         tensors.push((format!("{PREFIX}{path}.lora_B.weight"), f.b_shape.to_vec(), f.b.clone()));
+        if let Some(m) = adapter.magnitudes.get(path) {
+            tensors.push((format!("{PREFIX}{path}.lora_magnitude_vector"), vec![m.len()], m.clone()));
+        }
     }
     let mut meta: HashMap<String, String> = adapter.metadata.clone().into_iter().collect();
     // transformers / PEFT refuse safetensors files without `format` metadata.
@@ -103,9 +108,6 @@ pub fn read(dir: &Path) -> Result<AdapterWeights, AdapterFileError> {
     if json["peft_type"].as_str() != Some("LORA") {
         return Err(field("peft_type", "only LORA adapters are supported"));
     }
-    if json["use_dora"].as_bool() == Some(true) {
-        return Err(field("use_dora", "DoRA adapters are not supported"));
-    }
     if json["fan_in_fan_out"].as_bool() == Some(true) {
         return Err(field("fan_in_fan_out", "transposed (Conv1D) layers are not supported"));
     }
@@ -122,18 +124,24 @@ pub fn read(dir: &Path) -> Result<AdapterWeights, AdapterFileError> {
             _ => Vec::new(),
         },
         num_layers: -1,
+        use_dora: json["use_dora"].as_bool().unwrap_or(false),
     };
     let weights_path = dir.join(WEIGHTS_FILE);
     let file = SafetensorsFile::open(&weights_path)?;
     let mut adapter = AdapterWeights::new(config);
     let bad = |tensor: &str, reason: String| AdapterFileError::Tensor { path: weights_path.clone(), tensor: tensor.into(), reason };
     let mut pending: BTreeMap<String, (Option<(Vec<f32>, [usize; 2])>, Option<(Vec<f32>, [usize; 2])>)> = BTreeMap::new();
+    let mut magnitudes: Vec<(String, String)> = Vec::new();
     for name in file.names() {
+        if let Some(path) = name.strip_prefix(PREFIX).and_then(|n| n.strip_suffix(".lora_magnitude_vector")) {
+            magnitudes.push((path.to_string(), name.clone()));
+            continue;
+        }
         let (path, which) = match name.strip_prefix(PREFIX).and_then(|n| {
             n.strip_suffix(".lora_A.weight").map(|p| (p, 0)).or_else(|| n.strip_suffix(".lora_B.weight").map(|p| (p, 1)))
         }) {
             Some(x) => x,
-            None => return Err(bad(&name, "not a LoRA factor (expected base_model.model.<module>.lora_A/lora_B.weight)".into())),
+            None => return Err(bad(&name, "not a LoRA factor (expected base_model.model.<module>.lora_A/lora_B.weight or .lora_magnitude_vector)".into())),
         };
         let (values, shape) = file.read_f32(&name)?;
         let shape: [usize; 2] = shape.try_into().map_err(|s: Vec<usize>| bad(&name, format!("shape {s:?} is not 2-D")))?;
@@ -148,6 +156,14 @@ pub fn read(dir: &Path) -> Result<AdapterWeights, AdapterFileError> {
             .insert(&path, LoraFactors { a, a_shape, b, b_shape })
             .map_err(|source| AdapterFileError::Lora { path: weights_path.clone(), source })?;
     }
+    for (path, name) in magnitudes {
+        let (values, shape) = file.read_f32(&name)?;
+        if shape.len() != 1 {
+            return Err(bad(&name, format!("shape {shape:?} is not 1-D")));
+        }
+        adapter.insert_magnitude(&path, values).map_err(|source| AdapterFileError::Lora { path: weights_path.clone(), source })?;
+    }
+    adapter.check_dora().map_err(|source| AdapterFileError::Lora { path: weights_path.clone(), source })?;
     if let Some(meta) = file.header_metadata() {
         adapter.metadata = meta.iter().filter(|(k, _)| *k != "format").map(|(k, v)| (k.clone(), v.clone())).collect();
     }
@@ -200,6 +216,32 @@ mod tests {
         cfg["use_dora"] = serde_json::json!(true);
         write_json(&dir.path().join(CONFIG_FILE), &cfg).unwrap();
         let err = read(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("adapter_config.json") && err.contains("use_dora"), "{err}");
+        assert!(err.contains("adapter_model.safetensors") && err.contains("magnitude vector"), "DoRA config without magnitudes: {err}");
+        cfg["use_dora"] = serde_json::json!(false);
+        cfg["fan_in_fan_out"] = serde_json::json!(true);
+        write_json(&dir.path().join(CONFIG_FILE), &cfg).unwrap();
+        let err = read(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("adapter_config.json") && err.contains("fan_in_fan_out"), "{err}");
+    }
+
+    #[test]
+    fn dora_round_trip_keeps_magnitudes_under_peft_names() {
+        let mut a = adapter();
+        a.config.use_dora = true;
+        for (i, (path, f)) in a.layers.clone().iter().enumerate() {
+            a.insert_magnitude(path, (0..f.b_shape[0]).map(|j| 1.0 + (i * 10 + j) as f32 * 0.01).collect()).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &a, "tiny").unwrap();
+        let back = read(dir.path()).unwrap();
+        assert!(back.config.use_dora);
+        assert_eq!(back.magnitudes, a.magnitudes);
+        let f = SafetensorsFile::open(dir.path().join(WEIGHTS_FILE)).unwrap();
+        assert_eq!(f.shape("base_model.model.model.layers.2.mlp.down_proj.lora_magnitude_vector"), Some(&[4usize][..]));
+        assert_eq!(read_json(&dir.path().join(CONFIG_FILE)).unwrap()["use_dora"], true);
+        // A magnitude missing for one layer is named.
+        a.magnitudes.remove("model.layers.3.mlp.down_proj");
+        let err = write(tempfile::tempdir().unwrap().path(), &a, "tiny").unwrap_err().to_string();
+        assert!(err.contains("model.layers.3.mlp.down_proj"), "{err}");
     }
 }

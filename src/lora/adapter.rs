@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{LoraConfig, LoraError};
+use super::{LoraConfig, LoraError, LoraLinear};
 
 /// The two factors of one adapted linear layer, row-major f32.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,6 +38,9 @@ pub struct LoraFactors {
 pub struct AdapterWeights {
     pub config: LoraConfig,
     pub layers: BTreeMap<String, LoraFactors>,
+    /// DoRA's magnitude vector `m` `[out]` of each adapted layer (same keys as `layers`), empty
+    /// for a plain LoRA adapter.
+    pub magnitudes: BTreeMap<String, Vec<f32>>,
     /// Free-form metadata that travels into every export (training manifest, governance audit,
     /// base model name), as JSON strings.
     pub metadata: BTreeMap<String, String>,
@@ -46,7 +49,7 @@ pub struct AdapterWeights {
 impl AdapterWeights {
     /// An empty adapter with this configuration.
     pub fn new(config: LoraConfig) -> Self {
-        AdapterWeights { config, layers: BTreeMap::new(), metadata: BTreeMap::new() }
+        AdapterWeights { config, layers: BTreeMap::new(), magnitudes: BTreeMap::new(), metadata: BTreeMap::new() }
     }
 
     /// Adds one layer's factors; shapes must agree with each other and with the rank.
@@ -64,7 +67,48 @@ impl AdapterWeights {
         Ok(())
     }
 
-    /// `scale·B·A`, `[out, in]` row-major: what fusing adds to the base weight.
+    /// Adds the factors of a [`LoraLinear`] (and its DoRA magnitude, if any), copied to the host.
+    pub fn insert_linear(&mut self, path: &str, l: &LoraLinear) -> Result<(), LoraError> {
+        let host = |t: burn::tensor::Tensor<2>| t.into_data().try_into_vec_as::<f32>().expect("f32 parameters");
+        let (a, b) = (l.lora_a.val(), l.lora_b.val());
+        let (a_shape, b_shape) = (a.dims(), b.dims());
+        self.insert(path, LoraFactors { a: host(a), a_shape, b: host(b), b_shape })?;
+        if let Some(m) = &l.magnitude {
+            self.insert_magnitude(path, m.val().into_data().try_into_vec_as::<f32>().expect("f32 parameters"))?;
+        }
+        Ok(())
+    }
+
+    /// Adds DoRA's magnitude `m` of a layer already inserted; its length must be the layer's
+    /// output size.
+    pub fn insert_magnitude(&mut self, path: &str, m: Vec<f32>) -> Result<(), LoraError> {
+        let bad = |reason: String| Err(LoraError::Config { field: "layers", reason: format!("{path}: {reason}") });
+        let Some(f) = self.layers.get(path) else {
+            return bad("a magnitude vector without lora_A / lora_B".into());
+        };
+        if m.len() != f.b_shape[0] {
+            return bad(format!("magnitude has {} entries, the layer has {} outputs", m.len(), f.b_shape[0]));
+        }
+        self.magnitudes.insert(path.to_string(), m);
+        Ok(())
+    }
+
+    /// Checks that a DoRA adapter has a magnitude for every layer and a LoRA adapter none; the
+    /// error names the first layer that breaks this.
+    pub fn check_dora(&self) -> Result<(), LoraError> {
+        let bad = |reason: String| Err(LoraError::Config { field: "use_dora", reason });
+        if !self.config.use_dora {
+            if let Some(p) = self.magnitudes.keys().next() {
+                return bad(format!("{p} has a DoRA magnitude vector but the adapter is not DoRA"));
+            }
+        } else if let Some(p) = self.layers.keys().find(|p| !self.magnitudes.contains_key(*p)) {
+            return bad(format!("{p}: a DoRA adapter needs a magnitude vector for every layer"));
+        }
+        Ok(())
+    }
+
+    /// `scale·B·A`, `[out, in]` row-major: what fusing adds to the base weight (for a DoRA
+    /// adapter the update before the magnitude rescaling; see [`super::dora_merge`]).
     pub fn delta(&self, path: &str) -> Option<Vec<f32>> {
         let f = self.layers.get(path)?;
         let ([r, in_f], [out_f, _]) = (f.a_shape, f.b_shape);

@@ -66,6 +66,9 @@ pub struct LoraLinear {
     pub dropout: Dropout,
     /// `alpha / rank` (or `alpha / √rank` with rsLoRA).
     pub scale: f64,
+    /// DoRA's magnitude `m` `[out]` (trainable; PEFT's `lora_magnitude_vector`, MLX-LM's `m`);
+    /// `None` for plain LoRA.
+    pub magnitude: Option<Param<Tensor<1>>>,
 }
 
 impl LoraLinear {
@@ -79,7 +82,36 @@ impl LoraLinear {
         let device = weight.device();
         let lora_a = kaiming_a(config.rank, in_features, &device, rng);
         let lora_b = Tensor::<2>::zeros([out_features, config.rank], &device);
-        Ok(Self::from_parts(weight, bias, lora_a, lora_b, config.scale(), config.dropout))
+        Ok(Self::from_parts(weight, bias, lora_a, lora_b, config.scale(), config.dropout).with_dora_init(config.use_dora))
+    }
+
+    /// With `on`, make this a DoRA layer whose magnitude is the row norms of `W + scale·B·A`
+    /// (`‖W‖` for a fresh adapter, as PEFT and MLX-LM initialise it), so the layer computes
+    /// exactly what it did before. With `on` false the layer is returned unchanged.
+    pub fn with_dora_init(self, on: bool) -> Self {
+        if !on {
+            return self;
+        }
+        let norms = self.adapted_row_norms();
+        self.with_magnitude(Some(norms))
+    }
+
+    /// Set (or with `None` remove) DoRA's magnitude vector `[out]`; it is trainable.
+    pub fn with_magnitude(mut self, magnitude: Option<Tensor<1>>) -> Self {
+        if let Some(m) = &magnitude {
+            assert_eq!(m.dims(), [self.out_features()], "DoRA magnitude must be [out]");
+        }
+        self.magnitude = magnitude.map(|m| Param::from_tensor(m.detach()));
+        self
+    }
+
+    /// `‖W + scale·B·A‖` over each output row, `[out]`, detached (DoRA's denominator: a
+    /// constant for the gradient, as PEFT and MLX-LM treat it).
+    pub fn adapted_row_norms(&self) -> Tensor<1> {
+        let adapted = self.weight.val() + self.lora_b.val().matmul(self.lora_a.val()).mul_scalar(self.scale);
+        let adapted = adapted.detach();
+        let out = self.out_features();
+        adapted.clone().mul(adapted).sum_dim(1).sqrt().reshape([out])
     }
 
     /// Assemble from known factors (loading a saved adapter, tests). `W` and `b` are frozen;
@@ -102,6 +134,7 @@ impl LoraLinear {
             lora_b: Param::from_tensor(lora_b.detach()),
             dropout: DropoutConfig::new(dropout).init(),
             scale,
+            magnitude: None,
         }
     }
 
@@ -119,7 +152,7 @@ impl LoraLinear {
         let lora_a = kaiming_a(config.rank, in_features, &device, rng);
         let lora_b = Tensor::<2>::zeros([out_features, config.rank], &device);
         let bias = base.bias.as_ref().map(|b| b.val());
-        Ok(Self::from_base(BaseWeight::Quantized(base.weight.clone()), bias, lora_a, lora_b, config.scale(), config.dropout))
+        Ok(Self::from_base(BaseWeight::Quantized(base.weight.clone()), bias, lora_a, lora_b, config.scale(), config.dropout).with_dora_init(config.use_dora))
     }
 
     pub fn rank(&self) -> usize {
@@ -135,17 +168,52 @@ impl LoraLinear {
     }
 
     /// `[..., in]` → `[..., out]`.
+    ///
+    /// LoRA: `x·Wᵀ + b + scale·(dropout(x)·Aᵀ)·Bᵀ`. DoRA, with `g = m / ‖W + scale·B·A‖`
+    /// (rows, detached): `g ⊙ (x·Wᵀ + scale·(x·Aᵀ)·Bᵀ) + b`. With dropout active it follows
+    /// PEFT's `DoraLinearVariant`: `x·Wᵀ + b + (g - 1) ⊙ (x̃·Wᵀ) + g ⊙ scale·(x̃·Aᵀ)·Bᵀ`
+    /// where `x̃ = dropout(x)` (MLX-LM instead rescales `x·Wᵀ + scale·(x̃·Aᵀ)·Bᵀ`; the two agree
+    /// whenever dropout is off, i.e. in evaluation and at `dropout = 0`).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let base = linear(x.clone(), self.weight.val().transpose(), self.bias.as_ref().map(|b| b.val()));
-        let down = linear(self.dropout.forward(x), self.lora_a.val().transpose(), None);
-        let up = linear(down, self.lora_b.val().transpose(), None);
-        base + up.mul_scalar(self.scale)
+        let bias = self.bias.as_ref().map(|b| b.val());
+        let Some(m) = &self.magnitude else {
+            let base = linear(x.clone(), self.weight.val().transpose(), bias);
+            let down = linear(self.dropout.forward(x), self.lora_a.val().transpose(), None);
+            let up = linear(down, self.lora_b.val().transpose(), None);
+            return base + up.mul_scalar(self.scale);
+        };
+        let w = self.weight.val().transpose();
+        let base = linear(x.clone(), w.clone(), None);
+        // The same test burn's `Dropout::forward` makes: is a mask drawn at all?
+        let dropped = self.dropout.prob > 0.0 && self.dropout.training.is_enabled() && x.device().is_autodiff();
+        let xd = if dropped { self.dropout.forward(x) } else { x };
+        let up = linear(linear(xd.clone(), self.lora_a.val().transpose(), None), self.lora_b.val().transpose(), None).mul_scalar(self.scale);
+        let g = (m.val() / self.adapted_row_norms()).unsqueeze::<D>();
+        let y = if dropped {
+            let base_d = linear(xd, w, None);
+            base + base_d * g.clone().sub_scalar(1.0) + up * g
+        } else {
+            (base + up) * g
+        };
+        match bias {
+            Some(b) => y + b.unsqueeze::<D>(),
+            None => y,
+        }
     }
 
-    /// The fused weight `W + scale·B·A` `[out, in]` (detached), for a merged export.
+    /// The fused weight `[out, in]` (detached), for a merged export: `W + scale·B·A`, or for
+    /// DoRA `m ⊙ (W + scale·B·A) / ‖W + scale·B·A‖` (rows), as PEFT's `merge_and_unload`
+    /// and `mlx_lm.fuse` compute it.
     pub fn merge(&self) -> Tensor<2> {
         let delta = self.lora_b.val().matmul(self.lora_a.val()).mul_scalar(self.scale);
-        (self.weight.val() + delta).detach()
+        let adapted = (self.weight.val() + delta).detach();
+        match &self.magnitude {
+            None => adapted,
+            Some(m) => {
+                let g = (m.val().detach() / self.adapted_row_norms()).reshape([self.out_features(), 1]);
+                adapted * g
+            }
+        }
     }
 }
 
@@ -311,6 +379,70 @@ mod tests {
         let ym = values(merged.forward(Tensor::<2>::from_data(TensorData::new(x, [2, 3]), &device)));
         for (g, w) in ym.iter().zip(&y) {
             assert!((g - w).abs() < 1e-5, "{ym:?} vs {y:?}");
+        }
+    }
+
+    /// DoRA: the layer computes `m ⊙ (x·(W + s·B·A)ᵀ) / ‖W + s·B·A‖ + b` (rows), as the host
+    /// reference `dora_merge` writes it out, its merge computes the same, and a fresh DoRA layer
+    /// computes what its base does (m = ‖W‖). Tolerance 1e-5 absolute.
+    #[test]
+    fn dora_forward_matches_the_formula_merge_and_starts_as_the_base() {
+        let device = Device::flex();
+        let (l, [w, b, a, bb]) = layer(&device);
+        let m = vec![0.7f32, 2.5];
+        let l = l.with_magnitude(Some(Tensor::<1>::from_data(TensorData::new(m.clone(), [2]), &device)));
+        let x = vec![0.5, -1.0, 2.0, 1.5, 0.25, -0.75];
+        let y = values(l.forward(Tensor::<2>::from_data(TensorData::new(x.clone(), [2, 3]), &device)));
+        // W' = dora_merge(W, 1.5·B·A, m); y = x·W'ᵀ + b.
+        let delta: Vec<f32> = (0..2).flat_map(|o| (0..3).map(move |j| (o, j))).map(|(o, j)| 1.5 * (0..2).map(|k| bb[o * 2 + k] * a[k * 3 + j]).sum::<f32>()).collect();
+        let wm = crate::lora::dora_merge(&w, &delta, &m, 3);
+        let want: Vec<f32> = (0..2).flat_map(|i| (0..2).map(move |o| (i, o))).map(|(i, o)| (0..3).map(|j| x[i * 3 + j] * wm[o * 3 + j]).sum::<f32>() + b[o]).collect();
+        for (g, e) in y.iter().zip(&want) {
+            assert!((g - e).abs() < 1e-5, "{y:?} vs {want:?}");
+        }
+        for (g, e) in values(l.merge()).iter().zip(&wm) {
+            assert!((g - e).abs() < 1e-5, "merge");
+        }
+        let merged = AdaptableLinear::Lora(l).merged();
+        let ym = values(merged.forward(Tensor::<2>::from_data(TensorData::new(x.clone(), [2, 3]), &device)));
+        for (g, e) in ym.iter().zip(&y) {
+            assert!((g - e).abs() < 1e-5, "{ym:?} vs {y:?}");
+        }
+        // A fresh DoRA layer (B = 0, m = ‖W‖ per output row) is its base.
+        let cfg = LoraConfig { rank: 2, alpha: 4.0, use_dora: true, ..LoraConfig::default() };
+        let base = Tensor::<2>::from_data(TensorData::new(w.clone(), [2, 3]), &device);
+        let fresh = LoraLinear::new(base, None, &cfg, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
+        let (m0, norms) = (values(fresh.magnitude.as_ref().unwrap().val()), crate::lora::row_norms(&w, 3));
+        assert!(m0.iter().zip(&norms).all(|(a, b)| (a - b).abs() < 1e-6), "m starts as the row norms of W: {m0:?} vs {norms:?}");
+        let y0 = values(fresh.forward(Tensor::<2>::from_data(TensorData::new(x.clone(), [2, 3]), &device)));
+        let plain: Vec<f32> = (0..2).flat_map(|i| (0..2).map(move |o| (i, o))).map(|(i, o)| (0..3).map(|j| x[i * 3 + j] * w[o * 3 + j]).sum::<f32>()).collect();
+        for (g, e) in y0.iter().zip(&plain) {
+            assert!((g - e).abs() < 1e-5, "{y0:?} vs {plain:?}");
+        }
+    }
+
+    /// With dropout active DoRA follows PEFT: `x·Wᵀ + b + (g - 1)(x̃·Wᵀ) + g·s·(x̃·Aᵀ)·Bᵀ`. With
+    /// p → the kept inputs scaled by 1/(1-p): checked through the identity that the output minus
+    /// the base output is linear in the dropped input, i.e. the same function as without
+    /// dropout applied to x̃ minus `(x̃·Wᵀ)` plus `x·Wᵀ`. Seeded, so it is one fixed mask.
+    #[test]
+    fn dora_dropout_follows_peft() {
+        let device = Device::flex().autodiff();
+        let (l, _) = layer(&device);
+        let m = Tensor::<1>::from_floats([0.7, 2.5], &device);
+        let mut l = l.with_magnitude(Some(m));
+        let no_drop = LoraLinear { dropout: DropoutConfig::new(0.0).init(), ..l.clone() };
+        l.dropout = DropoutConfig::new(0.5).init();
+        let x = Tensor::<2>::from_floats([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]], &device);
+        device.seed(3);
+        let y = values(l.forward(x.clone()));
+        device.seed(3);
+        let xd = l.dropout.forward(x.clone());
+        // f(x̃) - x̃·Wᵀ + x·Wᵀ, where f is the layer without dropout.
+        let w = l.weight.val().transpose();
+        let want = values(no_drop.forward(xd.clone()) - linear(xd, w.clone(), None) + linear(x, w, None));
+        for (g, e) in y.iter().zip(&want) {
+            assert!((g - e).abs() < 1e-5, "{y:?} vs {want:?}");
         }
     }
 

@@ -6,6 +6,10 @@
 //! [`LoraConfig`] says which layers get adapters: `target_modules` by name and `num_layers`
 //! counted from the top of the stack, as MLX-LM counts them.
 //!
+//! DoRA (Liu et al., 2024; [`LoraConfig::use_dora`]): the layer also learns a magnitude `m`
+//! `[out]` and computes `m ⊙ (W + scale·B·A)·x / ‖W + scale·B·A‖` (row norms, detached in
+//! training), as PEFT and MLX-LM do; see [`dora_merge`] for the fused weight.
+//!
 //! QLoRA (Dettmers et al., 2023): a [`LoraLinear`] over a [`QuantWeight`] base keeps `W` in
 //! ggml's Q8_0/Q4_0/Q4_1 blocks and dequantizes it inside `forward` ([`quant`]); layers that get
 //! no adapter can stay quantized too ([`AdaptableLinear::Quantized`]). [`QuantizeBase`] says
@@ -28,10 +32,12 @@
 //! ```
 
 mod adapter;
+mod dora;
 mod linear;
 pub mod quant;
 
 pub use adapter::{AdapterWeights, LoraFactors};
+pub use dora::{FineTuneType, dora_merge, row_norms};
 pub use linear::{AdaptableLinear, BaseWeight, LoraLinear, QuantLinear};
 pub use quant::{QuantError, QuantType, QuantWeight, QuantizeBase};
 
@@ -57,12 +63,15 @@ pub struct LoraConfig {
     /// How many blocks, counted from the top (the output end), get adapters; `-1` for all
     /// (MLX-LM's `num_layers`: `model.layers[-num_layers:]`).
     pub num_layers: i64,
+    /// DoRA (Liu et al., 2024; PEFT's `use_dora`, MLX-LM's `fine_tune_type = "dora"`): a learned
+    /// magnitude per output row times the row-normalised direction of `W + scale·B·A`.
+    pub use_dora: bool,
 }
 
 impl Default for LoraConfig {
     /// Rank 8, alpha 16, no dropout, every layer of the model's default targets.
     fn default() -> Self {
-        LoraConfig { rank: 8, alpha: 16.0, dropout: 0.0, use_rslora: false, target_modules: Vec::new(), num_layers: -1 }
+        LoraConfig { rank: 8, alpha: 16.0, dropout: 0.0, use_rslora: false, target_modules: Vec::new(), num_layers: -1, use_dora: false }
     }
 }
 

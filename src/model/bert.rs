@@ -26,7 +26,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::io::hf::{HfError, ModelFolder, PoolingConfig};
-use crate::lora::{AdaptableLinear, AdapterWeights, LoraConfig, LoraError, LoraFactors};
+use crate::lora::{AdaptableLinear, AdapterWeights, LoraConfig, LoraError};
 use crate::io::safetensors::{Weights, WeightsError};
 use crate::io::tokenizer::{TextTokenizer, TokenTensors, TokenizerError};
 
@@ -706,10 +706,7 @@ impl BertModel {
                 (format!("{p}.output.dense"), &l.output.dense),
             ] {
                 if let AdaptableLinear::Lora(lora) = slot {
-                    let (a, b) = (lora.lora_a.val(), lora.lora_b.val());
-                    let (a_shape, b_shape) = (a.dims(), b.dims());
-                    let f = LoraFactors { a: values(a), a_shape, b: values(b), b_shape };
-                    out.insert(&path, f).expect("factors of a LoraLinear have consistent shapes");
+                    out.insert_linear(&path, lora).expect("factors of a LoraLinear have consistent shapes");
                 }
             }
         }

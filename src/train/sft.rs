@@ -6,7 +6,9 @@
 //!   loss on completion tokens only.
 //! * Loss: mean next-token cross-entropy over the target tokens of a batch (MLX-LM's
 //!   `default_loss`); validation and test losses are token-weighted means over batches, and the
-//!   test perplexity is `exp(loss)`.
+//!   test perplexity is `exp(loss)`. The test loss counts targets as `mlx_lm.lora --test` does
+//!   (one padding target per padded row, [`super::sft_data::make_batch_mlx_eval`]), so the two
+//!   tools report the same number; `loss.jsonl` also gets the loss over real targets only.
 //! * An iteration is one batch. Gradients of `grad_accumulation_steps` iterations are averaged
 //!   before one AdamW update (MLX-LM's accumulation); the learning rate warms up linearly over
 //!   `warmup` updates and then follows `lr_schedule` (cosine by default) down to 0 at the last
@@ -49,10 +51,10 @@ use std::collections::BTreeSet;
 use super::checkpoint::{self, CheckpointError, TrainState};
 use super::run_folder::{self, Claim, RunFolderError};
 use super::schedule::{LrSchedule, ScheduleKind, clip_grad_norm, grad_norm};
-use super::sft_data::{Batch, Example, ExampleError, SftRecord, epoch_order, length_batches, make_batch, tokenize};
+use super::sft_data::{Batch, Example, ExampleError, SftRecord, epoch_order, length_batches, make_batch, make_batch_mlx_eval, tokenize};
 use crate::data::governance::GovernedDataset;
 use crate::export::{AdapterFileError, mlx};
-use crate::lora::{AdapterWeights, LoraConfig, LoraError, QuantError, QuantizeBase};
+use crate::lora::{AdapterWeights, FineTuneType, LoraConfig, LoraError, QuantError, QuantizeBase};
 use crate::model::decoder::{CausalLm, Decoder};
 
 /// MLX-LM's `lora_parameters`, plus PEFT's `alpha` and rsLoRA as alternatives to `scale`.
@@ -118,6 +120,9 @@ pub struct SftConfig {
     /// Test batches; -1 for all.
     pub test_batches: i64,
     pub seed: u64,
+    /// `lora` (default), `dora` (LoRA factors plus DoRA's magnitude vectors) or `full`
+    /// (MLX-LM's `fine_tune_type`).
+    pub fine_tune_type: FineTuneType,
     pub lora_parameters: LoraParameters,
     /// Warm-up updates (linear from 0).
     pub warmup: usize,
@@ -160,6 +165,7 @@ impl Default for SftConfig {
             test: false,
             test_batches: 500,
             seed: 0,
+            fine_tune_type: FineTuneType::Lora,
             lora_parameters: LoraParameters::default(),
             warmup: 0,
             lr_schedule: ScheduleKind::Cosine,
@@ -188,6 +194,7 @@ impl SftConfig {
             use_rslora: p.use_rslora,
             target_modules: p.keys.clone().unwrap_or_default(),
             num_layers: self.num_layers,
+            use_dora: self.fine_tune_type == FineTuneType::Dora,
         }
     }
 
@@ -230,6 +237,9 @@ impl SftConfig {
         }
         if !self.save_every.is_multiple_of(acc) {
             return bad("save_every", format!("{} is not a multiple of grad_accumulation_steps ({acc})", self.save_every));
+        }
+        if self.fine_tune_type == FineTuneType::Full {
+            return bad("fine_tune_type", "full fine-tuning of decoders is not available yet: use lora or dora".into());
         }
         self.lora_config().validate()?;
         Ok(())
@@ -298,6 +308,11 @@ fn check_resume(from: &Path, saved: &AdapterWeights, planned: &AdapterWeights, c
     let lora = &planned.config;
     if saved.config.rank != lora.rank {
         return mismatch("rank", saved.config.rank.to_string(), lora.rank.to_string());
+    }
+    // A DoRA adapter resumed as LoRA would drop its magnitudes (and LoRA as DoRA would start new ones).
+    if saved.config.use_dora != lora.use_dora {
+        let kind = |dora: bool| if dora { "dora" } else { "lora" }.to_string();
+        return mismatch("fine_tune_type", kind(saved.config.use_dora), kind(lora.use_dora));
     }
     let (have, want): (BTreeSet<&String>, BTreeSet<&String>) = (saved.layers.keys().collect(), planned.layers.keys().collect());
     if have != want {
@@ -385,14 +400,31 @@ fn batch_loss_chunked(model: &Decoder, batch: &Batch, device: &Device, max_logit
 /// fixed seeded order (the same batches at every evaluation), without autodiff or dropout.
 /// Returns `(loss, target tokens)`.
 pub fn evaluate(model: &Decoder, examples: &[Example], batch_size: usize, max_seq_length: usize, num_batches: i64, seed: u64) -> (f64, usize) {
+    evaluate_batches(model, examples, length_batches(examples, batch_size), max_seq_length, num_batches, seed, make_batch)
+}
+
+/// [`evaluate`] with the batches `mlx_lm.lora --test` scores: records batched in file order
+/// (see below) and [`make_batch_mlx_eval`] (one padding target per padded row counted, as
+/// MLX-LM's `default_loss` does). Over all batches
+/// (`num_batches` -1 or at least their number) the result is MLX-LM's test loss whatever the
+/// order; with fewer, MLX-LM picks its batches from an unseeded shuffle and this a seeded one.
+pub fn evaluate_mlx(model: &Decoder, examples: &[Example], batch_size: usize, max_seq_length: usize, num_batches: i64, seed: u64) -> (f64, usize) {
+    // MLX-LM 0.32's `iterate_batches` sorts a `CacheDataset` by `len(record)`, the number of
+    // the record's JSON keys, which is the same for every record of a split in the usual case:
+    // its batches are then consecutive records in file order, the incomplete last one dropped.
+    let idx: Vec<usize> = (0..examples.len()).collect();
+    let batches = idx.chunks_exact(batch_size.max(1)).map(<[usize]>::to_vec).collect();
+    evaluate_batches(model, examples, batches, max_seq_length, num_batches, seed, make_batch_mlx_eval)
+}
+
+fn evaluate_batches(model: &Decoder, examples: &[Example], batches: Vec<Vec<usize>>, max_seq_length: usize, num_batches: i64, seed: u64, make: fn(&[Example], &[usize], usize) -> Batch) -> (f64, usize) {
     let model = model.valid();
     let device = model.embed_tokens.val().device();
-    let batches = length_batches(examples, batch_size);
     let order = epoch_order(batches.len(), seed, usize::MAX);
     let take = usize::try_from(num_batches).unwrap_or(usize::MAX);
     let (mut total, mut tokens) = (0.0f64, 0usize);
     for &i in order.iter().take(take) {
-        let batch = make_batch(examples, &batches[i], max_seq_length);
+        let batch = make(examples, &batches[i], max_seq_length);
         let loss = batch_loss(&model, &batch, &device).into_scalar::<f32>() as f64;
         total += loss * batch.ntoks as f64;
         tokens += batch.ntoks;
@@ -400,12 +432,17 @@ pub fn evaluate(model: &Decoder, examples: &[Example], batch_size: usize, max_se
     (total / tokens.max(1) as f64, tokens)
 }
 
-/// Test loss and perplexity (`exp(loss)`), as `mlx_lm.lora --test` reports them.
+/// Test loss and perplexity (`exp(loss)`), as `mlx_lm.lora --test` reports them
+/// ([`evaluate_mlx`]: MLX-LM's batches and target count), plus the loss over the real
+/// targets only (what validation reports, [`evaluate`]).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct TestResult {
     pub loss: f64,
     pub perplexity: f64,
+    /// Targets in `loss` (MLX-LM's `ntokens`).
     pub tokens: usize,
+    /// Mean loss over the records' own next tokens (no padding target).
+    pub targets_only_loss: f64,
 }
 
 /// What [`SftTrainer::fit`] returns.
@@ -541,7 +578,7 @@ impl SftTrainer {
             "governance_audit": audit,
         });
 
-        let lora = cfg.lora_config();
+        let mut lora = cfg.lora_config();
         // A model loaded with `quantize_base` (the CLI does) is quantized already; one given as
         // f32 is quantized here when asked (`keep` has no blocks of a file to keep then).
         let base = match cfg.quantize_base.target(None) {
@@ -559,9 +596,16 @@ impl SftTrainer {
                     (mlx::read_with_weights(dir, from)?, None)
                 }
             };
-            let saved_from = ckpt.clone().unwrap_or_else(|| from.parent().unwrap_or(Path::new(".")).to_path_buf());
-            check_resume(&saved_from, &adapter, &model.adapter_weights(&lora), cfg, ckpt.is_some())?;
-            model = model.apply_adapter(&AdapterWeights { config: lora.clone(), ..adapter })?;
+            if cfg.iters == 0 && ckpt.is_none() {
+                // Test mode (`mlx_lm.lora --test --adapter-path`): the adapter as its own config
+                // builds it (rank, scale, DoRA), as MLX-LM's `load_adapters` does; nothing resumes.
+                lora = adapter.config.clone();
+                model = model.apply_adapter(&adapter)?;
+            } else {
+                let saved_from = ckpt.clone().unwrap_or_else(|| from.parent().unwrap_or(Path::new(".")).to_path_buf());
+                check_resume(&saved_from, &adapter, &model.adapter_weights(&lora), cfg, ckpt.is_some())?;
+                model = model.apply_adapter(&AdapterWeights { config: lora.clone(), ..adapter })?;
+            }
             if let Some(dir) = ckpt {
                 state = checkpoint::load_state(&dir)?;
                 if state.step > cfg.iters {
@@ -696,11 +740,12 @@ impl SftTrainer {
         }
         let model = model.valid();
         let test = test.map(|t| {
-            let (loss, tokens) = evaluate(&model, &t, cfg.batch_size, cfg.max_seq_length, cfg.test_batches, cfg.seed);
-            TestResult { loss, perplexity: loss.exp(), tokens }
+            let (loss, tokens) = evaluate_mlx(&model, &t, cfg.batch_size, cfg.max_seq_length, cfg.test_batches, cfg.seed);
+            let (targets_only_loss, _) = evaluate(&model, &t, cfg.batch_size, cfg.max_seq_length, cfg.test_batches, cfg.seed);
+            TestResult { loss, perplexity: loss.exp(), tokens, targets_only_loss }
         });
         if let Some(t) = &test {
-            log.write(&serde_json::json!({ "iteration": state.step, "test_loss": t.loss, "test_ppl": t.perplexity }))?;
+            log.write(&serde_json::json!({ "iteration": state.step, "test_loss": t.loss, "test_ppl": t.perplexity, "test_tokens": t.tokens, "test_loss_targets_only": t.targets_only_loss }))?;
         }
         Ok(SftOutcome { model, adapter, iterations: state.step, losses, val_losses, test, tokens_per_s, seq_tokens_per_s })
     }
@@ -849,6 +894,29 @@ mod tests {
 
     /// An interrupted run (stopped after 4 of 8 iterations, gradient accumulation 2) resumed
     /// from its checkpoint ends with the adapter of the uninterrupted run.
+    /// `fine_tune_type = "dora"`: the magnitudes train with the factors, the validation loss
+    /// falls, the saved folder is an MLX-LM DoRA adapter, and a resumed run ends on the same
+    /// adapter (the magnitudes' AdamW moments included). `full` is refused by name.
+    #[test]
+    fn dora_training_saves_magnitudes_and_resumes_exactly() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let s = splits();
+        let cfg = |d: &Path| SftConfig { fine_tune_type: FineTuneType::Dora, test: false, save_every: 4, ..config(d) };
+        let a = fit(cfg(d1.path()), &s, None).unwrap();
+        let (first, last) = (a.val_losses[0].1, a.val_losses.last().unwrap().1);
+        assert!(last < first - 0.1, "validation loss falls: {:?}", a.val_losses);
+        assert_eq!(a.adapter.magnitudes.len(), a.adapter.layers.len());
+        let saved = mlx::read(d1.path()).unwrap();
+        assert!(saved.config.use_dora);
+        assert_eq!(saved.magnitudes, a.adapter.magnitudes);
+        // Interrupted after 4 iterations, resumed from the run folder: the same adapter.
+        let _ = fit(cfg(d2.path()), &s, Some(4));
+        let resumed = fit(SftConfig { resume_adapter_file: Some(d2.path().to_path_buf()), ..cfg(d2.path()) }, &s, None).unwrap();
+        assert_eq!((resumed.adapter.layers, resumed.adapter.magnitudes), (a.adapter.layers, a.adapter.magnitudes));
+        let err = SftConfig { fine_tune_type: FineTuneType::Full, ..config(d1.path()) }.validate().unwrap_err();
+        assert!(err.to_string().contains("fine_tune_type"), "{err}");
+    }
+
     #[test]
     fn gradient_checkpointing_reaches_the_parameters_and_trains_the_same_numbers() {
         let model = lm().model.with_lora(&SftConfig::default().lora_config(), &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
@@ -980,6 +1048,7 @@ mod tests {
             ("max_seq_length", SftConfig { max_seq_length: 64, ..cfg() }),
             ("warmup", SftConfig { warmup: 0, ..cfg() }),
             ("mask_prompt", SftConfig { mask_prompt: false, ..cfg() }),
+            ("fine_tune_type", SftConfig { fine_tune_type: FineTuneType::Dora, ..cfg() }),
         ];
         for (key, changed) in changes {
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fit(changed, &s, None)));

@@ -240,10 +240,62 @@ pub fn make_batch(examples: &[Example], idx: &[usize], max_seq_length: usize) ->
     Batch { rows, cols, inputs, targets, mask, ntoks, seq_tokens: lens.iter().sum() }
 }
 
+/// The batch `mlx_lm.tuner.trainer.evaluate` scores (MLX-LM 0.32's `iterate_batches` +
+/// `default_loss`): rows padded with id 0 to `W = min(1 + 32·⌈L_max/32⌉, max_seq_length)`
+/// columns, and a target at step `p` (the index of the predicted token) counts when
+/// `offset ≤ p ≤ length` and `p < W`. `p = length` predicts the padding id 0 after the row's
+/// last token: MLX-LM counts that one extra target per row that has padding after it (the
+/// `steps <= lengths` in `default_loss`; ml-explore/mlx-lm PR #1697 proposed `<`), so its test
+/// loss and token count differ from [`make_batch`]'s. Used for `--test`, to report what
+/// `mlx_lm.lora --test` reports.
+pub fn make_batch_mlx_eval(examples: &[Example], idx: &[usize], max_seq_length: usize) -> Batch {
+    let raw_max = idx.iter().map(|&i| examples[i].tokens.len()).max().unwrap_or(0);
+    let width = (1 + 32 * raw_max.div_ceil(32)).min(max_seq_length);
+    let lens: Vec<usize> = idx.iter().map(|&i| examples[i].tokens.len().min(max_seq_length)).collect();
+    // The last step any row counts is min(length, width - 1); inputs reach one position before it.
+    let cols = lens.iter().map(|&l| l.min(width.saturating_sub(1))).max().unwrap_or(1).max(1);
+    let rows = idx.len();
+    let (mut inputs, mut targets, mut mask) = (vec![0i64; rows * cols], vec![0i64; rows * cols], vec![0f32; rows * cols]);
+    let mut ntoks = 0;
+    for (r, (&i, &len)) in idx.iter().zip(&lens).enumerate() {
+        let ex = &examples[i];
+        for j in 0..cols {
+            if j < len {
+                inputs[r * cols + j] = ex.tokens[j] as i64;
+            }
+            let p = j + 1;
+            if p <= len && p < width && p >= ex.offset {
+                targets[r * cols + j] = if p < len { ex.tokens[p] as i64 } else { 0 };
+                mask[r * cols + j] = 1.0;
+                ntoks += 1;
+            }
+        }
+    }
+    Batch { rows, cols, inputs, targets, mask, ntoks, seq_tokens: lens.iter().sum() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::data::formats::Expansion;
+
+    /// MLX-LM's evaluation batch, written out for two rows (lengths 5 and 3, offsets 0 and 2):
+    /// width 1 + 32 = 33, targets at steps 1..=5 (the 5th is the padding id 0) and 2..=3.
+    /// Truncated to 4 tokens (max_seq_length 4 = width), the long row has no padding target.
+    #[test]
+    fn mlx_eval_batch_counts_the_trailing_pad_target_as_mlx_lm_does() {
+        let ex = vec![Example { tokens: vec![1, 10, 11, 12, 13], offset: 0 }, Example { tokens: vec![1, 20, 21], offset: 2 }];
+        let b = make_batch_mlx_eval(&ex, &[0, 1], 2048);
+        assert_eq!((b.rows, b.cols, b.ntoks), (2, 5, 5 + 2));
+        assert_eq!(&b.targets[..5], &[10, 11, 12, 13, 0]);
+        assert_eq!(&b.mask[5..], &[0.0, 1.0, 1.0, 0.0, 0.0]);
+        assert_eq!(&b.targets[5..8], &[0, 21, 0]);
+        assert_eq!(make_batch(&ex, &[0, 1], 2048).ntoks, 4 + 1, "tunelab's own count: real targets only");
+        let t = make_batch_mlx_eval(&ex, &[0, 1], 4);
+        // Width 4: steps 1..=3. Row 0 (truncated to 4 tokens): 10, 11, 12. Row 1: 21 and the pad.
+        assert_eq!((t.cols, t.ntoks), (3, 3 + 2));
+        assert_eq!(&t.targets[..3], &[10, 11, 12]);
+    }
 
     #[test]
     fn qmd_records_render_as_qmd_prepares_them() {

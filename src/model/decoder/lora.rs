@@ -101,7 +101,7 @@ pub fn adapter_param_id(path: &str, factor: &str) -> ParamId {
     ParamId::from(h)
 }
 
-fn with_id(p: Param<Tensor<2>>, id: ParamId) -> Param<Tensor<2>> {
+fn with_id<const D: usize>(p: Param<Tensor<D>>, id: ParamId) -> Param<Tensor<D>> {
     let (_, value, mapper) = p.consume();
     Param::from_mapped_value(id, value, mapper)
 }
@@ -110,6 +110,7 @@ fn with_id(p: Param<Tensor<2>>, id: ParamId) -> Param<Tensor<2>> {
 fn fix_ids(mut l: LoraLinear, path: &str) -> LoraLinear {
     l.lora_a = with_id(l.lora_a, adapter_param_id(path, "lora_A"));
     l.lora_b = with_id(l.lora_b, adapter_param_id(path, "lora_B"));
+    l.magnitude = l.magnitude.map(|m| with_id(m, adapter_param_id(path, "lora_magnitude_vector")));
     l
 }
 
@@ -192,15 +193,7 @@ impl Decoder {
         for (i, layer) in self.layers.iter().enumerate() {
             for (rel, slot) in layer.projections() {
                 if let AdaptableLinear::Lora(l) = slot {
-                    let (a, b) = (l.lora_a.val(), l.lora_b.val());
-                    let (a_shape, b_shape) = (a.dims(), b.dims());
-                    let f = LoraFactors {
-                        a: host(a),
-                        a_shape,
-                        b: host(b),
-                        b_shape,
-                    };
-                    out.insert(&format!("model.layers.{i}.{rel}"), f)
+                    out.insert_linear(&format!("model.layers.{i}.{rel}"), l)
                         .expect("factors of a LoraLinear have consistent shapes");
                 }
             }
@@ -336,6 +329,15 @@ impl Decoder {
                     scale,
                     dropout,
                 );
+                // DoRA: the saved magnitude, or for a LoRA adapter applied as DoRA the row norms
+                // of the adapted weight (the layer then computes what the LoRA adapter did).
+                let l = match adapter.magnitudes.get(*path) {
+                    Some(m) if m.len() != out_f => {
+                        return Err(bad(path, format!("magnitude has {} entries, the weight has {out_f} rows", m.len())));
+                    }
+                    Some(m) => l.with_magnitude(Some(Tensor::<1>::from_data(TensorData::new(m.clone(), [out_f]), &device))),
+                    None => l.with_dora_init(adapter.config.use_dora),
+                };
                 Ok(AdaptableLinear::Lora(fix_ids(l, path)))
             })?);
         }
