@@ -41,7 +41,9 @@ use crate::data::jsonl::{BadLines, read_jsonl};
 use crate::data::trec::Qrels;
 use crate::device::DeviceChoice;
 use crate::io::tokenizer::TextTokenizer;
+use crate::lora::{AdapterWeights, LoraConfig};
 use crate::model::bert::{Prompts, SentenceEncoder};
+use crate::model::gemma::{GemmaEncoder, is_gemma_folder};
 use crate::report::manifest::{Manifest, RunDir};
 use crate::train::checkpoint;
 use crate::train::contrastive_trainer::{ContrastiveConfig, ContrastiveTrainer};
@@ -55,7 +57,8 @@ use crate::train::validation::RetrievalValidation;
 pub struct EmbedJobConfig {
     /// Run name: the run lands in `<reports>/<name>/<run-id>/`.
     pub name: String,
-    /// Encoder folder (Hugging Face / sentence-transformers layout).
+    /// Encoder folder (Hugging Face / sentence-transformers layout): a BERT-family encoder or
+    /// EmbeddingGemma (`model_type: gemma3_text`).
     pub model: PathBuf,
     /// Embedding pairs, JSONL `{"query", "positive", "negatives"?, "doc_id"?, governance...}`.
     pub data: PathBuf,
@@ -155,6 +158,67 @@ impl EmbedJobConfig {
     }
 }
 
+/// What the job needs from an encoder beyond training: its prompts, its tokenizer, a way to mine
+/// with it, and its export.
+trait JobEncoder: TrainableEncoder {
+    fn query_prompt(&self) -> Option<String>;
+    fn document_prompt(&self) -> Option<String>;
+    fn tokenizer_mut(&mut self) -> &mut TextTokenizer;
+    /// The encoder dense hard-negative mining can search with (BERT only, for now).
+    fn dense_miner(&self) -> Option<&SentenceEncoder>;
+    /// Adapters (if any) as arrays, then folded into the weights.
+    fn merge_adapters(self, lora: Option<&LoraConfig>) -> (Self, Option<AdapterWeights>);
+    fn write_folder(&self, dir: &Path, meta: serde_json::Value) -> anyhow::Result<()>;
+}
+
+impl JobEncoder for SentenceEncoder {
+    fn query_prompt(&self) -> Option<String> {
+        self.prompts.query.clone()
+    }
+    fn document_prompt(&self) -> Option<String> {
+        self.prompts.document.clone()
+    }
+    fn tokenizer_mut(&mut self) -> &mut TextTokenizer {
+        &mut self.tokenizer
+    }
+    fn dense_miner(&self) -> Option<&SentenceEncoder> {
+        Some(self)
+    }
+    fn merge_adapters(mut self, lora: Option<&LoraConfig>) -> (Self, Option<AdapterWeights>) {
+        let adapter = lora.map(|l| self.model.adapter_weights(l));
+        self.model = self.model.merged();
+        (self, adapter)
+    }
+    fn write_folder(&self, dir: &Path, meta: serde_json::Value) -> anyhow::Result<()> {
+        crate::export::sentence_transformers::write_folder(self, dir, meta)?;
+        Ok(())
+    }
+}
+
+impl JobEncoder for GemmaEncoder {
+    fn query_prompt(&self) -> Option<String> {
+        self.prompt("query").map(str::to_string)
+    }
+    fn document_prompt(&self) -> Option<String> {
+        self.prompt("document").map(str::to_string)
+    }
+    fn tokenizer_mut(&mut self) -> &mut TextTokenizer {
+        &mut self.tokenizer
+    }
+    fn dense_miner(&self) -> Option<&SentenceEncoder> {
+        None
+    }
+    fn merge_adapters(mut self, lora: Option<&LoraConfig>) -> (Self, Option<AdapterWeights>) {
+        let adapter = lora.map(|l| self.model.adapter_weights(l));
+        self.model = self.model.merged();
+        (self, adapter)
+    }
+    fn write_folder(&self, dir: &Path, meta: serde_json::Value) -> anyhow::Result<()> {
+        crate::export::sentence_transformers::write_gemma_folder(self, dir, meta)?;
+        Ok(())
+    }
+}
+
 /// Run the job on `choice`'s device. See the module notes.
 pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Result<EmbedJobOutcome> {
     cfg.train.validate()?;
@@ -173,14 +237,33 @@ pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Resu
     }
     manifest.add_input(&cfg.policy)?;
     manifest.add_input(&cfg.data)?;
-    let mut encoder = SentenceEncoder::load(&cfg.model, &device).with_context(|| format!("loading {}", cfg.model.display()))?;
+    let loading = || format!("loading {}", cfg.model.display());
+    if is_gemma_folder(&cfg.model) {
+        let encoder = GemmaEncoder::load(&cfg.model, &device).with_context(loading)?;
+        train_and_export(cfg, encoder, read.records, &policy, bad, manifest, run_dir)
+    } else {
+        let encoder = SentenceEncoder::load(&cfg.model, &device).with_context(loading)?;
+        train_and_export(cfg, encoder, read.records, &policy, bad, manifest, run_dir)
+    }
+}
+
+/// Everything after loading: governance, mining, validation, training, export.
+fn train_and_export<E: JobEncoder>(
+    cfg: &EmbedJobConfig,
+    mut encoder: E,
+    records: Vec<EmbeddingPair>,
+    policy: &Policy,
+    bad: BadLines,
+    mut manifest: Manifest,
+    run_dir: RunDir,
+) -> anyhow::Result<EmbedJobOutcome> {
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         let p = cfg.model.join(f);
         if p.is_file() {
             manifest.add_input(&p)?;
         }
     }
-    let mut pairs = policy.apply(read.records);
+    let mut pairs = policy.apply(records);
     // The audit of what the policy kept and excluded from the data as given; mining below only adds
     // negatives to kept pairs, and its hash is recorded beside this one.
     let mut governance = serde_json::to_value(pairs.audit())?;
@@ -191,7 +274,13 @@ pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Resu
         manifest.add_input(&hn.corpus)?;
         let miner = match hn.method.as_str() {
             "bm25" => Miner::Bm25,
-            "dense" => Miner::Dense(&encoder),
+            "dense" => match encoder.dense_miner() {
+                Some(e) => Miner::Dense(e),
+                None => bail!(
+                    "{}: hard_negatives.method \"dense\" is not available for this encoder yet: use \"bm25\"",
+                    cfg.model.display()
+                ),
+            },
             other => bail!("{}: hard_negatives.method {other:?}: use \"bm25\" or \"dense\"", cfg.policy.display()),
         };
         let opts = MiningOptions {
@@ -230,9 +319,9 @@ pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Resu
             }
             let documents = docs
                 .iter()
-                .map(|d| (d.id.clone(), Prompts::apply(encoder.prompts.document.as_deref(), &format!("{}\n{}", d.title, d.text), None)))
+                .map(|d| (d.id.clone(), Prompts::apply(encoder.document_prompt().as_deref(), &format!("{}\n{}", d.title, d.text), None)))
                 .collect();
-            let queries = queries.into_iter().map(|q| (q.qid, Prompts::apply(encoder.prompts.query.as_deref(), &q.query, None))).collect();
+            let queries = queries.into_iter().map(|q| (q.qid, Prompts::apply(encoder.query_prompt().as_deref(), &q.query, None))).collect();
             let mut rv = RetrievalValidation::new(queries, documents, qrels);
             rv.depth = v.depth;
             Some(rv)
@@ -248,9 +337,10 @@ pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Resu
         // Validate once per epoch at least, so "best" means something.
         train_cfg.eval_every = Some(pairs.len().div_ceil(train_cfg.batch_size).max(1));
     }
-    let full_len = encoder.tokenizer.max_len();
+    let full_len = encoder.tokenizer_mut().max_len();
     if let Some(max) = cfg.max_seq_length {
-        encoder.tokenizer = TextTokenizer::new(encoder.tokenizer.inner().clone(), encoder.tokenizer.path().to_path_buf(), max.min(full_len))?;
+        let t = encoder.tokenizer_mut();
+        *t = TextTokenizer::new(t.inner().clone(), t.path().to_path_buf(), max.min(full_len))?;
     }
     let mut trainer = ContrastiveTrainer::new(train_cfg.clone());
     if let Some(v) = validation.as_mut() {
@@ -265,14 +355,14 @@ pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Resu
         let best_dir = train_cfg.output_dir.join("best");
         tuned.set_model(checkpoint::load_model(&best_dir, tuned.model().clone())?.valid());
     }
-    let lora_adapter = train_cfg.lora.as_ref().map(|l| tuned.model.adapter_weights(l));
-    tuned.model = tuned.model.merged();
-    tuned.tokenizer = TextTokenizer::new(tuned.tokenizer.inner().clone(), tuned.tokenizer.path().to_path_buf(), full_len)?;
+    let (mut tuned, lora_adapter) = tuned.merge_adapters(train_cfg.lora.as_ref());
+    let t = tuned.tokenizer_mut();
+    *t = TextTokenizer::new(t.inner().clone(), t.path().to_path_buf(), full_len)?;
 
     let t = Instant::now();
     let model_dir = run_dir.path().join("model");
     let meta = serde_json::json!({ "governance": manifest.governance.clone(), "run_id": manifest.run_id, "config": cfg });
-    crate::export::sentence_transformers::write_folder(&tuned, &model_dir, meta)?;
+    tuned.write_folder(&model_dir, meta)?;
     if let Some(adapter) = &lora_adapter {
         let summary: BTreeMap<&str, [usize; 2]> = adapter.layers.iter().map(|(k, f)| (k.as_str(), [f.b_shape[0], f.a_shape[1]])).collect();
         std::fs::write(run_dir.path().join("lora_layers.json"), serde_json::to_string_pretty(&summary)?)?;
