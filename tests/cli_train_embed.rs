@@ -224,3 +224,21 @@ fn embeddinggemma_folder_trains_with_lora_and_matryoshka_and_exports_its_dense_l
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("matryoshka_dims") && err.contains("128"), "{err}");
 }
+
+#[test]
+fn memory_estimate_is_printed_and_a_run_that_cannot_fit_is_refused_naming_the_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma/tiny");
+    let cfg = config(tmp.path(), &base, "max_steps = 1\n");
+    let stdout = ok(&tunelab(&["train", "embed", cfg.to_str().unwrap()]));
+    assert!(stdout.contains("memory estimate:") && stdout.contains("AdamW state") && stdout.contains("activations"), "{stdout}");
+    let out = Command::new(env!("CARGO_BIN_EXE_tunelab"))
+        .args(["train", "embed", cfg.to_str().unwrap(), "--name", "small"])
+        .env("TUNELAB_DEVICE", "cpu")
+        .env("TUNELAB_MEMORY_LIMIT", "100000")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "refused");
+    assert!(err.contains("--mini-batch-size") && err.contains("--batch-size") && err.contains("--lora-rank"), "{err}");
+}

@@ -49,6 +49,7 @@ use crate::train::checkpoint;
 use crate::train::contrastive_trainer::{ContrastiveConfig, ContrastiveTrainer};
 use crate::train::encoder::TrainableEncoder;
 use crate::train::hard_negatives::{Miner, MiningOptions, mine_hard_negatives};
+use crate::train::memory::{ActivationProfile, MemoryEstimate, available_memory, gib, param_counts, texts_in_graph};
 use crate::train::validation::RetrievalValidation;
 
 /// Everything a training run depends on; recorded whole in the manifest.
@@ -169,6 +170,8 @@ trait JobEncoder: TrainableEncoder {
     /// Adapters (if any) as arrays, then folded into the weights.
     fn merge_adapters(self, lora: Option<&LoraConfig>) -> (Self, Option<AdapterWeights>);
     fn write_folder(&self, dir: &Path, meta: serde_json::Value) -> anyhow::Result<()>;
+    /// What one token costs autograd, for the memory estimate.
+    fn activation_profile(&self) -> ActivationProfile;
 }
 
 impl JobEncoder for SentenceEncoder {
@@ -192,6 +195,10 @@ impl JobEncoder for SentenceEncoder {
     fn write_folder(&self, dir: &Path, meta: serde_json::Value) -> anyhow::Result<()> {
         crate::export::sentence_transformers::write_folder(self, dir, meta)?;
         Ok(())
+    }
+    fn activation_profile(&self) -> ActivationProfile {
+        let c = &self.model.config;
+        ActivationProfile::bert(c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads)
     }
 }
 
@@ -217,6 +224,59 @@ impl JobEncoder for GemmaEncoder {
         crate::export::sentence_transformers::write_gemma_folder(self, dir, meta)?;
         Ok(())
     }
+    fn activation_profile(&self) -> ActivationProfile {
+        let c = &self.model.transformer.config;
+        let (heads, kv) = (c.num_attention_heads, c.num_key_value_heads);
+        ActivationProfile::gemma(c.num_hidden_layers, c.hidden_size, heads * c.head_dim, c.head_dim, c.intermediate_size, heads, kv)
+    }
+}
+
+/// The memory a CPU run may use: what the OS has available, or `TUNELAB_MEMORY_LIMIT` (bytes)
+/// when set lower (to keep room for other work on the machine).
+fn memory_limit() -> Option<u64> {
+    let limit = std::env::var("TUNELAB_MEMORY_LIMIT").ok().and_then(|v| v.trim().parse::<u64>().ok());
+    match (available_memory(), limit) {
+        (Some(a), Some(l)) => Some(a.min(l)),
+        (a, l) => a.or(l),
+    }
+}
+
+/// Print what the run will hold in memory and refuse, naming the flags to change, when it
+/// cannot fit the memory the OS has available (CPU runs; GPU memory is not known here).
+fn check_memory<E: JobEncoder>(encoder: &E, cfg: &ContrastiveConfig, seq: usize, negatives: usize, cpu: bool) -> anyhow::Result<MemoryEstimate> {
+    let probe = match &cfg.lora {
+        Some(l) => encoder.clone().with_lora(l, cfg.seed)?,
+        None => encoder.clone(),
+    };
+    // On the autodiff device, as the trainer runs it: frozen parameters are those without grad.
+    let (params, trainable) = param_counts(probe.for_training().model());
+    let texts = texts_in_graph(cfg.batch_size, negatives, cfg.mini_batch_size);
+    let estimate = MemoryEstimate::new(params, trainable, encoder.activation_profile().bytes_per_token(seq), texts * seq);
+    println!(
+        "{} ({} parameters, {} trainable; {} texts × {} tokens per micro-batch)",
+        estimate.describe(),
+        params,
+        trainable,
+        texts,
+        seq
+    );
+    if cpu
+        && std::env::var("TUNELAB_SKIP_MEMORY_CHECK").as_deref() != Ok("1")
+        && let Some(available) = memory_limit()
+        && estimate.total() > available
+    {
+        bail!(
+            "this run needs about {} but {} is available: lower --mini-batch-size (GradCache: {}), \
+             --batch-size ({}) or --max-seq-length ({}), or train LoRA adapters (--lora-rank) instead of every weight \
+             (TUNELAB_SKIP_MEMORY_CHECK=1 runs anyway)",
+            gib(estimate.total()),
+            gib(available),
+            cfg.mini_batch_size.map_or("off".to_string(), |m| m.to_string()),
+            cfg.batch_size,
+            seq
+        );
+    }
+    Ok(estimate)
 }
 
 /// Run the job on `choice`'s device. See the module notes.
@@ -238,12 +298,13 @@ pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Resu
     manifest.add_input(&cfg.policy)?;
     manifest.add_input(&cfg.data)?;
     let loading = || format!("loading {}", cfg.model.display());
+    let cpu = matches!(choice, DeviceChoice::Cpu);
     if is_gemma_folder(&cfg.model) {
         let encoder = GemmaEncoder::load(&cfg.model, &device).with_context(loading)?;
-        train_and_export(cfg, encoder, read.records, &policy, bad, manifest, run_dir)
+        train_and_export(cfg, encoder, read.records, &policy, bad, manifest, run_dir, cpu)
     } else {
         let encoder = SentenceEncoder::load(&cfg.model, &device).with_context(loading)?;
-        train_and_export(cfg, encoder, read.records, &policy, bad, manifest, run_dir)
+        train_and_export(cfg, encoder, read.records, &policy, bad, manifest, run_dir, cpu)
     }
 }
 
@@ -256,6 +317,7 @@ fn train_and_export<E: JobEncoder>(
     bad: BadLines,
     mut manifest: Manifest,
     run_dir: RunDir,
+    cpu: bool,
 ) -> anyhow::Result<EmbedJobOutcome> {
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         let p = cfg.model.join(f);
@@ -342,6 +404,9 @@ fn train_and_export<E: JobEncoder>(
         let t = encoder.tokenizer_mut();
         *t = TextTokenizer::new(t.inner().clone(), t.path().to_path_buf(), max.min(full_len))?;
     }
+    let negatives = pairs.records().iter().map(|p| p.negatives.len()).max().unwrap_or(0);
+    let seq = encoder.tokenizer_mut().max_len();
+    check_memory(&encoder, &train_cfg, seq, negatives, cpu)?;
     let mut trainer = ContrastiveTrainer::new(train_cfg.clone());
     if let Some(v) = validation.as_mut() {
         trainer = trainer.with_validation(v);
