@@ -52,8 +52,10 @@ pub struct ExportSummary {
     pub files: BTreeMap<String, String>,
 }
 
-/// Tokenizer files copied from the source folder when present.
-const TOKENIZER_FILES: [&str; 4] = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"];
+/// Tokenizer files copied from the source folder when present. `tokenizer.model` (SentencePiece:
+/// Gemma) is what llama.cpp's converter reads a Gemma vocabulary from.
+const TOKENIZER_FILES: [&str; 6] =
+    ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "tokenizer.model", "added_tokens.json"];
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
     move |source| ExportError::Io { path: path.to_path_buf(), source }
