@@ -133,3 +133,26 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// llama.cpp (`gemma-embedding`, Dense layers as `dense_2`/`dense_3`) on the tiny model converted by
+/// its own converter, recorded by scripts/make-gemma-gguf-fixtures.py: tunelab's embeddings of the
+/// same sentence-transformers folder agree with llama.cpp's f32 and f16 GGUFs to cosine ≥ 0.999 and
+/// with its q8_0 to ≥ 0.99, and with sentence-transformers' own vectors of that model to ≥ 0.9999.
+#[test]
+fn tiny_embeddinggemma_matches_llama_cpp() {
+    let path = fixture_dir().join("llamacpp.json");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let texts: Vec<String> = serde_json::from_value(r["texts"].clone()).unwrap();
+    let enc = GemmaEncoder::load(fixture_dir().join("tiny_llamacpp"), &Device::flex()).unwrap();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let ours = enc.embed_with_prompt(&refs, None, 5).unwrap();
+    let mut report = Vec::new();
+    for (name, min_cos) in [("sentence_transformers", MIN_COSINE), ("f32", 0.999), ("f16", 0.999), ("q8_0", 0.99)] {
+        let theirs = vectors(&r[name]);
+        assert_eq!(theirs.len(), ours.len());
+        let min = ours.iter().zip(&theirs).map(|(a, b)| cosine(a, b)).fold(f64::MAX, f64::min);
+        assert!(min >= min_cos, "{name}: min cosine {min} < {min_cos}");
+        report.push(format!("{name} {min:.7}"));
+    }
+    eprintln!("min cosine vs llama.cpp / sentence-transformers: {}", report.join(", "));
+}
