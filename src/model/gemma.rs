@@ -79,7 +79,8 @@ pub struct GemmaConfig {
     pub layer_types: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliding_window_pattern: Option<usize>,
-    #[serde(default = "defaults::query_pre_attn_scalar")]
+    /// Written back as an integer when whole: transformers 5's strict config refuses `256.0`.
+    #[serde(default = "defaults::query_pre_attn_scalar", serialize_with = "whole_as_int")]
     pub query_pre_attn_scalar: f64,
     #[serde(default = "defaults::hidden_activation")]
     pub hidden_activation: String,
@@ -93,6 +94,10 @@ pub struct GemmaConfig {
     pub model_type: Option<String>,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+fn whole_as_int<S: serde::Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if x.fract() == 0.0 && x.abs() < 1e15 { s.serialize_i64(*x as i64) } else { s.serialize_f64(*x) }
 }
 
 mod defaults {
@@ -1372,6 +1377,9 @@ mod tests {
 
     #[test]
     fn config_refuses_what_we_cannot_run_and_reads_both_rope_spellings() {
+        // transformers 5 refuses `10.0` where its config declares an int.
+        let json = serde_json::to_value(GemmaConfig::tiny(20)).unwrap();
+        assert!(json["query_pre_attn_scalar"].is_i64(), "{}", json["query_pre_attn_scalar"]);
         let mut c = GemmaConfig::tiny(20);
         c.use_bidirectional_attention = false;
         assert_eq!(c.validate().unwrap_err().0, "use_bidirectional_attention");

@@ -106,10 +106,16 @@ impl MemoryEstimate {
     }
 }
 
-/// `1.23 GiB` (or MiB below one GiB).
+/// `1.23 GiB` (MiB below one GiB, KiB below one MiB).
 pub fn gib(bytes: u64) -> String {
-    let g = bytes as f64 / (1u64 << 30) as f64;
-    if g >= 1.0 { format!("{g:.2} GiB") } else { format!("{:.0} MiB", bytes as f64 / (1u64 << 20) as f64) }
+    let (g, m) = (bytes as f64 / (1u64 << 30) as f64, bytes as f64 / (1u64 << 20) as f64);
+    if g >= 1.0 {
+        format!("{g:.2} GiB")
+    } else if m >= 1.0 {
+        format!("{m:.0} MiB")
+    } else {
+        format!("{:.0} KiB", bytes as f64 / 1024.0)
+    }
 }
 
 /// Texts encoded with a graph at once: every column of a batch (anchors, positives, negatives)
