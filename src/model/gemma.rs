@@ -96,6 +96,9 @@ pub struct GemmaConfig {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+/// `(name, shape, values)` of tensors to write.
+pub type NamedTensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
 fn whole_as_int<S: serde::Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
     if x.fract() == 0.0 && x.abs() < 1e15 { s.serialize_i64(*x as i64) } else { s.serialize_f64(*x) }
 }
@@ -916,7 +919,7 @@ impl Dense {
     }
 
     /// `(config.json, tensors)` as sentence-transformers saves the module.
-    pub fn st_files(&self) -> (DenseConfig, Vec<(String, Vec<usize>, Vec<f32>)>) {
+    pub fn st_files(&self) -> (DenseConfig, NamedTensors) {
         let (w, b) = self.linear.fused_weight();
         let [d_out, d_in] = w.dims();
         let mut tensors = vec![("linear.weight".to_string(), vec![d_out, d_in], values(w))];

@@ -301,10 +301,10 @@ pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Resu
     let cpu = matches!(choice, DeviceChoice::Cpu);
     if is_gemma_folder(&cfg.model) {
         let encoder = GemmaEncoder::load(&cfg.model, &device).with_context(loading)?;
-        train_and_export(cfg, encoder, read.records, &policy, bad, manifest, run_dir, cpu)
+        train_and_export(cfg, encoder, read.records, &policy, manifest, run_dir, cpu)
     } else {
         let encoder = SentenceEncoder::load(&cfg.model, &device).with_context(loading)?;
-        train_and_export(cfg, encoder, read.records, &policy, bad, manifest, run_dir, cpu)
+        train_and_export(cfg, encoder, read.records, &policy, manifest, run_dir, cpu)
     }
 }
 
@@ -314,11 +314,11 @@ fn train_and_export<E: JobEncoder>(
     mut encoder: E,
     records: Vec<EmbeddingPair>,
     policy: &Policy,
-    bad: BadLines,
     mut manifest: Manifest,
     run_dir: RunDir,
     cpu: bool,
 ) -> anyhow::Result<EmbedJobOutcome> {
+    let bad = if cfg.skip_bad_lines { BadLines::SkipBad } else { BadLines::Fail };
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         let p = cfg.model.join(f);
         if p.is_file() {
