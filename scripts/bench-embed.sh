@@ -4,12 +4,12 @@
 # The two alternate for ROUNDS rounds and the best round of each counts, which damps the noise of a
 # shared machine.
 #   scripts/bench-embed.sh [N_TEXTS] [ROUNDS]     (defaults 256, 3; needs models/ and the reference venv)
-# Env: PYTHON_REF (default /work/venv-ref/bin/python), MODEL (default models/all-MiniLM-L6-v2).
+# Env: PYTHON_REF (default .venv/bin/python; `scripts/setup-python.sh --heavy` installs them), MODEL (default models/all-MiniLM-L6-v2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-256}
 ROUNDS=${2:-3}
-PY=${PYTHON_REF:-/work/venv-ref/bin/python}
+PY=${PYTHON_REF:-.venv/bin/python}
 MODEL=${MODEL:-models/all-MiniLM-L6-v2}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT

@@ -20,6 +20,10 @@
 #     vs torch+peft f32 11512 (27.9 GiB) -> 0.24x; vs bf16 14868 -> 0.19x.
 # The binary links libfontconfig/libfreetype (plotters' text rendering): carry them where they are missing.
 set -uo pipefail
+# Paths given in the environment are taken from where the script was started; defaults are the repository's.
+[ -n "${TUNELAB:-}" ] && TUNELAB=$(realpath "$TUNELAB")
+[ -n "${TORCH_ANCHOR:-}" ] && TORCH_ANCHOR=$(realpath "$TORCH_ANCHOR")
+cd "$(dirname "$0")/.."
 TL=${TUNELAB:-target/debug/tunelab}
 ANCHOR=${TORCH_ANCHOR:-../shared/bench/torch_anchor.py}
 PY=${PYTHON:-python3}

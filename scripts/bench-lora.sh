@@ -22,7 +22,7 @@
 #
 #   scripts/bench-lora.sh [STEPS] [WARMUP] [ROUNDS]      (defaults 5, 2, 1: tunelab's timed and
 #                                                         warm-up steps; the anchor always warms up 3)
-# Env: PYTHON_REF   a Python with torch + transformers + peft (default /work/venvs/ref/bin/python)
+# Env: PYTHON_REF   a Python with torch + transformers + peft (default .venv/bin/python; `scripts/setup-python.sh --heavy` installs them)
 #      TORCH_ANCHOR path to torch_anchor.py (default ../shared/bench/torch_anchor.py; from a
 #                   worktree under /work/wt: /work/shared/bench/torch_anchor.py)
 #      DEVICE       tunelab device (default cpu)
@@ -55,7 +55,7 @@ cd "$(dirname "$0")/.."
 STEPS=${1:-5}
 WARMUP=${2:-2}
 ROUNDS=${3:-1}
-PY=${PYTHON_REF:-/work/venvs/ref/bin/python}
+PY=${PYTHON_REF:-.venv/bin/python}
 ANCHOR=${TORCH_ANCHOR:-../shared/bench/torch_anchor.py}
 DEVICE=${DEVICE:-cpu}
 SHAPES=${SHAPES:-smollm2-135m}

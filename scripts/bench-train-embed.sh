@@ -7,7 +7,7 @@
 # Peak memory: tunelab and s-t report the process's peak RSS (VmHWM).
 #
 #   scripts/bench-train-embed.sh [STEPS] [ROUNDS]            (defaults 5, 2)
-# Env: PYTHON_REF   a Python with torch + sentence-transformers (default /work/venvs/ref/bin/python)
+# Env: PYTHON_REF   a Python with torch + sentence-transformers (default .venv/bin/python; `scripts/setup-python.sh --heavy` installs them)
 #      TORCH_ANCHOR path to torch_anchor.py (default ../shared/bench/torch_anchor.py)
 #      MODEL        encoder folder for tunelab and s-t (default models/all-MiniLM-L6-v2; the
 #                   torch anchor always uses random weights of the same shape)
@@ -29,7 +29,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-5}
 ROUNDS=${2:-2}
-PY=${PYTHON_REF:-/work/venvs/ref/bin/python}
+PY=${PYTHON_REF:-.venv/bin/python}
 ANCHOR=${TORCH_ANCHOR:-../shared/bench/torch_anchor.py}
 MODEL=${MODEL:-models/all-MiniLM-L6-v2}
 DEVICE=${DEVICE:-cpu}

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Check that a tunelab sentence-transformers export loads in sentence-transformers and gives our embeddings.
 
-    /work/venv-ref/bin/python scripts/check-st-export.py EXPORT_DIR OURS.jsonl [MIN_COSINE]
+    .venv/bin/python scripts/check-st-export.py EXPORT_DIR OURS.jsonl [MIN_COSINE]
 
 OURS.jsonl: lines {"text": ..., "embedding": [...]} computed by tunelab from EXPORT_DIR.
 Prints the minimum cosine and maximum absolute difference; exits 1 if any cosine < MIN_COSINE (0.9999).

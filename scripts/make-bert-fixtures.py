@@ -6,9 +6,8 @@ tests/fixtures/bert/minilm_reference.json: the sentences, the token ids sentence
 the model (after truncation to max_seq_length), and the normalised embeddings (7 significant digits),
 plus the versions of the libraries that produced them.
 
-Usage (the venv lives outside the repo and is shared by the team):
-    python3 -m venv /work/venv-ref && /work/venv-ref/bin/pip install torch sentence-transformers
-    /work/venv-ref/bin/python scripts/make-bert-fixtures.py [MODEL_DIR] [OUT_JSON]
+Usage (scripts/setup-python.sh --heavy puts torch and sentence-transformers into .venv):
+    .venv/bin/python scripts/make-bert-fixtures.py [MODEL_DIR] [OUT_JSON]
 """
 import json
 import platform

@@ -4,11 +4,21 @@
 # is reused and pip only installs what is missing, so a second run is fast and works offline once
 # everything is installed.
 #   PYTHON=python3.12 scripts/setup-python.sh    # pick the interpreter (default: python3)
+#   scripts/setup-python.sh --heavy              # also torch, transformers, sentence-transformers, peft,
+#                                                # gguf (scripts/requirements-heavy.txt, ~5 GB): what the
+#                                                # benchmarks and the fixture-making scripts run; CI needs none
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
 REQ=scripts/requirements-reference.txt
+HEAVY=0
+for arg in "$@"; do
+  case "$arg" in
+    --heavy) HEAVY=1 ;;
+    *) echo "usage: scripts/setup-python.sh [--heavy]" >&2; exit 2 ;;
+  esac
+done
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "creating $VENV with $($PY --version 2>&1)" >&2
@@ -41,3 +51,8 @@ else
 fi
 
 "$VENV/bin/python" -c 'import pytrec_eval; print("pytrec_eval", pytrec_eval.__version__, "ready in .venv")'
+
+if [ "$HEAVY" = 1 ]; then
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r scripts/requirements-heavy.txt
+  "$VENV/bin/python" -c 'import torch, transformers, sentence_transformers, peft; print("torch", torch.__version__, "transformers", transformers.__version__, "sentence-transformers", sentence_transformers.__version__, "peft", peft.__version__, "ready in .venv")'
+fi

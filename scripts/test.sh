@@ -11,6 +11,10 @@ export TUNELAB_REFERENCE_PYTHON="$PWD/.venv/bin/python"
 # Two cores: build and run tests with both, but keep test threads bounded so model tests don't thrash.
 cargo test --locked --no-fail-fast -- --test-threads=2 2>&1
 echo "cargo tests finished at $(( $(date +%s) - start ))s"
+# The GPU backends (Vulkan on Linux, Metal on macOS) cannot run on this machine, but they must keep compiling:
+# a type-check of the library, the CLI and the tests with both features on.
+cargo check --locked --all-targets --features vulkan,metal 2>&1
+echo "GPU features type-checked at $(( $(date +%s) - start ))s"
 # Notebooks 01 and 04 end to end through Jupyter with the evcxr kernel: set-up (evcxr_jupyter is built
 # once), headless execution, HTML copies; fails on any failing cell or a notebook that shows no table/plot.
 # They need no models, so evcxr builds tunelab without burn (see Cargo.toml's `models` feature).

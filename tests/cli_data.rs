@@ -207,35 +207,72 @@ fn split_writes_mlx_layout_and_audit_without_sacred_records() {
 }
 
 #[test]
-fn split_uses_builtin_default_policy_and_opt_in() {
+fn the_policy_is_found_from_the_data_wherever_the_command_runs() {
     let dir = tempfile::tempdir().unwrap();
     let f = fixture("pairs.jsonl");
-    // Built-in default: empty ledger and no withdrawal list, so p4 (community) is out too and p7
-    // (public, ben) stays: kept p1 p2 p3 p7 p10 p11 p12.
-    let stdout = ok(&tunelab(
-        &["split", f.to_str().unwrap(), "--out", "o"],
-        Some(dir.path()),
-    ));
-    assert!(stdout.contains("built-in default"), "{stdout}");
+    // Run from an unrelated folder without --policy: tests/fixtures/data/governance/policy.toml, beside
+    // the data, applies (ben withdrew, so p7 is out; ana's consent keeps p4): the same 7 as with --policy.
+    let out = tunelab(&["split", f.to_str().unwrap(), "--out", "o"], Some(dir.path()));
+    let stdout = ok(&out);
+    assert!(stdout.contains("fixtures/data/governance/policy.toml"), "{stdout}");
     assert!(stdout.contains("kept 7 of 12 records"), "{stdout}");
-    assert!(
-        ids(&dir.path().join("o/train.jsonl"))
-            .iter()
-            .chain(&ids(&dir.path().join("o/test.jsonl")))
-            .all(|id| id != "p4")
-    );
-    // Opting in keeps the unclassified p9 as well.
-    let stdout = ok(&tunelab(
-        &[
-            "split",
-            f.to_str().unwrap(),
-            "--out",
-            "o2",
-            "--treat-unclassified-as-public",
-        ],
+    let kept: Vec<String> = ["train", "valid", "test"].iter().flat_map(|s| ids(&dir.path().join(format!("o/{s}.jsonl")))).collect();
+    assert!(kept.contains(&"p4".to_string()) && !kept.contains(&"p7".to_string()), "{kept:?}");
+
+    // The same file where no policy can be found: only public records pass, even with the opt-in for
+    // unclassified ones, and the message says how to give a policy.
+    let bare = dir.path().join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    std::fs::copy(&f, bare.join("pairs.jsonl")).unwrap();
+    let out = tunelab(
+        &["split", "bare/pairs.jsonl", "--out", "o2", "--treat-unclassified-as-public"],
         Some(dir.path()),
-    ));
-    assert!(stdout.contains("kept 8 of 12 records"), "{stdout}");
+    );
+    let stdout = ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no governance policy found") && stderr.contains("--policy"), "{stderr}");
+    // Public: p1 p2 p3 p7 p10 p11 p12 (there is no withdrawal list to take p7 out).
+    assert!(stdout.contains("kept 7 of 12 records"), "{stdout}");
+    for id in ["p4", "p5", "p6", "p9"] {
+        assert!(stdout.lines().any(|l| l.contains(&format!(" {id} ")) && l.contains("no_policy")), "{id}: {stdout}");
+    }
+    // An explicit policy still wins.
+    let stdout = ok(&tunelab(&["split", "bare/pairs.jsonl", "--out", "o3", "--policy", &policy()], Some(dir.path())));
+    assert!(stdout.contains("kept 7 of 12 records") && !stdout.contains("no_policy"), "{stdout}");
+}
+
+#[test]
+fn a_record_that_repeats_a_key_is_refused_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let gov = dir.path().join("governance");
+    std::fs::create_dir_all(&gov).unwrap();
+    for name in ["policy.toml", "consent-ledger.jsonl", "withdrawals.jsonl"] {
+        std::fs::copy(fixture("governance").join(name), gov.join(name)).unwrap();
+    }
+    let pairs = dir.path().join("pairs.jsonl");
+    std::fs::write(
+        &pairs,
+        concat!(
+            r#"{"id":"a","query":"q","positive":"p","classification":"public"}"#,
+            "\n\n",
+            r#"{"id":"s","query":"q2","positive":"sacred words","classification":"sacred","doc_id":"d","classification":"public"}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    for cmd in [vec!["split", pairs.to_str().unwrap(), "--out", "o"], vec!["inspect", pairs.to_str().unwrap()]] {
+        let err = failed(&tunelab(&cmd, Some(dir.path())));
+        assert!(err.contains("pairs.jsonl:3: field `classification`: duplicate key"), "{err}");
+    }
+    // The ledger too.
+    std::fs::write(&pairs, "{\"id\":\"a\",\"query\":\"q\",\"positive\":\"p\",\"classification\":\"public\"}\n").unwrap();
+    std::fs::write(
+        gov.join("withdrawals.jsonl"),
+        "{\"contributor\":\"ben\",\"withdrawn\":\"2025-05-01\",\"contributor\":\"someone else\"}\n",
+    )
+    .unwrap();
+    let err = failed(&tunelab(&["split", pairs.to_str().unwrap(), "--out", "o"], Some(dir.path())));
+    assert!(err.contains("withdrawals.jsonl:1: field `contributor`: duplicate key"), "{err}");
 }
 
 #[test]
@@ -306,4 +343,241 @@ fn inspect_markdown_corpus() {
         out.lines().any(|l| l.contains("ceremony") && l.contains("sacred")),
         "{out}"
     );
+}
+
+// ---- issue 16: a withdrawn contributor written differently, end to end ----
+
+/// Spellings of the bundled withdrawal list's "Corwin Ashby": the examples of issue 16, then seeded
+/// random ones (case per letter, runs of ASCII, no-break, ideographic and zero-width spaces, fullwidth
+/// letters, zero-width joiners, decomposed accents are covered by the unit property tests).
+fn corwin_variants() -> Vec<String> {
+    use rand::{Rng, SeedableRng};
+    let mut v: Vec<String> = ["corwin ashby", " Corwin Ashby ", "Corwin  Ashby", "CORWIN ASHBY", "Ｃｏｒｗｉｎ Ａｓｈｂｙ", "Corwin\u{a0}Ashby", "Corwin\u{200b}Ashby", "Cor\u{200d}win\tAshby"]
+        .map(String::from)
+        .to_vec();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(16);
+    let spaces = [" ", "  ", "\u{a0}", "\t", "\u{3000}", "\u{2003}"];
+    for _ in 0..8 {
+        let mut s: String = (0..rng.random_range(0..2)).map(|_| spaces[rng.random_range(0..spaces.len())]).collect();
+        for (w, word) in ["Corwin", "Ashby"].iter().enumerate() {
+            if w > 0 {
+                s.push_str(spaces[rng.random_range(0..spaces.len())]);
+            }
+            for c in word.chars() {
+                match rng.random_range(0..3) {
+                    0 => s.push(c.to_ascii_uppercase()),
+                    1 => s.push(c.to_ascii_lowercase()),
+                    _ => s.push(char::from_u32(c as u32 - 0x21 + 0xff01).unwrap()),
+                }
+            }
+        }
+        s.push_str(spaces[rng.random_range(0..spaces.len())]);
+        v.push(s);
+    }
+    v
+}
+
+/// An archive laid out like `datasets/`: the bundled governance files (Corwin Ashby withdrew, and his
+/// consent c-010 is in the ledger) plus two consents whose terms do not cover training now.
+fn archive(root: &Path) -> PathBuf {
+    let archive = root.join("archive");
+    let gov = archive.join("governance");
+    std::fs::create_dir_all(&gov).unwrap();
+    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/governance");
+    for name in ["policy.toml", "consent-ledger.jsonl", "withdrawals.jsonl"] {
+        std::fs::copy(bundled.join(name), gov.join(name)).unwrap();
+    }
+    let mut ledger = std::fs::read_to_string(gov.join("consent-ledger.jsonl")).unwrap();
+    ledger.push_str("{\"consent\":\"c-900\",\"contributor\":\"Ilse Garrow\",\"scope\":\"display-only\",\"granted\":\"2026-01-01\"}\n");
+    ledger.push_str("{\"consent\":\"c-901\",\"contributor\":\"Perrin Lusk\",\"scope\":\"training\",\"granted\":\"2999-01-01\"}\n");
+    std::fs::write(gov.join("consent-ledger.jsonl"), ledger).unwrap();
+    archive
+}
+
+/// Pairs: per Corwin spelling a public pair (`cw*`) and a community one under his consent (`cc*`);
+/// then pairs that must be kept (`pub*` public, `mt*` Maren Tolliver with consent c-001) and ones the
+/// consent terms refuse (`dis*` display-only, `fut*` granted in the future).
+fn governed_pairs(variants: &[String]) -> (String, Vec<String>, Vec<String>) {
+    let words = ["the tide", "high kelp", "storm boats", "fish spring", "rip pools", "a day"];
+    let (mut lines, mut kept, mut out) = (Vec::new(), Vec::new(), Vec::new());
+    let mut push = |id: String, who: Option<&str>, class: &str, consent: Option<&str>, keep: bool| {
+        let n = lines.len();
+        lines.push(
+            serde_json::json!({
+                "id": id, "query": words[n % words.len()],
+                "positive": format!("{} of {} {n}", words[(n + 1) % words.len()], words[(n + 2) % words.len()]),
+                "doc_id": format!("d{n}"), "classification": class, "contributor": who, "consent": consent,
+            })
+            .to_string(),
+        );
+        if keep { kept.push(id) } else { out.push(id) }
+    };
+    for (i, v) in variants.iter().enumerate() {
+        push(format!("cw{i}"), Some(v), "public", None, false);
+        push(format!("cc{i}"), Some(v), "community", Some(if i % 2 == 0 { "c-010" } else { " C-010 " }), false);
+    }
+    for i in 0..6 {
+        push(format!("pub{i}"), None, "public", None, true);
+        push(format!("mt{i}"), Some("maren  TOLLIVER"), "community", Some("c-001"), true);
+    }
+    push("dis0".into(), Some("Ilse Garrow"), "community", Some("c-900"), false);
+    push("fut0".into(), Some("Perrin Lusk"), "community", Some("c-901"), false);
+    (lines.join("\n") + "\n", kept, out)
+}
+
+#[test]
+fn withdrawn_contributor_spelled_differently_is_kept_out_of_split_mining_and_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = archive(tmp.path());
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let variants = corwin_variants();
+    let (text, kept, out) = governed_pairs(&variants);
+    let pairs = archive.join("pairs/pairs.jsonl");
+    std::fs::create_dir_all(pairs.parent().unwrap()).unwrap();
+    std::fs::write(&pairs, text).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tunelab"))
+            .args(args)
+            .env("TUNELAB_DEVICE", "cpu")
+            .current_dir(&elsewhere)
+            .output()
+            .unwrap()
+    };
+    let excluded = |audit: &serde_json::Value| -> Vec<(String, String)> {
+        audit["excluded"].as_array().unwrap().iter().map(|e| (e["id"].as_str().unwrap().to_string(), e["reason"].as_str().unwrap().to_string())).collect()
+    };
+    let check_audit = |audit: &serde_json::Value, what: &str| {
+        let ex = excluded(audit);
+        for id in &out {
+            let want = if id.starts_with("dis") || id.starts_with("fut") { "consent_terms" } else { "withdrawn" };
+            assert!(ex.contains(&(id.clone(), want.to_string())), "{what}: {id} not excluded as {want}: {ex:?}");
+        }
+        assert_eq!(audit["kept"].as_u64(), Some(kept.len() as u64), "{what}: {ex:?}");
+        assert_eq!(audit["admitted_by_consent"]["c-001"]["records"].as_u64(), Some(6), "{what}");
+        assert!(audit["policy_file"].as_str().unwrap().ends_with("archive/governance/policy.toml"), "{what}");
+    };
+
+    // data split (no --policy: the archive's governance/policy.toml is found from the data).
+    let split_dir = elsewhere.join("split");
+    ok(&run(&["data", "split", pairs.to_str().unwrap(), "--out", split_dir.to_str().unwrap()]));
+    let written: Vec<String> = ["train", "valid", "test"].iter().flat_map(|s| ids(&split_dir.join(format!("{s}.jsonl")))).collect();
+    let mut sorted = written.clone();
+    sorted.sort();
+    let mut want = kept.clone();
+    want.sort();
+    assert_eq!(sorted, want);
+    let audit: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(split_dir.join("audit.json")).unwrap()).unwrap();
+    check_audit(&audit["governance"], "split");
+
+    // data mine-negatives: neither his pairs nor his documents (as negatives) are used.
+    let corpus = archive.join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    for (i, v) in variants.iter().enumerate() {
+        let body = format!("---\nid: corwin-{i}\nclassification: public\ncontributor: \"{v}\"\n---\n# The tide {i}\nCorwinwords the tide high kelp storm boats fish spring rip pools.\n");
+        std::fs::write(corpus.join(format!("corwin-{i}.md")), body).unwrap();
+    }
+    for (i, w) in ["the tide table", "storm boats", "kelp pools"].iter().enumerate() {
+        let body = "About the tide, high kelp, storm boats, fish in spring, rip pools: a day of it.";
+        std::fs::write(corpus.join(format!("ok-{i}.md")), format!("---\nid: ok-{i}\nclassification: public\n---\n# {w}\n{body}\n")).unwrap();
+    }
+    let mined = elsewhere.join("mined.jsonl");
+    let stdout = ok(&run(&["data", "mine-negatives", pairs.to_str().unwrap(), "--corpus", corpus.to_str().unwrap(), "--out", mined.to_str().unwrap(), "--num-negatives", "2"]));
+    let text = std::fs::read_to_string(&mined).unwrap();
+    assert!(!text.contains("Corwinwords"), "a withdrawn contributor's document became a negative");
+    assert!(text.contains("About"), "other documents are used: {stdout}");
+    let mut mined_ids = ids(&mined);
+    mined_ids.sort();
+    assert_eq!(mined_ids, want);
+
+    // train embed on the pairs (tiny random encoder): the manifest's audit keeps him out.
+    use tunelab::export::sentence_transformers::write_folder;
+    use tunelab::model::bert::SentenceEncoder;
+    let base = tmp.path().join("base");
+    let vocab = ["the", "tide", "high", "kelp", "storm", "boats", "fish", "spring", "rip", "pools", "a", "day", "of"];
+    write_folder(&SentenceEncoder::random_tiny(&vocab, 5, &burn::tensor::Device::flex()), &base, serde_json::Value::Null).unwrap();
+    let reports = tmp.path().join("reports");
+    ok(&run(&[
+        "train", "embed", "--model", base.to_str().unwrap(), "--data", pairs.to_str().unwrap(), "--reports", reports.to_str().unwrap(),
+        "--name", "gov", "--epochs", "1", "--batch-size", "4", "--max-seq-length", "16",
+    ]));
+    let run_dir = std::fs::read_dir(reports.join("gov")).unwrap().map(|e| e.unwrap().path()).find(|p| p.is_dir()).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("manifest.json")).unwrap()).unwrap();
+    check_audit(&manifest["governance"], "train embed");
+
+    // train lora on completions by the same people (tiny Llama fixture).
+    let lora_data = archive.join("lora");
+    std::fs::create_dir_all(&lora_data).unwrap();
+    let mut lines = Vec::new();
+    let (mut lora_kept, mut lora_out) = (0, 0);
+    for (i, v) in variants.iter().enumerate() {
+        lines.push(serde_json::json!({"id": format!("cw{i}"), "prompt": format!("w{} w5", 3 + i), "completion": "w6 w7", "classification": "community", "contributor": v, "consent": "c-010"}));
+        lora_out += 1;
+    }
+    for i in 0..6 {
+        lines.push(serde_json::json!({"id": format!("mt{i}"), "prompt": format!("w{} w9", 40 + i), "completion": "w10 w11", "classification": "community", "contributor": "Maren Tolliver", "consent": "c-001"}));
+        lora_kept += 1;
+    }
+    let jsonl: String = lines.iter().map(|l| l.to_string() + "\n").collect();
+    std::fs::write(lora_data.join("train.jsonl"), &jsonl).unwrap();
+    std::fs::write(lora_data.join("valid.jsonl"), &jsonl).unwrap();
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decoder/tiny_llama");
+    let adapters = elsewhere.join("adapters");
+    let out_lora = run(&[
+        "train", "lora", "--model", tiny.to_str().unwrap(), "--data", lora_data.to_str().unwrap(), "--iters", "2", "--batch-size", "2",
+        "--num-layers", "1", "--adapter-path", adapters.to_str().unwrap(), "--steps-per-eval", "100",
+    ]);
+    ok(&out_lora);
+    let stderr = String::from_utf8_lossy(&out_lora.stderr);
+    let total = lora_kept + lora_out;
+    assert!(stderr.contains(&format!("train: {lora_kept} of {total} records kept")), "{stderr}");
+    let audit: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(adapters.join("governance_audit.json")).unwrap()).unwrap();
+    let ex = excluded(&audit);
+    assert_eq!(ex.len(), lora_out, "{ex:?}");
+    assert!(ex.iter().all(|(id, r)| id.starts_with("cw") && r == "withdrawn"), "{ex:?}");
+}
+
+#[test]
+fn inspect_reports_record_problems_with_file_and_line_and_strict_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = archive(tmp.path());
+    let data = archive.join("persona");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("train.jsonl"),
+        [
+            r#"{"id":"t1","text":"The tide turns.","classification":"public"}"#,
+            r#"{"id":"t2","text":"the  TIDE turns","classification":"public"}"#,
+            r#"{"id":"t1","text":"Kelp grows.","classification":"public"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        data.join("valid.jsonl"),
+        [
+            r#"{"text":"No id here.","classification":"public"}"#,
+            r#"{"id":"v2","text":"  ","classification":"public"}"#,
+            r#"{"id":"v3","text":"Storm log.","classification":"public","contributor":"Corwin Ashbey"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let out = tunelab(&["inspect", data.to_str().unwrap()], Some(tmp.path()));
+    let stdout = ok(&out);
+    for (file, line, what) in [
+        ("train.jsonl", 2, "duplicate text"),
+        ("train.jsonl", 3, "duplicate id"),
+        ("valid.jsonl", 1, "missing id"),
+        ("valid.jsonl", 2, "empty text"),
+        ("valid.jsonl", 3, "near-withdrawn name"),
+    ] {
+        let at = format!("{file}:{line}: {what}");
+        assert!(stdout.lines().any(|l| l.starts_with("warning: ") && l.contains(&at)), "{at}:\n{stdout}");
+    }
+    assert!(stdout.contains("\"Corwin Ashby\""), "{stdout}");
+    let out = tunelab(&["inspect", data.to_str().unwrap(), "--strict"], Some(tmp.path()));
+    let err = failed(&out);
+    assert!(err.contains("--strict"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("error: "), "strict prints errors");
 }

@@ -7,18 +7,16 @@ use crate::data::corpus::read_corpus;
 use crate::data::formats::{Loaded, Record, load, with_format};
 use crate::data::governance::Policy;
 use crate::data::jsonl::{BadLines, write_jsonl};
+use crate::data::lint;
 use crate::data::mining::mine_pairs;
 use crate::data::split::{SplitConfig, duplicates, leakage, split, write_split};
 use crate::data::stats;
 use crate::device::DeviceChoice;
 
-/// The policy used when `--policy` is not given and this file exists (relative to the working directory).
-pub const DEFAULT_POLICY: &str = "datasets/governance/policy.toml";
-
 #[derive(clap::Args, Debug)]
 pub struct PolicyArgs {
-    /// Governance policy (TOML). Default: datasets/governance/policy.toml if present, else the built-in
-    /// default (sacred never; community/personal need consent; empty ledger).
+    /// Governance policy (TOML). Default: the first governance/policy.toml (or tunelab.toml naming a
+    /// `policy`) in the data's folder or a folder above it; without one only public records are used.
     #[arg(long)]
     pub policy: Option<PathBuf>,
     /// Keep records without a classification, treating them as public.
@@ -35,6 +33,10 @@ pub enum DataCommand {
     Inspect {
         /// A JSONL file, an MLX-LM folder (train/valid/test.jsonl) or a folder of markdown files.
         path: PathBuf,
+        /// Make the record checks (duplicates, missing ids, empty texts, names near a withdrawn
+        /// contributor's) errors: exit non-zero when any is found.
+        #[arg(long)]
+        strict: bool,
         #[command(flatten)]
         policy: PolicyArgs,
     },
@@ -104,10 +106,10 @@ pub enum DataCommand {
 pub fn run(cmd: DataCommand, device: DeviceChoice) -> anyhow::Result<()> {
     widen_tables();
     match cmd {
-        DataCommand::Inspect { path, policy } => {
-            let loaded = load_reporting(&path, &policy)?;
-            let policy = resolve_policy(&policy)?;
-            with_format!(loaded.format, T => inspect::<T>(&loaded, &policy))
+        DataCommand::Inspect { path, strict, policy: pargs } => {
+            let loaded = load_reporting(&path, &pargs)?;
+            let policy = resolve_policy(pargs.policy.as_deref(), &path, pargs.treat_unclassified_as_public)?;
+            with_format!(loaded.format, T => inspect::<T>(&loaded, &policy, strict))
         }
         DataCommand::Split {
             path,
@@ -118,7 +120,7 @@ pub fn run(cmd: DataCommand, device: DeviceChoice) -> anyhow::Result<()> {
             policy,
         } => {
             let loaded = load_reporting(&path, &policy)?;
-            let policy = resolve_policy(&policy)?;
+            let policy = resolve_policy(policy.policy.as_deref(), &path, policy.treat_unclassified_as_public)?;
             let cfg = SplitConfig {
                 seed,
                 ratios: [ratios[0], ratios[1], ratios[2]],
@@ -143,7 +145,13 @@ pub fn run(cmd: DataCommand, device: DeviceChoice) -> anyhow::Result<()> {
             pairs, corpus, out, method, model, num_negatives, range_min, range_max, relative_margin, qrels, queries, policy: pargs,
         } => {
             use crate::train::hard_negatives::{Miner, MiningOptions, mine_hard_negatives};
-            let policy = resolve_policy(&pargs)?;
+            // One policy governs both the pairs and the corpus their negatives come from: the one found
+            // from the pairs' location (else the corpus's).
+            let found_for = match (&pargs.policy, Policy::discover(&pairs)?) {
+                (None, None) => &corpus,
+                _ => &pairs,
+            };
+            let policy = resolve_policy(pargs.policy.as_deref(), found_for, pargs.treat_unclassified_as_public)?;
             let read = crate::data::formats::read_records::<crate::data::formats::EmbeddingPair>(&pairs, bad_lines(pargs.skip_bad))?;
             report_skipped(&read.skipped);
             let docs = read_corpus(&corpus, bad_lines(pargs.skip_bad))?;
@@ -238,14 +246,17 @@ fn report_skipped(skipped: &[crate::data::jsonl::SkippedLine]) {
     }
 }
 
-/// `--policy`, else the bundled policy file, else the built-in default; then the opt-in flag.
-fn resolve_policy(args: &PolicyArgs) -> anyhow::Result<Policy> {
-    let mut policy = match &args.policy {
-        Some(p) => Policy::load(p)?,
-        None if Path::new(DEFAULT_POLICY).is_file() => Policy::load(Path::new(DEFAULT_POLICY))?,
-        None => Policy::default(),
-    };
-    policy.treat_unclassified_as_public |= args.treat_unclassified_as_public;
+/// The policy for data at `data`: `explicit`, else the one found from the data's location (never the
+/// working directory, see [`Policy::resolve`]); without one only public records pass, and a warning says
+/// how to give one. Then the opt-in for unclassified records. Every command that governs data uses this.
+pub fn resolve_policy(explicit: Option<&Path>, data: &Path, treat_unclassified_as_public: bool) -> anyhow::Result<Policy> {
+    let mut policy = Policy::resolve(explicit, data)?;
+    match (&policy.file, &policy.not_found) {
+        (_, Some(why)) => eprintln!("warning: {why}. Only public records are used (sacred never)."),
+        (Some(file), None) => eprintln!("governance policy: {}", file.display()),
+        (None, None) => {}
+    }
+    policy.treat_unclassified_as_public |= treat_unclassified_as_public;
     Ok(policy)
 }
 
@@ -262,7 +273,7 @@ fn typed_parts<T: Record>(loaded: &Loaded) -> Vec<(&str, &[T])> {
         .collect()
 }
 
-fn inspect<T: Record>(loaded: &Loaded, policy: &Policy) -> anyhow::Result<()> {
+fn inspect<T: Record>(loaded: &Loaded, policy: &Policy, strict: bool) -> anyhow::Result<()> {
     let parts = typed_parts::<T>(loaded);
     println!("format: {}", loaded.format);
     println!("{}", stats::file_counts(loaded)?);
@@ -284,14 +295,32 @@ fn inspect<T: Record>(loaded: &Loaded, policy: &Policy) -> anyhow::Result<()> {
     }
     let all: Vec<T> = parts.iter().flat_map(|p| p.1.iter().cloned()).collect();
     let governed = policy.apply(all);
-    print_audit(governed.audit())
+    print_audit(governed.audit())?;
+    let findings = lint::check::<T>(loaded, policy);
+    if findings.is_empty() {
+        println!("record checks: no duplicates, missing ids, empty texts or names near a withdrawn one");
+        return Ok(());
+    }
+    let level = if strict { "error" } else { "warning" };
+    println!("record checks: {} finding(s)", findings.len());
+    for f in &findings {
+        println!("{level}: {f}");
+    }
+    if strict {
+        anyhow::bail!(
+            "{} record check(s) failed under --strict (see above): duplicates, missing ids, empty texts or names near a withdrawn contributor's",
+            findings.len()
+        );
+    }
+    Ok(())
 }
 
 fn print_audit(audit: &crate::data::governance::Audit) -> anyhow::Result<()> {
-    let source = audit
-        .policy_file
-        .as_ref()
-        .map_or("built-in default".to_string(), |p| p.display().to_string());
+    let source = match (&audit.policy_file, &audit.policy.not_found) {
+        (Some(p), _) => p.display().to_string(),
+        (None, Some(_)) => "none found: only public records".to_string(),
+        (None, None) => "built-in default".to_string(),
+    };
     println!(
         "governance audit (policy: {source}; {} consent(s), {} withdrawn contributor(s); unclassified as public: {}):",
         audit.ledger_entries, audit.withdrawn_contributors, audit.policy.treat_unclassified_as_public
@@ -303,6 +332,16 @@ fn print_audit(audit: &crate::data::governance::Audit) -> anyhow::Result<()> {
     );
     if !audit.excluded.is_empty() {
         println!("excluded:\n{}", stats::audit_excluded(audit)?);
+    }
+    if !audit.admitted_by_consent.is_empty() {
+        let uses: Vec<String> = audit.admitted_by_consent.iter().map(|(c, u)| format!("{c} ({})", u.records)).collect();
+        println!("admitted by consent (records): {}", uses.join(", "));
+    }
+    for n in &audit.near_matches {
+        println!(
+            "warning: kept {} by {:?}, {} edit(s) from withdrawn {:?}: check whether it is the same person",
+            n.id, n.contributor, n.distance, n.withdrawn
+        );
     }
     Ok(())
 }

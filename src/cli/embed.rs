@@ -120,7 +120,7 @@ fn read_input(path: &Path) -> anyhow::Result<Vec<Item>> {
             continue;
         }
         let value: serde_json::Value =
-            serde_json::from_str(&line).with_context(|| format!("{}:{n}: invalid JSON", path.display()))?;
+            crate::data::jsonl::parse_strict(&line).with_context(|| format!("{}:{n}: invalid JSON", path.display()))?;
         let Some(obj) = value.as_object() else { bail!("{}:{n}: expected a JSON object", path.display()) };
         let id = match obj.get("id") {
             Some(v @ (serde_json::Value::String(_) | serde_json::Value::Number(_))) => v.clone(),

@@ -28,7 +28,8 @@ pub struct TrainLoraArgs {
     /// An MLX-LM data folder: train.jsonl, valid.jsonl (optional), test.jsonl (optional).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Governance policy TOML (default: datasets/governance/policy.toml if present, else built in).
+    /// Governance policy TOML (default: the first governance/policy.toml in the data folder or a folder
+    /// above it; without one only public records are trained on).
     #[arg(long)]
     pub policy: Option<PathBuf>,
     /// Keep records without a classification, treating them as public.
@@ -244,16 +245,10 @@ pub fn load_with_adapter(model: &Path, adapter: Option<&Path>, device: &burn::te
     Ok(lm)
 }
 
-/// Policy: the configured file, else the bundled one, else the built-in default; then the opt-in.
-fn resolve_policy(cfg: &SftConfig) -> anyhow::Result<Policy> {
-    let bundled = Path::new(crate::cli::data::DEFAULT_POLICY);
-    let mut policy = match &cfg.policy {
-        Some(p) => Policy::load(p)?,
-        None if bundled.is_file() => Policy::load(bundled)?,
-        None => Policy::default(),
-    };
-    policy.treat_unclassified_as_public |= cfg.treat_unclassified_as_public;
-    Ok(policy)
+/// Policy: the configured file, else the one found from the data folder's location (never the working
+/// directory); without one only public records are trained on. Then the opt-in.
+fn resolve_policy(cfg: &SftConfig, data: &Path) -> anyhow::Result<Policy> {
+    crate::cli::data::resolve_policy(cfg.policy.as_deref(), data, cfg.treat_unclassified_as_public)
 }
 
 /// Govern the split files of one record type and train.
@@ -302,7 +297,7 @@ pub fn run_train(a: TrainLoraArgs, d: DeviceChoice) -> anyhow::Result<()> {
         rss.map_or(String::new(), |kb| format!("; process RSS after loading {:.0} MiB", kb / 1024.0))
     );
     let loaded = load(&data, BadLines::Fail)?;
-    let policy = resolve_policy(&cfg)?;
+    let policy = resolve_policy(&cfg, &data)?;
     let trainer = SftTrainer::new(cfg);
     match loaded.format {
         Format::Chat => train_typed::<crate::data::formats::ChatRecord>(&trainer, &lm, &loaded, &policy),

@@ -118,7 +118,13 @@ pub fn markdown_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 /// Reads every markdown file under `dir` as one document; ids default to the relative path without
 /// extension (with `/` separators).
 pub fn read_markdown_dir(dir: &Path, bad: BadLines) -> Result<Read<Document>, DataError> {
+    read_markdown_files(dir, bad).map(|(read, _)| read)
+}
+
+/// [`read_markdown_dir`], with the file each document came from.
+pub(crate) fn read_markdown_files(dir: &Path, bad: BadLines) -> Result<(Read<Document>, Vec<PathBuf>), DataError> {
     let mut out = Read::default();
+    let mut files = Vec::new();
     for path in markdown_files(dir)? {
         let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
         let rel = path.strip_prefix(dir).unwrap_or(&path).with_extension("");
@@ -128,9 +134,12 @@ pub fn read_markdown_dir(dir: &Path, bad: BadLines) -> Result<Read<Document>, Da
             .collect();
         let doc =
             parse_markdown(&rel.join("/"), &text).map_err(|(line, field, msg)| DataError::at(&path, line, field, msg));
+        if doc.is_ok() {
+            files.push(path.clone());
+        }
         out.push(1, doc, bad)?;
     }
-    Ok(out)
+    Ok((out, files))
 }
 
 /// A markdown parse error: 1-based line, field (when known), message.
@@ -142,7 +151,16 @@ pub fn parse_markdown(default_id: &str, text: &str) -> Result<Document, Markdown
     let (front, body) = split_front_matter(text)?;
     let mut governance = Governance::default();
     let (mut id, mut fm_title) = (None, None);
+    // A repeated key would otherwise keep its last value (`classification: sacred`, then `public`).
+    let mut seen: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
     for (line, key, value) in front {
+        if let Some(first) = seen.insert(key, line) {
+            return Err((
+                line,
+                None,
+                format!("duplicate front matter key `{key}` (first given at line {first}): give each field once"),
+            ));
+        }
         // YAML spells "no value" as `null`, `~` or nothing.
         let value = Some(value.to_string()).filter(|v| !matches!(v.as_str(), "" | "null" | "~"));
         match key {
@@ -370,5 +388,31 @@ mod tests {
         assert_eq!((e.line, e.field.as_deref()), (Some(2), Some("classification")), "{e}");
         let r = read_corpus(&p, BadLines::SkipBad).unwrap();
         assert_eq!(r.records[0].governance.classification, Some(Classification::Public));
+    }
+    #[test]
+    fn property_a_repeated_front_matter_key_is_an_error_at_its_line() {
+        use rand::{Rng, SeedableRng};
+        let fields = [
+            ("id", "a"),
+            ("classification", "sacred"),
+            ("contributor", "\"Corwin Ashby\""),
+            ("consent", "c-010"),
+            ("source", "tape"),
+            ("title", "T"),
+        ];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(16);
+        for _ in 0..200 {
+            let mut lines: Vec<String> = fields.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            let (key, _) = fields[rng.random_range(0..fields.len())];
+            let first = lines.iter().position(|l| l.starts_with(&format!("{key}:"))).unwrap();
+            let at = rng.random_range(first + 1..=lines.len());
+            let value = if key == "classification" { "public" } else { "other" };
+            lines.insert(at, format!("{key}:{}{value}", " ".repeat(rng.random_range(0..3))));
+            let md = format!("---\n{}\n---\n# T\nbody\n", lines.join("\n"));
+            let e = parse_markdown("x", &md).unwrap_err();
+            // Line 1 is `---`: the copy at index `at` is on line at + 2.
+            assert_eq!(e.0, at + 2, "{md}");
+            assert!(e.2.contains(&format!("duplicate front matter key `{key}`")), "{}", e.2);
+        }
     }
 }

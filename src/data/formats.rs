@@ -39,7 +39,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::corpus::{Document, read_markdown_dir};
+use super::corpus::{Document, read_markdown_files};
 use super::governance::{Classification, Governance, Governed};
 use super::jsonl::{BadLines, DataError, Read, SkippedLine, from_value, read_with, write_jsonl};
 
@@ -911,6 +911,14 @@ impl Dataset {
 /// the first record; a line of another format (or of none) is a [`DataError`] naming it.
 /// Returns `None` for a file without records.
 pub fn read_detected(path: &Path, bad: BadLines) -> Result<(Option<Dataset>, Vec<SkippedLine>), DataError> {
+    read_detected_lines(path, bad).map(|(data, skipped, _)| (data, skipped))
+}
+
+/// What [`read_detected_lines`] returns: the records, the skipped lines, each record's 1-based line.
+type DetectedLines = (Option<Dataset>, Vec<SkippedLine>, Vec<usize>);
+
+/// [`read_detected`], with the 1-based line of each record read.
+fn read_detected_lines(path: &Path, bad: BadLines) -> Result<DetectedLines, DataError> {
     let mut first: Option<(Format, usize)> = None;
     let mut data: Option<Dataset> = None;
     let read = read_with(path, bad, |line, v| {
@@ -938,7 +946,7 @@ pub fn read_detected(path: &Path, bad: BadLines) -> Result<(Option<Dataset>, Vec
         data.get_or_insert_with(|| Dataset::empty(format))
             .push_value(path, line, v)
     })?;
-    Ok((data, read.skipped))
+    Ok((data, read.skipped, read.lines))
 }
 
 /// One file of a loaded dataset: `train`/`valid`/`test` in the MLX-LM layout, else the file stem.
@@ -947,6 +955,25 @@ pub struct Part {
     pub name: String,
     pub path: PathBuf,
     pub data: Dataset,
+    /// Where each record came from (file and 1-based line), in record order.
+    pub origins: Vec<Origin>,
+}
+
+/// A record's place in its file, printed `file:line`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+fn origins(file: &Path, lines: Vec<usize>) -> Vec<Origin> {
+    lines.into_iter().map(|line| Origin { file: file.to_path_buf(), line }).collect()
 }
 
 /// A dataset file or folder, read and typed.
@@ -983,7 +1010,7 @@ pub const MLX_SPLITS: [&str; 3] = ["train", "valid", "test"];
 /// one format across files), or a folder of markdown files (a corpus).
 pub fn load(path: &Path, bad: BadLines) -> Result<Loaded, DataError> {
     if !path.is_dir() {
-        let (data, skipped) = read_detected(path, bad)?;
+        let (data, skipped, lines) = read_detected_lines(path, bad)?;
         let data = data.ok_or_else(|| DataError::file(path, "no records"))?;
         let name = path
             .file_stem()
@@ -995,6 +1022,7 @@ pub fn load(path: &Path, bad: BadLines) -> Result<Loaded, DataError> {
                 name,
                 path: path.to_path_buf(),
                 data,
+                origins: origins(path, lines),
             }],
             skipped,
         });
@@ -1005,7 +1033,7 @@ pub fn load(path: &Path, bad: BadLines) -> Result<Loaded, DataError> {
         .filter(|p| p.is_file())
         .collect();
     if mlx.is_empty() {
-        let read = read_markdown_dir(path, bad)?;
+        let (read, files) = read_markdown_files(path, bad)?;
         if read.records.is_empty() && read.skipped.is_empty() {
             return Err(DataError::file(
                 path,
@@ -1019,6 +1047,7 @@ pub fn load(path: &Path, bad: BadLines) -> Result<Loaded, DataError> {
                 name: "corpus".into(),
                 path: path.to_path_buf(),
                 data,
+                origins: files.into_iter().map(|file| Origin { file, line: 1 }).collect(),
             }],
             skipped: read.skipped,
         });
@@ -1044,7 +1073,7 @@ fn read_mlx_files(files: &[PathBuf], bad: BadLines) -> Result<Loaded, DataError>
     let mut skipped = Vec::new();
     let mut empty = Vec::new();
     for path in files {
-        let (data, mut s) = read_detected(path, bad)?;
+        let (data, mut s, lines) = read_detected_lines(path, bad)?;
         skipped.append(&mut s);
         let name = path
             .file_stem()
@@ -1068,6 +1097,7 @@ fn read_mlx_files(files: &[PathBuf], bad: BadLines) -> Result<Loaded, DataError>
                     name,
                     path: path.clone(),
                     data,
+                    origins: origins(path, lines),
                 });
             }
         }
@@ -1081,6 +1111,7 @@ fn read_mlx_files(files: &[PathBuf], bad: BadLines) -> Result<Loaded, DataError>
             name,
             path,
             data: Dataset::empty(format),
+            origins: Vec::new(),
         });
     }
     parts.sort_by_key(|p| MLX_SPLITS.iter().position(|s| *s == p.name));

@@ -4,6 +4,10 @@
 //! the field (a path such as `output[1][0]`). With [`BadLines::SkipBad`] bad lines are collected as
 //! [`SkippedLine`]s instead, so the caller can report every one of them. Blank lines are ignored.
 //!
+//! An object that repeats a key, at any depth, is an error naming the key's path: serde would keep the
+//! last value, so `{"classification":"sacred", ..., "classification":"public"}` would read as public
+//! ([`parse_strict`], used by every reader here).
+//!
 //! ```
 //! use tunelab::data::jsonl::{read_jsonl, write_jsonl, BadLines};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -32,9 +36,11 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use serde::de::DeserializeOwned;
+use std::cell::RefCell;
+
+use serde::de::{DeserializeOwned, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Number, Value};
 
 /// A data error, located as precisely as we can: file, 1-based line, field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -168,19 +174,129 @@ pub fn read_with<T>(
         if text.trim().is_empty() {
             continue;
         }
-        let record = serde_json::from_str::<Value>(&text)
-            .map_err(|e| {
-                DataError::at(
+        let record = parse_strict_at(&text)
+            .map_err(|(e, dup)| match dup {
+                Some(key) => DataError::at(
+                    path,
+                    line_no,
+                    Some(&key),
+                    format!("duplicate key (column {}): a record must give each field once", e.column()),
+                ),
+                None => DataError::at(
                     path,
                     line_no,
                     None,
                     format!("invalid JSON at column {}: {}", e.column(), strip_position(&e)),
-                )
+                ),
             })
             .and_then(|v| parse(line_no, v));
         out.push(line_no, record, bad)?;
     }
     Ok(out)
+}
+
+/// Parses one JSON text into a [`Value`], refusing an object that repeats a key at any depth (the
+/// error names the key's path, e.g. `duplicate key `messages[1].role``).
+///
+/// ```
+/// use tunelab::data::jsonl::parse_strict;
+/// assert!(parse_strict(r#"{"a": {"b": 1, "c": 2}}"#).is_ok());
+/// let e = parse_strict(r#"{"a": [{"b": 1, "b": 2}]}"#).unwrap_err();
+/// assert!(e.to_string().contains("duplicate key `a[0].b`"), "{e}");
+/// ```
+pub fn parse_strict(text: &str) -> Result<Value, serde_json::Error> {
+    parse_strict_at(text).map_err(|(e, _)| e)
+}
+
+/// [`parse_strict`] into a typed value (for JSON config files).
+pub fn from_str_strict<T: DeserializeOwned>(text: &str) -> Result<T, serde_json::Error> {
+    serde_json::from_value(parse_strict(text)?)
+}
+
+/// [`parse_strict`], with the duplicate key's path on its own when that was the error.
+fn parse_strict_at(text: &str) -> Result<Value, (serde_json::Error, Option<String>)> {
+    let dup = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = StrictValue { path: String::new(), dup: &dup }
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v));
+    value.map_err(|e| (e, dup.into_inner()))
+}
+
+/// Builds a [`Value`] as serde_json's own visitor does, but fails on a repeated object key; `path` is
+/// where this value sits (`a.b[2]`), `dup` receives the duplicate's path.
+struct StrictValue<'a> {
+    path: String,
+    dup: &'a RefCell<Option<String>>,
+}
+
+impl StrictValue<'_> {
+    fn child(&self, path: String) -> Self {
+        StrictValue { path, dup: self.dup }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for StrictValue<'_> {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictValue<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(v) = seq.next_element_seed(self.child(format!("{}[{}]", self.path, items.len())))? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = if self.path.is_empty() { key.clone() } else { format!("{}.{key}", self.path) };
+            if out.contains_key(&key) {
+                let message = format!("duplicate key `{path}`");
+                *self.dup.borrow_mut() = Some(path);
+                return Err(serde::de::Error::custom(message));
+            }
+            let value = map.next_value_seed(self.child(path))?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 /// Reads every non-blank line of a JSONL file as a JSON value (syntax only).
@@ -363,5 +479,168 @@ mod tests {
         assert!(err.is_err());
         assert_eq!(read_jsonl::<Rec>(&p, BadLines::Fail).unwrap().records, recs);
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+    // ---- duplicate keys (issue 16, class 2) ----
+
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    const KEYS: [&str; 8] = ["id", "classification", "contributor", "messages", "role", "content", "a b", "ünï"];
+
+    fn random_value(rng: &mut ChaCha8Rng, depth: usize) -> Value {
+        match rng.random_range(0..if depth == 0 { 4 } else { 6 }) {
+            0 => Value::Null,
+            1 => Value::Bool(rng.random_bool(0.5)),
+            2 => Value::from(rng.random_range(-1000i64..1000)),
+            3 => Value::String(["sacred", "public", "x\"y", "ünï\n"][rng.random_range(0..4)].into()),
+            4 => Value::Array((0..rng.random_range(0..4)).map(|_| random_value(rng, depth - 1)).collect()),
+            _ => random_object(rng, depth - 1),
+        }
+    }
+
+    fn random_object(rng: &mut ChaCha8Rng, depth: usize) -> Value {
+        let mut m = Map::new();
+        for _ in 0..rng.random_range(1..5) {
+            m.insert(KEYS[rng.random_range(0..KEYS.len())].to_string(), random_value(rng, depth));
+        }
+        Value::Object(m)
+    }
+
+    /// Paths of every non-empty object in `v` (as the error names them: `a.b[2]`, the root is "").
+    fn object_paths(v: &Value, path: &str, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                out.push(path.to_string());
+                for (k, c) in m {
+                    object_paths(c, &if path.is_empty() { k.clone() } else { format!("{path}.{k}") }, out);
+                }
+            }
+            Value::Array(items) => {
+                for (i, c) in items.iter().enumerate() {
+                    object_paths(c, &format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A key as JSON, some characters written as `\uXXXX` escapes (the same key to a parser).
+    fn key_text(k: &str, rng: &mut ChaCha8Rng) -> String {
+        let mut s = String::from("\"");
+        for c in k.chars() {
+            if rng.random_bool(0.3) && (c as u32) < 0x10000 {
+                s.push_str(&format!("\\u{:04x}", c as u32));
+            } else if c == '"' || c == '\\' {
+                s.push('\\');
+                s.push(c);
+            } else {
+                s.push(c);
+            }
+        }
+        s.push('"');
+        s
+    }
+
+    /// Writes `v` as JSON with random spacing; the object at `dup.0` gets its key `dup.1` twice (the
+    /// copy, with another value, before or after the original).
+    fn write(v: &Value, path: &str, dup: Option<(&str, &str, bool)>, rng: &mut ChaCha8Rng, out: &mut String) {
+        let ws = |rng: &mut ChaCha8Rng| ["", "", "", " ", "  ", "\t"][rng.random_range(0..6)];
+        match v {
+            Value::Object(m) => {
+                out.push('{');
+                let mut entries: Vec<(String, Value)> = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                if let Some((_, key, before)) = dup.filter(|d| d.0 == path) {
+                    let at = entries.iter().position(|(k, _)| k == key).unwrap();
+                    let copy = (key.to_string(), Value::from("public"));
+                    entries.insert(if before { at } else { at + 1 }, copy);
+                }
+                for (i, (k, c)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(ws(rng));
+                    out.push_str(&key_text(k, rng));
+                    out.push_str(ws(rng));
+                    out.push(':');
+                    out.push_str(ws(rng));
+                    write(c, &if path.is_empty() { k.clone() } else { format!("{path}.{k}") }, dup, rng, out);
+                }
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, c) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(ws(rng));
+                    write(c, &format!("{path}[{i}]"), dup, rng, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+
+    #[test]
+    fn a_repeated_key_is_an_error_not_the_last_value() {
+        // The example of issue 16: read with serde's default this record is public.
+        let (_d, p) = file(
+            "{\"id\":\"ok\",\"classification\":\"public\"}\n{\"id\":\"x\",\"classification\":\"sacred\",\"text\":\"t\",\"classification\":\"public\"}\n",
+        );
+        let e = read_values(&p, BadLines::Fail).unwrap_err();
+        assert_eq!((e.line, e.field.as_deref()), (Some(2), Some("classification")), "{e}");
+        assert!(e.to_string().contains("duplicate key"), "{e}");
+        // Skipping bad lines skips it (and says why), it does not keep it with either value.
+        let r = read_values(&p, BadLines::SkipBad).unwrap();
+        assert_eq!((r.records.len(), r.skipped[0].line), (1, 2));
+        assert!(r.skipped[0].reason.contains("duplicate key"), "{}", r.skipped[0].reason);
+    }
+
+    #[test]
+    fn property_duplicate_keys_are_found_at_any_depth_and_line() {
+        let mut rng = ChaCha8Rng::seed_from_u64(16);
+        for round in 0..300 {
+            let lines: Vec<Value> = (0..rng.random_range(1..6)).map(|_| random_object(&mut rng, 3)).collect();
+            let bad = rng.random_range(0..lines.len());
+            let mut paths = Vec::new();
+            object_paths(&lines[bad], "", &mut paths);
+            let target = paths[rng.random_range(0..paths.len())].clone();
+            let obj = lines[bad].pointer(&pointer_of(&target)).unwrap().as_object().unwrap();
+            let key = obj.keys().nth(rng.random_range(0..obj.len())).unwrap().clone();
+            let before = rng.random_bool(0.5);
+            let mut text = String::new();
+            for (i, v) in lines.iter().enumerate() {
+                let dup = (i == bad).then_some((target.as_str(), key.as_str(), before));
+                write(v, "", dup, &mut rng, &mut text);
+                text.push('\n');
+                // Without the duplicate every line reads as serde_json reads it.
+                let mut clean = String::new();
+                write(v, "", None, &mut rng, &mut clean);
+                assert_eq!(parse_strict(&clean).unwrap(), serde_json::from_str::<Value>(&clean).unwrap(), "{clean}");
+            }
+            let (_d, p) = file(&text);
+            let e = read_values(&p, BadLines::Fail).unwrap_err();
+            let want = if target.is_empty() { key.clone() } else { format!("{target}.{key}") };
+            assert_eq!((e.line, e.field.as_deref()), (Some(bad + 1), Some(want.as_str())), "round {round}: {text}");
+        }
+    }
+
+    /// `a.b[2]` as a JSON pointer `/a/b/2` (test keys contain no `.`, `[` or `/`).
+    fn pointer_of(path: &str) -> String {
+        if path.is_empty() {
+            return String::new();
+        }
+        let mut out = String::new();
+        for part in path.split('.') {
+            let mut it = part.split('[');
+            out.push('/');
+            out.push_str(it.next().unwrap());
+            for idx in it {
+                out.push('/');
+                out.push_str(idx.trim_end_matches(']'));
+            }
+        }
+        out
     }
 }

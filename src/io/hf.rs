@@ -37,9 +37,12 @@ pub enum HfError {
     Invalid { path: PathBuf, field: String, reason: String },
 }
 
-/// Read and deserialize a JSON file, naming the file (and serde's line/column) on error.
+/// Read and deserialize a JSON file, naming the file (and serde's line/column) on error; a key given
+/// twice in one object is an error.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, HfError> {
     let text = std::fs::read_to_string(path).map_err(|source| HfError::Io { path: path.to_path_buf(), source })?;
+    // A config that gives a key twice is ambiguous (serde would keep the last): refuse it, naming the key.
+    crate::data::jsonl::parse_strict(&text).map_err(|source| HfError::Json { path: path.to_path_buf(), source })?;
     serde_json::from_str(&text).map_err(|source| HfError::Json { path: path.to_path_buf(), source })
 }
 
@@ -411,5 +414,12 @@ mod tests {
         write(dir.path(), "1_Pooling/config.json", "{not json");
         let msg = ModelFolder::open(dir.path()).unwrap_err().to_string();
         assert!(msg.contains("1_Pooling") && msg.contains("config.json"), "{msg}");
+    }
+    #[test]
+    fn a_config_giving_a_key_twice_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "config.json", r#"{"num_hidden_layers": 2, "hidden_size": 8, "num_hidden_layers": 6}"#);
+        let e = read_json::<serde_json::Value>(&dir.path().join("config.json")).unwrap_err();
+        assert!(e.to_string().contains("duplicate key `num_hidden_layers`"), "{e}");
     }
 }

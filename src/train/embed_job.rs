@@ -63,8 +63,11 @@ pub struct EmbedJobConfig {
     pub model: PathBuf,
     /// Embedding pairs, JSONL `{"query", "positive", "negatives"?, "doc_id"?, governance...}`.
     pub data: PathBuf,
-    /// Governance policy (TOML). Required: nothing is trained on without one.
-    pub policy: PathBuf,
+    /// Governance policy (TOML). Default: the first `governance/policy.toml` (or `tunelab.toml` naming a
+    /// `policy`) in the data's folder or a folder above it, never the working directory's; without one
+    /// only public pairs are trained on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PathBuf>,
     pub reports: PathBuf,
     /// Token limit while training (the export keeps the model's own limit).
     pub max_seq_length: Option<usize>,
@@ -81,7 +84,7 @@ impl Default for EmbedJobConfig {
             name: "train-embed".into(),
             model: "models/all-MiniLM-L6-v2".into(),
             data: "datasets/pairs/pairs.jsonl".into(),
-            policy: "datasets/governance/policy.toml".into(),
+            policy: None,
             reports: "reports".into(),
             max_seq_length: Some(128),
             skip_bad_lines: false,
@@ -290,12 +293,19 @@ pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Resu
     let bad = if cfg.skip_bad_lines { BadLines::SkipBad } else { BadLines::Fail };
 
     // Data, governed.
-    let policy = Policy::load(&cfg.policy)?;
+    let policy = Policy::resolve(cfg.policy.as_deref(), &cfg.data)?;
+    match (&policy.file, &policy.not_found) {
+        (_, Some(why)) => eprintln!("warning: {why}. Only public pairs are used (sacred never)."),
+        (Some(file), None) => eprintln!("governance policy: {}", file.display()),
+        (None, None) => {}
+    }
     let read = read_records::<EmbeddingPair>(&cfg.data, bad)?;
     for skipped in &read.skipped {
         eprintln!("skipped {skipped}");
     }
-    manifest.add_input(&cfg.policy)?;
+    if let Some(file) = &policy.file {
+        manifest.add_input(file)?;
+    }
     manifest.add_input(&cfg.data)?;
     let loading = || format!("loading {}", cfg.model.display());
     let cpu = matches!(choice, DeviceChoice::Cpu);
@@ -343,7 +353,7 @@ fn train_and_export<E: JobEncoder>(
                     cfg.model.display()
                 ),
             },
-            other => bail!("{}: hard_negatives.method {other:?}: use \"bm25\" or \"dense\"", cfg.policy.display()),
+            other => bail!("hard_negatives.method {other:?}: use \"bm25\" or \"dense\""),
         };
         let opts = MiningOptions {
             num_negatives: hn.num_negatives,

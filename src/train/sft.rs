@@ -82,7 +82,7 @@ pub struct SftConfig {
     pub model: Option<PathBuf>,
     /// An MLX-LM data folder: `train.jsonl`, `valid.jsonl`, `test.jsonl` (used by the CLI).
     pub data: Option<PathBuf>,
-    /// A governance policy TOML (used by the CLI; default: the built-in policy).
+    /// A governance policy TOML (used by the CLI; default: the one found from the data folder's location).
     pub policy: Option<PathBuf>,
     /// Treat records without a `classification` as public (otherwise they are refused).
     pub treat_unclassified_as_public: bool,

@@ -26,20 +26,35 @@ pub(crate) fn runs_per_chunk(runs: usize) -> usize {
     runs.div_ceil(threads * 4).max(1)
 }
 
-/// (tunelab patch) `f()`, compiled for AVX2 and FMA when the CPU has them.
+/// (tunelab patch) `f()`, compiled for AVX-512 or AVX2 and FMA when the CPU has them.
 ///
 /// The crate is built for baseline x86-64, so element loops (GELU's erf and exp, masks,
 /// gradients) vectorize 4 wide with SSE2; the closures passed here are inlined into a copy built
-/// with `avx2,fma` and run 8 wide. Rust never contracts `a * b + c` into an FMA, so the results
-/// are bit-identical on both paths. Elsewhere (aarch64 NEON is the baseline) this is `f()`.
+/// with `avx512f,avx512bw,avx512dq,avx512vl` (16 wide) or `avx2,fma` (8 wide), whichever the CPU
+/// has (detected once, cached by std). Rust never contracts `a * b + c` into an FMA, so the
+/// results are bit-identical on every path. Elsewhere (aarch64 NEON is the baseline) this is `f()`.
 #[inline(always)]
 pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
     {
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+        #[inline]
+        unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
         #[target_feature(enable = "avx2,fma")]
         #[inline]
         unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
+        }
+        if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512dq")
+            && std::is_x86_feature_detected!("avx512vl")
+        {
+            // SAFETY: the four AVX-512 subsets were detected on this CPU just above (AVX-512F implies
+            // AVX2 and FMA on every CPU that has it).
+            return unsafe { avx512(f) };
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: both features were detected on this CPU just above.
