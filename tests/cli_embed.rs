@@ -167,3 +167,125 @@ fn output_over_the_input_is_refused_and_bom_input_is_read() {
     assert_eq!(rows[0]["id"], 1);
     assert!(!stale.exists(), "stale partial file removed");
 }
+
+fn gemma_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma/tiny")
+}
+
+#[test]
+fn gemma_folder_prompt_names_qmd_formats_and_matryoshka_dim() {
+    use tunelab::model::gemma::GemmaEncoder;
+    let tmp = tempfile::tempdir().unwrap();
+    let model = gemma_fixture();
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"id\": 1, \"text\": \"how do I reset my password\", \"title\": \"Accounts\"}\n",
+    )
+    .unwrap();
+    let enc = GemmaEncoder::load(&model, &Device::flex()).unwrap();
+    let text = "how do I reset my password";
+
+    // The model's own prompt, by name.
+    let output = tmp.path().join("query.jsonl");
+    let out = embed(&model, &input, &output, &["--prompt-name", "query"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = enc
+        .embed_with_prompt(&[text], Some("task: search result | query: "), 1)
+        .unwrap();
+    assert!(close(&vector(&read_output(&output)[0]), &expected[0]));
+    let names_prompt = enc
+        .embed_with_prompt(&[text], enc.prompt("Clustering"), 1)
+        .unwrap();
+    let output = tmp.path().join("clustering.jsonl");
+    assert!(
+        embed(&model, &input, &output, &["--prompt-name", "Clustering"])
+            .status
+            .success()
+    );
+    assert!(close(&vector(&read_output(&output)[0]), &names_prompt[0]));
+
+    // QMD's document format: the record's title goes into the template.
+    let output = tmp.path().join("qmd.jsonl");
+    let out = embed(&model, &input, &output, &["--prompt-name", "qmd-document"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = enc
+        .embed_with_prompt(
+            &["title: Accounts | text: how do I reset my password"],
+            None,
+            1,
+        )
+        .unwrap();
+    assert!(close(&vector(&read_output(&output)[0]), &expected[0]));
+
+    // Matryoshka: the first 16 values of the full vector, re-normalised.
+    let output = tmp.path().join("dim.jsonl");
+    let out = embed(
+        &model,
+        &input,
+        &output,
+        &["--prompt-name", "qmd-document", "--dim", "16"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = vector(&read_output(&output)[0]);
+    assert_eq!(v.len(), 16);
+    let norm = expected[0][..16].iter().map(|x| x * x).sum::<f32>().sqrt();
+    let by_hand: Vec<f32> = expected[0][..16].iter().map(|x| x / norm).collect();
+    assert!(close(&v, &by_hand));
+
+    let out = embed(
+        &model,
+        &input,
+        &tmp.path().join("x.jsonl"),
+        &["--prompt-name", "nope"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("nope")
+            && err.contains("qmd-query")
+            && err.contains("document"),
+        "{err}"
+    );
+    let out = embed(
+        &model,
+        &input,
+        &tmp.path().join("x.jsonl"),
+        &["--dim", "65"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--dim 65") && err.contains("64"),
+        "{err}"
+    );
+}
+
+#[test]
+fn qmd_prompt_names_work_for_a_bert_model_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(&input, "{\"id\": 1, \"text\": \"cat\"}\n").unwrap();
+    let output = tmp.path().join("q.jsonl");
+    let out = embed(&model, &input, &output, &["--prompt-name", "qmd-query"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let enc = SentenceEncoder::load(&model, &Device::flex()).unwrap();
+    let expected = enc.embed(&["task: search result | query: cat"], 1).unwrap();
+    assert!(close(&vector(&read_output(&output)[0]), &expected[0]));
+}

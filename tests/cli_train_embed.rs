@@ -193,3 +193,52 @@ fn mine_negatives_skips_sacred_documents_and_writes_pairs() {
     let rip = rows.iter().find(|r| r["id"] == "p11").unwrap();
     assert_eq!(rip["negatives"][0], "Rips are rare in lakes.");
 }
+
+#[test]
+fn embeddinggemma_folder_trains_with_lora_and_matryoshka_and_exports_its_dense_layers() {
+    use tunelab::model::gemma::GemmaEncoder;
+    let tmp = tempfile::tempdir().unwrap();
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma/tiny");
+    let cfg = config(tmp.path(), &base, "matryoshka_dims = [64, 32, 16]\n[train.lora]\nrank = 2\nalpha = 4.0\n");
+    let stdout = ok(&tunelab(&["train", "embed", cfg.to_str().unwrap()]));
+    assert!(stdout.contains("excluded by the policy"), "{stdout}");
+    let run = run_dir(&tmp.path().join("reports"), "tiny");
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap();
+    assert!(manifest["governance"].to_string().contains("sacred-1"));
+    // Gemma's default LoRA targets: the attention projections.
+    let layers: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("lora_layers.json")).unwrap()).unwrap();
+    let names: Vec<&String> = layers.as_object().unwrap().keys().collect();
+    assert!(names.iter().any(|n| n.ends_with("self_attn.q_proj")) && !names.iter().any(|n| n.contains("mlp")), "{names:?}");
+    // The export is an EmbeddingGemma folder again: Dense layers, prompts, and changed vectors.
+    let tuned = run.join("model");
+    assert!(tuned.join("2_Dense/model.safetensors").exists() && tuned.join("3_Dense/model.safetensors").exists());
+    let (b, t) = (GemmaEncoder::load(&base, &Device::flex()).unwrap(), GemmaEncoder::load(&tuned, &Device::flex()).unwrap());
+    assert_eq!(t.prompts, b.prompts);
+    let texts = ["high tide is a day", "kelp of the storm"];
+    let (before, after) = (b.embed_with_prompt(&texts, b.prompt("query"), 2).unwrap(), t.embed_with_prompt(&texts, t.prompt("query"), 2).unwrap());
+    let moved: f32 = before.iter().flatten().zip(after.iter().flatten()).map(|(a, b)| (a - b).abs()).sum();
+    assert!(moved > 1e-3, "training changed the exported model (sum |Δ| = {moved})");
+    // A Matryoshka dimension wider than the model is refused, naming it.
+    let bad = config(&tmp.path().join("bad"), &base, "matryoshka_dims = [128]\n");
+    let out = tunelab(&["train", "embed", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("matryoshka_dims") && err.contains("128"), "{err}");
+}
+
+#[test]
+fn memory_estimate_is_printed_and_a_run_that_cannot_fit_is_refused_naming_the_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma/tiny");
+    let cfg = config(tmp.path(), &base, "max_steps = 1\n");
+    let stdout = ok(&tunelab(&["train", "embed", cfg.to_str().unwrap()]));
+    assert!(stdout.contains("memory estimate:") && stdout.contains("AdamW state") && stdout.contains("activations"), "{stdout}");
+    let out = Command::new(env!("CARGO_BIN_EXE_tunelab"))
+        .args(["train", "embed", cfg.to_str().unwrap(), "--name", "small"])
+        .env("TUNELAB_DEVICE", "cpu")
+        .env("TUNELAB_MEMORY_LIMIT", "100000")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "refused");
+    assert!(err.contains("--mini-batch-size") && err.contains("--batch-size") && err.contains("--lora-rank"), "{err}");
+}

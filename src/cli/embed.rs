@@ -12,10 +12,12 @@ use anyhow::{Context, bail};
 
 use crate::device::DeviceChoice;
 use crate::model::bert::{Prompts, SentenceEncoder};
+use crate::model::gemma::{GemmaEncoder, is_gemma_folder};
 
 #[derive(clap::Args, Debug)]
 pub struct EmbedArgs {
-    /// Model folder (Hugging Face / sentence-transformers layout).
+    /// Model folder (Hugging Face / sentence-transformers layout): a BERT-family encoder or
+    /// EmbeddingGemma (`model_type: gemma3_text`).
     #[arg(long)]
     pub model: PathBuf,
     /// JSONL input: one `{"id", "text"}` object per line (optional `"title"`).
@@ -30,9 +32,15 @@ pub struct EmbedArgs {
     /// Prompt for every text: a prefix (e.g. "query: "), or a template with {text} and {title}.
     #[arg(long, conflicts_with = "prompt_name")]
     pub prompt: Option<String>,
-    /// Use the model's own named prompt: `query` or `document` (from config_sentence_transformers.json).
+    /// A named prompt: one of the model's own (`query`, `document`, … from
+    /// config_sentence_transformers.json), or QMD's formats for any model: `qmd-query`
+    /// (`task: search result | query: {text}`) and `qmd-document` (`title: {title or none} | text: {text}`).
     #[arg(long)]
     pub prompt_name: Option<String>,
+    /// Matryoshka truncation: keep the first N dimensions and re-normalise (EmbeddingGemma is
+    /// trained for 768, 512, 256 and 128).
+    #[arg(long)]
+    pub dim: Option<usize>,
 }
 
 /// `tunelab train embed [CONFIG.toml] [--flags]`: flags override the file's values.
@@ -79,6 +87,9 @@ pub struct TrainEmbedArgs {
     pub lora_rank: Option<usize>,
     #[arg(value_parser = crate::cli::values::finite_positive_f64, long, requires = "lora_rank")]
     pub lora_alpha: Option<f64>,
+    /// MatryoshkaLoss: also train these leading dimensions (comma-separated, e.g. 768,512,256,128).
+    #[arg(long, value_delimiter = ',')]
+    pub matryoshka_dims: Option<Vec<usize>>,
     /// Skip malformed JSONL lines (each is reported) instead of stopping at the first.
     #[arg(long)]
     pub skip_bad_lines: bool,
@@ -146,6 +157,103 @@ fn remove_stale_partials(output: &std::path::Path) {
     }
 }
 
+/// The encoders `tunelab embed` runs, chosen from the folder's `config.json`.
+#[allow(clippy::large_enum_variant)]
+enum AnyEncoder {
+    Bert(SentenceEncoder),
+    Gemma(GemmaEncoder),
+}
+
+impl AnyEncoder {
+    fn load(dir: &Path, device: &burn::tensor::Device) -> anyhow::Result<Self> {
+        let context = || format!("loading model {}", dir.display());
+        Ok(if is_gemma_folder(dir) {
+            Self::Gemma(GemmaEncoder::load(dir, device).with_context(context)?)
+        } else {
+            Self::Bert(SentenceEncoder::load(dir, device).with_context(context)?)
+        })
+    }
+
+    /// The model's named prompts (`config_sentence_transformers.json`).
+    fn named_prompts(&self) -> std::collections::BTreeMap<String, String> {
+        match self {
+            Self::Bert(e) => {
+                let mut named = e.source.as_ref().map(|f| f.st_config.prompts.clone()).unwrap_or_default();
+                for (k, v) in [("query", &e.prompts.query), ("document", &e.prompts.document)] {
+                    if let Some(v) = v {
+                        named.entry(k.to_string()).or_insert_with(|| v.clone());
+                    }
+                }
+                named
+            }
+            Self::Gemma(e) => e.prompts.clone(),
+        }
+    }
+
+    fn default_prompt(&self) -> Option<String> {
+        match self {
+            Self::Bert(e) => e.default_prompt.clone(),
+            Self::Gemma(e) => e.default_prompt.clone(),
+        }
+    }
+
+    fn dim(&self) -> usize {
+        match self {
+            Self::Bert(e) => e.dim(),
+            Self::Gemma(e) => e.dim(),
+        }
+    }
+
+    /// Texts already prompted → vectors.
+    fn embed(&self, texts: &[&str], batch_size: usize) -> anyhow::Result<Vec<Vec<f32>>> {
+        Ok(match self {
+            Self::Bert(e) => e.embed_with_prompt(texts, None, batch_size)?,
+            Self::Gemma(e) => e.embed_with_prompt(texts, None, batch_size)?,
+        })
+    }
+}
+
+/// QMD's text formats (tobi/qmd `formatQueryForEmbedding` / `formatDocForEmbedding`), by the
+/// names `--prompt-name` accepts for every model.
+pub fn builtin_prompt(name: &str) -> Option<String> {
+    let qmd = Prompts::qmd();
+    match name {
+        "qmd-query" => qmd.query,
+        "qmd-document" => qmd.document,
+        _ => None,
+    }
+}
+
+/// The prompt `--prompt` / `--prompt-name` ask for: the model's own names first, then the
+/// built-in QMD formats; an unknown name is refused with the names that exist.
+fn resolve_prompt(
+    prompt: Option<&str>,
+    name: Option<&str>,
+    named: &std::collections::BTreeMap<String, String>,
+    default: Option<String>,
+) -> anyhow::Result<Option<String>> {
+    match (prompt, name) {
+        (Some(p), _) => Ok(Some(p.to_string())),
+        (None, None) => Ok(default),
+        (None, Some(n)) => match named.get(n).cloned().or_else(|| builtin_prompt(n)) {
+            Some(p) => Ok(Some(p)),
+            None => {
+                let mut names: Vec<&str> = named.keys().map(String::as_str).collect();
+                names.extend(["qmd-query", "qmd-document"]);
+                bail!("--prompt-name `{n}` is not a prompt of this model; available: {}", names.join(", "))
+            }
+        },
+    }
+}
+
+/// Matryoshka truncation: the first `dim` values, re-normalised to unit length (as
+/// sentence-transformers' `truncate_dim` followed by normalisation).
+pub fn truncate_normalized(v: &[f32], dim: usize) -> Vec<f32> {
+    let head = &v[..dim.min(v.len())];
+    let norm = head.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    head.iter().map(|x| x / norm).collect()
+}
+
 pub fn run_embed(a: EmbedArgs, d: DeviceChoice) -> anyhow::Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
@@ -160,29 +268,24 @@ pub fn run_embed(a: EmbedArgs, d: DeviceChoice) -> anyhow::Result<()> {
     remove_stale_partials(&a.output);
     let items = read_input(&a.input)?;
     let device = d.device()?;
-    let encoder =
-        SentenceEncoder::load(&a.model, &device).with_context(|| format!("loading model {}", a.model.display()))?;
-    let prompt = match (&a.prompt, a.prompt_name.as_deref()) {
-        (Some(p), _) => Some(p.clone()),
-        (None, Some("query")) => encoder.prompts.query.clone(),
-        (None, Some("document")) => encoder.prompts.document.clone(),
-        (None, Some(other)) => bail!("--prompt-name must be `query` or `document`, not `{other}`"),
-        (None, None) => encoder.default_prompt.clone(),
-    };
-    if a.prompt_name.is_some() && prompt.is_none() {
-        eprintln!(
-            "note: {} names no {} prompt; texts are embedded as given",
-            a.model.display(),
-            a.prompt_name.as_deref().unwrap_or("")
-        );
+    let encoder = AnyEncoder::load(&a.model, &device)?;
+    if let Some(n) = a.dim
+        && (n == 0 || n > encoder.dim())
+    {
+        bail!("--dim {n}: the model's vectors have {} dimensions (use 1..={})", encoder.dim(), encoder.dim());
     }
+    let prompt =
+        resolve_prompt(a.prompt.as_deref(), a.prompt_name.as_deref(), &encoder.named_prompts(), encoder.default_prompt())?;
     // Titles only matter to templates; the prompt is applied here so each text gets its own title.
     let texts: Vec<String> =
         items.iter().map(|it| Prompts::apply(prompt.as_deref(), &it.text, it.title.as_deref())).collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
 
     let start = std::time::Instant::now();
-    let vectors = encoder.embed_with_prompt(&refs, None, a.batch_size)?;
+    let mut vectors = encoder.embed(&refs, a.batch_size)?;
+    if let Some(n) = a.dim {
+        vectors = vectors.iter().map(|v| truncate_normalized(v, n)).collect();
+    }
     let secs = start.elapsed().as_secs_f64();
 
     let tmp = a.output.with_file_name(format!(
@@ -207,7 +310,7 @@ pub fn run_embed(a: EmbedArgs, d: DeviceChoice) -> anyhow::Result<()> {
     eprintln!(
         "embedded {} texts (dim {}) in {:.1}s ({:.1} texts/s) -> {}",
         items.len(),
-        encoder.dim(),
+        a.dim.unwrap_or(encoder.dim()),
         secs,
         items.len() as f64 / secs.max(1e-9),
         a.output.display()
@@ -235,6 +338,9 @@ pub fn run_train(a: TrainEmbedArgs, device: DeviceChoice) -> anyhow::Result<()> 
     }
     if let Some(v) = a.max_seq_length {
         cfg.max_seq_length = Some(v);
+    }
+    if let Some(v) = a.matryoshka_dims.clone() {
+        cfg.train.matryoshka_dims = Some(v);
     }
     if let Some(rank) = a.lora_rank {
         let alpha = a.lora_alpha.unwrap_or(2.0 * rank as f64);

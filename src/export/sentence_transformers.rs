@@ -1,4 +1,4 @@
-//! sentence-transformers folders and plain safetensors files for (tuned) BERT encoders.
+//! sentence-transformers folders and plain safetensors files for (tuned) BERT and EmbeddingGemma encoders.
 //!
 //! The folder is what `SentenceTransformer(dir)` loads: `config.json`, `model.safetensors` with
 //! Hugging Face `BertModel` tensor names, the tokenizer files, `modules.json` (Transformer →
@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 use crate::io::hf::{HfError, ModuleEntry, SentenceBertConfig, write_json};
 use crate::io::safetensors::{WeightsError, write_f32};
 use crate::model::bert::SentenceEncoder;
+use crate::model::gemma::GemmaEncoder;
 
 /// Why an export failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,8 +52,10 @@ pub struct ExportSummary {
     pub files: BTreeMap<String, String>,
 }
 
-/// Tokenizer files copied from the source folder when present.
-const TOKENIZER_FILES: [&str; 4] = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"];
+/// Tokenizer files copied from the source folder when present. `tokenizer.model` (SentencePiece:
+/// Gemma) is what llama.cpp's converter reads a Gemma vocabulary from.
+const TOKENIZER_FILES: [&str; 6] =
+    ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "tokenizer.model", "added_tokens.json"];
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
     move |source| ExportError::Io { path: path.to_path_buf(), source }
@@ -66,6 +69,27 @@ pub fn write_folder(
     dir: &Path,
     manifest: serde_json::Value,
 ) -> Result<ExportSummary, ExportError> {
+    write_atomically(dir, |tmp| write_contents(encoder, tmp, manifest))
+}
+
+/// Write an EmbeddingGemma encoder as a sentence-transformers folder at `dir` (which must not
+/// exist yet): `Gemma3TextModel` weights, the tokenizer, `modules.json` with Transformer →
+/// Pooling → one `N_Dense` folder per Dense module (`config.json` + `model.safetensors`) →
+/// Normalize, and the named prompts. Adapters are fused. Reloads in sentence-transformers and in
+/// [`GemmaEncoder::load`].
+pub fn write_gemma_folder(
+    encoder: &GemmaEncoder,
+    dir: &Path,
+    manifest: serde_json::Value,
+) -> Result<ExportSummary, ExportError> {
+    write_atomically(dir, |tmp| write_gemma_contents(encoder, tmp, manifest))
+}
+
+/// Run `write` on a temporary folder beside `dir` and rename it into place when it succeeds.
+fn write_atomically(
+    dir: &Path,
+    write: impl FnOnce(&Path) -> Result<BTreeMap<String, String>, ExportError>,
+) -> Result<ExportSummary, ExportError> {
     if dir.exists() {
         return Err(ExportError::Exists { path: dir.to_path_buf() });
     }
@@ -75,7 +99,7 @@ pub fn write_folder(
         std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
     }
     std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    match write_contents(encoder, &tmp, manifest) {
+    match write(&tmp) {
         Ok(files) => {
             std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
             Ok(ExportSummary { dir: dir.to_path_buf(), files })
@@ -86,6 +110,112 @@ pub fn write_folder(
             Err(e)
         }
     }
+}
+
+/// Copy the source folder's tokenizer files, or save the in-memory tokenizer.
+fn write_tokenizer(
+    source: Option<&crate::io::hf::ModelFolder>,
+    tokenizer: &crate::io::tokenizer::TextTokenizer,
+    dir: &Path,
+) -> Result<(), ExportError> {
+    let copied = match source {
+        Some(src) => {
+            let mut any = false;
+            for f in TOKENIZER_FILES {
+                let from = src.transformer_dir.join(f);
+                if from.exists() {
+                    std::fs::copy(&from, dir.join(f)).map_err(io_err(&dir.join(f)))?;
+                    any = true;
+                }
+            }
+            any
+        }
+        None => false,
+    };
+    if !copied {
+        let path = dir.join("tokenizer.json");
+        tokenizer.inner().save(&path, false).map_err(|e| ExportError::Tokenizer { path: path.clone(), reason: e.to_string() })?;
+        write_json(
+            &dir.join("tokenizer_config.json"),
+            &serde_json::json!({"model_max_length": tokenizer.max_len(), "tokenizer_class": "PreTrainedTokenizerFast"}),
+        )?;
+    }
+    Ok(())
+}
+
+fn write_gemma_contents(
+    encoder: &GemmaEncoder,
+    dir: &Path,
+    manifest: serde_json::Value,
+) -> Result<BTreeMap<String, String>, ExportError> {
+    let model = &encoder.model.transformer;
+    let config_path = dir.join("config.json");
+    let mut config = serde_json::to_value(&model.config).map_err(|e| HfError::Json { path: config_path.clone(), source: e })?;
+    if let Some(obj) = config.as_object_mut() {
+        obj.insert("architectures".into(), serde_json::json!(["Gemma3TextModel"]));
+        obj.insert("model_type".into(), serde_json::json!("gemma3_text"));
+    }
+    write_json(&config_path, &config)?;
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    write_f32(dir.join("model.safetensors"), &model.hf_tensors(), Some(meta.clone()))?;
+    write_tokenizer(encoder.source.as_ref(), &encoder.tokenizer, dir)?;
+
+    let module = |idx: usize, path: String, class: &str| ModuleEntry {
+        idx,
+        name: idx.to_string(),
+        path,
+        kind: format!("sentence_transformers.models.{class}"),
+    };
+    let mut modules = vec![module(0, String::new(), "Transformer"), module(1, "1_Pooling".into(), "Pooling")];
+    std::fs::create_dir_all(dir.join("1_Pooling")).map_err(io_err(&dir.join("1_Pooling")))?;
+    write_json(&dir.join("1_Pooling/config.json"), &encoder.pooling.to_config(model.config.hidden_size))?;
+    for dense in &encoder.model.dense {
+        let idx = modules.len();
+        let sub = format!("{idx}_Dense");
+        let path = dir.join(&sub);
+        std::fs::create_dir_all(&path).map_err(io_err(&path))?;
+        let (cfg, tensors) = dense.st_files();
+        write_json(&path.join("config.json"), &cfg)?;
+        write_f32(path.join("model.safetensors"), &tensors, Some(meta.clone()))?;
+        modules.push(module(idx, sub, "Dense"));
+    }
+    if encoder.normalize {
+        let idx = modules.len();
+        let sub = format!("{idx}_Normalize");
+        std::fs::create_dir_all(dir.join(&sub)).map_err(io_err(&dir.join(&sub)))?;
+        modules.push(module(idx, sub, "Normalize"));
+    }
+    write_json(&dir.join("modules.json"), &modules)?;
+    let lowercase = encoder.source.as_ref().is_some_and(|s| s.sentence_bert.do_lower_case);
+    write_json(
+        &dir.join("sentence_bert_config.json"),
+        &SentenceBertConfig { max_seq_length: Some(encoder.max_seq_len()), do_lower_case: lowercase },
+    )?;
+    let default_name = encoder.source.as_ref().and_then(|s| s.st_config.default_prompt_name.clone());
+    write_json(
+        &dir.join("config_sentence_transformers.json"),
+        &serde_json::json!({
+            "__version__": {"tunelab": crate::version()},
+            "prompts": encoder.prompts,
+            "default_prompt_name": default_name,
+            "similarity_fn_name": "cosine",
+        }),
+    )?;
+
+    let mut files = BTreeMap::new();
+    hash_tree(dir, dir, &mut files)?;
+    let record = serde_json::json!({
+        "tunelab_version": crate::version(),
+        "created": chrono::Utc::now().to_rfc3339(),
+        "format": "sentence-transformers",
+        "architecture": "EmbeddingGemma (Gemma3TextModel)",
+        "source_model": encoder.source.as_ref().map(|s| s.root.display().to_string()),
+        "prompts": encoder.prompts,
+        "files_sha256": files,
+        "manifest": manifest,
+    });
+    write_json(&dir.join("tunelab_manifest.json"), &record)?;
+    Ok(files)
 }
 
 fn write_contents(
@@ -111,32 +241,7 @@ fn write_contents(
 
     // Tokenizer: copy the original files (byte-identical behaviour in Python); a model built in
     // memory saves its tokenizer.json and a minimal tokenizer_config.json.
-    let copied = match encoder.source.as_ref() {
-        Some(src) => {
-            let mut any = false;
-            for f in TOKENIZER_FILES {
-                let from = src.transformer_dir.join(f);
-                if from.exists() {
-                    std::fs::copy(&from, dir.join(f)).map_err(io_err(&dir.join(f)))?;
-                    any = true;
-                }
-            }
-            any
-        }
-        None => false,
-    };
-    if !copied {
-        let path = dir.join("tokenizer.json");
-        encoder
-            .tokenizer
-            .inner()
-            .save(&path, false)
-            .map_err(|e| ExportError::Tokenizer { path: path.clone(), reason: e.to_string() })?;
-        write_json(
-            &dir.join("tokenizer_config.json"),
-            &serde_json::json!({"model_max_length": encoder.max_seq_len(), "tokenizer_class": "PreTrainedTokenizerFast"}),
-        )?;
-    }
+    write_tokenizer(encoder.source.as_ref(), &encoder.tokenizer, dir)?;
 
     // The sentence-transformers pipeline.
     let module = |idx: usize, path: &str, class: &str| ModuleEntry {

@@ -175,6 +175,9 @@ pub struct ModelFolder {
     pub pooling: Option<PoolingConfig>,
     /// Where `pooling` was read from.
     pub pooling_path: Option<PathBuf>,
+    /// Folders of the `Dense` modules between pooling and normalisation, in pipeline order
+    /// (EmbeddingGemma's `2_Dense`, `3_Dense`). Only encoders that run them accept them.
+    pub dense: Vec<PathBuf>,
     /// Whether `modules.json` lists a `Normalize` module.
     pub normalize: bool,
     pub sentence_bert: SentenceBertConfig,
@@ -189,7 +192,7 @@ impl ModelFolder {
     /// Find and read the configuration files of a model folder.
     ///
     /// Fails, naming the folder and file, when `config.json` or `tokenizer.json` is missing, when
-    /// `modules.json` lists a module we cannot run (e.g. `Dense`), or when a JSON file is invalid.
+    /// `modules.json` lists a module we cannot run (e.g. `LSTM`), or when a JSON file is invalid.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, HfError> {
         let root = dir.as_ref().to_path_buf();
         if !root.is_dir() {
@@ -202,6 +205,7 @@ impl ModelFolder {
         let mut pooling = None;
         let mut pooling_path = None;
         let mut normalize = false;
+        let mut dense = Vec::new();
         for m in &modules {
             match m.class() {
                 "Transformer" => transformer_dir = root.join(&m.path),
@@ -219,11 +223,22 @@ impl ModelFolder {
                     pooling_path = Some(path);
                 }
                 "Normalize" => normalize = true,
+                "Dense" => {
+                    let dir = root.join(&m.path);
+                    if !dir.join("config.json").exists() {
+                        return Err(HfError::MissingFile {
+                            dir,
+                            file: "config.json".into(),
+                            hint: " (listed as a Dense module in modules.json)".into(),
+                        });
+                    }
+                    dense.push(dir);
+                }
                 other => {
                     return Err(HfError::Invalid {
                         path: modules_path.clone(),
                         field: format!("module {} ({})", m.idx, m.kind),
-                        reason: format!("module type '{other}' is not supported (Transformer, Pooling, Normalize are)"),
+                        reason: format!("module type '{other}' is not supported (Transformer, Pooling, Dense, Normalize are)"),
                     });
                 }
             }
@@ -275,6 +290,7 @@ impl ModelFolder {
             modules,
             pooling,
             pooling_path,
+            dense,
             normalize,
             sentence_bert,
             st_config,
@@ -375,10 +391,21 @@ mod tests {
             dir.path(),
             "modules.json",
             r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
+                {"idx":1,"name":"1","path":"1_LSTM","type":"sentence_transformers.models.LSTM"}]"#,
+        );
+        let msg = ModelFolder::open(dir.path()).unwrap_err().to_string();
+        assert!(msg.contains("modules.json") && msg.contains("LSTM"), "{msg}");
+        // A Dense module is read (its folder must hold config.json).
+        write(
+            dir.path(),
+            "modules.json",
+            r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
                 {"idx":1,"name":"1","path":"2_Dense","type":"sentence_transformers.models.Dense"}]"#,
         );
         let msg = ModelFolder::open(dir.path()).unwrap_err().to_string();
-        assert!(msg.contains("modules.json") && msg.contains("Dense"), "{msg}");
+        assert!(msg.contains("2_Dense") && msg.contains("config.json"), "{msg}");
+        write(dir.path(), "2_Dense/config.json", "{}");
+        assert_eq!(ModelFolder::open(dir.path()).unwrap().dense, vec![dir.path().join("2_Dense")]);
     }
 
     #[test]

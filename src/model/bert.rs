@@ -961,6 +961,14 @@ impl SentenceEncoder {
         let folder = ModelFolder::open(dir)?;
         let config_path = folder.config_path();
         let config = BertConfig::from_file(&config_path)?;
+        if let Some(d) = folder.dense.first() {
+            // Dense layers after pooling are run by the Gemma encoder (model::gemma) only.
+            return Err(BertError::Config {
+                path: folder.root.join("modules.json").display().to_string(),
+                field: format!("Dense module {}", d.display()),
+                reason: "a BERT encoder with Dense layers after pooling is not supported".into(),
+            });
+        }
         let weights = Weights::open_dir(&folder.transformer_dir)?;
         let mut source = CheckpointSource::new(&weights);
         check_layer_count(&config, &weights, &source.prefix, &config_path)?;

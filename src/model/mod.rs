@@ -2,4 +2,5 @@
 pub mod bert;
 pub mod checks;
 pub mod decoder;
+pub mod gemma;
 pub mod reranker;

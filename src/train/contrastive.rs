@@ -100,24 +100,81 @@ fn cross_entropy_diagonal(scores: Tensor<2>) -> Tensor<1> {
     log_softmax(scores, 1).gather(1, labels).mean().neg()
 }
 
+/// sentence-transformers' `MatryoshkaLoss` around the ranking loss: `Σᵢ wᵢ · loss(shrink(e, dᵢ))`,
+/// where `shrink` keeps the first `dᵢ` values of every embedding and L2-normalises them, so the
+/// truncated vectors (EmbeddingGemma's 512, 256, 128) stay useful after tuning. Weights default
+/// to 1 each, as there. (sentence-transformers' `n_dims_per_step` sampling is not offered: every
+/// dimension counts at every step.)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Matryoshka {
+    pub dims: Vec<usize>,
+    pub weights: Vec<f32>,
+}
+
+impl Matryoshka {
+    /// Equal weights.
+    pub fn new(dims: Vec<usize>) -> Self {
+        let weights = vec![1.0; dims.len()];
+        Self { dims, weights }
+    }
+
+    /// Checks the dimensions against the embedding width; the message names the bad value.
+    pub fn validate(&self, width: Option<usize>) -> Result<(), String> {
+        if self.dims.is_empty() {
+            return Err("matryoshka_dims is empty".into());
+        }
+        if self.weights.len() != self.dims.len() {
+            return Err(format!("{} matryoshka_weights for {} matryoshka_dims", self.weights.len(), self.dims.len()));
+        }
+        if let Some(d) = self.dims.iter().find(|&&d| d == 0 || width.is_some_and(|w| d > w)) {
+            return Err(format!("dimension {d} is not in 1..={}", width.map_or("the embedding width".into(), |w| w.to_string())));
+        }
+        Ok(())
+    }
+}
+
+/// The first `dim` values of every row, L2-normalised (sentence-transformers' `shrink`).
+fn shrink(x: Tensor<2>, dim: usize) -> Tensor<2> {
+    l2_normalize(x.narrow(1, 0, dim))
+}
+
 /// MultipleNegativesRankingLoss (`scale` 20 = temperature 0.05; cosine similarity).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MultipleNegativesRankingLoss {
     pub scale: f32,
     /// Average with the positive → anchor loss (MultipleNegativesSymmetricRankingLoss).
     pub symmetric: bool,
+    /// Wrap in MatryoshkaLoss over these truncations.
+    #[serde(default)]
+    pub matryoshka: Option<Matryoshka>,
 }
 
 impl Default for MultipleNegativesRankingLoss {
     fn default() -> Self {
-        Self { scale: 20.0, symmetric: false }
+        Self { scale: 20.0, symmetric: false, matryoshka: None }
     }
 }
 
 impl MultipleNegativesRankingLoss {
     /// The loss of embeddings: `anchors` and `positives` `[n, d]` row-aligned, `negatives`
-    /// `[k, d]` extra candidates for every anchor.
+    /// `[k, d]` extra candidates for every anchor. With [`Matryoshka`] dimensions, the weighted
+    /// sum of the loss over each truncation.
     pub fn forward(&self, anchors: Tensor<2>, positives: Tensor<2>, negatives: Option<Tensor<2>>) -> Tensor<1> {
+        let Some(m) = &self.matryoshka else { return self.forward_full(anchors, positives, negatives) };
+        let mut total: Option<Tensor<1>> = None;
+        for (&d, &w) in m.dims.iter().zip(&m.weights) {
+            let l = self
+                .forward_full(shrink(anchors.clone(), d), shrink(positives.clone(), d), negatives.clone().map(|n| shrink(n, d)))
+                .mul_scalar(w);
+            total = Some(match total {
+                Some(t) => t + l,
+                None => l,
+            });
+        }
+        total.expect("validated: at least one dimension")
+    }
+
+    fn forward_full(&self, anchors: Tensor<2>, positives: Tensor<2>, negatives: Option<Tensor<2>>) -> Tensor<1> {
         let n = anchors.dims()[0];
         let candidates = match negatives {
             Some(neg) => Tensor::cat(vec![positives, neg], 0),
@@ -161,7 +218,7 @@ impl MultipleNegativesRankingLoss {
 ///
 /// The device's random stream is re-seeded identically before both passes of a mini-batch, so
 /// dropout masks match (sentence-transformers restores the RNG state for the same reason).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CachedMultipleNegativesRankingLoss {
     pub loss: MultipleNegativesRankingLoss,
     pub mini_batch_size: usize,
@@ -283,11 +340,32 @@ mod tests {
 
         // Symmetric, scale 1: positive→anchor rows are columns 0..2 of the scores, i.e.
         // [1, 0] and [0, 1] (the negative takes no part).
-        let sym = MultipleNegativesRankingLoss { scale: 1.0, symmetric: true };
+        let sym = MultipleNegativesRankingLoss { scale: 1.0, symmetric: true, matryoshka: None };
         let fwd = (ce(&[1.0, 0.0, 0.6], 0) + ce(&[0.0, 1.0, 0.8], 1)) / 2.0;
         let bwd = (ce(&[1.0, 0.0], 0) + ce(&[0.0, 1.0], 1)) / 2.0;
         let got = sym.forward(a, p, Some(n)).into_scalar::<f32>();
         assert!((got as f64 - (fwd + bwd) / 2.0).abs() < 1e-6, "{got} vs {}", (fwd + bwd) / 2.0);
+    }
+
+    #[test]
+    fn matryoshka_is_the_weighted_sum_over_truncations() {
+        // 3-d embeddings where the first coordinate alone ranks wrongly: anchor 0 = (1, 0, 1)
+        // matches positive 0 = (-1, 0, 1) only through the third coordinate. By hand with
+        // scale 1 at dim 1 the rows are ±1 and the cosines [[-1, 1], [1, -1]].
+        let d = Device::flex();
+        let a = t2(vec![1.0, 0.0, 1.0, -1.0, 1.0, 0.0], [2, 3], &d);
+        let p = t2(vec![-1.0, 0.0, 1.0, 1.0, 2.0, 0.0], [2, 3], &d);
+        let plain = MultipleNegativesRankingLoss { scale: 1.0, symmetric: false, matryoshka: None };
+        let dim1 = (ce(&[-1.0, 1.0], 0) + ce(&[1.0, -1.0], 1)) / 2.0;
+        let full = plain.forward(a.clone(), p.clone(), None).into_scalar::<f32>() as f64;
+        let m = MultipleNegativesRankingLoss { matryoshka: Some(Matryoshka { dims: vec![3, 1], weights: vec![1.0, 0.5] }), ..plain.clone() };
+        let got = m.forward(a.clone(), p.clone(), None).into_scalar::<f32>() as f64;
+        assert!((got - (full + 0.5 * dim1)).abs() < 1e-6, "{got} vs {}", full + 0.5 * dim1);
+        // A single full-width dimension is the plain loss.
+        let one = MultipleNegativesRankingLoss { matryoshka: Some(Matryoshka::new(vec![3])), ..plain };
+        assert!((one.forward(a, p, None).into_scalar::<f32>() as f64 - full).abs() < 1e-6);
+        assert!(Matryoshka::new(vec![4]).validate(Some(3)).unwrap_err().contains('4'));
+        assert!(Matryoshka { dims: vec![2], weights: vec![] }.validate(Some(3)).is_err());
     }
 
     /// Central differences on the loss of random embeddings (f32, eps 1e-3): every partial
@@ -297,7 +375,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
         let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
         let (a, p, n) = (rand(12), rand(12), rand(8)); // 3 pairs, 2 negatives, dim 4
-        for loss in [MultipleNegativesRankingLoss::default(), MultipleNegativesRankingLoss { scale: 20.0, symmetric: true }] {
+        for loss in [MultipleNegativesRankingLoss::default(), MultipleNegativesRankingLoss { scale: 20.0, symmetric: true, matryoshka: None }] {
             let value = |a: &[f32], p: &[f32], n: &[f32]| {
                 let d = Device::flex();
                 loss.forward(t2(a.to_vec(), [3, 4], &d), t2(p.to_vec(), [3, 4], &d), Some(t2(n.to_vec(), [2, 4], &d))).into_scalar::<f32>()
@@ -333,7 +411,7 @@ mod tests {
         let mut rand = |n: usize| -> Vec<f64> { (0..n).map(|_| rng.random_range(-1.0f64..1.0)).collect() };
         let (a, p, n) = (rand(12), rand(12), rand(8));
         let t = |v: &[f64], rows: usize, d: &Device| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [rows, 4]), (d, burn::tensor::DType::F64));
-        for loss in [MultipleNegativesRankingLoss::default(), MultipleNegativesRankingLoss { scale: 20.0, symmetric: true }] {
+        for loss in [MultipleNegativesRankingLoss::default(), MultipleNegativesRankingLoss { scale: 20.0, symmetric: true, matryoshka: None }] {
             let value = |cols: &[Vec<f64>; 3]| {
                 let d = Device::flex();
                 loss.forward(t(&cols[0], 3, &d), t(&cols[1], 3, &d), Some(t(&cols[2], 2, &d))).into_scalar::<f64>()
@@ -376,9 +454,9 @@ mod tests {
         let pairs: Vec<PairRef> = data.iter().map(|(q, p, n)| PairRef { query: q, positive: p, negatives: n }).collect();
         let batch = PairBatch::from_pairs(pairs.iter().copied());
         for symmetric in [false, true] {
-            let plain = MultipleNegativesRankingLoss { scale: 20.0, symmetric };
+            let plain = MultipleNegativesRankingLoss { scale: 20.0, symmetric, matryoshka: None };
             let (l1, g1) = plain.backward(&enc, &batch, 1).unwrap();
-            let cached = CachedMultipleNegativesRankingLoss { loss: plain, mini_batch_size: 3 };
+            let cached = CachedMultipleNegativesRankingLoss { loss: plain.clone(), mini_batch_size: 3 };
             let (l2, g2) = cached.backward(&enc, &batch, 1).unwrap();
             assert!((l1 - l2).abs() < 1e-6, "loss {l1} vs {l2}");
             let mut cmp = Compare { a: g1, b: g2, worst: 0.0, count: 0 };

@@ -71,6 +71,11 @@ pub struct ContrastiveConfig {
     pub best_metric: String,
     /// Train LoRA adapters instead of every weight.
     pub lora: Option<LoraConfig>,
+    /// MatryoshkaLoss: also train the first N dimensions of every embedding (e.g. `[768, 512,
+    /// 256, 128]` for EmbeddingGemma), each re-normalised; the losses are summed.
+    pub matryoshka_dims: Option<Vec<usize>>,
+    /// One weight per `matryoshka_dims` entry (default 1 each, as sentence-transformers).
+    pub matryoshka_weights: Option<Vec<f32>>,
 }
 
 impl Default for ContrastiveConfig {
@@ -97,6 +102,8 @@ impl Default for ContrastiveConfig {
             output_dir: PathBuf::from("runs/embed"),
             best_metric: "ndcg_cut_10".into(),
             lora: None,
+            matryoshka_dims: None,
+            matryoshka_weights: None,
         }
     }
 }
@@ -153,7 +160,19 @@ impl ContrastiveConfig {
         if let Some(lora) = &self.lora {
             lora.validate()?;
         }
+        if let Some(m) = self.matryoshka() {
+            m.validate(None).map_err(|reason| TrainError::Config { field: "matryoshka_dims", reason })?;
+        } else if self.matryoshka_weights.is_some() {
+            return bad("matryoshka_weights", "set without matryoshka_dims".into());
+        }
         Ok(())
+    }
+
+    /// The MatryoshkaLoss settings, when `matryoshka_dims` is set.
+    pub fn matryoshka(&self) -> Option<super::contrastive::Matryoshka> {
+        let dims = self.matryoshka_dims.clone()?;
+        let weights = self.matryoshka_weights.clone().unwrap_or_else(|| vec![1.0; dims.len()]);
+        Some(super::contrastive::Matryoshka { dims, weights })
     }
 }
 
@@ -328,8 +347,14 @@ impl<'v, E: TrainableEncoder> ContrastiveTrainer<'v, E> {
         }
         let mut log = LossLog::open(&out.join("loss.jsonl"), state.step)?;
 
-        let plain = MultipleNegativesRankingLoss { scale: cfg.scale, symmetric: cfg.symmetric };
-        let cached = cfg.mini_batch_size.map(|m| CachedMultipleNegativesRankingLoss { loss: plain, mini_batch_size: m });
+        let matryoshka = cfg.matryoshka();
+        if let Some(m) = &matryoshka {
+            // The embedding width is only known from the model: one text tells.
+            let width = encoder.for_inference().encode(&[""]).map_err(|e| TrainError::Encode { step: state.step + 1, source: Box::new(e) })?.dims()[1];
+            m.validate(Some(width)).map_err(|reason| TrainError::Config { field: "matryoshka_dims", reason })?;
+        }
+        let plain = MultipleNegativesRankingLoss { scale: cfg.scale, symmetric: cfg.symmetric, matryoshka };
+        let cached = cfg.mini_batch_size.map(|m| CachedMultipleNegativesRankingLoss { loss: plain.clone(), mini_batch_size: m });
         let bar = progress_bar(self.progress, total_steps as u64, state.step as u64);
         let started = Instant::now();
         let mut pairs_seen = 0usize;

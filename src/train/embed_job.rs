@@ -41,12 +41,15 @@ use crate::data::jsonl::{BadLines, read_jsonl};
 use crate::data::trec::Qrels;
 use crate::device::DeviceChoice;
 use crate::io::tokenizer::TextTokenizer;
+use crate::lora::{AdapterWeights, LoraConfig};
 use crate::model::bert::{Prompts, SentenceEncoder};
+use crate::model::gemma::{GemmaEncoder, is_gemma_folder};
 use crate::report::manifest::{Manifest, RunDir};
 use crate::train::checkpoint;
 use crate::train::contrastive_trainer::{ContrastiveConfig, ContrastiveTrainer};
 use crate::train::encoder::TrainableEncoder;
 use crate::train::hard_negatives::{Miner, MiningOptions, mine_hard_negatives};
+use crate::train::memory::{ActivationProfile, MemoryEstimate, available_memory, gib, param_counts, texts_in_graph};
 use crate::train::validation::RetrievalValidation;
 
 /// Everything a training run depends on; recorded whole in the manifest.
@@ -55,7 +58,8 @@ use crate::train::validation::RetrievalValidation;
 pub struct EmbedJobConfig {
     /// Run name: the run lands in `<reports>/<name>/<run-id>/`.
     pub name: String,
-    /// Encoder folder (Hugging Face / sentence-transformers layout).
+    /// Encoder folder (Hugging Face / sentence-transformers layout): a BERT-family encoder or
+    /// EmbeddingGemma (`model_type: gemma3_text`).
     pub model: PathBuf,
     /// Embedding pairs, JSONL `{"query", "positive", "negatives"?, "doc_id"?, governance...}`.
     pub data: PathBuf,
@@ -158,6 +162,126 @@ impl EmbedJobConfig {
     }
 }
 
+/// What the job needs from an encoder beyond training: its prompts, its tokenizer, a way to mine
+/// with it, and its export.
+trait JobEncoder: TrainableEncoder {
+    fn query_prompt(&self) -> Option<String>;
+    fn document_prompt(&self) -> Option<String>;
+    fn tokenizer_mut(&mut self) -> &mut TextTokenizer;
+    /// The encoder dense hard-negative mining can search with (BERT only, for now).
+    fn dense_miner(&self) -> Option<&SentenceEncoder>;
+    /// Adapters (if any) as arrays, then folded into the weights.
+    fn merge_adapters(self, lora: Option<&LoraConfig>) -> (Self, Option<AdapterWeights>);
+    fn write_folder(&self, dir: &Path, meta: serde_json::Value) -> anyhow::Result<()>;
+    /// What one token costs autograd, for the memory estimate.
+    fn activation_profile(&self) -> ActivationProfile;
+}
+
+impl JobEncoder for SentenceEncoder {
+    fn query_prompt(&self) -> Option<String> {
+        self.prompts.query.clone()
+    }
+    fn document_prompt(&self) -> Option<String> {
+        self.prompts.document.clone()
+    }
+    fn tokenizer_mut(&mut self) -> &mut TextTokenizer {
+        &mut self.tokenizer
+    }
+    fn dense_miner(&self) -> Option<&SentenceEncoder> {
+        Some(self)
+    }
+    fn merge_adapters(mut self, lora: Option<&LoraConfig>) -> (Self, Option<AdapterWeights>) {
+        let adapter = lora.map(|l| self.model.adapter_weights(l));
+        self.model = self.model.merged();
+        (self, adapter)
+    }
+    fn write_folder(&self, dir: &Path, meta: serde_json::Value) -> anyhow::Result<()> {
+        crate::export::sentence_transformers::write_folder(self, dir, meta)?;
+        Ok(())
+    }
+    fn activation_profile(&self) -> ActivationProfile {
+        let c = &self.model.config;
+        ActivationProfile::bert(c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads)
+    }
+}
+
+impl JobEncoder for GemmaEncoder {
+    fn query_prompt(&self) -> Option<String> {
+        self.prompt("query").map(str::to_string)
+    }
+    fn document_prompt(&self) -> Option<String> {
+        self.prompt("document").map(str::to_string)
+    }
+    fn tokenizer_mut(&mut self) -> &mut TextTokenizer {
+        &mut self.tokenizer
+    }
+    fn dense_miner(&self) -> Option<&SentenceEncoder> {
+        None
+    }
+    fn merge_adapters(mut self, lora: Option<&LoraConfig>) -> (Self, Option<AdapterWeights>) {
+        let adapter = lora.map(|l| self.model.adapter_weights(l));
+        self.model = self.model.merged();
+        (self, adapter)
+    }
+    fn write_folder(&self, dir: &Path, meta: serde_json::Value) -> anyhow::Result<()> {
+        crate::export::sentence_transformers::write_gemma_folder(self, dir, meta)?;
+        Ok(())
+    }
+    fn activation_profile(&self) -> ActivationProfile {
+        let c = &self.model.transformer.config;
+        let (heads, kv) = (c.num_attention_heads, c.num_key_value_heads);
+        ActivationProfile::gemma(c.num_hidden_layers, c.hidden_size, heads * c.head_dim, c.head_dim, c.intermediate_size, heads, kv)
+    }
+}
+
+/// The memory a CPU run may use: what the OS has available, or `TUNELAB_MEMORY_LIMIT` (bytes)
+/// when set lower (to keep room for other work on the machine).
+fn memory_limit() -> Option<u64> {
+    let limit = std::env::var("TUNELAB_MEMORY_LIMIT").ok().and_then(|v| v.trim().parse::<u64>().ok());
+    match (available_memory(), limit) {
+        (Some(a), Some(l)) => Some(a.min(l)),
+        (a, l) => a.or(l),
+    }
+}
+
+/// Print what the run will hold in memory and refuse, naming the flags to change, when it
+/// cannot fit the memory the OS has available (CPU runs; GPU memory is not known here).
+fn check_memory<E: JobEncoder>(encoder: &E, cfg: &ContrastiveConfig, seq: usize, negatives: usize, cpu: bool) -> anyhow::Result<MemoryEstimate> {
+    let probe = match &cfg.lora {
+        Some(l) => encoder.clone().with_lora(l, cfg.seed)?,
+        None => encoder.clone(),
+    };
+    // On the autodiff device, as the trainer runs it: frozen parameters are those without grad.
+    let (params, trainable) = param_counts(probe.for_training().model());
+    let texts = texts_in_graph(cfg.batch_size, negatives, cfg.mini_batch_size);
+    let estimate = MemoryEstimate::new(params, trainable, encoder.activation_profile().bytes_per_token(seq), texts * seq);
+    println!(
+        "{} ({} parameters, {} trainable; {} texts × {} tokens per micro-batch)",
+        estimate.describe(),
+        params,
+        trainable,
+        texts,
+        seq
+    );
+    if cpu
+        && std::env::var("TUNELAB_SKIP_MEMORY_CHECK").as_deref() != Ok("1")
+        && let Some(available) = memory_limit()
+        && estimate.total() > available
+    {
+        bail!(
+            "this run needs about {} but {} is available: lower --mini-batch-size (GradCache: {}), \
+             --batch-size ({}) or --max-seq-length ({}), or train LoRA adapters (--lora-rank) instead of every weight \
+             (TUNELAB_SKIP_MEMORY_CHECK=1 runs anyway)",
+            gib(estimate.total()),
+            gib(available),
+            cfg.mini_batch_size.map_or("off".to_string(), |m| m.to_string()),
+            cfg.batch_size,
+            seq
+        );
+    }
+    Ok(estimate)
+}
+
 /// Run the job on `choice`'s device. See the module notes.
 pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Result<EmbedJobOutcome> {
     cfg.train.validate()?;
@@ -183,14 +307,35 @@ pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Resu
         manifest.add_input(file)?;
     }
     manifest.add_input(&cfg.data)?;
-    let mut encoder = SentenceEncoder::load(&cfg.model, &device).with_context(|| format!("loading {}", cfg.model.display()))?;
+    let loading = || format!("loading {}", cfg.model.display());
+    let cpu = matches!(choice, DeviceChoice::Cpu);
+    if is_gemma_folder(&cfg.model) {
+        let encoder = GemmaEncoder::load(&cfg.model, &device).with_context(loading)?;
+        train_and_export(cfg, encoder, read.records, &policy, manifest, run_dir, cpu)
+    } else {
+        let encoder = SentenceEncoder::load(&cfg.model, &device).with_context(loading)?;
+        train_and_export(cfg, encoder, read.records, &policy, manifest, run_dir, cpu)
+    }
+}
+
+/// Everything after loading: governance, mining, validation, training, export.
+fn train_and_export<E: JobEncoder>(
+    cfg: &EmbedJobConfig,
+    mut encoder: E,
+    records: Vec<EmbeddingPair>,
+    policy: &Policy,
+    mut manifest: Manifest,
+    run_dir: RunDir,
+    cpu: bool,
+) -> anyhow::Result<EmbedJobOutcome> {
+    let bad = if cfg.skip_bad_lines { BadLines::SkipBad } else { BadLines::Fail };
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         let p = cfg.model.join(f);
         if p.is_file() {
             manifest.add_input(&p)?;
         }
     }
-    let mut pairs = policy.apply(read.records);
+    let mut pairs = policy.apply(records);
     // The audit of what the policy kept and excluded from the data as given; mining below only adds
     // negatives to kept pairs, and its hash is recorded beside this one.
     let mut governance = serde_json::to_value(pairs.audit())?;
@@ -201,7 +346,13 @@ pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Resu
         manifest.add_input(&hn.corpus)?;
         let miner = match hn.method.as_str() {
             "bm25" => Miner::Bm25,
-            "dense" => Miner::Dense(&encoder),
+            "dense" => match encoder.dense_miner() {
+                Some(e) => Miner::Dense(e),
+                None => bail!(
+                    "{}: hard_negatives.method \"dense\" is not available for this encoder yet: use \"bm25\"",
+                    cfg.model.display()
+                ),
+            },
             other => bail!("hard_negatives.method {other:?}: use \"bm25\" or \"dense\""),
         };
         let opts = MiningOptions {
@@ -240,9 +391,9 @@ pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Resu
             }
             let documents = docs
                 .iter()
-                .map(|d| (d.id.clone(), Prompts::apply(encoder.prompts.document.as_deref(), &format!("{}\n{}", d.title, d.text), None)))
+                .map(|d| (d.id.clone(), Prompts::apply(encoder.document_prompt().as_deref(), &format!("{}\n{}", d.title, d.text), None)))
                 .collect();
-            let queries = queries.into_iter().map(|q| (q.qid, Prompts::apply(encoder.prompts.query.as_deref(), &q.query, None))).collect();
+            let queries = queries.into_iter().map(|q| (q.qid, Prompts::apply(encoder.query_prompt().as_deref(), &q.query, None))).collect();
             let mut rv = RetrievalValidation::new(queries, documents, qrels);
             rv.depth = v.depth;
             Some(rv)
@@ -258,10 +409,14 @@ pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Resu
         // Validate once per epoch at least, so "best" means something.
         train_cfg.eval_every = Some(pairs.len().div_ceil(train_cfg.batch_size).max(1));
     }
-    let full_len = encoder.tokenizer.max_len();
+    let full_len = encoder.tokenizer_mut().max_len();
     if let Some(max) = cfg.max_seq_length {
-        encoder.tokenizer = TextTokenizer::new(encoder.tokenizer.inner().clone(), encoder.tokenizer.path().to_path_buf(), max.min(full_len))?;
+        let t = encoder.tokenizer_mut();
+        *t = TextTokenizer::new(t.inner().clone(), t.path().to_path_buf(), max.min(full_len))?;
     }
+    let negatives = pairs.records().iter().map(|p| p.negatives.len()).max().unwrap_or(0);
+    let seq = encoder.tokenizer_mut().max_len();
+    check_memory(&encoder, &train_cfg, seq, negatives, cpu)?;
     let mut trainer = ContrastiveTrainer::new(train_cfg.clone());
     if let Some(v) = validation.as_mut() {
         trainer = trainer.with_validation(v);
@@ -275,14 +430,14 @@ pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Resu
         let best_dir = train_cfg.output_dir.join("best");
         tuned.set_model(checkpoint::load_model(&best_dir, tuned.model().clone())?.valid());
     }
-    let lora_adapter = train_cfg.lora.as_ref().map(|l| tuned.model.adapter_weights(l));
-    tuned.model = tuned.model.merged();
-    tuned.tokenizer = TextTokenizer::new(tuned.tokenizer.inner().clone(), tuned.tokenizer.path().to_path_buf(), full_len)?;
+    let (mut tuned, lora_adapter) = tuned.merge_adapters(train_cfg.lora.as_ref());
+    let t = tuned.tokenizer_mut();
+    *t = TextTokenizer::new(t.inner().clone(), t.path().to_path_buf(), full_len)?;
 
     let t = Instant::now();
     let model_dir = run_dir.path().join("model");
     let meta = serde_json::json!({ "governance": manifest.governance.clone(), "run_id": manifest.run_id, "config": cfg });
-    crate::export::sentence_transformers::write_folder(&tuned, &model_dir, meta)?;
+    tuned.write_folder(&model_dir, meta)?;
     if let Some(adapter) = &lora_adapter {
         let summary: BTreeMap<&str, [usize; 2]> = adapter.layers.iter().map(|(k, f)| (k.as_str(), [f.b_shape[0], f.a_shape[1]])).collect();
         std::fs::write(run_dir.path().join("lora_layers.json"), serde_json::to_string_pretty(&summary)?)?;

@@ -174,6 +174,27 @@ impl TrainableEncoder for crate::model::bert::SentenceEncoder {
     }
 }
 
+/// EmbeddingGemma trains the same way; the Dense modules train with the transformer in full
+/// fine-tuning and stay frozen under LoRA.
+impl TrainableEncoder for crate::model::gemma::GemmaEncoder {
+    type Model = crate::model::gemma::GemmaSentenceModel;
+    type Error = crate::model::gemma::GemmaError;
+    fn model(&self) -> &Self::Model {
+        &self.model
+    }
+    fn set_model(&mut self, model: Self::Model) {
+        self.model = model;
+    }
+    fn encode(&self, texts: &[&str]) -> Result<Tensor<2>, Self::Error> {
+        crate::model::gemma::GemmaEncoder::encode(self, texts)
+    }
+    fn with_lora(mut self, config: &LoraConfig, seed: u64) -> Result<Self, LoraError> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        self.model = self.model.with_lora(config, &mut rng)?;
+        Ok(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 //! * [`embed_job`]: `tunelab train embed`: govern, mine, train, validate, export, manifest.
 //! * [`encoder`]: the [`encoder::TrainableEncoder`] seam between loops and models.
 //! * [`hard_negatives`]: mining hard negatives from a governed corpus (BM25 or dense).
+//! * [`memory`]: what a run will hold in memory, estimated (and refused) before it starts.
 //! * [`gradcheck`]: finite-difference checks of parameter gradients for any encoder and loss.
 //! * [`rerank`]: LoRA fine-tuning of a yes/no LLM reranker (`tunelab train rerank`), calibration.
 //! * [`schedule`]: warm-up + linear/cosine learning rates, clipping by global norm.
@@ -19,6 +20,7 @@ pub mod embed_job;
 pub mod encoder;
 pub mod gradcheck;
 pub mod hard_negatives;
+pub mod memory;
 pub mod rerank;
 pub mod run_folder;
 pub mod schedule;
