@@ -535,6 +535,33 @@ fn withdrawn_contributor_spelled_differently_is_kept_out_of_split_mining_and_tra
     let ex = excluded(&audit);
     assert_eq!(ex.len(), lora_out, "{ex:?}");
     assert!(ex.iter().all(|(id, r)| id.starts_with("cw") && r == "withdrawn"), "{ex:?}");
+
+    // train rerank on judgments by the same people (tiny Qwen3 reranker fixture): the policy is found
+    // from the judgments' folder, and every spelling of the withdrawn name stays out.
+    let rerank_data = archive.join("rerank/judgments.jsonl");
+    std::fs::create_dir_all(rerank_data.parent().unwrap()).unwrap();
+    let mut judgments = Vec::new();
+    for (i, v) in variants.iter().enumerate() {
+        judgments.push(serde_json::json!({"id": format!("cr{i}"), "query": format!("question {i} about nets"), "document": format!("Corwin's answer {i}: mend the nets at dawn."), "relevant": 1, "classification": "community", "contributor": v, "consent": "c-010"}));
+    }
+    for q in 0..4 {
+        for (g, doc) in [(2, format!("Answer {q}: the nets are mended at the gathering.")), (0, format!("Unrelated {q}: bread and ovens."))] {
+            judgments.push(serde_json::json!({"id": format!("mr{q}-{g}"), "query": format!("question {q} about the gathering"), "document": doc, "relevant": g, "classification": "community", "contributor": "Maren Tolliver", "consent": "c-001"}));
+        }
+    }
+    let jsonl: String = judgments.iter().map(|l| l.to_string() + "\n").collect();
+    std::fs::write(&rerank_data, jsonl).unwrap();
+    let tiny_reranker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reranker/tiny_qwen3_reranker");
+    let rerank_out = elsewhere.join("reranker");
+    ok(&run(&[
+        "train", "rerank", "--model", tiny_reranker.to_str().unwrap(), "--data", rerank_data.to_str().unwrap(), "--iters", "2",
+        "--batch-size", "2", "--valid-fraction", "0.25", "--adapter-path", rerank_out.to_str().unwrap(),
+    ]));
+    let audit: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(rerank_out.join("governance_audit.json")).unwrap()).unwrap();
+    let ex = excluded(&audit);
+    assert_eq!(ex.len(), variants.len(), "train rerank: {ex:?}");
+    assert!(ex.iter().all(|(id, r)| id.starts_with("cr") && r == "withdrawn"), "train rerank: {ex:?}");
+    assert_eq!(audit["kept"].as_u64(), Some(8), "train rerank: {audit}");
 }
 
 #[test]

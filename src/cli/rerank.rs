@@ -341,13 +341,9 @@ pub fn run_train(a: TrainRerankArgs, d: DeviceChoice) -> anyhow::Result<()> {
             loaded.format
         );
     }
-    let bundled = Path::new(crate::cli::data::DEFAULT_POLICY);
-    let mut policy = match &cfg.policy {
-        Some(p) => Policy::load(p)?,
-        None if bundled.is_file() => Policy::load(bundled)?,
-        None => Policy::default(),
-    };
-    policy.treat_unclassified_as_public |= cfg.treat_unclassified_as_public;
+    // The policy governing the judgments is found from their location (or `policy`), never from the
+    // working directory; without one only public records pass (Policy::resolve).
+    let policy = crate::cli::data::resolve_policy(cfg.policy.as_deref(), &data, cfg.treat_unclassified_as_public)?;
     let records: Vec<RerankerJudgment> = loaded
         .parts
         .iter()
