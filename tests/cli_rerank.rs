@@ -153,7 +153,7 @@ fn rerank_sends_the_best_chunk_of_a_long_document() {
     let dir = tmp.path();
     // ~6000 characters: filler paragraphs, the answer near the end.
     let mut long = String::new();
-    for i in 0..60 {
+    for i in 0..100 {
         long.push_str(&format!("Paragraph {i} tells of pizza dough, stone trays and ovens.\n\n"));
     }
     long.push_str("The lot drawing happens at the autumn gathering, after ossenday.\n");
