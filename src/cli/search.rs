@@ -15,9 +15,9 @@ use crate::eval::search::qmd::{
     BertEmbedder, ExpandedQuery, PrecomputedExpansions, QmdAnswer, QmdConfig, QmdPipeline,
     QueryExpander, STAGES, Scorer, parse_expansion_output,
 };
-use crate::model::reranker::Reranker;
 use crate::model::bert::SentenceEncoder;
 use crate::model::decoder::{CausalLm, GenerateOptions};
+use crate::model::reranker::Reranker;
 
 /// The search pipelines `tunelab search` knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

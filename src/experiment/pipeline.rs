@@ -28,8 +28,7 @@ use crate::device::DeviceChoice;
 use crate::eval::compare::{CompareOptions, compare, holm};
 use crate::eval::metrics::{EvalOptions, Measure, evaluate};
 use crate::eval::search::qmd::{
-    BertEmbedder, PrecomputedExpansions, QmdConfig, QmdPipeline, QueryExpander, Scorer,
-    StageRuns,
+    BertEmbedder, PrecomputedExpansions, QmdConfig, QmdPipeline, QueryExpander, Scorer, StageRuns,
 };
 use crate::model::bert::SentenceEncoder;
 use crate::model::reranker::Reranker;
@@ -145,7 +144,9 @@ pub fn run(
 ) -> anyhow::Result<PipelineOutcome> {
     let device = choice.device()?;
     if cfg.tuned_reranker_adapter.is_some() && cfg.base_reranker.is_none() {
-        bail!("tuned_reranker_adapter (--tuned-reranker-adapter) needs base_reranker (--base-reranker)");
+        bail!(
+            "tuned_reranker_adapter (--tuned-reranker-adapter) needs base_reranker (--base-reranker)"
+        );
     }
     let load_reranker = |adapter: Option<&Path>| -> anyhow::Result<Reranker> {
         let model = cfg.base_reranker.as_deref().expect("checked above");

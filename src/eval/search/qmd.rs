@@ -797,7 +797,6 @@ impl QmdPipeline {
         Ok(answer)
     }
 
-
     #[allow(clippy::type_complexity)]
     fn rerank(
         &self,
