@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 
 use burn::tensor::Device;
 use tunelab::data::trec::Run;
+use tunelab::eval::search::qmd::{QmdConfig, rerank_chunk_for};
 use tunelab::model::reranker::Reranker;
 
 fn tiny() -> PathBuf {
@@ -93,19 +94,19 @@ fn rerank_rescores_the_top_of_a_run_with_p_yes() {
         .collect();
     kept.sort();
     assert_eq!(kept, ["d1", "d2", "d3"], "the top 3 of the input run");
-    // Scores are P(yes) of the library scorer, the run sorted by them.
+    // Scores are P(yes) of the library scorer on the best chunk (short documents: one chunk, the
+    // whole text), the run sorted by them.
     let r = Reranker::load(&tiny(), None, &Device::flex()).unwrap();
     let text: BTreeMap<&str, &str> = docs().into_iter().collect();
+    let cfg = QmdConfig::default();
     for (qid, query) in [("q1", "when is the drawing"), ("q2", "pizza oven")] {
         let rows = &out.results[qid];
+        let chunks: Vec<String> = rows
+            .iter()
+            .map(|x| rerank_chunk_for(text[x.doc_id.as_str()], query, &cfg).unwrap())
+            .collect();
         let want = r
-            .score(
-                query,
-                &rows
-                    .iter()
-                    .map(|x| text[x.doc_id.as_str()])
-                    .collect::<Vec<_>>(),
-            )
+            .score(query, &chunks.iter().map(String::as_str).collect::<Vec<_>>())
             .unwrap();
         for (row, w) in rows.iter().zip(want) {
             assert!(
@@ -142,6 +143,57 @@ fn rerank_rescores_the_top_of_a_run_with_p_yes() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
+}
+
+/// A document longer than one rerank chunk (3600 characters) is sent as QMD sends it: the chunk
+/// with the most query words, not the document's head.
+#[test]
+fn rerank_sends_the_best_chunk_of_a_long_document() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // ~6000 characters: filler paragraphs, the answer near the end.
+    let mut long = String::new();
+    for i in 0..100 {
+        long.push_str(&format!("Paragraph {i} tells of pizza dough, stone trays and ovens.\n\n"));
+    }
+    long.push_str("The lot drawing happens at the autumn gathering, after ossenday.\n");
+    assert!(long.len() > 3600 * 3 / 2);
+    let corpus = [
+        serde_json::json!({"id": "long", "text": long}).to_string(),
+        serde_json::json!({"id": "short", "text": "Children play at the drawing with pebbles."})
+            .to_string(),
+    ];
+    std::fs::write(dir.join("corpus.jsonl"), corpus.join("\n") + "\n").unwrap();
+    let query = "when is the lot drawing";
+    std::fs::write(
+        dir.join("q.jsonl"),
+        format!("{{\"qid\": \"q1\", \"query\": \"{query}\"}}\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("in.run"), "q1 Q0 long 1 2.0 x\nq1 Q0 short 2 1.0 x\n").unwrap();
+    let model = tiny().display().to_string();
+    ok(&tunelab(
+        &[
+            "rerank", "--model", &model, "--queries", "q.jsonl", "--run", "in.run", "--corpus",
+            "corpus.jsonl", "--out", "rr.run", "--max-length", "512",
+        ],
+        dir,
+    ));
+    let out = Run::read(dir.join("rr.run")).unwrap();
+    let got = |id: &str| {
+        out.results["q1"]
+            .iter()
+            .find(|r| r.doc_id == id)
+            .unwrap()
+            .score
+    };
+    let chunk = rerank_chunk_for(&long, query, &QmdConfig::default()).unwrap();
+    assert!(chunk.contains("lot drawing") && !chunk.starts_with("Paragraph 0 "), "{chunk:.80}");
+    let mut r = Reranker::load(&tiny(), None, &Device::flex()).unwrap();
+    r.max_length = 512;
+    let want = r.score(query, &[&chunk, &long]).unwrap();
+    assert!((got("long") - want[0] as f64).abs() < 1e-6, "{} vs chunk {}", got("long"), want[0]);
+    assert!((got("long") - want[1] as f64).abs() > 1e-6, "the whole document would score {}", want[1]);
 }
 
 /// Judgments: 12 queries, each with one relevant (grade 2), one partly relevant (1) and one

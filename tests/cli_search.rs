@@ -209,3 +209,50 @@ fn an_expansion_model_generates_the_expansions() {
     assert_eq!(a["expansions"], serde_json::json!([{"type": "hyde", "query": "Information about moon tide"}]), "{answers}");
     assert_eq!(a["lists"].as_array().unwrap().iter().filter(|l| l["query_type"] == "hyde").count(), 1, "{answers}");
 }
+
+/// `--reranker`: the tiny random Qwen3 yes/no reranker adds the `full` stage, each score QMD's
+/// blend of the document's rank in `hybrid+expansion` with P(yes) of its best rerank chunk.
+#[test]
+fn a_reranker_adds_the_full_stage_as_qmd_blends_it() {
+    use tunelab::data::corpus::read_corpus;
+    use tunelab::data::jsonl::BadLines;
+    use tunelab::eval::search::qmd::{QmdConfig, blend, rerank_chunk_for};
+    use tunelab::model::reranker::Reranker;
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, corpus) = setup(tmp.path());
+    let rr = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reranker/tiny_qwen3_reranker");
+    let queries = tmp.path().join("q.jsonl");
+    std::fs::write(&queries, "{\"qid\": \"q1\", \"query\": \"moon tide\"}\n{\"qid\": \"q2\", \"query\": \"starter flour water\"}\n").unwrap();
+    let dir = tmp.path().join("runs");
+    let out = search(&[
+        "--corpus", s(&corpus), "--model", s(&model), "--reranker", s(&rr), "--queries", s(&queries), "--out", s(&dir),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hybrid = Run::read(dir.join("hybrid+expansion.run")).unwrap();
+    let full = Run::read(dir.join("full.run")).unwrap();
+    let texts: std::collections::BTreeMap<String, String> = read_corpus(&corpus, BadLines::Fail)
+        .unwrap()
+        .records
+        .into_iter()
+        .map(|d| (d.id, d.text))
+        .collect();
+    let r = Reranker::load(&rr, None, &Device::flex()).unwrap();
+    for (qid, query) in [("q1", "moon tide"), ("q2", "starter flour water")] {
+        let cands = &hybrid.results[qid];
+        assert!(cands.len() >= 2, "{qid}: {cands:?}");
+        let rows = &full.results[qid];
+        assert_eq!(rows.len(), cands.len(), "{qid}");
+        for (rank, c) in cands.iter().enumerate() {
+            let chunk = rerank_chunk_for(&texts[&c.doc_id], query, &QmdConfig::default()).unwrap();
+            let p = r.score(query, &[&chunk]).unwrap()[0];
+            assert!(p > 0.0 && p < 1.0);
+            let want = blend(rank + 1, f64::from(p));
+            let got = rows.iter().find(|x| x.doc_id == c.doc_id).unwrap().score;
+            assert!((got - want).abs() < 1e-5, "{qid} {}: full {got} vs blend {want}", c.doc_id);
+        }
+    }
+    // One query in the terminal answers from the full stage.
+    let one = search(&["--corpus", s(&corpus), "--model", s(&model), "--reranker", s(&rr), "moon tide"]);
+    assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));
+    assert!(String::from_utf8_lossy(&one.stdout).contains("stage full"), "{}", String::from_utf8_lossy(&one.stdout));
+}

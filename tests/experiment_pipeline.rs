@@ -6,7 +6,7 @@ use std::path::Path;
 use burn::tensor::Device;
 use tunelab::data::trec::Run;
 use tunelab::device::DeviceChoice;
-use tunelab::eval::search::qmd::RerankScorer;
+use tunelab::eval::search::qmd::Scorer;
 use tunelab::experiment::pipeline::{PipelineExperimentConfig, Rerankers, run};
 use tunelab::export::sentence_transformers::write_folder;
 use tunelab::model::bert::SentenceEncoder;
@@ -19,7 +19,7 @@ struct Overlap {
     squared: bool,
 }
 
-impl RerankScorer for Overlap {
+impl Scorer for Overlap {
     fn score(&self, query: &str, docs: &[&str]) -> anyhow::Result<Vec<f32>> {
         let q: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
         Ok(docs
@@ -108,4 +108,73 @@ fn every_system_and_stage_lands_in_one_report() {
     // Without any tuned model there is nothing to compare.
     let none = PipelineExperimentConfig { tuned_embedder: None, tuned_expansions: None, ..cfg };
     assert!(run(&none, DeviceChoice::Cpu, None).unwrap_err().to_string().contains("tuned"));
+}
+
+/// `tunelab experiment --pipeline --base-reranker M --tuned-reranker-adapter DIR` end to end: the
+/// tiny random Qwen3 reranker, an adapter trained for a few steps by `tunelab train rerank`; each
+/// system's `full` run is QMD's blend of its `hybrid+expansion` rank with that system's P(yes).
+#[test]
+fn cli_base_and_tuned_rerankers_give_the_full_stage() {
+    use std::process::Command;
+    use tunelab::data::corpus::read_corpus;
+    use tunelab::data::jsonl::BadLines;
+    use tunelab::eval::search::qmd::{QmdConfig, blend, rerank_chunk_for};
+    use tunelab::model::reranker::Reranker;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ds = dir.join("datasets");
+    write(&ds, "corpus/tides.md", "# Tide tables\nThe moon pulls the tide.\n");
+    write(&ds, "corpus/bread.md", "# Sourdough\nA starter of flour and water.\n");
+    write(&ds, "corpus/river.md", "# River\nRiver water rises with the tide.\n");
+    write(&ds, "queries/test.jsonl", "{\"qid\": \"q1\", \"query\": \"moon tide\"}\n{\"qid\": \"q2\", \"query\": \"flour water\"}\n");
+    write(&ds, "qrels/test.qrels", "q1 0 tides 1\nq2 0 bread 1\n");
+    let base = dir.join("base");
+    write_folder(&SentenceEncoder::random_tiny(&WORDS, 1, &Device::flex()), &base, serde_json::Value::Null).unwrap();
+    let rr = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reranker/tiny_qwen3_reranker");
+    let mut lines = Vec::new();
+    for q in 0..8 {
+        for (g, doc) in [(1, format!("Answer {q}: the moon pulls the tide.")), (0, format!("Unrelated {q}: flour and water."))] {
+            lines.push(serde_json::json!({"id": format!("j{q}-{g}"), "query": format!("question {q} about the tide"), "document": doc, "relevant": g, "classification": "public"}).to_string());
+        }
+    }
+    write(dir, "judgments.jsonl", &(lines.join("\n") + "\n"));
+    let tunelab = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tunelab")).args(args).current_dir(dir).env("TUNELAB_DEVICE", "cpu").output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{args:?}:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+    let rr_s = rr.to_str().unwrap();
+    tunelab(&["train", "rerank", "--model", rr_s, "--data", "judgments.jsonl", "--iters", "4", "--batch-size", "2", "--learning-rate", "0.05", "--valid-fraction", "0.25", "--mined-negatives", "0", "--negatives", "1", "--adapter-path", "adapter", "--seed", "1"]);
+    write(dir, "pipe.toml", &format!("datasets = {:?}\nreports = {:?}\npermutations = 100\nbase_embedder = {:?}\n", ds.to_str().unwrap(), dir.join("reports").to_str().unwrap(), base.to_str().unwrap()));
+    let stdout = tunelab(&["experiment", "--pipeline", "--config", "pipe.toml", "--base-reranker", rr_s, "--tuned-reranker-adapter", "adapter"]);
+    let run_dir = Path::new(stdout.lines().find_map(|l| l.strip_prefix("run directory: ")).expect(&stdout)).to_path_buf();
+    let run_dir = if run_dir.is_absolute() { run_dir } else { dir.join(run_dir) };
+    let texts: std::collections::BTreeMap<String, String> =
+        read_corpus(&ds.join("corpus"), BadLines::Fail).unwrap().records.into_iter().map(|d| (d.id, d.text)).collect();
+    let results = |s: &str, stage: &str| Run::read(run_dir.join("runs").join(s).join(format!("{stage}.run"))).unwrap().results;
+    let base_rr = Reranker::load_merged(&rr, None, &Device::flex()).unwrap();
+    let tuned_rr = Reranker::load_merged(&rr, Some(&dir.join("adapter")), &Device::flex()).unwrap();
+    let mut moved = false;
+    for (system, scorer) in [("base", &base_rr), ("tuned-reranker", &tuned_rr)] {
+        let cands = results(system, "hybrid+expansion");
+        let full = results(system, "full");
+        for (qid, query) in [("q1", "moon tide"), ("q2", "flour water")] {
+            assert!(cands[qid].len() >= 2, "{system} {qid}");
+            assert_eq!(full[qid].len(), cands[qid].len());
+            for (rank, c) in cands[qid].iter().enumerate() {
+                let chunk = rerank_chunk_for(&texts[&c.doc_id], query, &QmdConfig::default()).unwrap();
+                let p = f64::from(scorer.score(query, &[&chunk]).unwrap()[0]);
+                let got = full[qid].iter().find(|x| x.doc_id == c.doc_id).unwrap().score;
+                assert!((got - blend(rank + 1, p)).abs() < 1e-5, "{system} {qid} {}: {got} vs {}", c.doc_id, blend(rank + 1, p));
+                let p_base = f64::from(base_rr.score(query, &[&chunk]).unwrap()[0]);
+                moved |= (p - p_base).abs() > 1e-6;
+            }
+        }
+    }
+    assert!(moved, "the tuned adapter changes P(yes)");
+    assert_eq!(results("tuned-reranker", "hybrid"), results("base", "hybrid"));
+    let report_path = stdout.lines().find_map(|l| l.strip_prefix("report: ")).expect(&stdout);
+    let report = std::fs::read_to_string(dir.join(report_path)).unwrap();
+    assert!(report.contains("tuned-reranker · full"), "the report compares the full stage");
 }

@@ -46,6 +46,13 @@ pub struct ExperimentArgs {
     /// Pipeline experiment: the tuned expansion model's expansions.
     #[arg(long, requires = "pipeline")]
     pub tuned_expansions: Option<PathBuf>,
+    /// Pipeline experiment: the base yes/no LLM reranker (`.gguf` or Hugging Face folder); adds
+    /// the `full` stage.
+    #[arg(long, requires = "pipeline")]
+    pub base_reranker: Option<PathBuf>,
+    /// Pipeline experiment: a LoRA adapter on the base reranker (`tunelab train rerank`'s).
+    #[arg(long, requires = "pipeline")]
+    pub tuned_reranker_adapter: Option<PathBuf>,
 }
 
 fn run_pipeline(a: ExperimentArgs, device: DeviceChoice) -> anyhow::Result<()> {
@@ -73,6 +80,8 @@ fn run_pipeline(a: ExperimentArgs, device: DeviceChoice) -> anyhow::Result<()> {
     cfg.tuned_embedder = a.tuned_embedder.or(cfg.tuned_embedder);
     cfg.base_expansions = a.base_expansions.or(cfg.base_expansions);
     cfg.tuned_expansions = a.tuned_expansions.or(cfg.tuned_expansions);
+    cfg.base_reranker = a.base_reranker.or(cfg.base_reranker);
+    cfg.tuned_reranker_adapter = a.tuned_reranker_adapter.or(cfg.tuned_reranker_adapter);
     crate::experiment::pipeline::run(&cfg, device, None)?;
     Ok(())
 }

@@ -1,9 +1,9 @@
 //! `tunelab rerank`: rescore the top documents of a TREC run with a yes/no LLM reranker
 //! ([`Reranker`]), writing a run whose scores are P(yes).
 //!
-//! The document text sent is the whole markdown body (title heading included), its tail cut at
-//! the reranker's `--max-length`; QMD sends the best 900-token chunk of each document, which needs
-//! the pipeline's chunker.
+//! Each document is sent as QMD sends it: its body cut into rerank chunks (3600/540/800
+//! characters) and the chunk with the most query words chosen, by the pipeline's own
+//! [`rerank_chunk_for`]; the prompt's tail is cut at the reranker's `--max-length`.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -13,6 +13,7 @@ use crate::data::corpus::read_corpus;
 use crate::data::jsonl::{BadLines, DataError, read_with};
 use crate::data::trec::{Retrieved, Run};
 use crate::device::DeviceChoice;
+use crate::eval::search::qmd::{QmdConfig, rerank_chunk_for};
 use crate::eval::search::sort_trec;
 use crate::model::reranker::{RerankTemplate, Reranker};
 use crate::train::rerank::{Judged, RerankConfig, RerankLoss};
@@ -80,12 +81,15 @@ pub fn read_qid_queries(path: &Path) -> Result<BTreeMap<String, String>, DataErr
 }
 
 /// Rerank the top `depth` documents of each query of `run` with `scorer`; documents are looked up
-/// in `texts`. The result holds P(yes) scores, trec_eval-sorted.
+/// in `texts` and sent as their best rerank chunk for the query ([`rerank_chunk_for`] with
+/// `chunking`'s sizes). The result holds P(yes) scores, trec_eval-sorted.
+#[allow(clippy::too_many_arguments)]
 pub fn rerank_run(
     scorer: &dyn crate::model::reranker::Scorer,
     queries: &BTreeMap<String, String>,
     run: &Run,
     texts: &BTreeMap<String, String>,
+    chunking: &QmdConfig,
     depth: usize,
     tag: &str,
     mut on_query: impl FnMut(&str, usize),
@@ -101,15 +105,25 @@ pub fn rerank_run(
         let mut top = retrieved.clone();
         sort_trec(&mut top);
         top.truncate(depth);
-        let docs: Vec<&str> = top
+        let chunks: Vec<String> = top
             .iter()
             .map(|r| {
-                texts.get(&r.doc_id).map(String::as_str).with_context(|| {
+                let text = texts.get(&r.doc_id).with_context(|| {
                     format!("query {qid}: document {:?} is not in the corpus", r.doc_id)
-                })
+                })?;
+                // A blank body has no chunk; it is scored as sent (empty).
+                Ok(rerank_chunk_for(text, query, chunking).unwrap_or_default())
             })
             .collect::<anyhow::Result<_>>()?;
+        let docs: Vec<&str> = chunks.iter().map(String::as_str).collect();
         let scores = scorer.score(query, &docs)?;
+        if scores.len() != docs.len() {
+            bail!(
+                "the reranker returned {} scores for {} documents",
+                scores.len(),
+                docs.len()
+            );
+        }
         let mut rescored: Vec<Retrieved> = top
             .iter()
             .zip(scores)
@@ -131,9 +145,8 @@ pub fn run_rerank(a: RerankArgs, d: DeviceChoice) -> anyhow::Result<()> {
     }
     let device = d.device()?;
     let started = std::time::Instant::now();
-    let mut reranker = Reranker::load(&a.model, a.adapter_path.as_deref(), &device)?;
-    // Scoring only runs forward: fold an adapter into the weights once.
-    reranker.lm.model = reranker.lm.model.merged();
+    // Scoring only runs forward: an adapter is folded into the weights once.
+    let mut reranker = Reranker::load_merged(&a.model, a.adapter_path.as_deref(), &device)?;
     reranker.max_length = a.max_length;
     reranker.batch_size = a.batch_size.max(1);
     let queries = read_qid_queries(&a.queries)?;
@@ -161,6 +174,7 @@ pub fn run_rerank(a: RerankArgs, d: DeviceChoice) -> anyhow::Result<()> {
         &queries,
         &run,
         &texts,
+        &QmdConfig::default(),
         a.depth,
         &a.tag,
         |qid, n| {
@@ -195,7 +209,8 @@ pub struct TrainRerankArgs {
     /// A JSONL file of judgments `{"query", "document", "relevant"}` (governance fields per record).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Governance policy TOML (default: datasets/governance/policy.toml if present, else built in).
+    /// Governance policy TOML (default: the one found from the data's location; without one only
+    /// public records are used).
     #[arg(long)]
     pub policy: Option<PathBuf>,
     #[arg(long)]
@@ -305,7 +320,6 @@ impl TrainRerankArgs {
 
 pub fn run_train(a: TrainRerankArgs, d: DeviceChoice) -> anyhow::Result<()> {
     use crate::data::formats::{Format, Record, RerankerJudgment, load};
-    use crate::data::governance::Policy;
 
     let cfg = a.config()?;
     let model = cfg

@@ -13,10 +13,11 @@ use crate::device::DeviceChoice;
 use crate::eval::metrics::{EvalOptions, Measure, evaluate};
 use crate::eval::search::qmd::{
     BertEmbedder, ExpandedQuery, PrecomputedExpansions, QmdAnswer, QmdConfig, QmdPipeline,
-    QueryExpander, RerankScorer, STAGES, parse_expansion_output,
+    QueryExpander, STAGES, Scorer, parse_expansion_output,
 };
 use crate::model::bert::SentenceEncoder;
 use crate::model::decoder::{CausalLm, GenerateOptions};
+use crate::model::reranker::Reranker;
 
 /// The search pipelines `tunelab search` knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -53,9 +54,19 @@ pub struct SearchArgs {
     /// Maximum tokens per expansion.
     #[arg(long, default_value_t = 160)]
     pub expansion_max_tokens: usize,
-    /// Reranker model (the `full` stage).
+    /// Yes/no LLM reranker (`.gguf` or Hugging Face folder): adds the `full` stage.
     #[arg(long)]
     pub reranker: Option<PathBuf>,
+    /// LoRA adapter for the reranker (MLX-LM or PEFT folder, e.g. `tunelab train rerank`'s).
+    #[arg(long, requires = "reranker")]
+    pub reranker_adapter: Option<PathBuf>,
+    /// Longest rerank prompt in tokens (the chunk loses its tail; default: the model's context,
+    /// at most 2048).
+    #[arg(long)]
+    pub reranker_max_length: Option<usize>,
+    /// Rerank prompts per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub reranker_batch_size: usize,
     /// Queries file for batch mode: `{"qid"|"id", "query"}` per line.
     #[arg(long, requires = "out")]
     pub queries: Option<PathBuf>,
@@ -186,12 +197,6 @@ fn print_answer(p: &QmdPipeline, query: &str, a: &QmdAnswer, limit: usize) {
 
 pub fn run(a: SearchArgs, d: DeviceChoice) -> anyhow::Result<()> {
     let PipelineKind::Qmd = a.pipeline;
-    if a.reranker.is_some() {
-        bail!(
-            "--reranker: the LLM yes/no reranker is not in this build yet (it arrives with `tunelab rerank`); \
-             the library's QmdPipeline takes any RerankScorer meanwhile"
-        );
-    }
     if a.query.is_none() && a.queries.is_none() {
         bail!("give a QUERY, or --queries Q.jsonl --out DIR");
     }
@@ -223,7 +228,19 @@ pub fn run(a: SearchArgs, d: DeviceChoice) -> anyhow::Result<()> {
         }
         (None, None) => None,
     };
-    let reranker: Option<&dyn RerankScorer> = None;
+    let reranker = a
+        .reranker
+        .as_deref()
+        .map(|m| -> anyhow::Result<Reranker> {
+            let mut r = Reranker::load_merged(m, a.reranker_adapter.as_deref(), &device)?;
+            if let Some(n) = a.reranker_max_length {
+                r.max_length = n;
+            }
+            r.batch_size = a.reranker_batch_size.max(1);
+            Ok(r)
+        })
+        .transpose()?;
+    let reranker = reranker.as_ref().map(|r| r as &dyn Scorer);
     if let Some(q) = &a.query {
         let answer = pipeline.search(q, expander.as_deref(), reranker)?;
         print_answer(&pipeline, q, &answer, a.limit);

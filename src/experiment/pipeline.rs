@@ -28,10 +28,10 @@ use crate::device::DeviceChoice;
 use crate::eval::compare::{CompareOptions, compare, holm};
 use crate::eval::metrics::{EvalOptions, Measure, evaluate};
 use crate::eval::search::qmd::{
-    BertEmbedder, PrecomputedExpansions, QmdConfig, QmdPipeline, QueryExpander, RerankScorer,
-    StageRuns,
+    BertEmbedder, PrecomputedExpansions, QmdConfig, QmdPipeline, QueryExpander, Scorer, StageRuns,
 };
 use crate::model::bert::SentenceEncoder;
+use crate::model::reranker::Reranker;
 use crate::report::manifest::{Manifest, RunDir};
 use crate::report::{AbReportInput, ComparisonRow, QueryValue, write_ab_report};
 
@@ -55,6 +55,14 @@ pub struct PipelineExperimentConfig {
     pub base_expansions: Option<PathBuf>,
     /// The tuned expansion model's expansions.
     pub tuned_expansions: Option<PathBuf>,
+    /// The base yes/no LLM reranker (`.gguf` or Hugging Face folder): adds the `full` stage.
+    pub base_reranker: Option<PathBuf>,
+    /// A LoRA adapter on the base reranker (`tunelab train rerank`'s): the `tuned-reranker` system.
+    pub tuned_reranker_adapter: Option<PathBuf>,
+    /// Longest rerank prompt in tokens (None: the model's context, at most 2048), and prompts
+    /// per forward pass.
+    pub reranker_max_length: Option<usize>,
+    pub reranker_batch_size: usize,
     /// QMD's constants.
     pub qmd: QmdConfig,
 }
@@ -74,6 +82,10 @@ impl Default for PipelineExperimentConfig {
             tuned_embedder: None,
             base_expansions: None,
             tuned_expansions: None,
+            base_reranker: None,
+            tuned_reranker_adapter: None,
+            reranker_max_length: None,
+            reranker_batch_size: 8,
             qmd: QmdConfig::default(),
         }
     }
@@ -81,8 +93,8 @@ impl Default for PipelineExperimentConfig {
 
 /// Base and tuned rerankers, for callers that have them (the `full` stage).
 pub struct Rerankers<'a> {
-    pub base: &'a dyn RerankScorer,
-    pub tuned: Option<&'a dyn RerankScorer>,
+    pub base: &'a dyn Scorer,
+    pub tuned: Option<&'a dyn Scorer>,
 }
 
 /// Where the report went and the numbers in it.
@@ -108,7 +120,7 @@ struct System<'a> {
     name: String,
     tuned_embedder: bool,
     expander: Option<&'a dyn QueryExpander>,
-    reranker: Option<&'a dyn RerankScorer>,
+    reranker: Option<&'a dyn Scorer>,
 }
 
 fn load_pipeline(
@@ -123,13 +135,42 @@ fn load_pipeline(
 }
 
 /// Run the pipeline experiment. `rerankers` adds the `full` stage (and a `tuned-reranker`
-/// system when a tuned one is given).
+/// system when a tuned one is given); without it, `cfg.base_reranker` (and
+/// `cfg.tuned_reranker_adapter`) are loaded as [`Reranker`]s when set.
 pub fn run(
     cfg: &PipelineExperimentConfig,
     choice: DeviceChoice,
     rerankers: Option<Rerankers<'_>>,
 ) -> anyhow::Result<PipelineOutcome> {
     let device = choice.device()?;
+    if cfg.tuned_reranker_adapter.is_some() && cfg.base_reranker.is_none() {
+        bail!(
+            "tuned_reranker_adapter (--tuned-reranker-adapter) needs base_reranker (--base-reranker)"
+        );
+    }
+    let load_reranker = |adapter: Option<&Path>| -> anyhow::Result<Reranker> {
+        let model = cfg.base_reranker.as_deref().expect("checked above");
+        let mut r = Reranker::load_merged(model, adapter, &device)?;
+        if let Some(n) = cfg.reranker_max_length {
+            r.max_length = n;
+        }
+        r.batch_size = cfg.reranker_batch_size.max(1);
+        Ok(r)
+    };
+    let (loaded_base, loaded_tuned) = match (&rerankers, &cfg.base_reranker) {
+        (None, Some(_)) => (
+            Some(load_reranker(None)?),
+            cfg.tuned_reranker_adapter
+                .as_deref()
+                .map(|a| load_reranker(Some(a)))
+                .transpose()?,
+        ),
+        _ => (None, None),
+    };
+    let rerankers = rerankers.or(loaded_base.as_ref().map(|b| Rerankers {
+        base: b as &dyn Scorer,
+        tuned: loaded_tuned.as_ref().map(|t| t as &dyn Scorer),
+    }));
     let measures = Measure::parse_list(&cfg.measures)?;
     let ds = &cfg.datasets;
     let corpus_dir = ds.join("corpus");
@@ -196,7 +237,7 @@ pub fn run(
     }
     if n_tuned == 0 {
         bail!(
-            "give at least one tuned model: tuned_embedder (--tuned-embedder), tuned_expansions (--tuned-expansions) or a tuned reranker"
+            "give at least one tuned model: tuned_embedder (--tuned-embedder), tuned_expansions (--tuned-expansions) or tuned_reranker_adapter (--tuned-reranker-adapter)"
         );
     }
     if n_tuned >= 2 {

@@ -116,6 +116,18 @@ impl Scorer for Reranker {
 }
 
 impl Reranker {
+    /// [`Reranker::load`] for scoring only: an adapter is folded into the weights once (forward
+    /// passes then skip the LoRA branch).
+    pub fn load_merged(
+        model: &Path,
+        adapter: Option<&Path>,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let mut r = Self::load(model, adapter, device)?;
+        r.lm.model = r.lm.model.merged();
+        Ok(r)
+    }
+
     /// Load a GGUF file or Hugging Face folder, optionally with a LoRA adapter folder (PEFT or
     /// MLX-LM). The prompt is the GGUF's `tokenizer.chat_template.rerank` when present.
     pub fn load(model: &Path, adapter: Option<&Path>, device: &Device) -> anyhow::Result<Self> {

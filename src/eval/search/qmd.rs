@@ -22,7 +22,7 @@
 //! 5. **RRF**: k = 60, weight 2.0 for lists of the original query and 1.0 for expansions, +0.05
 //!    for a document first in any list, +0.02 for one second or third; the best 40 are the
 //!    candidates.
-//! 6. **Rerank** (a [`RerankScorer`]): each candidate's chunk (QMD's 3600-character chunking)
+//! 6. **Rerank** (a [`Scorer`]): each candidate's chunk (QMD's 3600-character chunking)
 //!    with the most query terms longer than two characters (the first on ties) is scored once per
 //!    distinct text; the blend is `w / rrf_rank + (1 − w) · P(yes)` with w = 0.75 for ranks 1–3,
 //!    0.60 for 4–10, 0.40 after.
@@ -119,10 +119,10 @@ where
     }
 }
 
-/// QMD's reranker: P(yes) (or any relevance in 0..1) of each document for the query.
-pub trait RerankScorer {
-    fn score(&self, query: &str, docs: &[&str]) -> anyhow::Result<Vec<f32>>;
-}
+/// QMD's reranker: P(yes) (or any relevance in 0..1) of each document for the query. The trait
+/// lives with the model ([`crate::model::reranker::Reranker`] implements it); re-exported here so
+/// the pipeline's callers find it beside [`QmdPipeline`].
+pub use crate::model::reranker::Scorer;
 
 /// Where a query's expansions come from (an expansion model, or a file of them).
 pub trait QueryExpander {
@@ -348,6 +348,52 @@ impl Default for QmdConfig {
             embed_batch: 64,
         }
     }
+}
+
+/// The words QMD matches against rerank chunks: `query.toLowerCase().split(/\s+/).filter(t =>
+/// t.length > 2)` (length in UTF-16 units).
+pub fn rerank_terms(query: &str) -> Vec<String> {
+    query
+        .to_lowercase()
+        .split(is_js_space)
+        .filter(|t| t.encode_utf16().count() > 2)
+        .map(String::from)
+        .collect()
+}
+
+/// QMD's keyword-best chunk among a document's rerank chunks: the first with the most
+/// [`rerank_terms`] contained in its lowercased text (the first chunk when none matches).
+pub fn best_chunk<'a>(chunks: &'a [Chunk], terms: &[String]) -> Option<&'a Chunk> {
+    let (mut best, mut best_score) = (0, -1i64);
+    for (i, c) in chunks.iter().enumerate() {
+        let lower = c.text.to_lowercase();
+        let s = terms.iter().filter(|t| lower.contains(t.as_str())).count() as i64;
+        if s > best_score {
+            (best, best_score) = (i, s);
+        }
+    }
+    chunks.get(best)
+}
+
+/// The text QMD sends the reranker for one document: `text` cut into rerank chunks
+/// (`config.rerank_chunk_chars`, overlap and window: 3600/540/800 characters), the one with the
+/// most query words. `None` for a document with no chunk (empty text).
+///
+/// ```
+/// use tunelab::eval::search::qmd::{QmdConfig, rerank_chunk_for};
+/// let cfg = QmdConfig { rerank_chunk_chars: 40, rerank_overlap_chars: 0, rerank_window_chars: 10, ..Default::default() };
+/// let text = "apples grow on trees in the orchard.\n\nPears are sweet and grow slowly too.\n";
+/// let chunk = rerank_chunk_for(text, "sweet pears", &cfg).unwrap();
+/// assert!(chunk.contains("Pears") && !chunk.contains("apples"));
+/// ```
+pub fn rerank_chunk_for(text: &str, query: &str, config: &QmdConfig) -> Option<String> {
+    let chunks = chunk_document(
+        text,
+        config.rerank_chunk_chars,
+        config.rerank_overlap_chars,
+        config.rerank_window_chars,
+    );
+    best_chunk(&chunks, &rerank_terms(query)).map(|c| c.text.clone())
 }
 
 /// QMD's position-aware blend: w = 0.75 for fused ranks 1–3, 0.60 for 4–10, 0.40 after;
@@ -649,7 +695,7 @@ impl QmdPipeline {
         &self,
         query: &str,
         expander: Option<&dyn QueryExpander>,
-        reranker: Option<&dyn RerankScorer>,
+        reranker: Option<&dyn Scorer>,
     ) -> anyhow::Result<QmdAnswer> {
         let cfg = &self.config;
         let mut answer = QmdAnswer::default();
@@ -751,38 +797,18 @@ impl QmdPipeline {
         Ok(answer)
     }
 
-    /// QMD's keyword-best chunk of a document for `query`.
-    fn best_chunk(&self, doc: usize, terms: &[String]) -> Option<&Chunk> {
-        let chunks = &self.docs[doc].rerank_chunks;
-        let (mut best, mut best_score) = (0, -1i64);
-        for (i, c) in chunks.iter().enumerate() {
-            let lower = c.text.to_lowercase();
-            let s = terms.iter().filter(|t| lower.contains(t.as_str())).count() as i64;
-            if s > best_score {
-                (best, best_score) = (i, s);
-            }
-        }
-        chunks.get(best)
-    }
-
     #[allow(clippy::type_complexity)]
     fn rerank(
         &self,
         query: &str,
         candidates: &[Retrieved],
-        scorer: &dyn RerankScorer,
+        scorer: &dyn Scorer,
     ) -> anyhow::Result<(Vec<Retrieved>, Vec<(String, String, f64)>)> {
-        // `query.toLowerCase().split(/\s+/).filter(t => t.length > 2)` (length in UTF-16 units).
-        let lower = query.to_lowercase();
-        let terms: Vec<String> = lower
-            .split(is_js_space)
-            .filter(|t| t.encode_utf16().count() > 2)
-            .map(String::from)
-            .collect();
+        let terms = rerank_terms(query);
         let mut sent: Vec<(usize, String)> = Vec::new(); // (candidate index, chunk text)
         for (i, c) in candidates.iter().enumerate() {
             let doc = self.by_id[&c.doc_id];
-            if let Some(chunk) = self.best_chunk(doc, &terms) {
+            if let Some(chunk) = best_chunk(&self.docs[doc].rerank_chunks, &terms) {
                 sent.push((i, chunk.text.clone()));
             }
         }
@@ -837,7 +863,7 @@ impl QmdPipeline {
         &self,
         queries: &[(String, String)],
         expander: Option<&dyn QueryExpander>,
-        reranker: Option<&dyn RerankScorer>,
+        reranker: Option<&dyn Scorer>,
         tag_prefix: &str,
     ) -> anyhow::Result<StageRuns> {
         let mut runs: BTreeMap<String, Run> = STAGES
@@ -986,7 +1012,7 @@ mod tests {
 
     /// Scores documents by how often "gold" occurs, capped at 1.
     struct FakeScorer;
-    impl RerankScorer for FakeScorer {
+    impl Scorer for FakeScorer {
         fn score(&self, _query: &str, docs: &[&str]) -> anyhow::Result<Vec<f32>> {
             Ok(docs
                 .iter()
