@@ -35,7 +35,9 @@ pub struct TrainLoraArgs {
     /// Keep records without a classification, treating them as public.
     #[arg(long)]
     pub treat_unclassified_as_public: bool,
-    #[arg(value_parser = crate::cli::values::positive_usize, long)]
+    /// Training iterations; 0 with `--test` only scores (`--resume-adapter-file`: a saved adapter), as
+    /// `mlx_lm.lora --test` without `--train` does.
+    #[arg(long)]
     pub iters: Option<usize>,
     #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub batch_size: Option<usize>,

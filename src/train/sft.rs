@@ -230,6 +230,11 @@ impl SftConfig {
         if self.max_seq_length < 2 {
             return bad("max_seq_length", format!("{}: at least 2 tokens are needed to predict one", self.max_seq_length));
         }
+        // No iterations is MLX-LM's test-only run (`--test` scoring the base or a saved adapter); without
+        // `--test` it would write an untrained adapter and call it a run.
+        if self.iters == 0 && !self.test {
+            return bad("iters", "0 iterations train nothing: give --iters >= 1, or --test to only score the test set".into());
+        }
         // Checkpoints are taken between updates, never with gradients half accumulated.
         let acc = self.grad_accumulation_steps;
         if !self.iters.is_multiple_of(acc) {
@@ -1029,6 +1034,16 @@ mod tests {
 
     /// Property: resuming a checkpoint with any one run-defining option changed is refused,
     /// naming that option (no panic, nothing trained); the same options resume.
+    /// `--iters 0` is MLX-LM's test-only run; without `--test` it would "train" nothing and save an
+    /// untrained adapter as a run's result.
+    #[test]
+    fn zero_iterations_are_only_a_test_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = SftConfig { iters: 0, test: false, ..config(dir.path()) }.validate().unwrap_err().to_string();
+        assert!(err.contains("iters") && err.contains("--test"), "{err}");
+        SftConfig { iters: 0, test: true, ..config(dir.path()) }.validate().unwrap();
+    }
+
     #[test]
     fn resume_with_a_different_setting_names_the_setting() {
         let dir = tempfile::tempdir().unwrap();
