@@ -103,11 +103,8 @@ pub struct Reranker {
     pub batch_size: usize,
 }
 
-/// What the search pipeline needs from a reranker: one relevance score per document, in order.
-pub trait Scorer {
-    /// Scores of `documents` for `query`, in the order given (higher = more relevant).
-    fn score(&self, query: &str, documents: &[&str]) -> anyhow::Result<Vec<f32>>;
-}
+/// The search pipeline's reranker interface, re-exported beside the model that implements it.
+pub use crate::eval::search::qmd::Scorer;
 
 impl Scorer for Reranker {
     fn score(&self, query: &str, documents: &[&str]) -> anyhow::Result<Vec<f32>> {

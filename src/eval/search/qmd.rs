@@ -119,10 +119,14 @@ where
     }
 }
 
-/// QMD's reranker: P(yes) (or any relevance in 0..1) of each document for the query. The trait
-/// lives with the model ([`crate::model::reranker::Reranker`] implements it); re-exported here so
-/// the pipeline's callers find it beside [`QmdPipeline`].
-pub use crate::model::reranker::Scorer;
+/// What the search pipeline needs from a reranker: one relevance score per document, in order
+/// (QMD's is P(yes), in 0..1; higher = more relevant). `tunelab::model::reranker::Reranker`
+/// implements it. It lives here, not with the model, because the pipeline builds without burn
+/// (the `models` feature), as the notebooks build the library.
+pub trait Scorer {
+    /// Scores of `documents` for `query`, in the order given (higher = more relevant).
+    fn score(&self, query: &str, documents: &[&str]) -> anyhow::Result<Vec<f32>>;
+}
 
 /// Where a query's expansions come from (an expansion model, or a file of them).
 pub trait QueryExpander {
