@@ -2,6 +2,9 @@
 //!
 //! `tunelab export gguf --model ST_DIR --out FILE.gguf --type f16` writes a BERT sentence encoder
 //! as a GGUF that llama.cpp runs (`llama-embedding -m FILE.gguf`); see [`crate::export::gguf_bert`].
+//! A decoder (`.gguf` file or llama/qwen3 folder, `--adapter-path` fused first) goes to
+//! [`crate::export::gguf_decoder`]; `--reranker` writes a Qwen3 yes/no reranker for llama.cpp's
+//! rank pooling.
 //! `tunelab export gguf-lora --adapter ADAPTER_DIR --base BASE.gguf --out FILE.gguf` writes a decoder
 //! LoRA adapter that llama.cpp applies with `--lora`; see [`crate::export::gguf_lora`].
 use std::path::PathBuf;
@@ -16,7 +19,7 @@ use crate::model::bert::SentenceEncoder;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ExportCommand {
-    /// A BERT sentence encoder (sentence-transformers folder) as a llama.cpp GGUF.
+    /// A BERT sentence encoder or a decoder (LLM, yes/no reranker with --reranker) as a llama.cpp GGUF.
     Gguf(GgufArgs),
     /// A decoder LoRA adapter (PEFT or MLX-LM folder) as a llama.cpp GGUF adapter for a GGUF base model.
     GgufLora(GgufLoraArgs),
@@ -26,8 +29,9 @@ pub enum ExportCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct GgufArgs {
-    /// The encoder: a sentence-transformers / Hugging Face BERT folder (e.g. a `tunelab train
-    /// embed` output).
+    /// The model: a sentence-transformers / Hugging Face BERT folder (e.g. a `tunelab train
+    /// embed` output), or a decoder (a `.gguf` file, or a llama/qwen3 Hugging Face or
+    /// `tunelab fuse` folder).
     #[arg(long)]
     pub model: PathBuf,
     /// The GGUF file to write (must not exist yet).
@@ -40,6 +44,14 @@ pub struct GgufArgs {
     /// Default: the model folder's `tunelab_manifest.json`, when it has one.
     #[arg(long)]
     pub manifest: Option<PathBuf>,
+    /// Decoders: a LoRA/DoRA adapter folder (PEFT or MLX-LM) fused into the weights first.
+    #[arg(long)]
+    pub adapter_path: Option<PathBuf>,
+    /// Decoders (qwen3): write a yes/no reranker for llama.cpp's rank pooling (QMD_RERANK_MODEL):
+    /// `cls_out` = the `yes`/`no` rows of the output head, `pooling_type` rank, and the rerank
+    /// prompt as `tokenizer.chat_template.rerank`.
+    #[arg(long)]
+    pub reranker: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -77,6 +89,12 @@ fn read_json(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
 }
 
 fn run_gguf(a: GgufArgs, d: DeviceChoice) -> anyhow::Result<()> {
+    if is_decoder(&a.model) {
+        return run_gguf_decoder(a, d);
+    }
+    if a.adapter_path.is_some() || a.reranker {
+        anyhow::bail!("{}: --adapter-path and --reranker apply to decoders (a .gguf file or a llama/qwen3 folder)", a.model.display());
+    }
     let manifest = match &a.manifest {
         Some(p) => read_json(p)?,
         None => {
@@ -88,6 +106,51 @@ fn run_gguf(a: GgufArgs, d: DeviceChoice) -> anyhow::Result<()> {
     let device = d.device()?;
     let encoder = SentenceEncoder::load(&a.model, &device).with_context(|| format!("loading {}", a.model.display()))?;
     let summary = write_bert_gguf(&encoder, &a.out, a.out_type, manifest)?;
+    report(&summary)
+}
+
+/// A `.gguf` file or a Hugging Face folder whose `config.json` names a decoder architecture.
+fn is_decoder(model: &std::path::Path) -> bool {
+    if model.is_file() {
+        return true;
+    }
+    let Ok(cfg) = read_json(&model.join("config.json")) else { return false };
+    cfg["model_type"].as_str().and_then(crate::model::decoder::Architecture::parse).is_some()
+}
+
+/// `tunelab export gguf` for a decoder (optionally fused with an adapter, optionally as a
+/// reranker); see [`crate::export::gguf_decoder`].
+fn run_gguf_decoder(a: GgufArgs, d: DeviceChoice) -> anyhow::Result<()> {
+    use crate::export::gguf_decoder::{DecoderGgufOptions, write_decoder_gguf};
+    use crate::model::reranker::Reranker;
+    let device = d.device()?;
+    let (lm, template) = if a.reranker {
+        // The reranker loader reads the GGUF's own rerank prompt and checks the yes/no tokens.
+        let r = Reranker::load(&a.model, a.adapter_path.as_deref(), &device)?;
+        (r.lm, Some(r.template))
+    } else {
+        let mut lm = crate::model::decoder::CausalLm::load(&a.model, &device).with_context(|| format!("loading {}", a.model.display()))?;
+        if let Some(dir) = &a.adapter_path {
+            let w = crate::export::read_adapter_dir(dir)?;
+            lm.model = lm.model.apply_adapter(&w).with_context(|| format!("applying the adapter in {} to {}", dir.display(), a.model.display()))?;
+        }
+        (lm, None)
+    };
+    let manifest = match (&a.manifest, &a.adapter_path) {
+        (Some(p), _) => read_json(p)?,
+        // The training run's manifest (governance audit included) travels in the adapter.
+        (None, Some(dir)) => {
+            let w = crate::export::read_adapter_dir(dir)?;
+            let run = w.metadata.get("tunelab_manifest").and_then(|m| serde_json::from_str(m).ok()).unwrap_or(serde_json::Value::Null);
+            serde_json::json!({ "adapter": dir.file_name().map(|n| n.to_string_lossy().into_owned()), "adapter_manifest": run })
+        }
+        (None, None) => {
+            let own = a.model.join("tunelab_manifest.json");
+            if own.is_file() { read_json(&own)? } else { serde_json::Value::Null }
+        }
+    };
+    let opts = DecoderGgufOptions { out_type: a.out_type, reranker: template, manifest };
+    let summary = write_decoder_gguf(&lm, &a.out, &opts)?;
     report(&summary)
 }
 

@@ -4,10 +4,12 @@
 //! * [`fused`]: adapters merged into a decoder, written as a Hugging Face folder.
 //! * [`mlx`]: LoRA adapters as MLX-LM folders (`adapter_config.json` + `adapters.safetensors`).
 //! * [`gguf_bert`]: BERT encoders as llama.cpp GGUF files (f32, f16, q8_0).
+//! * [`gguf_decoder`]: decoders (llama, qwen3) and Qwen3 yes/no rerankers as llama.cpp GGUF files.
 //! * [`gguf_lora`]: decoder LoRA adapters as llama.cpp GGUF adapters (`--lora`).
 //! * [`sentence_transformers`]: tuned encoders as sentence-transformers folders.
 pub mod fused;
 pub mod gguf_bert;
+pub mod gguf_decoder;
 pub mod gguf_lora;
 pub mod mlx;
 pub mod peft;

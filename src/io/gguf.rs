@@ -1153,7 +1153,7 @@ pub enum TokenizerError {
 
 /// llama.cpp's pre-tokenizer regexes for a `tokenizer.ggml.pre` value (llama-vocab.cpp), and
 /// whether whole words found in the vocabulary skip the merges (`ignore_merges`, Llama 3).
-fn bpe_pre_regexes(pre: &str) -> Option<(Vec<&'static str>, bool)> {
+pub(crate) fn bpe_pre_regexes(pre: &str) -> Option<(Vec<&'static str>, bool)> {
     const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
     const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";

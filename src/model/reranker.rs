@@ -10,6 +10,10 @@
 //! one). Only the two head rows of `yes` and `no` are multiplied, and only at the last position of
 //! each prompt: a full-vocabulary projection at every position would cost vocab/2 times more.
 //!
+//! A GGUF written for llama.cpp's rank pooling (`tunelab export gguf --reranker`, or llama.cpp's
+//! converter on Qwen3-Reranker) carries the two head rows as `cls.output.weight`; scores are read
+//! from it then, as llama.cpp does (such a file may have dropped an untied output head).
+//!
 //! Batches are right-padded: with a causal mask no real token attends to the padding after it,
 //! and each row's score is read at its own last real position, so a batch scores exactly as its
 //! rows one by one.
@@ -101,6 +105,11 @@ pub struct Reranker {
     pub max_length: usize,
     /// Prompts per forward pass.
     pub batch_size: usize,
+    /// llama.cpp's rank head when the GGUF carries one (`cls.output.weight`: the `yes` and `no`
+    /// rows of the output head, as [`crate::export::gguf_decoder`] and llama.cpp's converter
+    /// write it), `[hidden, 2]`. Scoring reads it instead of the output head, which such a file
+    /// may lack (an untied head is dropped on export).
+    pub cls_out: Option<Tensor<2>>,
 }
 
 /// The search pipeline's reranker interface, re-exported beside the model that implements it.
@@ -126,7 +135,8 @@ impl Reranker {
     }
 
     /// Load a GGUF file or Hugging Face folder, optionally with a LoRA adapter folder (PEFT or
-    /// MLX-LM). The prompt is the GGUF's `tokenizer.chat_template.rerank` when present.
+    /// MLX-LM). The prompt is the GGUF's `tokenizer.chat_template.rerank` when present, and the
+    /// scores come from its rank head (`cls.output.weight`) when it has one (see [`rank_head`]).
     pub fn load(model: &Path, adapter: Option<&Path>, device: &Device) -> anyhow::Result<Self> {
         let mut lm = CausalLm::load(model, device)
             .with_context(|| format!("loading {}", model.display()))?;
@@ -140,21 +150,25 @@ impl Reranker {
                 )
             })?;
         }
-        let template = if model.is_file() {
+        let (template, cls_out) = if model.is_file() {
             let g =
                 GgufFile::open(model).with_context(|| format!("reading {}", model.display()))?;
-            g.get(RERANK_TEMPLATE_KEY)
+            let t = g
+                .get(RERANK_TEMPLATE_KEY)
                 .and_then(|v| v.as_str())
-                .map(str::to_string)
+                .map(str::to_string);
+            (t, rank_head(&g, device)?)
         } else {
-            None
+            (None, None)
         };
         let template = match template {
             Some(t) => RerankTemplate::parse(&t)
                 .with_context(|| format!("{}: {RERANK_TEMPLATE_KEY}", model.display()))?,
             None => RerankTemplate::default(),
         };
-        Self::new(lm, template)
+        let mut r = Self::new(lm, template)?;
+        r.cls_out = cls_out;
+        Ok(r)
     }
 
     /// Wrap a loaded model; fails when the vocabulary has no `yes` or `no` token.
@@ -168,6 +182,7 @@ impl Reranker {
             no_id,
             max_length,
             batch_size: 8,
+            cls_out: None,
         })
     }
 
@@ -197,6 +212,14 @@ impl Reranker {
 
     /// `logit_yes − logit_no` for each prompt (P(yes) is its logistic sigmoid).
     pub fn logit_margins(&self, prompts: &[Vec<u32>]) -> anyhow::Result<Vec<f32>> {
+        if let Some(w) = &self.cls_out {
+            let model = &self.lm.model;
+            return batched_margins(prompts, self.batch_size, &w.device(), |ids, last| {
+                let hidden = model.forward_hidden(ids, None, None);
+                let [b, t, d] = hidden.dims();
+                hidden.reshape([b * t, d]).select(0, last).matmul(w.clone())
+            });
+        }
         logit_margins(
             &self.lm.model,
             prompts,
@@ -272,13 +295,58 @@ pub fn logit_margins(
     no_id: u32,
 ) -> anyhow::Result<Vec<f32>> {
     let device = model.embed_tokens.val().device();
+    batched_margins(prompts, batch_size, &device, |ids, last| {
+        yes_no_logits(model, ids, last, yes_id, no_id)
+    })
+}
+
+/// llama.cpp's rank head of a GGUF reranker (`cls.output.weight`, `[2, hidden]`, rows labelled by
+/// `{arch}.classifier.output_labels`) as `[hidden, 2]` with `yes` first; `None` when the file
+/// has none. A head whose labels are not `yes`, `no` is refused: its scores would mean something
+/// else.
+pub fn rank_head(g: &GgufFile, device: &Device) -> anyhow::Result<Option<Tensor<2>>> {
+    if g.tensor_info("cls.output.weight").is_none() {
+        return Ok(None);
+    }
+    let arch = g.architecture()?;
+    let labels = g
+        .get(&format!("{arch}.classifier.output_labels"))
+        .and_then(|v| v.as_string_array());
+    if let Some(l) = &labels
+        && l != &["yes", "no"]
+    {
+        bail!(
+            "{}: cls.output.weight is labelled {l:?}; a yes/no reranker needs [\"yes\", \"no\"]",
+            g.path().display()
+        );
+    }
+    let (shape, values) = g.tensor_f32("cls.output.weight")?;
+    if shape.len() != 2 || shape[0] != 2 {
+        bail!(
+            "{}: cls.output.weight has shape {shape:?}; a yes/no head is [2, hidden]",
+            g.path().display()
+        );
+    }
+    let w = Tensor::<2>::from_data(TensorData::new(values, [2, shape[1]]), device);
+    Ok(Some(w.transpose()))
+}
+
+/// Run `head` (`[batch, 2]` yes/no logits of right-padded ids at their last positions) over
+/// `prompts` in batches of similar length; `logit_yes − logit_no` in the prompts' order.
+fn batched_margins(
+    prompts: &[Vec<u32>],
+    batch_size: usize,
+    device: &Device,
+    head: impl Fn(Tensor<2, Int>, Tensor<1, Int>) -> Tensor<2>,
+) -> anyhow::Result<Vec<f32>> {
+    let device = device.clone();
     let mut order: Vec<usize> = (0..prompts.len()).collect();
     order.sort_by_key(|&i| prompts[i].len());
     let mut out = vec![0f32; prompts.len()];
     for chunk in order.chunks(batch_size.max(1)) {
         let rows: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i].as_slice()).collect();
         let (ids, last) = right_padded(&rows, &device)?;
-        let logits = yes_no_logits(model, ids, last, yes_id, no_id);
+        let logits = head(ids, last);
         let m: Vec<f32> = logits
             .into_data()
             .try_into_vec_as::<f32>()
