@@ -26,7 +26,10 @@ llama.cpp runs with an F32 KV cache (its default F16 cache rounds keys and value
 
 Environment: /work/venv-ref (torch, transformers, peft, tokenizers) and llama-cpp-python from
 scripts/setup-llama-cpp.sh (LLAMA_CPP_DIR); tunelab built (`cargo build`).
-Run:  python scripts/make-reranker-gguf-fixtures.py [tiny-llama] record
+  smollm2    (a check, no fixture) the bundled SmolLM2 Q4_1 GGUF re-exported as f16: llama.cpp loads
+             it, tokenizes as with the source file and gives the source file's logits (up to Q4_1).
+
+Run:  python scripts/make-reranker-gguf-fixtures.py [tiny-llama] record [smollm2]
 """
 import hashlib
 import json
@@ -184,7 +187,37 @@ def record():
     print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 
-COMMANDS = {"tiny-llama": make_tiny_llama, "record": record}
+def smollm2():
+    """A real model (no fixture written): the bundled SmolLM2-135M-Instruct Q4_1 GGUF re-exported by
+    tunelab as f16 (llama arch, tokenizer metadata copied from the source GGUF). llama.cpp must
+    load it, tokenize as it tokenizes the source file, and give the source file's next tokens."""
+    import numpy as np
+    llama_cpp = import_llama_cpp()
+    src = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tmp = Path(tempfile.mkdtemp())
+    out = tmp / "smollm2-f16.gguf"
+    export(src, out, "f16")
+    texts = ["The capital of France is", "<|im_start|>user\nWhat is BM25?<|im_end|>\n<|im_start|>assistant\n",
+             "def fibonacci(n):\n    if n < 2:", "café crème 東京 3.14159 🙂"]
+    kw = dict(logits_all=True, n_ctx=128, type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32, verbose=False)
+    a, b = llama_cpp.Llama(model_path=str(src), **kw), llama_cpp.Llama(model_path=str(out), **kw)
+    worst, agree, n = 0.0, 0, 0
+    for t in texts:
+        ta, tb = a.tokenize(t.encode(), special=True), b.tokenize(t.encode(), special=True)
+        assert ta == tb, (t, ta, tb)
+        for m in (a, b):
+            m.reset()
+            m.eval(ta)
+        la, lb = np.array(a.scores[: len(ta)]), np.array(b.scores[: len(ta)])
+        worst = max(worst, float(np.abs(la - lb).max()))
+        agree += int((la.argmax(-1) == lb.argmax(-1)).sum())
+        n += len(ta)
+    print(f"smollm2 f16 re-export: tokenization identical on {len(texts)} texts; logits vs the Q4_1 source max "
+          f"{worst:.3f}, argmax agreement {agree}/{n} ({out.stat().st_size / 2**20:.0f} MiB)")
+    out.unlink()
+
+
+COMMANDS = {"tiny-llama": make_tiny_llama, "record": record, "smollm2": smollm2}
 
 if __name__ == "__main__":
     for n in sys.argv[1:] or ["record"]:

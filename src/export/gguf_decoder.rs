@@ -516,10 +516,10 @@ mod tests {
     #[test]
     fn llama3_rope_factors_give_the_scaled_frequencies() {
         let cfg = crate::model::decoder::DecoderConfig {
-            rope_scaling: Some(RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8.0 }),
+            rope_scaling: Some(RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192.0 }),
             ..crate::model::decoder::DecoderConfig::tiny_llama()
         };
-        let factors = llama3_rope_factors(cfg.rope_theta, cfg.head_dim, 8.0, 1.0, 4.0, 8.0);
+        let factors = llama3_rope_factors(cfg.rope_theta, cfg.head_dim, 8.0, 1.0, 4.0, 8192.0);
         let scaled = cfg.rope_inv_freq();
         let plain = crate::model::decoder::DecoderConfig { rope_scaling: None, ..cfg.clone() }.rope_inv_freq();
         // All three bands occur with these settings.
