@@ -33,7 +33,9 @@ use tunelab::model::decoder::{Architecture, CausalLm};
 use tunelab::model::reranker::{RerankTemplate, Reranker};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reranker").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/reranker")
+        .join(name)
 }
 
 fn json(path: &Path) -> Value {
@@ -55,24 +57,56 @@ fn export(model: &Path, out: &Path, ty: &str, extra: &[&str]) -> String {
         .args(extra)
         .output()
         .unwrap();
-    assert!(o.status.success(), "export failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "export failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     hex::encode(Sha256::digest(std::fs::read(out).unwrap()))
 }
 
 fn logits(lm: &CausalLm, ids: &[u32]) -> Vec<Vec<f32>> {
-    let t = Tensor::<2, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, ids.len()]), &Device::flex());
-    let v: Vec<f32> = lm.model.forward(t, None, None).into_data().try_into_vec_as::<f32>().unwrap();
-    v.chunks(lm.config.vocab_size).map(<[f32]>::to_vec).collect()
+    let t = Tensor::<2, Int>::from_data(
+        TensorData::new(
+            ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+            [1, ids.len()],
+        ),
+        &Device::flex(),
+    );
+    let v: Vec<f32> = lm
+        .model
+        .forward(t, None, None)
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
+    v.chunks(lm.config.vocab_size)
+        .map(<[f32]>::to_vec)
+        .collect()
 }
 
 fn sequences(rec: &Value) -> Vec<Vec<u32>> {
-    rec["sequences"].as_array().unwrap().iter().map(|s| s.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()).collect()
+    rec["sequences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            s.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect()
+        })
+        .collect()
 }
 
 fn max_diff(a: &[Vec<f32>], b: &Value) -> f64 {
     a.iter()
         .zip(b.as_array().unwrap())
-        .flat_map(|(r, w)| r.iter().zip(w.as_array().unwrap()).map(|(x, y)| (*x as f64 - y.as_f64().unwrap()).abs()))
+        .flat_map(|(r, w)| {
+            r.iter()
+                .zip(w.as_array().unwrap())
+                .map(|(x, y)| (*x as f64 - y.as_f64().unwrap()).abs())
+        })
         .fold(0.0, f64::max)
 }
 
@@ -83,41 +117,87 @@ fn reranker_gguf_scores_as_llama_cpp_rank_pooling_and_round_trips() {
     let cases = expected["cases"].as_array().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let hf = Reranker::load(&fixture("tiny_qwen3_reranker"), None, &Device::flex()).unwrap();
-    let prompts: Vec<Vec<u32>> = cases.iter().map(|c| hf.encode_pair(c["query"].as_str().unwrap(), c["document"].as_str().unwrap()).unwrap()).collect();
+    let prompts: Vec<Vec<u32>> = cases
+        .iter()
+        .map(|c| {
+            hf.encode_pair(
+                c["query"].as_str().unwrap(),
+                c["document"].as_str().unwrap(),
+            )
+            .unwrap()
+        })
+        .collect();
     let hf_p = hf.score_tokens(&prompts).unwrap();
     // llama.cpp vs tunelab on the same file: f32 differs only by summation order; f16 and q8_0
     // also by llama.cpp rounding activations (F16 / Q8_0 dot products) where tunelab dequantizes.
     for (ty, tol) in [("f32", 1e-5), ("f16", 5e-3), ("q8_0", 8e-2)] {
         let path = dir.path().join(format!("rerank-{ty}.gguf"));
         let r = &rec["reranker"][ty];
-        assert_eq!(export(&fixture("tiny_qwen3_reranker"), &path, ty, &["--reranker"]), r["sha256"].as_str().unwrap(), "{ty}: not the file llama.cpp scored (re-run scripts/make-reranker-gguf-fixtures.py after a deliberate format change)");
+        assert_eq!(
+            export(&fixture("tiny_qwen3_reranker"), &path, ty, &["--reranker"]),
+            r["sha256"].as_str().unwrap(),
+            "{ty}: not the file llama.cpp scored (re-run scripts/make-reranker-gguf-fixtures.py after a deliberate format change)"
+        );
         let back = Reranker::load(&path, None, &Device::flex()).unwrap();
         assert!(back.cls_out.is_some(), "{ty}: the rank head is read back");
         assert_eq!(back.template, RerankTemplate::default());
         let mut worst = 0.0f64;
         let mut got_all = Vec::new();
         for (i, c) in cases.iter().enumerate() {
-            let ids = back.encode_pair(c["query"].as_str().unwrap(), c["document"].as_str().unwrap()).unwrap();
-            let want_ids: Vec<u32> = c["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-            assert_eq!(ids, want_ids, "{ty} case {i}: token ids (llama.cpp's, checked by the script)");
+            let ids = back
+                .encode_pair(
+                    c["query"].as_str().unwrap(),
+                    c["document"].as_str().unwrap(),
+                )
+                .unwrap();
+            let want_ids: Vec<u32> = c["input_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(
+                ids, want_ids,
+                "{ty} case {i}: token ids (llama.cpp's, checked by the script)"
+            );
             let out = r["rank_output"][i].as_array().unwrap();
             let (yes, no) = (out[0].as_f64().unwrap(), out[1].as_f64().unwrap());
-            assert!((yes + no - 1.0).abs() < 1e-5, "llama.cpp's qwen3 rank pooling is a softmax");
+            assert!(
+                (yes + no - 1.0).abs() < 1e-5,
+                "llama.cpp's qwen3 rank pooling is a softmax"
+            );
             let got = back.score_tokens(std::slice::from_ref(&ids)).unwrap()[0] as f64;
             worst = worst.max((got - yes).abs());
             got_all.push(got);
         }
         eprintln!("{ty}: max |P(yes) tunelab - llama.cpp| = {worst:.2e}");
-        assert!(worst <= tol, "{ty}: P(yes) differs from llama.cpp's rank pooling by {worst:e} > {tol:e}");
+        assert!(
+            worst <= tol,
+            "{ty}: P(yes) differs from llama.cpp's rank pooling by {worst:e} > {tol:e}"
+        );
         if ty == "f32" {
-            let rt = got_all.iter().zip(&hf_p).map(|(a, b)| (a - *b as f64).abs()).fold(0.0, f64::max);
+            let rt = got_all
+                .iter()
+                .zip(&hf_p)
+                .map(|(a, b)| (a - *b as f64).abs())
+                .fold(0.0, f64::max);
             eprintln!("f32 GGUF vs Hugging Face folder: {rt:.2e}");
-            assert!(rt <= 1e-5, "the f32 GGUF scores {rt:e} away from the folder it came from");
+            assert!(
+                rt <= 1e-5,
+                "the f32 GGUF scores {rt:e} away from the folder it came from"
+            );
             let g = GgufFile::open(&path).unwrap();
             assert_eq!(g.get_int("qwen3.pooling_type").unwrap(), 4);
-            assert_eq!(g.get_string_array("qwen3.classifier.output_labels").unwrap(), ["yes", "no"]);
+            assert_eq!(
+                g.get_string_array("qwen3.classifier.output_labels")
+                    .unwrap(),
+                ["yes", "no"]
+            );
             assert_eq!(g.get_str("tokenizer.ggml.pre").unwrap(), "qwen2");
-            assert_eq!(g.get_str("tokenizer.chat_template.rerank").unwrap(), RerankTemplate::default().text());
+            assert_eq!(
+                g.get_str("tokenizer.chat_template.rerank").unwrap(),
+                RerankTemplate::default().text()
+            );
             assert_eq!(g.tensor_info("cls.output.weight").unwrap().shape(), [2, 64]);
             // cls_out = the yes row then the no row of the (tied) head.
             let (_, emb) = g.tensor_f32("token_embd.weight").unwrap();
@@ -136,95 +216,176 @@ fn fused_llama_and_qwen3_gguf_logits_equal_llama_cpp() {
     let dir = tempfile::tempdir().unwrap();
     let adapter = fixture("tiny_llama_bpe_lora");
     let mut folder = CausalLm::load(fixture("tiny_llama_bpe"), &Device::flex()).unwrap();
-    folder.model = folder.model.apply_adapter(&tunelab::export::read_adapter_dir(&adapter).unwrap()).unwrap();
+    folder.model = folder
+        .model
+        .apply_adapter(&tunelab::export::read_adapter_dir(&adapter).unwrap())
+        .unwrap();
     for (ty, tol) in [("f32", 1e-4), ("f16", 3e-2), ("q8_0", 0.5)] {
         let path = dir.path().join(format!("llama-{ty}.gguf"));
         let r = &rec["llama"][ty];
-        assert_eq!(export(&fixture("tiny_llama_bpe"), &path, ty, &["--adapter-path", adapter.to_str().unwrap()]), r["sha256"].as_str().unwrap(), "llama {ty}: not the file llama.cpp ran");
+        assert_eq!(
+            export(
+                &fixture("tiny_llama_bpe"),
+                &path,
+                ty,
+                &["--adapter-path", adapter.to_str().unwrap()]
+            ),
+            r["sha256"].as_str().unwrap(),
+            "llama {ty}: not the file llama.cpp ran"
+        );
         let lm = CausalLm::load(&path, &Device::flex()).unwrap();
         let mut worst = 0.0f64;
         for (i, s) in seqs.iter().enumerate() {
             let got = logits(&lm, s);
-            let got = if ty == "f32" { got } else { got[got.len() - 1..].to_vec() };
+            let got = if ty == "f32" {
+                got
+            } else {
+                got[got.len() - 1..].to_vec()
+            };
             worst = worst.max(max_diff(&got, &r["logits"][i]));
             if ty == "f32" {
                 let want = logits(&folder, s);
-                let rt = got.iter().flatten().zip(want.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                let rt = got
+                    .iter()
+                    .flatten()
+                    .zip(want.iter().flatten())
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
                 let scale = want.iter().flatten().fold(0.0f32, |m, v| m.max(v.abs()));
                 // The folder runs the adapter as a LoRA branch and Llama 3 RoPE from its formula;
                 // the file has it fused and llama.cpp's f32 RoPE factors.
-                assert!(rt <= 5e-6 * scale, "llama f32 GGUF vs folder + adapter: {rt:e} (logits up to {scale})");
+                assert!(
+                    rt <= 5e-6 * scale,
+                    "llama f32 GGUF vs folder + adapter: {rt:e} (logits up to {scale})"
+                );
             }
         }
         eprintln!("llama {ty}: max |logit tunelab - llama.cpp| = {worst:.2e}");
-        assert!(worst <= tol, "llama {ty}: logits differ from llama.cpp's by {worst:e} > {tol:e}");
+        assert!(
+            worst <= tol,
+            "llama {ty}: logits differ from llama.cpp's by {worst:e} > {tol:e}"
+        );
     }
     let path = dir.path().join("qwen3-f32.gguf");
     let r = &rec["qwen3"]["f32"];
-    assert_eq!(export(&fixture("tiny_qwen3_reranker"), &path, "f32", &[]), r["sha256"].as_str().unwrap());
+    assert_eq!(
+        export(&fixture("tiny_qwen3_reranker"), &path, "f32", &[]),
+        r["sha256"].as_str().unwrap()
+    );
     let lm = CausalLm::load(&path, &Device::flex()).unwrap();
     let hf = CausalLm::load(fixture("tiny_qwen3_reranker"), &Device::flex()).unwrap();
     let mut worst = 0.0f64;
     for (i, s) in seqs.iter().enumerate() {
         let got = logits(&lm, s);
         worst = worst.max(max_diff(&got, &r["logits"][i]));
-        let rt = got.iter().flatten().zip(logits(&hf, s).iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let rt = got
+            .iter()
+            .flatten()
+            .zip(logits(&hf, s).iter().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(rt <= 1e-5, "qwen3 f32 GGUF vs folder: {rt:e}");
     }
     eprintln!("qwen3 f32: max |logit tunelab - llama.cpp| = {worst:.2e}");
     assert!(worst <= 1e-4, "qwen3 f32: {worst:e}");
     let g = GgufFile::open(&path).unwrap();
-    assert!(g.get("qwen3.pooling_type").is_none() && g.tensor_info("cls.output.weight").is_none(), "a plain decoder has no rank head");
+    assert!(
+        g.get("qwen3.pooling_type").is_none() && g.tensor_info("cls.output.weight").is_none(),
+        "a plain decoder has no rank head"
+    );
 }
 
 #[test]
 fn refuses_what_llama_cpp_cannot_rank_or_load() {
     let dir = tempfile::tempdir().unwrap();
     let out = |n: &str| dir.path().join(n);
-    let opts = |reranker: bool| DecoderGgufOptions { out_type: GgufOutType::F32, reranker: reranker.then(RerankTemplate::default), manifest: Value::Null };
+    let opts = |reranker: bool| DecoderGgufOptions {
+        out_type: GgufOutType::F32,
+        reranker: reranker.then(RerankTemplate::default),
+        manifest: Value::Null,
+    };
     let llama = CausalLm::load(fixture("tiny_llama_bpe"), &Device::flex()).unwrap();
-    let e = write_decoder_gguf(&llama, &out("a.gguf"), &opts(true)).unwrap_err().to_string();
-    assert!(e.contains("qwen3") && e.contains("cls_out") && e.contains("tiny_llama_bpe"), "{e}");
+    let e = write_decoder_gguf(&llama, &out("a.gguf"), &opts(true))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("qwen3") && e.contains("cls_out") && e.contains("tiny_llama_bpe"),
+        "{e}"
+    );
     assert!(!out("a.gguf").exists());
 
     // A vocabulary without `yes` (or `no`): the error names the token and the model.
     for missing in ["yes", "no"] {
         let mut lm = CausalLm::load(fixture("tiny_qwen3_reranker"), &Device::flex()).unwrap();
         let other = if missing == "yes" { "no" } else { "yes" };
-        lm.tokenizer = tokenizers::Tokenizer::new(tokenizers::models::wordlevel::WordLevel::builder()
-            .vocab([(other.to_string(), 0u32), ("[UNK]".to_string(), 1)].into_iter().collect())
-            .unk_token("[UNK]".into())
-            .build()
-            .unwrap());
-        let e = write_decoder_gguf(&lm, &out("b.gguf"), &opts(true)).unwrap_err().to_string();
-        assert!(e.contains(&format!("no token '{missing}'")) && e.contains("tiny_qwen3_reranker"), "{e}");
+        lm.tokenizer = tokenizers::Tokenizer::new(
+            tokenizers::models::wordlevel::WordLevel::builder()
+                .vocab(
+                    [(other.to_string(), 0u32), ("[UNK]".to_string(), 1)]
+                        .into_iter()
+                        .collect(),
+                )
+                .unk_token("[UNK]".into())
+                .build()
+                .unwrap(),
+        );
+        let e = write_decoder_gguf(&lm, &out("b.gguf"), &opts(true))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("no token '{missing}'")) && e.contains("tiny_qwen3_reranker"),
+            "{e}"
+        );
         assert!(!out("b.gguf").exists());
     }
 
     // Architectures without a llama.cpp form here.
     let mut mistral = CausalLm::load(fixture("tiny_llama_bpe"), &Device::flex()).unwrap();
     mistral.config.architecture = Architecture::Mistral;
-    let e = write_decoder_gguf(&mistral, &out("c.gguf"), &opts(false)).unwrap_err().to_string();
-    assert!(e.contains("architecture 'mistral'") && e.contains("llama") && e.contains("qwen3"), "{e}");
+    let e = write_decoder_gguf(&mistral, &out("c.gguf"), &opts(false))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("architecture 'mistral'") && e.contains("llama") && e.contains("qwen3"),
+        "{e}"
+    );
 
     // A word-level vocabulary is not byte-level BPE: named with its tokenizer.json.
     let wl = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decoder/tiny_llama");
     let lm = CausalLm::load(&wl, &Device::flex()).unwrap();
-    let e = write_decoder_gguf(&lm, &out("d.gguf"), &opts(false)).unwrap_err().to_string();
-    assert!(e.contains("tokenizer.json") && e.contains("WordLevel") && e.contains("byte-level BPE"), "{e}");
+    let e = write_decoder_gguf(&lm, &out("d.gguf"), &opts(false))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tokenizer.json") && e.contains("WordLevel") && e.contains("byte-level BPE"),
+        "{e}"
+    );
 
     // Never overwrites; a NaN weight is named and nothing is written.
     std::fs::write(out("keep.gguf"), "user data").unwrap();
-    let e = write_decoder_gguf(&llama, &out("keep.gguf"), &opts(false)).unwrap_err().to_string();
+    let e = write_decoder_gguf(&llama, &out("keep.gguf"), &opts(false))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("already exists"), "{e}");
-    assert_eq!(std::fs::read_to_string(out("keep.gguf")).unwrap(), "user data");
+    assert_eq!(
+        std::fs::read_to_string(out("keep.gguf")).unwrap(),
+        "user data"
+    );
     let mut bad = CausalLm::load(fixture("tiny_llama_bpe"), &Device::flex()).unwrap();
     let emb = bad.model.embed_tokens.val();
     let mut v: Vec<f32> = emb.clone().into_data().try_into_vec_as::<f32>().unwrap();
     v[70] = f32::NAN;
-    bad.model.embed_tokens = burn::module::Param::from_tensor(Tensor::from_data(TensorData::new(v, emb.dims()), &Device::flex()));
-    let e = write_decoder_gguf(&bad, &out("e.gguf"), &opts(false)).unwrap_err().to_string();
-    assert!(e.contains("token_embd.weight") && e.contains("not finite"), "{e}");
+    bad.model.embed_tokens = burn::module::Param::from_tensor(Tensor::from_data(
+        TensorData::new(v, emb.dims()),
+        &Device::flex(),
+    ));
+    let e = write_decoder_gguf(&bad, &out("e.gguf"), &opts(false))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("token_embd.weight") && e.contains("not finite"),
+        "{e}"
+    );
     assert!(!out("e.gguf").exists() && !out("e.gguf.part").exists());
 
     // The BERT path refuses decoder-only flags.
@@ -236,5 +397,8 @@ fn refuses_what_llama_cpp_cannot_rank_or_load() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("apply to decoders"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("apply to decoders"),
+        "{err}"
+    );
 }

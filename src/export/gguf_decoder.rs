@@ -95,12 +95,21 @@ const LLAMA3_HF_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\
 /// existing `path`, architectures other than `llama` and `qwen3`, a reranker that is not Qwen3
 /// or whose vocabulary lacks `yes` / `no`, tokenizers llama.cpp cannot reproduce, and non-finite
 /// weights; nothing is written then.
-pub fn write_decoder_gguf(lm: &CausalLm, path: &Path, opts: &DecoderGgufOptions) -> Result<GgufExportSummary, GgufExportError> {
+pub fn write_decoder_gguf(
+    lm: &CausalLm,
+    path: &Path,
+    opts: &DecoderGgufOptions,
+) -> Result<GgufExportSummary, GgufExportError> {
     if path.exists() {
-        return Err(GgufExportError::Exists { path: path.to_path_buf() });
+        return Err(GgufExportError::Exists {
+            path: path.to_path_buf(),
+        });
     }
     let src = lm.source.clone();
-    let unsupported = |reason: String| GgufExportError::Unsupported { path: src.clone(), reason };
+    let unsupported = |reason: String| GgufExportError::Unsupported {
+        path: src.clone(),
+        reason,
+    };
     let c = &lm.config;
     let arch = match c.architecture {
         Architecture::Llama => "llama",
@@ -113,7 +122,9 @@ pub fn write_decoder_gguf(lm: &CausalLm, path: &Path, opts: &DecoderGgufOptions)
         }
     };
     if c.architecture == Architecture::Llama && c.qk_norm {
-        return Err(unsupported("a llama model with q/k norms has no llama.cpp form".into()));
+        return Err(unsupported(
+            "a llama model with q/k norms has no llama.cpp form".into(),
+        ));
     }
     let rerank = match &opts.reranker {
         None => None,
@@ -151,7 +162,10 @@ pub fn write_decoder_gguf(lm: &CausalLm, path: &Path, opts: &DecoderGgufOptions)
     w.add_metadata(&key("attention.head_count"), u(c.num_attention_heads));
     w.add_metadata(&key("attention.head_count_kv"), u(c.num_key_value_heads));
     w.add_metadata(&key("rope.freq_base"), c.rope_theta as f32);
-    w.add_metadata(&key("attention.layer_norm_rms_epsilon"), c.rms_norm_eps as f32);
+    w.add_metadata(
+        &key("attention.layer_norm_rms_epsilon"),
+        c.rms_norm_eps as f32,
+    );
     w.add_metadata(&key("attention.key_length"), u(c.head_dim));
     w.add_metadata(&key("attention.value_length"), u(c.head_dim));
     if c.architecture == Architecture::Llama {
@@ -166,12 +180,25 @@ pub fn write_decoder_gguf(lm: &CausalLm, path: &Path, opts: &DecoderGgufOptions)
             None
         }
         Some(RopeScaling::FreqFactors { factors }) => Some(factors.clone()),
-        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
-            Some(llama3_rope_factors(c.rope_theta, c.head_dim, *factor, *low_freq_factor, *high_freq_factor, *original_max_position_embeddings))
-        }
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => Some(llama3_rope_factors(
+            c.rope_theta,
+            c.head_dim,
+            *factor,
+            *low_freq_factor,
+            *high_freq_factor,
+            *original_max_position_embeddings,
+        )),
     };
     if rope_freqs.is_some() && c.architecture != Architecture::Llama {
-        return Err(unsupported("RoPE frequency factors (rope_freqs) are read by llama.cpp's llama architecture only".into()));
+        return Err(unsupported(
+            "RoPE frequency factors (rope_freqs) are read by llama.cpp's llama architecture only"
+                .into(),
+        ));
     }
 
     for (k, v) in tokenizer_metadata(lm, c.vocab_size)? {
@@ -179,7 +206,10 @@ pub fn write_decoder_gguf(lm: &CausalLm, path: &Path, opts: &DecoderGgufOptions)
     }
     if let Some((t, _, _)) = &rerank {
         w.add_metadata(&key("pooling_type"), POOLING_TYPE_RANK);
-        w.add_metadata(&key("classifier.output_labels"), vec!["yes".to_string(), "no".to_string()]);
+        w.add_metadata(
+            &key("classifier.output_labels"),
+            vec!["yes".to_string(), "no".to_string()],
+        );
         w.add_metadata(RERANK_TEMPLATE_KEY, t.text());
         w.add_metadata("tokenizer.chat_templates", vec!["rerank".to_string()]);
     }
@@ -194,14 +224,27 @@ pub fn write_decoder_gguf(lm: &CausalLm, path: &Path, opts: &DecoderGgufOptions)
     });
     w.add_metadata("tunelab.manifest", MetaValue::String(record.to_string()));
 
-    let n_tensors = add_tensors(&mut w, lm, opts.out_type, rerank.as_ref().map(|(_, y, n)| (*y, *n)), rope_freqs)?;
+    let n_tensors = add_tensors(
+        &mut w,
+        lm,
+        opts.out_type,
+        rerank.as_ref().map(|(_, y, n)| (*y, *n)),
+        rope_freqs,
+    )?;
     w.write(path)?;
     GgufExportSummary::of_written(path, n_tensors, opts.out_type)
 }
 
 /// The `rope_freqs.weight` factors of Llama 3 RoPE scaling, computed as the converter's
 /// `LlamaModel.generate_extra_tensors` does (frequencies in f32, the rest in f64).
-pub fn llama3_rope_factors(theta: f64, head_dim: usize, factor: f64, low: f64, high: f64, old_ctx: f64) -> Vec<f32> {
+pub fn llama3_rope_factors(
+    theta: f64,
+    head_dim: usize,
+    factor: f64,
+    low: f64,
+    high: f64,
+    old_ctx: f64,
+) -> Vec<f32> {
     let (low_wavelen, high_wavelen) = (old_ctx / low, old_ctx / high);
     (0..head_dim / 2)
         .map(|i| {
@@ -232,17 +275,33 @@ fn add_tensors(
     let c = &lm.config;
     let src = &lm.source;
     let mut n = 0;
-    let mut put = |w: &mut GgufWriter, gname: &str, shape: &[usize], values: &[f32]| -> Result<(), GgufExportError> {
+    let mut put = |w: &mut GgufWriter,
+                   gname: &str,
+                   shape: &[usize],
+                   values: &[f32]|
+     -> Result<(), GgufExportError> {
         if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
-            return Err(GgufExportError::Tensor { path: src.clone(), tensor: gname.into(), reason: format!("value {} at index {bad} is not finite", values[bad]) });
+            return Err(GgufExportError::Tensor {
+                path: src.clone(),
+                tensor: gname.into(),
+                reason: format!("value {} at index {bad} is not finite", values[bad]),
+            });
         }
-        let gty = if shape.len() <= 1 { GgmlType::F32 } else { ty.matrix_type(shape[shape.len() - 1]) };
+        let gty = if shape.len() <= 1 {
+            GgmlType::F32
+        } else {
+            ty.matrix_type(shape[shape.len() - 1])
+        };
         w.add_tensor(gname, shape, gty, values);
         n += 1;
         Ok(())
     };
     let tensors = lm.model.hf_tensors();
-    let head_name = if c.tie_word_embeddings || lm.model.lm_head.is_none() { "model.embed_tokens.weight" } else { "lm_head.weight" };
+    let head_name = if c.tie_word_embeddings || lm.model.lm_head.is_none() {
+        "model.embed_tokens.weight"
+    } else {
+        "lm_head.weight"
+    };
     for (hf, shape, mut values) in tensors {
         let gname = gguf_name(&hf).ok_or_else(|| GgufExportError::Tensor {
             path: src.clone(),
@@ -279,21 +338,33 @@ fn add_tensors(
 
 /// The `tokenizer.*` metadata: copied from the GGUF the model came from, else converted from
 /// the Hugging Face folder's tokenizer files.
-fn tokenizer_metadata(lm: &CausalLm, n_vocab: usize) -> Result<Vec<(String, MetaValue)>, GgufExportError> {
+fn tokenizer_metadata(
+    lm: &CausalLm,
+    n_vocab: usize,
+) -> Result<Vec<(String, MetaValue)>, GgufExportError> {
     if lm.source.is_file() {
         let g = GgufFile::open(&lm.source)?;
-        let n_tokens = g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|a| a.len());
+        let n_tokens = g
+            .get("tokenizer.ggml.tokens")
+            .and_then(|v| v.as_array())
+            .map(|a| a.len());
         if n_tokens != Some(n_vocab) {
             return Err(GgufExportError::Tokenizer {
                 path: lm.source.clone(),
-                reason: format!("{n_tokens:?} tokens for an embedding of {n_vocab} rows: llama.cpp needs one token per row"),
+                reason: format!(
+                    "{n_tokens:?} tokens for an embedding of {n_vocab} rows: llama.cpp needs one token per row"
+                ),
             });
         }
         // A rerank template is written afresh (or not at all) by the caller.
         return Ok(g
             .metadata
             .iter()
-            .filter(|(k, _)| k.starts_with("tokenizer.") && k.as_str() != RERANK_TEMPLATE_KEY && k.as_str() != "tokenizer.chat_templates")
+            .filter(|(k, _)| {
+                k.starts_with("tokenizer.")
+                    && k.as_str() != RERANK_TEMPLATE_KEY
+                    && k.as_str() != "tokenizer.chat_templates"
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect());
     }
@@ -304,20 +375,35 @@ fn tokenizer_metadata(lm: &CausalLm, n_vocab: usize) -> Result<Vec<(String, Meta
 /// tokenizer.json `pre_tokenizer`) does, or why none does.
 pub fn llama_cpp_pre(pre_tokenizer: &serde_json::Value) -> Result<&'static str, String> {
     let steps: Vec<&serde_json::Value> = match pre_tokenizer["type"].as_str() {
-        Some("Sequence") => pre_tokenizer["pretokenizers"].as_array().map(|a| a.iter().collect()).unwrap_or_default(),
+        Some("Sequence") => pre_tokenizer["pretokenizers"]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default(),
         Some(_) => vec![pre_tokenizer],
         None => vec![],
     };
     let kind = |s: &serde_json::Value| s["type"].as_str().unwrap_or("?").to_string();
-    let byte_level = |s: &serde_json::Value, regex: bool| kind(s) == "ByteLevel" && s["use_regex"].as_bool().unwrap_or(true) == regex && !s["add_prefix_space"].as_bool().unwrap_or(false);
+    let byte_level = |s: &serde_json::Value, regex: bool| {
+        kind(s) == "ByteLevel"
+            && s["use_regex"].as_bool().unwrap_or(true) == regex
+            && !s["add_prefix_space"].as_bool().unwrap_or(false)
+    };
     let split = |s: &serde_json::Value| -> Option<String> {
-        (kind(s) == "Split" && s["behavior"].as_str() == Some("Isolated") && !s["invert"].as_bool().unwrap_or(false))
-            .then(|| s["pattern"]["Regex"].as_str().map(str::to_string))
-            .flatten()
+        (kind(s) == "Split"
+            && s["behavior"].as_str() == Some("Isolated")
+            && !s["invert"].as_bool().unwrap_or(false))
+        .then(|| s["pattern"]["Regex"].as_str().map(str::to_string))
+        .flatten()
     };
     match steps.as_slice() {
         [b] if byte_level(b, true) => return Ok("gpt-2"),
-        [d, b] if kind(d) == "Digits" && d["individual_digits"].as_bool() == Some(true) && byte_level(b, true) => return Ok("smollm"),
+        [d, b]
+            if kind(d) == "Digits"
+                && d["individual_digits"].as_bool() == Some(true)
+                && byte_level(b, true) =>
+        {
+            return Ok("smollm");
+        }
         [s, b] if byte_level(b, false) => match split(s).as_deref() {
             Some(QWEN2_HF_SPLIT) => return Ok("qwen2"),
             Some(LLAMA3_HF_SPLIT) => return Ok("llama-bpe"),
@@ -334,7 +420,8 @@ pub fn llama_cpp_pre(pre_tokenizer: &serde_json::Value) -> Result<&'static str, 
         if let Some(regexes) = regexes {
             for name in ["qwen2", "smollm", "llama-bpe", "gpt-2"] {
                 let (known, _) = crate::io::gguf::bpe_pre_regexes(name).expect("a known name");
-                if known.len() == regexes.len() && known.iter().zip(&regexes).all(|(a, b)| *a == b) {
+                if known.len() == regexes.len() && known.iter().zip(&regexes).all(|(a, b)| *a == b)
+                {
                     return Ok(name);
                 }
             }
@@ -350,16 +437,26 @@ pub fn llama_cpp_pre(pre_tokenizer: &serde_json::Value) -> Result<&'static str, 
 /// `tokenizer.*` metadata from a Hugging Face folder (`tokenizer.json`, `tokenizer_config.json`,
 /// `config.json`, `chat_template.jinja`), as the converter's `_set_vocab_gpt2` + gguf-py
 /// `SpecialVocab` write it.
-fn hf_tokenizer_metadata(dir: &Path, tokenizer: &tokenizers::Tokenizer, n_vocab: usize) -> Result<Vec<(String, MetaValue)>, GgufExportError> {
+fn hf_tokenizer_metadata(
+    dir: &Path,
+    tokenizer: &tokenizers::Tokenizer,
+    n_vocab: usize,
+) -> Result<Vec<(String, MetaValue)>, GgufExportError> {
     let tok_path = dir.join("tokenizer.json");
-    let err = |reason: String| GgufExportError::Tokenizer { path: tok_path.clone(), reason };
+    let err = |reason: String| GgufExportError::Tokenizer {
+        path: tok_path.clone(),
+        reason,
+    };
     let json: serde_json::Value = tokenizer
         .to_string(false)
         .map_err(|e| err(format!("cannot serialise: {e}")))
         .and_then(|s| serde_json::from_str(&s).map_err(|e| err(format!("cannot parse: {e}"))))?;
     let model = &json["model"];
     let kind = model["type"].as_str().unwrap_or("?");
-    if kind != "BPE" || model["byte_fallback"].as_bool() == Some(true) || json["decoder"]["type"].as_str() != Some("ByteLevel") {
+    if kind != "BPE"
+        || model["byte_fallback"].as_bool() == Some(true)
+        || json["decoder"]["type"].as_str() != Some("ByteLevel")
+    {
         return Err(err(format!(
             "model type '{kind}' (decoder {}): the export writes byte-level BPE vocabularies (llama.cpp's gpt2 model, as \
              Qwen3 and SmolLM2 use); a SentencePiece model needs llama.cpp's converter",
@@ -370,12 +467,23 @@ fn hf_tokenizer_metadata(dir: &Path, tokenizer: &tokenizers::Tokenizer, n_vocab:
 
     let mut by_id: Vec<Option<String>> = vec![None; n_vocab];
     let mut put = |tok: &str, id: u64| -> Result<(), GgufExportError> {
-        let slot = by_id.get_mut(id as usize).ok_or_else(|| err(format!("token {tok:?} has id {id}, beyond the model's {n_vocab} embedding rows")))?;
+        let slot = by_id.get_mut(id as usize).ok_or_else(|| {
+            err(format!(
+                "token {tok:?} has id {id}, beyond the model's {n_vocab} embedding rows"
+            ))
+        })?;
         *slot = Some(tok.to_string());
         Ok(())
     };
-    for (tok, id) in model["vocab"].as_object().ok_or_else(|| err("BPE model without a vocab".into()))? {
-        put(tok, id.as_u64().ok_or_else(|| err(format!("token {tok:?}: id is not a number")))?)?;
+    for (tok, id) in model["vocab"]
+        .as_object()
+        .ok_or_else(|| err("BPE model without a vocab".into()))?
+    {
+        put(
+            tok,
+            id.as_u64()
+                .ok_or_else(|| err(format!("token {tok:?}: id is not a number")))?,
+        )?;
     }
     let mut added = std::collections::HashMap::new();
     for t in json["added_tokens"].as_array().into_iter().flatten() {
@@ -411,8 +519,12 @@ fn hf_tokenizer_metadata(dir: &Path, tokenizer: &tokenizers::Tokenizer, n_vocab:
         .iter()
         .map(|m| match m {
             serde_json::Value::String(s) => Ok(s.clone()),
-            serde_json::Value::Array(p) if p.len() == 2 && p.iter().all(|x| x.is_string()) => Ok(format!("{} {}", p[0].as_str().unwrap(), p[1].as_str().unwrap())),
-            other => Err(err(format!("merge {other} is neither \"a b\" nor [\"a\", \"b\"]"))),
+            serde_json::Value::Array(p) if p.len() == 2 && p.iter().all(|x| x.is_string()) => Ok(
+                format!("{} {}", p[0].as_str().unwrap(), p[1].as_str().unwrap()),
+            ),
+            other => Err(err(format!(
+                "merge {other} is neither \"a b\" nor [\"a\", \"b\"]"
+            ))),
         })
         .collect::<Result<_, _>>()?;
 
@@ -421,12 +533,23 @@ fn hf_tokenizer_metadata(dir: &Path, tokenizer: &tokenizers::Tokenizer, n_vocab:
         if !p.is_file() {
             return Ok(serde_json::Value::Null);
         }
-        let text = std::fs::read_to_string(&p).map_err(|source| GgufExportError::Io { path: p.clone(), source })?;
-        serde_json::from_str(&text).map_err(|e| GgufExportError::Tokenizer { path: p.clone(), reason: format!("line {}: {e}", e.line()) })
+        let text = std::fs::read_to_string(&p).map_err(|source| GgufExportError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|e| GgufExportError::Tokenizer {
+            path: p.clone(),
+            reason: format!("line {}: {e}", e.line()),
+        })
     };
     let tc = read_json("tokenizer_config.json")?;
     let config = read_json("config.json")?;
-    let id_of = |t: &str| by_id.iter().position(|x| x.as_deref() == Some(t)).map(|i| i as u32);
+    let id_of = |t: &str| {
+        by_id
+            .iter()
+            .position(|x| x.as_deref() == Some(t))
+            .map(|i| i as u32)
+    };
     let mut meta: Vec<(String, MetaValue)> = vec![
         ("tokenizer.ggml.model".into(), "gpt2".into()),
         ("tokenizer.ggml.pre".into(), pre.into()),
@@ -438,9 +561,20 @@ fn hf_tokenizer_metadata(dir: &Path, tokenizer: &tokenizers::Tokenizer, n_vocab:
     for typ in ["bos", "eos", "unk", "sep", "pad", "cls", "mask"] {
         let v = &tc[format!("{typ}_token")];
         let text = v.as_str().or_else(|| v["content"].as_str());
-        let id = text.and_then(id_of).or_else(|| config[format!("{typ}_token_id")].as_u64().map(|i| i as u32)).filter(|&i| (i as usize) < n_vocab);
+        let id = text
+            .and_then(id_of)
+            .or_else(|| config[format!("{typ}_token_id")].as_u64().map(|i| i as u32))
+            .filter(|&i| (i as usize) < n_vocab);
         if let Some(id) = id {
-            let name = if typ == "unk" { "unknown" } else if typ == "sep" { "seperator" } else if typ == "pad" { "padding" } else { typ };
+            let name = if typ == "unk" {
+                "unknown"
+            } else if typ == "sep" {
+                "seperator"
+            } else if typ == "pad" {
+                "padding"
+            } else {
+                typ
+            };
             meta.push((format!("tokenizer.ggml.{name}_token_id"), id.into()));
         }
     }
@@ -453,7 +587,16 @@ fn hf_tokenizer_metadata(dir: &Path, tokenizer: &tokenizers::Tokenizer, n_vocab:
         Some(t) => Some(t.to_string()),
         None => {
             let p = dir.join("chat_template.jinja");
-            if p.is_file() { Some(std::fs::read_to_string(&p).map_err(|source| GgufExportError::Io { path: p.clone(), source })?) } else { None }
+            if p.is_file() {
+                Some(
+                    std::fs::read_to_string(&p).map_err(|source| GgufExportError::Io {
+                        path: p.clone(),
+                        source,
+                    })?,
+                )
+            } else {
+                None
+            }
         }
     };
     if let Some(t) = template {
@@ -481,10 +624,19 @@ mod tests {
 
     #[test]
     fn pre_tokenizers_map_to_llama_cpp_names_and_unknown_ones_are_refused() {
-        assert_eq!(llama_cpp_pre(&seq(vec![split(QWEN2_HF_SPLIT), byte_level(false)])), Ok("qwen2"));
-        assert_eq!(llama_cpp_pre(&seq(vec![split(LLAMA3_HF_SPLIT), byte_level(false)])), Ok("llama-bpe"));
+        assert_eq!(
+            llama_cpp_pre(&seq(vec![split(QWEN2_HF_SPLIT), byte_level(false)])),
+            Ok("qwen2")
+        );
+        assert_eq!(
+            llama_cpp_pre(&seq(vec![split(LLAMA3_HF_SPLIT), byte_level(false)])),
+            Ok("llama-bpe")
+        );
         let digits = json!({"type": "Digits", "individual_digits": true});
-        assert_eq!(llama_cpp_pre(&seq(vec![digits.clone(), byte_level(true)])), Ok("smollm"));
+        assert_eq!(
+            llama_cpp_pre(&seq(vec![digits.clone(), byte_level(true)])),
+            Ok("smollm")
+        );
         assert_eq!(llama_cpp_pre(&byte_level(true)), Ok("gpt-2"));
         // The form tunelab gives a tokenizer read from a GGUF (a fused folder of a GGUF base).
         for name in ["qwen2", "smollm", "llama-bpe", "gpt-2"] {
@@ -498,7 +650,10 @@ mod tests {
         let inverted = json!({"type": "Split", "pattern": {"Regex": QWEN2_HF_SPLIT}, "behavior": "Isolated", "invert": true});
         let prefix_space = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true});
         for bad in [
-            seq(vec![split(&QWEN2_HF_SPLIT.replace(r"\p{N}", r"\p{N}{1,3}")), byte_level(false)]),
+            seq(vec![
+                split(&QWEN2_HF_SPLIT.replace(r"\p{N}", r"\p{N}{1,3}")),
+                byte_level(false),
+            ]),
             seq(vec![split(QWEN2_HF_SPLIT), byte_level(true)]),
             seq(vec![inverted, byte_level(false)]),
             seq(vec![grouped_digits, byte_level(true)]),
@@ -516,14 +671,28 @@ mod tests {
     #[test]
     fn llama3_rope_factors_give_the_scaled_frequencies() {
         let cfg = crate::model::decoder::DecoderConfig {
-            rope_scaling: Some(RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192.0 }),
+            rope_scaling: Some(RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192.0,
+            }),
             ..crate::model::decoder::DecoderConfig::tiny_llama()
         };
         let factors = llama3_rope_factors(cfg.rope_theta, cfg.head_dim, 8.0, 1.0, 4.0, 8192.0);
         let scaled = cfg.rope_inv_freq();
-        let plain = crate::model::decoder::DecoderConfig { rope_scaling: None, ..cfg.clone() }.rope_inv_freq();
+        let plain = crate::model::decoder::DecoderConfig {
+            rope_scaling: None,
+            ..cfg.clone()
+        }
+        .rope_inv_freq();
         // All three bands occur with these settings.
-        assert!(factors.contains(&1.0) && factors.contains(&8.0) && factors.iter().any(|f| *f > 1.0 && *f < 8.0), "{factors:?}");
+        assert!(
+            factors.contains(&1.0)
+                && factors.contains(&8.0)
+                && factors.iter().any(|f| *f > 1.0 && *f < 8.0),
+            "{factors:?}"
+        );
         for ((b, s), f) in plain.iter().zip(&scaled).zip(&factors) {
             assert!(((b / f) - s).abs() <= 1e-6 * s.abs(), "{b} / {f} vs {s}");
         }
