@@ -697,4 +697,82 @@ mod tests {
             assert!(((b / f) - s).abs() <= 1e-6 * s.abs(), "{b} / {f} vs {s}");
         }
     }
+
+    /// A DoRA adapter (magnitudes away from the row norms) is fused exactly: the exported f32 GGUF
+    /// computes the adapted model's logits.
+    #[test]
+    fn dora_adapters_are_fused_into_the_exported_weights() {
+        use crate::lora::{AdapterWeights, LoraConfig, LoraFactors};
+        use burn::tensor::{Device, Int, Tensor, TensorData};
+        use rand::{Rng, SeedableRng};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/reranker/tiny_qwen3_reranker");
+        let mut lm = CausalLm::load(&dir, &Device::flex()).unwrap();
+        let logits = |lm: &CausalLm| -> Vec<f32> {
+            let ids = Tensor::<2, Int>::from_data(
+                TensorData::new(vec![1i64, 5, 17, 99, 3, 42], [1, 6]),
+                &Device::flex(),
+            );
+            lm.model
+                .forward(ids, None, None)
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .unwrap()
+        };
+        let cfg = LoraConfig {
+            rank: 2,
+            alpha: 4.0,
+            use_dora: true,
+            ..LoraConfig::default()
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let zero = lm
+            .model
+            .clone()
+            .with_lora(&cfg, &mut rng)
+            .unwrap()
+            .adapter_weights(&cfg);
+        let mut adapter = AdapterWeights::new(cfg);
+        for (path, f) in zero.layers {
+            let b = (0..f.b.len())
+                .map(|_| rng.random_range(-0.2f32..0.2))
+                .collect();
+            adapter.insert(&path, LoraFactors { b, ..f }).unwrap();
+            let m = &zero.magnitudes[&path];
+            adapter
+                .insert_magnitude(
+                    &path,
+                    m.iter()
+                        .map(|v| v * rng.random_range(0.5f32..1.5))
+                        .collect(),
+                )
+                .unwrap();
+        }
+        let base = logits(&lm);
+        lm.model = lm.model.apply_adapter(&adapter).unwrap();
+        let want = logits(&lm);
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("dora.gguf");
+        let opts = DecoderGgufOptions {
+            out_type: GgufOutType::F32,
+            reranker: None,
+            manifest: serde_json::Value::Null,
+        };
+        write_decoder_gguf(&lm, &path, &opts).unwrap();
+        let got = logits(&CausalLm::load(&path, &Device::flex()).unwrap());
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        let moved = want
+            .iter()
+            .zip(&base)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst < 1e-4 && moved > 1e-2,
+            "exported vs adapted {worst}, adapted vs base {moved}"
+        );
+    }
 }
