@@ -60,6 +60,12 @@ def export(model, out, ty, *extra):
     return hashlib.sha256(out.read_bytes()).hexdigest()
 
 
+def header_sha(path):
+    """SHA-256 of the GGUF's header (metadata and tensor table, up to the tensor data)."""
+    import gguf
+    return hashlib.sha256(path.read_bytes()[: gguf.GGUFReader(str(path)).data_offset]).hexdigest()
+
+
 def make_tiny_llama():
     """A tiny random Llama with the tiny Qwen3's byte-level BPE vocabulary, and a random PEFT LoRA."""
     import shutil
@@ -157,7 +163,7 @@ def record():
         worst = max(abs(p - c["p_yes"]) for p, c in zip(p_yes, cases))
         print(f"reranker {ty}: token ids of all {len(cases)} prompts agree with transformers'; "
               f"max |P(yes) llama.cpp - transformers| = {worst:.2e}; softmax sums {min(sum(s) for s in scores):.6f}")
-        out["reranker"][ty] = {"sha256": sha, "bytes": g.stat().st_size, "rank_output": scores,
+        out["reranker"][ty] = {"sha256": sha, "header_sha256": header_sha(g), "bytes": g.stat().st_size, "rank_output": scores,
                                "max_abs_vs_transformers": worst}
     out["reranker"]["token_ids_agree"] = True
 
@@ -171,7 +177,7 @@ def record():
         worst = max(abs(a - b) for s, t in zip(logits, ref) for r1, r2 in zip(s, t) for a, b in zip(r1, r2))
         print(f"llama (LoRA fused) {ty}: max |logit llama.cpp - transformers+PEFT| = {worst:.2e} (adapter effect {effect:.2f})")
         keep = logits if ty == "f32" else [s[-1:] for s in logits]
-        out["llama"][ty] = {"sha256": sha, "bytes": g.stat().st_size, "logits": keep, "max_abs_vs_transformers": worst}
+        out["llama"][ty] = {"sha256": sha, "header_sha256": header_sha(g), "bytes": g.stat().st_size, "logits": keep, "max_abs_vs_transformers": worst}
     out["llama"]["adapter_effect"] = effect
 
     ref = transformers_logits(QWEN3)
@@ -180,7 +186,7 @@ def record():
     logits = llama_logits(llama_cpp, g)
     worst = max(abs(a - b) for s, t in zip(logits, ref) for r1, r2 in zip(s, t) for a, b in zip(r1, r2))
     print(f"qwen3 f32: max |logit llama.cpp - transformers| = {worst:.2e}")
-    out["qwen3"]["f32"] = {"sha256": sha, "bytes": g.stat().st_size, "logits": logits, "max_abs_vs_transformers": worst}
+    out["qwen3"]["f32"] = {"sha256": sha, "header_sha256": header_sha(g), "bytes": g.stat().st_size, "logits": logits, "max_abs_vs_transformers": worst}
 
     path = OUT / "gguf_llamacpp.json"
     path.write_text(json.dumps(out) + "\n")
