@@ -313,7 +313,12 @@ fn add_tensors(
         {
             let d = shape[1];
             let row = |id: u32| values[id as usize * d..(id as usize + 1) * d].to_vec();
-            let stacked: Vec<f32> = row(yes).into_iter().chain(row(no)).collect();
+            // A GGUF reranker already carries its rank head (its untied output head may be gone,
+            // so the loaded model's head would be the embedding): keep that head.
+            let stacked: Vec<f32> = match source_rank_head(lm, d)? {
+                Some(h) => h,
+                None => row(yes).into_iter().chain(row(no)).collect(),
+            };
             put(w, "cls.output.weight", &[2, d], &stacked)?;
             // The converter keeps a tied embedding (it is the input too) and drops an untied head.
             if hf == "lm_head.weight" {
@@ -334,6 +339,41 @@ fn add_tensors(
         put(w, "rope_freqs.weight", &[f.len()], &f)?;
     }
     Ok(n)
+}
+
+/// The `cls.output.weight` rows (`yes` then `no`, `[2, hidden]` flattened) of the GGUF `lm` was
+/// loaded from, when it is a reranker file.
+fn source_rank_head(lm: &CausalLm, hidden: usize) -> Result<Option<Vec<f32>>, GgufExportError> {
+    if !lm.source.is_file() {
+        return Ok(None);
+    }
+    let g = GgufFile::open(&lm.source)?;
+    let head =
+        crate::model::reranker::rank_head(&g, &burn::tensor::Device::flex()).map_err(|e| {
+            GgufExportError::Tensor {
+                path: lm.source.clone(),
+                tensor: "cls.output.weight".into(),
+                reason: format!("{e:#}"),
+            }
+        })?;
+    let Some(h) = head else { return Ok(None) };
+    if h.dims() != [hidden, 2] {
+        return Err(GgufExportError::Tensor {
+            path: lm.source.clone(),
+            tensor: "cls.output.weight".into(),
+            reason: format!(
+                "shape {:?} does not match the hidden size {hidden}",
+                h.dims()
+            ),
+        });
+    }
+    // rank_head gives [hidden, 2]; the file stores the two rows.
+    Ok(Some(
+        h.transpose()
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .expect("f32 head"),
+    ))
 }
 
 /// The `tokenizer.*` metadata: copied from the GGUF the model came from, else converted from
@@ -773,6 +813,78 @@ mod tests {
         assert!(
             worst < 1e-4 && moved > 1e-2,
             "exported vs adapted {worst}, adapted vs base {moved}"
+        );
+    }
+
+    /// An untied Qwen3 reranker: the export drops the output head (as the converter does) and
+    /// keeps its yes/no rows as `cls.output.weight`; tunelab scores the file as the model, and
+    /// re-exporting that file (whose loaded head is now the embedding) keeps the rank head.
+    #[test]
+    fn untied_reranker_keeps_its_rank_head_through_two_exports() {
+        use crate::model::decoder::Projection;
+        use crate::model::reranker::Reranker;
+        use burn::module::Param;
+        use burn::tensor::{Device, Tensor, TensorData};
+        let dev = Device::flex();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/reranker/tiny_qwen3_reranker");
+        let mut lm = CausalLm::load(&dir, &dev).unwrap();
+        let (d, v) = (lm.config.hidden_size, lm.config.vocab_size);
+        let w: Vec<f32> = (0..d * v)
+            .map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.4)
+            .collect();
+        lm.model.lm_head = Some(Projection {
+            weight: Param::from_tensor(Tensor::from_data(TensorData::new(w, [d, v]), &dev)),
+            bias: None,
+        });
+        lm.config.tie_word_embeddings = false;
+        let untied = Reranker::new(lm, RerankTemplate::default()).unwrap();
+        let prompts: Vec<Vec<u32>> = ["first document", "zweites Dokument", ""]
+            .iter()
+            .map(|doc| untied.encode_pair("a query", doc).unwrap())
+            .collect();
+        let want = untied.score_tokens(&prompts).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = DecoderGgufOptions {
+            out_type: GgufOutType::F32,
+            reranker: Some(RerankTemplate::default()),
+            manifest: serde_json::Value::Null,
+        };
+        let first = tmp.path().join("first.gguf");
+        write_decoder_gguf(&untied.lm, &first, &opts).unwrap();
+        let g = GgufFile::open(&first).unwrap();
+        assert!(
+            g.tensor_info("output.weight").is_none(),
+            "the untied head is dropped"
+        );
+        let back = Reranker::load(&first, None, &dev).unwrap();
+        let got = back.score_tokens(&prompts).unwrap();
+        let second = tmp.path().join("second.gguf");
+        write_decoder_gguf(&back.lm, &second, &opts).unwrap();
+        let again = Reranker::load(&second, None, &dev)
+            .unwrap()
+            .score_tokens(&prompts)
+            .unwrap();
+        // Without its rank head the tied reading of the file scores something else.
+        let tied = Reranker::new(
+            CausalLm::load(&first, &dev).unwrap(),
+            RerankTemplate::default(),
+        )
+        .unwrap()
+        .score_tokens(&prompts)
+        .unwrap();
+        for i in 0..prompts.len() {
+            assert!(
+                (got[i] - want[i]).abs() <= 1e-5 && (again[i] - want[i]).abs() <= 1e-5,
+                "{i}: {} {} vs {}",
+                got[i],
+                again[i],
+                want[i]
+            );
+        }
+        assert!(
+            tied.iter().zip(&want).any(|(a, b)| (a - b).abs() > 1e-3),
+            "the check needs an untied head that differs: {tied:?} {want:?}"
         );
     }
 }
