@@ -1,7 +1,8 @@
 //! `tunelab export …`: models and adapters in other tools' formats, one subcommand per format.
 //!
 //! `tunelab export gguf --model ST_DIR --out FILE.gguf --type f16` writes a BERT sentence encoder
-//! as a GGUF that llama.cpp runs (`llama-embedding -m FILE.gguf`); see [`crate::export::gguf_bert`].
+//! (or EmbeddingGemma) as a GGUF that llama.cpp runs (`llama-embedding -m FILE.gguf`); see
+//! [`crate::export::gguf_bert`] and [`crate::export::gguf_gemma`].
 //! `tunelab export gguf-lora --adapter ADAPTER_DIR --base BASE.gguf --out FILE.gguf` writes a decoder
 //! LoRA adapter that llama.cpp applies with `--lora`; see [`crate::export::gguf_lora`].
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ use crate::model::bert::SentenceEncoder;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ExportCommand {
-    /// A BERT sentence encoder (sentence-transformers folder) as a llama.cpp GGUF.
+    /// A sentence encoder (BERT family or EmbeddingGemma) as a llama.cpp GGUF.
     Gguf(GgufArgs),
     /// A decoder LoRA adapter (PEFT or MLX-LM folder) as a llama.cpp GGUF adapter for a GGUF base model.
     GgufLora(GgufLoraArgs),
@@ -26,8 +27,8 @@ pub enum ExportCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct GgufArgs {
-    /// The encoder: a sentence-transformers / Hugging Face BERT folder (e.g. a `tunelab train
-    /// embed` output).
+    /// The encoder: a sentence-transformers / Hugging Face folder of a BERT-family encoder or of
+    /// EmbeddingGemma (e.g. a `tunelab train embed` output), or an EmbeddingGemma GGUF.
     #[arg(long)]
     pub model: PathBuf,
     /// The GGUF file to write (must not exist yet).
@@ -86,8 +87,15 @@ fn run_gguf(a: GgufArgs, d: DeviceChoice) -> anyhow::Result<()> {
         }
     };
     let device = d.device()?;
-    let encoder = SentenceEncoder::load(&a.model, &device).with_context(|| format!("loading {}", a.model.display()))?;
-    let summary = write_bert_gguf(&encoder, &a.out, a.out_type, manifest)?;
+    let loading = || format!("loading {}", a.model.display());
+    let summary = if crate::model::gemma_gguf::is_gguf(&a.model) || crate::model::gemma::is_gemma_folder(&a.model) {
+        // EmbeddingGemma: llama.cpp's gemma-embedding layout with its Dense layers.
+        let encoder = crate::model::gemma::GemmaEncoder::load_any(&a.model, &device).with_context(loading)?;
+        crate::export::gguf_gemma::write_gemma_gguf(&encoder, &a.out, a.out_type, manifest)?
+    } else {
+        let encoder = SentenceEncoder::load(&a.model, &device).with_context(loading)?;
+        write_bert_gguf(&encoder, &a.out, a.out_type, manifest)?
+    };
     report(&summary)
 }
 

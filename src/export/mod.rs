@@ -8,6 +8,7 @@
 //! * [`sentence_transformers`]: tuned encoders as sentence-transformers folders.
 pub mod fused;
 pub mod gguf_bert;
+pub mod gguf_gemma;
 pub mod gguf_lora;
 pub mod mlx;
 pub mod peft;
