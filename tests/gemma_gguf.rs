@@ -150,3 +150,38 @@ fn bad_ggufs_are_refused_naming_file_and_tensor() {
     let msg = err(&p);
     assert!(msg.contains("nokey.gguf") && msg.contains("gemma-embedding.attention.sliding_window"), "{msg}");
 }
+
+/// `tunelab embed --model FILE.gguf` runs the GGUF with EmbeddingGemma's prompts; `tunelab export
+/// gguf` accepts the GGUF as its model; another architecture's GGUF is refused naming the file.
+#[test]
+fn cli_embeds_and_exports_from_a_gguf() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"id\": \"a\", \"text\": \"A man is eating food.\"}\n{\"id\": 2, \"text\": \"A monkey is playing drums.\"}\n").unwrap();
+    let output = dir.path().join("out.jsonl");
+    let run = |args: &[&std::ffi::OsStr]| Command::new(env!("CARGO_BIN_EXE_tunelab")).args(args).output().unwrap();
+    let o = run(&["embed".as_ref(), "--model".as_ref(), gguf("q8_0").as_os_str(), "--input".as_ref(), input.as_os_str(),
+        "--output".as_ref(), output.as_os_str(), "--prompt-name".as_ref(), "query".as_ref()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let enc = GemmaEncoder::load_gguf(gguf("q8_0"), false, &Device::flex()).unwrap();
+    let want = enc.embed_with_prompt(&["A man is eating food.", "A monkey is playing drums."], enc.prompt("query"), 8).unwrap();
+    let rows: Vec<serde_json::Value> =
+        std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (row, w) in rows.iter().zip(&want) {
+        let got: Vec<f32> = serde_json::from_value(row["embedding"].clone()).unwrap();
+        assert!(cosine(&got, w) > 0.999999, "CLI and library agree");
+    }
+    let out = dir.path().join("again.gguf");
+    let o = run(&["export".as_ref(), "gguf".as_ref(), "--model".as_ref(), gguf("q8_0").as_os_str(), "--out".as_ref(),
+        out.as_os_str(), "--type".as_ref(), "f16".as_ref()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(GgufFile::open(&out).unwrap().architecture().unwrap(), "gemma-embedding");
+
+    let llama = dir.path().join("llama.gguf");
+    rewrite(&gguf("f32"), &llama, |k, v| if k == "general.architecture" { *v = Some("llama".into()) }, None, None);
+    let o = run(&["embed".as_ref(), "--model".as_ref(), llama.as_os_str(), "--input".as_ref(), input.as_os_str(),
+        "--output".as_ref(), dir.path().join("x.jsonl").as_os_str()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("llama.gguf") && err.contains("gemma-embedding"), "{err}");
+}
