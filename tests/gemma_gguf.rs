@@ -185,3 +185,38 @@ fn cli_embeds_and_exports_from_a_gguf() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("llama.gguf") && err.contains("gemma-embedding"), "{err}");
 }
+
+/// `tunelab train embed --model FILE.gguf`: LoRA over the file's Q8_0 blocks and full fine-tuning
+/// (dequantized) both run, lower nothing they should not, and export a folder that loads.
+#[test]
+fn train_embed_from_a_gguf_with_lora_and_in_full() {
+    use std::process::Command;
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/pairs/pairs.jsonl");
+    for (ty, lora) in [("q8_0", true), ("f16", false)] {
+        let reports = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tunelab"));
+        cmd.args(["train", "embed", "--model"]).arg(gguf(ty)).arg("--data").arg(&data).arg("--reports").arg(reports.path());
+        cmd.args(["--max-steps", "2", "--batch-size", "4", "--max-seq-length", "32", "--name", "g"]);
+        if lora {
+            cmd.args(["--lora-rank", "4"]);
+        }
+        let o = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{ty}: {}\n{stdout}", String::from_utf8_lossy(&o.stderr));
+        // LoRA trains a few thousand adapter weights; full fine-tuning every parameter.
+        let line = stdout.lines().find(|l| l.starts_with("memory estimate")).expect("estimate printed");
+        let counts: Vec<u64> = line
+            .split(['(', ','])
+            .filter_map(|p| p.split_whitespace().next().and_then(|n| n.parse().ok()))
+            .collect();
+        let [params, trainable] = counts[..] else { panic!("{line}") };
+        assert_eq!(trainable == params, !lora, "{line}");
+        assert!(trainable > 0, "{line}");
+        let model = std::fs::read_dir(reports.path().join("g")).unwrap().next().unwrap().unwrap().path().join("model");
+        let back = GemmaEncoder::load(&model, &Device::flex()).unwrap();
+        assert_eq!(back.dim(), 32);
+        assert_eq!(back.prompt("query"), Some("task: search result | query: "), "EmbeddingGemma's prompts travel");
+        let manifest = std::fs::read_to_string(model.join("tunelab_manifest.json")).unwrap();
+        assert!(manifest.contains(&format!("tiny-{ty}.gguf")), "source recorded");
+    }
+}
