@@ -31,7 +31,8 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 fn recorded() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("export.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("export.json")).unwrap())
+        .unwrap()
 }
 
 /// The manifest the CLI stores: the folder's own `tunelab_manifest.json`, else null.
@@ -59,7 +60,11 @@ fn exported_ggufs_are_the_recorded_files_and_agree_with_llama_cpp() {
     let mut report = Vec::new();
     for model in ["tuned", "tiny_llamacpp"] {
         // Issue 14: >= 0.999 for f16, >= 0.99 for q8_0 (f32: the same arithmetic, 1e-4).
-        for (ty, name, min) in [(GgufOutType::F32, "f32", 0.9999), (GgufOutType::F16, "f16", 0.999), (GgufOutType::Q8_0, "q8_0", 0.99)] {
+        for (ty, name, min) in [
+            (GgufOutType::F32, "f32", 0.9999),
+            (GgufOutType::F16, "f16", 0.999),
+            (GgufOutType::Q8_0, "q8_0", 0.99),
+        ] {
             let rec = &r[model][name];
             if rec.is_null() {
                 continue;
@@ -71,16 +76,29 @@ fn exported_ggufs_are_the_recorded_files_and_agree_with_llama_cpp() {
                 rec["sha256"].as_str().unwrap(),
                 "{model} {name}: the export's bytes changed; if on purpose, rerun scripts/make-gemma-gguf-fixtures.py --export"
             );
-            let enc = GemmaEncoder::load_gguf(&out, false, &Device::flex()).unwrap().with_max_seq_len(1024).unwrap();
+            let enc = GemmaEncoder::load_gguf(&out, false, &Device::flex())
+                .unwrap()
+                .with_max_seq_len(1024)
+                .unwrap();
             let tokens: Vec<Vec<i64>> = serde_json::from_value(rec["tokens"].clone()).unwrap();
             for (t, expected) in texts.iter().zip(&tokens) {
                 let ours = enc.tokenizer.encode_batch(&[t.as_str()]).unwrap().input_ids;
-                assert_eq!(&ours, expected, "{model} {name}: tokens differ from llama.cpp's for {t:?}");
+                assert_eq!(
+                    &ours, expected,
+                    "{model} {name}: tokens differ from llama.cpp's for {t:?}"
+                );
             }
-            let expected: Vec<Vec<f32>> = serde_json::from_value(rec["embeddings"].clone()).unwrap();
+            let expected: Vec<Vec<f32>> =
+                serde_json::from_value(rec["embeddings"].clone()).unwrap();
             let ours = enc.embed_with_prompt(&refs, None, 5).unwrap();
-            let worst = ours.iter().zip(&expected).map(|(a, b)| cosine(a, b)).fold(f64::MAX, f64::min);
-            report.push(format!("{model} {name}: worst cosine vs llama.cpp {worst:.7}"));
+            let worst = ours
+                .iter()
+                .zip(&expected)
+                .map(|(a, b)| cosine(a, b))
+                .fold(f64::MAX, f64::min);
+            report.push(format!(
+                "{model} {name}: worst cosine vs llama.cpp {worst:.7}"
+            ));
             assert!(worst >= min, "{model} {name}: worst cosine {worst} < {min}");
         }
     }
@@ -94,15 +112,28 @@ fn f32_export_round_trips_through_load_gguf() {
     let texts: Vec<String> = serde_json::from_value(recorded()["texts"].clone()).unwrap();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     for model in ["tuned", "tiny_llamacpp"] {
-        let folder = GemmaEncoder::load(fixture_dir().join(model), &Device::flex()).unwrap().with_max_seq_len(1024).unwrap();
+        let folder = GemmaEncoder::load(fixture_dir().join(model), &Device::flex())
+            .unwrap()
+            .with_max_seq_len(1024)
+            .unwrap();
         let out = tmp.path().join(format!("{model}.gguf"));
         export(model, GgufOutType::F32, &out);
-        let back = GemmaEncoder::load_gguf(&out, false, &Device::flex()).unwrap().with_max_seq_len(1024).unwrap();
+        let back = GemmaEncoder::load_gguf(&out, false, &Device::flex())
+            .unwrap()
+            .with_max_seq_len(1024)
+            .unwrap();
         let mut same = Vec::new();
         let mut differing = Vec::new();
         for t in &refs {
-            let (a, b) = (folder.tokenizer.encode_batch(&[t]).unwrap(), back.tokenizer.encode_batch(&[t]).unwrap());
-            if a.input_ids == b.input_ids { same.push(*t) } else { differing.push(*t) }
+            let (a, b) = (
+                folder.tokenizer.encode_batch(&[t]).unwrap(),
+                back.tokenizer.encode_batch(&[t]).unwrap(),
+            );
+            if a.input_ids == b.input_ids {
+                same.push(*t)
+            } else {
+                differing.push(*t)
+            }
         }
         // The GGUF-sourced folder (tuned/) round-trips exactly. tiny_llamacpp/'s own tokenizer is a
         // Metaspace BPE that prepends '▁' only when a text does not already start with a space;
@@ -110,16 +141,34 @@ fn f32_export_round_trips_through_load_gguf() {
         // whitespace tokenize differently there, and only those (llama.cpp agrees with the GGUF: see
         // the test above). Gemma's own tokenizer adds no prefix, so this never concerns the real model.
         let allowed = |t: &&str| model == "tiny_llamacpp" && t.starts_with(char::is_whitespace);
-        assert!(differing.iter().all(allowed), "{model}: the GGUF's vocabulary tokenizes differently: {differing:?}");
-        let (a, b) = (folder.embed_with_prompt(&same, None, 5).unwrap(), back.embed_with_prompt(&same, None, 5).unwrap());
-        let worst = a.iter().zip(&b).map(|(x, y)| cosine(x, y)).fold(f64::MAX, f64::min);
-        assert!(same.len() >= 50 && worst >= 0.99999, "{model}: round trip worst cosine {worst} over {} texts", same.len());
+        assert!(
+            differing.iter().all(allowed),
+            "{model}: the GGUF's vocabulary tokenizes differently: {differing:?}"
+        );
+        let (a, b) = (
+            folder.embed_with_prompt(&same, None, 5).unwrap(),
+            back.embed_with_prompt(&same, None, 5).unwrap(),
+        );
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| cosine(x, y))
+            .fold(f64::MAX, f64::min);
+        assert!(
+            same.len() >= 50 && worst >= 0.99999,
+            "{model}: round trip worst cosine {worst} over {} texts",
+            same.len()
+        );
         // The metadata llama.cpp reads.
         let g = GgufFile::open(&out).unwrap();
         assert_eq!(g.architecture().unwrap(), "gemma-embedding");
         assert_eq!(g.get_int("gemma-embedding.dense_2_feat_out").unwrap(), 128);
         assert_eq!(g.get_int("gemma-embedding.pooling_type").unwrap(), 1);
-        assert!(g.get_str("tunelab.manifest").unwrap().contains("\"architecture\":\"gemma-embedding\""));
+        assert!(
+            g.get_str("tunelab.manifest")
+                .unwrap()
+                .contains("\"architecture\":\"gemma-embedding\"")
+        );
     }
 }
 
@@ -129,15 +178,25 @@ fn what_llama_cpp_cannot_run_is_refused_naming_the_model() {
     let dir = fixture_dir().join("tiny");
     // tiny/ scales queries by query_pre_attn_scalar 20 with head_dim 24: llama.cpp would not.
     let enc = GemmaEncoder::load(&dir, &Device::flex()).unwrap();
-    assert_ne!(enc.model.transformer.config.query_pre_attn_scalar, enc.model.transformer.config.head_dim as f64);
+    assert_ne!(
+        enc.model.transformer.config.query_pre_attn_scalar,
+        enc.model.transformer.config.head_dim as f64
+    );
     let out = tmp.path().join("x.gguf");
-    let msg = write_gemma_gguf(&enc, &out, GgufOutType::F16, serde_json::Value::Null).unwrap_err().to_string();
-    assert!(msg.contains("query_pre_attn_scalar") && msg.contains("tiny"), "{msg}");
+    let msg = write_gemma_gguf(&enc, &out, GgufOutType::F16, serde_json::Value::Null)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("query_pre_attn_scalar") && msg.contains("tiny"),
+        "{msg}"
+    );
     assert!(!out.exists(), "nothing written");
     // An existing file is never overwritten.
     std::fs::write(&out, b"keep").unwrap();
     let ok = GemmaEncoder::load(fixture_dir().join("tiny_llamacpp"), &Device::flex()).unwrap();
-    let msg = write_gemma_gguf(&ok, &out, GgufOutType::F16, serde_json::Value::Null).unwrap_err().to_string();
+    let msg = write_gemma_gguf(&ok, &out, GgufOutType::F16, serde_json::Value::Null)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("x.gguf") && msg.contains("exists"), "{msg}");
     assert_eq!(std::fs::read(&out).unwrap(), b"keep");
 }

@@ -67,7 +67,10 @@ pub fn spm_metadata_from_tokenizer(
     n_vocab: usize,
     path: &Path,
 ) -> Result<Vec<(String, MetaValue)>, GgufExportError> {
-    let err = |reason: String| GgufExportError::Tokenizer { path: path.to_path_buf(), reason };
+    let err = |reason: String| GgufExportError::Tokenizer {
+        path: path.to_path_buf(),
+        reason,
+    };
     let json: serde_json::Value = tokenizer
         .to_string(false)
         .map_err(|e| err(format!("cannot serialise: {e}")))
@@ -88,16 +91,28 @@ pub fn spm_metadata_from_tokenizer(
         return Err(err("the tokenizer does not write spaces as '▁' (no Metaspace pre-tokenizer or Replace normalizer): not a SentencePiece-style vocabulary".into()));
     }
     let add_space_prefix = find_type(&json["pre_tokenizer"], "Metaspace").is_some_and(|m| {
-        m["prepend_scheme"].as_str().map_or(m["add_prefix_space"].as_bool().unwrap_or(true), |s| s != "never")
+        m["prepend_scheme"]
+            .as_str()
+            .map_or(m["add_prefix_space"].as_bool().unwrap_or(true), |s| {
+                s != "never"
+            })
     }) || find_type(&json["normalizer"], "Prepend").is_some();
 
     let byte_fallback = model["byte_fallback"].as_bool().unwrap_or(false);
     let mut by_id: Vec<Option<String>> = vec![None; n_vocab];
-    let vocab = model["vocab"].as_object().ok_or_else(|| err("BPE model without a vocab".into()))?;
+    let vocab = model["vocab"]
+        .as_object()
+        .ok_or_else(|| err("BPE model without a vocab".into()))?;
     for (tok, id) in vocab {
-        let id = id.as_u64().ok_or_else(|| err(format!("token {tok:?}: id is not a number")))? as usize;
-        *by_id.get_mut(id).ok_or_else(|| err(format!("token {tok:?} has id {id}, beyond the model's {n_vocab} rows")))? =
-            Some(tok.clone());
+        let id = id
+            .as_u64()
+            .ok_or_else(|| err(format!("token {tok:?}: id is not a number")))?
+            as usize;
+        *by_id.get_mut(id).ok_or_else(|| {
+            err(format!(
+                "token {tok:?} has id {id}, beyond the model's {n_vocab} rows"
+            ))
+        })? = Some(tok.clone());
     }
     let mut added: HashMap<usize, bool> = HashMap::new();
     for t in json["added_tokens"].as_array().into_iter().flatten() {
@@ -105,22 +120,31 @@ pub fn spm_metadata_from_tokenizer(
             return Err(err(format!("added token without id/content: {t}")));
         };
         let id = id as usize;
-        *by_id.get_mut(id).ok_or_else(|| err(format!("added token {content:?} has id {id}, beyond the model's {n_vocab} rows")))? =
-            Some(content.to_string());
+        *by_id.get_mut(id).ok_or_else(|| {
+            err(format!(
+                "added token {content:?} has id {id}, beyond the model's {n_vocab} rows"
+            ))
+        })? = Some(content.to_string());
         added.insert(id, t["special"].as_bool().unwrap_or(false));
     }
     // Merge rank → score: the earlier a merge, the higher the score of the piece it makes.
-    let index: HashMap<&str, usize> =
-        by_id.iter().enumerate().filter_map(|(i, t)| t.as_deref().map(|t| (t, i))).collect();
+    let index: HashMap<&str, usize> = by_id
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| t.as_deref().map(|t| (t, i)))
+        .collect();
     let merges = model["merges"].as_array().cloned().unwrap_or_default();
     let n_merges = merges.len();
     let mut scores = vec![f32::NAN; n_vocab];
     for (rank, m) in merges.iter().enumerate() {
         let (a, b) = match m {
-            serde_json::Value::String(s) => s.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())),
-            serde_json::Value::Array(p) if p.len() == 2 => {
-                Some((p[0].as_str().unwrap_or_default().to_string(), p[1].as_str().unwrap_or_default().to_string()))
-            }
+            serde_json::Value::String(s) => s
+                .split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string())),
+            serde_json::Value::Array(p) if p.len() == 2 => Some((
+                p[0].as_str().unwrap_or_default().to_string(),
+                p[1].as_str().unwrap_or_default().to_string(),
+            )),
             _ => None,
         }
         .ok_or_else(|| err(format!("merge {rank} is malformed: {m}")))?;
@@ -130,7 +154,9 @@ pub fn spm_metadata_from_tokenizer(
             scores[id] = -(rank as f32);
         }
     }
-    let unk = model["unk_token"].as_str().and_then(|u| index.get(u).copied());
+    let unk = model["unk_token"]
+        .as_str()
+        .and_then(|u| index.get(u).copied());
     let mut tokens = Vec::with_capacity(n_vocab);
     let mut types = Vec::with_capacity(n_vocab);
     let mut out_scores = Vec::with_capacity(n_vocab);
@@ -138,7 +164,8 @@ pub fn spm_metadata_from_tokenizer(
         let (text, ty, score) = match tok {
             None => (format!("[PAD{i}]"), token_type::UNUSED, -10_000.0),
             Some(t) => {
-                let is_byte = byte_fallback && t.len() == 6 && t.starts_with("<0x") && t.ends_with('>');
+                let is_byte =
+                    byte_fallback && t.len() == 6 && t.starts_with("<0x") && t.ends_with('>');
                 let ty = match added.get(&i) {
                     Some(true) => token_type::CONTROL,
                     Some(false) => token_type::USER_DEFINED,
@@ -147,8 +174,16 @@ pub fn spm_metadata_from_tokenizer(
                     None => token_type::NORMAL,
                 };
                 // Pieces no merge makes (single characters, bytes, specials) rank below every merge.
-                let score = if scores[i].is_nan() { -(n_merges as f32) - 1.0 } else { scores[i] };
-                (t.clone(), ty, if ty == token_type::NORMAL { score } else { 0.0 })
+                let score = if scores[i].is_nan() {
+                    -(n_merges as f32) - 1.0
+                } else {
+                    scores[i]
+                };
+                (
+                    t.clone(),
+                    ty,
+                    if ty == token_type::NORMAL { score } else { 0.0 },
+                )
             }
         };
         tokens.push(text);
@@ -156,19 +191,35 @@ pub fn spm_metadata_from_tokenizer(
         out_scores.push(score);
     }
     // BOS/EOS: the special tokens the post-processor puts around a single text.
-    let template = json["post_processor"]["single"].as_array().cloned().unwrap_or_default();
-    let special = |v: Option<&serde_json::Value>| v.and_then(|v| v["SpecialToken"]["id"].as_str()).and_then(|t| index.get(t).copied());
+    let template = json["post_processor"]["single"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let special = |v: Option<&serde_json::Value>| {
+        v.and_then(|v| v["SpecialToken"]["id"].as_str())
+            .and_then(|t| index.get(t).copied())
+    };
     let lead = special(template.first());
-    let trail = if template.len() > 1 { special(template.last()) } else { None };
+    let trail = if template.len() > 1 {
+        special(template.last())
+    } else {
+        None
+    };
     let bos = lead.or_else(|| index.get("<bos>").copied());
     let eos = trail.or_else(|| index.get("<eos>").copied());
-    let pad = tokenizer.get_padding().map(|p| p.pad_id as usize).or_else(|| index.get("<pad>").copied());
+    let pad = tokenizer
+        .get_padding()
+        .map(|p| p.pad_id as usize)
+        .or_else(|| index.get("<pad>").copied());
 
     let mut md: Vec<(String, MetaValue)> = vec![
         ("tokenizer.ggml.model".into(), "llama".into()),
         ("tokenizer.ggml.pre".into(), "default".into()),
         ("tokenizer.ggml.tokens".into(), tokens.into()),
-        ("tokenizer.ggml.scores".into(), MetaValue::Array(6, out_scores.into_iter().map(MetaValue::F32).collect())),
+        (
+            "tokenizer.ggml.scores".into(),
+            MetaValue::Array(6, out_scores.into_iter().map(MetaValue::F32).collect()),
+        ),
         ("tokenizer.ggml.token_type".into(), types.into()),
     ];
     let id = |v: usize| MetaValue::U32(v as u32);
@@ -184,9 +235,18 @@ pub fn spm_metadata_from_tokenizer(
     if let Some(p) = pad {
         md.push(("tokenizer.ggml.padding_token_id".into(), id(p)));
     }
-    md.push(("tokenizer.ggml.add_bos_token".into(), MetaValue::Bool(lead.is_some())));
-    md.push(("tokenizer.ggml.add_eos_token".into(), MetaValue::Bool(trail.is_some())));
-    md.push(("tokenizer.ggml.add_space_prefix".into(), MetaValue::Bool(add_space_prefix)));
+    md.push((
+        "tokenizer.ggml.add_bos_token".into(),
+        MetaValue::Bool(lead.is_some()),
+    ));
+    md.push((
+        "tokenizer.ggml.add_eos_token".into(),
+        MetaValue::Bool(trail.is_some()),
+    ));
+    md.push((
+        "tokenizer.ggml.add_space_prefix".into(),
+        MetaValue::Bool(add_space_prefix),
+    ));
     Ok(md)
 }
 
@@ -213,10 +273,15 @@ pub fn write_gemma_gguf(
     manifest: serde_json::Value,
 ) -> Result<GgufExportSummary, GgufExportError> {
     if path.exists() {
-        return Err(GgufExportError::Exists { path: path.to_path_buf() });
+        return Err(GgufExportError::Exists {
+            path: path.to_path_buf(),
+        });
     }
     let src = source_path(encoder);
-    let unsupported = |reason: String| GgufExportError::Unsupported { path: src.clone(), reason };
+    let unsupported = |reason: String| GgufExportError::Unsupported {
+        path: src.clone(),
+        reason,
+    };
     let c = &encoder.model.transformer.config;
     if (c.query_pre_attn_scalar - c.head_dim as f64).abs() > 1e-9 {
         return Err(unsupported(format!(
@@ -225,22 +290,40 @@ pub fn write_gemma_gguf(
         )));
     }
     if encoder.pooling.modes.as_slice() != [PoolingMode::Mean] {
-        return Err(unsupported("pooling: llama.cpp's gemma-embedding pools by mean only (pooling_type 1)".into()));
+        return Err(unsupported(
+            "pooling: llama.cpp's gemma-embedding pools by mean only (pooling_type 1)".into(),
+        ));
     }
     let h = c.hidden_size;
-    let dense: Vec<_> = encoder.model.dense.iter().map(|d| (d.activation, d.linear.fused_weight())).collect();
+    let dense: Vec<_> = encoder
+        .model
+        .dense
+        .iter()
+        .map(|d| (d.activation, d.linear.fused_weight()))
+        .collect();
     match dense.as_slice() {
         [] => {}
         [(a2, (w2, b2)), (a3, (w3, b3))] => {
-            if *a2 != DenseActivation::Identity || *a3 != DenseActivation::Identity || b2.is_some() || b3.is_some() {
+            if *a2 != DenseActivation::Identity
+                || *a3 != DenseActivation::Identity
+                || b2.is_some()
+                || b3.is_some()
+            {
                 return Err(unsupported("Dense layers with a bias or an activation: llama.cpp's dense_2/dense_3 are plain matrices".into()));
             }
             let ([o2, i2], [o3, i3]) = (w2.dims(), w3.dims());
             if i2 != h || o3 != h || o2 != i3 {
-                return Err(unsupported(format!("Dense shapes {h}→{i2}→{o2}, {i3}→{o3}: llama.cpp needs hidden → n → hidden")));
+                return Err(unsupported(format!(
+                    "Dense shapes {h}→{i2}→{o2}, {i3}→{o3}: llama.cpp needs hidden → n → hidden"
+                )));
             }
         }
-        other => return Err(unsupported(format!("{} Dense layers: llama.cpp runs none or two (dense_2, dense_3)", other.len()))),
+        other => {
+            return Err(unsupported(format!(
+                "{} Dense layers: llama.cpp runs none or two (dense_2, dense_3)",
+                other.len()
+            )));
+        }
     }
     let kinds = c.layer_kinds().map_err(&unsupported)?;
     let rope = |k| c.rope_base(k).map_err(&unsupported);
@@ -267,16 +350,28 @@ pub fn write_gemma_gguf(
     w.add_metadata(&k("attention.head_count_kv"), u(c.num_key_value_heads));
     w.add_metadata(&k("rope.freq_base"), rope_full as f32);
     w.add_metadata(&k("rope.freq_base_swa"), rope_swa as f32);
-    w.add_metadata(&k("attention.layer_norm_rms_epsilon"), c.rms_norm_eps as f32);
+    w.add_metadata(
+        &k("attention.layer_norm_rms_epsilon"),
+        c.rms_norm_eps as f32,
+    );
     w.add_metadata(&k("attention.key_length"), u(c.head_dim));
     w.add_metadata(&k("attention.value_length"), u(c.head_dim));
     w.add_metadata("general.file_type", ty.file_type());
     w.add_metadata(&k("attention.sliding_window"), u(c.sliding_window));
     // llama.cpp assumes every 6th layer global unless told otherwise.
-    let default_pattern = kinds.iter().enumerate().all(|(i, t)| (*t == LayerType::Sliding) == (i % 6 < 5));
+    let default_pattern = kinds
+        .iter()
+        .enumerate()
+        .all(|(i, t)| (*t == LayerType::Sliding) == (i % 6 < 5));
     if !default_pattern {
-        let flags = kinds.iter().map(|t| MetaValue::Bool(*t == LayerType::Sliding)).collect();
-        w.add_metadata(&k("attention.sliding_window_pattern"), MetaValue::Array(7, flags));
+        let flags = kinds
+            .iter()
+            .map(|t| MetaValue::Bool(*t == LayerType::Sliding))
+            .collect();
+        w.add_metadata(
+            &k("attention.sliding_window_pattern"),
+            MetaValue::Array(7, flags),
+        );
     }
     if let [(_, (w2, _)), (_, (w3, _))] = dense.as_slice() {
         let ([o2, i2], [o3, i3]) = (w2.dims(), w3.dims());
@@ -292,9 +387,17 @@ pub fn write_gemma_gguf(
     let tokenizer_md = match &encoder.gguf {
         Some(p) => {
             let g = GgufFile::open(p)?;
-            g.metadata.iter().filter(|(k, _)| k.starts_with("tokenizer.")).cloned().collect()
+            g.metadata
+                .iter()
+                .filter(|(k, _)| k.starts_with("tokenizer."))
+                .cloned()
+                .collect()
         }
-        None => spm_metadata_from_tokenizer(encoder.tokenizer.inner(), c.vocab_size, encoder.tokenizer.path())?,
+        None => spm_metadata_from_tokenizer(
+            encoder.tokenizer.inner(),
+            c.vocab_size,
+            encoder.tokenizer.path(),
+        )?,
     };
     for (key, v) in tokenizer_md {
         w.add_metadata(&key, v);
@@ -317,19 +420,39 @@ pub fn write_gemma_gguf(
     w.add_metadata("tunelab.manifest", MetaValue::String(record.to_string()));
 
     let mut n = 0;
-    let mut put = |w: &mut GgufWriter, gname: &str, shape: &[usize], values: &[f32]| -> Result<(), GgufExportError> {
+    let mut put = |w: &mut GgufWriter,
+                   gname: &str,
+                   shape: &[usize],
+                   values: &[f32]|
+     -> Result<(), GgufExportError> {
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(GgufExportError::Tensor { path: src.clone(), tensor: gname.into(), reason: format!("holds {} at index {i}; nothing was written", values[i]) });
+            return Err(GgufExportError::Tensor {
+                path: src.clone(),
+                tensor: gname.into(),
+                reason: format!("holds {} at index {i}; nothing was written", values[i]),
+            });
         }
-        let gty = if shape.len() <= 1 { GgmlType::F32 } else { ty.matrix_type(shape[shape.len() - 1]) };
+        let gty = if shape.len() <= 1 {
+            GgmlType::F32
+        } else {
+            ty.matrix_type(shape[shape.len() - 1])
+        };
         w.add_tensor(gname, shape, gty, values);
         n += 1;
         Ok(())
     };
     for (i, (_, (weight, _))) in dense.into_iter().enumerate() {
         let shape = weight.dims().to_vec();
-        let values = weight.into_data().try_into_vec_as::<f32>().expect("f32 tensor data");
-        put(&mut w, &format!("{}.weight", DENSE_NAMES[i]), &shape, &values)?;
+        let values = weight
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .expect("f32 tensor data");
+        put(
+            &mut w,
+            &format!("{}.weight", DENSE_NAMES[i]),
+            &shape,
+            &values,
+        )?;
     }
     for (hf, shape, mut values) in encoder.model.transformer.hf_tensors() {
         let gname = gguf_name(&hf).ok_or_else(|| GgufExportError::Tensor {

@@ -103,7 +103,11 @@ pub fn is_norm(hf: &str) -> bool {
 }
 
 fn config_err(path: &Path, field: &str, reason: String) -> GemmaError {
-    GemmaError::Config { path: path.display().to_string(), field: field.into(), reason }
+    GemmaError::Config {
+        path: path.display().to_string(),
+        field: field.into(),
+        reason,
+    }
 }
 
 /// Whether `path` is a GGUF file of llama.cpp's `gemma-embedding` architecture.
@@ -116,7 +120,9 @@ pub fn is_gguf(path: &Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 4];
     path.is_file()
-        && std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok()
+        && std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .is_ok()
         && &magic == b"GGUF"
 }
 
@@ -129,55 +135,99 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<GemmaConfig, GemmaError> {
         return Err(config_err(
             path,
             "general.architecture",
-            format!("'{arch}' is not EmbeddingGemma (expected '{ARCH}', as llama.cpp's converter writes it)"),
+            format!(
+                "'{arch}' is not EmbeddingGemma (expected '{ARCH}', as llama.cpp's converter writes it)"
+            ),
         ));
     }
     let key = |k: &str| format!("{ARCH}.{k}");
     let int = |k: &str| -> Result<usize, GemmaError> {
         let v = g.get_int(&key(k))?;
-        usize::try_from(v).ok().filter(|&v| v > 0).ok_or_else(|| config_err(path, &key(k), format!("{v} is not a positive count")))
+        usize::try_from(v)
+            .ok()
+            .filter(|&v| v > 0)
+            .ok_or_else(|| config_err(path, &key(k), format!("{v} is not a positive count")))
     };
     let hidden = int("embedding_length")?;
     let layers = int("block_count")?;
     let heads = int("attention.head_count")?;
     let kv_heads = int("attention.head_count_kv")?;
     let head_dim = match g.opt_int(&key("attention.key_length"))? {
-        Some(v) => usize::try_from(v).ok().filter(|&v| v > 0).ok_or_else(|| config_err(path, &key("attention.key_length"), format!("{v} is not a positive width")))?,
+        Some(v) => usize::try_from(v).ok().filter(|&v| v > 0).ok_or_else(|| {
+            config_err(
+                path,
+                &key("attention.key_length"),
+                format!("{v} is not a positive width"),
+            )
+        })?,
         None => hidden / heads,
     };
     if let Some(v) = g.opt_int(&key("attention.value_length"))?
         && v as usize != head_dim
     {
-        return Err(config_err(path, &key("attention.value_length"), format!("{v} differs from key_length {head_dim}")));
+        return Err(config_err(
+            path,
+            &key("attention.value_length"),
+            format!("{v} differs from key_length {head_dim}"),
+        ));
     }
-    let embd = g.tensor_info("token_embd.weight").ok_or_else(|| config_err(path, "token_embd.weight", "tensor is missing".into()))?;
+    let embd = g
+        .tensor_info("token_embd.weight")
+        .ok_or_else(|| config_err(path, "token_embd.weight", "tensor is missing".into()))?;
     let vocab = match embd.shape().as_slice() {
         [v, h] if *h == hidden => *v,
-        other => return Err(config_err(path, "token_embd.weight", format!("shape {other:?}, expected [vocab, {hidden}]"))),
+        other => {
+            return Err(config_err(
+                path,
+                "token_embd.weight",
+                format!("shape {other:?}, expected [vocab, {hidden}]"),
+            ));
+        }
     };
     // llama.cpp: an explicit per-layer array wins, else an integer period (default 6); layer il is
     // sliding when il % n < n - 1 (n = 0: every layer sliding).
     let pattern_key = key("attention.sliding_window_pattern");
     let sliding: Vec<bool> = match g.get(&pattern_key) {
         Some(MetaValue::Array(_, items)) => {
-            let flags: Option<Vec<bool>> = items.iter().map(|v| v.as_bool().or_else(|| v.as_i64().map(|i| i != 0))).collect();
-            let flags = flags.ok_or_else(|| config_err(path, &pattern_key, "expected an array of booleans".into()))?;
+            let flags: Option<Vec<bool>> = items
+                .iter()
+                .map(|v| v.as_bool().or_else(|| v.as_i64().map(|i| i != 0)))
+                .collect();
+            let flags = flags.ok_or_else(|| {
+                config_err(path, &pattern_key, "expected an array of booleans".into())
+            })?;
             if flags.len() != layers {
-                return Err(config_err(path, &pattern_key, format!("{} entries for {layers} layers", flags.len())));
+                return Err(config_err(
+                    path,
+                    &pattern_key,
+                    format!("{} entries for {layers} layers", flags.len()),
+                ));
             }
             flags
         }
         Some(v) => {
-            let n = v.as_i64().ok_or_else(|| config_err(path, &pattern_key, "expected an integer or a boolean array".into()))? as usize;
+            let n = v.as_i64().ok_or_else(|| {
+                config_err(
+                    path,
+                    &pattern_key,
+                    "expected an integer or a boolean array".into(),
+                )
+            })? as usize;
             (0..layers).map(|il| n == 0 || il % n < n - 1).collect()
         }
         None => (0..layers).map(|il| il % 6 < 5).collect(),
     };
     let pooling = g.opt_int(&key("pooling_type"))?.unwrap_or(1);
     if pooling != 1 {
-        return Err(config_err(path, &key("pooling_type"), format!("{pooling} is not supported (1 = mean, as EmbeddingGemma)")));
+        return Err(config_err(
+            path,
+            &key("pooling_type"),
+            format!("{pooling} is not supported (1 = mean, as EmbeddingGemma)"),
+        ));
     }
-    let f = |k: &str, default: f64| -> Result<f64, GemmaError> { Ok(g.opt_f64(&key(k))?.unwrap_or(default)) };
+    let f = |k: &str, default: f64| -> Result<f64, GemmaError> {
+        Ok(g.opt_f64(&key(k))?.unwrap_or(default))
+    };
     let mut config = GemmaConfig::tiny(vocab);
     config.vocab_size = vocab;
     config.hidden_size = hidden;
@@ -190,12 +240,31 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<GemmaConfig, GemmaError> {
     config.rope_theta = Some(f("rope.freq_base", 10_000.0)?);
     config.rope_local_base_freq = Some(f("rope.freq_base_swa", 10_000.0)?);
     config.sliding_window = int("attention.sliding_window")?;
-    config.layer_types = Some(sliding.iter().map(|&s| if s { "sliding_attention" } else { "full_attention" }.to_string()).collect());
+    config.layer_types = Some(
+        sliding
+            .iter()
+            .map(|&s| {
+                if s {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+                .to_string()
+            })
+            .collect(),
+    );
     // llama.cpp scales queries by 1/sqrt(head_dim), whatever the checkpoint's query_pre_attn_scalar.
     config.query_pre_attn_scalar = head_dim as f64;
-    config.max_position_embeddings = g.opt_int(&key("context_length"))?.map_or(2048, |v| v.max(1) as usize);
-    config.extra.insert("architectures".into(), serde_json::json!(["Gemma3TextModel"]));
-    config.validate().map_err(|(field, reason)| config_err(path, &field, reason))?;
+    config.max_position_embeddings = g
+        .opt_int(&key("context_length"))?
+        .map_or(2048, |v| v.max(1) as usize);
+    config.extra.insert(
+        "architectures".into(),
+        serde_json::json!(["Gemma3TextModel"]),
+    );
+    config
+        .validate()
+        .map_err(|(field, reason)| config_err(path, &field, reason))?;
     Ok(config)
 }
 
@@ -207,16 +276,29 @@ pub struct GgufSource<'a> {
 
 impl GgufSource<'_> {
     fn err(&self, tensor: &str, reason: String) -> BertError {
-        BertError::Config { path: self.file.path().display().to_string(), field: format!("tensor '{tensor}'"), reason }
+        BertError::Config {
+            path: self.file.path().display().to_string(),
+            field: format!("tensor '{tensor}'"),
+            reason,
+        }
     }
 
     /// A GGUF tensor by its own name, as f32 of exactly `shape` (PyTorch order).
     pub fn tensor(&self, gname: &str, shape: &[usize]) -> Result<Vec<f32>, BertError> {
-        let info = self.file.tensor_info(gname).ok_or_else(|| self.err(gname, "is missing".into()))?;
+        let info = self
+            .file
+            .tensor_info(gname)
+            .ok_or_else(|| self.err(gname, "is missing".into()))?;
         if info.shape() != shape {
-            return Err(self.err(gname, format!("has shape {:?}, expected {shape:?}", info.shape())));
+            return Err(self.err(
+                gname,
+                format!("has shape {:?}, expected {shape:?}", info.shape()),
+            ));
         }
-        let (_, values) = self.file.tensor_f32(gname).map_err(|e| self.err(gname, e.to_string()))?;
+        let (_, values) = self
+            .file
+            .tensor_f32(gname)
+            .map_err(|e| self.err(gname, e.to_string()))?;
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             return Err(self.err(gname, format!("holds {} at index {i}", values[i])));
         }
@@ -226,7 +308,8 @@ impl GgufSource<'_> {
 
 impl ParamSource for GgufSource<'_> {
     fn get(&mut self, name: &str, shape: &[usize]) -> Result<TensorData, BertError> {
-        let gname = gguf_name(name).ok_or_else(|| self.err(name, "has no gemma-embedding name".into()))?;
+        let gname =
+            gguf_name(name).ok_or_else(|| self.err(name, "has no gemma-embedding name".into()))?;
         let mut values = self.tensor(&gname, shape)?;
         if is_norm(name) {
             values.iter_mut().for_each(|v| *v -= 1.0);
@@ -242,13 +325,18 @@ impl ParamSource for GgufSource<'_> {
 /// Replace every block projection that the file stores as Q8_0/Q4_0/Q4_1 by the file's own
 /// blocks (frozen, dequantized inside each forward bit-exactly as ggml does): QLoRA's base, as the
 /// decoder's `quantize_base = keep`. Other projections stay f32.
-pub fn keep_quantized(model: GemmaModel, g: &GgufFile, device: &Device) -> Result<GemmaModel, GemmaError> {
+pub fn keep_quantized(
+    model: GemmaModel,
+    g: &GgufFile,
+    device: &Device,
+) -> Result<GemmaModel, GemmaError> {
     let mut model = model;
     let layers = std::mem::take(&mut model.layers);
     let mut out = Vec::with_capacity(layers.len());
     for (i, layer) in layers.into_iter().enumerate() {
         out.push(layer.map_linears(|name, slot| {
-            let gname = gguf_name(&format!("layers.{i}.{name}.weight")).expect("block projection names map");
+            let gname = gguf_name(&format!("layers.{i}.{name}.weight"))
+                .expect("block projection names map");
             let info = g.tensor_info(&gname).expect("loaded from this file");
             let Some(ty) = QuantType::from_ggml(info.ggml_type) else {
                 return Ok(slot);
@@ -271,14 +359,30 @@ mod tests {
     #[test]
     fn every_block_tensor_has_a_distinct_gguf_name() {
         let names = [
-            "input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-            "self_attn.q_norm", "self_attn.k_norm", "post_attention_layernorm", "pre_feedforward_layernorm",
-            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "post_feedforward_layernorm",
+            "input_layernorm",
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "self_attn.q_norm",
+            "self_attn.k_norm",
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+            "post_feedforward_layernorm",
         ];
-        let mapped: std::collections::BTreeSet<String> =
-            names.iter().map(|n| gguf_name(&format!("layers.11.{n}.weight")).unwrap()).collect();
+        let mapped: std::collections::BTreeSet<String> = names
+            .iter()
+            .map(|n| gguf_name(&format!("layers.11.{n}.weight")).unwrap())
+            .collect();
         assert_eq!(mapped.len(), names.len());
-        assert!(mapped.iter().all(|g| g.starts_with("blk.11.") && g.ends_with(".weight")));
+        assert!(
+            mapped
+                .iter()
+                .all(|g| g.starts_with("blk.11.") && g.ends_with(".weight"))
+        );
         assert_eq!(gguf_name("layers.x.mlp.up_proj.weight"), None);
         assert_eq!(gguf_name("layers.0.mlp.up_proj.bias"), None);
     }
