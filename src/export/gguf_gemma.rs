@@ -62,6 +62,14 @@ fn source_path(encoder: &GemmaEncoder) -> PathBuf {
 }
 
 /// `tokenizer.ggml.*` metadata of a SentencePiece-style BPE `tokenizer.json`, for `n_vocab` rows.
+///
+/// ```
+/// use tunelab::export::gguf_gemma::spm_metadata_from_tokenizer;
+/// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gemma/tuned/tokenizer.json");
+/// let tok = tokenizers::Tokenizer::from_file(dir).unwrap();
+/// let md = spm_metadata_from_tokenizer(&tok, 400, dir.as_ref()).unwrap();
+/// assert!(md.iter().any(|(k, v)| k == "tokenizer.ggml.model" && v.as_str() == Some("llama")));
+/// ```
 pub fn spm_metadata_from_tokenizer(
     tokenizer: &tokenizers::Tokenizer,
     n_vocab: usize,

@@ -1153,6 +1153,15 @@ impl GemmaEncoder {
     /// truncation at `context_length`, EmbeddingGemma's prompts. `keep_quantized` keeps Q8_0/Q4_0/
     /// Q4_1 block projections in the file's blocks (frozen: for LoRA); otherwise every weight is
     /// dequantized to f32 (inference, full fine-tuning).
+    ///
+    /// ```
+    /// use tunelab::model::gemma::GemmaEncoder;
+    /// let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gemma/tiny_gguf/tiny-q8_0.gguf");
+    /// let enc = GemmaEncoder::load_gguf(path, true, &burn::tensor::Device::flex())?;
+    /// let v = enc.embed_with_prompt(&["how do I cook rice"], enc.prompt("query"), 8)?;
+    /// assert_eq!(v[0].len(), enc.dim());
+    /// # Ok::<(), tunelab::model::gemma::GemmaError>(())
+    /// ```
     pub fn load_gguf(path: impl AsRef<Path>, keep_quantized: bool, device: &Device) -> Result<Self, GemmaError> {
         use crate::model::gemma_gguf as gg;
         let path = path.as_ref();
@@ -1215,6 +1224,12 @@ impl GemmaEncoder {
     }
 
     /// Truncate at `max_len` tokens (special tokens included) from now on.
+    ///
+    /// ```
+    /// use tunelab::model::gemma::GemmaEncoder;
+    /// let enc = GemmaEncoder::random_tiny(&["a", "b"], 0, &burn::tensor::Device::flex());
+    /// assert_eq!(enc.with_max_seq_len(4).unwrap().max_seq_len(), 4);
+    /// ```
     pub fn with_max_seq_len(mut self, max_len: usize) -> Result<Self, GemmaError> {
         let path = self.tokenizer.path().to_path_buf();
         let lowercase = self.source.as_ref().is_some_and(|s| s.sentence_bert.do_lower_case);
