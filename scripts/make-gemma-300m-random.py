@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """A random EmbeddingGemma-300M-shaped sentence-transformers folder and long training pairs, for
-measuring what `tunelab train embed` needs in memory (scripts/measure-gemma-memory.sh).
+measuring what `tunelab train embed` needs in memory:
+
+  python scripts/make-gemma-300m-random.py /tmp/gemma300m
+  /usr/bin/time -v tunelab train embed --model /tmp/gemma300m --data /tmp/gemma300m-pairs.jsonl \
+      --batch-size 32 --mini-batch-size 8 --max-seq-length 256 --max-steps 1 --reports /tmp/memrun
 
 Shape of google/embeddinggemma-300m: hidden 768, 24 layers (every 6th global), 3 heads / 1 KV
 head of width 256, FFN 1152, vocab 262144, window 512, Dense 768→3072→768. Weights are random
