@@ -17,7 +17,7 @@ use crate::model::gemma::{GemmaEncoder, is_gemma_folder};
 #[derive(clap::Args, Debug)]
 pub struct EmbedArgs {
     /// Model folder (Hugging Face / sentence-transformers layout): a BERT-family encoder or
-    /// EmbeddingGemma (`model_type: gemma3_text`).
+    /// EmbeddingGemma (`model_type: gemma3_text`), or an EmbeddingGemma GGUF (llama.cpp's `gemma-embedding`).
     #[arg(long)]
     pub model: PathBuf,
     /// JSONL input: one `{"id", "text"}` object per line (optional `"title"`).
@@ -51,7 +51,8 @@ pub struct TrainEmbedArgs {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
-    /// Encoder folder (Hugging Face / sentence-transformers layout).
+    /// Encoder folder (Hugging Face / sentence-transformers layout), or an EmbeddingGemma GGUF
+    /// (llama.cpp's `gemma-embedding`, e.g. the file QMD downloaded).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Training pairs (JSONL `{"query", "positive", "negatives"?}` with governance fields).
@@ -167,7 +168,11 @@ enum AnyEncoder {
 impl AnyEncoder {
     fn load(dir: &Path, device: &burn::tensor::Device) -> anyhow::Result<Self> {
         let context = || format!("loading model {}", dir.display());
-        Ok(if is_gemma_folder(dir) {
+        Ok(if crate::model::gemma_gguf::is_gguf(dir) {
+            // A llama.cpp GGUF: EmbeddingGemma's (`gemma-embedding`) is the one encoder read from GGUF;
+            // any other architecture is refused naming the file and what it is.
+            Self::Gemma(GemmaEncoder::load_gguf(dir, false, device).with_context(context)?)
+        } else if is_gemma_folder(dir) {
             Self::Gemma(GemmaEncoder::load(dir, device).with_context(context)?)
         } else {
             Self::Bert(SentenceEncoder::load(dir, device).with_context(context)?)

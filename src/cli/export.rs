@@ -1,7 +1,8 @@
 //! `tunelab export …`: models and adapters in other tools' formats, one subcommand per format.
 //!
 //! `tunelab export gguf --model ST_DIR --out FILE.gguf --type f16` writes a BERT sentence encoder
-//! as a GGUF that llama.cpp runs (`llama-embedding -m FILE.gguf`); see [`crate::export::gguf_bert`].
+//! (or EmbeddingGemma) as a GGUF that llama.cpp runs (`llama-embedding -m FILE.gguf`); see
+//! [`crate::export::gguf_bert`] and [`crate::export::gguf_gemma`].
 //! A decoder (`.gguf` file or llama/qwen3 folder, `--adapter-path` fused first) goes to
 //! [`crate::export::gguf_decoder`]; `--reranker` writes a Qwen3 yes/no reranker for llama.cpp's
 //! rank pooling.
@@ -19,7 +20,8 @@ use crate::model::bert::SentenceEncoder;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ExportCommand {
-    /// A BERT sentence encoder or a decoder (LLM, yes/no reranker with --reranker) as a llama.cpp GGUF.
+    /// A sentence encoder (BERT family or EmbeddingGemma) or a decoder (LLM, yes/no reranker with
+    /// --reranker) as a llama.cpp GGUF.
     Gguf(GgufArgs),
     /// A decoder LoRA adapter (PEFT or MLX-LM folder) as a llama.cpp GGUF adapter for a GGUF base model.
     GgufLora(GgufLoraArgs),
@@ -29,9 +31,9 @@ pub enum ExportCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct GgufArgs {
-    /// The model: a sentence-transformers / Hugging Face BERT folder (e.g. a `tunelab train
-    /// embed` output), or a decoder (a `.gguf` file, or a llama/qwen3 Hugging Face or
-    /// `tunelab fuse` folder).
+    /// The model: a sentence-transformers / Hugging Face folder of a BERT-family encoder or of
+    /// EmbeddingGemma (e.g. a `tunelab train embed` output), an EmbeddingGemma GGUF, or a decoder
+    /// (a `.gguf` file, or a llama/qwen3 Hugging Face or `tunelab fuse` folder).
     #[arg(long)]
     pub model: PathBuf,
     /// The GGUF file to write (must not exist yet).
@@ -104,15 +106,23 @@ fn run_gguf(a: GgufArgs, d: DeviceChoice) -> anyhow::Result<()> {
         }
     };
     let device = d.device()?;
-    let encoder = SentenceEncoder::load(&a.model, &device).with_context(|| format!("loading {}", a.model.display()))?;
-    let summary = write_bert_gguf(&encoder, &a.out, a.out_type, manifest)?;
+    let loading = || format!("loading {}", a.model.display());
+    let summary = if crate::model::gemma_gguf::is_gguf(&a.model) || crate::model::gemma::is_gemma_folder(&a.model) {
+        // EmbeddingGemma: llama.cpp's gemma-embedding layout with its Dense layers.
+        let encoder = crate::model::gemma::GemmaEncoder::load_any(&a.model, &device).with_context(loading)?;
+        crate::export::gguf_gemma::write_gemma_gguf(&encoder, &a.out, a.out_type, manifest)?
+    } else {
+        let encoder = SentenceEncoder::load(&a.model, &device).with_context(loading)?;
+        write_bert_gguf(&encoder, &a.out, a.out_type, manifest)?
+    };
     report(&summary)
 }
 
-/// A `.gguf` file or a Hugging Face folder whose `config.json` names a decoder architecture.
+/// A `.gguf` file other than an EmbeddingGemma one (`gemma-embedding`, an encoder), or a Hugging
+/// Face folder whose `config.json` names a decoder architecture.
 fn is_decoder(model: &std::path::Path) -> bool {
     if model.is_file() {
-        return true;
+        return !crate::model::gemma_gguf::is_gemma_gguf(model);
     }
     let Ok(cfg) = read_json(&model.join("config.json")) else { return false };
     cfg["model_type"].as_str().and_then(crate::model::decoder::Architecture::parse).is_some()

@@ -10,6 +10,7 @@
 pub mod fused;
 pub mod gguf_bert;
 pub mod gguf_decoder;
+pub mod gguf_gemma;
 pub mod gguf_lora;
 pub mod mlx;
 pub mod peft;

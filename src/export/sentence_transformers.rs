@@ -209,7 +209,7 @@ fn write_gemma_contents(
         "created": chrono::Utc::now().to_rfc3339(),
         "format": "sentence-transformers",
         "architecture": "EmbeddingGemma (Gemma3TextModel)",
-        "source_model": encoder.source.as_ref().map(|s| s.root.display().to_string()),
+        "source_model": encoder.source.as_ref().map(|s| s.root.display().to_string()).or_else(|| encoder.gguf.as_ref().map(|p| p.display().to_string())),
         "prompts": encoder.prompts,
         "files_sha256": files,
         "manifest": manifest,

@@ -322,6 +322,10 @@ pub enum GemmaError {
         field: String,
         reason: String,
     },
+    #[error(transparent)]
+    Gguf(#[from] crate::io::gguf::GgufError),
+    #[error(transparent)]
+    GgufTokenizer(#[from] crate::io::gguf::TokenizerError),
 }
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -610,7 +614,7 @@ impl GemmaLayer {
         ]
     }
 
-    fn map_linears<E>(
+    pub(crate) fn map_linears<E>(
         mut self,
         mut f: impl FnMut(&str, AdaptableLinear) -> Result<AdaptableLinear, E>,
     ) -> Result<Self, E> {
@@ -1037,8 +1041,11 @@ pub struct GemmaEncoder {
     pub prompts: BTreeMap<String, String>,
     /// The prompt applied when none is asked for (sentence-transformers' `default_prompt_name`).
     pub default_prompt: Option<String>,
-    /// The folder this was loaded from; `None` for random models.
+    /// The folder this was loaded from; `None` for random models and GGUF files.
     pub source: Option<ModelFolder>,
+    /// The llama.cpp GGUF this was loaded from (its tokenizer metadata is what a GGUF export
+    /// writes back); `None` for folders and random models.
+    pub gguf: Option<PathBuf>,
 }
 
 /// Whether `dir` holds a Gemma 3 text model (its `config.json` says `gemma3_text`), so callers
@@ -1137,7 +1144,97 @@ impl GemmaEncoder {
             prompts,
             default_prompt,
             source: Some(folder),
+            gguf: None,
         })
+    }
+
+    /// Load a llama.cpp `gemma-embedding` GGUF (the file QMD downloads) with llama.cpp's semantics
+    /// (see [`crate::model::gemma_gguf`]): weights, Dense layers, tokenizer from its metadata,
+    /// truncation at `context_length`, EmbeddingGemma's prompts. `keep_quantized` keeps Q8_0/Q4_0/
+    /// Q4_1 block projections in the file's blocks (frozen: for LoRA); otherwise every weight is
+    /// dequantized to f32 (inference, full fine-tuning).
+    ///
+    /// ```
+    /// use tunelab::model::gemma::GemmaEncoder;
+    /// let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gemma/tiny_gguf/tiny-q8_0.gguf");
+    /// let enc = GemmaEncoder::load_gguf(path, true, &burn::tensor::Device::flex())?;
+    /// let v = enc.embed_with_prompt(&["how do I cook rice"], enc.prompt("query"), 8)?;
+    /// assert_eq!(v[0].len(), enc.dim());
+    /// # Ok::<(), tunelab::model::gemma::GemmaError>(())
+    /// ```
+    pub fn load_gguf(path: impl AsRef<Path>, keep_quantized: bool, device: &Device) -> Result<Self, GemmaError> {
+        use crate::model::gemma_gguf as gg;
+        let path = path.as_ref();
+        let g = crate::io::gguf::GgufFile::open(path)?;
+        let config = gg::config_from_gguf(&g)?;
+        let mut src = gg::GgufSource { file: &g };
+        let mut transformer = GemmaModel::load(&config, &mut src, device)?;
+        if keep_quantized {
+            transformer = gg::keep_quantized(transformer, &g, device)?;
+        }
+        let h = config.hidden_size;
+        let mut width = h;
+        let mut dense = Vec::new();
+        for name in gg::DENSE_NAMES {
+            let gname = format!("{name}.weight");
+            let Some(info) = g.tensor_info(&gname) else { break };
+            let shape = info.shape();
+            let [d_out, d_in] = shape[..] else {
+                return Err(GemmaError::Config { path: path.display().to_string(), field: format!("tensor '{gname}'"), reason: format!("shape {shape:?} is not a matrix") });
+            };
+            if d_in != width {
+                return Err(GemmaError::Config { path: path.display().to_string(), field: format!("tensor '{gname}'"), reason: format!("shape {shape:?}: its input width {d_in} differs from the width {width} before it") });
+            }
+            let w = src.tensor(&gname, &[d_out, d_in])?;
+            let linear = Linear { weight: Param::from_data(TensorData::new(transpose(&w, d_out, d_in), [d_in, d_out]), device), bias: None };
+            dense.push(Dense { linear: AdaptableLinear::Base(linear), activation: DenseActivation::Identity });
+            width = d_out;
+        }
+        if dense.len() == 1 || width != h {
+            return Err(GemmaError::Config { path: path.display().to_string(), field: "dense_3.weight".into(), reason: format!("the Dense layers must come as a pair back to width {h} (dense_2 and dense_3)") });
+        }
+        let tok = crate::io::gguf::GgufTokenizer::from_gguf(&g)?;
+        let mut inner = tok.tokenizer;
+        let pad_id = g.opt_int("tokenizer.ggml.padding_token_id")?.map(|v| v as u32).or_else(|| inner.token_to_id("<pad>"));
+        if let Some(pad_id) = pad_id {
+            let pad_token = inner.id_to_token(pad_id).unwrap_or_default();
+            inner.with_padding(Some(tokenizers::PaddingParams { pad_id, pad_token, ..Default::default() }));
+        }
+        let tok_vocab = inner.get_vocab_size(true);
+        if tok_vocab > config.vocab_size {
+            return Err(GemmaError::Config { path: path.display().to_string(), field: "tokenizer.ggml.tokens".into(), reason: format!("{tok_vocab} tokens but token_embd.weight has {} rows", config.vocab_size) });
+        }
+        let tokenizer = TextTokenizer::new(inner, path.to_path_buf(), config.max_position_embeddings)?;
+        Ok(Self {
+            model: GemmaSentenceModel { transformer, dense },
+            tokenizer,
+            pooling: Pooling::mean(),
+            normalize: true,
+            prompts: gg::EMBEDDINGGEMMA_PROMPTS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            default_prompt: None,
+            source: None,
+            gguf: Some(path.to_path_buf()),
+        })
+    }
+
+    /// Load a sentence-transformers folder or a `gemma-embedding` GGUF file (dequantized).
+    pub fn load_any(path: impl AsRef<Path>, device: &Device) -> Result<Self, GemmaError> {
+        let path = path.as_ref();
+        if path.is_file() { Self::load_gguf(path, false, device) } else { Self::load(path, device) }
+    }
+
+    /// Truncate at `max_len` tokens (special tokens included) from now on.
+    ///
+    /// ```
+    /// use tunelab::model::gemma::GemmaEncoder;
+    /// let enc = GemmaEncoder::random_tiny(&["a", "b"], 0, &burn::tensor::Device::flex());
+    /// assert_eq!(enc.with_max_seq_len(4).unwrap().max_seq_len(), 4);
+    /// ```
+    pub fn with_max_seq_len(mut self, max_len: usize) -> Result<Self, GemmaError> {
+        let path = self.tokenizer.path().to_path_buf();
+        let lowercase = self.source.as_ref().is_some_and(|s| s.sentence_bert.do_lower_case);
+        self.tokenizer = TextTokenizer::new(self.tokenizer.inner().clone(), path, max_len)?.with_lowercase(lowercase);
+        Ok(self)
     }
 
     /// A tiny random encoder for tests: [`GemmaConfig::tiny`] shapes, a word-level tokenizer
@@ -1182,6 +1279,7 @@ impl GemmaEncoder {
             prompts,
             default_prompt: None,
             source: None,
+            gguf: None,
         }
     }
 
@@ -1277,6 +1375,7 @@ impl GemmaEncoder {
         self.source
             .as_ref()
             .map(|f| f.root.clone())
+            .or_else(|| self.gguf.clone())
             .unwrap_or_else(|| PathBuf::from("(random)"))
     }
 }

@@ -3,4 +3,5 @@ pub mod bert;
 pub mod checks;
 pub mod decoder;
 pub mod gemma;
+pub mod gemma_gguf;
 pub mod reranker;

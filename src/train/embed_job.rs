@@ -59,7 +59,8 @@ pub struct EmbedJobConfig {
     /// Run name: the run lands in `<reports>/<name>/<run-id>/`.
     pub name: String,
     /// Encoder folder (Hugging Face / sentence-transformers layout): a BERT-family encoder or
-    /// EmbeddingGemma (`model_type: gemma3_text`).
+    /// EmbeddingGemma (`model_type: gemma3_text`); or a llama.cpp `gemma-embedding` GGUF file
+    /// (QMD's `embeddinggemma-300M-Q8_0.gguf`).
     pub model: PathBuf,
     /// Embedding pairs, JSONL `{"query", "positive", "negatives"?, "doc_id"?, governance...}`.
     pub data: PathBuf,
@@ -309,7 +310,14 @@ pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Resu
     manifest.add_input(&cfg.data)?;
     let loading = || format!("loading {}", cfg.model.display());
     let cpu = matches!(choice, DeviceChoice::Cpu);
-    if is_gemma_folder(&cfg.model) {
+    if crate::model::gemma_gguf::is_gguf(&cfg.model) {
+        // QMD's embeddinggemma GGUF: LoRA keeps the file's Q8_0 blocks as its frozen base (QLoRA);
+        // full fine-tuning needs f32 weights to update.
+        let keep_quantized = cfg.train.lora.is_some();
+        let encoder = GemmaEncoder::load_gguf(&cfg.model, keep_quantized, &device).with_context(loading)?;
+        manifest.add_input(&cfg.model)?;
+        train_and_export(cfg, encoder, read.records, &policy, manifest, run_dir, cpu)
+    } else if is_gemma_folder(&cfg.model) {
         let encoder = GemmaEncoder::load(&cfg.model, &device).with_context(loading)?;
         train_and_export(cfg, encoder, read.records, &policy, manifest, run_dir, cpu)
     } else {
