@@ -77,8 +77,14 @@ def seed_lockfile_after_startup(tmpdir: Path, slot_fd: int | None) -> None:
         return
     shutil.copyfile(lock, target)
     seeded = target.stat().st_mtime_ns
-    if os.fork() != 0:
+    # Double fork: the helper is nobody's child once the kernel (this process, after exec) runs,
+    # so it leaves no zombie behind.
+    child = os.fork()
+    if child != 0:
+        os.waitpid(child, 0)
         return
+    if os.fork() != 0:
+        os._exit(0)
     # The helper must not keep the slot locked after the kernel is gone.
     if slot_fd is not None:
         os.close(slot_fd)

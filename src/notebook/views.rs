@@ -383,7 +383,7 @@ impl AbRuns {
         use crate::eval::metrics::{EvalOptions, Measure, evaluate};
         let parsed = Measure::parse_list(measures)?;
         let eval_options =
-            EvalOptions { complete: compare_options.complete, relevance_level: compare_options.relevance_level, ..EvalOptions::default() };
+            EvalOptions { complete: compare_options.complete, relevance_level: compare_options.relevance_level };
         Ok(AbRuns {
             measures: measures.to_vec(),
             comparison: crate::eval::compare::compare(qrels, run_a, run_b, &parsed, &compare_options),
