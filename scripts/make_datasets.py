@@ -2091,39 +2091,70 @@ def build_qe(rng, plan, test_norms):
     return out
 
 
-def rerank_passage(d):
-    text = " ".join([d["lead"] or ""] + [t for _, t in d["sections"][: d["n_content"]]]).strip()
-    toks = text.split()
-    if len(toks) > 120:
-        text = " ".join(toks[:120]) + " …"
-    return d["title"] + "\n\n" + text
+RERANK_CHUNK_CHARS = 3600  # QMD's rerank chunk (characters); every document here fits in one
+RERANK_MINED = 4            # BM25 hard negatives per training query
+
+
+def rerank_text(d):
+    """What QMD's reranker is sent for document d: its best 3600-character chunk, which for these
+    short documents is the whole markdown body without the front matter, trimmed, exactly as
+    `tunelab rerank` and the pipeline read it from corpus/ (tests/bundled_reranker_data.rs checks)."""
+    text = ("# " + d["title"] + "\n\n" + doc_body(d)).strip()
+    assert len(text.encode("utf-16-le")) // 2 <= RERANK_CHUNK_CHARS, d["id"]
+    return text
 
 
 def build_reranker(rng, docs, plan):
+    """Judgments for the training queries (the queries of each concept's three training aspects):
+    the aspect's document (2), the concept's two other training documents (1), a same-group
+    concept's document of the same aspect and one of any aspect (0, as the test qrels judge near
+    misses), sometimes a distractor, the sacred placeholder, and hard negatives mined with BM25 (the
+    pipeline's first list, FTS5's formula) over the training side of the corpus, graded by what
+    they are. Held-out documents are never judged nor mined."""
     by = {(d["concept"], d["aspect"]): d for d in docs if d["kind"] == "concept"}
     near = defaultdict(list)
     for d in docs:
         if d["kind"] == "distractor":
             near[d["near"]].append(d)
     sacred = {d["concept"]: d for d in docs if d["kind"] == "sacred"}
+    train_side = [d for d in docs if d["split"] != "test"]
+    byid = {d["id"]: d for d in train_side}
     recs = []
     for c in CONCEPTS:
         tr = train_aspects(plan, c["key"])
+        sib = [BY_KEY[k2] for k2 in BY_KEY if k2 != c["key"] and BY_KEY[k2]["cat"] == c["cat"]]
         for a in tr:
             q = c["q"][ASPECTS.index(a)]
             recs.append((q, by[(c["key"], a)], 2))
-            recs.append((q, by[(c["key"], rng.choice([x for x in tr if x != a]))], 1))
-            sib = [BY_KEY[k2] for k2 in BY_KEY if k2 != c["key"] and BY_KEY[k2]["cat"] == c["cat"]]
+            for a2 in tr:
+                if a2 != a:
+                    recs.append((q, by[(c["key"], a2)], 1))
+            same_aspect = [c2 for c2 in sib if a in train_aspects(plan, c2["key"])]
+            if same_aspect:
+                recs.append((q, by[(rng.choice(same_aspect)["key"], a)], 0))
             c2 = rng.choice(sib)
-            recs.append((q, by[(c2["key"], rng.choice(train_aspects(plan, c2["key"])))], 0))
+            d2 = by[(c2["key"], rng.choice(train_aspects(plan, c2["key"])))]
+            if all(d2 is not r[1] for r in recs if r[0] == q):
+                recs.append((q, d2, 0))
             if near[c["key"]] and rng.random() < 0.5:
                 recs.append((q, rng.choice(near[c["key"]]), 0))
         if c["key"] in sacred:
             recs.append((c["q"][ASPECTS.index(tr[0])], sacred[c["key"]], 0))
+    judged = defaultdict(set)
+    for q, d, _ in recs:
+        judged[q].add(d["id"])
+    queries = sorted(judged)
+    mined = bm25_run(train_side, [{"qid": q, "query": q} for q in queries])
+    for q in queries:
+        for docid in [i for i in mined[q] if i not in judged[q]][:RERANK_MINED]:
+            d = byid[docid]
+            # every training document of the query's own concept is judged above
+            assert not (d["kind"] == "concept" and q in BY_KEY[d["concept"]]["q"]), (q, docid)
+            recs.append((q, d, 0))
     rng.shuffle(recs)
     out = []
     for i, (q, d, rel) in enumerate(recs):
-        rec = {"id": "ovr-%04d" % (i + 1), "query": q, "document": rerank_passage(d), "relevant": rel,
+        rec = {"id": "ovr-%04d" % (i + 1), "query": q, "document": rerank_text(d), "relevant": rel,
                "doc_id": d["id"]}
         rec.update(gov_fields(d["gov"]))
         out.append(rec)
@@ -2580,7 +2611,7 @@ an embedding model on the local vocabulary should help most, and where an off-th
 | `qrels/test.qrels` | TREC qrels `qid 0 docid rel`: 2 answers the query, 1 same concept / other aspect, 0 judged near-miss (distractor, sacred placeholder, same-group concept) | {n_qrels} judgments ({grades}) |
 | `pairs/pairs.jsonl` | `{{"id", "query", "positive", "negatives"?, "doc_id", governance}}`; `positive` = title + one section of corpus document `doc_id`; `negatives` = passages of other concepts (or distractors) | {n_pairs} ({n_neg} with hard negatives) |
 | `query-expansion/qe.jsonl` | QMD records `{{"id", "query", "output": [["lex", ..], ["vec", ..], ["hyde", ..]], governance}}` | {n_qe} |
-| `reranker/judgments.jsonl` | `{{"id", "query", "document", "relevant": 0/1/2, "doc_id", governance}}` | {n_rr} |
+| `reranker/judgments.jsonl` | `{{"id", "query", "document", "relevant": 0/1/2, "doc_id", governance}}` for the 120 training queries (the queries of each concept's training aspects); `document` is what QMD's reranker is sent for corpus document `doc_id` (its best 3600-character chunk: the whole markdown body without front matter). Per query: the aspect's document (2), the concept's two other training documents (1), a same-group concept's document of the same aspect and one of any aspect, sometimes a distractor or the sacred placeholder, and {rr_mined} BM25-mined hard negatives from the training side of the corpus (0) | {n_rr} |
 | `persona/{{train,valid,test}}.jsonl` | MLX-LM chat `{{"messages": [system, user, assistant, ...], governance}}`: Wren, the archive's librarian, cites titles and refuses sacred material | {persona} |
 | `completions/{{train,valid,test}}.jsonl` | MLX-LM `{{"prompt", "completion", governance}}` | {comp} |
 | `text/{{train,valid,test}}.jsonl` | MLX-LM `{{"text", governance}}` | {text} |
@@ -2684,7 +2715,7 @@ def write_card(s, seed, n_ledger, n_withdrawals):
         seed=seed, modes=modes, n_distractors=s["corpus_kinds"]["distractor"], n_docs=f["corpus/*.md"], kinds=kinds,
         n_tests=f["queries/test.jsonl"], n_vocab=s["n_vocab"], n_plain=s["n_plain"], n_qrels=f["qrels/test.qrels"],
         grades=grades, n_pairs=f["pairs/pairs.jsonl"], n_neg=s["pairs_with_negatives"],
-        n_qe=f["query-expansion/qe.jsonl"], n_rr=f["reranker/judgments.jsonl"],
+        n_qe=f["query-expansion/qe.jsonl"], n_rr=f["reranker/judgments.jsonl"], rr_mined=RERANK_MINED,
         persona=f["persona/{train,valid,test}.jsonl"] + " (train/valid/test)",
         comp=f["completions/{train,valid,test}.jsonl"], text=f["text/{train,valid,test}.jsonl"],
         n_ledger=n_ledger, n_withdrawals=n_withdrawals, class_rows="\n".join(cls_rows),

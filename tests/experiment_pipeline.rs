@@ -177,4 +177,42 @@ fn cli_base_and_tuned_rerankers_give_the_full_stage() {
     let report_path = stdout.lines().find_map(|l| l.strip_prefix("report: ")).expect(&stdout);
     let report = std::fs::read_to_string(dir.join(report_path)).unwrap();
     assert!(report.contains("tuned-reranker · full"), "the report compares the full stage");
+
+    // The same experiment with the rerankers' scores computed elsewhere (as on a GPU): `tunelab
+    // rerank` on the candidate run the first experiment wrote, then `--base-rerank-run` and
+    // `--tuned-rerank-run`. The `full` runs are the same, to the last digit.
+    let cands = run_dir.join("runs/base/hybrid+expansion.run");
+    let (cands_s, corpus_s, queries_s) =
+        (cands.to_str().unwrap(), ds.join("corpus"), ds.join("queries/test.jsonl"));
+    let (corpus_s, queries_s) = (corpus_s.to_str().unwrap(), queries_s.to_str().unwrap());
+    let rerank = |adapter: Option<&str>, out: &str, depth: &str| {
+        let mut args = vec!["rerank", "--model", rr_s, "--queries", queries_s, "--run", cands_s, "--corpus", corpus_s, "--out", out, "--depth", depth];
+        if let Some(a) = adapter {
+            args.extend(["--adapter-path", a]);
+        }
+        tunelab(&args);
+    };
+    rerank(None, "scores/base.run", "40");
+    rerank(Some("adapter"), "scores/tuned.run", "40");
+    let stdout2 = tunelab(&["experiment", "--pipeline", "--config", "pipe.toml", "--base-rerank-run", "scores/base.run", "--tuned-rerank-run", "scores/tuned.run"]);
+    let run_dir2 = Path::new(stdout2.lines().find_map(|l| l.strip_prefix("run directory: ")).expect(&stdout2)).to_path_buf();
+    let run_dir2 = if run_dir2.is_absolute() { run_dir2 } else { dir.join(run_dir2) };
+    assert_ne!(run_dir, run_dir2);
+    for system in ["base", "tuned-reranker"] {
+        for stage in ["hybrid+expansion", "full"] {
+            let file = |d: &Path| std::fs::read_to_string(d.join("runs").join(system).join(format!("{stage}.run"))).unwrap();
+            assert_eq!(file(&run_dir2), file(&run_dir), "{system} {stage}: scores from files vs in process");
+        }
+    }
+    // Scores of too few candidates name the run and say which run `tunelab rerank` needs.
+    rerank(None, "scores/shallow.run", "1");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tunelab"))
+        .args(["experiment", "--pipeline", "--config", "pipe.toml", "--base-rerank-run", "scores/shallow.run", "--tuned-rerank-run", "scores/tuned.run"])
+        .current_dir(dir)
+        .env("TUNELAB_DEVICE", "cpu")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("scores/shallow.run") && err.contains("hybrid+expansion.run"), "{err}");
 }

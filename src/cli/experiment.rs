@@ -53,12 +53,23 @@ pub struct ExperimentArgs {
     /// Pipeline experiment: a LoRA adapter on the base reranker (`tunelab train rerank`'s).
     #[arg(long, requires = "pipeline")]
     pub tuned_reranker_adapter: Option<PathBuf>,
+    /// Pipeline experiment: the base reranker's scores, a TREC run of P(yes) written by
+    /// `tunelab rerank --run <this experiment's run>/runs/base/hybrid+expansion.run --depth 40`
+    /// (e.g. on a GPU), instead of `--base-reranker`.
+    #[arg(long, requires = "pipeline", conflicts_with = "base_reranker")]
+    pub base_rerank_run: Option<PathBuf>,
+    /// Pipeline experiment: the tuned reranker's scores of the same candidates.
+    #[arg(long, requires = "pipeline", conflicts_with = "tuned_reranker_adapter")]
+    pub tuned_rerank_run: Option<PathBuf>,
 }
 
 fn run_pipeline(a: ExperimentArgs, device: DeviceChoice) -> anyhow::Result<()> {
     use crate::experiment::pipeline::{PipelineExperimentConfig, load_config};
     if a.print_config {
-        print!("{}", toml::to_string_pretty(&PipelineExperimentConfig::default())?);
+        print!(
+            "{}",
+            toml::to_string_pretty(&PipelineExperimentConfig::default())?
+        );
         return Ok(());
     }
     let mut cfg = match &a.config {
@@ -82,6 +93,8 @@ fn run_pipeline(a: ExperimentArgs, device: DeviceChoice) -> anyhow::Result<()> {
     cfg.tuned_expansions = a.tuned_expansions.or(cfg.tuned_expansions);
     cfg.base_reranker = a.base_reranker.or(cfg.base_reranker);
     cfg.tuned_reranker_adapter = a.tuned_reranker_adapter.or(cfg.tuned_reranker_adapter);
+    cfg.base_rerank_run = a.base_rerank_run.or(cfg.base_rerank_run);
+    cfg.tuned_rerank_run = a.tuned_rerank_run.or(cfg.tuned_rerank_run);
     crate::experiment::pipeline::run(&cfg, device, None)?;
     Ok(())
 }

@@ -17,26 +17,23 @@ use crate::train::schedule::ScheduleKind;
 use crate::train::sft::{SftConfig, SftData, SftTrainer};
 use crate::train::sft_data::SftRecord;
 
-/// `tunelab train lora`: flags named as `mlx_lm.lora`'s (plus `--policy`, `--warmup`, ...).
-#[derive(clap::Args, Debug, Default)]
-pub struct TrainLoraArgs {
-    /// A TOML file of options (the names of the flags, with underscores).
-    pub config: Option<PathBuf>,
+/// The options every decoder LoRA trainer takes (`train lora`, `train rerank`), named as
+/// `mlx_lm.lora`'s (plus `--policy`, `--warmup`, ...): one set of flags, flattened into each
+/// command, and applied over its config file by [`LoraFlags::apply`].
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct LoraFlags {
     /// A `.gguf` file or a Hugging Face model folder.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// An MLX-LM data folder: train.jsonl, valid.jsonl (optional), test.jsonl (optional).
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Governance policy TOML (default: the first governance/policy.toml in the data folder or a folder
-    /// above it; without one only public records are trained on).
+    /// Governance policy TOML (default: the first governance/policy.toml in the data's folder or a
+    /// folder above it; without one only public records are trained on).
     #[arg(long)]
     pub policy: Option<PathBuf>,
     /// Keep records without a classification, treating them as public.
     #[arg(long)]
     pub treat_unclassified_as_public: bool,
-    /// Training iterations; 0 with `--test` only scores (`--resume-adapter-file`: a saved adapter), as
-    /// `mlx_lm.lora --test` without `--train` does.
+    /// Training iterations, one batch each (`train lora`: 0 with `--test` only scores a saved
+    /// adapter given by `--resume-adapter-file`, as `mlx_lm.lora --test` without `--train` does).
     #[arg(long)]
     pub iters: Option<usize>,
     #[arg(value_parser = crate::cli::values::positive_usize, long)]
@@ -46,11 +43,6 @@ pub struct TrainLoraArgs {
     #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub steps_per_report: Option<usize>,
     #[arg(value_parser = crate::cli::values::positive_usize, long)]
-    pub steps_per_eval: Option<usize>,
-    /// Validation batches per evaluation (-1: all).
-    #[arg(value_parser = crate::cli::values::count_or_all, long, allow_hyphen_values = true)]
-    pub val_batches: Option<i64>,
-    #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub save_every: Option<usize>,
     /// Blocks to adapt, counted from the top (-1: all).
     #[arg(value_parser = crate::cli::values::count_or_all, long, allow_hyphen_values = true)]
@@ -59,9 +51,6 @@ pub struct TrainLoraArgs {
     pub max_seq_length: Option<usize>,
     #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub grad_accumulation_steps: Option<usize>,
-    /// Loss on completion tokens only.
-    #[arg(long)]
-    pub mask_prompt: bool,
     /// Output folder for adapters, checkpoints and loss.jsonl.
     #[arg(long)]
     pub adapter_path: Option<PathBuf>,
@@ -69,22 +58,8 @@ pub struct TrainLoraArgs {
     /// or an adapter file (initial weights only, as MLX-LM).
     #[arg(long)]
     pub resume_adapter_file: Option<PathBuf>,
-    /// Continue the run in --adapter-path from its latest checkpoint (= --resume-adapter-file ADAPTER_PATH).
-    #[arg(long, conflicts_with = "overwrite")]
-    pub resume: bool,
-    /// Replace the run already in --adapter-path (its adapters, checkpoints and loss log are removed).
-    #[arg(long)]
-    pub overwrite: bool,
-    /// Evaluate on test.jsonl after training (loss and perplexity).
-    #[arg(long)]
-    pub test: bool,
-    #[arg(value_parser = crate::cli::values::count_or_all, long, allow_hyphen_values = true)]
-    pub test_batches: Option<i64>,
     #[arg(long)]
     pub seed: Option<u64>,
-    /// lora, dora (LoRA plus DoRA's magnitude vectors) or full (MLX-LM's flag).
-    #[arg(long, value_enum)]
-    pub fine_tune_type: Option<crate::lora::FineTuneType>,
     /// LoRA rank.
     #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub rank: Option<usize>,
@@ -119,34 +94,61 @@ pub struct TrainLoraArgs {
     pub grad_checkpoint: bool,
 }
 
-impl TrainLoraArgs {
-    /// The config file (or the defaults) with every given flag applied over it.
-    pub fn config(&self) -> anyhow::Result<SftConfig> {
-        let mut c = match &self.config {
-            Some(p) => SftConfig::from_toml_file(p)?,
-            None => SftConfig::default(),
-        };
-        macro_rules! set {
-            ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
+/// The fields [`LoraFlags`] sets, in any trainer's config ([`SftConfig`],
+/// [`crate::train::rerank::RerankConfig`]).
+pub struct LoraOptionsMut<'a> {
+    pub model: &'a mut Option<PathBuf>,
+    pub policy: &'a mut Option<PathBuf>,
+    pub treat_unclassified_as_public: &'a mut bool,
+    pub iters: &'a mut usize,
+    pub batch_size: &'a mut usize,
+    pub learning_rate: &'a mut f64,
+    pub steps_per_report: &'a mut usize,
+    pub save_every: &'a mut usize,
+    pub num_layers: &'a mut i64,
+    pub max_seq_length: &'a mut usize,
+    pub grad_accumulation_steps: &'a mut usize,
+    pub adapter_path: &'a mut PathBuf,
+    pub resume_adapter_file: &'a mut Option<PathBuf>,
+    pub seed: &'a mut u64,
+    pub lora_parameters: &'a mut crate::train::sft::LoraParameters,
+    pub warmup: &'a mut usize,
+    pub lr_schedule: &'a mut ScheduleKind,
+    pub weight_decay: &'a mut f64,
+    pub max_grad_norm: &'a mut Option<f64>,
+    pub quantize_base: &'a mut crate::lora::QuantizeBase,
+    pub grad_checkpoint: &'a mut bool,
+}
+
+impl LoraFlags {
+    /// Set every option given as a flag over `c` (a flag wins over the config file).
+    pub fn apply(&self, c: LoraOptionsMut<'_>) -> anyhow::Result<()> {
+        fn set<T: Clone>(flag: &Option<T>, target: &mut T) {
+            if let Some(v) = flag {
+                *target = v.clone();
+            }
         }
-        set!(iters, batch_size, learning_rate, steps_per_report, steps_per_eval, val_batches, save_every, num_layers, max_seq_length, grad_accumulation_steps, test_batches, seed, warmup, weight_decay, fine_tune_type);
-        for (flag, target) in [(&self.model, &mut c.model), (&self.data, &mut c.data), (&self.policy, &mut c.policy), (&self.resume_adapter_file, &mut c.resume_adapter_file)] {
+        set(&self.iters, c.iters);
+        set(&self.batch_size, c.batch_size);
+        set(&self.learning_rate, c.learning_rate);
+        set(&self.steps_per_report, c.steps_per_report);
+        set(&self.save_every, c.save_every);
+        set(&self.num_layers, c.num_layers);
+        set(&self.max_seq_length, c.max_seq_length);
+        set(&self.grad_accumulation_steps, c.grad_accumulation_steps);
+        set(&self.seed, c.seed);
+        set(&self.warmup, c.warmup);
+        set(&self.weight_decay, c.weight_decay);
+        set(&self.adapter_path, c.adapter_path);
+        set(&self.quantize_base, c.quantize_base);
+        for (flag, target) in [(&self.model, c.model), (&self.policy, c.policy), (&self.resume_adapter_file, c.resume_adapter_file)] {
             if flag.is_some() {
                 *target = flag.clone();
             }
         }
-        if let Some(p) = &self.adapter_path {
-            c.adapter_path = p.clone();
-        }
-        c.mask_prompt |= self.mask_prompt;
-        c.overwrite |= self.overwrite;
-        if self.resume && c.resume_adapter_file.is_none() {
-            c.resume_adapter_file = Some(c.adapter_path.clone());
-        }
-        c.test |= self.test;
-        c.grad_checkpoint |= self.grad_checkpoint;
-        c.treat_unclassified_as_public |= self.treat_unclassified_as_public;
-        let lp = &mut c.lora_parameters;
+        *c.grad_checkpoint |= self.grad_checkpoint;
+        *c.treat_unclassified_as_public |= self.treat_unclassified_as_public;
+        let lp = c.lora_parameters;
         if let Some(v) = self.rank {
             lp.rank = v;
         }
@@ -164,19 +166,111 @@ impl TrainLoraArgs {
             lp.keys = Some(self.keys.clone());
         }
         if let Some(s) = &self.lr_schedule {
-            c.lr_schedule = match s.as_str() {
+            *c.lr_schedule = match s.as_str() {
                 "constant" => ScheduleKind::Constant,
                 "linear" => ScheduleKind::Linear,
                 "cosine" => ScheduleKind::Cosine,
                 other => anyhow::bail!("--lr-schedule {other}: expected constant, linear or cosine"),
             };
         }
-        if let Some(v) = self.quantize_base {
-            c.quantize_base = v;
-        }
         if let Some(v) = self.max_grad_norm {
-            c.max_grad_norm = (v > 0.0).then_some(v);
+            *c.max_grad_norm = (v > 0.0).then_some(v);
         }
+        Ok(())
+    }
+}
+
+/// `tunelab train lora`: [`LoraFlags`] plus `mlx_lm.lora`'s data, evaluation and test flags.
+#[derive(clap::Args, Debug, Default)]
+pub struct TrainLoraArgs {
+    /// A TOML file of options (the names of the flags, with underscores).
+    pub config: Option<PathBuf>,
+    /// An MLX-LM data folder: train.jsonl, valid.jsonl (optional), test.jsonl (optional).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub lora: LoraFlags,
+    #[arg(value_parser = crate::cli::values::positive_usize, long)]
+    pub steps_per_eval: Option<usize>,
+    /// Validation batches per evaluation (-1: all).
+    #[arg(value_parser = crate::cli::values::count_or_all, long, allow_hyphen_values = true)]
+    pub val_batches: Option<i64>,
+    /// Loss on completion tokens only.
+    #[arg(long)]
+    pub mask_prompt: bool,
+    /// Continue the run in --adapter-path from its latest checkpoint (= --resume-adapter-file ADAPTER_PATH).
+    #[arg(long, conflicts_with = "overwrite")]
+    pub resume: bool,
+    /// Replace the run already in --adapter-path (its adapters, checkpoints and loss log are removed).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Evaluate on test.jsonl after training (loss and perplexity).
+    #[arg(long)]
+    pub test: bool,
+    #[arg(value_parser = crate::cli::values::count_or_all, long, allow_hyphen_values = true)]
+    pub test_batches: Option<i64>,
+    /// lora, dora (LoRA plus DoRA's magnitude vectors) or full (MLX-LM's flag).
+    #[arg(long, value_enum)]
+    pub fine_tune_type: Option<crate::lora::FineTuneType>,
+}
+
+impl SftConfig {
+    /// The fields [`LoraFlags`] sets.
+    pub fn lora_options(&mut self) -> LoraOptionsMut<'_> {
+        LoraOptionsMut {
+            model: &mut self.model,
+            policy: &mut self.policy,
+            treat_unclassified_as_public: &mut self.treat_unclassified_as_public,
+            iters: &mut self.iters,
+            batch_size: &mut self.batch_size,
+            learning_rate: &mut self.learning_rate,
+            steps_per_report: &mut self.steps_per_report,
+            save_every: &mut self.save_every,
+            num_layers: &mut self.num_layers,
+            max_seq_length: &mut self.max_seq_length,
+            grad_accumulation_steps: &mut self.grad_accumulation_steps,
+            adapter_path: &mut self.adapter_path,
+            resume_adapter_file: &mut self.resume_adapter_file,
+            seed: &mut self.seed,
+            lora_parameters: &mut self.lora_parameters,
+            warmup: &mut self.warmup,
+            lr_schedule: &mut self.lr_schedule,
+            weight_decay: &mut self.weight_decay,
+            max_grad_norm: &mut self.max_grad_norm,
+            quantize_base: &mut self.quantize_base,
+            grad_checkpoint: &mut self.grad_checkpoint,
+        }
+    }
+}
+
+impl TrainLoraArgs {
+    /// The config file (or the defaults) with every given flag applied over it.
+    pub fn config(&self) -> anyhow::Result<SftConfig> {
+        let mut c = match &self.config {
+            Some(p) => SftConfig::from_toml_file(p)?,
+            None => SftConfig::default(),
+        };
+        self.lora.apply(c.lora_options())?;
+        if let Some(v) = self.steps_per_eval {
+            c.steps_per_eval = v;
+        }
+        for (flag, target) in [(&self.val_batches, &mut c.val_batches), (&self.test_batches, &mut c.test_batches)] {
+            if let Some(v) = flag {
+                *target = *v;
+            }
+        }
+        if let Some(v) = self.fine_tune_type {
+            c.fine_tune_type = v;
+        }
+        if self.data.is_some() {
+            c.data = self.data.clone();
+        }
+        c.mask_prompt |= self.mask_prompt;
+        c.overwrite |= self.overwrite;
+        if self.resume && c.resume_adapter_file.is_none() {
+            c.resume_adapter_file = Some(c.adapter_path.clone());
+        }
+        c.test |= self.test;
         c.validate()?;
         Ok(c)
     }

@@ -16,6 +16,7 @@ use crate::device::DeviceChoice;
 use crate::eval::search::qmd::{QmdConfig, rerank_chunk_for};
 use crate::eval::search::sort_trec;
 use crate::model::reranker::{RerankTemplate, Reranker};
+use crate::cli::lora::{LoraFlags, LoraOptionsMut};
 use crate::train::rerank::{Judged, RerankConfig, RerankLoss};
 
 /// `tunelab rerank --model M [--adapter-path DIR] --queries Q.jsonl --run RUN --corpus DIR --out RUN`.
@@ -197,56 +198,17 @@ pub fn run_rerank(a: RerankArgs, d: DeviceChoice) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `tunelab train rerank [CONFIG.toml] [--flags]`: `train lora`'s flags where they apply, plus
-/// `--loss`, `--negatives`, `--mined-negatives`, `--valid-fraction`.
+/// `tunelab train rerank [CONFIG.toml] [--flags]`: `train lora`'s flags where they apply
+/// ([`LoraFlags`]), plus `--loss`, `--negatives`, `--mined-negatives`, `--valid-fraction`.
 #[derive(clap::Args, Debug, Default)]
 pub struct TrainRerankArgs {
     /// A TOML file of options (the names of the flags, with underscores).
     pub config: Option<PathBuf>,
-    /// A `.gguf` file or a Hugging Face model folder.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
     /// A JSONL file of judgments `{"query", "document", "relevant"}` (governance fields per record).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Governance policy TOML (default: the one found from the data's location; without one only
-    /// public records are used).
-    #[arg(long)]
-    pub policy: Option<PathBuf>,
-    #[arg(long)]
-    pub treat_unclassified_as_public: bool,
-    #[arg(long)]
-    pub iters: Option<usize>,
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    #[arg(long)]
-    pub learning_rate: Option<f64>,
-    #[arg(long)]
-    pub steps_per_report: Option<usize>,
-    #[arg(long)]
-    pub save_every: Option<usize>,
-    #[arg(long, allow_hyphen_values = true)]
-    pub num_layers: Option<i64>,
-    #[arg(long)]
-    pub max_seq_length: Option<usize>,
-    #[arg(long)]
-    pub grad_accumulation_steps: Option<usize>,
-    #[arg(long)]
-    pub adapter_path: Option<PathBuf>,
-    #[arg(long)]
-    pub resume_adapter_file: Option<PathBuf>,
-    #[arg(long)]
-    pub seed: Option<u64>,
-    #[arg(long)]
-    pub rank: Option<usize>,
-    #[arg(long)]
-    pub scale: Option<f64>,
-    #[arg(long)]
-    pub alpha: Option<f64>,
-    #[arg(long)]
-    pub warmup: Option<usize>,
-    #[arg(long)]
-    pub quantize_base: Option<crate::lora::QuantizeBase>,
+    #[command(flatten)]
+    pub lora: LoraFlags,
     /// pointwise (BCE on P(yes)) or listwise (softmax over a positive and --negatives negatives).
     #[arg(long)]
     pub loss: Option<String>,
@@ -265,46 +227,18 @@ impl TrainRerankArgs {
             Some(p) => RerankConfig::from_toml_file(p)?,
             None => RerankConfig::default(),
         };
-        macro_rules! set {
-            ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
+        self.lora.apply(c.lora_options())?;
+        if self.data.is_some() {
+            c.data = self.data.clone();
         }
-        set!(
-            iters,
-            batch_size,
-            learning_rate,
-            steps_per_report,
-            save_every,
-            num_layers,
-            max_seq_length,
-            grad_accumulation_steps,
-            seed,
-            warmup,
-            quantize_base,
-            negatives,
-            mined_negatives,
-            valid_fraction,
-            adapter_path
-        );
-        for (flag, target) in [
-            (&self.model, &mut c.model),
-            (&self.data, &mut c.data),
-            (&self.policy, &mut c.policy),
-            (&self.resume_adapter_file, &mut c.resume_adapter_file),
-        ] {
-            if flag.is_some() {
-                *target = flag.clone();
-            }
+        if let Some(v) = self.negatives {
+            c.negatives = v;
         }
-        c.treat_unclassified_as_public |= self.treat_unclassified_as_public;
-        if let Some(v) = self.rank {
-            c.lora_parameters.rank = v;
+        if let Some(v) = self.mined_negatives {
+            c.mined_negatives = v;
         }
-        if let Some(v) = self.scale {
-            c.lora_parameters.scale = v;
-            c.lora_parameters.alpha = None;
-        }
-        if self.alpha.is_some() {
-            c.lora_parameters.alpha = self.alpha;
+        if let Some(v) = self.valid_fraction {
+            c.valid_fraction = v;
         }
         if let Some(l) = &self.loss {
             c.loss = match l.as_str() {
@@ -315,6 +249,35 @@ impl TrainRerankArgs {
         }
         c.validate()?;
         Ok(c)
+    }
+}
+
+impl RerankConfig {
+    /// The fields [`LoraFlags`] sets.
+    pub fn lora_options(&mut self) -> LoraOptionsMut<'_> {
+        LoraOptionsMut {
+            model: &mut self.model,
+            policy: &mut self.policy,
+            treat_unclassified_as_public: &mut self.treat_unclassified_as_public,
+            iters: &mut self.iters,
+            batch_size: &mut self.batch_size,
+            learning_rate: &mut self.learning_rate,
+            steps_per_report: &mut self.steps_per_report,
+            save_every: &mut self.save_every,
+            num_layers: &mut self.num_layers,
+            max_seq_length: &mut self.max_seq_length,
+            grad_accumulation_steps: &mut self.grad_accumulation_steps,
+            adapter_path: &mut self.adapter_path,
+            resume_adapter_file: &mut self.resume_adapter_file,
+            seed: &mut self.seed,
+            lora_parameters: &mut self.lora_parameters,
+            warmup: &mut self.warmup,
+            lr_schedule: &mut self.lr_schedule,
+            weight_decay: &mut self.weight_decay,
+            max_grad_norm: &mut self.max_grad_norm,
+            quantize_base: &mut self.quantize_base,
+            grad_checkpoint: &mut self.grad_checkpoint,
+        }
     }
 }
 

@@ -28,7 +28,8 @@ use crate::device::DeviceChoice;
 use crate::eval::compare::{CompareOptions, compare, holm};
 use crate::eval::metrics::{EvalOptions, Measure, evaluate};
 use crate::eval::search::qmd::{
-    BertEmbedder, PrecomputedExpansions, QmdConfig, QmdPipeline, QueryExpander, Scorer, StageRuns,
+    BertEmbedder, PrecomputedExpansions, QmdConfig, QmdPipeline, QueryExpander, RunScores, Scorer,
+    StageRuns,
 };
 use crate::model::bert::SentenceEncoder;
 use crate::model::reranker::Reranker;
@@ -59,6 +60,13 @@ pub struct PipelineExperimentConfig {
     pub base_reranker: Option<PathBuf>,
     /// A LoRA adapter on the base reranker (`tunelab train rerank`'s): the `tuned-reranker` system.
     pub tuned_reranker_adapter: Option<PathBuf>,
+    /// The base reranker's scores as a TREC run (`tunelab rerank --out`), instead of
+    /// `base_reranker`: the `full` stage blends them as it blends a model's. `tunelab rerank`
+    /// must have reranked this experiment's candidates: `--run <run>/runs/base/hybrid+expansion.run
+    /// --depth 40` (the `tuned-reranker` system has the same candidates as `base`).
+    pub base_rerank_run: Option<PathBuf>,
+    /// The tuned reranker's scores of the same candidates: the `tuned-reranker` system.
+    pub tuned_rerank_run: Option<PathBuf>,
     /// Longest rerank prompt in tokens (None: the model's context, at most 2048), and prompts
     /// per forward pass.
     pub reranker_max_length: Option<usize>,
@@ -84,6 +92,8 @@ impl Default for PipelineExperimentConfig {
             tuned_expansions: None,
             base_reranker: None,
             tuned_reranker_adapter: None,
+            base_rerank_run: None,
+            tuned_rerank_run: None,
             reranker_max_length: None,
             reranker_batch_size: 8,
             qmd: QmdConfig::default(),
@@ -136,7 +146,8 @@ fn load_pipeline(
 
 /// Run the pipeline experiment. `rerankers` adds the `full` stage (and a `tuned-reranker`
 /// system when a tuned one is given); without it, `cfg.base_reranker` (and
-/// `cfg.tuned_reranker_adapter`) are loaded as [`Reranker`]s when set.
+/// `cfg.tuned_reranker_adapter`) are loaded as [`Reranker`]s when set, or the scores of
+/// `cfg.base_rerank_run` (and `cfg.tuned_rerank_run`) are read ([`RunScores`]).
 pub fn run(
     cfg: &PipelineExperimentConfig,
     choice: DeviceChoice,
@@ -157,6 +168,14 @@ pub fn run(
         r.batch_size = cfg.reranker_batch_size.max(1);
         Ok(r)
     };
+    if cfg.base_rerank_run.is_some() && cfg.base_reranker.is_some() {
+        bail!(
+            "give the base reranker as a model (base_reranker, --base-reranker) or as scores (base_rerank_run, --base-rerank-run), not both"
+        );
+    }
+    if cfg.tuned_rerank_run.is_some() && cfg.base_rerank_run.is_none() {
+        bail!("tuned_rerank_run (--tuned-rerank-run) needs base_rerank_run (--base-rerank-run)");
+    }
     let (loaded_base, loaded_tuned) = match (&rerankers, &cfg.base_reranker) {
         (None, Some(_)) => (
             Some(load_reranker(None)?),
@@ -167,10 +186,6 @@ pub fn run(
         ),
         _ => (None, None),
     };
-    let rerankers = rerankers.or(loaded_base.as_ref().map(|b| Rerankers {
-        base: b as &dyn Scorer,
-        tuned: loaded_tuned.as_ref().map(|t| t as &dyn Scorer),
-    }));
     let measures = Measure::parse_list(&cfg.measures)?;
     let ds = &cfg.datasets;
     let corpus_dir = ds.join("corpus");
@@ -183,6 +198,25 @@ pub fn run(
             .into_iter()
             .map(|q| (q.qid, q.query))
             .collect();
+    let (file_base, file_tuned) = match (&rerankers, &cfg.base_rerank_run) {
+        (None, Some(base)) => (
+            Some(RunScores::read(base, &queries)?),
+            cfg.tuned_rerank_run
+                .as_deref()
+                .map(|t| RunScores::read(t, &queries))
+                .transpose()?,
+        ),
+        _ => (None, None),
+    };
+    let rerankers = rerankers
+        .or(loaded_base.as_ref().map(|b| Rerankers {
+            base: b as &dyn Scorer,
+            tuned: loaded_tuned.as_ref().map(|t| t as &dyn Scorer),
+        }))
+        .or(file_base.as_ref().map(|b| Rerankers {
+            base: b as &dyn Scorer,
+            tuned: file_tuned.as_ref().map(|t| t as &dyn Scorer),
+        }));
     let qrels = Qrels::read(&qrels_path)?;
 
     let base_exp = cfg
@@ -237,7 +271,7 @@ pub fn run(
     }
     if n_tuned == 0 {
         bail!(
-            "give at least one tuned model: tuned_embedder (--tuned-embedder), tuned_expansions (--tuned-expansions) or tuned_reranker_adapter (--tuned-reranker-adapter)"
+            "give at least one tuned model: tuned_embedder (--tuned-embedder), tuned_expansions (--tuned-expansions), tuned_reranker_adapter (--tuned-reranker-adapter) or tuned_rerank_run (--tuned-rerank-run)"
         );
     }
     if n_tuned >= 2 {
@@ -259,9 +293,14 @@ pub fn run(
     for p in [&corpus_dir, &queries_path, &qrels_path] {
         manifest.add_input(p)?;
     }
-    for p in [&cfg.base_expansions, &cfg.tuned_expansions]
-        .into_iter()
-        .flatten()
+    for p in [
+        &cfg.base_expansions,
+        &cfg.tuned_expansions,
+        &cfg.base_rerank_run,
+        &cfg.tuned_rerank_run,
+    ]
+    .into_iter()
+    .flatten()
     {
         manifest.add_input(p)?;
     }

@@ -4,6 +4,7 @@
 //! * [`contrastive_trainer`]: the embedding-model training loop (`tunelab train embed`).
 //! * [`embed_job`]: `tunelab train embed`: govern, mine, train, validate, export, manifest.
 //! * [`encoder`]: the [`encoder::TrainableEncoder`] seam between loops and models.
+//! * `lora_loop`: the optimizer loop `sft` and `rerank` share (one batch → loss → AdamW, checkpoints).
 //! * [`hard_negatives`]: mining hard negatives from a governed corpus (BM25 or dense).
 //! * [`memory`]: what a run will hold in memory, estimated (and refused) before it starts.
 //! * [`gradcheck`]: finite-difference checks of parameter gradients for any encoder and loss.
@@ -20,6 +21,7 @@ pub mod embed_job;
 pub mod encoder;
 pub mod gradcheck;
 pub mod hard_negatives;
+pub(crate) mod lora_loop;
 pub mod memory;
 pub mod rerank;
 pub mod run_folder;

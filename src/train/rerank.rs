@@ -1,7 +1,11 @@
 //! LoRA fine-tuning of a yes/no LLM reranker (`tunelab train rerank`) on governed
 //! `{"query", "document", "relevant": bool | grade}` judgments, with the machinery of
-//! [`super::sft`]: LoRA wiring, AdamW, warm-up + schedule, clipping, gradient accumulation,
-//! MLX-LM adapter files, resumable checkpoints, `loss.jsonl`, a governance audit and manifest.
+//! [`super::sft`]: LoRA wiring, the optimizer loop `train lora` runs (`lora_loop`: AdamW,
+//! warm-up + schedule, clipping, gradient accumulation, MLX-LM adapter files, resumable
+//! checkpoints, `loss.jsonl`), a governance audit and manifest. Only the loss differs.
+//!
+//! The judged `document` is sent as it is: the bundled judgments hold what QMD's reranker is
+//! sent for the corpus document (its best rerank chunk), so training sees the pipeline's format.
 //!
 //! * Prompts are the reranker's ([`crate::model::reranker::encode_pair`]), so what is trained is
 //!   what QMD scores: `m = logit_yes − logit_no` at the last position, `P(yes) = σ(m)`.
@@ -20,10 +24,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::{Tensor, TensorData};
 use rand::SeedableRng;
@@ -31,11 +34,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, TrainState};
-use super::schedule::{LrSchedule, ScheduleKind, clip_grad_norm, grad_norm};
-use super::sft::{
-    LoraParameters, LossLog, SftConfig, SftError, checkpoint_of, iteration_seed, progress_bar,
-    with_checkpointing,
-};
+use super::lora_loop::{self, LoopConfig, Objective, StepLoss};
+use super::schedule::{LrSchedule, ScheduleKind};
+use super::sft::{LoraParameters, LossLog, SftConfig, SftError, checkpoint_of, with_checkpointing};
 use super::sft_data::epoch_order;
 use crate::data::corpus::Document;
 use crate::eval::search::bm25::{Bm25Config, Bm25Index, QueryMode};
@@ -534,12 +535,11 @@ pub fn fit(
     } else {
         None
     };
-    let mut model = if cfg.grad_checkpoint {
+    let model = if cfg.grad_checkpoint {
         with_checkpointing(model)
     } else {
         model.train()
     };
-    let device = model.embed_tokens.val().device();
     let mut optim: ModuleOptimizer = AdamWConfig::new()
         .with_weight_decay(cfg.weight_decay as f32)
         .init();
@@ -570,98 +570,85 @@ pub fn fit(
     {
         log.write(&serde_json::json!({ "iteration": 0, "val_brier": c.brier, "val_ece": c.ece }))?;
     }
-    let bar = progress_bar(progress, cfg.iters as u64, state.step as u64);
-    let mut accumulator = GradientsAccumulator::new();
-    let (mut losses, mut pairs_seen, mut train_secs) = (Vec::new(), 0usize, 0f64);
-    let mut last_adapter = resume_dir.as_ref().map(|d| d.join(mlx::WEIGHTS_FILE));
-    while state.step < cfg.iters {
-        let it = state.step + 1;
-        let (epoch, pos) = ((it - 1) / n_batches, (it - 1) % n_batches);
-        let order = epoch_order(items.len(), cfg.seed, epoch);
-        let picked = &order[pos * cfg.batch_size..(pos + 1) * cfg.batch_size];
-        if lora.dropout > 0.0 {
-            device.seed(iteration_seed(cfg.seed, it));
-        }
-        let t0 = Instant::now();
-        let (loss, n_pairs) = match &items {
-            Items::Pairs(pairs) => {
-                let rows: Vec<&[u32]> = picked.iter().map(|&i| pairs[i].0.as_slice()).collect();
-                let targets: Vec<f32> = picked.iter().map(|&i| pairs[i].1).collect();
-                let t = Tensor::<1>::from_data(TensorData::new(targets, [rows.len()]), &device);
-                (
-                    pointwise_loss(margins(&model, &rows, yes, no)?, t),
-                    rows.len(),
-                )
-            }
-            Items::Groups(groups) => {
-                let rows: Vec<&[u32]> = picked
-                    .iter()
-                    .flat_map(|&i| groups[i].iter().map(Vec::as_slice))
-                    .collect();
-                (
-                    listwise_loss(margins(&model, &rows, yes, no)?, cfg.negatives + 1),
-                    rows.len(),
-                )
-            }
-        };
-        let loss_value = loss.clone().into_scalar::<f32>();
-        if !loss_value.is_finite() {
-            bar.abandon_with_message(format!("loss {loss_value} at iteration {it}"));
-            return Err(SftError::NonFinite {
-                iteration: it,
-                quantity: "loss",
-                value: loss_value as f64,
-                last_adapter,
-            }
-            .into());
-        }
-        let grads = GradientsParams::from_grads(loss.div_scalar(acc as f32).backward(), &model);
-        accumulator.accumulate(&model, grads);
-        let mut line = serde_json::json!({ "iteration": it, "loss": loss_value, "pairs": n_pairs });
-        if it.is_multiple_of(acc) {
-            let grads = accumulator.grads();
-            let (grads, norm) = match cfg.max_grad_norm {
-                Some(max) => clip_grad_norm(&model, grads, max),
-                None => {
-                    let n = grad_norm(&model, &grads);
-                    (grads, n)
+    /// `train rerank`'s objective: pointwise or listwise loss on `logit_yes − logit_no`.
+    struct Rerank<'a, S: Fn(&Decoder, &Path, usize) -> anyhow::Result<AdapterWeights>> {
+        items: &'a Items,
+        batch_size: usize,
+        seed: u64,
+        group: usize,
+        yes: u32,
+        no: u32,
+        save: S,
+    }
+    impl<S: Fn(&Decoder, &Path, usize) -> anyhow::Result<AdapterWeights>> Objective for Rerank<'_, S> {
+        type Error = anyhow::Error;
+        fn loss(&mut self, model: &Decoder, epoch: usize, pos: usize) -> anyhow::Result<StepLoss> {
+            let order = epoch_order(self.items.len(), self.seed, epoch);
+            let picked = &order[pos * self.batch_size..(pos + 1) * self.batch_size];
+            let device = model.embed_tokens.val().device();
+            let (loss, n_pairs) = match self.items {
+                Items::Pairs(pairs) => {
+                    let rows: Vec<&[u32]> = picked.iter().map(|&i| pairs[i].0.as_slice()).collect();
+                    let targets: Vec<f32> = picked.iter().map(|&i| pairs[i].1).collect();
+                    let t = Tensor::<1>::from_data(TensorData::new(targets, [rows.len()]), &device);
+                    let m = margins(model, &rows, self.yes, self.no)?;
+                    (pointwise_loss(m, t), rows.len())
+                }
+                Items::Groups(groups) => {
+                    let rows: Vec<&[u32]> = picked
+                        .iter()
+                        .flat_map(|&i| groups[i].iter().map(Vec::as_slice))
+                        .collect();
+                    let m = margins(model, &rows, self.yes, self.no)?;
+                    (listwise_loss(m, self.group), rows.len())
                 }
             };
-            if !norm.is_finite() {
-                bar.abandon_with_message(format!("gradient norm {norm} at iteration {it}"));
-                return Err(SftError::NonFinite {
-                    iteration: it,
-                    quantity: "gradient norm",
-                    value: norm,
-                    last_adapter,
-                }
-                .into());
-            }
-            let lr = schedule.lr(it / acc - 1);
-            model = optim.step(lr, model, grads);
-            line["lr"] = serde_json::json!(lr);
-            line["grad_norm"] = serde_json::json!(norm);
+            Ok(StepLoss {
+                loss,
+                counts: vec![("pairs", n_pairs)],
+            })
         }
-        train_secs += t0.elapsed().as_secs_f64();
-        pairs_seen += n_pairs;
-        line["pairs_per_s"] = serde_json::json!(pairs_seen as f64 / train_secs.max(1e-9));
-        state.step = it;
-        (state.epoch, state.batch_in_epoch) = (epoch, pos + 1);
-        losses.push(loss_value);
-        log.write(&line)?;
-        bar.set_position(it as u64);
-        if it.is_multiple_of(cfg.steps_per_report) || it == cfg.iters {
-            bar.set_message(format!("loss {loss_value:.3}"));
-        }
-        if it.is_multiple_of(cfg.save_every) || it == cfg.iters {
-            save(&model, &out, it)?;
-            let ckpt = checkpoint::checkpoint_dir(&out, it);
-            save(&model, &ckpt, it)?;
-            checkpoint::save_optimizer_and_state(&ckpt, &optim, &state)?;
-            last_adapter = Some(out.join(mlx::WEIGHTS_FILE));
+        fn save(&self, model: &Decoder, dir: &Path, iteration: usize) -> anyhow::Result<()> {
+            (self.save)(model, dir, iteration).map(|_| ())
         }
     }
-    bar.finish_and_clear();
+    let loop_cfg = LoopConfig {
+        out: out.clone(),
+        iters: cfg.iters,
+        stop: cfg.iters,
+        n_batches,
+        grad_accumulation_steps: acc,
+        seed: cfg.seed,
+        dropout: lora.dropout > 0.0,
+        max_grad_norm: cfg.max_grad_norm,
+        steps_per_report: cfg.steps_per_report,
+        save_every: cfg.save_every,
+        schedule,
+        numbered_copies: false,
+        progress,
+    };
+    let mut objective = Rerank {
+        items: &items,
+        batch_size: cfg.batch_size,
+        seed: cfg.seed,
+        group: cfg.negatives + 1,
+        yes,
+        no,
+        save: &save,
+    };
+    let last_adapter = resume_dir.as_ref().map(|d| d.join(mlx::WEIGHTS_FILE));
+    let done = lora_loop::run(
+        &loop_cfg,
+        model,
+        optim,
+        &mut state,
+        last_adapter,
+        &mut log,
+        &mut objective,
+    )?;
+    let (model, losses) = (done.model, done.losses);
+    let pairs_seen = done.totals.get("pairs").copied().unwrap_or(0);
+    let train_secs = done.train_secs;
     let adapter = model.adapter_weights(&lora);
     if state.step == 0 {
         save(&model, &out, 0)?;
@@ -737,6 +724,64 @@ mod tests {
             / 2.0;
         let got = listwise_loss(t1(&m), 3).into_scalar::<f32>() as f64;
         assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
+
+    /// Through the loop `train lora` shares (`lora_loop`): a run resumed from its checkpoint at
+    /// iteration 2 ends with the adapter and losses of the run that was never interrupted.
+    #[test]
+    fn resumed_run_ends_with_the_same_adapter_and_losses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/reranker/tiny_qwen3_reranker");
+        let lm = CausalLm::load(&dir, &Device::flex()).unwrap();
+        let judged: Vec<Judged> = (0..6)
+            .flat_map(|q| {
+                [(2, "the moon pulls the tide"), (0, "flour and water")].map(|(g, d)| Judged {
+                    query: format!("question {q} about the tide"),
+                    document: format!("{d} ({q})"),
+                    grade: g,
+                })
+            })
+            .collect();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let cfg = |out: &Path| RerankConfig {
+            iters: 4,
+            batch_size: 2,
+            learning_rate: 0.05,
+            save_every: 2,
+            valid_fraction: 0.0,
+            mined_negatives: 1,
+            adapter_path: out.to_path_buf(),
+            seed: 3,
+            ..RerankConfig::default()
+        };
+        let t = RerankTemplate::default();
+        let fit_ =
+            |c: &RerankConfig| fit(c, &lm, &t, &judged, serde_json::json!({}), false).unwrap();
+        let whole = fit_(&cfg(a.path()));
+        assert_eq!(whole.iterations, 4);
+        let ckpt = checkpoint::checkpoint_dir(a.path(), 2);
+        let resumed = fit_(&RerankConfig {
+            resume_adapter_file: Some(ckpt),
+            ..cfg(b.path())
+        });
+        assert_eq!(resumed.iterations, 4);
+        assert_eq!(
+            resumed.losses,
+            whole.losses[2..],
+            "same losses, iteration by iteration"
+        );
+        assert_eq!(
+            resumed.adapter.layers, whole.adapter.layers,
+            "bit-identical adapter"
+        );
+        assert_ne!(whole.losses[0], whole.losses[3]);
+        let log = std::fs::read_to_string(a.path().join("loss.jsonl")).unwrap();
+        let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+        assert_eq!(last["iteration"], 4);
+        assert!(
+            last["pairs"].as_u64() == Some(2) && last["pairs_per_s"].as_f64().unwrap() > 0.0,
+            "{last}"
+        );
     }
 
     #[test]

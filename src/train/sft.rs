@@ -36,10 +36,9 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, GradientCheckpointingStrategy, Int, Tensor, TensorData};
 use rand::SeedableRng;
@@ -49,8 +48,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
 use super::checkpoint::{self, CheckpointError, TrainState};
+use super::lora_loop::{self, LoopConfig, Objective, StepLoss};
 use super::run_folder::{self, Claim, RunFolderError};
-use super::schedule::{LrSchedule, ScheduleKind, clip_grad_norm, grad_norm};
+use super::schedule::{LrSchedule, ScheduleKind};
 use super::sft_data::{Batch, Example, ExampleError, SftRecord, epoch_order, length_batches, make_batch, make_batch_mlx_eval, tokenize};
 use crate::data::governance::GovernedDataset;
 use crate::export::{AdapterFileError, mlx};
@@ -619,7 +619,7 @@ impl SftTrainer {
                 resume_dir = Some(dir);
             }
         }
-        let mut model = if cfg.grad_checkpoint { with_checkpointing(model) } else { model.train() };
+        let model = if cfg.grad_checkpoint { with_checkpointing(model) } else { model.train() };
         // Inputs are made on the parameters' device, so they carry the same strategy.
         let device = model.embed_tokens.val().device();
         let mut optim: ModuleOptimizer = AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32).init();
@@ -645,91 +645,62 @@ impl SftTrainer {
             log.write(&serde_json::json!({ "iteration": 0, "val_loss": v }))?;
         }
 
-        let bar = progress_bar(self.progress, cfg.iters as u64, state.step as u64);
-        let (mut tokens_seen, mut seq_tokens_seen, mut losses) = (0usize, 0usize, Vec::new());
-        let mut train_secs = 0.0f64;
-        let mut accumulator = GradientsAccumulator::new();
-        let mut last_adapter = resume_dir.as_ref().map(|d| d.join(mlx::WEIGHTS_FILE));
-        let mut saved_here = false;
-        let stop = self.stop_after.unwrap_or(cfg.iters).min(cfg.iters);
-        while state.step < stop {
-            let it = state.step + 1;
-            let (epoch, pos) = ((it - 1) / batches.len(), (it - 1) % batches.len());
-            let batch = make_batch(&train, &batches[epoch_order(batches.len(), cfg.seed, epoch)[pos]], cfg.max_seq_length);
-            if lora.dropout > 0.0 {
-                // Dropout masks come from the device's (process-wide) random stream; reseeding it
-                // only when drawn from leaves other users of the stream alone.
-                device.seed(iteration_seed(cfg.seed, it));
+        /// `train lora`'s objective: next-token cross-entropy of length-grouped batches, and
+        /// validation every `steps_per_eval` iterations.
+        struct Sft<'a, V: Fn(&Decoder) -> Option<f64>, S: Fn(&Decoder, &Path, usize) -> Result<AdapterWeights, SftError>> {
+            cfg: &'a SftConfig,
+            train: &'a [Example],
+            batches: &'a [Vec<usize>],
+            device: Device,
+            validate: V,
+            save: S,
+            val_losses: Vec<(usize, f64)>,
+        }
+        impl<V: Fn(&Decoder) -> Option<f64>, S: Fn(&Decoder, &Path, usize) -> Result<AdapterWeights, SftError>> Objective for Sft<'_, V, S> {
+            type Error = SftError;
+            fn loss(&mut self, model: &Decoder, epoch: usize, pos: usize) -> Result<StepLoss, SftError> {
+                let order = epoch_order(self.batches.len(), self.cfg.seed, epoch);
+                let batch = make_batch(self.train, &self.batches[order[pos]], self.cfg.max_seq_length);
+                Ok(StepLoss { loss: batch_loss(model, &batch, &self.device), counts: vec![("tokens", batch.ntoks), ("seq_tokens", batch.seq_tokens)] })
             }
-            let t0 = Instant::now();
-            let loss = batch_loss(&model, &batch, &device);
-            let loss_value = loss.clone().into_scalar::<f32>();
-            let forward_ms = t0.elapsed().as_secs_f64() * 1e3;
-            if !loss_value.is_finite() {
-                bar.abandon_with_message(format!("loss {loss_value} at iteration {it}"));
-                return Err(SftError::NonFinite { iteration: it, quantity: "loss", value: loss_value as f64, last_adapter });
-            }
-            let t1 = Instant::now();
-            let grads = GradientsParams::from_grads(loss.div_scalar(acc as f32).backward(), &model);
-            accumulator.accumulate(&model, grads);
-            let backward_ms = t1.elapsed().as_secs_f64() * 1e3;
-            tokens_seen += batch.ntoks;
-            seq_tokens_seen += batch.seq_tokens;
-            let mut line = serde_json::json!({
-                "iteration": it, "loss": loss_value, "tokens": batch.ntoks, "seq_tokens": batch.seq_tokens,
-                "forward_ms": forward_ms, "backward_ms": backward_ms,
-            });
-            if it.is_multiple_of(acc) {
-                let grads = accumulator.grads();
-                let (grads, norm) = match cfg.max_grad_norm {
-                    Some(max) => clip_grad_norm(&model, grads, max),
-                    None => {
-                        let n = grad_norm(&model, &grads);
-                        (grads, n)
-                    }
-                };
-                if !norm.is_finite() {
-                    bar.abandon_with_message(format!("gradient norm {norm} at iteration {it}"));
-                    return Err(SftError::NonFinite { iteration: it, quantity: "gradient norm", value: norm, last_adapter });
+            fn after_step(&mut self, model: &Decoder, it: usize, line: &mut serde_json::Value) -> Result<(), SftError> {
+                if (it.is_multiple_of(self.cfg.steps_per_eval) || it == self.cfg.iters) && let Some(v) = (self.validate)(model) {
+                    self.val_losses.push((it, v));
+                    line["val_loss"] = serde_json::json!(v);
                 }
-                let update = it / acc - 1;
-                let lr = schedule.lr(update);
-                model = optim.step(lr, model, grads);
-                line["lr"] = serde_json::json!(lr);
-                line["grad_norm"] = serde_json::json!(norm);
+                Ok(())
             }
-            line["update_ms"] = serde_json::json!(t1.elapsed().as_secs_f64() * 1e3 - backward_ms);
-            // Throughput over training work only (validation and saving excluded, as MLX-LM).
-            train_secs += t0.elapsed().as_secs_f64();
-            let tokens_per_s = tokens_seen as f64 / train_secs.max(1e-9);
-            line["tokens_per_s"] = serde_json::json!(tokens_per_s);
-            line["seq_tokens_per_s"] = serde_json::json!(seq_tokens_seen as f64 / train_secs.max(1e-9));
-            state.step = it;
-            (state.epoch, state.batch_in_epoch) = (epoch, pos + 1);
-            losses.push(loss_value);
-            if (it.is_multiple_of(cfg.steps_per_eval) || it == cfg.iters) && let Some(v) = validate(&model) {
-                val_losses.push((it, v));
-                line["val_loss"] = serde_json::json!(v);
+            fn message(&self, line: &serde_json::Value) -> String {
+                let val = self.val_losses.last().map_or(String::new(), |(i, v)| format!(" val {v:.3} (it {i})"));
+                let (loss, tokens_per_s) = (line["loss"].as_f64().unwrap_or(f64::NAN), line["tokens_per_s"].as_f64().unwrap_or(0.0));
+                format!("loss {loss:.3}{val} {tokens_per_s:.0} tok/s")
             }
-            log.write(&line)?;
-            bar.set_position(it as u64);
-            if it.is_multiple_of(cfg.steps_per_report) || it == stop {
-                let val = val_losses.last().map_or(String::new(), |(i, v)| format!(" val {v:.3} (it {i})"));
-                bar.set_message(format!("loss {loss_value:.3}{val} {tokens_per_s:.0} tok/s"));
-            }
-            if it.is_multiple_of(cfg.save_every) || it == stop {
-                save(&model, &out, it)?;
-                let numbered = out.join(format!("{it:07}_adapters.safetensors"));
-                std::fs::copy(out.join(mlx::WEIGHTS_FILE), &numbered).map_err(io(&numbered))?;
-                let ckpt = checkpoint::checkpoint_dir(&out, it);
-                save(&model, &ckpt, it)?;
-                // Only the optimizer and loop state: the adapter is the checkpoint's model.
-                checkpoint::save_optimizer_and_state(&ckpt, &optim, &state)?;
-                last_adapter = Some(out.join(mlx::WEIGHTS_FILE));
-                saved_here = true;
+            fn save(&self, model: &Decoder, dir: &Path, iteration: usize) -> Result<(), SftError> {
+                (self.save)(model, dir, iteration).map(|_| ())
             }
         }
-        bar.finish_and_clear();
+        let stop = self.stop_after.unwrap_or(cfg.iters).min(cfg.iters);
+        let loop_cfg = LoopConfig {
+            out: out.clone(),
+            iters: cfg.iters,
+            stop,
+            n_batches: batches.len(),
+            grad_accumulation_steps: acc,
+            seed: cfg.seed,
+            dropout: lora.dropout > 0.0,
+            max_grad_norm: cfg.max_grad_norm,
+            steps_per_report: cfg.steps_per_report,
+            save_every: cfg.save_every,
+            schedule,
+            numbered_copies: true,
+            progress: self.progress,
+        };
+        let mut objective = Sft { cfg, train: &train, batches: &batches, device: device.clone(), validate, save: &save, val_losses };
+        let last_adapter = resume_dir.as_ref().map(|d| d.join(mlx::WEIGHTS_FILE));
+        let done = lora_loop::run(&loop_cfg, model, optim, &mut state, last_adapter, &mut log, &mut objective)?;
+        let (model, losses, train_secs, saved_here) = (done.model, done.losses, done.train_secs, done.saved);
+        let val_losses = objective.val_losses;
+        let (tokens_seen, seq_tokens_seen) = (done.totals.get("tokens").copied().unwrap_or(0), done.totals.get("seq_tokens").copied().unwrap_or(0));
         let secs = train_secs.max(1e-9);
         let (tokens_per_s, seq_tokens_per_s) = (tokens_seen as f64 / secs, seq_tokens_seen as f64 / secs);
         let adapter = {

@@ -126,6 +126,121 @@ where
 pub trait Scorer {
     /// Scores of `documents` for `query`, in the order given (higher = more relevant).
     fn score(&self, query: &str, documents: &[&str]) -> anyhow::Result<Vec<f32>>;
+
+    /// Scores of the documents `ids` (sent as `texts`, the same length) for `query`. The pipeline
+    /// calls this one; a model ignores the ids ([`Scorer::score`]), scores read from a file
+    /// ([`RunScores`]) are looked up by them.
+    fn score_documents(
+        &self,
+        query: &str,
+        ids: &[&str],
+        texts: &[&str],
+    ) -> anyhow::Result<Vec<f32>> {
+        debug_assert_eq!(ids.len(), texts.len());
+        self.score(query, texts)
+    }
+}
+
+/// Reranker scores read from a TREC run (`tunelab rerank --out`'s, P(yes) per query and
+/// document), so the `full` stage can blend scores computed elsewhere, e.g. on a GPU, exactly as
+/// it blends a model's. The run must hold every candidate the pipeline reranks: give
+/// `tunelab rerank --run` the `hybrid+expansion.run` the pipeline wrote for the same system
+/// (its 40 fused candidates) with `--depth 40`.
+///
+/// ```
+/// use tunelab::data::trec::{Retrieved, Run};
+/// use tunelab::eval::search::qmd::{RunScores, Scorer};
+/// let mut run = Run::default();
+/// run.results.insert("q1".into(), vec![Retrieved { doc_id: "a".into(), score: 0.75 }]);
+/// let queries = vec![("q1".to_string(), "moon tide".to_string())];
+/// let scores = RunScores::new("rerank.run", &run, &queries).unwrap();
+/// assert_eq!(scores.score_documents("moon tide", &["a"], &["any text"]).unwrap(), [0.75]);
+/// assert!(scores.score_documents("moon tide", &["b"], &["..."]).is_err()); // not reranked
+/// ```
+#[derive(Clone, Debug)]
+pub struct RunScores {
+    path: PathBuf,
+    /// Query text → (qid, document id → score).
+    by_query: HashMap<String, (String, HashMap<String, f32>)>,
+}
+
+impl RunScores {
+    /// Read `path` (a TREC run); `queries` (`(qid, text)`) maps the pipeline's query texts to the
+    /// run's qids. Queries absent from the run have no scores (an error if one is reranked).
+    pub fn read(path: &Path, queries: &[(String, String)]) -> anyhow::Result<Self> {
+        let run = Run::read(path)?;
+        Self::new(path, &run, queries)
+    }
+
+    /// Scores from `run`; `path` names it in errors.
+    pub fn new(
+        path: impl Into<PathBuf>,
+        run: &Run,
+        queries: &[(String, String)],
+    ) -> anyhow::Result<Self> {
+        let path = path.into();
+        let mut by_query: HashMap<String, (String, HashMap<String, f32>)> = HashMap::new();
+        for (qid, text) in queries {
+            let Some(list) = run.results.get(qid) else {
+                continue;
+            };
+            let scores: HashMap<String, f32> = list
+                .iter()
+                .map(|r| (r.doc_id.clone(), r.score as f32))
+                .collect();
+            // Two qids with the same text are one query to the pipeline: their scores must agree.
+            if let Some((other, known)) = by_query.get(text)
+                && let Some((doc, _)) = scores
+                    .iter()
+                    .find(|(d, s)| known.get(*d).is_some_and(|k| k != *s))
+            {
+                bail!(
+                    "{}: queries {other} and {qid} have the same text {text:?} but different scores for document {doc}",
+                    path.display()
+                );
+            }
+            by_query
+                .entry(text.clone())
+                .or_insert_with(|| (qid.clone(), HashMap::new()))
+                .1
+                .extend(scores);
+        }
+        Ok(Self { path, by_query })
+    }
+}
+
+impl Scorer for RunScores {
+    fn score(&self, _query: &str, _documents: &[&str]) -> anyhow::Result<Vec<f32>> {
+        bail!(
+            "{}: scores read from a run are looked up by document id (Scorer::score_documents)",
+            self.path.display()
+        )
+    }
+
+    fn score_documents(
+        &self,
+        query: &str,
+        ids: &[&str],
+        _texts: &[&str],
+    ) -> anyhow::Result<Vec<f32>> {
+        let hint = "rerank the candidates the pipeline reranks: `tunelab rerank --run <run dir>/runs/<system>/hybrid+expansion.run --depth 40`";
+        let Some((qid, scores)) = self.by_query.get(query) else {
+            bail!(
+                "{} has no scores for the query {query:?}; {hint}",
+                self.path.display()
+            );
+        };
+        ids.iter()
+            .map(|id| {
+                scores.get(*id).copied().with_context(|| {
+                    format!(
+                        "{} has no score for document {id} of query {qid} ({query:?}); {hint}",
+                        self.path.display()
+                    )
+                })
+            })
+            .collect()
+    }
 }
 
 /// Where a query's expansions come from (an expansion model, or a file of them).
@@ -818,17 +933,19 @@ impl QmdPipeline {
         }
         // Each distinct chunk text is scored once (QMD caches by chunk text).
         let mut unique: Vec<&str> = Vec::new();
+        let mut unique_ids: Vec<&str> = Vec::new();
         let mut seen = HashMap::new();
-        for (_, t) in &sent {
+        for (i, t) in &sent {
             if !seen.contains_key(t.as_str()) {
                 seen.insert(t.as_str(), unique.len());
                 unique.push(t.as_str());
+                unique_ids.push(candidates[*i].doc_id.as_str());
             }
         }
         let scores = if unique.is_empty() {
             Vec::new()
         } else {
-            scorer.score(query, &unique)?
+            scorer.score_documents(query, &unique_ids, &unique)?
         };
         if scores.len() != unique.len() {
             bail!(
