@@ -416,7 +416,8 @@ pub fn write_gemma_gguf(
         "format": "gguf",
         "architecture": ARCH,
         "out_type": ty,
-        "source_model": src.display().to_string(),
+        // The name only: a full path would make the bytes depend on where the model sits.
+        "source_model": src.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         "normalize": encoder.normalize,
         "max_seq_length": encoder.max_seq_len(),
         "prompts": encoder.prompts,
