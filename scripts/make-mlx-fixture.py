@@ -9,16 +9,19 @@ Linux x86-64: `pip install "mlx[cpu]" mlx-lm`), transformers, and cargo (it runs
 1. Writes a small completions data folder (OUT/data: train, valid, test; words of the tiny
    Llama's vocabulary).
 2. tunelab trains a LoRA and a DoRA adapter on the tiny Llama (tests/fixtures/decoder/tiny_llama;
-   20 iterations, rank 4, scale 2) and fuses the DoRA one (`tunelab fuse`). The adapter folders
-   are kept as OUT/tunelab_lora and OUT/tunelab_dora.
+   20 iterations, rank 4, scale 2) and fuses the DoRA one (`tunelab fuse`), and fully fine-tunes
+   its top block (`--fine-tune-type full --num-layers 1`, 20 iterations). The adapter folders
+   are kept as OUT/tunelab_lora, OUT/tunelab_dora and OUT/tunelab_full (the full fine-tune's
+   trained block weights, as mlx_lm.lora saves them).
 3. MLX-LM loads each tunelab adapter (`mlx_lm.tuner.utils.load_adapters`, which refuses unknown
    or misshapen tensors) and records its logits on two fixed sequences and its test loss as
    `mlx_lm.lora --test` computes it (`mlx_lm.tuner.trainer.evaluate` over all test batches,
-   batch size 2, with and without --mask-prompt). MLX-LM also loads the fused folder
-   (`mlx_lm.load`) and records its logits.
+   batch size 2, with and without --mask-prompt). MLX-LM also loads the fused folder and the
+   full fine-tune's model folder (`mlx_lm.load`, config.json as tunelab wrote it) and records
+   their logits.
 4. MLX-LM trains its own LoRA and DoRA adapters (`mlx_lm.lora --train`, 10 iterations, its
-   default rank 8 and scale 20, two blocks) kept as OUT/mlx_lora and OUT/mlx_dora, with their
-   logits under MLX-LM.
+   default rank 8 and scale 20, two blocks) and a full fine-tune of the top block (lr 0.002),
+   kept as OUT/mlx_lora, OUT/mlx_dora and OUT/mlx_full, with their logits under MLX-LM.
 
 Everything MLX-LM computed goes into OUT/reference.json; the Rust test recomputes it with
 tunelab. Committed files made with mlx 0.32.4 (CPU), mlx-lm 0.32.2, transformers 5.25.0.
@@ -130,13 +133,33 @@ def main() -> int:
             print(kind, "test loss under mlx-lm", ref[f"tunelab_{kind}"]["test_loss"])
         fused = tmp / "fused_dora"
         tunelab("fuse", "--model", str(TINY), "--adapter-path", str(out / "tunelab_dora"), "--save-path", str(fused))
-        model, _ = mlx_lm.load(str(legacy_rope_copy(fused, tmp / "fused_dora_mlx")))
+        # Loaded as tunelab wrote it: its config.json carries the legacy RoPE keys mlx-lm reads.
+        model, _ = mlx_lm.load(str(fused))
         ref["fused_dora_logits"] = logits(model)
 
-        for kind in ["lora", "dora"]:
+        # Full fine-tuning of the top block: MLX-LM loads the weights file over the base
+        # (load_adapters, fine_tune_type "full") and the model folder tunelab writes beside it.
+        run = tmp / "run_full"
+        tunelab("train", "lora", "--model", str(TINY), "--data", str(data), "--iters", "20", "--batch-size", "2",
+                "--learning-rate", "0.002", "--num-layers", "1", "--fine-tune-type", "full", "--steps-per-eval", "20",
+                "--adapter-path", str(run))
+        keep_adapter(run, out / "tunelab_full")
+        model, tok = with_adapter(out / "tunelab_full")
+        ref["tunelab_full"] = {
+            "logits": logits(model),
+            "test_loss": test_loss(model, tok, data, False),
+            "test_loss_mask_prompt": test_loss(model, tok, data, True),
+        }
+        model, _ = mlx_lm.load(str(run / "model"))
+        ref["tunelab_full"]["model_folder_logits"] = logits(model)
+        print("full test loss under mlx-lm", ref["tunelab_full"]["test_loss"])
+
+        for kind in ["lora", "dora", "full"]:
             adapters = tmp / f"mlx_{kind}"
+            # Adam on whole weights moves every entry by about the learning rate: a smaller one for full.
+            lr = "0.002" if kind == "full" else "0.02"
             subprocess.run([sys.executable, "-m", "mlx_lm", "lora", "--model", str(MLX_TINY), "--train", "--data", str(data),
-                            "--iters", "10", "--batch-size", "2", "--learning-rate", "0.02", "--num-layers", "2",
+                            "--iters", "10", "--batch-size", "2", "--learning-rate", lr, "--num-layers", "1" if kind == "full" else "2",
                             "--fine-tune-type", kind, "--steps-per-eval", "10", "--adapter-path", str(adapters),
                             "--seed", "0"], check=True)
             keep_adapter(adapters, out / f"mlx_{kind}")

@@ -9,6 +9,10 @@
 //!   MLX-LM's logits; tunelab's merged model gives the same.
 //! * Adapters MLX-LM trained (`mlx_lm.lora --train --fine-tune-type lora|dora`) read by
 //!   `export::mlx::read` give MLX-LM's logits and test loss in tunelab.
+//! * Full fine-tunes (`--fine-tune-type full`): tunelab's trained block weights loaded by
+//!   `load_adapters`, and tunelab's model folder loaded by `mlx_lm.load` (its config.json as
+//!   tunelab writes it, legacy RoPE keys included), give tunelab's logits; MLX-LM's own full
+//!   fine-tune loads in tunelab with MLX-LM's logits and test loss.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -119,5 +123,27 @@ fn adapters_mlx_lm_trained_load_in_tunelab() {
         lm.model = lm.model.apply_adapter(&adapter).unwrap();
         check_logits(&name, &lm, &r[&name]["logits"], &r, &base);
         check_test_loss(&name, &dir, false, r[&name]["test_loss"].as_f64().unwrap());
+    }
+}
+
+#[test]
+fn full_fine_tunes_go_both_ways() {
+    let r = reference();
+    let base = logits(&tiny(), &r);
+    for name in ["tunelab_full", "mlx_full"] {
+        let dir = fixtures().join(name);
+        let file = dir.join(mlx::WEIGHTS_FILE);
+        let weights = mlx::read_full(&dir, &file).unwrap();
+        assert!(weights.tensors.keys().all(|k| k.starts_with("model.layers.1.")), "{name}: the top block only");
+        let mut lm = tiny();
+        lm.model = lm.model.with_block_tensors(weights.tensors, &file).unwrap();
+        check_logits(name, &lm, &r[name]["logits"], &r, &base);
+        // `--iters 0 --test` reads the file as a full fine-tune from its own config.
+        check_test_loss(name, &dir, false, r[name]["test_loss"].as_f64().unwrap());
+        if name == "tunelab_full" {
+            check_test_loss(name, &dir, true, r[name]["test_loss_mask_prompt"].as_f64().unwrap());
+            // The model folder the run wrote beside it, as mlx_lm.load read it.
+            check_logits("tunelab_full model folder", &lm, &r[name]["model_folder_logits"], &r, &base);
+        }
     }
 }

@@ -344,6 +344,16 @@ pub struct FuseArgs {
 /// Load a model and apply an adapter folder to it (kept as LoRA layers; `merged()` folds them).
 pub fn load_with_adapter(model: &Path, adapter: Option<&Path>, device: &burn::tensor::Device) -> anyhow::Result<CausalLm> {
     let mut lm = CausalLm::load(model, device).with_context(|| format!("loading {}", model.display()))?;
+    if let Some(dir) = adapter
+        && dir.join(mlx::CONFIG_FILE).is_file()
+        && mlx::fine_tune_type(dir)? == "full"
+    {
+        // A full fine-tune (ours or mlx_lm.lora's): its block weights replace the base's.
+        let file = dir.join(mlx::WEIGHTS_FILE);
+        let weights = mlx::read_full(dir, &file)?;
+        lm.model = lm.model.with_block_tensors(weights.tensors, &file).with_context(|| format!("loading the full fine-tune in {} over {}", dir.display(), model.display()))?;
+        return Ok(lm);
+    }
     if let Some(dir) = adapter {
         let weights = read_adapter_dir(dir)?;
         lm.model = lm
@@ -386,7 +396,15 @@ fn train_typed<T: Record + SftRecord>(trainer: &SftTrainer, lm: &CausalLm, loade
     // Report only what is on disk.
     let saved = cfg.adapter_path.join(mlx::WEIGHTS_FILE);
     anyhow::ensure!(saved.is_file(), "training ended but {} was not written", saved.display());
-    println!("Adapter saved to {}", saved.display());
+    if cfg.fine_tune_type == crate::lora::FineTuneType::Full {
+        println!("Trained block weights saved to {} (MLX-LM's full fine-tune)", saved.display());
+        let folder = cfg.adapter_path.join(crate::train::sft::FULL_MODEL_DIR);
+        if folder.is_dir() {
+            println!("Model saved to {} (a Hugging Face folder: --model for generate, mlx_lm.load, transformers)", folder.display());
+        }
+    } else {
+        println!("Adapter saved to {}", saved.display());
+    }
     Ok(())
 }
 
@@ -407,6 +425,14 @@ pub fn run_train(a: TrainLoraArgs, d: DeviceChoice) -> anyhow::Result<()> {
         serde_json::to_value(cfg.quantize_base).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
         lm.model.projection_bytes() as f64 / (1 << 20) as f64,
         rss.map_or(String::new(), |kb| format!("; process RSS after loading {:.0} MiB", kb / 1024.0))
+    );
+    // Printed before anything trains, so a run that cannot fit is stopped at once.
+    let estimate = crate::train::sft::memory_estimate(&lm, &cfg);
+    eprintln!(
+        "fine_tune_type = {}: {}{}",
+        cfg.fine_tune_type,
+        estimate.describe(),
+        crate::train::memory::available_memory().map_or(String::new(), |a| format!(" ({} available)", crate::train::memory::gib(a)))
     );
     let loaded = load(&data, BadLines::Fail)?;
     let policy = resolve_policy(&cfg, &data)?;

@@ -18,9 +18,41 @@ use crate::model::decoder::CausalLm;
 /// Tokenizer files copied from a Hugging Face base folder when present.
 const TOKENIZER_FILES: [&str; 5] = ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json", "chat_template.jinja"];
 
+/// Add `rope_theta` / `rope_scaling` beside transformers 5's `rope_parameters` when they are
+/// missing: mlx-lm (0.32) and older transformers read only these, and would run the model
+/// without its RoPE scaling or base. Keys already present are left alone.
+///
+/// ```
+/// let mut c = serde_json::json!({ "rope_parameters": { "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0 } });
+/// tunelab::export::fused::with_legacy_rope_keys(&mut c);
+/// assert_eq!(c["rope_theta"], 500000.0);
+/// assert_eq!(c["rope_scaling"], serde_json::json!({ "rope_type": "llama3", "factor": 8.0 }));
+/// ```
+pub fn with_legacy_rope_keys(config: &mut serde_json::Value) {
+    let Some(p) = config.get("rope_parameters").and_then(|p| p.as_object()).cloned() else { return };
+    let Some(obj) = config.as_object_mut() else { return };
+    if !obj.contains_key("rope_theta")
+        && let Some(theta) = p.get("rope_theta")
+    {
+        obj.insert("rope_theta".into(), theta.clone());
+    }
+    if obj.get("rope_scaling").is_none_or(|v| v.is_null()) {
+        let scaling: serde_json::Map<String, serde_json::Value> = p.into_iter().filter(|(k, _)| k != "rope_theta").collect();
+        // transformers 5 writes `rope_type: default` for no scaling: the old form of that is null.
+        let none = scaling.get("rope_type").and_then(|t| t.as_str()).is_none_or(|t| t == "default");
+        obj.insert("rope_scaling".into(), if none { serde_json::Value::Null } else { serde_json::Value::Object(scaling) });
+    }
+}
+
 /// Write `lm` (its adapters merged first) as a Hugging Face folder at `dir`, which must not
 /// exist or be empty. `manifest` (JSON) goes into the safetensors header.
 pub fn write(dir: &Path, lm: &CausalLm, manifest: &serde_json::Value) -> Result<(), AdapterFileError> {
+    write_model(dir, lm, &lm.model, manifest)
+}
+
+/// [`write`] with the weights of `model` (same architecture as `lm`'s: a fully fine-tuned copy)
+/// and the config and tokenizer of `lm`.
+pub fn write_model(dir: &Path, lm: &CausalLm, model: &crate::model::decoder::Decoder, manifest: &serde_json::Value) -> Result<(), AdapterFileError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| AdapterFileError::Io { path, source }
@@ -33,12 +65,14 @@ pub fn write(dir: &Path, lm: &CausalLm, manifest: &serde_json::Value) -> Result<
     // a GGUF base gets one written from its metadata.
     let base_config = lm.source.join("config.json");
     if lm.source.is_dir() && base_config.is_file() {
-        std::fs::copy(&base_config, dir.join("config.json")).map_err(io(&dir.join("config.json")))?;
+        let mut config = super::read_json(&base_config)?;
+        with_legacy_rope_keys(&mut config);
+        write_json(&dir.join("config.json"), &config)?;
     } else {
         let config = lm.config.to_hf_json().map_err(|reason| AdapterFileError::Field { path: lm.source.clone(), field: "rope_scaling".into(), reason })?;
         write_json(&dir.join("config.json"), &config)?;
     }
-    let merged = lm.model.clone().merged();
+    let merged = model.clone().merged();
     let meta = HashMap::from([("format".to_string(), "pt".to_string()), ("tunelab_manifest".to_string(), manifest.to_string())]);
     write_f32(dir.join("model.safetensors"), &merged.hf_tensors(), Some(meta))?;
     if lm.source.is_dir() {
@@ -76,6 +110,29 @@ mod tests {
     fn logits(lm: &CausalLm) -> Vec<f32> {
         let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 5, 17, 99, 3, 42], [1, 6]), &Device::flex());
         lm.model.forward(ids, None, None).into_data().try_into_vec_as::<f32>().unwrap()
+    }
+
+    /// A Hugging Face base whose config.json has only transformers 5's `rope_parameters` (the
+    /// tiny Llama, llama3 scaling): the fused folder also carries `rope_theta` / `rope_scaling`
+    /// (what mlx-lm 0.32 reads), the same values, and loads back to the same config.
+    #[test]
+    fn fused_config_carries_the_legacy_rope_keys() {
+        let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decoder/tiny_llama");
+        let lm = CausalLm::load(&tiny, &Device::flex()).unwrap();
+        let src = crate::export::read_json(&tiny.join("config.json")).unwrap();
+        assert!(src.get("rope_theta").is_none() && src.get("rope_scaling").is_none(), "the fixture has the new form only");
+        let dir = tempfile::tempdir().unwrap();
+        write(&dir.path().join("fused"), &lm, &serde_json::json!({})).unwrap();
+        let cfg = crate::export::read_json(&dir.path().join("fused/config.json")).unwrap();
+        let p = &src["rope_parameters"];
+        assert_eq!(cfg["rope_theta"], p["rope_theta"]);
+        assert_eq!((cfg["rope_scaling"]["rope_type"].as_str(), &cfg["rope_scaling"]["factor"]), (Some("llama3"), &p["factor"]));
+        assert!(cfg["rope_scaling"].get("rope_theta").is_none());
+        assert_eq!(CausalLm::load(dir.path().join("fused"), &Device::flex()).unwrap().config, lm.config);
+        // No scaling in the new form ("default") is null in the old one; keys present stay.
+        let mut c = serde_json::json!({ "rope_parameters": { "rope_type": "default", "rope_theta": 1e6 }, "rope_theta": 5.0 });
+        with_legacy_rope_keys(&mut c);
+        assert_eq!((c["rope_theta"].as_f64(), c["rope_scaling"].is_null()), (Some(5.0), true));
     }
 
     /// A GGUF base (tiny Qwen3: q/k norms, tied embeddings) with a random LoRA or DoRA adapter,

@@ -105,7 +105,7 @@ pub fn read_with_weights(dir: &Path, weights_path: &Path) -> Result<AdapterWeigh
     let use_dora = match json["fine_tune_type"].as_str().unwrap_or("lora") {
         "lora" => false,
         "dora" => true,
-        other => return Err(field("fine_tune_type", &format!("'{other}' is not an adapter (lora or dora); a full fine-tune is a model folder"))),
+        other => return Err(field("fine_tune_type", &format!("'{other}' is not an adapter (lora or dora); a full fine-tune's weights are read by mlx::read_full"))),
     };
     let p = &json["lora_parameters"];
     let rank = p["rank"].as_u64().ok_or_else(|| field("lora_parameters.rank", "missing or not a positive integer"))? as usize;
@@ -157,6 +157,70 @@ pub fn read_with_weights(dir: &Path, weights_path: &Path) -> Result<AdapterWeigh
         adapter.metadata = meta.iter().filter(|(k, _)| *k != "format").map(|(k, v)| (k.clone(), v.clone())).collect();
     }
     Ok(adapter)
+}
+
+/// The weights of a full fine-tune (`fine_tune_type: "full"`): MLX-LM saves the trainable
+/// parameters themselves in `adapters.safetensors`, under their names in the model
+/// (`model.layers.29.self_attn.q_proj.weight`, `[out, in]`), and its `load_adapters` loads them
+/// over the base with `load_weights(strict=False)`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FullWeights {
+    /// Blocks trained, counted from the top (-1: all).
+    pub num_layers: i64,
+    /// Tensor name → (shape, values).
+    pub tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    /// Header metadata (our manifest).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// `fine_tune_type` of the MLX-LM folder `dir` (`lora` when the config does not say).
+pub fn fine_tune_type(dir: &Path) -> Result<String, AdapterFileError> {
+    let json = read_json(&dir.join(CONFIG_FILE))?;
+    Ok(json["fine_tune_type"].as_str().unwrap_or("lora").to_string())
+}
+
+/// Write a full fine-tune's weights as `mlx_lm.lora` does (`adapters.safetensors` + an
+/// `adapter_config.json` with `fine_tune_type: "full"`, `num_layers` and no `lora_parameters`),
+/// merged over `extra` (the training options).
+pub fn write_full(dir: &Path, weights: &FullWeights, extra: serde_json::Value) -> Result<(), AdapterFileError> {
+    std::fs::create_dir_all(dir).map_err(|source| AdapterFileError::Io { path: dir.to_path_buf(), source })?;
+    let mut json = match extra {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    json.insert("fine_tune_type".into(), "full".into());
+    json.insert("num_layers".into(), weights.num_layers.into());
+    json.insert("lora_parameters".into(), serde_json::Value::Null);
+    write_json(&dir.join(CONFIG_FILE), &serde_json::Value::Object(json))?;
+    write_full_weights(&dir.join(WEIGHTS_FILE), weights)
+}
+
+/// Only the weights file of [`write_full`].
+pub fn write_full_weights(path: &Path, weights: &FullWeights) -> Result<(), AdapterFileError> {
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = weights.tensors.iter().map(|(n, (s, v))| (n.clone(), s.clone(), v.clone())).collect();
+    let mut meta: HashMap<String, String> = weights.metadata.clone().into_iter().collect();
+    meta.insert("format".into(), "mlx".into());
+    write_f32(path, &tensors, Some(meta))?;
+    Ok(())
+}
+
+/// Read a full fine-tune folder (config of `dir`, weights of `weights_path`). A folder of
+/// another `fine_tune_type` is refused naming the field.
+pub fn read_full(dir: &Path, weights_path: &Path) -> Result<FullWeights, AdapterFileError> {
+    let config_path = dir.join(CONFIG_FILE);
+    let json = read_json(&config_path)?;
+    match json["fine_tune_type"].as_str().unwrap_or("lora") {
+        "full" => {}
+        other => return Err(AdapterFileError::Field { path: config_path, field: "fine_tune_type".into(), reason: format!("'{other}' is an adapter, not a full fine-tune") }),
+    }
+    let file = SafetensorsFile::open(weights_path)?;
+    let mut tensors = BTreeMap::new();
+    for name in file.names() {
+        let (values, shape) = file.read_f32(&name)?;
+        tensors.insert(name, (shape, values));
+    }
+    let metadata = file.header_metadata().map(|m| m.iter().filter(|(k, _)| *k != "format").map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+    Ok(FullWeights { num_layers: json["num_layers"].as_i64().unwrap_or(-1), tensors, metadata })
 }
 
 #[cfg(test)]

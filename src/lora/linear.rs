@@ -310,6 +310,27 @@ impl AdaptableLinear {
         }
     }
 
+    /// `[out, in]` of the (base) weight.
+    pub fn fused_dims(&self) -> [usize; 2] {
+        match self {
+            Self::Base(l) => {
+                let [i, o] = l.weight.dims();
+                [o, i]
+            }
+            Self::Lora(l) => l.weight.dims(),
+            Self::Quantized(l) => l.weight.dims(),
+        }
+    }
+
+    /// Whether the layer adds a bias.
+    pub fn has_bias(&self) -> bool {
+        match self {
+            Self::Base(l) => l.bias.is_some(),
+            Self::Lora(l) => l.bias.is_some(),
+            Self::Quantized(l) => l.bias.is_some(),
+        }
+    }
+
     /// Whether an adapter is attached.
     pub fn is_lora(&self) -> bool {
         matches!(self, Self::Lora(_))

@@ -172,6 +172,10 @@ pub(crate) fn run<O: Objective>(
             line["grad_norm"] = serde_json::json!(norm);
         }
         line["update_ms"] = serde_json::json!(t1.elapsed().as_secs_f64() * 1e3 - backward_ms);
+        if let Some(peak) = super::memory::peak_rss() {
+            // The process's peak so far (Linux): what a step costs, before any saving.
+            line["peak_rss_mib"] = serde_json::json!(peak >> 20);
+        }
         // Throughput over training work only (validation and saving excluded, as MLX-LM).
         train_secs += t0.elapsed().as_secs_f64();
         for (name, total) in &totals {

@@ -60,6 +60,21 @@ impl ActivationProfile {
         }
     }
 
+    /// A Llama-family decoder ([`crate::model::decoder`]) with `layers` blocks under the
+    /// gradient (the trained ones and those above them; frozen blocks below keep nothing):
+    /// two RMSNorms' inputs and outputs, q/k/v and q/k after RoPE (each term and rotate-half),
+    /// the attention output and the residual sums, gate/up/SiLU/product of the MLP;
+    /// scores, masked scores and probabilities per query head. Outside: the embedding output,
+    /// the final norm, and the logits and log-softmax of every target token over `vocab`.
+    pub fn llama(layers: usize, hidden: usize, q_width: usize, kv_width: usize, intermediate: usize, heads: usize, vocab: usize) -> Self {
+        Self {
+            layers,
+            per_layer: 6 * hidden + 4 * q_width + 6 * kv_width + 4 * intermediate,
+            per_layer_per_key: 3 * heads,
+            other: 3 * hidden + 2 * vocab,
+        }
+    }
+
     /// Bytes per token at sequence length `seq`.
     pub fn bytes_per_token(&self, seq: usize) -> u64 {
         4 * (self.layers * (self.per_layer + self.per_layer_per_key * seq) + self.other) as u64
@@ -145,6 +160,13 @@ pub fn param_counts<M: Module>(model: &M) -> (usize, usize) {
     let mut c = Count { all: 0, trainable: 0 };
     model.visit(&mut c);
     (c.all, c.trainable)
+}
+
+/// The peak resident memory of this process so far (`VmHWM` on Linux), if known.
+pub fn peak_rss() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = text.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Memory the OS can give this process now (`MemAvailable` on Linux), if known.

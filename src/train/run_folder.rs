@@ -92,6 +92,7 @@ fn is_run_file(name: &str) -> bool {
             | "checkpoints"
             | "best"
             | "final"
+            | "model"
     ) || name
         .strip_suffix("_adapters.safetensors")
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))

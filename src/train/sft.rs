@@ -1,5 +1,5 @@
-//! Supervised fine-tuning of LoRA adapters on a decoder (`tunelab train lora`), as
-//! `mlx_lm.lora` trains them, with the same option names and meanings.
+//! Supervised fine-tuning of a decoder (`tunelab train lora`): LoRA or DoRA adapters, or the
+//! blocks themselves, as `mlx_lm.lora` trains them, with the same option names and meanings.
 //!
 //! * Data: governed MLX-LM records (chat, completions, text) or QMD query-expansion records,
 //!   rendered through the model's chat template ([`super::sft_data`]); `mask_prompt` puts the
@@ -31,6 +31,13 @@
 //!   as the frozen base when the CLI loads the model, or quantizes the projections (`q8_0`,
 //!   `q4_0`); `fit` quantizes an f32 model it is given when `q8_0`/`q4_0` is asked
 //!   ([`crate::lora::quant`]).
+//! * Full fine-tuning (`fine_tune_type = "full"`, MLX-LM's): every weight of the top
+//!   `num_layers` blocks trains (the embedding, final norm and head stay frozen, as in MLX-LM),
+//!   AdamW keeps moments for those only, and [`memory_estimate`] says what the run will hold.
+//!   The trained block weights are saved where an adapter would be, as `mlx_lm.lora` saves them
+//!   (`adapters.safetensors` under the model's parameter names, `fine_tune_type: "full"`;
+//!   checkpoints and resume as for adapters), and at the end the whole model goes to
+//!   `adapter_path/model/` as a Hugging Face folder ([`FULL_MODEL_DIR`]), so no fuse step is needed.
 //! * Same seed, same data → same adapter on the CPU (adapters drawn from `seed`, batch order from
 //!   `seed` and the epoch, dropout from `seed` and the iteration).
 
@@ -243,8 +250,10 @@ impl SftConfig {
         if !self.save_every.is_multiple_of(acc) {
             return bad("save_every", format!("{} is not a multiple of grad_accumulation_steps ({acc})", self.save_every));
         }
-        if self.fine_tune_type == FineTuneType::Full {
-            return bad("fine_tune_type", "full fine-tuning of decoders is not available yet: use lora or dora".into());
+        // Full fine-tuning updates f32 weights: a GGUF's own blocks may stay quantized in frozen
+        // blocks (`keep`; trained blocks are dequantized), but quantizing the projections to train them makes no sense.
+        if self.fine_tune_type == FineTuneType::Full && matches!(self.quantize_base, QuantizeBase::Q8_0 | QuantizeBase::Q4_0) {
+            return bad("quantize_base", "full fine-tuning trains f32 weights: use keep (frozen blocks stay quantized) or none".into());
         }
         self.lora_config().validate()?;
         Ok(())
@@ -277,6 +286,8 @@ pub enum SftError {
     Quant(#[from] QuantError),
     #[error(transparent)]
     RunFolder(#[from] RunFolderError),
+    #[error(transparent)]
+    Decoder(#[from] crate::model::decoder::DecoderError),
     /// A resumed run must train the model its checkpoint was trained as.
     #[error(
         "{path}: cannot resume: the checkpoint was trained with {key} = {saved}, this run asks for {key} = {given}; use the same value, or start a new run in an empty --adapter-path"
@@ -337,20 +348,45 @@ fn check_resume(from: &Path, saved: &AdapterWeights, planned: &AdapterWeights, c
     if !close(saved.config.dropout, lora.dropout) {
         return mismatch("dropout", saved.config.dropout.to_string(), lora.dropout.to_string());
     }
+    check_resume_keys(from, cfg)
+}
+
+/// The options of [`RESUME_KEYS`] stored in `from`'s `adapter_config.json` against `cfg`'s.
+fn check_resume_keys(from: &Path, cfg: &SftConfig) -> Result<(), SftError> {
     let config_path = from.join(mlx::CONFIG_FILE);
-    let text = crate::io::text::read_to_string(&config_path).map_err(|source| SftError::Io { path: config_path.clone(), source })?;
-    let stored: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| SftError::ConfigFile { path: config_path.clone(), reason: e.to_string() })?;
+    let stored = read_config_json(&config_path)?;
     let given = serde_json::to_value(cfg).expect("config serialises");
     for key in RESUME_KEYS {
         // Checkpoints written before a key existed do not constrain it.
         if let Some(s) = stored.get(key)
             && Some(s) != given.get(key)
         {
-            return mismatch(key, s.to_string(), given.get(key).map_or("(unset)".into(), |g| g.to_string()));
+            return Err(SftError::ResumeMismatch { path: from.to_path_buf(), key: key.into(), saved: s.to_string(), given: given.get(key).map_or("(unset)".into(), |g| g.to_string()) });
         }
     }
     Ok(())
+}
+
+fn read_config_json(path: &Path) -> Result<serde_json::Value, SftError> {
+    let text = crate::io::text::read_to_string(path).map_err(|source| SftError::Io { path: path.to_path_buf(), source })?;
+    serde_json::from_str(&text).map_err(|e| SftError::ConfigFile { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+/// A full fine-tune resumed (or its weights used as the start) must train the same blocks;
+/// a LoRA/DoRA adapter cannot continue as a full fine-tune, nor the reverse.
+fn check_fine_tune_type(from: &Path, cfg: &SftConfig) -> Result<(), SftError> {
+    let stored = read_config_json(&from.join(mlx::CONFIG_FILE))?;
+    let saved = stored["fine_tune_type"].as_str().unwrap_or("lora").to_string();
+    let full = |t: &str| t == "full";
+    if full(&saved) != (cfg.fine_tune_type == FineTuneType::Full) {
+        return Err(SftError::ResumeMismatch { path: from.to_path_buf(), key: "fine_tune_type".into(), saved, given: cfg.fine_tune_type.to_string() });
+    }
+    Ok(())
+}
+
+/// Blocks trained by `num_layers` of an `n`-block model, as a count (so -1 and anything >= n agree).
+fn blocks_trained(num_layers: i64, n: usize) -> usize {
+    (0..n).filter(|&i| crate::model::decoder::trains_block(num_layers, i, n)).count()
 }
 
 /// Mean cross-entropy of the batch's target tokens (a `[1]` tensor) under `model`.
@@ -399,6 +435,44 @@ fn batch_loss_chunked(model: &Decoder, batch: &Batch, device: &Device, max_logit
         });
     }
     total.expect("n > 0").neg().div_scalar(n as f32).reshape([1])
+}
+
+/// What a run of `cfg` on `lm` will hold in memory ([`super::memory`]), printed before it
+/// starts: the weights as loaded, gradients and AdamW moments of what trains (adapters, or the
+/// top `num_layers` blocks in a full fine-tune) and one micro-batch of `batch_size` ×
+/// `max_seq_length` tokens through the blocks under the gradient (the adapted ones and above).
+pub fn memory_estimate(lm: &CausalLm, cfg: &SftConfig) -> super::memory::MemoryEstimate {
+    use crate::lora::AdaptableLinear;
+    let model = &lm.model;
+    let n = model.num_layers();
+    let (all, _) = super::memory::param_counts(model);
+    let quantized: usize = model.layers.iter().flat_map(|l| l.projections()).map(|(_, p)| if let AdaptableLinear::Quantized(q) = p { q.weight.bytes_at_rest() } else { 0 }).sum();
+    let lora = cfg.lora_config();
+    let mut trainable = 0usize;
+    let mut lowest = n;
+    for (i, layer) in model.layers.iter().enumerate() {
+        let full = cfg.fine_tune_type == FineTuneType::Full;
+        if full && crate::model::decoder::trains_block(cfg.num_layers, i, n) {
+            trainable += layer.projections().iter().map(|(_, p)| p.fused_dims().iter().product::<usize>() + p.fused_dims()[0] * usize::from(p.has_bias())).sum::<usize>();
+            trainable += super::memory::param_counts(&layer.input_layernorm).0 + super::memory::param_counts(&layer.post_attention_layernorm).0;
+            trainable += [&layer.self_attn.q_norm, &layer.self_attn.k_norm].iter().filter_map(|q| q.as_ref()).map(|q| super::memory::param_counts(q).0).sum::<usize>();
+            lowest = lowest.min(i);
+        } else if !full && lora.adapts_layer(i, n) {
+            for (rel, p) in layer.projections() {
+                let path = format!("model.layers.{i}.{rel}");
+                if lora.targets(&path, &Decoder::DEFAULT_LORA_TARGETS) || lora.target_modules.iter().any(|t| path.ends_with(&format!(".{t}")) || path == *t) {
+                    let [out_f, in_f] = p.fused_dims();
+                    trainable += lora.rank * (in_f + out_f) + if lora.use_dora { out_f } else { 0 };
+                    lowest = lowest.min(i);
+                }
+            }
+        }
+    }
+    let c = &lm.config;
+    let profile = super::memory::ActivationProfile::llama(n - lowest.min(n), c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.intermediate_size, c.num_attention_heads, c.vocab_size);
+    let mut e = super::memory::MemoryEstimate::new(all, trainable, profile.bytes_per_token(cfg.max_seq_length), cfg.batch_size * cfg.max_seq_length);
+    e.weights += quantized as u64;
+    e
 }
 
 /// Token-weighted mean loss over up to `num_batches` batches (-1: all) of `examples`, in a
@@ -590,26 +664,51 @@ impl SftTrainer {
             Some(ty) => lm.model.clone().quantize_projections(ty)?,
             None => lm.model.clone(),
         };
-        let mut model = base.with_lora(&lora, &mut ChaCha8Rng::seed_from_u64(cfg.seed))?;
+        // Test mode (`--iters 0 --test` with a saved file, as `mlx_lm.lora --test --adapter-path`)
+        // scores the file as its own config says; otherwise the run's fine_tune_type decides.
+        let test_only = cfg.iters == 0 && cfg.resume_adapter_file.as_deref().is_some_and(|f| checkpoint_of(f).is_none());
+        let stored_full = |f: &Path| mlx::fine_tune_type(f.parent().unwrap_or(Path::new("."))).is_ok_and(|t| t == "full");
+        // Full fine-tuning (MLX-LM's `full`): the top `num_layers` blocks train in place, no adapters.
+        let full = if test_only { cfg.resume_adapter_file.as_deref().is_some_and(stored_full) } else { cfg.fine_tune_type == FineTuneType::Full };
+        let mut model = if full { base.clone().with_full_fine_tune(cfg.num_layers)? } else { base.clone().with_lora(&lora, &mut ChaCha8Rng::seed_from_u64(cfg.seed))? };
         let mut state = TrainState { step: 0, epoch: 0, batch_in_epoch: 0, seed: cfg.seed, best: None };
         let mut resume_dir = None;
+        // The blocks a full fine-tune trains and saves (in test mode, those of the scored file).
+        let mut full_layers = cfg.num_layers;
         if let Some(from) = &cfg.resume_adapter_file {
-            let (adapter, ckpt) = match checkpoint_of(from) {
-                Some(dir) => (mlx::read(&dir)?, Some(dir)),
-                None => {
-                    let dir = from.parent().unwrap_or(Path::new("."));
-                    (mlx::read_with_weights(dir, from)?, None)
-                }
+            let ckpt = checkpoint_of(from);
+            let (dir, file) = match &ckpt {
+                Some(dir) => (dir.clone(), dir.join(mlx::WEIGHTS_FILE)),
+                None => (from.parent().unwrap_or(Path::new(".")).to_path_buf(), from.clone()),
             };
-            if cfg.iters == 0 && ckpt.is_none() {
-                // Test mode (`mlx_lm.lora --test --adapter-path`): the adapter as its own config
-                // builds it (rank, scale, DoRA), as MLX-LM's `load_adapters` does; nothing resumes.
-                lora = adapter.config.clone();
-                model = model.apply_adapter(&adapter)?;
+            if !test_only {
+                check_fine_tune_type(&dir, cfg)?;
+            }
+            if full {
+                let weights = mlx::read_full(&dir, &file)?;
+                let n = base.num_layers();
+                // In test mode the saved weights are scored whatever blocks they cover.
+                if !test_only && blocks_trained(weights.num_layers, n) != blocks_trained(cfg.num_layers, n) {
+                    return Err(SftError::ResumeMismatch { path: dir, key: "num_layers".into(), saved: weights.num_layers.to_string(), given: cfg.num_layers.to_string() });
+                }
+                if ckpt.is_some() {
+                    check_resume_keys(&dir, cfg)?;
+                }
+                if test_only {
+                    full_layers = weights.num_layers;
+                }
+                model = base.clone().with_block_tensors(weights.tensors, &file)?.with_full_fine_tune(full_layers)?;
             } else {
-                let saved_from = ckpt.clone().unwrap_or_else(|| from.parent().unwrap_or(Path::new(".")).to_path_buf());
-                check_resume(&saved_from, &adapter, &model.adapter_weights(&lora), cfg, ckpt.is_some())?;
-                model = model.apply_adapter(&AdapterWeights { config: lora.clone(), ..adapter })?;
+                let adapter = if ckpt.is_some() { mlx::read(&dir)? } else { mlx::read_with_weights(&dir, &file)? };
+                if test_only {
+                    // Test mode (`mlx_lm.lora --test --adapter-path`): the adapter as its own config
+                    // builds it (rank, scale, DoRA), as MLX-LM's `load_adapters` does; nothing resumes.
+                    lora = adapter.config.clone();
+                    model = model.apply_adapter(&adapter)?;
+                } else {
+                    check_resume(&dir, &adapter, &model.adapter_weights(&lora), cfg, ckpt.is_some())?;
+                    model = model.apply_adapter(&AdapterWeights { config: lora.clone(), ..adapter })?;
+                }
             }
             if let Some(dir) = ckpt {
                 state = checkpoint::load_state(&dir)?;
@@ -632,11 +731,19 @@ impl SftTrainer {
         let batches = length_batches(&train, cfg.batch_size);
         let mut log = LossLog::open(&out.join("loss.jsonl"), state.step)?;
         let extra = serde_json::to_value(cfg).expect("config serialises");
-        let save = |model: &Decoder, dir: &Path, iteration: usize| -> Result<AdapterWeights, SftError> {
-            let mut adapter = model.adapter_weights(&lora);
-            adapter.metadata.insert("tunelab_manifest".into(), serde_json::json!({ "iteration": iteration, "run": manifest }).to_string());
-            mlx::write(dir, &adapter, extra.clone())?;
-            Ok(adapter)
+        let save = |model: &Decoder, dir: &Path, iteration: usize| -> Result<(), SftError> {
+            let meta = serde_json::json!({ "iteration": iteration, "run": manifest }).to_string();
+            if full {
+                // What `mlx_lm.lora` saves for `full`: the trainable parameters under their names.
+                let tensors = model.block_tensors(full_layers).into_iter().map(|(n, shape, v)| (n, (shape, v))).collect();
+                let weights = mlx::FullWeights { num_layers: full_layers, tensors, metadata: [("tunelab_manifest".to_string(), meta)].into() };
+                mlx::write_full(dir, &weights, extra.clone())?;
+            } else {
+                let mut adapter = model.adapter_weights(&lora);
+                adapter.metadata.insert("tunelab_manifest".into(), meta);
+                mlx::write(dir, &adapter, extra.clone())?;
+            }
+            Ok(())
         };
         let mut val_losses = Vec::new();
         let validate = |model: &Decoder| valid.as_ref().map(|v| evaluate(model, v, cfg.batch_size, cfg.max_seq_length, cfg.val_batches, cfg.seed).0);
@@ -647,7 +754,7 @@ impl SftTrainer {
 
         /// `train lora`'s objective: next-token cross-entropy of length-grouped batches, and
         /// validation every `steps_per_eval` iterations.
-        struct Sft<'a, V: Fn(&Decoder) -> Option<f64>, S: Fn(&Decoder, &Path, usize) -> Result<AdapterWeights, SftError>> {
+        struct Sft<'a, V: Fn(&Decoder) -> Option<f64>, S: Fn(&Decoder, &Path, usize) -> Result<(), SftError>> {
             cfg: &'a SftConfig,
             train: &'a [Example],
             batches: &'a [Vec<usize>],
@@ -656,7 +763,7 @@ impl SftTrainer {
             save: S,
             val_losses: Vec<(usize, f64)>,
         }
-        impl<V: Fn(&Decoder) -> Option<f64>, S: Fn(&Decoder, &Path, usize) -> Result<AdapterWeights, SftError>> Objective for Sft<'_, V, S> {
+        impl<V: Fn(&Decoder) -> Option<f64>, S: Fn(&Decoder, &Path, usize) -> Result<(), SftError>> Objective for Sft<'_, V, S> {
             type Error = SftError;
             fn loss(&mut self, model: &Decoder, epoch: usize, pos: usize) -> Result<StepLoss, SftError> {
                 let order = epoch_order(self.batches.len(), self.cfg.seed, epoch);
@@ -676,7 +783,7 @@ impl SftTrainer {
                 format!("loss {loss:.3}{val} {tokens_per_s:.0} tok/s")
             }
             fn save(&self, model: &Decoder, dir: &Path, iteration: usize) -> Result<(), SftError> {
-                (self.save)(model, dir, iteration).map(|_| ())
+                (self.save)(model, dir, iteration)
             }
         }
         let stop = self.stop_after.unwrap_or(cfg.iters).min(cfg.iters);
@@ -704,7 +811,8 @@ impl SftTrainer {
         let secs = train_secs.max(1e-9);
         let (tokens_per_s, seq_tokens_per_s) = (tokens_seen as f64 / secs, seq_tokens_seen as f64 / secs);
         let adapter = {
-            let mut a = model.adapter_weights(&lora);
+            // A full fine-tune has no adapter: its weights are in the model (and its files).
+            let mut a = if full { AdapterWeights::new(lora.clone()) } else { model.adapter_weights(&lora) };
             a.metadata.insert("tunelab_manifest".into(), serde_json::json!({ "iteration": state.step, "run": manifest }).to_string());
             a
         };
@@ -712,9 +820,14 @@ impl SftTrainer {
             // Nothing trained in this call (iters = 0, test only; or a resume from a checkpoint
             // already at iters): still leave the adapter that was evaluated, so the adapter the
             // caller reports as saved exists in `adapter_path`.
-            mlx::write(&out, &adapter, extra.clone())?;
+            save(&model, &out, state.step)?;
         }
         let model = model.valid();
+        if full && saved_here {
+            // The whole model as a Hugging Face folder, what `mlx_lm.fuse` would make of the
+            // weights above: `tunelab generate --model`, transformers and `mlx_lm.load` read it.
+            write_model_folder(lm, &model, &out.join(FULL_MODEL_DIR), &manifest)?;
+        }
         let test = test.map(|t| {
             let (loss, tokens) = evaluate_mlx(&model, &t, cfg.batch_size, cfg.max_seq_length, cfg.test_batches, cfg.seed);
             let (targets_only_loss, _) = evaluate(&model, &t, cfg.batch_size, cfg.max_seq_length, cfg.test_batches, cfg.seed);
@@ -725,6 +838,27 @@ impl SftTrainer {
         }
         Ok(SftOutcome { model, adapter, iterations: state.step, losses, val_losses, test, tokens_per_s, seq_tokens_per_s })
     }
+}
+
+/// The folder of a full fine-tune's whole model inside `adapter_path`.
+pub const FULL_MODEL_DIR: &str = "model";
+
+/// Write `model` with `lm`'s config and tokenizer as a Hugging Face folder at `dir`, replacing
+/// an older one only once the new one is complete.
+fn write_model_folder(lm: &CausalLm, model: &Decoder, dir: &Path, manifest: &serde_json::Value) -> Result<(), SftError> {
+    let tmp = dir.with_extension("tmp");
+    let io = |p: &Path| {
+        let path = p.to_path_buf();
+        move |source| SftError::Io { path, source }
+    };
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    crate::export::fused::write_model(&tmp, lm, model, manifest)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io(dir))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(io(dir))
 }
 
 pub(crate) fn progress_bar(on: bool, total: u64, position: u64) -> indicatif::ProgressBar {
@@ -872,7 +1006,7 @@ mod tests {
     /// from its checkpoint ends with the adapter of the uninterrupted run.
     /// `fine_tune_type = "dora"`: the magnitudes train with the factors, the validation loss
     /// falls, the saved folder is an MLX-LM DoRA adapter, and a resumed run ends on the same
-    /// adapter (the magnitudes' AdamW moments included). `full` is refused by name.
+    /// adapter (the magnitudes' AdamW moments included).
     #[test]
     fn dora_training_saves_magnitudes_and_resumes_exactly() {
         let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -889,8 +1023,88 @@ mod tests {
         let _ = fit(cfg(d2.path()), &s, Some(4));
         let resumed = fit(SftConfig { resume_adapter_file: Some(d2.path().to_path_buf()), ..cfg(d2.path()) }, &s, None).unwrap();
         assert_eq!((resumed.adapter.layers, resumed.adapter.magnitudes), (a.adapter.layers, a.adapter.magnitudes));
-        let err = SftConfig { fine_tune_type: FineTuneType::Full, ..config(d1.path()) }.validate().unwrap_err();
-        assert!(err.to_string().contains("fine_tune_type"), "{err}");
+    }
+
+    fn block_logits(model: &Decoder) -> Vec<f32> {
+        let device = Device::flex();
+        let x = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 5, 17, 99, 3, 42, 8, 77], [1, 8]), &device);
+        model.valid().forward(x, None, None).into_data().try_into_vec_as::<f32>().unwrap()
+    }
+
+    /// `fine_tune_type = "full"` with `num_layers = 1`: only the top block's weights move (the
+    /// embedding, the head and block 0 stay as loaded), the validation loss falls, AdamW keeps
+    /// moments for the trained block only, the files are MLX-LM's full fine-tune plus a model
+    /// folder that loads back to the same logits, and an interrupted run resumes to the same
+    /// weights bit for bit.
+    #[test]
+    fn full_fine_tuning_trains_the_top_blocks_saves_and_resumes_exactly() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let s = splits();
+        let cfg = |d: &Path| SftConfig { fine_tune_type: FineTuneType::Full, num_layers: 1, learning_rate: 1e-2, grad_accumulation_steps: 2, save_every: 2, test: false, ..config(d) };
+        let a = fit(cfg(d1.path()), &s, None).unwrap();
+        let (first, last) = (a.val_losses[0].1, a.val_losses.last().unwrap().1);
+        eprintln!("full tiny: val loss {:?}", a.val_losses);
+        assert!(last < first, "validation loss falls: {:?}", a.val_losses);
+        let base = lm().model;
+        let (before, after) = (base.hf_tensors(), a.model.hf_tensors());
+        for ((name, _, x), (_, _, y)) in before.iter().zip(&after) {
+            assert_eq!(x == y, !name.starts_with("model.layers.1."), "{name}: only block 1 trains");
+        }
+        // MLX-LM's files: the trainable parameters under their names, config `full`.
+        let saved = mlx::read_full(d1.path(), &d1.path().join(mlx::WEIGHTS_FILE)).unwrap();
+        let trained = a.model.block_tensors(1);
+        assert_eq!(saved.tensors.keys().collect::<Vec<_>>(), { let mut n: Vec<&String> = trained.iter().map(|t| &t.0).collect(); n.sort(); n });
+        assert!(saved.tensors.keys().all(|k| k.starts_with("model.layers.1.")) && saved.tensors.contains_key("model.layers.1.input_layernorm.weight"));
+        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d1.path().join(mlx::CONFIG_FILE)).unwrap()).unwrap();
+        assert_eq!((json["fine_tune_type"].as_str(), json["num_layers"].as_i64(), json["lora_parameters"].is_null()), (Some("full"), Some(1), true));
+        // Loaded back both ways: over the base, and as a whole model folder.
+        // Same weights bit for bit; the logits may differ in the last bits (a transposed layout
+        // takes another matmul path).
+        let want = block_logits(&a.model);
+        let close = |m: &Decoder| block_logits(m).iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let over_base = base.clone().with_block_tensors(saved.tensors.clone(), d1.path()).unwrap();
+        assert!(over_base.block_tensors(1) == trained, "the saved weights are the trained ones");
+        assert!(close(&over_base) <= 1e-5, "{}", close(&over_base));
+        let folder = CausalLm::load(d1.path().join(FULL_MODEL_DIR), &Device::flex()).unwrap();
+        assert!(close(&folder.model) <= 1e-5, "{}", close(&folder.model));
+        assert!(close(&base) > 0.01, "training moved the logits");
+        // AdamW holds two moments for each trained parameter and nothing for the frozen ones.
+        // (`train`: parameters require gradients only on an autodiff device.)
+        let (all, trainable) = crate::train::memory::param_counts(&base.clone().with_full_fine_tune(1).unwrap().train());
+        let optim_bytes = std::fs::metadata(checkpoint::checkpoint_dir(d1.path(), 8).join("optimizer.bpk")).unwrap().len() as usize;
+        eprintln!("full tiny: {trainable} of {all} parameters train; optimizer.bpk {optim_bytes} bytes");
+        assert!(optim_bytes >= 8 * trainable && optim_bytes < 8 * trainable + 4 * (all - trainable), "{optim_bytes} bytes for {trainable} trainable of {all}");
+        // The memory estimate counts the same trainable parameters.
+        let e = memory_estimate(&lm(), &cfg(d1.path()));
+        assert_eq!(e.optimizer, 8 * trainable as u64);
+
+        // Interrupted after 4 of 8 iterations, resumed from the run folder: the same weights.
+        let part = fit(cfg(d2.path()), &s, Some(4)).unwrap();
+        let resumed = fit(SftConfig { resume_adapter_file: Some(d2.path().to_path_buf()), ..cfg(d2.path()) }, &s, None).unwrap();
+        assert_eq!([&part.losses[..], &resumed.losses[..]].concat(), a.losses, "same losses, iteration by iteration");
+        assert!(resumed.model.block_tensors(-1) == a.model.block_tensors(-1), "bit-identical weights");
+        // Continuing it as LoRA, or with other blocks, is refused naming the option.
+        let err = fit(SftConfig { fine_tune_type: FineTuneType::Lora, resume_adapter_file: Some(d2.path().to_path_buf()), iters: 12, ..cfg(d2.path()) }, &s, None).unwrap_err();
+        assert!(err.to_string().contains("cannot resume") && err.to_string().contains("fine_tune_type"), "{err}");
+        let err = fit(SftConfig { num_layers: 2, resume_adapter_file: Some(d2.path().to_path_buf()), iters: 12, ..cfg(d2.path()) }, &s, None).unwrap_err();
+        assert!(err.to_string().contains("num_layers"), "{err}");
+        let err = SftConfig { quantize_base: QuantizeBase::Q4_0, ..cfg(d1.path()) }.validate().unwrap_err();
+        assert!(err.to_string().contains("quantize_base"), "{err}");
+    }
+
+    /// The estimate's trainable count is what the built model trains, for LoRA, DoRA and full
+    /// fine-tuning over some or all blocks.
+    #[test]
+    fn memory_estimate_counts_what_trains() {
+        let lm = lm();
+        for (ty, num_layers) in [(FineTuneType::Lora, -1), (FineTuneType::Lora, 1), (FineTuneType::Dora, 1), (FineTuneType::Full, -1), (FineTuneType::Full, 1)] {
+            let cfg = SftConfig { fine_tune_type: ty, num_layers, ..config(Path::new("unused")) };
+            let built = if ty == FineTuneType::Full { lm.model.clone().with_full_fine_tune(num_layers).unwrap() } else { lm.model.clone().with_lora(&cfg.lora_config(), &mut ChaCha8Rng::seed_from_u64(0)).unwrap() };
+            let (_, trainable) = crate::train::memory::param_counts(&built.train());
+            let e = memory_estimate(&lm, &cfg);
+            assert_eq!((e.gradients, e.optimizer), (4 * trainable as u64, 8 * trainable as u64), "{ty} num_layers {num_layers}");
+            assert!(e.activations > 0);
+        }
     }
 
     #[test]

@@ -536,35 +536,7 @@ impl Decoder {
             self.embed_tokens.val(),
         );
         for (i, layer) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            let g = layer.input_layernorm.gamma.val();
-            out.push((
-                format!("{p}.input_layernorm.weight"),
-                g.dims().to_vec(),
-                vec1(g),
-            ));
-            for (rel, slot) in layer.projections() {
-                let (w, bias) = slot.fused_weight();
-                push2(&mut out, format!("{p}.{rel}.weight"), w);
-                if let Some(b) = bias {
-                    out.push((format!("{p}.{rel}.bias"), b.dims().to_vec(), vec1(b)));
-                }
-            }
-            for (name, norm) in [
-                ("self_attn.q_norm", &layer.self_attn.q_norm),
-                ("self_attn.k_norm", &layer.self_attn.k_norm),
-            ] {
-                if let Some(norm) = norm {
-                    let g = norm.gamma.val();
-                    out.push((format!("{p}.{name}.weight"), g.dims().to_vec(), vec1(g)));
-                }
-            }
-            let g = layer.post_attention_layernorm.gamma.val();
-            out.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                g.dims().to_vec(),
-                vec1(g),
-            ));
+            super::full::layer_tensors(&mut out, i, layer);
         }
         let g = self.norm.gamma.val();
         out.push(("model.norm.weight".into(), g.dims().to_vec(), vec1(g)));

@@ -43,7 +43,7 @@ impl DecoderLayer {
     }
 
     /// Rebuild the block with each projection passed through `f(relative path, projection)`.
-    fn map_projections<E>(
+    pub(super) fn map_projections<E>(
         self,
         mut f: impl FnMut(&'static str, AdaptableLinear) -> Result<AdaptableLinear, E>,
     ) -> Result<Self, E> {
@@ -101,7 +101,7 @@ pub fn adapter_param_id(path: &str, factor: &str) -> ParamId {
     ParamId::from(h)
 }
 
-fn with_id<const D: usize>(p: Param<Tensor<D>>, id: ParamId) -> Param<Tensor<D>> {
+pub(super) fn with_id<const D: usize>(p: Param<Tensor<D>>, id: ParamId) -> Param<Tensor<D>> {
     let (_, value, mapper) = p.consume();
     Param::from_mapped_value(id, value, mapper)
 }

@@ -747,12 +747,14 @@ impl Decoder {
 // Loading and saving weights, LoRA wiring and generation live in files beside this one, so the
 // architecture above reads top to bottom on its own.
 
+mod full;
 mod generate;
 mod load;
 mod lora;
 #[cfg(test)]
 mod tests;
 
+pub use full::trains_block;
 pub use generate::{CausalLm, GenerateOptions, sample};
 pub use load::{TensorSource, gguf_name, permute_rows};
 pub use lora::{PROJECTIONS, adapter_param_id};
