@@ -21,13 +21,6 @@ echo "GPU features type-checked at $(( $(date +%s) - start ))s"
 # warm: 00 (kernel), 01 (data), 04 (A/B statistics), 07 and 08 (EmbeddingGemma and reranker tuning on the
 # tiny fixtures). 02, 03 and 05 train real models, and 06 reranks 120 queries x 40 candidates twice: longer
 # than CI has (06 ran past 15 minutes on the shared 2-core machine).
-# The notebooks' build compiles burn once more under evcxr's flags (20-30 min cold on 2 cores): on a
-# machine where the steps above already took 50 minutes it would not fit CI's 90, so it is skipped loudly.
-elapsed=$(( $(date +%s) - start ))
-if [[ "${TUNELAB_SKIP_NOTEBOOKS:-0}" != 1 && $elapsed -gt ${TUNELAB_NOTEBOOK_BUDGET_START:-3000} ]]; then
-  echo "NOTEBOOKS SKIPPED: ${elapsed}s already spent (over ${TUNELAB_NOTEBOOK_BUDGET_START:-3000}s); run scripts/run-notebooks yourself"
-  TUNELAB_SKIP_NOTEBOOKS=1
-fi
 if [[ "${TUNELAB_SKIP_NOTEBOOKS:-0}" != 1 ]]; then
   scripts/setup-notebooks.sh
   echo "notebook set-up finished at $(( $(date +%s) - start ))s"
