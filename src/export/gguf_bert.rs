@@ -59,6 +59,12 @@ impl GgufOutType {
         }
     }
 
+    /// The ggml type of a tensor of `shape` as llama.cpp's converter writes it: vectors (norms,
+    /// biases) stay F32, matrices get [`GgufOutType::matrix_type`] of their row length.
+    pub fn tensor_type(self, shape: &[usize]) -> GgmlType {
+        if shape.len() <= 1 { GgmlType::F32 } else { self.matrix_type(shape[shape.len() - 1]) }
+    }
+
     /// The ggml type a weight matrix with rows of `row_len` values gets: Q8_0 needs whole
     /// 32-value blocks per row, otherwise F16 (the converter's `QuantError` fallback).
     pub fn matrix_type(self, row_len: usize) -> GgmlType {
@@ -460,18 +466,34 @@ pub fn write_bert_gguf(
         } else {
             ty.matrix_type(*shape.last().unwrap_or(&0))
         };
-        if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
-            return Err(GgufExportError::Tensor {
-                path: src.clone(),
-                tensor: hf,
-                reason: format!("value {} at index {bad} is not finite", values[bad]),
-            });
-        }
-        w.add_tensor(&gname, &shape, gty, &values);
+        add_finite_tensor(&mut w, &src, &hf, &gname, &shape, gty, &values)?;
         n_tensors += 1;
     }
     w.write(path)?;
     GgufExportSummary::of_written(path, n_tensors, ty)
+}
+
+/// Add `values` as the GGUF tensor `gname`, or refuse a non-finite value with an error naming
+/// the source file and `tensor` (before anything is written: the file is written only at the
+/// end). Shared by every GGUF exporter.
+pub(crate) fn add_finite_tensor(
+    w: &mut GgufWriter,
+    src: &Path,
+    tensor: &str,
+    gname: &str,
+    shape: &[usize],
+    gty: GgmlType,
+    values: &[f32],
+) -> Result<(), GgufExportError> {
+    if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
+        return Err(GgufExportError::Tensor {
+            path: src.to_path_buf(),
+            tensor: tensor.into(),
+            reason: format!("value {} at index {bad} is not finite; nothing was written", values[bad]),
+        });
+    }
+    w.add_tensor(gname, shape, gty, values);
+    Ok(())
 }
 
 #[cfg(test)]

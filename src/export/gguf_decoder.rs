@@ -59,8 +59,8 @@
 
 use std::path::Path;
 
-use crate::export::gguf_bert::{GgufExportError, GgufExportSummary, GgufOutType};
-use crate::io::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue};
+use crate::export::gguf_bert::{GgufExportError, GgufExportSummary, GgufOutType, add_finite_tensor};
+use crate::io::gguf::{GgufFile, GgufWriter, MetaValue};
 use crate::model::decoder::{Architecture, CausalLm, RopeScaling, gguf_name, permute_rows};
 use crate::model::reranker::{RERANK_TEMPLATE_KEY, RerankTemplate};
 
@@ -275,24 +275,8 @@ fn add_tensors(
     let c = &lm.config;
     let src = &lm.source;
     let mut n = 0;
-    let mut put = |w: &mut GgufWriter,
-                   gname: &str,
-                   shape: &[usize],
-                   values: &[f32]|
-     -> Result<(), GgufExportError> {
-        if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
-            return Err(GgufExportError::Tensor {
-                path: src.clone(),
-                tensor: gname.into(),
-                reason: format!("value {} at index {bad} is not finite", values[bad]),
-            });
-        }
-        let gty = if shape.len() <= 1 {
-            GgmlType::F32
-        } else {
-            ty.matrix_type(shape[shape.len() - 1])
-        };
-        w.add_tensor(gname, shape, gty, values);
+    let mut put = |w: &mut GgufWriter, gname: &str, shape: &[usize], values: &[f32]| -> Result<(), GgufExportError> {
+        add_finite_tensor(w, src, gname, gname, shape, ty.tensor_type(shape), values)?;
         n += 1;
         Ok(())
     };

@@ -41,8 +41,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::export::gguf_bert::{GgufExportError, GgufExportSummary, GgufOutType};
-use crate::io::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue};
+use crate::export::gguf_bert::{GgufExportError, GgufExportSummary, GgufOutType, add_finite_tensor};
+use crate::io::gguf::{GgufFile, GgufWriter, MetaValue};
 use crate::model::bert::PoolingMode;
 use crate::model::gemma::{DenseActivation, GemmaEncoder, LayerType};
 use crate::model::gemma_gguf::{ARCH, DENSE_NAMES, gguf_name, is_norm};
@@ -429,24 +429,8 @@ pub fn write_gemma_gguf(
     w.add_metadata("tunelab.manifest", MetaValue::String(record.to_string()));
 
     let mut n = 0;
-    let mut put = |w: &mut GgufWriter,
-                   gname: &str,
-                   shape: &[usize],
-                   values: &[f32]|
-     -> Result<(), GgufExportError> {
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(GgufExportError::Tensor {
-                path: src.clone(),
-                tensor: gname.into(),
-                reason: format!("holds {} at index {i}; nothing was written", values[i]),
-            });
-        }
-        let gty = if shape.len() <= 1 {
-            GgmlType::F32
-        } else {
-            ty.matrix_type(shape[shape.len() - 1])
-        };
-        w.add_tensor(gname, shape, gty, values);
+    let mut put = |w: &mut GgufWriter, gname: &str, shape: &[usize], values: &[f32]| -> Result<(), GgufExportError> {
+        add_finite_tensor(w, &src, gname, gname, shape, ty.tensor_type(shape), values)?;
         n += 1;
         Ok(())
     };
