@@ -214,32 +214,41 @@ pub struct TrainLoraArgs {
     pub fine_tune_type: Option<crate::lora::FineTuneType>,
 }
 
+/// The [`LoraOptionsMut`] of a configuration whose fields have [`LoraFlags`]' names
+/// (`SftConfig`, `RerankConfig`): one list of the shared fields for every trainer.
+macro_rules! lora_options_of {
+    ($c:expr) => {
+        LoraOptionsMut {
+            model: &mut $c.model,
+            policy: &mut $c.policy,
+            treat_unclassified_as_public: &mut $c.treat_unclassified_as_public,
+            iters: &mut $c.iters,
+            batch_size: &mut $c.batch_size,
+            learning_rate: &mut $c.learning_rate,
+            steps_per_report: &mut $c.steps_per_report,
+            save_every: &mut $c.save_every,
+            num_layers: &mut $c.num_layers,
+            max_seq_length: &mut $c.max_seq_length,
+            grad_accumulation_steps: &mut $c.grad_accumulation_steps,
+            adapter_path: &mut $c.adapter_path,
+            resume_adapter_file: &mut $c.resume_adapter_file,
+            seed: &mut $c.seed,
+            lora_parameters: &mut $c.lora_parameters,
+            warmup: &mut $c.warmup,
+            lr_schedule: &mut $c.lr_schedule,
+            weight_decay: &mut $c.weight_decay,
+            max_grad_norm: &mut $c.max_grad_norm,
+            quantize_base: &mut $c.quantize_base,
+            grad_checkpoint: &mut $c.grad_checkpoint,
+        }
+    };
+}
+pub(crate) use lora_options_of;
+
 impl SftConfig {
     /// The fields [`LoraFlags`] sets.
     pub fn lora_options(&mut self) -> LoraOptionsMut<'_> {
-        LoraOptionsMut {
-            model: &mut self.model,
-            policy: &mut self.policy,
-            treat_unclassified_as_public: &mut self.treat_unclassified_as_public,
-            iters: &mut self.iters,
-            batch_size: &mut self.batch_size,
-            learning_rate: &mut self.learning_rate,
-            steps_per_report: &mut self.steps_per_report,
-            save_every: &mut self.save_every,
-            num_layers: &mut self.num_layers,
-            max_seq_length: &mut self.max_seq_length,
-            grad_accumulation_steps: &mut self.grad_accumulation_steps,
-            adapter_path: &mut self.adapter_path,
-            resume_adapter_file: &mut self.resume_adapter_file,
-            seed: &mut self.seed,
-            lora_parameters: &mut self.lora_parameters,
-            warmup: &mut self.warmup,
-            lr_schedule: &mut self.lr_schedule,
-            weight_decay: &mut self.weight_decay,
-            max_grad_norm: &mut self.max_grad_norm,
-            quantize_base: &mut self.quantize_base,
-            grad_checkpoint: &mut self.grad_checkpoint,
-        }
+        lora_options_of!(self)
     }
 }
 

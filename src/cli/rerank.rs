@@ -16,7 +16,7 @@ use crate::device::DeviceChoice;
 use crate::eval::search::qmd::{QmdConfig, rerank_chunk_for};
 use crate::eval::search::sort_trec;
 use crate::model::reranker::{RerankTemplate, Reranker};
-use crate::cli::lora::{LoraFlags, LoraOptionsMut};
+use crate::cli::lora::{LoraFlags, LoraOptionsMut, lora_options_of};
 use crate::train::rerank::{Judged, RerankConfig, RerankLoss};
 
 /// `tunelab rerank --model M [--adapter-path DIR] --queries Q.jsonl --run RUN --corpus DIR --out RUN`.
@@ -255,29 +255,7 @@ impl TrainRerankArgs {
 impl RerankConfig {
     /// The fields [`LoraFlags`] sets.
     pub fn lora_options(&mut self) -> LoraOptionsMut<'_> {
-        LoraOptionsMut {
-            model: &mut self.model,
-            policy: &mut self.policy,
-            treat_unclassified_as_public: &mut self.treat_unclassified_as_public,
-            iters: &mut self.iters,
-            batch_size: &mut self.batch_size,
-            learning_rate: &mut self.learning_rate,
-            steps_per_report: &mut self.steps_per_report,
-            save_every: &mut self.save_every,
-            num_layers: &mut self.num_layers,
-            max_seq_length: &mut self.max_seq_length,
-            grad_accumulation_steps: &mut self.grad_accumulation_steps,
-            adapter_path: &mut self.adapter_path,
-            resume_adapter_file: &mut self.resume_adapter_file,
-            seed: &mut self.seed,
-            lora_parameters: &mut self.lora_parameters,
-            warmup: &mut self.warmup,
-            lr_schedule: &mut self.lr_schedule,
-            weight_decay: &mut self.weight_decay,
-            max_grad_norm: &mut self.max_grad_norm,
-            quantize_base: &mut self.quantize_base,
-            grad_checkpoint: &mut self.grad_checkpoint,
-        }
+        lora_options_of!(self)
     }
 }
 
