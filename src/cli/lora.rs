@@ -195,7 +195,8 @@ pub struct TrainLoraArgs {
     /// Validation batches per evaluation (-1: all).
     #[arg(value_parser = crate::cli::values::count_or_all, long, allow_hyphen_values = true)]
     pub val_batches: Option<i64>,
-    /// Loss on completion tokens only.
+    /// Loss on the assistant turns only, every one of them (MLX-LM's --mask-prompt keeps only the
+    /// last message; the two agree on records with one assistant turn, at the end).
     #[arg(long)]
     pub mask_prompt: bool,
     /// Continue the run in --adapter-path from its latest checkpoint (= --resume-adapter-file ADAPTER_PATH).

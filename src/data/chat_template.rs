@@ -31,11 +31,20 @@ use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 
-/// One chat turn.
+/// One chat turn as the template sees it (`message.role`, `message.content`, and for tool use
+/// `message.tool_calls`, `message.tool_call_id`, `message.name`; absent fields are undefined in
+/// the template, as keys missing from transformers' message dicts are).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// OpenAI-shaped calls `{"type": "function", "function": {"name", "arguments"}}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
@@ -43,6 +52,9 @@ impl ChatMessage {
         Self {
             role: role.into(),
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
         }
     }
 }
@@ -137,6 +149,25 @@ impl ChatTemplate {
             &serde_json::to_value(messages).expect("messages serialise"),
             add_generation_prompt,
             &serde_json::json!({}),
+        )
+    }
+
+    /// Render `messages` with function definitions `tools` (`apply_chat_template(messages,
+    /// tools=tools)`; `None` leaves the template's `tools` undefined-as-None, as transformers does).
+    pub fn render_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
+        let extra = match tools {
+            Some(t) => serde_json::json!({ "tools": t }),
+            None => serde_json::json!({}),
+        };
+        self.render_with(
+            &serde_json::to_value(messages).expect("messages serialise"),
+            add_generation_prompt,
+            &extra,
         )
     }
 

@@ -168,11 +168,75 @@ impl Role {
     }
 }
 
+/// One chat turn, in the OpenAI / transformers shape: `role`, `content`, and for tool use an
+/// assistant's `tool_calls`, a tool reply's `tool_call_id` and `name`. The template sees exactly
+/// these fields (transformers passes the message dicts through as they are).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: Role,
+    /// The text; `null` (an assistant turn that only calls tools, as OpenAI writes it) reads as "".
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub content: String,
+    /// Function calls of an assistant turn.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a `tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// The tool's name on a `tool` message (some templates print it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
+
+impl ChatMessage {
+    /// A plain turn without tool fields.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        ChatMessage { role, content: content.into(), ..ChatMessage::default() }
+    }
+
+    /// The fields besides `role` and `content` as one JSON object ("" when there are none),
+    /// for the frame's `extras` column.
+    fn extras_json(&self) -> String {
+        let mut v = serde_json::to_value(self).expect("messages serialise");
+        let obj = v.as_object_mut().expect("a message is an object");
+        obj.remove("role");
+        obj.remove("content");
+        if obj.is_empty() { String::new() } else { v.to_string() }
+    }
+}
+
+/// An assistant's function call, OpenAI's shape `{"type": "function", "function": {"name",
+/// "arguments"}, "id"?}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolCall {
+    #[serde(rename = "type", default = "function_kind")]
+    pub kind: String,
+    pub function: FunctionCall,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+fn function_kind() -> String {
+    "function".into()
+}
+
+/// The called function: `arguments` is a JSON object, or a string holding one (OpenAI's wire
+/// form); both are kept as given, so the template renders them as transformers does (Qwen3's
+/// prints a string as it is and an object through `tojson`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionCall {
+    pub name: String,
+    pub arguments: Value,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+}
+
+/// The governance keys, which a chat record carries at its top level only.
+const GOVERNANCE_KEYS: [&str; 4] = ["classification", "contributor", "consent", "source"];
 
 /// The governance fields written at the top level of every record.
 macro_rules! governance_fields {
@@ -222,9 +286,13 @@ macro_rules! governance_fields {
 }
 
 governance_fields! {
-    /// MLX-LM chat record: `{"messages": [{"role", "content"}, ...]}`.
+    /// MLX-LM chat record: `{"messages": [{"role", "content"}, ...], "tools"?: [...]}`; `tools`
+    /// are function definitions the chat template renders (`apply_chat_template(messages,
+    /// tools=tools)`, as MLX-LM's `ChatDataset` passes them).
     pub struct ChatRecord {
         pub messages: Vec<ChatMessage>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub tools: Option<Vec<Value>>,
     }
 }
 
@@ -422,11 +490,55 @@ impl Record for ChatRecord {
     const FORMAT: Format = Format::Chat;
     variant!(Chat);
 
+    /// Governance is decided once per record, from its top-level fields, and covers every
+    /// message field (tool calls and tool definitions included: they are kept or dropped with
+    /// the record and hashed with it). A governance key inside a message would be silently
+    /// ignored by that rule, so it is refused, naming the message.
+    fn parse(file: &Path, line: usize, value: Value) -> Result<Self, DataError> {
+        if let Some(messages) = value.get("messages").and_then(Value::as_array) {
+            for (i, m) in messages.iter().enumerate() {
+                if let Some(k) = GOVERNANCE_KEYS.iter().find(|k| m.get(**k).is_some()) {
+                    return Err(DataError::at(
+                        file,
+                        line,
+                        Some(&format!("messages[{i}].{k}")),
+                        "governance fields apply to the whole record: put `classification`, `contributor`, `consent` \
+                         and `source` at the top level (a record mixing classifications must be split)",
+                    ));
+                }
+            }
+        }
+        let record: Self = from_value(file, line, value)?;
+        for (i, m) in record.messages.iter().enumerate() {
+            for (j, c) in m.tool_calls.iter().enumerate() {
+                let field = format!("messages[{i}].tool_calls[{j}].function.arguments");
+                match &c.function.arguments {
+                    Value::Object(_) => {}
+                    Value::String(s) => {
+                        if let Err(e) = serde_json::from_str::<Value>(s) {
+                            return Err(DataError::at(file, line, Some(&field), format!("a string of arguments must hold JSON: {e}")));
+                        }
+                    }
+                    other => return Err(DataError::at(file, line, Some(&field), format!("expected a JSON object or a string holding one, found {other}"))),
+                }
+            }
+            if !m.tool_calls.is_empty() && m.role != Role::Assistant {
+                return Err(DataError::at(file, line, Some(&format!("messages[{i}].tool_calls")), format!("only assistant turns call tools, this is a {} turn", m.role.as_str())));
+            }
+        }
+        Ok(record)
+    }
+
+    /// Contents, then each tool call's name and (string) arguments.
     fn texts(&self) -> Vec<(&str, &str)> {
-        self.messages
-            .iter()
-            .map(|m| (m.role.as_str(), m.content.as_str()))
-            .collect()
+        let mut out: Vec<(&str, &str)> = self.messages.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
+        for c in self.messages.iter().flat_map(|m| &m.tool_calls) {
+            out.push(("tool_call", c.function.name.as_str()));
+            if let Value::String(a) = &c.function.arguments {
+                out.push(("tool_call_arguments", a.as_str()));
+            }
+        }
+        out
     }
 
     fn leak_keys(&self) -> Vec<(&'static str, &str)> {
@@ -448,9 +560,14 @@ impl Record for ChatRecord {
             .iter()
             .map(|r| r.messages.iter().map(|m| m.content.as_str()).collect())
             .collect();
+        // Tool fields as JSON text: a message's fields besides role and content ("" when none),
+        // and the record's tool definitions.
+        let extras: Vec<Vec<String>> = records.iter().map(|r| r.messages.iter().map(ChatMessage::extras_json).collect()).collect();
+        let extras: Vec<Vec<&str>> = extras.iter().map(|r| r.iter().map(String::as_str).collect()).collect();
+        let tools = records.iter().map(|r| r.tools.as_ref().map(|t| Value::Array(t.clone()).to_string())).collect();
         frame(
             records,
-            vec![list_col("roles", &roles), list_col("contents", &contents)],
+            vec![list_col("roles", &roles), list_col("contents", &contents), list_col("extras", &extras), opt_str_col("tools", tools)],
         )
     }
 
@@ -459,19 +576,29 @@ impl Record for ChatRecord {
             .map(|i| {
                 let roles = list_str(df, "roles", i)?;
                 let contents = list_str(df, "contents", i)?;
+                let extras = list_str(df, "extras", i)?;
                 let messages = roles
                     .iter()
                     .zip(contents)
-                    .map(|(r, content)| {
-                        Ok(ChatMessage {
-                            role: parse_enum(r)?,
-                            content,
-                        })
+                    .zip(extras.into_iter().chain(std::iter::repeat(String::new())))
+                    .map(|((r, content), extra)| {
+                        let mut v: Value = if extra.is_empty() {
+                            Value::Object(Default::default())
+                        } else {
+                            serde_json::from_str(&extra).map_err(|e| frame_err(format!("row {i}: `extras`: {e}")))?
+                        };
+                        v["role"] = Value::String(r.clone());
+                        v["content"] = Value::String(content);
+                        serde_json::from_value::<ChatMessage>(v).map_err(|e| frame_err(format!("row {i}: message: {e}")))
                     })
                     .collect::<PolarsResult<_>>()?;
+                let tools = opt_str(df, "tools", i)?
+                    .map(|t| serde_json::from_str(&t).map_err(|e| frame_err(format!("row {i}: `tools`: {e}"))))
+                    .transpose()?;
                 let (id, g) = meta(df, i)?;
                 Ok(ChatRecord {
                     messages,
+                    tools,
                     ..Default::default()
                 }
                 .with_meta(id, g))
@@ -1221,12 +1348,46 @@ mod tests {
         }
     }
 
+    /// A tool-use conversation: tool definitions, a call with object arguments and one with
+    /// string arguments (Unicode inside), the tool's reply.
+    fn tool_record() -> ChatRecord {
+        let line = r#"{"messages":[{"role":"user","content":"Wetter in Zürich?"},
+            {"role":"assistant","content":null,"tool_calls":[{"type":"function","function":{"name":"get_weather","arguments":{"city":"Zürich"}}},
+              {"id":"c2","function":{"name":"get_time","arguments":"{\"tz\": \"Europe/Zürich ☀\"}"}}]},
+            {"role":"tool","name":"get_weather","tool_call_id":"c1","content":"{\"temp_c\": 21}"},
+            {"role":"assistant","content":"21 °C."}],
+            "tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}],
+            "classification":"public"}"#;
+        ChatRecord::parse(Path::new("t.jsonl"), 1, serde_json::from_str(&line.replace('\n', " ")).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn tool_fields_are_read_and_bad_ones_named() {
+        let r = tool_record();
+        assert_eq!(r.tools.as_ref().map(Vec::len), Some(1));
+        let calls = &r.messages[1].tool_calls;
+        assert_eq!((r.messages[1].content.as_str(), calls.len(), calls[1].kind.as_str()), ("", 2, "function"));
+        assert_eq!(calls[0].function.arguments, serde_json::json!({"city": "Zürich"}));
+        assert_eq!(r.messages[2].tool_call_id.as_deref(), Some("c1"));
+        assert!(r.texts().contains(&("tool_call_arguments", "{\"tz\": \"Europe/Zürich ☀\"}")));
+
+        let bad = |line: &str| ChatRecord::parse(Path::new("t.jsonl"), 7, serde_json::from_str(line).unwrap()).unwrap_err();
+        let e = bad(r#"{"messages":[{"role":"user","content":"a","classification":"sacred"}],"classification":"public"}"#);
+        assert_eq!((e.line, e.field.as_deref()), (Some(7), Some("messages[0].classification")), "{e}");
+        assert!(e.to_string().contains("top level"), "{e}");
+        let e = bad(r#"{"messages":[{"role":"assistant","content":"","tool_calls":[{"type":"function","function":{"name":"f","arguments":"{oops"}}]}]}"#);
+        assert_eq!(e.field.as_deref(), Some("messages[0].tool_calls[0].function.arguments"), "{e}");
+        let e = bad(r#"{"messages":[{"role":"assistant","content":"","tool_calls":[{"type":"function","function":{"name":"f","arguments":[1]}}]}]}"#);
+        assert_eq!(e.field.as_deref(), Some("messages[0].tool_calls[0].function.arguments"), "{e}");
+        let e = bad(r#"{"messages":[{"role":"user","content":"","tool_calls":[{"type":"function","function":{"name":"f","arguments":{}}}]}]}"#);
+        assert_eq!(e.field.as_deref(), Some("messages[0].tool_calls"), "{e}");
+        let e = bad(r#"{"messages":[{"role":"assistant","content":"","tool_calls":[{"type":"function","function":{"name":"f"}}]}]}"#);
+        assert!(e.field.as_deref().is_some_and(|f| f.ends_with("function.arguments")), "{e}");
+    }
+
     #[test]
     fn frames_round_trip_every_format() {
-        let msg = |role, content: &str| ChatMessage {
-            role,
-            content: content.into(),
-        };
+        let msg = |role, content: &str| ChatMessage::new(role, content);
         round_trip(
             vec![
                 ChatRecord {
@@ -1238,8 +1399,9 @@ mod tests {
                     messages: vec![],
                     ..Default::default()
                 },
+                tool_record(),
             ],
-            &["id", "roles", "contents", "classification"],
+            &["id", "roles", "contents", "extras", "tools", "classification"],
         );
         round_trip(
             vec![CompletionRecord {

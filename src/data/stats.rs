@@ -192,10 +192,7 @@ mod tests {
 
     #[test]
     fn chat_fields_are_roles() {
-        let m = |role, c: &str| ChatMessage {
-            role,
-            content: c.into(),
-        };
+        let m = |role, c: &str| ChatMessage::new(role, c);
         let recs = [ChatRecord {
             messages: vec![m(Role::User, "hi there"), m(Role::Assistant, "hello")],
             ..Default::default()

@@ -3,7 +3,8 @@
 //!
 //! * Data: governed MLX-LM records (chat, completions, text) or QMD query-expansion records,
 //!   rendered through the model's chat template ([`super::sft_data`]); `mask_prompt` puts the
-//!   loss on completion tokens only.
+//!   loss on the assistant turns only (all of them; see [`super::sft_data`] for how that relates
+//!   to MLX-LM's masking of all but the last message).
 //! * Loss: mean next-token cross-entropy over the target tokens of a batch (MLX-LM's
 //!   `default_loss`); validation and test losses are token-weighted means over batches, and the
 //!   test perplexity is `exp(loss)`. The test loss counts targets as `mlx_lm.lora --test` does
@@ -113,6 +114,7 @@ pub struct SftConfig {
     pub num_layers: i64,
     pub max_seq_length: usize,
     pub grad_accumulation_steps: usize,
+    /// Loss on the assistant turns only (every one; MLX-LM: the last message only).
     pub mask_prompt: bool,
     /// Output folder: adapters, checkpoints, `loss.jsonl`.
     pub adapter_path: PathBuf,
@@ -1365,9 +1367,9 @@ mod tests {
         let lm = lm();
         let rec = ChatRecord {
             messages: vec![
-                ChatMessage { role: Role::System, content: "w9".into() },
-                ChatMessage { role: Role::User, content: "w5 w6".into() },
-                ChatMessage { role: Role::Assistant, content: "w7 w8 w10".into() },
+                ChatMessage::new(Role::System, "w9"),
+                ChatMessage::new(Role::User, "w5 w6"),
+                ChatMessage::new(Role::Assistant, "w7 w8 w10"),
             ],
             ..ChatRecord::default()
         };
@@ -1385,7 +1387,7 @@ mod tests {
     fn batch_loss_matches_full_logits_with_a_mask() {
         let device = Device::flex();
         let model = Decoder::random(&crate::model::decoder::DecoderConfig::tiny_llama(), &device, 4);
-        let examples = vec![Example { tokens: vec![1, 5, 9, 33, 7, 2], offset: 3 }, Example { tokens: vec![1, 8, 4, 2], offset: 0 }];
+        let examples = vec![Example { tokens: vec![1, 5, 9, 33, 7, 2], offset: 3, masked: vec![] }, Example { tokens: vec![1, 8, 4, 2], offset: 0, masked: vec![] }];
         let batch = make_batch(&examples, &[0, 1], 64);
         let got = batch_loss(&model, &batch, &device).into_scalar::<f32>();
         let (b, t) = (batch.rows, batch.cols);
@@ -1402,7 +1404,7 @@ mod tests {
     fn chunked_output_head_gives_the_same_loss_and_gradients() {
         let device = Device::flex().autodiff();
         let model = Decoder::random(&crate::model::decoder::DecoderConfig::tiny_llama(), &device, 5);
-        let examples = vec![Example { tokens: vec![1, 5, 9, 33, 7, 2, 11], offset: 1 }, Example { tokens: vec![1, 8, 4, 2], offset: 0 }];
+        let examples = vec![Example { tokens: vec![1, 5, 9, 33, 7, 2, 11], offset: 1, masked: vec![] }, Example { tokens: vec![1, 8, 4, 2], offset: 0, masked: vec![] }];
         let batch = make_batch(&examples, &[0, 1], 64);
         let whole = batch_loss(&model, &batch, &device);
         // Two target rows per chunk: 4 chunks for 8 targets.

@@ -1,9 +1,15 @@
 //! SFT examples: governed records rendered to token ids, then grouped into padded batches, as
 //! MLX-LM's `tuner/datasets.py` and `iterate_batches` do.
 //!
-//! * `{"messages"}`: the chat template renders the conversation; with `mask_prompt` the loss
-//!   starts after the template's rendering of all messages but the last (with the generation
-//!   prompt when the last is the assistant's), exactly MLX-LM's `offset`.
+//! * `{"messages", "tools"?}`: the chat template renders the conversation with the record's
+//!   function definitions and the assistants' `tool_calls`, as `apply_chat_template(messages,
+//!   tools=tools)` does in MLX-LM and transformers. With `mask_prompt` the loss covers the
+//!   assistant turns only, every one of them ([`assistant_spans`]). MLX-LM's `ChatDataset`
+//!   instead starts the loss after the rendering of all messages but the last (its `offset`):
+//!   for a record with one assistant turn, at the end (every record of `mlx_lm.lora`'s examples,
+//!   every completions record), the two are the same tokens; in a multi-turn record MLX-LM
+//!   learns only the last assistant turn (and, if the record ends with a user or tool message,
+//!   that message), tunelab every assistant turn and nothing else.
 //! * `{"prompt", "completion"}`: a user turn and an assistant turn, then as chat.
 //! * `{"text"}`: tokenized with the tokenizer's specials, EOS appended; no prompt to mask
 //!   (MLX-LM refuses `mask_prompt` here, and so do we).
@@ -30,7 +36,7 @@ use crate::model::decoder::CausalLm;
 pub enum Sample {
     /// A conversation for the chat template. `strip_empty_think` removes the empty thinking block
     /// Qwen3's template writes (QMD's training data has none).
-    Chat { messages: Vec<ChatMessage>, strip_empty_think: bool },
+    Chat { messages: Vec<ChatMessage>, tools: Option<Vec<serde_json::Value>>, strip_empty_think: bool },
     /// Plain text.
     Text(String),
 }
@@ -42,15 +48,24 @@ pub trait SftRecord: Governed + Clone {
 
 impl SftRecord for ChatRecord {
     fn sample(&self) -> Sample {
-        let messages = self.messages.iter().map(|m| ChatMessage::new(m.role.as_str(), m.content.clone())).collect();
-        Sample::Chat { messages, strip_empty_think: false }
+        let messages = self
+            .messages
+            .iter()
+            .map(|m| ChatMessage {
+                tool_calls: m.tool_calls.iter().map(|c| serde_json::to_value(c).expect("tool calls serialise")).collect(),
+                tool_call_id: m.tool_call_id.clone(),
+                name: m.name.clone(),
+                ..ChatMessage::new(m.role.as_str(), m.content.clone())
+            })
+            .collect();
+        Sample::Chat { messages, tools: self.tools.clone(), strip_empty_think: false }
     }
 }
 
 impl SftRecord for CompletionRecord {
     fn sample(&self) -> Sample {
         let messages = vec![ChatMessage::new("user", self.prompt.clone()), ChatMessage::new("assistant", self.completion.clone())];
-        Sample::Chat { messages, strip_empty_think: false }
+        Sample::Chat { messages, tools: None, strip_empty_think: false }
     }
 }
 
@@ -83,7 +98,7 @@ pub fn qmd_output_text(output: &[crate::data::formats::Expansion]) -> String {
 impl SftRecord for QueryExpansion {
     fn sample(&self) -> Sample {
         let messages = vec![ChatMessage::new("user", qmd_prompt(&self.query)), ChatMessage::new("assistant", qmd_output_text(&self.output))];
-        Sample::Chat { messages, strip_empty_think: true }
+        Sample::Chat { messages, tools: None, strip_empty_think: true }
     }
 }
 
@@ -92,8 +107,19 @@ impl SftRecord for QueryExpansion {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Example {
     pub tokens: Vec<u32>,
-    /// Tokens of the prompt (0 without `mask_prompt`).
+    /// Tokens of the prompt (0 without `mask_prompt`): the first target position counted.
     pub offset: usize,
+    /// Target positions after `offset` kept out of the loss (`[start, end)`): with `mask_prompt`,
+    /// the non-assistant turns between and after assistant turns. A range past the end also
+    /// covers MLX-LM's padding target ([`make_batch_mlx_eval`]).
+    pub masked: Vec<(usize, usize)>,
+}
+
+impl Example {
+    /// Whether the target at position `p` counts in the loss.
+    pub fn counts(&self, p: usize) -> bool {
+        p >= self.offset && !self.masked.iter().any(|&(a, b)| a <= p && p < b)
+    }
 }
 
 /// A record could not become an example; names the split and the record.
@@ -112,8 +138,61 @@ const EMPTY_THINK: &str = "<think>\n\n</think>\n\n";
 /// Render `messages` through the template as the trainer does (`strip_empty_think`: without
 /// Qwen3's empty thinking block).
 fn render_chat(tpl: &ChatTemplate, messages: &[ChatMessage], gen_prompt: bool, strip_empty_think: bool) -> Result<String, TemplateError> {
-    let text = tpl.render(messages, gen_prompt)?;
+    render_chat_tools(tpl, messages, None, gen_prompt, strip_empty_think)
+}
+
+fn render_chat_tools(tpl: &ChatTemplate, messages: &[ChatMessage], tools: Option<&[serde_json::Value]>, gen_prompt: bool, strip_empty_think: bool) -> Result<String, TemplateError> {
+    let text = tpl.render_tools(messages, tools, gen_prompt)?;
     Ok(if strip_empty_think { text.replace(EMPTY_THINK, "") } else { text })
+}
+
+/// Where each assistant turn sits in the rendering `full` of the whole conversation, as byte
+/// ranges `[start, end)`.
+///
+/// A turn starts where the rendering of the messages before it, with the generation prompt,
+/// ends (MLX-LM's `offset`, for every turn rather than the last only); that rendering must be a
+/// prefix of `full`. It ends where its own text ends: the rendering of the messages up to it,
+/// minus the part it shares with the prompt, is the turn's text `t`, and the turn covers the
+/// longest stretch of `full` from `start` that is a suffix of `t`. Matching a suffix rather than
+/// all of `t` is what lets templates that write a turn differently when it is the last one
+/// (Qwen3 adds an empty `<think>` block there) find it inside the conversation; where
+/// rendering up to the turn is a prefix of `full` (SmolLM2, Llama, ...), the suffix is all of `t`.
+pub fn assistant_spans(
+    tpl: &ChatTemplate,
+    messages: &[ChatMessage],
+    tools: Option<&[serde_json::Value]>,
+    strip_empty_think: bool,
+    full: &str,
+) -> Result<Vec<(usize, usize)>, String> {
+    let mut spans = Vec::new();
+    for (i, _) in messages.iter().enumerate().filter(|(_, m)| m.role == "assistant") {
+        let render = |n: usize, generation_prompt: bool| render_chat_tools(tpl, &messages[..n], tools, generation_prompt, strip_empty_think).map_err(|e| e.to_string());
+        let prompt = render(i, true)?;
+        if !full.starts_with(&prompt) {
+            return Err(format!(
+                "the chat template renders the messages before assistant message {i} (with the generation prompt) differently from \
+                 how it renders them inside the whole conversation, so the turn cannot be located for mask_prompt"
+            ));
+        }
+        let upto = render(i + 1, false)?;
+        let shared = prompt.bytes().zip(upto.bytes()).take_while(|(a, b)| a == b).count();
+        let turn = &upto[floor_char(&upto, shared)..];
+        let rest = &full[prompt.len()..];
+        let len = (1..=turn.len().min(rest.len()))
+            .rev()
+            .find(|&l| turn.is_char_boundary(turn.len() - l) && rest.is_char_boundary(l) && rest[..l] == turn[turn.len() - l..])
+            .ok_or_else(|| format!("assistant message {i}'s rendering does not occur in the rendered conversation, so it cannot be located for mask_prompt"))?;
+        spans.push((prompt.len(), prompt.len() + len));
+    }
+    Ok(spans)
+}
+
+/// The largest char boundary of `s` at or before byte `i`.
+fn floor_char(s: &str, mut i: usize) -> usize {
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
 }
 
 /// The prompt of a conversation: every message but the last, rendered with the generation prompt
@@ -126,7 +205,7 @@ pub fn prompt_text(tpl: &ChatTemplate, messages: &[ChatMessage], strip_empty_thi
 
 /// The prompt the SFT trainer's QMD query-expansion examples start with for `query`.
 pub fn qmd_generation_prompt(tpl: &ChatTemplate, query: &str) -> Result<String, TemplateError> {
-    let Sample::Chat { messages, strip_empty_think } = QueryExpansion { query: query.to_string(), ..QueryExpansion::default() }.sample() else {
+    let Sample::Chat { messages, strip_empty_think, .. } = QueryExpansion { query: query.to_string(), ..QueryExpansion::default() }.sample() else {
         unreachable!("query-expansion records are chats")
     };
     prompt_text(tpl, &messages, strip_empty_think)
@@ -154,21 +233,37 @@ pub fn tokenize<T: SftRecord>(lm: &CausalLm, data: &GovernedDataset<T>, mask_pro
                 if let Some(eos) = eos.filter(|e| tokens.last() != Some(e)) {
                     tokens.push(eos);
                 }
-                Example { tokens, offset: 0 }
+                Example { tokens, offset: 0, masked: Vec::new() }
             }
-            Sample::Chat { messages, strip_empty_think } => {
+            Sample::Chat { messages, tools, strip_empty_think } => {
                 let Some(tpl) = &lm.chat_template else {
                     return Err(ExampleError::NoTemplate { part: part.to_string(), record });
                 };
+                let tools = tools.as_deref();
                 // The template writes BOS itself; transformers tokenizes its output without specials.
-                let full = render_chat(tpl, &messages, false, strip_empty_think).map_err(|e| fail(e.to_string()))?;
+                let full = render_chat_tools(tpl, &messages, tools, false, strip_empty_think).map_err(|e| fail(e.to_string()))?;
                 let tokens = encode(&full, false)?;
-                let offset = if mask_prompt && messages.len() > 1 {
-                    encode(&prompt_text(tpl, &messages, strip_empty_think).map_err(|e| fail(e.to_string()))?, false)?.len()
+                if !mask_prompt {
+                    Example { tokens, offset: 0, masked: Vec::new() }
                 } else {
-                    0
-                };
-                Example { tokens, offset }
+                    let spans = assistant_spans(tpl, &messages, tools, strip_empty_think, &full).map_err(fail)?;
+                    if spans.is_empty() {
+                        return Err(fail("mask_prompt trains on assistant turns only, and this record has none".into()));
+                    }
+                    // A boundary in tokens: the length of the tokenized text before it, as MLX-LM
+                    // counts its offset (the prompt tokenized on its own).
+                    let at = |c: usize| if c == full.len() { Ok(tokens.len()) } else { encode(&full[..c], false).map(|t| t.len()) };
+                    let mut bounds = Vec::with_capacity(spans.len());
+                    for (a, b) in spans {
+                        bounds.push((at(a)?, at(b)?));
+                    }
+                    let mut masked: Vec<(usize, usize)> = bounds.windows(2).map(|w| (w[0].1, w[1].0)).filter(|(a, b)| a < b).collect();
+                    let end = bounds.last().expect("spans is not empty").1;
+                    if end < tokens.len() {
+                        masked.push((end, usize::MAX));
+                    }
+                    Example { tokens, offset: bounds[0].0, masked }
+                }
             }
         };
         if example.tokens.len() < 2 {
@@ -230,7 +325,7 @@ pub fn make_batch(examples: &[Example], idx: &[usize], max_seq_length: usize) ->
             let p = j + 1;
             if p < len {
                 targets[r * cols + j] = ex.tokens[p] as i64;
-                if p >= ex.offset {
+                if ex.counts(p) {
                     mask[r * cols + j] = 1.0;
                     ntoks += 1;
                 }
@@ -264,7 +359,7 @@ pub fn make_batch_mlx_eval(examples: &[Example], idx: &[usize], max_seq_length: 
                 inputs[r * cols + j] = ex.tokens[j] as i64;
             }
             let p = j + 1;
-            if p <= len && p < width && p >= ex.offset {
+            if p <= len && p < width && ex.counts(p) {
                 targets[r * cols + j] = if p < len { ex.tokens[p] as i64 } else { 0 };
                 mask[r * cols + j] = 1.0;
                 ntoks += 1;
@@ -284,7 +379,7 @@ mod tests {
     /// Truncated to 4 tokens (max_seq_length 4 = width), the long row has no padding target.
     #[test]
     fn mlx_eval_batch_counts_the_trailing_pad_target_as_mlx_lm_does() {
-        let ex = vec![Example { tokens: vec![1, 10, 11, 12, 13], offset: 0 }, Example { tokens: vec![1, 20, 21], offset: 2 }];
+        let ex = vec![Example { tokens: vec![1, 10, 11, 12, 13], offset: 0, masked: vec![] }, Example { tokens: vec![1, 20, 21], offset: 2, masked: vec![] }];
         let b = make_batch_mlx_eval(&ex, &[0, 1], 2048);
         assert_eq!((b.rows, b.cols, b.ntoks), (2, 5, 5 + 2));
         assert_eq!(&b.targets[..5], &[10, 11, 12, 13, 0]);
@@ -309,7 +404,7 @@ mod tests {
             ],
             ..QueryExpansion::default()
         };
-        let Sample::Chat { messages, strip_empty_think } = q.sample() else { panic!() };
+        let Sample::Chat { messages, strip_empty_think, .. } = q.sample() else { panic!() };
         assert!(strip_empty_think);
         assert_eq!(messages[0].content, "/no_think Expand this search query: tide times");
         assert_eq!(messages[1].content, "hyde: Tides rise twice a day.\nlex: tide table\nvec: when is high tide");
@@ -324,7 +419,7 @@ mod tests {
             output: vec![Expansion { kind: ExpansionKind::Lex, text: "tide table".into() }],
             ..QueryExpansion::default()
         };
-        let Sample::Chat { messages, strip_empty_think } = q.sample() else { panic!() };
+        let Sample::Chat { messages, strip_empty_think, .. } = q.sample() else { panic!() };
         let full = render_chat(&tpl, &messages, false, strip_empty_think).unwrap();
         let prompt = qmd_generation_prompt(&tpl, "tide times").unwrap();
         assert_eq!(prompt, prompt_text(&tpl, &messages, strip_empty_think).unwrap());
@@ -332,8 +427,41 @@ mod tests {
         assert_eq!(full.strip_prefix(prompt.as_str()), Some("lex: tide table<|im_end|>\n"), "{full:?}");
     }
 
+    /// Assistant turns are found inside the conversation, also where the template writes a
+    /// turn differently when it is the last one (the Qwen3-style empty thinking block).
+    #[test]
+    fn assistant_spans_cover_each_assistant_turn_and_nothing_else() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+        let m = |role: &str, content: &str| ChatMessage::new(role, content);
+        let call = ChatMessage {
+            tool_calls: vec![serde_json::json!({"type": "function", "function": {"name": "f", "arguments": "{\"x\": \"é\"}"}})],
+            ..m("assistant", "")
+        };
+        let messages = vec![m("system", "s"), m("user", "u1"), call, m("tool", "r"), m("assistant", "a1"), m("user", "u2"), m("assistant", "a2")];
+        let tools = [serde_json::json!({"type": "function", "function": {"name": "f"}})];
+        for (file, want) in [
+            ("decoder/templates/smollm2.jinja", vec!["<|im_end|>\n", "a1<|im_end|>\n", "a2<|im_end|>\n"]),
+            (
+                "chat_tools/qwen3_style_tools.jinja",
+                vec!["<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": \"é\"}}\n</tool_call><|im_end|>\n", "a1<|im_end|>\n", "<think>\n\n</think>\n\na2<|im_end|>\n"],
+            ),
+        ] {
+            let tpl = ChatTemplate::new(&std::fs::read_to_string(format!("{dir}/{file}")).unwrap(), None, None, file).unwrap();
+            let full = tpl.render_tools(&messages, Some(&tools), false).unwrap();
+            let spans = assistant_spans(&tpl, &messages, Some(&tools), false, &full).unwrap();
+            let got: Vec<&str> = spans.iter().map(|&(a, b)| &full[a..b]).collect();
+            assert_eq!(got, want, "{file}");
+        }
+        // A template that hides earlier turns from a later prompt cannot be masked: named, not guessed.
+        let tpl = ChatTemplate::new("{% if add_generation_prompt %}P{% else %}{% for m in messages %}{{ m.content }}{% endfor %}{% endif %}", None, None, "odd").unwrap();
+        let two = [m("user", "u"), m("assistant", "a")];
+        let full = tpl.render(&two, false).unwrap();
+        let err = assistant_spans(&tpl, &two, None, false, &full).unwrap_err();
+        assert!(err.contains("assistant message 1"), "{err}");
+    }
+
     fn ex(n: usize, offset: usize) -> Example {
-        Example { tokens: (1..=n as u32).collect(), offset }
+        Example { tokens: (1..=n as u32).collect(), offset, masked: vec![] }
     }
 
     #[test]
