@@ -130,6 +130,59 @@ fn lora_run_trains_governed_pairs_exports_a_merged_model_and_records_the_audit()
     assert!(losses.last().unwrap() < losses.first().unwrap(), "{losses:?}");
 }
 
+/// "N parameters, M trainable" from the memory estimate line.
+fn trainable(stdout: &str) -> u64 {
+    let line = stdout.lines().find(|l| l.contains(" trainable;")).unwrap_or_else(|| panic!("{stdout}"));
+    let before = line.split(" trainable;").next().unwrap();
+    before.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// `--fine-tune-type dora`: the adapters carry DoRA's magnitudes (counted in the memory
+/// estimate), the loss falls, and the adapter saved as PEFT, put back on the base model, gives
+/// the embeddings of the exported (merged) sentence-transformers folder.
+#[test]
+fn dora_run_lowers_the_loss_and_its_peft_adapter_reloads_to_the_exported_embeddings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tiny_model(tmp.path());
+    let cfg = config(tmp.path(), &base, "[train.lora]\nrank = 2\nalpha = 4.0\n");
+    let lora_out = ok(&tunelab(&["train", "embed", cfg.to_str().unwrap(), "--fine-tune-type", "lora", "--name", "lora"]));
+    let stdout = ok(&tunelab(&["train", "embed", cfg.to_str().unwrap(), "--fine-tune-type", "dora"]));
+    let run = run_dir(&tmp.path().join("reports"), "tiny");
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap();
+    let config = manifest["config"].to_string();
+    assert!(config.contains(r#""fine_tune_type":"dora""#) && config.contains(r#""use_dora":true"#), "{config}");
+
+    let losses: Vec<f64> = std::fs::read_to_string(run.join("training/loss.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
+        .collect();
+    assert!(losses.len() >= 2 && losses.last().unwrap() < losses.first().unwrap(), "{losses:?}");
+
+    let adapter = tunelab::export::peft::read(&run.join("adapter")).unwrap();
+    assert!(adapter.config.use_dora && !adapter.layers.is_empty() && adapter.magnitudes.len() == adapter.layers.len());
+    let peft_config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("adapter/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((peft_config["use_dora"].as_bool(), peft_config["task_type"].as_str()), (Some(true), Some("FEATURE_EXTRACTION")));
+    // One magnitude entry per output row of every adapted layer is all DoRA adds.
+    let extra: usize = adapter.layers.values().map(|f| f.b_shape[0]).sum();
+    assert_eq!(trainable(&stdout), trainable(&lora_out) + extra as u64, "{stdout}\n{lora_out}");
+
+    let texts = ["high tide is a day", "kelp of the storm", "the boats"];
+    let mut enc = SentenceEncoder::load(&base, &Device::flex()).unwrap();
+    enc.model = enc.model.with_adapter(&adapter).unwrap();
+    let reloaded = enc.embed_documents(&texts, 8).unwrap();
+    let (exported, before) = (embed(&run.join("model"), &texts), embed(&base, &texts));
+    let diff = |a: &[Vec<f32>], b: &[Vec<f32>]| a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    eprintln!("DoRA: PEFT adapter on the base vs merged export: max |Δ| {:e}; export vs base {:e}", diff(&reloaded, &exported), diff(&exported, &before));
+    assert!(diff(&reloaded, &exported) <= 1e-5, "{}", diff(&reloaded, &exported));
+    assert!(diff(&exported, &before) > 1e-3, "training moved the model");
+
+    // A contradiction between the flag and the file is refused, naming both.
+    let out = tunelab(&["train", "embed", cfg.to_str().unwrap(), "--fine-tune-type", "full", "--name", "x"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("fine_tune_type") && err.contains("[train.lora]"), "{err}");
+}
+
 #[test]
 fn same_seed_gives_the_same_model() {
     let tmp = tempfile::tempdir().unwrap();

@@ -83,6 +83,10 @@ pub struct TrainEmbedArgs {
     pub max_seq_length: Option<usize>,
     #[arg(long)]
     pub seed: Option<u64>,
+    /// lora, dora (LoRA plus DoRA's magnitude vectors) or full (every weight), as `train lora`
+    /// takes it; adapters are shaped by [train.lora] and --lora-rank.
+    #[arg(long, value_enum)]
+    pub fine_tune_type: Option<crate::lora::FineTuneType>,
     /// Train LoRA adapters of this rank instead of every weight (alpha defaults to 2 × rank).
     #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub lora_rank: Option<usize>,
@@ -350,6 +354,9 @@ pub fn run_train(a: TrainEmbedArgs, device: DeviceChoice) -> anyhow::Result<()> 
     if let Some(rank) = a.lora_rank {
         let alpha = a.lora_alpha.unwrap_or(2.0 * rank as f64);
         cfg.train.lora = Some(crate::lora::LoraConfig { rank, alpha, ..cfg.train.lora.clone().unwrap_or_default() });
+    }
+    if let Some(v) = a.fine_tune_type {
+        cfg.fine_tune_type = Some(v);
     }
     cfg.skip_bad_lines |= a.skip_bad_lines;
     if a.print_config {

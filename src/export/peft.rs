@@ -60,14 +60,21 @@ fn targets(adapter: &AdapterWeights) -> (Vec<String>, Option<Vec<usize>>) {
     }
 }
 
-/// Write `adapter` as a PEFT folder in `dir` (created if missing; the two files are replaced).
+/// Write `adapter` as a PEFT folder in `dir` (created if missing; the two files are replaced),
+/// for a causal LM (`task_type: CAUSAL_LM`).
 pub fn write(dir: &Path, adapter: &AdapterWeights, base_model: &str) -> Result<(), AdapterFileError> {
+    write_task(dir, adapter, base_model, "CAUSAL_LM")
+}
+
+/// [`write`] with PEFT's `task_type` (`FEATURE_EXTRACTION` for an encoder's adapter, which PEFT
+/// then wraps as `PeftModelForFeatureExtraction`).
+pub fn write_task(dir: &Path, adapter: &AdapterWeights, base_model: &str, task_type: &str) -> Result<(), AdapterFileError> {
     std::fs::create_dir_all(dir).map_err(|source| AdapterFileError::Io { path: dir.to_path_buf(), source })?;
     let c = &adapter.config;
     let (target_modules, layers_to_transform) = targets(adapter);
     let config = serde_json::json!({
         "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
+        "task_type": task_type,
         "base_model_name_or_path": base_model,
         "r": c.rank,
         "lora_alpha": c.alpha,

@@ -289,6 +289,29 @@ impl AdaptableLinear {
         }
     }
 
+    /// Attach known factors (and DoRA's magnitude) to a plain layer: loading a saved adapter.
+    /// `path` names the layer in errors.
+    pub fn with_factors(self, path: &str, f: &crate::lora::LoraFactors, magnitude: Option<&[f32]>, config: &LoraConfig) -> Result<Self, LoraError> {
+        let bad = |reason: String| LoraError::Config { field: "layers", reason: format!("{path}: {reason}") };
+        let Self::Base(l) = self else {
+            return Err(bad("the layer already carries an adapter or is quantized".into()));
+        };
+        let weight = l.weight.val().transpose();
+        let [out_f, in_f] = weight.dims();
+        if f.a_shape[1] != in_f || f.b_shape[0] != out_f {
+            return Err(bad(format!("lora_A {:?} / lora_B {:?} do not fit a [{out_f}, {in_f}] weight", f.a_shape, f.b_shape)));
+        }
+        let device = weight.device();
+        let t = |v: &[f32], s: [usize; 2]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), s), &device);
+        let lora = LoraLinear::from_parts(weight, l.bias.as_ref().map(|b| b.val()), t(&f.a, f.a_shape), t(&f.b, f.b_shape), config.scale(), config.dropout);
+        let lora = match magnitude {
+            Some(m) if m.len() != out_f => return Err(bad(format!("magnitude has {} entries, the weight has {out_f} rows", m.len()))),
+            Some(m) => lora.with_magnitude(Some(Tensor::<1>::from_data(TensorData::new(m.to_vec(), [out_f]), &device))),
+            None => lora.with_dora_init(config.use_dora),
+        };
+        Ok(Self::Lora(lora))
+    }
+
     /// Fold an adapter into a plain layer with weight `W + scale·B·A` (trainable again; a
     /// quantized base is dequantized first). A quantized layer without adapter stays quantized.
     pub fn merged(self) -> Self {

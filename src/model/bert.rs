@@ -713,6 +713,39 @@ impl BertModel {
         out
     }
 
+    /// Attach a saved adapter (PEFT's layer paths inside a `BertModel`, as
+    /// [`BertModel::adapter_weights`] writes them; DoRA magnitudes included), freezing the rest.
+    /// Fails naming the first adapter layer that is not in the model or does not fit it.
+    pub fn with_adapter(self, adapter: &AdapterWeights) -> Result<Self, LoraError> {
+        let mut m = self.no_grad();
+        let mut used = 0;
+        let mut layers = Vec::with_capacity(m.encoder.layers.len());
+        for (i, mut l) in std::mem::take(&mut m.encoder.layers).into_iter().enumerate() {
+            let p = format!("encoder.layer.{i}");
+            let mut attach = |slot: AdaptableLinear, path: String| match adapter.layers.get(&path) {
+                Some(f) => {
+                    used += 1;
+                    slot.with_factors(&path, f, adapter.magnitudes.get(&path).map(Vec::as_slice), &adapter.config)
+                }
+                None => Ok(slot),
+            };
+            l.attention.query = attach(l.attention.query, format!("{p}.attention.self.query"))?;
+            l.attention.key = attach(l.attention.key, format!("{p}.attention.self.key"))?;
+            l.attention.value = attach(l.attention.value, format!("{p}.attention.self.value"))?;
+            l.attention_output.dense = attach(l.attention_output.dense, format!("{p}.attention.output.dense"))?;
+            l.intermediate = attach(l.intermediate, format!("{p}.intermediate.dense"))?;
+            l.output.dense = attach(l.output.dense, format!("{p}.output.dense"))?;
+            layers.push(l);
+        }
+        m.encoder.layers = layers;
+        if used != adapter.layers.len() {
+            let known = |k: &String| k.starts_with("encoder.layer.") && m.encoder.layers.len() > k.split('.').nth(2).and_then(|n| n.parse::<usize>().ok()).unwrap_or(usize::MAX);
+            let missing = adapter.layers.keys().find(|k| !known(k)).cloned().unwrap_or_default();
+            return Err(LoraError::NoMatch { target: missing, model: "BertModel".into() });
+        }
+        Ok(m)
+    }
+
     /// Every adapter folded into its base weight (`W + scale·B·A`): a plain model again.
     pub fn merged(mut self) -> Self {
         let layers = std::mem::take(&mut self.encoder.layers);

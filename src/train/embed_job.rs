@@ -41,7 +41,7 @@ use crate::data::jsonl::{BadLines, read_jsonl};
 use crate::data::trec::Qrels;
 use crate::device::DeviceChoice;
 use crate::io::tokenizer::TextTokenizer;
-use crate::lora::{AdapterWeights, LoraConfig};
+use crate::lora::{AdapterWeights, FineTuneType, LoraConfig};
 use crate::model::bert::{Prompts, SentenceEncoder};
 use crate::model::gemma::{GemmaEncoder, is_gemma_folder};
 use crate::report::manifest::{Manifest, RunDir};
@@ -76,6 +76,11 @@ pub struct EmbedJobConfig {
     pub skip_bad_lines: bool,
     pub hard_negatives: Option<HardNegativesConfig>,
     pub validation: Option<ValidationConfig>,
+    /// `lora`, `dora` or `full`, as `train lora --fine-tune-type` takes them: `lora` and `dora`
+    /// train adapters shaped by `[train.lora]` (its defaults when absent; `dora` sets
+    /// `use_dora`), `full` every weight. Unset: adapters when `[train.lora]` is given, else full.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fine_tune_type: Option<FineTuneType>,
     pub train: ContrastiveConfig,
 }
 
@@ -91,6 +96,7 @@ impl Default for EmbedJobConfig {
             skip_bad_lines: false,
             hard_negatives: None,
             validation: None,
+            fine_tune_type: None,
             train: ContrastiveConfig::default(),
         }
     }
@@ -157,6 +163,29 @@ struct QueryLine {
 
 impl EmbedJobConfig {
     /// Read a TOML file; errors name the file and the TOML error (line, field).
+    /// This config with `fine_tune_type` settled into `[train.lora]` (and named), so the run and
+    /// its manifest say the same thing. Contradictions are errors naming both settings.
+    pub fn resolved(&self) -> anyhow::Result<Self> {
+        let mut c = self.clone();
+        let kind = match (c.fine_tune_type, &mut c.train.lora) {
+            (None, None) => FineTuneType::Full,
+            (None, Some(l)) => if l.use_dora { FineTuneType::Dora } else { FineTuneType::Lora },
+            (Some(FineTuneType::Full), Some(_)) => bail!(
+                "fine_tune_type = \"full\" trains every weight, but [train.lora] (or --lora-rank) asks for adapters: drop one of them"
+            ),
+            (Some(FineTuneType::Full), None) => FineTuneType::Full,
+            (Some(FineTuneType::Lora), Some(l)) if l.use_dora => bail!(
+                "fine_tune_type = \"lora\" but [train.lora] sets use_dora = true: use fine_tune_type = \"dora\" or drop use_dora"
+            ),
+            (Some(kind), lora) => {
+                lora.get_or_insert_with(LoraConfig::default).use_dora = kind == FineTuneType::Dora;
+                kind
+            }
+        };
+        c.fine_tune_type = Some(kind);
+        Ok(c)
+    }
+
     pub fn from_toml_file(path: &Path) -> anyhow::Result<Self> {
         let text = crate::io::text::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
@@ -285,6 +314,7 @@ fn check_memory<E: JobEncoder>(encoder: &E, cfg: &ContrastiveConfig, seq: usize,
 
 /// Run the job on `choice`'s device. See the module notes.
 pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Result<EmbedJobOutcome> {
+    let cfg = &cfg.resolved()?;
     cfg.train.validate()?;
     let device = choice.device()?;
     device.seed(cfg.train.seed);
@@ -447,6 +477,9 @@ fn train_and_export<E: JobEncoder>(
     let meta = serde_json::json!({ "governance": manifest.governance.clone(), "run_id": manifest.run_id, "config": cfg });
     tuned.write_folder(&model_dir, meta)?;
     if let Some(adapter) = &lora_adapter {
+        // The adapter itself too, as PEFT saves it (DoRA magnitudes as `lora_magnitude_vector`):
+        // `PeftModel.from_pretrained(AutoModel.from_pretrained(base), "adapter")`.
+        crate::export::peft::write_task(&run_dir.path().join("adapter"), adapter, &cfg.model.display().to_string(), "FEATURE_EXTRACTION")?;
         let summary: BTreeMap<&str, [usize; 2]> = adapter.layers.iter().map(|(k, f)| (k.as_str(), [f.b_shape[0], f.a_shape[1]])).collect();
         std::fs::write(run_dir.path().join("lora_layers.json"), serde_json::to_string_pretty(&summary)?)?;
     }
