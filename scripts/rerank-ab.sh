@@ -32,13 +32,16 @@
 #      EMBEDDER         base embedder (default models/all-MiniLM-L6-v2)
 #      BASE_EXPANSIONS  expansions of the test queries (optional; `tunelab eval expansions`' file)
 #      DATASETS         bundled data (default datasets); QUERIES_LIMIT keeps the first N test queries
-#      ITERS, BATCH, LR, RANK, ALPHA, LOSS, NEGATIVES, MINED, SEED, MAX_SEQ   training
-#                       (defaults 400, 8, 2e-4, 16, 32, pointwise, 3, 2, 42, 512)
+#      ITERS, BATCH, LR, RANK, ALPHA, LOSS, TARGETS, NEGATIVES, MINED, SEED, MAX_SEQ   training
+#                       (defaults 400, 8, 2e-4, 16, 32, pointwise, graded, 3, 2, 42, 512)
+#      SAVE_EVERY       iterations between adapter saves (default ITERS: only the last)
 #      VALID_FRACTION   training queries held out for calibration (default 0.2; each held-out
 #                       judgment is scored twice, base and tuned)
 #      DEPTH            candidates reranked per query (default 40, QMD's; the report's pipeline
 #                       keeps as many, so a smaller DEPTH is a quick check, not QMD's pipeline)
 #      RERANK_BATCH     prompts per forward pass (default 16); PERMUTATIONS (default 10000)
+#      SYSTEMS          rerankers the rerank stage scores (default "base tuned"; "tuned" when
+#                       OUT/scores/base.run comes from another run of the same candidates)
 set -euo pipefail
 for v in TUNELAB OUT RERANKER EMBEDDER BASE_EXPANSIONS DATASETS; do
   # Paths given in the environment are taken from where the script was started.
@@ -63,9 +66,9 @@ RERANKER=${RERANKER:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 EMBEDDER=${EMBEDDER:-models/all-MiniLM-L6-v2}
 DATASETS=${DATASETS:-datasets}
 ITERS=${ITERS:-400}; BATCH=${BATCH:-8}; LR=${LR:-2e-4}; RANK=${RANK:-16}; ALPHA=${ALPHA:-32}
-LOSS=${LOSS:-pointwise}; NEGATIVES=${NEGATIVES:-3}; MINED=${MINED:-2}; SEED=${SEED:-42}
+LOSS=${LOSS:-pointwise}; TARGETS=${TARGETS:-graded}; NEGATIVES=${NEGATIVES:-3}; MINED=${MINED:-2}; SEED=${SEED:-42}
 MAX_SEQ=${MAX_SEQ:-512}; VALID_FRACTION=${VALID_FRACTION:-0.2}; DEPTH=${DEPTH:-40}; RERANK_BATCH=${RERANK_BATCH:-16}
-PERMUTATIONS=${PERMUTATIONS:-10000}
+PERMUTATIONS=${PERMUTATIONS:-10000}; SYSTEMS=${SYSTEMS:-base tuned}
 PIPELINE_DEVICE=${PIPELINE_DEVICE:-cpu}
 if [ -z "${TUNELAB:-}" ]; then
   cargo build --locked --release ${FEATURES:+--features "$FEATURES"} --bin tunelab
@@ -96,18 +99,18 @@ fi
 
 if has train; then
   [ -e "$RERANKER" ] || { echo "no reranker at $RERANKER (scripts/fetch-models.sh or RERANKER=...)" >&2; exit 1; }
-  step "train rerank ($LOSS, $ITERS iterations, batch $BATCH, lr $LR, r$RANK, device ${TUNELAB_DEVICE:-cpu})"
-  $T train rerank --model "$RERANKER" --data "$DATASETS/reranker/judgments.jsonl" --loss "$LOSS" \
+  step "train rerank ($LOSS, $TARGETS targets, $ITERS iterations, batch $BATCH, lr $LR, r$RANK, device ${TUNELAB_DEVICE:-cpu})"
+  $T train rerank --model "$RERANKER" --data "$DATASETS/reranker/judgments.jsonl" --loss "$LOSS" --targets "$TARGETS" \
     --negatives "$NEGATIVES" --mined-negatives "$MINED" --valid-fraction "$VALID_FRACTION" --iters "$ITERS" --batch-size "$BATCH" \
     --learning-rate "$LR" --rank "$RANK" --alpha "$ALPHA" --max-seq-length "$MAX_SEQ" \
-    --save-every "$ITERS" --seed "$SEED" --adapter-path "$OUT/adapter" | tee "$OUT/train.txt"
+    --save-every "${SAVE_EVERY:-$ITERS}" --seed "$SEED" --adapter-path "$OUT/adapter" | tee "$OUT/train.txt"
 fi
 
 if has rerank; then
   [ -f "$CANDIDATES" ] || { echo "no $CANDIDATES: run --stage candidates first (or copy it here)" >&2; exit 1; }
-  [ -d "$OUT/adapter" ] || { echo "no $OUT/adapter: run --stage train first" >&2; exit 1; }
+  [[ " $SYSTEMS " != *" tuned "* ]] || [ -d "$OUT/adapter" ] || { echo "no $OUT/adapter: run --stage train first" >&2; exit 1; }
   mkdir -p "$OUT/scores"
-  for sys in base tuned; do
+  for sys in $SYSTEMS; do
     step "rerank the candidates: $sys reranker (device ${TUNELAB_DEVICE:-cpu})"
     adapter=(); [ "$sys" = tuned ] && adapter=(--adapter-path "$OUT/adapter")
     $T rerank --model "$RERANKER" "${adapter[@]}" --queries "$DS/queries/test.jsonl" \

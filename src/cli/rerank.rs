@@ -17,7 +17,7 @@ use crate::eval::search::qmd::{QmdConfig, rerank_chunk_for};
 use crate::eval::search::sort_trec;
 use crate::model::reranker::{RerankTemplate, Reranker};
 use crate::cli::lora::{LoraFlags, LoraOptionsMut, lora_options_of};
-use crate::train::rerank::{Judged, RerankConfig, RerankLoss};
+use crate::train::rerank::{Judged, RerankConfig, RerankLoss, RerankTargets};
 
 /// `tunelab rerank --model M [--adapter-path DIR] --queries Q.jsonl --run RUN --corpus DIR --out RUN`.
 #[derive(clap::Args, Debug)]
@@ -212,6 +212,9 @@ pub struct TrainRerankArgs {
     /// pointwise (BCE on P(yes)) or listwise (softmax over a positive and --negatives negatives).
     #[arg(long)]
     pub loss: Option<String>,
+    /// Pointwise targets: graded (grade / largest grade, the default) or binary (grade ≥ 1 → 1).
+    #[arg(long)]
+    pub targets: Option<String>,
     #[arg(long)]
     pub negatives: Option<usize>,
     #[arg(long)]
@@ -245,6 +248,13 @@ impl TrainRerankArgs {
                 "pointwise" => RerankLoss::Pointwise,
                 "listwise" => RerankLoss::Listwise,
                 other => bail!("--loss {other}: expected pointwise or listwise"),
+            };
+        }
+        if let Some(t) = &self.targets {
+            c.targets = match t.as_str() {
+                "graded" => RerankTargets::Graded,
+                "binary" => RerankTargets::Binary,
+                other => bail!("--targets {other}: expected graded or binary"),
             };
         }
         c.validate()?;

@@ -59,6 +59,30 @@ pub enum RerankLoss {
     Listwise,
 }
 
+/// What a judged grade becomes as the pointwise loss's target P(yes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RerankTargets {
+    /// The grade divided by the largest grade in the data (0/1/2 → 0, 0.5, 1).
+    #[default]
+    Graded,
+    /// 1 for any grade ≥ 1, else 0: the labels calibration is measured against and the ones
+    /// MRR counts. QMD's blend can lift a document past a non-relevant fused rank 2 (score
+    /// ≥ 0.375) from rank 11 on only with P(yes) > 0.56 (0.4/11 + 0.6·P), so graded targets,
+    /// which teach P = 0.5 for a same-concept document of another aspect, keep such documents
+    /// below it.
+    Binary,
+}
+
+/// The pointwise target of a judgment of `grade` when the data's largest grade is `max_grade`.
+pub fn pointwise_target(targets: RerankTargets, grade: i64, max_grade: i64) -> f32 {
+    let max_grade = max_grade.max(1);
+    match targets {
+        RerankTargets::Graded => grade.clamp(0, max_grade) as f32 / max_grade as f32,
+        RerankTargets::Binary => (grade >= 1) as u8 as f32,
+    }
+}
+
 /// Options of `tunelab train rerank`: `train lora`'s names and meanings where they apply, plus
 /// the reranker's own (`loss`, `negatives`, `mined_negatives`, `valid_fraction`,
 /// `calibration_bins`, `eval_batch_size`).
@@ -92,6 +116,8 @@ pub struct RerankConfig {
     pub quantize_base: QuantizeBase,
     pub grad_checkpoint: bool,
     pub loss: RerankLoss,
+    /// Pointwise targets: graded (grade / largest grade) or binary (grade ≥ 1).
+    pub targets: RerankTargets,
     /// Negatives per group (listwise).
     pub negatives: usize,
     /// BM25-mined hard negatives added per training query.
@@ -134,6 +160,7 @@ impl Default for RerankConfig {
             quantize_base: QuantizeBase::Keep,
             grad_checkpoint: false,
             loss: RerankLoss::Pointwise,
+            targets: RerankTargets::Graded,
             negatives: 3,
             mined_negatives: 2,
             valid_fraction: 0.2,
@@ -428,7 +455,7 @@ pub fn fit(
             for j in &train {
                 pairs.push((
                     enc(&j.query, &j.document)?,
-                    (j.grade.clamp(0, max_grade) as f32) / max_grade as f32,
+                    pointwise_target(cfg.targets, j.grade, max_grade),
                 ));
             }
             for (q, negs) in &mined {
@@ -688,6 +715,24 @@ mod tests {
 
     fn t1(v: &[f32]) -> Tensor<1> {
         Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), &Device::flex())
+    }
+
+    #[test]
+    fn pointwise_targets_graded_and_binary() {
+        use RerankTargets::{Binary, Graded};
+        for (grade, max, graded, binary) in [
+            (0, 2, 0.0, 0.0),
+            (1, 2, 0.5, 1.0),
+            (2, 2, 1.0, 1.0),
+            (3, 2, 1.0, 1.0),
+            (-1, 2, 0.0, 0.0),
+            (1, 1, 1.0, 1.0),
+            (0, 0, 0.0, 0.0),
+            (2, 4, 0.5, 1.0),
+        ] {
+            assert_eq!(pointwise_target(Graded, grade, max), graded, "graded {grade}/{max}");
+            assert_eq!(pointwise_target(Binary, grade, max), binary, "binary {grade}/{max}");
+        }
     }
 
     #[test]
