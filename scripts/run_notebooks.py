@@ -298,11 +298,9 @@ def run_config(cfg: dict, batch_dir: Path, args) -> dict:
         log(f"{cfg['name']}: FAILED before running: {e}")
         return result
 
-    # One persistent evcxr build directory per notebook: the second run reuses its compiled deps.
-    # (One kernel per directory at a time; this runner runs one notebook at a time.)
-    tmpdir = ROOT / "target" / "evcxr" / nb_path.stem
-    tmpdir.mkdir(parents=True, exist_ok=True)
-    os.environ["EVCXR_TMPDIR"] = str(tmpdir)
+    # evcxr's build directory is chosen by the kernel launcher (scripts/evcxr_kernel.py): the first
+    # free slot under target/evcxr/, warm after scripts/setup-notebooks.sh, with the repository's
+    # Cargo.lock. One kernel per slot; this runner runs one notebook at a time, so it reuses slot 0.
     client = NotebookClient(
         nb,
         kernel_name=KERNEL,
@@ -310,12 +308,10 @@ def run_config(cfg: dict, batch_dir: Path, args) -> dict:
         startup_timeout=300,
         record_timing=True,
         resources={"metadata": {"path": str(nb_path.parent)}},
-        # After the kernel is up: evcxr's start-up build (of an empty crate) prunes the lock file.
-        on_notebook_start=lambda notebook: seed_lockfile(tmpdir),
     )
     exc = None
     start = time.monotonic()
-    log(f"{cfg['name']}: executing {result['notebook']} (EVCXR_TMPDIR={tmpdir.relative_to(ROOT)})")
+    log(f"{cfg['name']}: executing {result['notebook']}")
     try:
         client.execute()
     except (CellExecutionError, CellTimeoutError, DeadKernelError, RuntimeError) as e:
@@ -373,14 +369,33 @@ def rich_outputs(nb) -> dict:
             "svgs": sum(h.count("<svg") for h in html), "images": images, "debug_fallbacks": debug}
 
 
-def seed_lockfile(tmpdir: Path) -> None:
-    """Give evcxr's build directory the repository's Cargo.lock, so the notebooks build exactly the
-    dependency versions the tests use (and offline: `cargo fetch --locked` in setup-notebooks.sh has
-    every package). evcxr writes no lock of its own, and its start-up build of an empty crate prunes
-    whatever lock is there, so this runs once the kernel is up, before the first cell."""
-    lock = ROOT / "Cargo.lock"
-    if lock.exists():
-        shutil.copyfile(lock, tmpdir / "Cargo.lock")
+def warm(args) -> int:
+    """Compile the notebooks' common `:dep` set (notebooks/evcxr/deps.evcxr) into a kernel build slot
+    (scripts/evcxr_kernel.py), so the first cell of any bundled notebook starts computing at once.
+    Runs a two-cell notebook in notebooks/ (where `path = ".."` is the repository) through the
+    `rust` kernel: the `:dep` lines with the notebooks' `use` and `init()`, then one call into
+    tunelab, which links it the way every notebook cell does."""
+    deps = (ROOT / "notebooks" / "evcxr" / "deps.evcxr").read_text()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Rust", "language": "rust"}
+    nb.cells = [
+        nbformat.v4.new_code_cell(deps + "use polars::prelude::*;\nuse tunelab::notebook::*;\ntunelab::notebook::init();"),
+        nbformat.v4.new_code_cell('println!("tunelab {} warm for notebooks", tunelab::version());'),
+    ]
+    client = NotebookClient(nb, kernel_name=KERNEL, timeout=args.timeout, startup_timeout=300, record_timing=True,
+                            resources={"metadata": {"path": str(ROOT / "notebooks")}})
+    start = time.monotonic()
+    log("warming the notebooks' build (tunelab and its dependencies for evcxr; long when cold)")
+    try:
+        client.execute()
+    except Exception as e:  # a failing :dep build, a dead kernel
+        failure = find_failure(client.nb, e) or {}
+        log(f"warm-up FAILED after {time.monotonic() - start:.0f}s: {failure.get('ename', type(e).__name__)}: "
+            f"{failure.get('evalue', str(e))[-3000:]}\n{failure.get('stderr_tail', '')}")
+        return 1
+    cells = [cell_seconds(c) for c in client.nb.cells]
+    log(f"warm in {time.monotonic() - start:.0f}s (build cell {cells[0]}s, first call {cells[1]}s)")
+    return 0
 
 
 def render_html(executed: Path) -> Path:
@@ -443,7 +458,12 @@ def main() -> int:
                     help="fail a notebook whose outputs hold no HTML table or no plot, or show a rich value as Debug text")
     ap.add_argument("--tunelab", help="tunelab binary for the summary (default: cargo build)")
     ap.add_argument("--no-summary", action="store_true")
+    ap.add_argument("--warm", action="store_true",
+                    help="only compile the notebooks' common :dep set into a kernel build slot (scripts/setup-notebooks.sh)")
     args = ap.parse_args()
+
+    if args.warm:
+        return warm(args)
 
     if bool(args.matrix) == bool(args.notebooks):
         ap.error("give either notebooks or --matrix")
