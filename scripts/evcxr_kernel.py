@@ -4,11 +4,16 @@ Jupyter starts `python scripts/evcxr_kernel.py EVCXR_JUPYTER --control_file FILE
 over to evcxr_jupyter (exec: the kernel's pid stays the one Jupyter started) it
 
 * picks evcxr's build directory: the first free slot `target/evcxr/kernel-N/` (a slot is held by
-  an exclusive lock on `kernel-N.lock` for the kernel's lifetime). Every bundled notebook loads the
-  same `:dep` set (`notebooks/evcxr/deps.evcxr`), so one build directory serves them all: slot 0,
-  warmed by `scripts/setup-notebooks.sh`, has tunelab and its dependencies compiled for evcxr, and
-  any notebook opened in it starts computing at once. A second notebook open at the same time gets
-  slot 1, which builds once (evcxr's `:cache` makes that a few minutes) and stays warm as well.
+  an exclusive lock on `kernel-N.lock` for the kernel's lifetime). Every bundled notebook loads one
+  of two `:dep` sets (`notebooks/evcxr/deps-data.evcxr`, `notebooks/evcxr/deps.evcxr`), and cargo
+  keeps both builds side by side in one slot's target directory: slot 0, warmed by
+  `scripts/setup-notebooks.sh`, has tunelab and its dependencies compiled for evcxr, and any
+  notebook opened in it starts computing at once. A second notebook open at the same time gets slot
+  1, which cargo builds from scratch once (as long as the set-up's warm-up) and then keeps warm.
+  Slots are never filled from evcxr's `:cache` (off in `notebooks/evcxr/init.evcxr`): that cache
+  is keyed by rustc's command line only, and a hit copies in a crate compiled against other
+  dependency contents (see environment.md). A slot is never shared by two kernels either: evcxr
+  writes each cell to the same `libctx.so`.
   `EVCXR_TMPDIR` set by the caller wins (no slot). The slots' parent holds a `.cargo/config.toml`
   with the workspace's `[patch]` (see `write_patch_config`).
 * gives that directory the repository's `Cargo.lock`, so notebooks build exactly the dependency

@@ -8,10 +8,11 @@
 #   ~/.cargo/bin/evcxr_jupyter            evcxr_jupyter 0.22.x (cargo install --locked; ~15 min on 2 cores, once)
 #   .venv/                                 Python venv shared with the reference tools (git-ignored)
 #   .venv/share/jupyter/kernels/rust/      the `rust` kernel spec, visible only to this venv's Jupyter
-#   notebooks/evcxr/init.evcxr             evcxr start-up commands (compilation cache), tracked in git;
+#   notebooks/evcxr/init.evcxr             evcxr start-up commands (offline, no compilation cache), tracked in git;
 #                                          the kernel spec points EVCXR_CONFIG_DIR at it
-#   target/evcxr/kernel-0/                 evcxr's build of the notebooks' common :dep set
-#                                          (notebooks/evcxr/deps.evcxr), warm: first cells start at once
+#   target/evcxr/kernel-0/                 evcxr's build of the notebooks' two :dep sets
+#                                          (notebooks/evcxr/deps-data.evcxr, deps.evcxr), warm: first
+#                                          cells start at once
 # Then:
 #   scripts/run-notebooks notebooks/01-datasets.ipynb          # headless, with a persistent build dir
 #   .venv/bin/jupyter nbconvert --to notebook --execute notebooks/01-datasets.ipynb --output-dir target/nb
@@ -94,13 +95,23 @@ log "kernel 'rust' -> $root/$kernel_dir (EVCXR_CONFIG_DIR=notebooks/evcxr)"
 if [[ "$(uname -s)" != Darwin ]] && ! command -v mold >/dev/null && ! command -v lld >/dev/null; then
   log "tip: 'apt-get install lld' makes evcxr link cells faster (it uses lld automatically)"
 fi
-# 5. Warm build: every bundled notebook loads the same `:dep` set (notebooks/evcxr/deps.evcxr), so one
-# evcxr build of tunelab and its dependencies, in the kernel's build slot target/evcxr/kernel-0/,
-# serves them all. Cold this is the long step (niced); when warm it only checks (and recompiles
-# tunelab if its sources changed). TUNELAB_NOTEBOOK_WARM=0 skips it.
-if [[ "${TUNELAB_NOTEBOOK_WARM:-1}" != 0 ]]; then
+# 5. Warm build: every bundled notebook loads one of two `:dep` sets (notebooks/evcxr/deps-data.evcxr:
+# tunelab without burn, for 00/01/04; notebooks/evcxr/deps.evcxr: with burn, for the others), and both
+# are compiled here into the kernel's build slot target/evcxr/kernel-0/ by cargo itself (evcxr's own
+# compilation cache is off, see notebooks/evcxr/init.evcxr), so every notebook opened afterwards
+# finds its dependencies built. Cold this is the long step (niced); when warm it only checks (and
+# recompiles tunelab if its sources changed). TUNELAB_NOTEBOOK_WARM: `all` (default), `data` (only
+# the burn-free set: what CI runs), `0` skips it.
+warm=${TUNELAB_NOTEBOOK_WARM:-all}
+case "$warm" in
+  0) ;;
+  all) warm_sets=data,models ;;
+  data|models|data,models) warm_sets=$warm ;;
+  *) die "TUNELAB_NOTEBOOK_WARM=$warm: want all, data, models or 0" ;;
+esac
+if [[ "$warm" != 0 ]]; then
   start=$(date +%s)
-  nice -n 10 .venv/bin/python scripts/run_notebooks.py --warm || die "the notebooks' warm-up build failed (see above)"
-  log "notebook build warm in $(( $(date +%s) - start ))s"
+  nice -n 10 .venv/bin/python scripts/run_notebooks.py --warm "$warm_sets" || die "the notebooks' warm-up build failed (see above)"
+  log "notebook build ($warm_sets) warm in $(( $(date +%s) - start ))s"
 fi
 log "done. Every notebook's first cell now starts computing at once (kernel build dir target/evcxr/kernel-0/)."
