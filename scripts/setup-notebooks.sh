@@ -93,7 +93,8 @@ log "kernel 'rust' -> $root/$kernel_dir (EVCXR_CONFIG_DIR=notebooks/evcxr)"
 
 # 4. Hints, not installs: a faster linker shortens every cell's link step (evcxr picks up mold or lld).
 if [[ "$(uname -s)" != Darwin ]] && ! command -v mold >/dev/null && ! command -v lld >/dev/null; then
-  log "tip: 'apt-get install lld' makes evcxr link cells faster (it uses lld automatically)"
+  log "tip: 'apt-get install lld' makes evcxr link cells faster (it uses lld automatically); install it before"
+  log "     this warm-up: it changes evcxr's RUSTFLAGS, so installing it later makes the next kernel rebuild everything"
 fi
 # 5. Warm build: every bundled notebook loads one of two `:dep` sets (notebooks/evcxr/deps-data.evcxr:
 # tunelab without burn, for 00/01/04; notebooks/evcxr/deps.evcxr: with burn, for the others), and both
