@@ -298,11 +298,9 @@ def run_config(cfg: dict, batch_dir: Path, args) -> dict:
         log(f"{cfg['name']}: FAILED before running: {e}")
         return result
 
-    # One persistent evcxr build directory per notebook: the second run reuses its compiled deps.
-    # (One kernel per directory at a time; this runner runs one notebook at a time.)
-    tmpdir = ROOT / "target" / "evcxr" / nb_path.stem
-    tmpdir.mkdir(parents=True, exist_ok=True)
-    os.environ["EVCXR_TMPDIR"] = str(tmpdir)
+    # evcxr's build directory is chosen by the kernel launcher (scripts/evcxr_kernel.py): the first
+    # free slot under target/evcxr/, warm after scripts/setup-notebooks.sh, with the repository's
+    # Cargo.lock. One kernel per slot; this runner runs one notebook at a time, so it reuses slot 0.
     client = NotebookClient(
         nb,
         kernel_name=KERNEL,
@@ -310,12 +308,10 @@ def run_config(cfg: dict, batch_dir: Path, args) -> dict:
         startup_timeout=300,
         record_timing=True,
         resources={"metadata": {"path": str(nb_path.parent)}},
-        # After the kernel is up: evcxr's start-up build (of an empty crate) prunes the lock file.
-        on_notebook_start=lambda notebook: seed_lockfile(tmpdir),
     )
     exc = None
     start = time.monotonic()
-    log(f"{cfg['name']}: executing {result['notebook']} (EVCXR_TMPDIR={tmpdir.relative_to(ROOT)})")
+    log(f"{cfg['name']}: executing {result['notebook']}")
     try:
         client.execute()
     except (CellExecutionError, CellTimeoutError, DeadKernelError, RuntimeError) as e:
@@ -373,14 +369,101 @@ def rich_outputs(nb) -> dict:
             "svgs": sum(h.count("<svg") for h in html), "images": images, "debug_fallbacks": debug}
 
 
-def seed_lockfile(tmpdir: Path) -> None:
-    """Give evcxr's build directory the repository's Cargo.lock, so the notebooks build exactly the
-    dependency versions the tests use (and offline: `cargo fetch --locked` in setup-notebooks.sh has
-    every package). evcxr writes no lock of its own, and its start-up build of an empty crate prunes
-    whatever lock is there, so this runs once the kernel is up, before the first cell."""
-    lock = ROOT / "Cargo.lock"
-    if lock.exists():
-        shutil.copyfile(lock, tmpdir / "Cargo.lock")
+# The notebooks' two `:dep` sets (notebooks/evcxr/): every bundled notebook's setup cell loads one of
+# them verbatim (tests/notebooks.rs), so warming both into the kernel's build slot leaves every
+# notebook warm. `data` is tunelab without burn (00, 01, 04: what CI runs), `models` adds burn.
+DEP_SETS = {"data": "deps-data.evcxr", "models": "deps.evcxr"}
+
+
+def lock_versions(path: Path) -> dict[str, set[str]]:
+    """name -> versions of the registry packages in a Cargo.lock."""
+    out: dict[str, set[str]] = {}
+    for pkg in tomllib.loads(path.read_text()).get("package", []):
+        if pkg.get("source", "").startswith("registry+"):
+            out.setdefault(pkg["name"], set()).add(pkg["version"])
+    return out
+
+
+def lock_drift(slot_lock: Path, repo_lock: Path) -> list[str]:
+    """Packages the kernel's build resolved to other versions than the repository's Cargo.lock
+    (the tests' versions): each `name version` not in the repository's lock."""
+    want = lock_versions(repo_lock)
+    return sorted(f"{name} {v}" for name, vs in lock_versions(slot_lock).items() for v in vs - want.get(name, set()))
+
+
+def warm(args) -> int:
+    """Compile the notebooks' `:dep` sets (DEP_SETS, one kernel each, one after the other) into a
+    kernel build slot (scripts/evcxr_kernel.py), so the first cell of any bundled notebook starts
+    computing at once. Each runs a two-cell notebook in notebooks/ (where `path = ".."` is the
+    repository) through the `rust` kernel: the `:dep` lines with the notebooks' `use` and `init()`,
+    then one call into tunelab, which links it the way every notebook cell does. Then checks that
+    the build used the repository's Cargo.lock versions (the kernel launcher seeds the slot with it)."""
+    names = [n for n in args.warm.split(",") if n]
+    unknown = [n for n in names if n not in DEP_SETS]
+    if unknown:
+        log(f"--warm: unknown :dep set(s) {unknown}; known: {', '.join(DEP_SETS)}")
+        return 2
+    for name in names:
+        deps = (ROOT / "notebooks" / "evcxr" / DEP_SETS[name]).read_text()
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Rust", "language": "rust"}
+        nb.cells = [
+            nbformat.v4.new_code_cell(deps + "use polars::prelude::*;\nuse tunelab::notebook::*;\ntunelab::notebook::init();"),
+            nbformat.v4.new_code_cell('println!("tunelab {} warm for notebooks in {}", tunelab::version(), '
+                                      'std::env::var("EVCXR_TMPDIR").unwrap_or_default());'),
+        ]
+        client = NotebookClient(nb, kernel_name=KERNEL, timeout=args.timeout, startup_timeout=300, record_timing=True,
+                                resources={"metadata": {"path": str(ROOT / "notebooks")}})
+        start = time.monotonic()
+        log(f"warming the notebooks' '{name}' build (notebooks/evcxr/{DEP_SETS[name]}; long when cold)")
+        try:
+            client.execute()
+        except Exception as e:  # a failing :dep build, a dead kernel
+            failure = find_failure(client.nb, e) or {}
+            log(f"warm-up of '{name}' FAILED after {time.monotonic() - start:.0f}s: {failure.get('ename', type(e).__name__)}: "
+                f"{failure.get('evalue', str(e))[-3000:]}\n{failure.get('stderr_tail', '')}")
+            return 1
+        cells = [cell_seconds(c) for c in client.nb.cells]
+        text = "".join(o.get("text", "") for o in client.nb.cells[1].get("outputs", []) if o.get("output_type") == "stream")
+        slot = Path(text.rsplit(" in ", 1)[-1].strip()) if " in " in text else None
+        log(f"'{name}' warm in {time.monotonic() - start:.0f}s (build cell {cells[0]}s, first call {cells[1]}s) in {slot}")
+        if slot and (slot / "Cargo.lock").exists():
+            drift = lock_drift(slot / "Cargo.lock", ROOT / "Cargo.lock")
+            if drift:
+                log(f"the '{name}' build resolved versions that are not in Cargo.lock: {', '.join(drift)}")
+                return 1
+    return 0
+
+
+def first_cells(args) -> int:
+    """Time each notebook's start as a user sees it: the kernel's start, the parameters cell and the
+    setup cell (`:dep` set, `use`, `init()`), executed in the notebook's folder and stopped there.
+    After scripts/setup-notebooks.sh every notebook should be warm here (environment.md)."""
+    failed = 0
+    rows = []
+    for nb_path in [Path(p).resolve() for p in args.notebooks]:
+        nb = nbformat.read(nb_path, as_version=4)
+        code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+        nb.cells = nb.cells[: code[1] + 1] if len(code) > 1 else nb.cells
+        client = NotebookClient(nb, kernel_name=KERNEL, timeout=args.timeout, startup_timeout=300, record_timing=True,
+                                resources={"metadata": {"path": str(nb_path.parent)}})
+        start = time.monotonic()
+        try:
+            client.execute()
+            status = "ok"
+        except Exception as e:
+            failure = find_failure(client.nb, e) or {}
+            status = f"FAILED: {failure.get('ename', type(e).__name__)}: {failure.get('evalue', str(e))[-500:]}"
+            failed += 1
+        total = time.monotonic() - start
+        setup = cell_seconds(client.nb.cells[code[1]]) if len(code) > 1 else None
+        rows.append((nb_path.name, total, setup, status))
+        log(f"{nb_path.name}: kernel start + first cells {total:.1f}s (setup cell {setup}s): {status}")
+    print("| notebook | kernel start + parameters + setup cell (s) | setup cell alone (s) |")
+    print("|---|---|---|")
+    for name, total, setup, status in rows:
+        print(f"| {name} | {total:.1f} | {setup} |" + ("" if status == "ok" else f" {status[:80]}"))
+    return 1 if failed else 0
 
 
 def render_html(executed: Path) -> Path:
@@ -443,7 +526,17 @@ def main() -> int:
                     help="fail a notebook whose outputs hold no HTML table or no plot, or show a rich value as Debug text")
     ap.add_argument("--tunelab", help="tunelab binary for the summary (default: cargo build)")
     ap.add_argument("--no-summary", action="store_true")
+    ap.add_argument("--warm", nargs="?", const=",".join(DEP_SETS), metavar="SETS",
+                    help="only compile the notebooks' :dep sets (comma-separated, default all: "
+                         f"{','.join(DEP_SETS)}) into a kernel build slot (scripts/setup-notebooks.sh)")
+    ap.add_argument("--first-cells", action="store_true",
+                    help="only time each notebook's kernel start, parameters and setup cells (environment.md's table)")
     args = ap.parse_args()
+
+    if args.warm:
+        return warm(args)
+    if args.first_cells:
+        return first_cells(args)
 
     if bool(args.matrix) == bool(args.notebooks):
         ap.error("give either notebooks or --matrix")

@@ -8,8 +8,11 @@
 #   ~/.cargo/bin/evcxr_jupyter            evcxr_jupyter 0.22.x (cargo install --locked; ~15 min on 2 cores, once)
 #   .venv/                                 Python venv shared with the reference tools (git-ignored)
 #   .venv/share/jupyter/kernels/rust/      the `rust` kernel spec, visible only to this venv's Jupyter
-#   notebooks/evcxr/init.evcxr             evcxr start-up commands (compilation cache), tracked in git;
+#   notebooks/evcxr/init.evcxr             evcxr start-up commands (offline, no compilation cache), tracked in git;
 #                                          the kernel spec points EVCXR_CONFIG_DIR at it
+#   target/evcxr/kernel-0/                 evcxr's build of the notebooks' two :dep sets
+#                                          (notebooks/evcxr/deps-data.evcxr, deps.evcxr), warm: first
+#                                          cells start at once
 # Then:
 #   scripts/run-notebooks notebooks/01-datasets.ipynb          # headless, with a persistent build dir
 #   .venv/bin/jupyter nbconvert --to notebook --execute notebooks/01-datasets.ipynb --output-dir target/nb
@@ -72,12 +75,16 @@ fi
 kernel_dir=.venv/share/jupyter/kernels/rust
 JUPYTER_PATH="$root/.venv/share/jupyter" "$evcxr_jupyter" --install >/dev/null
 # Point the kernel at the project's evcxr config dir (evcxr reads $EVCXR_CONFIG_DIR/init.evcxr at start).
-.venv/bin/python - "$kernel_dir/kernel.json" "$root/notebooks/evcxr" <<'PY'
+# Start it through scripts/evcxr_kernel.py, which gives each kernel a kept build directory (slot
+# target/evcxr/kernel-N/, warmed in step 5) and seeds it with the repository's Cargo.lock.
+.venv/bin/python - "$kernel_dir/kernel.json" "$root/notebooks/evcxr" "$root/.venv/bin/python" "$root/scripts/evcxr_kernel.py" <<'PY'
 import json, sys
-path, config_dir = sys.argv[1], sys.argv[2]
+path, config_dir, python, launcher = sys.argv[1:5]
 spec = json.load(open(path))
 spec.setdefault("env", {})["EVCXR_CONFIG_DIR"] = config_dir
 spec["display_name"] = "Rust (tunelab)"
+evcxr = spec["argv"][0] if spec["argv"][0] != python else spec["argv"][2]
+spec["argv"] = [python, launcher, evcxr, "--control_file", "{connection_file}"]
 json.dump(spec, open(path, "w"), indent=2)
 PY
 .venv/bin/jupyter kernelspec list | grep -q "$root/$kernel_dir" \
@@ -86,6 +93,26 @@ log "kernel 'rust' -> $root/$kernel_dir (EVCXR_CONFIG_DIR=notebooks/evcxr)"
 
 # 4. Hints, not installs: a faster linker shortens every cell's link step (evcxr picks up mold or lld).
 if [[ "$(uname -s)" != Darwin ]] && ! command -v mold >/dev/null && ! command -v lld >/dev/null; then
-  log "tip: 'apt-get install lld' makes evcxr link cells faster (it uses lld automatically)"
+  log "tip: 'apt-get install lld' makes evcxr link cells faster (it uses lld automatically); install it before"
+  log "     this warm-up: it changes evcxr's RUSTFLAGS, so installing it later makes the next kernel rebuild everything"
 fi
-log "done. First notebook run compiles tunelab's dependencies for evcxr (~20+ min on 2 cores); later runs reuse target/evcxr/."
+# 5. Warm build: every bundled notebook loads one of two `:dep` sets (notebooks/evcxr/deps-data.evcxr:
+# tunelab without burn, for 00/01/04; notebooks/evcxr/deps.evcxr: with burn, for the others), and both
+# are compiled here into the kernel's build slot target/evcxr/kernel-0/ by cargo itself (evcxr's own
+# compilation cache is off, see notebooks/evcxr/init.evcxr), so every notebook opened afterwards
+# finds its dependencies built. Cold this is the long step (niced); when warm it only checks (and
+# recompiles tunelab if its sources changed). TUNELAB_NOTEBOOK_WARM: `all` (default), `data` (only
+# the burn-free set: what CI runs), `0` skips it.
+warm=${TUNELAB_NOTEBOOK_WARM:-all}
+case "$warm" in
+  0) ;;
+  all) warm_sets=data,models ;;
+  data|models|data,models) warm_sets=$warm ;;
+  *) die "TUNELAB_NOTEBOOK_WARM=$warm: want all, data, models or 0" ;;
+esac
+if [[ "$warm" != 0 ]]; then
+  start=$(date +%s)
+  nice -n 10 .venv/bin/python scripts/run_notebooks.py --warm "$warm_sets" || die "the notebooks' warm-up build failed (see above)"
+  log "notebook build ($warm_sets) warm in $(( $(date +%s) - start ))s"
+fi
+log "done. Every notebook's first cell now starts computing at once (kernel build dir target/evcxr/kernel-0/)."

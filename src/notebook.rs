@@ -39,6 +39,16 @@ use plotters::prelude::*;
 use polars::prelude::{AnyValue, DataFrame};
 
 pub mod batch;
+#[cfg(feature = "models")]
+mod model_views;
+mod views;
+
+#[cfg(feature = "models")]
+pub use model_views::{AdapterExports, RerankView, dense_run, expansion_scores_frame, export_adapter, planned_steps, rerank_scores_frame, reply_table};
+pub use views::{
+    AbRuns, CLASSES, answered_queries, bm25_config, read_queries, GovernanceView, RunView, SplitView, comparison_frame, files_frame, means_frame, number_frame, per_query_diff_frame,
+    stage_means_frame, text_table,
+};
 
 /// Why something could not be displayed.
 #[derive(Debug, thiserror::Error)]
@@ -782,6 +792,29 @@ pub struct LossWatcher {
 }
 
 impl LossWatcher {
+    /// Run `train` (the training call) while following its log; stop following when it returns and
+    /// give its result with the progress (whose `evcxr_display` shows the curves). The live view of
+    /// a training run in one call:
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use tunelab::notebook::{watch_loss_log_with, Progress};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = dir.path().join("loss.jsonl");
+    /// let (steps, progress) = watch_loss_log_with(&log, Progress::new("train", 2).quiet())
+    ///     .during(|| -> std::io::Result<usize> {
+    ///         let mut f = std::fs::File::create(&log)?;
+    ///         writeln!(f, "{{\"step\": 1, \"loss\": 0.9}}\n{{\"step\": 2, \"loss\": 0.7}}")?;
+    ///         Ok(2)
+    ///     })
+    ///     .unwrap();
+    /// assert_eq!((steps, progress.history("loss").len()), (2, 2));
+    /// ```
+    pub fn during<T, E>(self, train: impl FnOnce() -> Result<T, E>) -> Result<(T, Progress), E> {
+        let value = train()?;
+        Ok((value, self.finish()))
+    }
+
     /// Stop following the log (after reading what is there) and return the progress: its
     /// `evcxr_display` shows the curves.
     pub fn finish(mut self) -> Progress {

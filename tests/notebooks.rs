@@ -31,7 +31,17 @@ fn code_cells(nb: &serde_json::Value) -> Vec<&serde_json::Value> {
 #[test]
 fn the_six_notebooks_exist() {
     let names: Vec<String> = notebooks().iter().map(|p| p.file_stem().unwrap().to_string_lossy().into_owned()).collect();
-    for want in ["00-kernel-check", "01-datasets", "02-embedding-finetune", "03-query-expansion-lora", "04-ab-comparison", "05-persona-adapter"] {
+    for want in [
+        "00-kernel-check",
+        "01-datasets",
+        "02-embedding-finetune",
+        "03-query-expansion-lora",
+        "04-ab-comparison",
+        "05-persona-adapter",
+        "06-search-pipeline",
+        "07-embeddinggemma-finetune",
+        "08-reranker",
+    ] {
         assert!(names.iter().any(|n| n == want), "notebooks/{want}.ipynb is missing (have {names:?})");
     }
 }
@@ -118,4 +128,136 @@ fn top_level_variables_have_written_types() {
             }
         }
     }
+}
+
+/// The warm builds serve every notebook only if every notebook asks evcxr for exactly the crates,
+/// features and paths that `scripts/setup-notebooks.sh` compiles: the setup cell's `:dep` lines are
+/// those of `notebooks/evcxr/deps-data.evcxr` (tunelab without burn: the notebooks CI runs) or of
+/// `notebooks/evcxr/deps.evcxr` (with burn), and no other cell adds one (a `:dep` later in a
+/// notebook would rebuild the dependency graph mid-notebook).
+#[test]
+fn every_notebook_loads_one_of_the_warm_dep_sets() {
+    let read = |name: &str| -> Vec<String> {
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("notebooks/evcxr").join(name))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let (data, models) = (read("deps-data.evcxr"), read("deps.evcxr"));
+    for (name, set) in [("deps-data.evcxr", &data), ("deps.evcxr", &models)] {
+        assert!(set.iter().any(|l| l.starts_with(":dep tunelab = { path = \"..\"")), "{name} loads tunelab from the checkout: {set:?}");
+    }
+    assert!(!data.iter().any(|l| l.contains("cpu")), "deps-data.evcxr is the burn-free set: {data:?}");
+    for path in notebooks() {
+        let nb: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for (i, c) in code_cells(&nb).iter().enumerate() {
+            let deps: Vec<String> = source(c).lines().filter(|l| l.trim_start().starts_with(":dep")).map(|l| l.trim_end().to_string()).collect();
+            if i == 1 {
+                assert!(deps == data || deps == models, "{}: the setup cell's :dep lines are neither notebooks/evcxr/deps-data.evcxr nor deps.evcxr: {deps:?}", path.display());
+            } else {
+                assert!(deps.is_empty(), "{} code cell {}: :dep outside the setup cell: {deps:?}", path.display(), i + 1);
+            }
+        }
+    }
+}
+
+/// Lines of a notebook cell that count towards its length: code, not blank lines, comments,
+/// `use` declarations or evcxr commands (`:dep`).
+fn counted_lines(cell: &str) -> usize {
+    cell.lines()
+        .map(str::trim)
+        .filter(|l| !(l.is_empty() || l.starts_with("//") || l.starts_with("use ") || l.starts_with(':')))
+        .count()
+}
+
+/// What building a data structure by hand looks like in a cell: assembling a table column by
+/// column, a collection element by element, or walking a folder. (Composing a display with
+/// `Html`'s builder, struct literals of a configuration and `json!` parameter records are fine.)
+const HAND_BUILT: [&str; 15] = [
+    "df!(",
+    "DataFrame::new",
+    "Column::new",
+    "Series::new",
+    "Vec::new()",
+    "vec![",
+    "HashMap::new",
+    "BTreeMap::new",
+    "HashSet::new",
+    "BTreeSet::new",
+    "::with_capacity(",
+    ".collect",
+    ".insert(",
+    "read_dir(",
+    "for ",
+];
+
+/// The markers of [`HAND_BUILT`] in a cell longer than `max_lines` counted lines (none for a
+/// shorter cell: a few lines of glue are fine).
+fn hand_built(cell: &str, max_lines: usize) -> Vec<&'static str> {
+    if counted_lines(cell) <= max_lines {
+        return Vec::new();
+    }
+    let code = without_strings(&cell.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n"));
+    HAND_BUILT.iter().copied().filter(|m| code.contains(m)).collect()
+}
+
+/// `text` with the contents of its string literals blanked (`"indexing for A"` is no loop).
+fn without_strings(text: &str) -> String {
+    let (mut out, mut in_string, mut escaped) = (String::new(), false, false);
+    for c in text.chars() {
+        if in_string {
+            match (escaped, c) {
+                (false, '\\') => escaped = true,
+                (false, '"') => {
+                    in_string = false;
+                    out.push(c);
+                }
+                _ => escaped = false,
+            }
+        } else {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_hand_built_rule_sees_tables_loops_and_folder_walks_in_long_cells_only() {
+    let filler = "let a: usize = 1;\n".repeat(10);
+    assert!(hand_built(&filler, 10).is_empty());
+    for marker in HAND_BUILT {
+        let long = format!("{filler}let x = {marker} y;\n");
+        assert_eq!(hand_built(&long, 10), [marker], "{long}");
+        // Ten counted lines with the marker: short enough to be glue.
+        let short = format!("{}let x = {marker} y;\n// a comment\nuse a::b;\n\n:dep x = \"1\"\n", "let a: usize = 1;\n".repeat(9));
+        assert_eq!(counted_lines(&short), 10);
+        assert!(hand_built(&short, 10).is_empty(), "{short}");
+        // In a comment or a string it is prose, not code.
+        assert!(hand_built(&format!("{filler}// for each {marker}\n"), 10).is_empty());
+        assert!(hand_built(&format!("{filler}x.or_fail(\"a \\\" {marker}\");\n"), 10).is_empty());
+    }
+}
+
+/// Issue 19: a notebook reads as a short story of the experiment, every cell a call or two into the
+/// library. A code cell longer than 10 counted lines ([`counted_lines`]) must not build data
+/// structures by hand ([`HAND_BUILT`]): that logic belongs in `tunelab::notebook` (or the module
+/// that computes the result), where the next notebook reuses it and tests cover it.
+#[test]
+fn long_notebook_cells_do_not_build_data_structures_by_hand() {
+    let mut found = Vec::new();
+    for path in notebooks() {
+        let nb: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        // The parameters cell (the first) only declares values; notebooks_follow_the_runner_conventions checks it.
+        for (i, c) in code_cells(&nb).iter().enumerate().skip(1) {
+            let text = source(c);
+            let markers = hand_built(&text, 10);
+            if !markers.is_empty() {
+                found.push(format!("{} code cell {} ({} lines): {markers:?}", path.display(), i + 1, counted_lines(&text)));
+            }
+        }
+    }
+    assert!(found.is_empty(), "long cells that build data structures by hand (move that into the library):\n{}", found.join("\n"));
 }
