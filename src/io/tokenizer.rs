@@ -13,6 +13,7 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams, TruncationStrategy};
@@ -30,7 +31,9 @@ pub enum TokenizerError {
 /// included), right padding to the longest sequence in the batch.
 #[derive(Clone)]
 pub struct TextTokenizer {
-    inner: Tokenizer,
+    /// Shared, so cloning an encoder (GradCache's graph-free copy every step, inference copies)
+    /// does not copy a 262k-entry vocabulary.
+    inner: Arc<Tokenizer>,
     path: PathBuf,
     max_len: usize,
     lowercase: bool,
@@ -117,7 +120,7 @@ impl TextTokenizer {
                 path: path.clone(),
                 reason: format!("truncation at {max_len}: {e}"),
             })?;
-        Ok(Self { inner, path, max_len, lowercase: false })
+        Ok(Self { inner: Arc::new(inner), path, max_len, lowercase: false })
     }
 
     /// Lower-case texts before tokenizing (sentence-transformers' `do_lower_case`).
@@ -171,7 +174,7 @@ impl TextTokenizer {
 
     /// Number of tokens (special tokens included, before truncation) of one text.
     pub fn count_tokens(&self, text: &str) -> Result<usize, TokenizerError> {
-        let mut t = self.inner.clone();
+        let mut t = Tokenizer::clone(&self.inner);
         t.with_truncation(None).ok();
         t.with_padding(None);
         let e = t

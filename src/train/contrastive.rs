@@ -211,7 +211,8 @@ impl MultipleNegativesRankingLoss {
 
 /// CachedMultipleNegativesRankingLoss: MultipleNegativesRankingLoss through GradCache.
 ///
-/// 1. Embed every column in mini-batches of `mini_batch_size`, dropping each graph at once.
+/// 1. Embed every column in mini-batches of `mini_batch_size` without recording a graph
+///    ([`TrainableEncoder::without_graph`]).
 /// 2. Compute the loss on those embeddings and its gradient with respect to them.
 /// 3. Embed each mini-batch again with its graph and back-propagate the cached gradient through
 ///    the surrogate `Σ emb ⊙ grad`, accumulating the parameter gradients.
@@ -230,18 +231,22 @@ impl CachedMultipleNegativesRankingLoss {
     pub fn backward<E: TrainableEncoder>(&self, encoder: &E, batch: &PairBatch, seed: u64) -> Result<(f32, GradientsParams), E::Error> {
         let device = encoder.device();
         let mb = self.mini_batch_size.max(1);
-        let chunk_seed = |column: usize, chunk: usize| seed ^ ((column as u64) << 56) ^ ((chunk as u64 + 1) << 32);
 
-        // (1) embeddings without graphs, as leaves that will receive gradients.
+        // (1) embeddings without graphs, as leaves that will receive gradients. Encoding with the
+        // parameters cut from the graph records nothing; `encode(..).detach()` would not do: the
+        // graph is built during the forward and burn frees it only inside a backward, so every
+        // mini-batch's activations would stay alive at once.
+        let untracked = encoder.without_graph();
         let mut leaves: Vec<Vec<Tensor<2>>> = Vec::new();
         for (c, texts) in batch.columns().into_iter().enumerate() {
             let mut column = Vec::new();
             for (k, chunk) in texts.chunks(mb).enumerate() {
-                device.seed(chunk_seed(c, k));
-                column.push(encoder.encode(chunk)?.detach().require_grad());
+                device.seed(chunk_seed(seed, c, k));
+                column.push(untracked.encode(chunk)?.detach().require_grad());
             }
             leaves.push(column);
         }
+        drop(untracked);
 
         // (2) loss on the cached embeddings and d loss / d embedding.
         let cat = |c: &Vec<Tensor<2>>| Tensor::cat(c.clone(), 0);
@@ -255,7 +260,7 @@ impl CachedMultipleNegativesRankingLoss {
         for (c, texts) in batch.columns().into_iter().enumerate() {
             for (k, chunk) in texts.chunks(mb).enumerate() {
                 let Some(cached) = leaves[c][k].grad(&emb_grads) else { continue };
-                device.seed(chunk_seed(c, k));
+                device.seed(chunk_seed(seed, c, k));
                 let emb = encoder.encode(chunk)?;
                 let surrogate = (emb * cached).sum();
                 accumulator.accumulate(encoder.model(), GradientsParams::from_grads(surrogate.backward(), encoder.model()));
@@ -263,6 +268,12 @@ impl CachedMultipleNegativesRankingLoss {
         }
         Ok((value, accumulator.grads()))
     }
+}
+
+/// The seed of the device's random stream before mini-batch `chunk` of column `column`
+/// (anchors 0, positives 1, negatives 2) is embedded, in both GradCache passes.
+fn chunk_seed(seed: u64, column: usize, chunk: usize) -> u64 {
+    seed ^ ((column as u64) << 56) ^ ((chunk as u64 + 1) << 32)
 }
 
 /// Batches where no text (query, positive or negative) occurs twice, as sentence-transformers'
@@ -464,6 +475,53 @@ mod tests {
             assert_eq!(cmp.count, 3, "embedding, proj weight and bias all have gradients");
             eprintln!("GradCache vs plain (symmetric={symmetric}): max |Δgrad| {:e}", cmp.worst);
         }
+    }
+
+    /// With dropout on, the cached loss equals the plain loss on embeddings drawn with the same
+    /// masks, i.e. each mini-batch embedded after seeding the device as GradCache does: its
+    /// first pass (no graph) and second pass (graph) must draw identical masks, else the cached
+    /// gradient d loss / d embedding is chained through a different network than it came from.
+    #[test]
+    fn gradcache_first_pass_draws_the_masks_of_the_second() {
+        let device = Device::flex().autodiff();
+        let enc = HashedBagEncoder::new(64, 8, 6, 0.3, 5, &device).for_training();
+        let data = pairs_fixture();
+        let pairs: Vec<PairRef> = data.iter().map(|(q, p, n)| PairRef { query: q, positive: p, negatives: n }).collect();
+        let batch = PairBatch::from_pairs(pairs.iter().copied());
+        let mb = 3;
+        let with_masks = |seed: u64| {
+            let columns: Vec<Tensor<2>> = batch
+                .columns()
+                .into_iter()
+                .enumerate()
+                .map(|(c, texts)| {
+                    let parts = texts
+                        .chunks(mb)
+                        .enumerate()
+                        .map(|(k, chunk)| {
+                            device.seed(chunk_seed(seed, c, k));
+                            enc.encode(chunk).unwrap()
+                        })
+                        .collect();
+                    Tensor::cat(parts, 0)
+                })
+                .collect();
+            let [a, p, n]: [Tensor<2>; 3] = columns.try_into().unwrap();
+            let loss = MultipleNegativesRankingLoss::default().forward(a, p, Some(n));
+            (loss.clone().into_scalar::<f32>(), GradientsParams::from_grads(loss.backward(), &enc))
+        };
+        let cached = CachedMultipleNegativesRankingLoss { loss: MultipleNegativesRankingLoss::default(), mini_batch_size: mb };
+        let (l1, g1) = with_masks(4);
+        let (l2, g2) = cached.backward(&enc, &batch, 4).unwrap();
+        assert!((l1 - l2).abs() < 1e-6, "loss {l1} vs {l2}");
+        let mut cmp = Compare { a: g1, b: g2, worst: 0.0, count: 0 };
+        enc.visit(&mut cmp);
+        assert_eq!(cmp.count, 3);
+        eprintln!("GradCache vs plain with dropout 0.3 and the same masks: max |Δgrad| {:e}", cmp.worst);
+        // Dropout does act here (another seed, another loss), and the same seed replays exactly.
+        let (l3, _) = cached.backward(&enc, &batch, 5).unwrap();
+        assert!((l3 - l2).abs() > 1e-4, "dropout 0.3 changes nothing? {l2} vs {l3}");
+        assert_eq!(cached.backward(&enc, &batch, 4).unwrap().0.to_bits(), l2.to_bits());
     }
 
     struct Compare {

@@ -284,7 +284,10 @@ fn check_memory<E: JobEncoder>(encoder: &E, cfg: &ContrastiveConfig, seq: usize,
     // On the autodiff device, as the trainer runs it: frozen parameters are those without grad.
     let (params, trainable) = param_counts(probe.for_training().model());
     let texts = texts_in_graph(cfg.batch_size, negatives, cfg.mini_batch_size);
-    let estimate = MemoryEstimate::new(params, trainable, encoder.activation_profile().bytes_per_token(seq), texts * seq);
+    let mut estimate = MemoryEstimate::new(params, trainable, encoder.activation_profile().bytes_per_token(seq), texts * seq);
+    if cfg.mini_batch_size.is_some() {
+        estimate = estimate.with_gradcache();
+    }
     println!(
         "{} ({} parameters, {} trainable; {} texts × {} tokens per micro-batch)",
         estimate.describe(),

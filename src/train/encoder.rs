@@ -51,6 +51,18 @@ pub trait TrainableEncoder: Clone + Send {
         self
     }
 
+    /// The same encoder with every parameter cut from the autograd graph (`no_grad` on a clone;
+    /// the weights are shared, not copied). It stays on the autodiff device with its training
+    /// flags, so dropout draws its masks exactly as [`encode`](Self::encode) does, but no
+    /// operation is recorded for a backward pass. GradCache's first pass embeds with it: burn's
+    /// autodiff frees a recorded graph only inside a backward, so graphs built there and merely
+    /// dropped would all stay alive (tied together by the shared parameters) until the step's end.
+    fn without_graph(&self) -> Self {
+        let mut e = self.clone();
+        e.set_model(self.model().clone().no_grad());
+        e
+    }
+
     /// A copy for evaluation: no autodiff, dropout off.
     fn for_inference(&self) -> Self {
         let mut e = self.clone();
