@@ -256,3 +256,37 @@ fn a_reranker_adds_the_full_stage_as_qmd_blends_it() {
     assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));
     assert!(String::from_utf8_lossy(&one.stdout).contains("stage full"), "{}", String::from_utf8_lossy(&one.stdout));
 }
+
+/// QMD's own embedder in the pipeline: EmbeddingGemma as a sentence-transformers folder and as the
+/// GGUF llama.cpp writes (what QMD downloads): the pipeline's embedder gives the Gemma encoder's own
+/// vectors, and `tunelab search` answers with it.
+#[test]
+fn embeddinggemma_folder_and_gguf_serve_as_the_pipeline_embedder() {
+    use tunelab::eval::search::qmd::load_embedder;
+    use tunelab::model::gemma::GemmaEncoder;
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma");
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, corpus) = setup(tmp.path());
+    let dev = Device::flex();
+    let texts = ["task: search result | query: moon tide", "title: Sourdough | text: A starter of flour and water."];
+    for (model, direct) in [
+        (fixtures.join("tiny"), GemmaEncoder::load(fixtures.join("tiny"), &dev).unwrap()),
+        (
+            fixtures.join("tiny_gguf/tiny-f32.gguf"),
+            GemmaEncoder::load_gguf(fixtures.join("tiny_gguf/tiny-f32.gguf"), false, &dev).unwrap(),
+        ),
+    ] {
+        let embedder = load_embedder(&model, &dev).unwrap();
+        let got = embedder.embed(&texts).unwrap();
+        let want = direct.embed_with_prompt(&texts, None, 8).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.len(), w.len(), "{}", model.display());
+            let diff = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-6, "{}: max |Δ| {diff}", model.display());
+        }
+        let out = search(&["--pipeline", "qmd", "--corpus", s(&corpus), "--model", s(&model), "moon tide"]);
+        assert!(out.status.success(), "{}: {}", model.display(), String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.lines().any(|l| l.trim_start().starts_with("1.")), "{stdout}");
+    }
+}

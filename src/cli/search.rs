@@ -12,10 +12,9 @@ use crate::data::trec::Qrels;
 use crate::device::DeviceChoice;
 use crate::eval::metrics::{EvalOptions, Measure, evaluate};
 use crate::eval::search::qmd::{
-    BertEmbedder, ExpandedQuery, PrecomputedExpansions, QmdAnswer, QmdConfig, QmdPipeline,
+    load_embedder, ExpandedQuery, PrecomputedExpansions, QmdAnswer, QmdConfig, QmdPipeline,
     QueryExpander, STAGES, Scorer, parse_expansion_output,
 };
-use crate::model::bert::SentenceEncoder;
 use crate::model::decoder::{CausalLm, GenerateOptions};
 use crate::model::reranker::Reranker;
 
@@ -35,7 +34,8 @@ pub struct SearchArgs {
     /// Corpus: a folder of markdown files or a JSONL file (`{"id","title","text"}`).
     #[arg(long)]
     pub corpus: PathBuf,
-    /// Embedding model: a sentence-transformers folder (base or tuned).
+    /// Embedding model: a sentence-transformers folder (BERT-family or EmbeddingGemma, base or tuned) or
+    /// the EmbeddingGemma GGUF QMD downloaded.
     #[arg(long)]
     pub model: PathBuf,
     /// Precomputed expansions (JSONL: `{"query","text"}` as `tunelab eval expansions` writes, or
@@ -151,20 +151,14 @@ pub fn read_search_queries(path: &Path) -> anyhow::Result<Vec<(String, String)>>
     Ok(out)
 }
 
-/// Build the pipeline with an encoder folder.
+/// Build the pipeline with an encoder: a BERT-family folder, or EmbeddingGemma as a folder or GGUF.
 pub fn build_pipeline(
     corpus: &Path,
     model: &Path,
     device: &burn::tensor::Device,
 ) -> anyhow::Result<QmdPipeline> {
     let docs = read_corpus(corpus, BadLines::Fail)?.records;
-    let encoder = SentenceEncoder::load(model, device)
-        .with_context(|| format!("loading {}", model.display()))?;
-    QmdPipeline::build(
-        &docs,
-        Box::new(BertEmbedder::new(encoder)),
-        QmdConfig::default(),
-    )
+    QmdPipeline::build(&docs, load_embedder(model, device)?, QmdConfig::default())
 }
 
 fn print_answer(p: &QmdPipeline, query: &str, a: &QmdAnswer, limit: usize) {

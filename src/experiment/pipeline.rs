@@ -28,10 +28,9 @@ use crate::device::DeviceChoice;
 use crate::eval::compare::{CompareOptions, compare, holm};
 use crate::eval::metrics::{EvalOptions, Measure, evaluate};
 use crate::eval::search::qmd::{
-    BertEmbedder, PrecomputedExpansions, QmdConfig, QmdPipeline, QueryExpander, RunScores, Scorer,
+    load_embedder, PrecomputedExpansions, QmdConfig, QmdPipeline, QueryExpander, RunScores, Scorer,
     StageRuns,
 };
-use crate::model::bert::SentenceEncoder;
 use crate::model::reranker::Reranker;
 use crate::report::manifest::{Manifest, RunDir};
 use crate::report::{AbReportInput, ComparisonRow, QueryValue, write_ab_report};
@@ -139,9 +138,7 @@ fn load_pipeline(
     device: &burn::tensor::Device,
     qmd: &QmdConfig,
 ) -> anyhow::Result<QmdPipeline> {
-    let encoder = SentenceEncoder::load(model, device)
-        .with_context(|| format!("loading {}", model.display()))?;
-    QmdPipeline::build(docs, Box::new(BertEmbedder::new(encoder)), qmd.clone())
+    QmdPipeline::build(docs, load_embedder(model, device)?, qmd.clone())
 }
 
 /// Run the pipeline experiment. `rerankers` adds the `full` stage (and a `tuned-reranker`

@@ -1052,21 +1052,55 @@ impl StageRuns {
     }
 }
 
-/// A BERT sentence encoder as QMD's embedder: texts embedded as given (the pipeline adds QMD's
+/// A sentence encoder as QMD's embedder: texts embedded as given (the pipeline adds QMD's
 /// formats), tokens counted with its tokenizer without special tokens or truncation. The encoder
-/// still truncates what it embeds at its own limit (all-MiniLM-L6-v2: 256 tokens), where QMD's
-/// EmbeddingGemma reads 2048.
+/// still truncates what it embeds at its own limit (all-MiniLM-L6-v2: 256 tokens; EmbeddingGemma
+/// reads 2048, as QMD does).
 #[cfg(feature = "models")]
-pub struct BertEmbedder {
-    pub encoder: crate::model::bert::SentenceEncoder,
+pub struct EncoderEmbedder<E> {
+    pub encoder: E,
     counter: tokenizers::Tokenizer,
     pub batch_size: usize,
 }
 
+/// A BERT-family encoder (all-MiniLM-L6-v2) in the pipeline.
 #[cfg(feature = "models")]
-impl BertEmbedder {
-    pub fn new(encoder: crate::model::bert::SentenceEncoder) -> Self {
-        let mut counter = encoder.tokenizer.inner().clone();
+pub type BertEmbedder = EncoderEmbedder<crate::model::bert::SentenceEncoder>;
+/// QMD's own embedder, EmbeddingGemma (a sentence-transformers folder or QMD's GGUF), in the pipeline.
+#[cfg(feature = "models")]
+pub type GemmaEmbedder = EncoderEmbedder<crate::model::gemma::GemmaEncoder>;
+
+/// What [`EncoderEmbedder`] needs of an encoder: its tokenizer and prompt-free embedding.
+#[cfg(feature = "models")]
+pub trait SentenceEncoding {
+    fn tokenizer(&self) -> &tokenizers::Tokenizer;
+    fn embed_texts(&self, texts: &[&str], batch_size: usize) -> anyhow::Result<Vec<Vec<f32>>>;
+}
+
+#[cfg(feature = "models")]
+impl SentenceEncoding for crate::model::bert::SentenceEncoder {
+    fn tokenizer(&self) -> &tokenizers::Tokenizer {
+        self.tokenizer.inner()
+    }
+    fn embed_texts(&self, texts: &[&str], batch_size: usize) -> anyhow::Result<Vec<Vec<f32>>> {
+        Ok(self.embed_with_prompt(texts, None, batch_size)?)
+    }
+}
+
+#[cfg(feature = "models")]
+impl SentenceEncoding for crate::model::gemma::GemmaEncoder {
+    fn tokenizer(&self) -> &tokenizers::Tokenizer {
+        self.tokenizer.inner()
+    }
+    fn embed_texts(&self, texts: &[&str], batch_size: usize) -> anyhow::Result<Vec<Vec<f32>>> {
+        Ok(self.embed_with_prompt(texts, None, batch_size)?)
+    }
+}
+
+#[cfg(feature = "models")]
+impl<E: SentenceEncoding> EncoderEmbedder<E> {
+    pub fn new(encoder: E) -> Self {
+        let mut counter = encoder.tokenizer().clone();
         counter.with_truncation(None).ok();
         counter.with_padding(None);
         Self {
@@ -1078,11 +1112,9 @@ impl BertEmbedder {
 }
 
 #[cfg(feature = "models")]
-impl Embedder for BertEmbedder {
+impl<E: SentenceEncoding> Embedder for EncoderEmbedder<E> {
     fn embed(&self, texts: &[&str]) -> anyhow::Result<Vec<Vec<f32>>> {
-        Ok(self
-            .encoder
-            .embed_with_prompt(texts, None, self.batch_size)?)
+        self.encoder.embed_texts(texts, self.batch_size)
     }
     fn count_tokens(&self, text: &str) -> anyhow::Result<usize> {
         Ok(self
@@ -1091,6 +1123,21 @@ impl Embedder for BertEmbedder {
             .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?
             .len())
     }
+}
+
+/// The pipeline's embedder for `--model`: QMD's EmbeddingGemma from the GGUF QMD downloaded or
+/// from a sentence-transformers folder (`model_type` gemma3), else a BERT-family folder.
+#[cfg(feature = "models")]
+pub fn load_embedder(model: &Path, device: &burn::tensor::Device) -> anyhow::Result<Box<dyn Embedder>> {
+    use crate::model::gemma::{GemmaEncoder, is_gemma_folder};
+    let context = || format!("loading {}", model.display());
+    Ok(if crate::model::gemma_gguf::is_gguf(model) {
+        Box::new(GemmaEmbedder::new(GemmaEncoder::load_gguf(model, false, device).with_context(context)?))
+    } else if is_gemma_folder(model) {
+        Box::new(GemmaEmbedder::new(GemmaEncoder::load(model, device).with_context(context)?))
+    } else {
+        Box::new(BertEmbedder::new(crate::model::bert::SentenceEncoder::load(model, device).with_context(context)?))
+    })
 }
 
 #[cfg(test)]
