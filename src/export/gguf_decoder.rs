@@ -332,8 +332,11 @@ fn source_rank_head(lm: &CausalLm, hidden: usize) -> Result<Option<Vec<f32>>, Gg
         return Ok(None);
     }
     let g = GgufFile::open(&lm.source)?;
+    // The model's own device: `Device::flex()` does not exist in GPU-only builds
+    // (`--no-default-features --features vulkan|metal`).
+    let device = burn::module::Module::devices(&lm.model).into_iter().next().unwrap_or_default();
     let head =
-        crate::model::reranker::rank_head(&g, &burn::tensor::Device::flex()).map_err(|e| {
+        crate::model::reranker::rank_head(&g, &device).map_err(|e| {
             GgufExportError::Tensor {
                 path: lm.source.clone(),
                 tensor: "cls.output.weight".into(),
