@@ -133,6 +133,46 @@ pub enum DeviceError {
     Failed { choice: DeviceChoice, reason: String },
 }
 
+/// Sequence width to pad a batch whose longest row has `longest` tokens to, on `device`.
+///
+/// GPU back-ends (cubecl: wgpu, Vulkan, Metal) compile, and with `burn/autotune` benchmark,
+/// kernels for every new tensor shape. A batch padded to its own longest row is a new shape
+/// almost every step: `train rerank` on an H100 (Vulkan) ran 4 iterations in 400 s, nearly all of
+/// it compiling. There the width is rounded up to a multiple of [`GPU_PAD_MULTIPLE`], which bounds
+/// the shapes to `max_length / 128` (MLX-LM pads to multiples of 32 for the same reason). On the
+/// CPU every padded position costs time and nothing is compiled, so the width stays `longest`.
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// use tunelab::device::padded_width;
+/// assert_eq!(padded_width(77, &burn::tensor::Device::flex()), 77);
+/// # }
+/// ```
+pub fn padded_width(longest: usize, device: &Device) -> usize {
+    if compiles_per_shape(device) {
+        longest.div_ceil(GPU_PAD_MULTIPLE).max(1) * GPU_PAD_MULTIPLE
+    } else {
+        longest
+    }
+}
+
+/// Batches on GPU back-ends are padded to multiples of this many tokens ([`padded_width`]).
+pub const GPU_PAD_MULTIPLE: usize = 128;
+
+/// Whether `device` compiles kernels per tensor shape (every back-end but the `flex` CPU one).
+pub fn compiles_per_shape(device: &Device) -> bool {
+    #[cfg(feature = "cpu")]
+    {
+        // Equality compares the hardware and ignores autodiff, so a training device matches too.
+        *device != Device::flex()
+    }
+    #[cfg(not(feature = "cpu"))]
+    {
+        let _ = device;
+        true
+    }
+}
+
 /// A 2x2 matmul whose answer is known: a device that starts but computes garbage is not usable.
 fn self_test(device: &Device) -> Result<(), DeviceError> {
     use burn::tensor::Tensor;

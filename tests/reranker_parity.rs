@@ -156,3 +156,38 @@ fn templates_need_both_placeholders_in_order() {
             .replace("{document}", "b")
     );
 }
+
+/// GPU back-ends pad a batch to a multiple of `GPU_PAD_MULTIPLE` tokens (few shapes to compile);
+/// the padding sits after each row's last token, so P(yes) must not move, whatever the width.
+/// Checked on the CPU by padding the tiny Qwen3's prompts to wider batches by hand.
+#[test]
+fn padding_wider_leaves_p_yes_unchanged() {
+    use tunelab::device::GPU_PAD_MULTIPLE;
+    use tunelab::model::reranker::{p_yes, right_padded_to, yes_no_logits};
+    let device = Device::flex();
+    let dir = fixture("tiny_qwen3_reranker");
+    let r = Reranker::load(&dir, None, &device).unwrap();
+    let expected = json(&dir.join("expected.json"));
+    let prompts: Vec<Vec<u32>> = expected["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| u32s(&c["input_ids"]))
+        .collect();
+    let rows: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+    let longest = rows.iter().map(|r| r.len()).max().unwrap();
+    let p_at = |width: usize| -> Vec<f32> {
+        let (ids, last) = right_padded_to(&rows, width, &device).unwrap();
+        let logits = yes_no_logits(&r.lm.model, ids, last, r.yes_id, r.no_id);
+        p_yes(logits).into_data().try_to_vec::<f32>().unwrap()
+    };
+    let tight = p_at(longest);
+    for width in [longest + 1, longest.div_ceil(GPU_PAD_MULTIPLE) * GPU_PAD_MULTIPLE + GPU_PAD_MULTIPLE, longest + 300] {
+        for (i, (a, b)) in p_at(width).iter().zip(&tight).enumerate() {
+            assert!((a - b).abs() <= 1e-5, "case {i}: P(yes) {a} at width {width} vs {b} at {longest}");
+        }
+    }
+    // Too narrow a width is an error naming the prompt's length, never a silent truncation.
+    let err = right_padded_to(&rows, longest - 1, &device).unwrap_err().to_string();
+    assert!(err.contains(&format!("{longest} tokens")), "{err}");
+}

@@ -358,14 +358,29 @@ fn batched_margins(
     Ok(out)
 }
 
-/// Right-padded `[batch, longest]` ids and the index of each row's last real token in the
-/// flattened `[batch · longest]` positions. Padding repeats the row's last token (any id would
+/// Right-padded `[batch, width]` ids (width: the longest row, rounded up on GPU back-ends by
+/// [`crate::device::padded_width`]) and the index of each row's last real token in the
+/// flattened `[batch · width]` positions. Padding repeats the row's last token (any id would
 /// do: causal attention never lets a real position see it).
 pub fn right_padded(
     rows: &[&[u32]],
     device: &Device,
 ) -> anyhow::Result<(Tensor<2, Int>, Tensor<1, Int>)> {
-    let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    // GPU back-ends compile per shape: a few padded widths there, the longest row on the CPU.
+    right_padded_to(rows, crate::device::padded_width(longest, device), device)
+}
+
+/// [`right_padded`] to a given `width` (at least the longest row).
+pub fn right_padded_to(
+    rows: &[&[u32]],
+    width: usize,
+    device: &Device,
+) -> anyhow::Result<(Tensor<2, Int>, Tensor<1, Int>)> {
+    let t = width;
+    if let Some(r) = rows.iter().find(|r| r.len() > t) {
+        bail!("a rerank prompt of {} tokens does not fit the padded width {t}", r.len());
+    }
     if rows.iter().any(|r| r.is_empty()) {
         bail!("an empty rerank prompt cannot be scored");
     }
