@@ -124,6 +124,8 @@ if has report; then
     [ -f "$f" ] || { echo "no $f: run --stage rerank first" >&2; exit 1; }
   done
   step "report: the pipeline with the rerank scores (device $PIPELINE_DEVICE)"
+  # train rerank's base vs tuned calibration on held-out training judgments, when the run finished.
+  CALIBRATION=; [ -f "$OUT/adapter/calibration.json" ] && CALIBRATION=$OUT/adapter/calibration.json
   cat > "$OUT/pipeline.toml" <<EOF
 name = "rerank-ab"
 datasets = "$(realpath "$DS")"
@@ -136,7 +138,8 @@ EOF
   # The pipeline reranks its first DEPTH fused candidates (QMD: 40), the ones `tunelab rerank` scored.
   printf '[qmd]\ncandidate_limit = %s\n' "$DEPTH" >> "$OUT/pipeline.toml"
   TUNELAB_DEVICE=$PIPELINE_DEVICE $T experiment --pipeline --config "$OUT/pipeline.toml" \
-    --base-rerank-run "$OUT/scores/base.run" --tuned-rerank-run "$OUT/scores/tuned.run" | tee "$OUT/report.txt"
+    --base-rerank-run "$OUT/scores/base.run" --tuned-rerank-run "$OUT/scores/tuned.run" \
+    ${CALIBRATION:+--rerank-calibration "$CALIBRATION"} | tee "$OUT/report.txt"
   run_dir=$(sed -n 's/^run directory: //p' "$OUT/report.txt")
   # The candidates reranked are the ones this run fused (same ids, ranks and scores; tags differ).
   if ! cmp -s <(awk -v d="$DEPTH" '$4 <= d' "$CANDIDATES" | cut -d' ' -f1-5) \

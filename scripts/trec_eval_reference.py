@@ -8,6 +8,9 @@ with trec_eval's measure names (P_5, ndcg_cut_10, recip_rank, ...). Files are re
 pytrec_eval's own parsers, never with tunelab's.
 
 "all" follows trec_eval: the mean over evaluated queries, except num_* measures, which are summed.
+`recip_rank_cut.k` (MRR@k; not a trec_eval measure name) is trec_eval's `-M k -m recip_rank`: the run
+cut to its first k documents per query in trec_eval's order (score descending, then docno descending),
+then pytrec_eval's recip_rank on that.
 pytrec_eval has no -c; with -c this script divides the per-query sums by the number of qrels queries
 (trec_eval's meas_avg.c does exactly that: missing queries contribute 0).
 Create the environment with scripts/setup-python.sh.
@@ -33,8 +36,20 @@ def main() -> int:
     with open(args.run) as f:
         run = pytrec_eval.parse_run(f)
 
-    evaluator = pytrec_eval.RelevanceEvaluator(qrels, set(args.measure), relevance_level=args.level)
-    per_query = evaluator.evaluate(run)
+    plain = [m for m in args.measure if not m.startswith("recip_rank_cut")]
+    cuts = sorted({int(k) for m in args.measure if m.startswith("recip_rank_cut")
+                   for k in m.replace("recip_rank_cut", "").lstrip("._").split(",")})
+    per_query = {}
+    if plain:
+        evaluator = pytrec_eval.RelevanceEvaluator(qrels, set(plain), relevance_level=args.level)
+        per_query = evaluator.evaluate(run)
+    for k in cuts:
+        # trec_eval -M k: keep each query's first k documents in trec_eval's own order.
+        top = {q: dict(sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:k])
+               for q, docs in run.items()}
+        rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}, relevance_level=args.level).evaluate(top)
+        for q, values in rr.items():
+            per_query.setdefault(q, {})["recip_rank_cut_%d" % k] = values["recip_rank"]
 
     names = sorted({name for values in per_query.values() for name in values})
     denominator = len(qrels) if args.complete else len(per_query)

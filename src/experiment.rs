@@ -263,6 +263,7 @@ pub fn run(cfg: &ExperimentConfig, choice: DeviceChoice) -> anyhow::Result<Exper
         loss_log,
         manifest,
         examples: None,
+        tables: Vec::new(),
     };
     let paths = write_ab_report(&run_dir, &input)?;
     println!("\n{}", cmp.to_table());

@@ -72,11 +72,18 @@ fn every_system_and_stage_lands_in_one_report() {
     assert!(out.report_html.is_file());
     let systems: Vec<&str> = out.means.keys().map(String::as_str).collect();
     assert_eq!(systems, ["base", "tuned-all", "tuned-embedder", "tuned-expansion", "tuned-reranker"]);
-    // 4 tuned systems × 5 stages × 3 measures, each labelled `system · stage · measure`.
-    assert_eq!(out.comparison.len(), 4 * 5 * 3);
+    // 4 tuned systems × 5 stages × 4 measures (MRR@10, MRR, nDCG@10, recall@20), each labelled
+    // `system · stage · measure`.
+    assert_eq!(out.comparison.len(), 4 * 5 * 4);
     for r in &out.comparison {
         assert_eq!(r.measure.split(" · ").count(), 3, "{}", r.measure);
         assert!(r.p_holm >= r.p_value && r.p_holm <= 1.0, "{}", r.measure);
+    }
+    // MRR@10 never exceeds MRR, and equals it where the first relevant document is in the top 10.
+    for (s, stages) in &out.means {
+        for (stage, m) in stages {
+            assert!(m["recip_rank_cut_10"] <= m["recip_rank"] + 1e-12, "{s} {stage}");
+        }
     }
     let mean = |s: &str, stage: &str| out.means[s][stage]["recip_rank"];
     // Changing only the expansions or the reranker cannot move the stages before them.

@@ -132,8 +132,21 @@ fn ab_report_has_every_file_plot_and_number() {
         loss_log: Some(loss_log()),
         manifest: manifest.clone(),
         examples: None,
+        tables: vec![tunelab::report::ReportTable {
+            title: "Reranker calibration".into(),
+            caption: "Held-out <judgments>".into(),
+            header: vec!["reranker".into(), "Brier | ECE".into()],
+            rows: vec![vec!["base".into(), "0.5225".into()], vec!["tuned".into(), "0.2230".into()]],
+        }],
     };
     let paths = write_ab_report(&run, &input).unwrap();
+    // Extra tables: a section each, in Markdown (pipes escaped) and HTML (escaped).
+    let md = fs::read_to_string(&paths.report_md).unwrap();
+    assert!(md.contains("## Reranker calibration\n\nHeld-out <judgments>\n"), "{md}");
+    assert!(md.contains("| reranker | Brier \\| ECE |\n|---|---|\n| base | 0.5225 |\n| tuned | 0.2230 |\n"), "{md}");
+    let page = fs::read_to_string(&paths.report_html).unwrap();
+    assert!(page.contains("<h2>Reranker calibration</h2>") && page.contains("Held-out &lt;judgments&gt;"));
+    assert!(page.contains("<td>tuned</td><td>0.2230</td>"));
     if std::env::var_os("TUNELAB_KEEP_REPORT").is_some() {
         eprintln!("report written to {}", paths.report_html.display());
     }
@@ -243,6 +256,7 @@ fn inconsistent_inputs_are_refused_before_writing() {
         loss_log: None,
         manifest: Manifest::new(&run, 1, serde_json::Value::Null, "cpu"),
         examples: None,
+        tables: Vec::new(),
     };
     let err = write_ab_report(&run, &input).unwrap_err().to_string();
     assert!(err.contains("ndcg_cut.10") && err.contains("bm25") && err.contains("0.51"), "{err}");
@@ -334,6 +348,7 @@ fn rerun_reproduces_metrics_and_detects_differences() {
         loss_log: None,
         manifest,
         examples: None,
+        tables: Vec::new(),
     };
     let paths = write_ab_report(&run, &input).unwrap();
 
@@ -430,6 +445,7 @@ fn rerun_uses_the_evaluation_options_recorded_in_the_manifest() {
             loss_log: None,
             manifest,
             examples: None,
+            tables: Vec::new(),
         };
         let paths = write_ab_report(&run, &input).unwrap();
         let outcome = rerun(&paths.manifest, &tunelab::cli::report::metrics_evaluator()).unwrap();

@@ -18,8 +18,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
-const MEASURES: [&str; 11] = [
+const MEASURES: [&str; 12] = [
     "recip_rank",
+    "recip_rank_cut.1,3,10",
     "map",
     "ndcg",
     "P.1,5,10,20",
@@ -114,10 +115,20 @@ fn generate(seed: u64, queries: usize) -> Generated {
 }
 
 fn args(extra: &[&str]) -> Vec<String> {
+    args_of(extra, &MEASURES)
+}
+
+/// The measures a trec_eval binary knows (`recip_rank_cut` is `-M k -m recip_rank` there).
+fn trec_eval_args(extra: &[&str]) -> Vec<String> {
+    let known: Vec<&str> = MEASURES.into_iter().filter(|m| !m.starts_with("recip_rank_cut")).collect();
+    args_of(extra, &known)
+}
+
+fn args_of(extra: &[&str], measures: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    for m in MEASURES {
+    for m in measures {
         v.push("-m".into());
-        v.push(m.into());
+        v.push((*m).into());
     }
     v
 }
@@ -238,8 +249,8 @@ fn tunelab_eval_agrees_with_trec_eval() {
         assert!((value - want).abs() <= 0.5e-4 + 1e-9, "{line:?} vs {want}");
         lines += 1;
     }
-    // 21 measures after expanding the cutoff lists; per-query blocks omit num_q, as trec_eval does.
-    assert_eq!(lines, g.both.len() * 20 + 21, "per-query lines + all lines");
+    // 24 measures after expanding the cutoff lists; per-query blocks omit num_q, as trec_eval does.
+    assert_eq!(lines, g.both.len() * 23 + 24, "per-query lines + all lines");
 }
 
 /// The comparison can fail: a run with its scores negated (rankings reversed) must disagree.
@@ -288,8 +299,8 @@ fn text_output_is_byte_identical_to_a_trec_eval_binary() {
     std::fs::write(&run, &g.run).unwrap();
     for extra in [&["-q", "-c", "-m", "runid"][..], &["-q", "-c", "-l", "2"][..], &["-c"][..]] {
         let ours =
-            run_ok(Command::new(env!("CARGO_BIN_EXE_tunelab")).arg("eval").args(args(extra)).arg(&qrels).arg(&run));
-        let theirs = run_ok(Command::new(&trec_eval).args(args(extra)).arg(&qrels).arg(&run));
+            run_ok(Command::new(env!("CARGO_BIN_EXE_tunelab")).arg("eval").args(trec_eval_args(extra)).arg(&qrels).arg(&run));
+        let theirs = run_ok(Command::new(&trec_eval).args(trec_eval_args(extra)).arg(&qrels).arg(&run));
         assert!(theirs.lines().count() > 20, "trec_eval printed little: {theirs}");
         if ours != theirs {
             let first = ours.lines().zip(theirs.lines()).find(|(a, b)| a != b);

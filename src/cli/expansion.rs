@@ -382,6 +382,7 @@ pub fn run_expansions_compare(a: ExpansionsCompareArgs, _d: DeviceChoice) -> any
             ),
             items,
         }),
+        tables: Vec::new(),
     };
     let paths = write_ab_report(&run, &input)?;
     println!("{}", cmp.to_table());

@@ -61,6 +61,10 @@ pub struct ExperimentArgs {
     /// Pipeline experiment: the tuned reranker's scores of the same candidates.
     #[arg(long, requires = "pipeline", conflicts_with = "tuned_reranker_adapter")]
     pub tuned_rerank_run: Option<PathBuf>,
+    /// Pipeline experiment: the tuned reranker's `calibration.json` (`tunelab train rerank`
+    /// writes it in the adapter folder): Brier, ECE and reliability, base vs tuned, in the report.
+    #[arg(long, requires = "pipeline")]
+    pub rerank_calibration: Option<PathBuf>,
 }
 
 fn run_pipeline(a: ExperimentArgs, device: DeviceChoice) -> anyhow::Result<()> {
@@ -95,6 +99,7 @@ fn run_pipeline(a: ExperimentArgs, device: DeviceChoice) -> anyhow::Result<()> {
     cfg.tuned_reranker_adapter = a.tuned_reranker_adapter.or(cfg.tuned_reranker_adapter);
     cfg.base_rerank_run = a.base_rerank_run.or(cfg.base_rerank_run);
     cfg.tuned_rerank_run = a.tuned_rerank_run.or(cfg.tuned_rerank_run);
+    cfg.rerank_calibration = a.rerank_calibration.or(cfg.rerank_calibration);
     crate::experiment::pipeline::run(&cfg, device, None)?;
     Ok(())
 }

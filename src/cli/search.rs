@@ -255,7 +255,7 @@ pub fn run(a: SearchArgs, d: DeviceChoice) -> anyhow::Result<()> {
         );
         if let Some(qrels) = &a.qrels {
             let qrels = Qrels::read(qrels)?;
-            let measures = Measure::parse_list(&["recip_rank", "ndcg_cut.10", "recall.20"])?;
+            let measures = Measure::parse_list(&["recip_rank_cut.10", "recip_rank", "ndcg_cut.10", "recall.20"])?;
             let opts = EvalOptions {
                 complete: true,
                 ..EvalOptions::default()

@@ -71,6 +71,10 @@ pub enum Measure {
     Map,
     /// Reciprocal rank of the first relevant document (MRR when averaged).
     RecipRank,
+    /// Reciprocal rank of the first relevant document within the top k, 0 below (MRR@k when
+    /// averaged): trec_eval's `-M k -m recip_rank`, ir_measures' `RR@k`. Not a trec_eval measure
+    /// name; tunelab spells it `recip_rank_cut.k` after `ndcg_cut.k`.
+    RecipRankCut(usize),
     /// Precision at k.
     P(usize),
     /// Recall at k.
@@ -87,7 +91,7 @@ pub enum Measure {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum MeasureError {
     #[error(
-        "unknown or unsupported measure {0:?} (supported: map, recip_rank, ndcg, num_q, num_ret, num_rel, num_rel_ret, P.k, recall.k, ndcg_cut.k, success.k, runid)"
+        "unknown or unsupported measure {0:?} (supported: map, recip_rank, recip_rank_cut.k, ndcg, num_q, num_ret, num_rel, num_rel_ret, P.k, recall.k, ndcg_cut.k, success.k, runid)"
     )]
     Unknown(String),
     #[error("measure {measure:?}: cutoff {value:?} is not a positive integer")]
@@ -126,6 +130,7 @@ impl Measure {
             "P" => Measure::P,
             "recall" => Measure::Recall,
             "ndcg_cut" => Measure::NdcgCut,
+            "recip_rank_cut" => Measure::RecipRankCut,
             "success" => Measure::Success,
             _ => return Err(MeasureError::Unknown(spec.to_owned())),
         };
@@ -174,6 +179,7 @@ impl Measure {
             Measure::NumRelRet => "num_rel_ret".into(),
             Measure::Map => "map".into(),
             Measure::RecipRank => "recip_rank".into(),
+            Measure::RecipRankCut(k) => format!("recip_rank_cut_{k}"),
             Measure::P(k) => format!("P_{k}"),
             Measure::Recall(k) => format!("recall_{k}"),
             Measure::Ndcg => "ndcg".into(),
@@ -196,6 +202,7 @@ impl Measure {
             Measure::NumRelRet => (4, 0),
             Measure::Map => (5, 0),
             Measure::RecipRank => (9, 0),
+            Measure::RecipRankCut(k) => (10, k),
             Measure::P(k) => (11, k),
             Measure::Recall(k) => (13, k),
             Measure::Ndcg => (23, 0),
@@ -370,6 +377,14 @@ fn value_of(m: Measure, r: &RankedRels, level: i32) -> f64 {
                 i += 1;
             }
             if i < r.rels.len() { 1.0 / (i + 1) as f64 } else { 0.0 }
+        }
+        Measure::RecipRankCut(k) => {
+            let n = r.rels.len().min(k);
+            let mut i = 0;
+            while i < n && r.rels[i] < level {
+                i += 1;
+            }
+            if i < n { 1.0 / (i + 1) as f64 } else { 0.0 }
         }
         Measure::P(k) => rel_in_top(r, k, level) as f64 / k as f64,
         Measure::Recall(k) => {
@@ -580,7 +595,7 @@ mod tests {
     #[test]
     fn parses_trec_eval_names() {
         use Measure::*;
-        let cases: [(&str, &[Measure]); 12] = [
+        let cases: [(&str, &[Measure]); 14] = [
             ("recip_rank", &[RecipRank]),
             ("map", &[Map]),
             ("ndcg", &[Ndcg]),
@@ -593,6 +608,8 @@ mod tests {
             ("success.1", &[Success(1)]),
             ("success", &[Success(1), Success(5), Success(10)]),
             ("num_rel_ret", &[NumRelRet]),
+            ("recip_rank_cut.10", &[RecipRankCut(10)]),
+            ("recip_rank_cut_3,10", &[RecipRankCut(3), RecipRankCut(10)]),
         ];
         for (s, want) in cases {
             assert_eq!(Measure::parse_spec(s).unwrap(), want, "{s}");

@@ -33,7 +33,7 @@ use crate::eval::search::qmd::{
 };
 use crate::model::reranker::Reranker;
 use crate::report::manifest::{Manifest, RunDir};
-use crate::report::{AbReportInput, ComparisonRow, QueryValue, write_ab_report};
+use crate::report::{AbReportInput, ComparisonRow, QueryValue, ReportTable, write_ab_report};
 
 /// What the pipeline experiment compares; every field optional in TOML.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -66,6 +66,9 @@ pub struct PipelineExperimentConfig {
     pub base_rerank_run: Option<PathBuf>,
     /// The tuned reranker's scores of the same candidates: the `tuned-reranker` system.
     pub tuned_rerank_run: Option<PathBuf>,
+    /// `calibration.json` of the `tunelab train rerank` run that made the tuned reranker: its
+    /// Brier score, ECE and reliability bins, base vs tuned, become a section of the report.
+    pub rerank_calibration: Option<PathBuf>,
     /// Longest rerank prompt in tokens (None: the model's context, at most 2048), and prompts
     /// per forward pass.
     pub reranker_max_length: Option<usize>,
@@ -81,7 +84,7 @@ impl Default for PipelineExperimentConfig {
             datasets: "datasets".into(),
             reports: "reports".into(),
             seed: 42,
-            measures: ["recip_rank", "ndcg_cut.10", "recall.20"]
+            measures: ["recip_rank_cut.10", "recip_rank", "ndcg_cut.10", "recall.20"]
                 .map(String::from)
                 .to_vec(),
             permutations: 10_000,
@@ -93,6 +96,7 @@ impl Default for PipelineExperimentConfig {
             tuned_reranker_adapter: None,
             base_rerank_run: None,
             tuned_rerank_run: None,
+            rerank_calibration: None,
             reranker_max_length: None,
             reranker_batch_size: 8,
             qmd: QmdConfig::default(),
@@ -295,6 +299,7 @@ pub fn run(
         &cfg.tuned_expansions,
         &cfg.base_rerank_run,
         &cfg.tuned_rerank_run,
+        &cfg.rerank_calibration,
     ]
     .into_iter()
     .flatten()
@@ -431,6 +436,10 @@ pub fn run(
         loss_log: None,
         manifest,
         examples: None,
+        tables: match &cfg.rerank_calibration {
+            Some(p) => calibration_tables(p)?,
+            None => Vec::new(),
+        },
     };
     let paths = write_ab_report(&run_dir, &input)?;
     for (s, q) in &qps {
@@ -446,9 +455,128 @@ pub fn run(
     })
 }
 
+/// The calibration of `train rerank` (`calibration.json`: base and tuned P(yes) on held-out
+/// training judgments) as two report tables: the scores, and the reliability bins side by side.
+pub fn calibration_tables(path: &Path) -> anyhow::Result<Vec<ReportTable>> {
+    use crate::train::rerank::Calibration;
+    #[derive(Deserialize)]
+    struct File {
+        base: Option<Calibration>,
+        tuned: Option<Calibration>,
+        labels: Option<String>,
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let f: File = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a `tunelab train rerank` calibration.json", path.display()))?;
+    let systems: Vec<(&str, &Calibration)> = [("base", &f.base), ("tuned", &f.tuned)]
+        .into_iter()
+        .filter_map(|(n, c)| c.as_ref().map(|c| (n, c)))
+        .collect();
+    if systems.is_empty() {
+        bail!("{}: has neither a base nor a tuned calibration", path.display());
+    }
+    let labels = f.labels.unwrap_or_else(|| "relevant >= 1".into());
+    let rate = systems[0].1.positive_rate;
+    let scores = ReportTable {
+        title: "Reranker calibration (held-out training judgments)".into(),
+        caption: format!(
+            "P(yes) of the base and the tuned reranker on judgments of training queries held out from \
+             training, labels {labels}, from `{}`. QMD blends P(yes) with the fused rank, so tuning must \
+             keep it calibrated. Brier: mean squared error of P(yes); ECE: expected calibration error over \
+             equal-width bins. For scale: a constant P(yes) equal to the positive rate scores Brier \
+             r(1 − r) = {:.4} and ECE 0, so a Brier near it means calibrated but not discriminating.",
+            path.display(),
+            rate * (1.0 - rate)
+        ),
+        header: ["reranker", "judgments", "Brier", "ECE", "mean P(yes)", "positive rate"]
+            .map(String::from)
+            .to_vec(),
+        rows: systems
+            .iter()
+            .map(|(n, c)| {
+                vec![
+                    n.to_string(),
+                    c.n.to_string(),
+                    format!("{:.4}", c.brier),
+                    format!("{:.4}", c.ece),
+                    format!("{:.3}", c.mean_p),
+                    format!("{:.3}", c.positive_rate),
+                ]
+            })
+            .collect(),
+    };
+    let bins = systems.iter().map(|(_, c)| c.bins.len()).max().unwrap_or(0);
+    let mut header = vec!["P(yes) bin".to_string()];
+    for (n, _) in &systems {
+        header.extend([format!("{n}: judgments"), format!("{n}: mean P(yes)"), format!("{n}: relevant")]);
+    }
+    let rows = (0..bins)
+        .map(|b| {
+            let mut row = vec![format!("{:.1}–{:.1}", b as f64 / bins as f64, (b + 1) as f64 / bins as f64)];
+            for (_, c) in &systems {
+                match c.bins.get(b) {
+                    Some(&(n, p, y)) if n > 0 => row.extend([n.to_string(), format!("{p:.3}"), format!("{y:.3}")]),
+                    _ => row.extend(["0".to_string(), "–".into(), "–".into()]),
+                }
+            }
+            row
+        })
+        .collect();
+    let reliability = ReportTable {
+        title: "Reranker reliability (held-out training judgments)".into(),
+        caption: "Judgments per equal-width bin of P(yes), their mean P(yes) and the share that is relevant: \
+                  a calibrated reranker has the two close in every bin."
+            .into(),
+        header,
+        rows,
+    };
+    Ok(vec![scores, reliability])
+}
+
 /// Load a config file (TOML), every field optional.
 pub fn load_config(path: &Path) -> anyhow::Result<PipelineExperimentConfig> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::rerank::calibration;
+
+    /// The tables hold `train rerank`'s numbers for both rerankers, bin by bin; a file that is
+    /// not a calibration, or holds neither system, is refused naming it.
+    #[test]
+    fn calibration_tables_show_base_and_tuned() {
+        let dir = tempfile::tempdir().unwrap();
+        let labels = [true, false, false, true, false, false, true, false];
+        let base = calibration(&[0.9, 0.8, 0.95, 0.85, 0.9, 0.7, 0.99, 0.88], &labels, 10);
+        let tuned = calibration(&[0.7, 0.1, 0.2, 0.6, 0.05, 0.3, 0.8, 0.15], &labels, 10);
+        // As `train rerank` writes it.
+        let json = serde_json::json!({
+            "held_out_judgments": 8, "labels": "relevant >= 1", "base": base, "tuned": tuned,
+        });
+        let path = dir.path().join("calibration.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+        let t = calibration_tables(&path).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].rows.len(), 2);
+        assert_eq!(t[0].rows[0][0], "base");
+        assert_eq!(t[0].rows[0][2], format!("{:.4}", base.brier));
+        assert_eq!(t[0].rows[1][3], format!("{:.4}", tuned.ece));
+        assert!(t[0].caption.contains(&format!("{:.4}", 0.375 * 0.625)), "{}", t[0].caption);
+        // The last bin, 0.9–1.0 (closed), as train rerank counted it.
+        let last = t[1].rows.last().unwrap();
+        assert_eq!(last[0], "0.9–1.0");
+        assert_eq!(last[1], base.bins[9].0.to_string());
+        assert_eq!(t[1].rows.len(), 10);
+        assert!(t[1].rows.iter().all(|r| r.len() == 7));
+
+        for bad in ["{}", "[1, 2]", "{\"base\": {\"n\": 1}}", ""] {
+            std::fs::write(&path, bad).unwrap();
+            let err = format!("{:#}", calibration_tables(&path).unwrap_err());
+            assert!(err.contains("calibration.json"), "{bad:?}: {err}");
+        }
+    }
 }

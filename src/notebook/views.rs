@@ -442,6 +442,7 @@ impl AbRuns {
                 comparison: self.comparison.metrics.iter().map(ComparisonRow::from).collect(),
                 loss_log: None,
                 examples: None,
+                tables: Vec::new(),
                 manifest,
             },
         )

@@ -154,6 +154,7 @@ fn context(input: &AbReportInput, data: &ReportData, figures: &[Figure]) -> Valu
         governance_json => if m.governance.is_null() { String::new() } else { pretty(&m.governance) },
         evaluation => m.evaluation,
         examples => input.examples,
+        tables => input.tables,
         generator => format!("tunelab {}", crate::version()),
     }
 }
@@ -223,7 +224,15 @@ W/T/L: queries where B is better / equal / worse. p: two-sided paired randomizat
 | id | input | {{ system_a|md }} (A) | {{ system_b|md }} (B) |
 |---|---|---|---|
 {% for e in examples.items %}| {{ e.id|md }} | {{ e.input|mdlines }} | {{ e.a|mdlines }}<br>*{{ e.note_a|md }}* | {{ e.b|mdlines }}<br>*{{ e.note_b|md }}* |
-{% endfor %}{% endif %}
+{% endfor %}{% endif %}{% for t in tables %}
+## {{ t.title }}
+
+{{ t.caption }}
+
+|{% for h in t.header %} {{ h|md }} |{% endfor %}
+|{% for h in t.header %}---|{% endfor %}
+{% for r in t.rows %}|{% for c in r %} {{ c|md }} |{% endfor %}
+{% endfor %}{% endfor %}
 ## Run
 
 | | |
@@ -359,6 +368,15 @@ table.examples td { vertical-align: top; }
 {% endfor %}</tbody>
 </table>
 {% endif %}
+{% for t in tables %}<h2>{{ t.title }}</h2>
+<p class="note">{{ t.caption }}</p>
+<table>
+<thead><tr>{% for h in t.header %}<th>{{ h }}</th>{% endfor %}</tr></thead>
+<tbody>
+{% for r in t.rows %}<tr>{% for c in r %}<td>{{ c }}</td>{% endfor %}</tr>
+{% endfor %}</tbody>
+</table>
+{% endfor %}
 
 <h2>Run</h2>
 <table class="kv">

@@ -37,6 +37,7 @@
 //!     loss_log: None,
 //!     manifest: Manifest::new(&run, 42, serde_json::json!({}), "cpu"),
 //!     examples: None,
+//!     tables: Vec::new(),
 //! };
 //! let paths = write_ab_report(&run, &input).unwrap();
 //! assert!(std::fs::read_to_string(paths.report_html).unwrap().contains("<svg"));
@@ -288,6 +289,18 @@ pub struct AbReportInput {
     pub manifest: Manifest,
     /// Inputs shown side by side with what each system made of them (none: no section).
     pub examples: Option<ExampleSet>,
+    /// Further tables, each its own section after the plots (a reranker's calibration, say).
+    pub tables: Vec<ReportTable>,
+}
+
+/// A table of values the per-query comparison does not hold, as text cells.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReportTable {
+    pub title: String,
+    /// A paragraph under the title: what the numbers are and where they come from.
+    pub caption: String,
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
 }
 
 /// Worked examples for a report: `caption` says how they were chosen.
