@@ -14,6 +14,9 @@ echo "cargo tests finished at $(( $(date +%s) - start ))s"
 # The GPU backends (Vulkan on Linux, Metal on macOS) cannot run on this machine, but they must keep compiling:
 # a type-check of the library, the CLI and the tests with both features on.
 cargo check --locked --all-targets --features vulkan,metal 2>&1
+# And the build a GPU-only user makes (no CPU backend: `--no-default-features --features vulkan`), where
+# a stray `Device::flex()` compiles in every other build (it broke 43b0f7a's parent unseen).
+cargo check --locked --no-default-features --features vulkan --lib --bins 2>&1
 echo "GPU features type-checked at $(( $(date +%s) - start ))s"
 # Notebooks end to end through Jupyter with the evcxr kernel: set-up (evcxr_jupyter is built once, then
 # the burn-free :dep set is compiled into the kernel's build slot), headless execution, HTML copies;
