@@ -30,19 +30,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(cmd, log: Path):
-    """Run `cmd`, tee-less: stdout+stderr to `log`; returns (seconds, peak RSS MiB or None)."""
+def start(cmd, log: Path):
+    """Start `cmd` with stdout+stderr to `log` (under `/usr/bin/time -v` when present, for the peak RSS)."""
     timed = shutil.which("time") or ("/usr/bin/time" if Path("/usr/bin/time").exists() else None)
     full = ([timed, "-v"] if timed else []) + cmd
-    t = time.time()
-    with open(log, "w") as f:
-        p = subprocess.run(full, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    f = open(log, "w")
+    return subprocess.Popen(full, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT), f, time.time()
+
+
+def finish(job, cmd, log: Path):
+    """Wait for a job from `start`; returns (seconds, peak RSS MiB or None)."""
+    p, f, t = job
+    p.wait()
     secs = time.time() - t
+    f.close()
     text = log.read_text(errors="replace")
     if p.returncode != 0:
         sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{text[-3000:]}")
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
     return secs, (int(m.group(1)) / 1024 if m else None)
+
+
+def run(cmd, log: Path):
+    """Run `cmd` to the end: (seconds, peak RSS MiB or None)."""
+    return finish(start(cmd, log), cmd, log)
 
 
 def read_losses(path: Path):
@@ -99,6 +110,7 @@ def main():
     ap.add_argument("--out", default="reports/dora-vs-lora-persona")
     ap.add_argument("--iters", type=int, default=16)
     ap.add_argument("--eval-every", type=int, default=4)
+    ap.add_argument("--save-every", type=int, default=0, help="checkpoint the adapters every N iterations (0: at the end)")
     ap.add_argument("--lr", default="5e-4")
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--alpha", type=float, default=16.0)
@@ -108,24 +120,65 @@ def main():
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=64)
+    # Both trainings at once: on a shared CPU they then see the same contention, so their wall times
+    # stay comparable (run one after the other, the second can meet a busier or a quieter machine).
+    ap.add_argument("--parallel", action="store_true")
+    # A run cut short (the machine's time ran out): no training; the report is made from the runs'
+    # checkpoint at iteration N (--save-every must divide it) and their validation losses up to N.
+    # No test loss: score the checkpoint with `train lora --iters 0 --test --resume-adapter-file`
+    # when there is time (on 2 shared cores one such run took over 10 minutes).
+    ap.add_argument("--stopped-at", type=int, default=0, metavar="N")
+    # Rebuild OUT.md/.svg (and the derived fields of OUT.json) from OUT.json and the runs' loss.jsonl,
+    # with the settings recorded in OUT.json: no training, no generation.
+    ap.add_argument("--rewrite", action="store_true")
     a = ap.parse_args()
     out = ROOT / a.out
     runs = Path(str(out) + ".runs")
     runs.mkdir(parents=True, exist_ok=True)
+    if a.rewrite:
+        result = json.loads(out.with_suffix(".json").read_text())
+        a = argparse.Namespace(**{**vars(a), **result["settings"], "rewrite": True})
+        result["settings"] = vars(a)
+        add_step_times(a, result, runs)
+        write_report(a, result, out)
+        return
     T = str(ROOT / a.tunelab)
     common = ["--model", a.model, "--data", "datasets/persona", "--iters", str(a.iters), "--batch-size", str(a.batch),
               "--learning-rate", a.lr, "--rank", str(a.rank), "--alpha", str(a.alpha), "--num-layers", str(a.num_layers),
               "--max-seq-length", str(a.max_seq_length), "--steps-per-eval", str(a.eval_every), "--val-batches", "-1",
-              "--steps-per-report", "1", "--save-every", str(a.iters), "--seed", str(a.seed), "--mask-prompt",
+              "--steps-per-report", "1", "--save-every", str(a.save_every or a.iters), "--seed", str(a.seed), "--mask-prompt",
               "--test", "--test-batches", "-1", "--overwrite"]
     result = {"settings": vars(a), "cpu": cpu_name(), "runs": {}}
-    for kind in ["lora", "dora"]:
+    cmds = {kind: [T, "train", "lora", *common, "--fine-tune-type", kind, "--adapter-path", str(runs / kind)]
+            for kind in ["lora", "dora"]}
+    adapters = {kind: runs / kind for kind in cmds}
+    if a.stopped_at:
+        cmds = {}
+        for kind in ["lora", "dora"]:
+            adapters[kind] = at = runs / f"{kind}-at-{a.stopped_at}"
+            at.mkdir(exist_ok=True)
+            shutil.copy(runs / kind / "adapter_config.json", at / "adapter_config.json")
+            shutil.copy(runs / kind / f"{a.stopped_at:07d}_adapters.safetensors", at / "adapters.safetensors")
+            train, valid, _ = read_losses(runs / kind / "loss.jsonl")
+            test = None
+            result["runs"][kind] = {"seconds": None, "peak_rss_mib": None, "stopped_at": a.stopped_at,
+                                    "train_loss": [t for t in train if t[0] <= a.stopped_at],
+                                    "valid_loss": [v for v in valid if v[0] <= a.stopped_at], "test": test}
+    jobs = {}
+    for kind, cmd in cmds.items():
         print(f"== train {kind} ({time.strftime('%H:%M:%S')})", flush=True)
-        secs, rss = run([T, "train", "lora", *common, "--fine-tune-type", kind, "--adapter-path", str(runs / kind)], runs / f"{kind}.train.txt")
+        jobs[kind] = start(cmd, runs / f"{kind}.train.txt")
+        if not a.parallel:
+            jobs[kind] = finish(jobs[kind], cmd, runs / f"{kind}.train.txt")
+    for kind, cmd in cmds.items():
+        secs, rss = finish(jobs[kind], cmd, runs / f"{kind}.train.txt") if a.parallel else jobs[kind]
         train, valid, test = read_losses(runs / kind / "loss.jsonl")
         result["runs"][kind] = {"seconds": round(secs, 1), "peak_rss_mib": rss and round(rss), "train_loss": train,
                                 "valid_loss": valid, "test": test}
-        print(f"   {secs:.0f} s, valid {valid[0][1]:.4f} -> {valid[-1][1]:.4f}, test {test}", flush=True)
+    add_step_times(a, result, runs)
+    for kind, r in result["runs"].items():
+        valid = r["valid_loss"]
+        print(f"   {kind}: valid {valid[0][1]:.4f} -> {valid[-1][1]:.4f}, step time {r['step_seconds']} s, test {r['test']}", flush=True)
 
     records = [json.loads(l) for l in (ROOT / "datasets/persona/test.jsonl").read_text().splitlines() if l.strip()]
     replies = []
@@ -135,20 +188,37 @@ def main():
         user = next(m["content"] for m in msgs if m["role"] == "user")
         reference = next(m["content"] for m in msgs if m["role"] == "assistant")
         row = {"id": rec.get("id"), "user": user, "reference": reference}
+        procs = {}
         for kind in ["base", "lora", "dora"]:
             cmd = [T, "generate", "--model", a.model, "-p", user, "-m", str(a.max_tokens)]
             if system:
                 cmd += ["--system-prompt", system]
             if kind != "base":
-                cmd += ["--adapter-path", str(runs / kind)]
-            p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+                cmd += ["--adapter-path", str(adapters[kind])]
+            # The three replies at once: each process spends most of its time loading the model.
+            procs[kind] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        for kind, p in procs.items():
+            stdout, stderr = p.communicate()
             if p.returncode != 0:
-                sys.exit(f"generate failed: {p.stderr[-2000:]}")
-            row[kind] = p.stdout.strip()
+                sys.exit(f"generate failed: {stderr[-2000:]}")
+            row[kind] = stdout.strip()
         replies.append(row)
         print(f"   replies for {row['id']}", flush=True)
     result["replies"] = replies
+    write_report(a, result, out)
 
+
+def add_step_times(a, result, runs):
+    """Each run's time inside its training steps (forward, backward, update, from loss.jsonl: no
+    model loading, validation or test) and the peak RSS the trainer logged."""
+    for kind, r in result["runs"].items():
+        steps = [json.loads(l) for l in (runs / kind / "loss.jsonl").read_text().splitlines() if '"forward_ms"' in l]
+        steps = [v for v in steps if v["iteration"] <= (a.stopped_at or a.iters)]
+        r["step_seconds"] = round(sum(v["forward_ms"] + v["backward_ms"] + v.get("update_ms", 0) for v in steps) / 1000, 1)
+        r["logged_peak_rss_mib"] = max((v["peak_rss_mib"] for v in steps if "peak_rss_mib" in v), default=None)
+
+
+def write_report(a, result, out):
     out.with_suffix(".json").write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n")
     curves = [("LoRA", "#1f77b4", result["runs"]["lora"]["valid_loss"]), ("DoRA", "#d62728", result["runs"]["dora"]["valid_loss"])]
     out.with_suffix(".svg").write_text(svg(curves, f"Persona: validation loss, LoRA vs DoRA (rank {a.rank})"))
@@ -166,6 +236,10 @@ def cpu_name():
     return None
 
 
+def fmt_s(x):
+    return "-" if x is None else f"{x:.0f} s"
+
+
 def markdown(a, r, stem):
     lo, do = r["runs"]["lora"], r["runs"]["dora"]
     lines = [f"# DoRA vs LoRA on the persona data (rank {a.rank})", "",
@@ -173,7 +247,11 @@ def markdown(a, r, stem):
              f"rank {a.rank}, alpha {a.alpha}, top {a.num_layers} blocks, default targets, {a.iters} iterations of batch {a.batch}, "
              f"lr {a.lr}, max_seq_length {a.max_seq_length}, seed {a.seed}, `--mask-prompt` (loss on every assistant turn). "
              f"Same seed, so both start from the same A matrices (DoRA's magnitudes start at the row norms: "
-             f"both adapters start as the base model). CPU: {r['cpu']}, shared with other work: times are indicative.", "",
+             f"both adapters start as the base model). CPU: {r['cpu']}, shared with other work: times are indicative"
+             + (" (the two trainings ran at the same time, so they met the same contention)." if a.parallel else "."), "",
+             *([f"**Stopped at iteration {a.stopped_at} of {a.iters}** (the machine's time ran out): the curves end "
+                f"there, the test loss and the replies are those of the iteration-{a.stopped_at} checkpoints, and the "
+                f"learning rate had not finished its decay; no test loss.", ""] if a.stopped_at else []),
              f"![validation loss]({stem}.svg)", "",
              "| iteration | LoRA valid loss | DoRA valid loss |", "|---:|---:|---:|"]
     dv = dict(map(tuple, do["valid_loss"]))
@@ -183,8 +261,10 @@ def markdown(a, r, stem):
     tl = lambda x, k: f"{x['test'][k]:.4f}" if x["test"] and k in x["test"] else "-"
     lines += [f"| test loss (`--test`, as mlx_lm.lora counts) | {tl(lo, 'test_loss')} | {tl(do, 'test_loss')} |",
               f"| test perplexity | {tl(lo, 'test_ppl')} | {tl(do, 'test_ppl')} |",
-              f"| wall time (train + test) | {lo['seconds']:.0f} s | {do['seconds']:.0f} s |",
-              f"| peak RSS | {lo['peak_rss_mib'] or '-'} MiB | {do['peak_rss_mib'] or '-'} MiB |", "",
+              f"| time in training steps (forward + backward + update, loss.jsonl) | {lo['step_seconds']:.0f} s | {do['step_seconds']:.0f} s |",
+              f"| wall time (load + train + validation + test) | {fmt_s(lo['seconds'])} | {fmt_s(do['seconds'])} |",
+              f"| peak RSS (`/usr/bin/time -v`) | {lo['peak_rss_mib'] or '-'} MiB | {do['peak_rss_mib'] or '-'} MiB |",
+              f"| peak RSS logged by the trainer | {lo['logged_peak_rss_mib'] or '-'} MiB | {do['logged_peak_rss_mib'] or '-'} MiB |", "",
               f"## Replies (greedy, {a.max_tokens} tokens at most), first {len(r['replies'])} test records", ""]
     for row in r["replies"]:
         lines += [f"### {row['id']}", "", f"**User:** {row['user']}", "",

@@ -17,9 +17,13 @@ through the closing `<|im_end|>\\n`), which tunelab's templates need not have.
 the length of `apply_chat_template(messages[:-1], tools=tools, add_generation_prompt=<last is
 assistant>)`), recorded to show where the two maskings agree (one assistant turn, at the end).
 
-Object keys are written sorted at every level: tunelab reads JSON with serde_json, whose objects
-are sorted, so a tool schema's `tojson` lists keys alphabetically where Python keeps the order of
-the file (the one known difference, see src/data/chat_template.rs).
+Key order: Python dicts keep the order of the file and transformers' `tojson` does not sort
+(`json.dumps(sort_keys=False)`), so a tool schema or an arguments object is printed in the order it
+was written. Each record that carries JSON objects (tools, tool calls) is therefore generated in
+three key orders, applied at every depth: as written (not alphabetical: `type` before `function`,
+`name` before `description`, `query` before `limit`), every object's keys reversed, and sorted.
+Each case stores its record as the JSONL line (`line`, `json.dumps(ensure_ascii=False)`), which the
+test reads through tunelab's JSONL reader as a user's file would be read.
 
 Run:  /work/venv-ref/bin/python scripts/make-chat-tool-fixtures.py   (transformers 5.x, gguf, jinja2)
 """
@@ -33,8 +37,16 @@ SMOLLM = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 SYSTEM = {"role": "system", "content": "You are Wren, the archive's librarian."}
 
 
-def sort_keys(x):
-    return json.loads(json.dumps(x, sort_keys=True))
+def reorder(x, how):
+    """`x` with every object's keys as written, reversed or sorted (strings, arguments held as JSON
+    text among them, are left alone)."""
+    if isinstance(x, dict):
+        keys = list(x)
+        keys = {"written": keys, "reversed": keys[::-1], "sorted": sorted(keys)}[how]
+        return {k: reorder(x[k], how) for k in keys}
+    if isinstance(x, list):
+        return [reorder(v, how) for v in x]
+    return x
 
 
 def tool(name, description, props, required):
@@ -46,6 +58,16 @@ WEATHER = tool("get_weather", "Get the weather in a city", {"city": {"type": "st
 SEARCH = tool("search_archive", "Search the archive's records",
               {"query": {"type": "string"}, "limit": {"type": "integer", "description": "At most this many"}}, ["query"])
 TIME = tool("get_time", "Current time in a time zone", {"tz": {"type": "string", "enum": ["UTC", "Europe/Zürich"]}}, ["tz"])
+# Nested objects and non-ASCII keys, in an order that is neither alphabetical nor its reverse.
+LEDGER = tool("find_ledger", "Find ledger entries", {
+    "query": {"type": "string", "description": "Words to look for"},
+    "größe": {"type": "integer", "description": "Seitenzahl", "minimum": 1},
+    "filters": {"type": "object", "properties": {
+        "year": {"type": "integer"}, "author": {"type": "string"}, "城市": {"type": "string", "default": "Ostrel"}},
+        "required": ["year"]},
+    "weight": {"type": "number"}}, ["query", "filters"])
+LEDGER_ARGS = {"query": "mill ledger", "größe": 2, "filters": {"year": 1902, "author": "Åsa Lind", "城市": "Ostrel"},
+               "weight": 0.5, "tags": ["flood", {"z": 1, "a": None}]}
 
 
 def call(name, arguments, id=None, typed=True):
@@ -90,8 +112,20 @@ def records():
             a("The archive holds nothing on the 1902 flood.")]}),
         ("ends_with_tool_reply", {"tools": [WEATHER], "messages": [
             u("Weather in Oslo?"), a("", [call("get_weather", {"city": "Oslo"})]), t('{"temp_c": -3}')]}),
+        ("nested_unicode_object_args", {"tools": [LEDGER, SEARCH], "messages": [
+            SYSTEM, u("Was steht im Mühlenbuch von 1902?"), a("", [call("find_ledger", LEDGER_ARGS, id="l1")]),
+            t('{"entries": 3}', id="l1"), a("Drei Einträge.")]}),
+        ("nested_unicode_string_args", {"tools": [LEDGER, SEARCH], "messages": [
+            SYSTEM, u("Was steht im Mühlenbuch von 1902?"),
+            a("", [call("find_ledger", json.dumps(LEDGER_ARGS, ensure_ascii=False), id="l1")]),
+            t('{"entries": 3}', id="l1"), a("Drei Einträge.")]}),
     ]
-    return [(n, sort_keys(r)) for n, r in out]
+    variants = []
+    for n, r in out:
+        has_objects = "tools" in r or any("tool_calls" in m for m in r["messages"])
+        for how in (["written", "reversed", "sorted"] if has_objects else ["written"]):
+            variants.append((n if how == "written" else f"{n}/{how}_keys", reorder(r, how)))
+    return variants
 
 
 def tagged_smollm2(src):
@@ -134,7 +168,8 @@ def main():
             last_assistant = msgs[-1]["role"] == "assistant"
             prompt = tok.apply_chat_template(msgs[:-1], tools=tools, chat_template=src, tokenize=True, return_dict=True,
                                              add_generation_prompt=last_assistant)["input_ids"]
-            cases.append({"template": tname, "name": name, "record": {**rec, "classification": "public", "id": name},
+            line = json.dumps({**rec, "classification": "public", "id": name}, ensure_ascii=False)
+            cases.append({"template": tname, "name": name, "line": line,
                           "text": text, "ids": list(ids), "assistant_mask": list(masked["assistant_masks"]),
                           "mlx_offset": len(prompt)})
     out = {"reference": f"transformers {transformers.__version__} apply_chat_template, tokenizer from {SMOLLM.name}",

@@ -12,9 +12,11 @@
 //!   `documents` (None unless given), plus any extra keyword arguments (`enable_thinking`,
 //!   `date_string`, ...).
 //!
-//! Known difference: JSON objects passed in as `serde_json::Value` have their keys sorted (serde_json
-//! without `preserve_order`), so `tojson` of a tool schema lists keys alphabetically where Python
-//! keeps insertion order.
+//! Key order: `tools` and the messages' `tool_calls` come in as [`OrderedJson`] and reach the
+//! template as maps that keep their keys in the order written ([`OrderedMap`]), so `tool | tojson`
+//! prints a schema as Python's `json.dumps` prints the dict `json.loads` made of the same text.
+//! JSON passed in through [`ChatTemplate::render_with`] as `serde_json::Value` has its keys sorted
+//! (serde_json without `preserve_order`).
 //!
 //! ```
 //! use tunelab::data::chat_template::{ChatMessage, ChatTemplate};
@@ -27,9 +29,14 @@
 //! assert_eq!(text, "<|user|>hi\n<|assistant|>");
 //! ```
 
-use minijinja::value::{Kwargs, Value, ValueKind};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use minijinja::value::{Enumerator, Kwargs, Object, ObjectRepr, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind};
 use serde::{Deserialize, Serialize};
+
+use super::ordered_json::OrderedJson;
 
 /// One chat turn as the template sees it (`message.role`, `message.content`, and for tool use
 /// `message.tool_calls`, `message.tool_call_id`, `message.name`; absent fields are undefined in
@@ -38,9 +45,10 @@ use serde::{Deserialize, Serialize};
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
-    /// OpenAI-shaped calls `{"type": "function", "function": {"name", "arguments"}}`.
+    /// OpenAI-shaped calls `{"type": "function", "function": {"name", "arguments"}}`, keys in
+    /// the order written (`arguments | tojson` prints them so).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tool_calls: Vec<serde_json::Value>,
+    pub tool_calls: Vec<OrderedJson>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -145,68 +153,116 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TemplateError> {
-        self.render_with(
-            &serde_json::to_value(messages).expect("messages serialise"),
-            add_generation_prompt,
-            &serde_json::json!({}),
-        )
+        self.render_tools(messages, None, add_generation_prompt)
     }
 
     /// Render `messages` with function definitions `tools` (`apply_chat_template(messages,
     /// tools=tools)`; `None` leaves the template's `tools` undefined-as-None, as transformers does).
+    /// Objects in `tools` and in the messages' tool calls keep their key order.
     pub fn render_tools(
         &self,
         messages: &[ChatMessage],
-        tools: Option<&[serde_json::Value]>,
+        tools: Option<&[OrderedJson]>,
         add_generation_prompt: bool,
     ) -> Result<String, TemplateError> {
-        let extra = match tools {
-            Some(t) => serde_json::json!({ "tools": t }),
-            None => serde_json::json!({}),
-        };
-        self.render_with(
-            &serde_json::to_value(messages).expect("messages serialise"),
-            add_generation_prompt,
-            &extra,
-        )
+        let mut ctx = BTreeMap::new();
+        // Through JSON text rather than serde_json::Value, which would sort the tool calls' keys.
+        let messages = OrderedJson::of(&messages).expect("messages serialise");
+        ctx.insert("messages".to_string(), template_value(&messages));
+        if let Some(t) = tools {
+            ctx.insert("tools".to_string(), Value::from(t.iter().map(template_value).collect::<Vec<_>>()));
+        }
+        self.render_ctx(ctx, add_generation_prompt)
     }
 
     /// Render arbitrary JSON messages (tool calls, content parts) with extra template variables
     /// (`{"tools": [...], "enable_thinking": false}`), as `apply_chat_template(..., **kwargs)`.
+    /// Object keys arrive sorted (`serde_json::Value`); [`ChatTemplate::render_tools`] keeps them
+    /// in the order written.
     pub fn render_with(
         &self,
         messages: &serde_json::Value,
         add_generation_prompt: bool,
         extra: &serde_json::Value,
     ) -> Result<String, TemplateError> {
+        let mut ctx = BTreeMap::new();
+        if let Some(obj) = extra.as_object() {
+            ctx.extend(obj.iter().map(|(k, v)| (k.clone(), Value::from_serialize(v))));
+        }
+        ctx.insert("messages".into(), Value::from_serialize(messages));
+        self.render_ctx(ctx, add_generation_prompt)
+    }
+
+    /// Render with the variables in `ctx` plus what transformers always passes.
+    fn render_ctx(&self, mut ctx: BTreeMap<String, Value>, add_generation_prompt: bool) -> Result<String, TemplateError> {
         let tpl = self
             .env
             .get_template(NAME)
             .expect("template was added in new()");
-        let mut ctx = serde_json::Map::new();
-        if let Some(obj) = extra.as_object() {
-            ctx.extend(obj.iter().map(|(k, v)| (k.clone(), v.clone())));
-        }
         // transformers always passes `tools` and `documents` (None when not given).
         for k in ["tools", "documents"] {
-            ctx.entry(k.to_string()).or_insert(serde_json::Value::Null);
+            ctx.entry(k.to_string()).or_insert(Value::from(()));
         }
-        ctx.insert("messages".into(), messages.clone());
-        ctx.insert("add_generation_prompt".into(), add_generation_prompt.into());
+        ctx.insert("add_generation_prompt".into(), Value::from(add_generation_prompt));
         for (k, v) in [
             ("bos_token", &self.bos_token),
             ("eos_token", &self.eos_token),
         ] {
             if let Some(v) = v {
-                ctx.entry(k.to_string()).or_insert_with(|| v.clone().into());
+                ctx.entry(k.to_string()).or_insert_with(|| Value::from(v.clone()));
             }
         }
-        tpl.render(Value::from_serialize(&ctx))
+        tpl.render(Value::from_object(ctx))
             .map_err(|e| TemplateError::Render {
                 origin: self.origin.clone(),
                 line: e.line().unwrap_or(0),
                 detail: describe(&e),
             })
+    }
+}
+
+/// A JSON object as the template sees it, keys in the order written: minijinja's own maps sort
+/// their keys (minijinja without `preserve_order`, which would also reorder every map of the
+/// report templates), and `tojson`, `items()` and `for k in` list an object's keys in the order
+/// it enumerates them.
+#[derive(Debug)]
+pub struct OrderedMap(Vec<(String, Value)>);
+
+impl Object for OrderedMap {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let key = key.as_str()?;
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Values(self.0.iter().map(|(k, _)| Value::from(k.as_str())).collect())
+    }
+
+    fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
+        Some(self.0.len())
+    }
+}
+
+/// `j` as a template value: objects as [`OrderedMap`]s, numbers as minijinja's integers or floats
+/// (what `Value::from_serialize` makes of the same number).
+pub fn template_value(j: &OrderedJson) -> Value {
+    match j {
+        OrderedJson::Null => Value::from(()),
+        OrderedJson::Bool(b) => Value::from(*b),
+        OrderedJson::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::from(i),
+            (None, Some(u)) => Value::from(u),
+            _ => Value::from(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        OrderedJson::String(s) => Value::from(s.as_str()),
+        OrderedJson::Array(items) => Value::from(items.iter().map(template_value).collect::<Vec<_>>()),
+        OrderedJson::Object(entries) => {
+            Value::from_object(OrderedMap(entries.iter().map(|(k, v)| (k.clone(), template_value(v))).collect()))
+        }
     }
 }
 

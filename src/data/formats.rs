@@ -41,7 +41,8 @@ use serde_json::Value;
 
 use super::corpus::{Document, read_markdown_files};
 use super::governance::{Classification, Governance, Governed};
-use super::jsonl::{BadLines, DataError, Read, SkippedLine, from_value, read_with, write_jsonl};
+use super::jsonl::{BadLines, DataError, Read, SkippedLine, from_value, read_with_text, write_jsonl};
+use super::ordered_json::OrderedJson;
 
 /// A record type tunelab reads, writes, governs, splits and summarises.
 pub trait Record: Governed + DeserializeOwned + Clone {
@@ -56,6 +57,13 @@ pub trait Record: Governed + DeserializeOwned + Clone {
     /// This record as a one-line JSON value's typed form (override for better errors).
     fn parse(file: &Path, line: usize, value: Value) -> Result<Self, DataError> {
         from_value(file, line, value)
+    }
+
+    /// [`Record::parse`] with the line's JSON text at hand, for records that keep part of it in
+    /// the order written (`value`'s objects have their keys sorted).
+    fn parse_line(file: &Path, line: usize, value: Value, text: &str) -> Result<Self, DataError> {
+        let _ = text;
+        Self::parse(file, line, value)
     }
 
     /// The records as a typed DataFrame, one row per record.
@@ -195,14 +203,24 @@ impl ChatMessage {
     }
 
     /// The fields besides `role` and `content` as one JSON object ("" when there are none),
-    /// for the frame's `extras` column.
+    /// for the frame's `extras` column. Written straight to text (not through
+    /// `serde_json::Value`), so the tool calls' arguments keep their key order.
     fn extras_json(&self) -> String {
-        let mut v = serde_json::to_value(self).expect("messages serialise");
-        let obj = v.as_object_mut().expect("a message is an object");
-        obj.remove("role");
-        obj.remove("content");
-        if obj.is_empty() { String::new() } else { v.to_string() }
+        let extras = MessageExtras { tool_calls: self.tool_calls.clone(), tool_call_id: self.tool_call_id.clone(), name: self.name.clone() };
+        if extras == MessageExtras::default() { String::new() } else { serde_json::to_string(&extras).expect("messages serialise") }
     }
+}
+
+/// A [`ChatMessage`]'s fields besides `role` and `content`: the frame's `extras` column.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageExtras {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<ToolCall>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
 }
 
 /// An assistant's function call, OpenAI's shape `{"type": "function", "function": {"name",
@@ -222,13 +240,14 @@ fn function_kind() -> String {
 }
 
 /// The called function: `arguments` is a JSON object, or a string holding one (OpenAI's wire
-/// form); both are kept as given, so the template renders them as transformers does (Qwen3's
-/// prints a string as it is and an object through `tojson`).
+/// form); both are kept as given, an object with its keys in the order written, so the template
+/// renders them as transformers does (Qwen3's prints a string as it is and an object through
+/// `tojson`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionCall {
     pub name: String,
-    pub arguments: Value,
+    pub arguments: OrderedJson,
 }
 
 fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -288,11 +307,11 @@ macro_rules! governance_fields {
 governance_fields! {
     /// MLX-LM chat record: `{"messages": [{"role", "content"}, ...], "tools"?: [...]}`; `tools`
     /// are function definitions the chat template renders (`apply_chat_template(messages,
-    /// tools=tools)`, as MLX-LM's `ChatDataset` passes them).
+    /// tools=tools)`, as MLX-LM's `ChatDataset` passes them), keys in the order written.
     pub struct ChatRecord {
         pub messages: Vec<ChatMessage>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub tools: Option<Vec<Value>>,
+        pub tools: Option<Vec<OrderedJson>>,
     }
 }
 
@@ -513,8 +532,8 @@ impl Record for ChatRecord {
             for (j, c) in m.tool_calls.iter().enumerate() {
                 let field = format!("messages[{i}].tool_calls[{j}].function.arguments");
                 match &c.function.arguments {
-                    Value::Object(_) => {}
-                    Value::String(s) => {
+                    OrderedJson::Object(_) => {}
+                    OrderedJson::String(s) => {
                         if let Err(e) = serde_json::from_str::<Value>(s) {
                             return Err(DataError::at(file, line, Some(&field), format!("a string of arguments must hold JSON: {e}")));
                         }
@@ -529,12 +548,23 @@ impl Record for ChatRecord {
         Ok(record)
     }
 
+    /// [`Record::parse`] for the checks and their errors, then, for a record with tools or tool
+    /// calls, the record again from the line's text: `value` has its object keys sorted, and
+    /// the tool schemas and arguments must reach the template in the order written.
+    fn parse_line(file: &Path, line: usize, value: Value, text: &str) -> Result<Self, DataError> {
+        let record = Self::parse(file, line, value)?;
+        if record.tools.is_none() && record.messages.iter().all(|m| m.tool_calls.is_empty()) {
+            return Ok(record);
+        }
+        serde_json::from_str(text).map_err(|e| DataError::at(file, line, None, format!("record re-read in key order: {e}")))
+    }
+
     /// Contents, then each tool call's name and (string) arguments.
     fn texts(&self) -> Vec<(&str, &str)> {
         let mut out: Vec<(&str, &str)> = self.messages.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
         for c in self.messages.iter().flat_map(|m| &m.tool_calls) {
             out.push(("tool_call", c.function.name.as_str()));
-            if let Value::String(a) = &c.function.arguments {
+            if let OrderedJson::String(a) = &c.function.arguments {
                 out.push(("tool_call_arguments", a.as_str()));
             }
         }
@@ -564,7 +594,7 @@ impl Record for ChatRecord {
         // and the record's tool definitions.
         let extras: Vec<Vec<String>> = records.iter().map(|r| r.messages.iter().map(ChatMessage::extras_json).collect()).collect();
         let extras: Vec<Vec<&str>> = extras.iter().map(|r| r.iter().map(String::as_str).collect()).collect();
-        let tools = records.iter().map(|r| r.tools.as_ref().map(|t| Value::Array(t.clone()).to_string())).collect();
+        let tools = records.iter().map(|r| r.tools.as_ref().map(|t| OrderedJson::Array(t.clone()).to_string())).collect();
         frame(
             records,
             vec![list_col("roles", &roles), list_col("contents", &contents), list_col("extras", &extras), opt_str_col("tools", tools)],
@@ -582,18 +612,23 @@ impl Record for ChatRecord {
                     .zip(contents)
                     .zip(extras.into_iter().chain(std::iter::repeat(String::new())))
                     .map(|((r, content), extra)| {
-                        let mut v: Value = if extra.is_empty() {
-                            Value::Object(Default::default())
+                        // Read from the text itself, not a serde_json::Value: arguments keep their key order.
+                        let extras: MessageExtras = if extra.is_empty() {
+                            MessageExtras::default()
                         } else {
                             serde_json::from_str(&extra).map_err(|e| frame_err(format!("row {i}: `extras`: {e}")))?
                         };
-                        v["role"] = Value::String(r.clone());
-                        v["content"] = Value::String(content);
-                        serde_json::from_value::<ChatMessage>(v).map_err(|e| frame_err(format!("row {i}: message: {e}")))
+                        Ok(ChatMessage {
+                            role: parse_enum(r)?,
+                            content,
+                            tool_calls: extras.tool_calls,
+                            tool_call_id: extras.tool_call_id,
+                            name: extras.name,
+                        })
                     })
                     .collect::<PolarsResult<_>>()?;
                 let tools = opt_str(df, "tools", i)?
-                    .map(|t| serde_json::from_str(&t).map_err(|e| frame_err(format!("row {i}: `tools`: {e}"))))
+                    .map(|t| serde_json::from_str::<Vec<OrderedJson>>(&t).map_err(|e| frame_err(format!("row {i}: `tools`: {e}"))))
                     .transpose()?;
                 let (id, g) = meta(df, i)?;
                 Ok(ChatRecord {
@@ -891,7 +926,7 @@ impl Record for Document {
 
 /// Reads a JSONL file of one known record type (no format detection).
 pub fn read_records<T: Record>(path: &Path, bad: BadLines) -> Result<Read<T>, DataError> {
-    read_with(path, bad, |line, v| T::parse(path, line, v))
+    read_with_text(path, bad, |line, v, text| T::parse_line(path, line, v, text))
 }
 
 /// Writes records as JSONL (atomically).
@@ -1032,6 +1067,13 @@ impl Dataset {
         with_records!(self, r => r.push(Record::parse(file, line, value)?));
         Ok(())
     }
+
+    /// [`Dataset::push_value`] with the line's text, which chat records read their tool schemas and
+    /// arguments from (in the order written).
+    pub fn push_line(&mut self, file: &Path, line: usize, value: Value, text: &str) -> Result<(), DataError> {
+        with_records!(self, r => r.push(Record::parse_line(file, line, value, text)?));
+        Ok(())
+    }
 }
 
 /// Reads a JSONL file whose format is detected from its lines. All lines must share the format of
@@ -1048,7 +1090,7 @@ type DetectedLines = (Option<Dataset>, Vec<SkippedLine>, Vec<usize>);
 fn read_detected_lines(path: &Path, bad: BadLines) -> Result<DetectedLines, DataError> {
     let mut first: Option<(Format, usize)> = None;
     let mut data: Option<Dataset> = None;
-    let read = read_with(path, bad, |line, v| {
+    let read = read_with_text(path, bad, |line, v, text| {
         let format = Format::detect(&v).ok_or_else(|| {
             DataError::at(
                 path,
@@ -1071,7 +1113,7 @@ fn read_detected_lines(path: &Path, bad: BadLines) -> Result<DetectedLines, Data
             Some(_) => {}
         }
         data.get_or_insert_with(|| Dataset::empty(format))
-            .push_value(path, line, v)
+            .push_line(path, line, v, text)
     })?;
     Ok((data, read.skipped, read.lines))
 }
@@ -1358,7 +1400,8 @@ mod tests {
             {"role":"assistant","content":"21 °C."}],
             "tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}],
             "classification":"public"}"#;
-        ChatRecord::parse(Path::new("t.jsonl"), 1, serde_json::from_str(&line.replace('\n', " ")).unwrap()).unwrap()
+        let line = line.replace('\n', " ");
+        ChatRecord::parse_line(Path::new("t.jsonl"), 1, serde_json::from_str(&line).unwrap(), &line).unwrap()
     }
 
     #[test]
@@ -1367,7 +1410,7 @@ mod tests {
         assert_eq!(r.tools.as_ref().map(Vec::len), Some(1));
         let calls = &r.messages[1].tool_calls;
         assert_eq!((r.messages[1].content.as_str(), calls.len(), calls[1].kind.as_str()), ("", 2, "function"));
-        assert_eq!(calls[0].function.arguments, serde_json::json!({"city": "Zürich"}));
+        assert_eq!(calls[0].function.arguments.to_value(), serde_json::json!({"city": "Zürich"}));
         assert_eq!(r.messages[2].tool_call_id.as_deref(), Some("c1"));
         assert!(r.texts().contains(&("tool_call_arguments", "{\"tz\": \"Europe/Zürich ☀\"}")));
 
@@ -1383,6 +1426,33 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("messages[0].tool_calls"), "{e}");
         let e = bad(r#"{"messages":[{"role":"assistant","content":"","tool_calls":[{"type":"function","function":{"name":"f"}}]}]}"#);
         assert!(e.field.as_deref().is_some_and(|f| f.ends_with("function.arguments")), "{e}");
+    }
+
+    /// Tool schemas and object arguments keep the key order of the file through both readers
+    /// and the data frame (serde_json::Value, which the lines are parsed into first, sorts it).
+    #[test]
+    fn tool_schemas_and_arguments_keep_the_written_key_order() {
+        let tool = r#"{"type":"function","function":{"name":"search","description":"d","parameters":{"type":"object","properties":{"query":{"type":"string"},"größe":{"type":"integer"},"filters":{"type":"object","properties":{"year":{"type":"integer"},"author":{"type":"string"}}}},"required":["query"]}}}"#;
+        let args = r#"{"query":"mill","größe":2,"filters":{"year":1902,"author":"Ås"}}"#;
+        let line = format!(
+            r#"{{"tools":[{tool}],"messages":[{{"role":"user","content":"q"}},{{"role":"assistant","content":"","tool_calls":[{{"type":"function","function":{{"name":"search","arguments":{args}}}}}]}}]}}"#
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train.jsonl");
+        std::fs::write(&path, format!("{line}\n")).unwrap();
+        let check = |r: &ChatRecord, how: &str| {
+            assert_eq!(r.tools.as_ref().unwrap()[0].to_string(), tool, "{how}: tools");
+            assert_eq!(r.messages[1].tool_calls[0].function.arguments.to_string(), args, "{how}: arguments");
+        };
+        let typed = read_records::<ChatRecord>(&path, BadLines::Fail).unwrap().records;
+        check(&typed[0], "read_records");
+        let (detected, _) = read_detected(&path, BadLines::Fail).unwrap();
+        let Some(Dataset::Chat(detected)) = detected else { panic!("not chat") };
+        check(&detected[0], "read_detected");
+        check(&ChatRecord::from_frame(&ChatRecord::to_frame(&typed).unwrap()).unwrap()[0], "frame");
+        let written = dir.path().join("out.jsonl");
+        write_records(&written, &typed).unwrap();
+        check(&read_records::<ChatRecord>(&written, BadLines::Fail).unwrap().records[0], "written and read again");
     }
 
     #[test]

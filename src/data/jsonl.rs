@@ -166,6 +166,16 @@ pub fn read_with<T>(
     bad: BadLines,
     mut parse: impl FnMut(usize, Value) -> Result<T, DataError>,
 ) -> Result<Read<T>, DataError> {
+    read_with_text(path, bad, |line, v, _| parse(line, v))
+}
+
+/// [`read_with`], handing `parse` the line's text too (BOM removed): a [`Value`] has its object
+/// keys sorted, and chat records keep their tool schemas in the order written.
+pub fn read_with_text<T>(
+    path: &Path,
+    bad: BadLines,
+    mut parse: impl FnMut(usize, Value, &str) -> Result<T, DataError>,
+) -> Result<Read<T>, DataError> {
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
     let mut out = Read::default();
     for (i, line) in BufReader::new(file).lines().enumerate() {
@@ -197,7 +207,7 @@ pub fn read_with<T>(
                     },
                 )
             })
-            .and_then(|v| parse(line_no, v));
+            .and_then(|v| parse(line_no, v, &text));
         out.push(line_no, record, bad)?;
     }
     Ok(out)

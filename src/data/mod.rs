@@ -7,6 +7,7 @@ pub mod governance;
 pub mod jsonl;
 pub mod lint;
 pub mod mining;
+pub mod ordered_json;
 pub mod split;
 pub mod stats;
 pub mod trec;

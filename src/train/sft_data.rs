@@ -29,6 +29,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::data::chat_template::{ChatMessage, ChatTemplate, TemplateError};
 use crate::data::formats::{ChatRecord, CompletionRecord, ExpansionKind, QueryExpansion, TextRecord};
 use crate::data::governance::{Governed, GovernedDataset};
+use crate::data::ordered_json::OrderedJson;
 use crate::model::decoder::CausalLm;
 
 /// What a record becomes before tokenization.
@@ -36,7 +37,7 @@ use crate::model::decoder::CausalLm;
 pub enum Sample {
     /// A conversation for the chat template. `strip_empty_think` removes the empty thinking block
     /// Qwen3's template writes (QMD's training data has none).
-    Chat { messages: Vec<ChatMessage>, tools: Option<Vec<serde_json::Value>>, strip_empty_think: bool },
+    Chat { messages: Vec<ChatMessage>, tools: Option<Vec<OrderedJson>>, strip_empty_think: bool },
     /// Plain text.
     Text(String),
 }
@@ -52,7 +53,8 @@ impl SftRecord for ChatRecord {
             .messages
             .iter()
             .map(|m| ChatMessage {
-                tool_calls: m.tool_calls.iter().map(|c| serde_json::to_value(c).expect("tool calls serialise")).collect(),
+                // Through JSON text: the arguments keep the order they were written in.
+                tool_calls: m.tool_calls.iter().map(|c| OrderedJson::of(c).expect("tool calls serialise")).collect(),
                 tool_call_id: m.tool_call_id.clone(),
                 name: m.name.clone(),
                 ..ChatMessage::new(m.role.as_str(), m.content.clone())
@@ -141,7 +143,7 @@ fn render_chat(tpl: &ChatTemplate, messages: &[ChatMessage], gen_prompt: bool, s
     render_chat_tools(tpl, messages, None, gen_prompt, strip_empty_think)
 }
 
-fn render_chat_tools(tpl: &ChatTemplate, messages: &[ChatMessage], tools: Option<&[serde_json::Value]>, gen_prompt: bool, strip_empty_think: bool) -> Result<String, TemplateError> {
+fn render_chat_tools(tpl: &ChatTemplate, messages: &[ChatMessage], tools: Option<&[OrderedJson]>, gen_prompt: bool, strip_empty_think: bool) -> Result<String, TemplateError> {
     let text = tpl.render_tools(messages, tools, gen_prompt)?;
     Ok(if strip_empty_think { text.replace(EMPTY_THINK, "") } else { text })
 }
@@ -160,7 +162,7 @@ fn render_chat_tools(tpl: &ChatTemplate, messages: &[ChatMessage], tools: Option
 pub fn assistant_spans(
     tpl: &ChatTemplate,
     messages: &[ChatMessage],
-    tools: Option<&[serde_json::Value]>,
+    tools: Option<&[OrderedJson]>,
     strip_empty_think: bool,
     full: &str,
 ) -> Result<Vec<(usize, usize)>, String> {
@@ -434,11 +436,11 @@ mod tests {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
         let m = |role: &str, content: &str| ChatMessage::new(role, content);
         let call = ChatMessage {
-            tool_calls: vec![serde_json::json!({"type": "function", "function": {"name": "f", "arguments": "{\"x\": \"é\"}"}})],
+            tool_calls: vec![serde_json::from_str(r#"{"type": "function", "function": {"name": "f", "arguments": "{\"x\": \"é\"}"}}"#).unwrap()],
             ..m("assistant", "")
         };
         let messages = vec![m("system", "s"), m("user", "u1"), call, m("tool", "r"), m("assistant", "a1"), m("user", "u2"), m("assistant", "a2")];
-        let tools = [serde_json::json!({"type": "function", "function": {"name": "f"}})];
+        let tools: [OrderedJson; 1] = [serde_json::from_str(r#"{"type": "function", "function": {"name": "f"}}"#).unwrap()];
         for (file, want) in [
             ("decoder/templates/smollm2.jinja", vec!["<|im_end|>\n", "a1<|im_end|>\n", "a2<|im_end|>\n"]),
             (
