@@ -1357,6 +1357,13 @@ mod tests {
         assert_eq!(tested.iterations, 0);
         assert_eq!(tested.adapter.layers, trained.adapter.layers);
         assert_eq!(tested.test.unwrap().loss, trained.test.unwrap().loss);
+        // Its iteration-0 validation is the adapter's, not the base model's.
+        let (last, first) = (trained.val_losses.last().unwrap(), tested.val_losses[0]);
+        assert_eq!(first.0, 0);
+        if last.0 == trained.iterations {
+            assert_eq!(first.1, last.1, "test mode validated {first:?}, the run ended at {last:?}");
+        }
+        assert_ne!(first.1, trained.val_losses[0].1, "test mode validated the base model");
     }
 
     /// Chat records with `mask_prompt`: the loss starts after the rendering of all messages but
