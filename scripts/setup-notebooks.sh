@@ -92,7 +92,13 @@ PY
 log "kernel 'rust' -> $root/$kernel_dir (EVCXR_CONFIG_DIR=notebooks/evcxr)"
 
 # 4. Hints, not installs: a faster linker shortens every cell's link step (evcxr picks up mold or lld).
-if [[ "$(uname -s)" != Darwin ]] && ! command -v mold >/dev/null && ! command -v lld >/dev/null; then
+# rustc >= 1.90 already links x86_64-unknown-linux-gnu with its own rust-lld (seen running in the
+# cells' links), so there the hint would only cost a full rebuild of the warm set for nothing.
+rustc_vv=$(rustc -vV)
+rustc_minor=$(sed -n 's/^release: 1\.\([0-9]*\).*/\1/p' <<<"$rustc_vv")
+bundled_lld=no
+if grep -q '^host: x86_64-unknown-linux-gnu$' <<<"$rustc_vv" && (( ${rustc_minor:-0} >= 90 )); then bundled_lld=yes; fi
+if [[ "$(uname -s)" != Darwin && $bundled_lld == no ]] && ! command -v mold >/dev/null && ! command -v lld >/dev/null; then
   log "tip: 'apt-get install lld' makes evcxr link cells faster (it uses lld automatically); install it before"
   log "     this warm-up: it changes evcxr's RUSTFLAGS, so installing it later makes the next kernel rebuild everything"
 fi
