@@ -12,7 +12,7 @@
 #   scripts/bench-step-memory.sh                 (defaults below; ~30-40 min on a 2-core CPU)
 # Env: CASES      "shape seq batch" lines (default: smollm2-135m 512 4, qwen3-0.6b 512 1)
 #      STEPS      timed steps (default 1), WARMUP warm-up steps (default 1)
-#      TORCH      1: also the torch+peft anchor (default 0)
+#      TORCH      1: also the torch+peft anchor (default 0); TUNELAB=0 leaves tunelab out
 #      PYTHON_REF a Python with torch + transformers + peft (default .venv/bin/python)
 #      TORCH_ANCHOR path to torch_anchor.py (default ../shared/bench/torch_anchor.py)
 set -euo pipefail
@@ -22,6 +22,7 @@ qwen3-0.6b 512 1"}
 STEPS=${STEPS:-1}
 WARMUP=${WARMUP:-1}
 TORCH=${TORCH:-0}
+TUNELAB=${TUNELAB:-1}
 PY=${PYTHON_REF:-.venv/bin/python}
 ANCHOR=${TORCH_ANCHOR:-../shared/bench/torch_anchor.py}
 WORK=$(mktemp -d)
@@ -56,6 +57,7 @@ echo "# $(date -u +%FT%TZ) $(lscpu | sed -n 's/^Model name: *//p') nproc=$(nproc
 while read -r shape seq batch; do
   [ -n "$shape" ] || continue
   for ck in "" --grad-checkpoint; do
+    [ "$TUNELAB" = 1 ] || continue
     echo "# tunelab $shape seq $seq batch $batch ${ck:-plain} (load:$(uptime | sed 's/.*load average: //'))" >&2
     nice ./target/debug/tunelab bench lora --shape "$shape" --seq "$seq" --batch-size "$batch" --rank 16 \
       --steps "$STEPS" --warmup "$WARMUP" $ck | tee -a "$WORK/results.jsonl"

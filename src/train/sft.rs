@@ -510,6 +510,13 @@ pub fn memory_estimate(lm: &CausalLm, cfg: &SftConfig) -> super::memory::MemoryE
     let c = &lm.config;
     let profile = super::memory::ActivationProfile::llama(n - lowest.min(n), c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.intermediate_size, c.num_attention_heads, c.vocab_size);
     let mut e = super::memory::MemoryEstimate::new(all, trainable, profile.bytes_per_token(cfg.max_seq_length), cfg.batch_size * cfg.max_seq_length);
+    if cfg.grad_checkpoint {
+        // [`checkpointed_step`]: each block's input kept, one block's graph at a time, the
+        // embedding output and final hidden states, and one head chunk's logits and log-softmax.
+        let one_block = super::memory::ActivationProfile { layers: 1, other: 0, ..profile };
+        let per_token = 4 * ((n - lowest.min(n)) * c.hidden_size + 2 * c.hidden_size) as u64 + one_block.bytes_per_token(cfg.max_seq_length);
+        e.activations = per_token * (cfg.batch_size * cfg.max_seq_length) as u64 + 2 * 4 * CHECKPOINT_MAX_LOGITS.min(cfg.batch_size * cfg.max_seq_length * c.vocab_size) as u64;
+    }
     e.weights += quantized as u64;
     e
 }
@@ -1155,6 +1162,10 @@ mod tests {
             let e = memory_estimate(&lm, &cfg);
             assert_eq!((e.gradients, e.optimizer), (4 * trainable as u64, 8 * trainable as u64), "{ty} num_layers {num_layers}");
             assert!(e.activations > 0);
+            let ckpt = memory_estimate(&lm, &SftConfig { grad_checkpoint: true, ..cfg.clone() });
+            // One block under the gradient: its graph is all either way (the head chunk aside).
+            let fewer = if num_layers == -1 { ckpt.activations < e.activations } else { ckpt.activations <= e.activations };
+            assert!(fewer, "{ty} num_layers {num_layers}: --grad-checkpoint keeps less: {} vs {}", ckpt.activations, e.activations);
         }
     }
 
