@@ -15,6 +15,13 @@
 #      TORCH      1: also the torch+peft anchor (default 0); TUNELAB=0 leaves tunelab out
 #      PYTHON_REF a Python with torch + transformers + peft (default .venv/bin/python)
 #      TORCH_ANCHOR path to torch_anchor.py (default ../shared/bench/torch_anchor.py)
+#
+# Measured 2026-12-06 12:07-12:27 UTC, Intel(R) Xeon(R) Processor (2 cores, AVX-512), shared with other
+# jobs (load 7-9; the plain SmolLM2 step also beside this branch's own compiles), WARMUP=0 STEPS=1:
+#   smollm2-135m seq512 b4   plain 7.54 GiB  ckpt 0.95 GiB  -> 0.13x peak (final loss equal: 149.54710)
+#   qwen3-0.6b   seq512 b1   plain 6.07 GiB  ckpt 2.55 GiB  -> 0.42x peak (2.4 GB of it the f32 weights)
+# Step times (148.7 vs 85.3 s, 93.9 vs 23.8 s) were taken under that uneven load and compare nothing;
+# Qwen3-0.6B at batch 4 was not run plain (~17 GiB expected on a 24 GiB machine shared by four jobs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CASES=${CASES:-"smollm2-135m 512 4
