@@ -20,6 +20,9 @@
 # jobs (load 7-9; the plain SmolLM2 step also beside this branch's own compiles), WARMUP=0 STEPS=1:
 #   smollm2-135m seq512 b4   plain 7.54 GiB  ckpt 0.95 GiB  -> 0.13x peak (final loss equal: 149.54710)
 #   qwen3-0.6b   seq512 b1   plain 6.07 GiB  ckpt 2.55 GiB  -> 0.42x peak (2.4 GB of it the f32 weights)
+# torch+peft, same machine 12:27-12:37 (load 3-5), TORCH=1 TUNELAB=0, 3 warm-up + 1 step:
+#   smollm2-135m seq512 b4   plain 7.24 GiB  gradient_checkpointing_enable() 5.04 GiB -> 0.70x
+#   (34.2 vs 63.4 s/step); tunelab's checkpointed peak is 0.19x torch+peft's checkpointed one.
 # Step times (148.7 vs 85.3 s, 93.9 vs 23.8 s) were taken under that uneven load and compare nothing;
 # Qwen3-0.6B at batch 4 was not run plain (~17 GiB expected on a 24 GiB machine shared by four jobs).
 set -euo pipefail
