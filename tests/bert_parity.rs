@@ -175,6 +175,21 @@ fn tiny_encoder_shapes_and_padding_invariance() {
     }
 }
 
+/// GPU back-ends pad encoder batches to a multiple of 128 columns (at most the truncation length)
+/// (`EncodedBatch::to_tensors` through `device::padded_width`); the extra columns are masked
+/// padding, so the vectors stay those of the longest-row batch.
+#[test]
+fn padding_wider_leaves_embeddings_unchanged() {
+    let enc = SentenceEncoder::random_tiny(&WORDS, 3, &Device::flex());
+    let batch = enc.tokenizer.encode_batch(&["the big red dog ran far", "the cat sat", ""]).unwrap();
+    let values = |t| enc.encode_tokens(t).into_data().try_into_vec_as::<f32>().unwrap();
+    assert!(batch.max_len > batch.seq_len, "room to pad");
+    let tight = values(batch.to_tensors(&Device::flex()));
+    let wide = values(batch.to_tensors_padded(batch.max_len, &Device::flex()));
+    let d = max_abs_diff(&tight, &wide);
+    assert!(d < 1e-5, "padding to {} columns changed the vectors by {d}", batch.max_len);
+}
+
 #[test]
 fn missing_tokenizer_names_the_file() {
     let tmp = tempfile::tempdir().unwrap();

@@ -89,6 +89,22 @@ fn tiny_embeddinggemma_matches_sentence_transformers() {
     eprintln!("min cosine vs sentence-transformers: {}", worst.join(", "));
 }
 
+/// GPU back-ends pad encoder batches to a multiple of 128 columns (at most the truncation length)
+/// (`EncodedBatch::to_tensors` through `device::padded_width`); the extra columns are masked
+/// padding (bidirectional and sliding-window layers alike), so the vectors stay the same.
+#[test]
+fn padding_wider_leaves_embeddings_unchanged() {
+    let enc = GemmaEncoder::load(fixture_dir().join("tiny"), &Device::flex()).unwrap();
+    let texts = ["a longer text than the sliding window of nine tokens, by some way", "short", ""];
+    let batch = enc.tokenizer.encode_batch(&texts).unwrap();
+    let values = |t| enc.encode_tokens(t).into_data().try_into_vec_as::<f32>().unwrap();
+    assert!(batch.max_len > batch.seq_len, "room to pad");
+    let tight = values(batch.to_tensors(&Device::flex()));
+    let wide = values(batch.to_tensors_padded(batch.max_len, &Device::flex()));
+    let d = tight.iter().zip(&wide).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(d < 1e-5, "padding to {} columns changed the vectors by {d}", batch.max_len);
+}
+
 #[test]
 fn wrong_dense_shape_and_missing_dense_weights_are_named() {
     let src = fixture_dir().join("tiny");

@@ -28,7 +28,7 @@ use crate::model::bert::{BertConfig, BertModel, Pooling, Prompts, SentenceEncode
 use crate::model::decoder::{Architecture, Decoder, DecoderConfig};
 use crate::train::contrastive_trainer::{ContrastiveConfig, ContrastiveTrainer};
 use crate::train::schedule::clip_grad_norm;
-use crate::train::sft::batch_loss;
+use crate::train::sft::{CHECKPOINT_MAX_LOGITS, batch_loss, checkpointed_step};
 use crate::train::sft_data::Batch;
 
 #[derive(clap::Subcommand, Debug)]
@@ -126,6 +126,10 @@ pub struct LoraBench {
     pub warmup: usize,
     #[arg(value_parser = crate::cli::values::non_negative_f64, long, default_value_t = 1e-4)]
     pub learning_rate: f64,
+    /// `train lora --grad-checkpoint`'s step: blocks recomputed in the backward pass, the output
+    /// head's cross-entropy in chunks (the anchor's peer: `gradient_checkpointing_enable()`).
+    #[arg(long)]
+    pub grad_checkpoint: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -296,10 +300,15 @@ fn lora(a: LoraBench, choice: DeviceChoice) -> anyhow::Result<()> {
     let batch = Batch { rows, cols, inputs, targets, mask, ntoks: rows * (cols - 1), seq_tokens: rows * cols };
     let mut losses = Vec::new();
     let mut step = |model: Decoder| -> anyhow::Result<Decoder> {
-        let loss = batch_loss(&model, &batch, &device);
-        let value = loss.clone().into_scalar::<f32>();
+        let (value, grads) = if a.grad_checkpoint {
+            checkpointed_step(&model, &batch, &device, 1.0, None, CHECKPOINT_MAX_LOGITS)
+        } else {
+            let loss = batch_loss(&model, &batch, &device);
+            let value = loss.clone().into_scalar::<f32>();
+            anyhow::ensure!(value.is_finite(), "loss {value}");
+            (value, GradientsParams::from_grads(loss.backward(), &model))
+        };
         anyhow::ensure!(value.is_finite(), "loss {value}");
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
         let (grads, _norm) = clip_grad_norm(&model, grads, 1.0);
         losses.push(value);
         Ok(optim.step(a.learning_rate, model, grads))
@@ -315,7 +324,8 @@ fn lora(a: LoraBench, choice: DeviceChoice) -> anyhow::Result<()> {
     device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let dt = t.elapsed().as_secs_f64();
     let line = serde_json::json!({
-        "case": format!("{} lora r{} seq{} b{}", a.shape.name(), a.rank, a.seq, a.batch_size),
+        "case": format!("{} lora r{} seq{} b{}{}", a.shape.name(), a.rank, a.seq, a.batch_size, if a.grad_checkpoint { " ckpt" } else { "" }),
+        "grad_checkpoint": a.grad_checkpoint,
         "framework": "tunelab",
         "device": choice.to_string(),
         "dtype": "f32",

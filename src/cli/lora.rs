@@ -89,7 +89,8 @@ pub struct LoraFlags {
     /// none (f32), q8_0 or q4_0 (quantize the projections as ggml's reference quantizers do).
     #[arg(long)]
     pub quantize_base: Option<crate::lora::QuantizeBase>,
-    /// Recompute memory-bound activations in the backward pass (less memory, more time; MLX-LM's flag).
+    /// Keep only each decoder block's input and recompute the block in the backward pass, with the
+    /// output head's cross-entropy in chunks (less memory, about a third more time; MLX-LM's flag).
     #[arg(long)]
     pub grad_checkpoint: bool,
 }

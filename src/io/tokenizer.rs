@@ -55,6 +55,11 @@ pub struct EncodedBatch {
     /// Number of real tokens of each row.
     pub lengths: Vec<usize>,
     pub seq_len: usize,
+    /// The id padding positions hold (also for the extra columns [`Self::to_tensors`] adds).
+    pub pad_id: i64,
+    /// The tokenizer's truncation length: [`Self::to_tensors`] pads no wider (BERT's learned
+    /// position table ends there or a little after).
+    pub max_len: usize,
 }
 
 /// The same batch as burn tensors on a device.
@@ -71,14 +76,34 @@ impl EncodedBatch {
         self.lengths.len()
     }
 
-    /// Upload to `device` as `[batch, seq]` integer tensors.
+    /// Upload to `device` as `[batch, width]` integer tensors, `width` being
+    /// [`crate::device::padded_width`] of the batch's longest row: the row length itself on the
+    /// CPU, a multiple of 128 on GPU back-ends (which compile kernels per shape). The extra
+    /// columns are padding (pad id, type 0, attention mask 0), so attention and pooling, which
+    /// both read the mask, see the same real tokens. Never wider than the truncation length.
     pub fn to_tensors(&self, device: &Device) -> TokenTensors {
-        let shape = [self.batch_size(), self.seq_len];
-        let t = |v: &Vec<i64>| Tensor::<2, Int>::from_data(TensorData::new(v.clone(), shape), device);
+        self.to_tensors_padded(crate::device::padded_width(self.seq_len, device).min(self.max_len), device)
+    }
+
+    /// Upload right-padded to `width` columns (at least `seq_len`).
+    pub fn to_tensors_padded(&self, width: usize, device: &Device) -> TokenTensors {
+        // An empty batch (no tokens at all) stays empty.
+        let width = if self.seq_len == 0 { 0 } else { width.max(self.seq_len) };
+        let shape = [self.batch_size(), width];
+        let t = |v: &Vec<i64>, fill: i64| {
+            let data = if width == self.seq_len {
+                v.clone()
+            } else {
+                v.chunks(self.seq_len.max(1))
+                    .flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(fill, width - self.seq_len)))
+                    .collect()
+            };
+            Tensor::<2, Int>::from_data(TensorData::new(data, shape), device)
+        };
         TokenTensors {
-            input_ids: t(&self.input_ids),
-            token_type_ids: t(&self.token_type_ids),
-            attention_mask: t(&self.attention_mask),
+            input_ids: t(&self.input_ids, self.pad_id),
+            token_type_ids: t(&self.token_type_ids, 0),
+            attention_mask: t(&self.attention_mask, 0),
         }
     }
 }
@@ -161,6 +186,8 @@ impl TextTokenizer {
             attention_mask: Vec::with_capacity(texts.len() * seq_len),
             lengths: Vec::with_capacity(texts.len()),
             seq_len,
+            pad_id: self.inner.get_padding().map_or(0, |p| p.pad_id as i64),
+            max_len: self.max_len,
         };
         for e in &encodings {
             debug_assert_eq!(e.len(), seq_len, "batch padding gives equal lengths");

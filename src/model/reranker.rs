@@ -411,8 +411,21 @@ pub fn yes_no_logits(
     yes_id: u32,
     no_id: u32,
 ) -> Tensor<2> {
-    let device = ids.device();
     let hidden = model.forward_hidden(ids, None, None);
+    yes_no_head(model, hidden, last, yes_id, no_id)
+}
+
+/// [`yes_no_logits`] from the final-norm hidden states `[batch, seq, hidden]`: the `yes` and
+/// `no` rows of the output head at the positions `last`, `[batch, 2]`. Training with
+/// `--grad-checkpoint` runs it as the head segment after the recomputed blocks.
+pub fn yes_no_head(
+    model: &Decoder,
+    hidden: Tensor<3>,
+    last: Tensor<1, Int>,
+    yes_id: u32,
+    no_id: u32,
+) -> Tensor<2> {
+    let device = hidden.device();
     let [b, t, d] = hidden.dims();
     let h = hidden.reshape([b * t, d]).select(0, last); // [batch, hidden]
     let rows = Tensor::<1, Int>::from_data(

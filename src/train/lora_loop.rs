@@ -32,6 +32,10 @@ pub(crate) struct StepLoss {
     /// Counters of the batch (`tokens`, `pairs`, ...): logged as they are, and their rate over
     /// training time as `<name>_per_s`.
     pub counts: Vec<(&'static str, usize)>,
+    /// The gradients of `loss / grad_accumulation_steps`, when the objective computed them itself
+    /// (`--grad-checkpoint`, [`super::block_checkpoint`]): `loss` is then a value without a graph
+    /// and the loop skips its backward pass.
+    pub grads: Option<GradientsParams>,
 }
 
 /// What a trainer supplies to [`run`].
@@ -138,8 +142,10 @@ pub(crate) fn run<O: Objective>(
             .into());
         }
         let t1 = Instant::now();
-        let grads =
-            GradientsParams::from_grads(step.loss.div_scalar(acc as f32).backward(), &model);
+        let grads = match step.grads {
+            Some(grads) => grads,
+            None => GradientsParams::from_grads(step.loss.div_scalar(acc as f32).backward(), &model),
+        };
         accumulator.accumulate(&model, grads);
         let backward_ms = t1.elapsed().as_secs_f64() * 1e3;
         let mut line = serde_json::json!({ "iteration": it, "loss": loss_value, "forward_ms": forward_ms, "backward_ms": backward_ms });

@@ -12,8 +12,10 @@
 //! * [`schedule`]: warm-up + linear/cosine learning rates, clipping by global norm.
 //! * [`sft`]: LoRA supervised fine-tuning of decoders (`tunelab train lora`), MLX-LM's options.
 //! * [`sft_data`]: SFT records rendered and tokenized, length-grouped padded batches.
+//! * `block_checkpoint`: `--grad-checkpoint` for decoders (blocks recomputed, chunked output head).
 //! * [`checkpoint`]: model + optimizer + loop state on disk, for resume.
 //! * [`validation`]: validation callbacks (retrieval metrics through `eval::metrics`).
+pub(crate) mod block_checkpoint;
 pub mod checkpoint;
 pub mod contrastive;
 pub mod contrastive_trainer;

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{self, TrainState};
 use super::lora_loop::{self, LoopConfig, Objective, StepLoss};
 use super::schedule::{LrSchedule, ScheduleKind};
-use super::sft::{LoraParameters, LossLog, SftConfig, SftError, checkpoint_of, with_checkpointing};
+use super::sft::{LoraParameters, LossLog, SftConfig, SftError, checkpoint_of};
 use super::sft_data::epoch_order;
 use crate::data::corpus::Document;
 use crate::eval::search::bm25::{Bm25Config, Bm25Index, QueryMode};
@@ -45,7 +45,7 @@ use crate::lora::{AdapterWeights, QuantizeBase};
 use crate::model::decoder::{CausalLm, Decoder};
 use crate::model::reranker::{
     RerankTemplate, encode_pair, logit_margins, right_padded, sigmoid_f32, yes_no_ids,
-    yes_no_logits,
+    yes_no_head, yes_no_logits,
 };
 
 /// Which loss trains the reranker.
@@ -388,9 +388,46 @@ pub fn listwise_loss(margin: Tensor<1>, group: usize) -> Tensor<1> {
 fn margins(model: &Decoder, prompts: &[&[u32]], yes: u32, no: u32) -> anyhow::Result<Tensor<1>> {
     let device = model.embed_tokens.val().device();
     let (ids, last) = right_padded(prompts, &device)?;
-    let logits = yes_no_logits(model, ids, last, yes, no);
-    let b = prompts.len();
-    Ok((logits.clone().narrow(1, 0, 1) - logits.narrow(1, 1, 1)).reshape([b]))
+    Ok(margin_of(yes_no_logits(model, ids, last, yes, no)))
+}
+
+/// `margins` from `[batch, 2]` yes/no logits.
+fn margin_of(logits: Tensor<2>) -> Tensor<1> {
+    let b = logits.dims()[0];
+    (logits.clone().narrow(1, 0, 1) - logits.narrow(1, 1, 1)).reshape([b])
+}
+
+/// The prompts of the items `picked` and, pointwise, their targets (listwise: `None`, each
+/// group's relevant document first).
+fn batch_rows<'a>(items: &'a Items, picked: &[usize]) -> (Vec<&'a [u32]>, Option<Vec<f32>>) {
+    match items {
+        Items::Pairs(pairs) => (picked.iter().map(|&i| pairs[i].0.as_slice()).collect(), Some(picked.iter().map(|&i| pairs[i].1).collect())),
+        Items::Groups(groups) => (picked.iter().flat_map(|&i| groups[i].iter().map(Vec::as_slice)).collect(), None),
+    }
+}
+
+/// The loss of a batch's margins: pointwise against `targets`, else listwise over groups of `group`.
+fn rerank_loss(margin: Tensor<1>, targets: Option<Vec<f32>>, group: usize) -> Tensor<1> {
+    match targets {
+        Some(t) => {
+            let n = t.len();
+            pointwise_loss(margin.clone(), Tensor::<1>::from_data(TensorData::new(t, [n]), &margin.device()))
+        }
+        None => listwise_loss(margin, group),
+    }
+}
+
+/// `--grad-checkpoint`'s step for `train rerank`: the loss of the prompts `rows` and the
+/// gradients of `scale` × it, with the decoder's blocks recomputed in the backward pass
+/// ([`super::block_checkpoint`]). The head is the two yes/no rows of the output projection at
+/// each row's last position, so it needs no chunking.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rerank_checkpointed(model: &Decoder, rows: &[&[u32]], targets: Option<Vec<f32>>, group: usize, yes: u32, no: u32, scale: f32, dropout_seed: Option<u64>) -> anyhow::Result<(f32, burn::optim::GradientsParams)> {
+    use super::block_checkpoint::{backward_by_blocks, whole_head};
+    let device = model.embed_tokens.val().device();
+    let (ids, last) = right_padded(rows, &device)?;
+    let head = whole_head(move |model: &Decoder, hidden| rerank_loss(margin_of(yes_no_head(model, hidden, last, yes, no)), targets, group), scale);
+    Ok(backward_by_blocks(model, ids, dropout_seed, head))
 }
 
 /// Training items: pairs with targets (pointwise) or groups with the relevant document first
@@ -562,11 +599,9 @@ pub fn fit(
     } else {
         None
     };
-    let model = if cfg.grad_checkpoint {
-        with_checkpointing(model)
-    } else {
-        model.train()
-    };
+    // `--grad-checkpoint` runs on the same autodiff device: its step recomputes blocks itself
+    // ([`rerank_checkpointed`]).
+    let model = model.train();
     let mut optim: ModuleOptimizer = AdamWConfig::new()
         .with_weight_decay(cfg.weight_decay as f32)
         .init();
@@ -606,33 +641,34 @@ pub fn fit(
         yes: u32,
         no: u32,
         save: S,
+        /// `--grad-checkpoint`: blocks recomputed in the backward pass ([`rerank_checkpointed`]).
+        grad_checkpoint: bool,
+        /// LoRA dropout is on (`--grad-checkpoint` reseeds it per block).
+        dropout: bool,
+        grad_accumulation_steps: usize,
+        n_batches: usize,
     }
     impl<S: Fn(&Decoder, &Path, usize) -> anyhow::Result<AdapterWeights>> Objective for Rerank<'_, S> {
         type Error = anyhow::Error;
         fn loss(&mut self, model: &Decoder, epoch: usize, pos: usize) -> anyhow::Result<StepLoss> {
             let order = epoch_order(self.items.len(), self.seed, epoch);
             let picked = &order[pos * self.batch_size..(pos + 1) * self.batch_size];
-            let device = model.embed_tokens.val().device();
-            let (loss, n_pairs) = match self.items {
-                Items::Pairs(pairs) => {
-                    let rows: Vec<&[u32]> = picked.iter().map(|&i| pairs[i].0.as_slice()).collect();
-                    let targets: Vec<f32> = picked.iter().map(|&i| pairs[i].1).collect();
-                    let t = Tensor::<1>::from_data(TensorData::new(targets, [rows.len()]), &device);
-                    let m = margins(model, &rows, self.yes, self.no)?;
-                    (pointwise_loss(m, t), rows.len())
-                }
-                Items::Groups(groups) => {
-                    let rows: Vec<&[u32]> = picked
-                        .iter()
-                        .flat_map(|&i| groups[i].iter().map(Vec::as_slice))
-                        .collect();
-                    let m = margins(model, &rows, self.yes, self.no)?;
-                    (listwise_loss(m, self.group), rows.len())
-                }
-            };
+            let (rows, targets) = batch_rows(self.items, picked);
+            let n_pairs = rows.len();
+            let (group, yes, no) = (self.group, self.yes, self.no);
+            if self.grad_checkpoint {
+                let it = epoch * self.n_batches + pos + 1;
+                let dropout_seed = self.dropout.then(|| super::sft::iteration_seed(self.seed, it));
+                let scale = 1.0 / self.grad_accumulation_steps.max(1) as f32;
+                let (loss, grads) = rerank_checkpointed(model, &rows, targets, group, yes, no, scale, dropout_seed)?;
+                let loss = Tensor::<1>::from_data(TensorData::new(vec![loss], [1]), &model.embed_tokens.val().device());
+                return Ok(StepLoss { loss, counts: vec![("pairs", n_pairs)], grads: Some(grads) });
+            }
+            let m = margins(model, &rows, yes, no)?;
             Ok(StepLoss {
-                loss,
+                loss: rerank_loss(m, targets, group),
                 counts: vec![("pairs", n_pairs)],
+                grads: None,
             })
         }
         fn save(&self, model: &Decoder, dir: &Path, iteration: usize) -> anyhow::Result<()> {
@@ -662,6 +698,10 @@ pub fn fit(
         yes,
         no,
         save: &save,
+        grad_checkpoint: cfg.grad_checkpoint,
+        dropout: lora.dropout > 0.0,
+        grad_accumulation_steps: acc,
+        n_batches,
     };
     let last_adapter = resume_dir.as_ref().map(|d| d.join(mlx::WEIGHTS_FILE));
     let done = lora_loop::run(

@@ -45,10 +45,10 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::Module;
 use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, GradientCheckpointingStrategy, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -143,9 +143,10 @@ pub struct SftConfig {
     /// QLoRA: `keep` (default) trains over a GGUF's own Q8_0/Q4_0/Q4_1 projection blocks,
     /// `q8_0`/`q4_0` quantize the projections, `none` uses f32 ([`QuantizeBase`]).
     pub quantize_base: QuantizeBase,
-    /// MLX-LM's `grad_checkpoint`: recompute memory-bound activations (element-wise ops, norms,
-    /// softmax) in the backward pass instead of keeping them (burn's balanced checkpointing;
-    /// matmul outputs are still kept). Same numbers, less memory, more time.
+    /// MLX-LM's `grad_checkpoint`: keep only each decoder block's input and recompute the block
+    /// in the backward pass, and run the output head's cross-entropy one chunk of tokens at a
+    /// time ([`super::block_checkpoint`]). Same gradients up to float rounding, less memory, a
+    /// second forward pass of time.
     pub grad_checkpoint: bool,
 }
 
@@ -402,15 +403,38 @@ pub fn batch_loss(model: &Decoder, batch: &Batch, device: &Device) -> Tensor<1> 
 
 /// [`batch_loss`] with the output head run on chunks of at most `max_logits` logits.
 fn batch_loss_chunked(model: &Decoder, batch: &Batch, device: &Device, max_logits: usize) -> Tensor<1> {
+    batch_loss_padded(model, batch, device, max_logits, crate::device::padded_width(batch.cols, device))
+}
+
+/// The inputs of `batch` right-padded (id 0) to `width` columns as a `[b, width]` tensor, and
+/// the flat `[b·width]` positions and ids of its counted targets. GPU back-ends get a width
+/// from [`crate::device::padded_width`] (a multiple of 128: one compiled kernel set per width
+/// rather than per batch); causal attention keeps the extra columns, which sit after every
+/// row's tokens, from every counted position, so the loss is the same.
+pub(crate) fn padded_inputs(batch: &Batch, width: usize, device: &Device) -> (Tensor<2, Int>, Vec<i64>, Vec<i64>) {
     let (b, t) = (batch.rows, batch.cols);
-    let inputs = Tensor::<2, Int>::from_data(TensorData::new(batch.inputs.clone(), [b, t]), device);
+    let width = width.max(t);
+    let inputs = if width == t {
+        batch.inputs.clone()
+    } else {
+        batch.inputs.chunks(t).flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(0, width - t))).collect()
+    };
+    let inputs = Tensor::<2, Int>::from_data(TensorData::new(inputs, [b, width]), device);
     let (mut rows, mut targets) = (Vec::with_capacity(batch.ntoks), Vec::with_capacity(batch.ntoks));
     for (i, (&m, &target)) in batch.mask.iter().zip(&batch.targets).enumerate() {
         if m > 0.0 {
-            rows.push(i as i64);
+            rows.push(((i / t) * width + i % t) as i64);
             targets.push(target);
         }
     }
+    (inputs, rows, targets)
+}
+
+/// [`batch_loss_chunked`] with the inputs padded to `width` columns ([`padded_inputs`]).
+fn batch_loss_padded(model: &Decoder, batch: &Batch, device: &Device, max_logits: usize, width: usize) -> Tensor<1> {
+    let b = batch.rows;
+    let (inputs, rows, targets) = padded_inputs(batch, width, device);
+    let t = inputs.dims()[1];
     let n = rows.len();
     if n == 0 {
         // Nothing to predict (every target masked or truncated away): a zero loss that still
@@ -437,6 +461,19 @@ fn batch_loss_chunked(model: &Decoder, batch: &Batch, device: &Device, max_logit
         });
     }
     total.expect("n > 0").neg().div_scalar(n as f32).reshape([1])
+}
+
+/// Logits per chunk of the output head under `--grad-checkpoint` (2^24: 64 MiB in f32, 110
+/// target tokens of Qwen3's 151,936-word vocabulary): each chunk is back-propagated before the
+/// next one exists, so this, not the batch, bounds the head's memory.
+pub(crate) const CHECKPOINT_MAX_LOGITS: usize = 1 << 24;
+
+/// `--grad-checkpoint`'s step: the value of [`batch_loss`] and the gradients of `scale` × it,
+/// with blocks recomputed in the backward pass and the output head run in chunks of at most
+/// `max_logits` logits ([`super::block_checkpoint`]). `dropout_seed`: LoRA dropout is on.
+pub(crate) fn checkpointed_step(model: &Decoder, batch: &Batch, device: &Device, scale: f32, dropout_seed: Option<u64>, max_logits: usize) -> (f32, burn::optim::GradientsParams) {
+    let (inputs, rows, targets) = padded_inputs(batch, crate::device::padded_width(batch.cols, device), device);
+    super::block_checkpoint::backward_by_blocks(model, inputs, dropout_seed, super::block_checkpoint::sft_head(rows, targets, scale, max_logits))
 }
 
 /// What a run of `cfg` on `lm` will hold in memory ([`super::memory`]), printed before it
@@ -473,6 +510,13 @@ pub fn memory_estimate(lm: &CausalLm, cfg: &SftConfig) -> super::memory::MemoryE
     let c = &lm.config;
     let profile = super::memory::ActivationProfile::llama(n - lowest.min(n), c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.intermediate_size, c.num_attention_heads, c.vocab_size);
     let mut e = super::memory::MemoryEstimate::new(all, trainable, profile.bytes_per_token(cfg.max_seq_length), cfg.batch_size * cfg.max_seq_length);
+    if cfg.grad_checkpoint {
+        // [`checkpointed_step`]: each block's input kept, one block's graph at a time, the
+        // embedding output and final hidden states, and one head chunk's logits and log-softmax.
+        let one_block = super::memory::ActivationProfile { layers: 1, other: 0, ..profile };
+        let per_token = 4 * ((n - lowest.min(n)) * c.hidden_size + 2 * c.hidden_size) as u64 + one_block.bytes_per_token(cfg.max_seq_length);
+        e.activations = per_token * (cfg.batch_size * cfg.max_seq_length) as u64 + 2 * 4 * CHECKPOINT_MAX_LOGITS.min(cfg.batch_size * cfg.max_seq_length * c.vocab_size) as u64;
+    }
     e.weights += quantized as u64;
     e
 }
@@ -558,24 +602,6 @@ pub struct SftTrainer {
     config: SftConfig,
     progress: bool,
     stop_after: Option<usize>,
-}
-
-/// `model` in training mode with burn's balanced gradient checkpointing on every tensor. burn
-/// refuses operations that mix strategies, and `Module::train` gives parameters the default one
-/// (none) whatever their device says: the constant tensors (RoPE tables) take the strategy from
-/// the device move, the parameters from [`BalancedCheckpointing`] after `train`.
-pub(crate) fn with_checkpointing(model: Decoder) -> Decoder {
-    let device = model.embed_tokens.val().device().inner();
-    model.to_device(&device.autodiff().gradient_checkpointing()).train().map(&mut BalancedCheckpointing)
-}
-
-/// Gives every float parameter burn's balanced gradient-checkpointing strategy.
-struct BalancedCheckpointing;
-
-impl ModuleMapper for BalancedCheckpointing {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        param.map(|t| t.autodiff().with_gradient_checkpointing_strategy(GradientCheckpointingStrategy::Balanced))
-    }
 }
 
 /// The dropout seed of an iteration (SplitMix64's constant mixes the run seed and iteration).
@@ -720,8 +746,9 @@ impl SftTrainer {
                 resume_dir = Some(dir);
             }
         }
-        let model = if cfg.grad_checkpoint { with_checkpointing(model) } else { model.train() };
-        // Inputs are made on the parameters' device, so they carry the same strategy.
+        // `--grad-checkpoint` runs on the same autodiff device: its step recomputes blocks itself
+        // ([`checkpointed_step`]).
+        let model = model.train();
         let device = model.embed_tokens.val().device();
         let mut optim: ModuleOptimizer = AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32).init();
         if let Some(dir) = &resume_dir {
@@ -764,13 +791,24 @@ impl SftTrainer {
             validate: V,
             save: S,
             val_losses: Vec<(usize, f64)>,
+            /// LoRA dropout is on (`--grad-checkpoint` reseeds it per block).
+            dropout: bool,
         }
         impl<V: Fn(&Decoder) -> Option<f64>, S: Fn(&Decoder, &Path, usize) -> Result<(), SftError>> Objective for Sft<'_, V, S> {
             type Error = SftError;
             fn loss(&mut self, model: &Decoder, epoch: usize, pos: usize) -> Result<StepLoss, SftError> {
                 let order = epoch_order(self.batches.len(), self.cfg.seed, epoch);
                 let batch = make_batch(self.train, &self.batches[order[pos]], self.cfg.max_seq_length);
-                Ok(StepLoss { loss: batch_loss(model, &batch, &self.device), counts: vec![("tokens", batch.ntoks), ("seq_tokens", batch.seq_tokens)] })
+                let counts = vec![("tokens", batch.ntoks), ("seq_tokens", batch.seq_tokens)];
+                if self.cfg.grad_checkpoint {
+                    let it = epoch * self.batches.len() + pos + 1;
+                    let dropout_seed = self.dropout.then(|| iteration_seed(self.cfg.seed, it));
+                    let scale = 1.0 / self.cfg.grad_accumulation_steps.max(1) as f32;
+                    let (loss, grads) = checkpointed_step(model, &batch, &self.device, scale, dropout_seed, CHECKPOINT_MAX_LOGITS);
+                    let loss = Tensor::<1>::from_data(TensorData::new(vec![loss], [1]), &self.device);
+                    return Ok(StepLoss { loss, counts, grads: Some(grads) });
+                }
+                Ok(StepLoss { loss: batch_loss(model, &batch, &self.device), counts, grads: None })
             }
             fn after_step(&mut self, model: &Decoder, it: usize, line: &mut serde_json::Value) -> Result<(), SftError> {
                 if (it.is_multiple_of(self.cfg.steps_per_eval) || it == self.cfg.iters) && let Some(v) = (self.validate)(model) {
@@ -804,7 +842,7 @@ impl SftTrainer {
             numbered_copies: true,
             progress: self.progress,
         };
-        let mut objective = Sft { cfg, train: &train, batches: &batches, device: device.clone(), validate, save: &save, val_losses };
+        let mut objective = Sft { cfg, train: &train, batches: &batches, device: device.clone(), validate, save: &save, val_losses, dropout: lora.dropout > 0.0 };
         let last_adapter = resume_dir.as_ref().map(|d| d.join(mlx::WEIGHTS_FILE));
         let done = lora_loop::run(&loop_cfg, model, optim, &mut state, last_adapter, &mut log, &mut objective)?;
         let (model, losses, train_secs, saved_here) = (done.model, done.losses, done.train_secs, done.saved);
@@ -1009,6 +1047,24 @@ mod tests {
     /// `fine_tune_type = "dora"`: the magnitudes train with the factors, the validation loss
     /// falls, the saved folder is an MLX-LM DoRA adapter, and a resumed run ends on the same
     /// adapter (the magnitudes' AdamW moments included).
+    /// A whole `train lora` run with `--grad-checkpoint` (blocks recomputed, chunked head, its
+    /// gradients handed to the loop, accumulation over 2 iterations) follows the plain run.
+    #[test]
+    fn grad_checkpoint_run_follows_the_plain_run() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let s = splits();
+        let cfg = |d: &Path, grad_checkpoint| SftConfig { grad_accumulation_steps: 2, test: false, grad_checkpoint, ..config(d) };
+        let plain = fit(cfg(d1.path(), false), &s, None).unwrap();
+        let ckpt = fit(cfg(d2.path(), true), &s, None).unwrap();
+        assert_eq!(plain.losses.len(), ckpt.losses.len());
+        let mut pairs: Vec<(f64, f64)> = plain.losses.iter().zip(&ckpt.losses).map(|(&a, &b)| (a as f64, b as f64)).collect();
+        pairs.extend(plain.val_losses.iter().zip(&ckpt.val_losses).map(|(a, b)| (a.1, b.1)));
+        assert_eq!(plain.val_losses.len(), ckpt.val_losses.len());
+        for (a, b) in pairs {
+            assert!((a - b).abs() <= 1e-4 * a.abs(), "plain {:?} {:?} vs checkpointed {:?} {:?}", plain.losses, plain.val_losses, ckpt.losses, ckpt.val_losses);
+        }
+    }
+
     #[test]
     fn dora_training_saves_magnitudes_and_resumes_exactly() {
         let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -1106,28 +1162,10 @@ mod tests {
             let e = memory_estimate(&lm, &cfg);
             assert_eq!((e.gradients, e.optimizer), (4 * trainable as u64, 8 * trainable as u64), "{ty} num_layers {num_layers}");
             assert!(e.activations > 0);
-        }
-    }
-
-    #[test]
-    fn gradient_checkpointing_reaches_the_parameters_and_trains_the_same_numbers() {
-        let model = lm().model.with_lora(&SftConfig::default().lora_config(), &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
-        let model = with_checkpointing(model);
-        let crate::lora::AdaptableLinear::Lora(q) = &model.layers[0].self_attn.q_proj else { panic!("q_proj is adapted") };
-        assert!(q.lora_a.val().is_require_grad());
-        assert_eq!(format!("{:?}", q.lora_a.val().gradient_checkpointing_strategy()), "Some(Balanced)");
-        assert_eq!(format!("{:?}", model.embed_tokens.val().device().gradient_checkpointing_strategy()), "Some(Balanced)");
-
-        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let s = splits();
-        let plain = fit(SftConfig { iters: 4, ..config(d1.path()) }, &s, None).unwrap();
-        let ckpt = fit(SftConfig { iters: 4, grad_checkpoint: true, ..config(d2.path()) }, &s, None).unwrap();
-        // Recomputing an activation in the backward pass gives the value it had in the forward.
-        assert_eq!(plain.losses, ckpt.losses);
-        for (name, f) in &plain.adapter.layers {
-            let g = &ckpt.adapter.layers[name];
-            let worst = f.a.iter().chain(&f.b).zip(g.a.iter().chain(&g.b)).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-            assert!(worst <= 1e-6, "{name}: adapters differ by {worst}");
+            let ckpt = memory_estimate(&lm, &SftConfig { grad_checkpoint: true, ..cfg.clone() });
+            // One block under the gradient: its graph is all either way (the head chunk aside).
+            let fewer = if num_layers == -1 { ckpt.activations < e.activations } else { ckpt.activations <= e.activations };
+            assert!(fewer, "{ty} num_layers {num_layers}: --grad-checkpoint keeps less: {} vs {}", ckpt.activations, e.activations);
         }
     }
 
@@ -1405,6 +1443,24 @@ mod tests {
         let want = (logp * mask).sum().neg().into_scalar::<f32>() / batch.ntoks as f32;
         assert_eq!(batch.ntoks, 3 + 3, "positions 3..6 of row 0, 1..4 of row 1");
         assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
+
+    /// GPU back-ends pad SFT batches to a multiple of 128 columns ([`padded_inputs`]); with
+    /// causal attention the extra columns leave the loss, and every gradient, as they were.
+    #[test]
+    fn padding_wider_leaves_the_loss_and_gradients_unchanged() {
+        let device = Device::flex().autodiff();
+        let model = Decoder::random(&crate::model::decoder::DecoderConfig::tiny_llama(), &device, 6);
+        let examples = vec![Example { tokens: vec![1, 5, 9, 33, 7, 2, 11], offset: 2, masked: vec![(4, 5)] }, Example { tokens: vec![1, 8, 4, 2], offset: 0, masked: vec![] }];
+        let batch = make_batch(&examples, &[0, 1], 64);
+        let tight = batch_loss(&model, &batch, &device);
+        let wide = batch_loss_padded(&model, &batch, &device, 1 << 28, batch.cols + 128);
+        let (a, b) = (tight.clone().into_scalar::<f32>(), wide.clone().into_scalar::<f32>());
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        let ga = model.embed_tokens.val().grad(&tight.backward()).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        let gb = model.embed_tokens.val().grad(&wide.backward()).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        let worst = ga.iter().zip(&gb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-6 && ga.iter().any(|x| *x != 0.0), "max |Δgrad| {worst}");
     }
 
     #[test]

@@ -658,7 +658,28 @@ impl Decoder {
         let [b, t] = input_ids.dims();
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         let mut x = embedding(self.embed_tokens.val(), input_ids);
+        let (cos, sin, mask) = self.rope_and_mask(b, past, t, padding_mask, &device);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, &cos, &sin, mask.as_ref(), layer_cache);
+        }
+        self.norm.forward(x)
+    }
 
+    /// RoPE `cos`/`sin` tables `[t, head_dim]` for positions `past..past+t`, and the additive
+    /// attention mask (causal, plus `padding_mask` over the keys), `None` for one position
+    /// without padding. What every block of [`Self::forward_hidden`] reads besides its input;
+    /// a training step that recomputes blocks one at a time (`train::block_checkpoint`)
+    /// builds them once.
+    pub fn rope_and_mask(
+        &self,
+        b: usize,
+        past: usize,
+        t: usize,
+        padding_mask: Option<Tensor<2, Bool>>,
+        device: &burn::tensor::Device,
+    ) -> (Tensor<2>, Tensor<2>, Option<Tensor<4>>) {
+        let device = device.clone();
         // RoPE tables for positions past..past+t, computed as transformers does (f32 positions
         // times f32 inverse frequencies, duplicated for the two halves).
         let pos = Tensor::<1, Int>::arange(past as i64..(past + t) as i64, &device)
@@ -690,11 +711,7 @@ impl Decoder {
                 None => pad,
             });
         }
-        for (i, layer) in self.layers.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, &cos, &sin, mask.as_ref(), layer_cache);
-        }
-        self.norm.forward(x)
+        (cos, sin, mask)
     }
 
     /// Project hidden states to vocabulary logits.
