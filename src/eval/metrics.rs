@@ -354,6 +354,16 @@ fn dcg(gains: &[i32], k: usize) -> f64 {
     sum
 }
 
+/// 1 / rank of the first relevant document among the first `k`, 0 when there is none.
+fn recip_rank_within(r: &RankedRels, k: usize, level: i32) -> f64 {
+    let n = r.rels.len().min(k);
+    let mut i = 0;
+    while i < n && r.rels[i] < level {
+        i += 1;
+    }
+    if i < n { 1.0 / (i + 1) as f64 } else { 0.0 }
+}
+
 fn value_of(m: Measure, r: &RankedRels, level: i32) -> f64 {
     match m {
         Measure::NumQ => 1.0,
@@ -371,21 +381,8 @@ fn value_of(m: Measure, r: &RankedRels, level: i32) -> f64 {
             }
             if so_far > 0 { sum / r.num_rel as f64 } else { 0.0 }
         }
-        Measure::RecipRank => {
-            let mut i = 0;
-            while i < r.rels.len() && r.rels[i] < level {
-                i += 1;
-            }
-            if i < r.rels.len() { 1.0 / (i + 1) as f64 } else { 0.0 }
-        }
-        Measure::RecipRankCut(k) => {
-            let n = r.rels.len().min(k);
-            let mut i = 0;
-            while i < n && r.rels[i] < level {
-                i += 1;
-            }
-            if i < n { 1.0 / (i + 1) as f64 } else { 0.0 }
-        }
+        Measure::RecipRank => recip_rank_within(r, usize::MAX, level),
+        Measure::RecipRankCut(k) => recip_rank_within(r, k, level),
         Measure::P(k) => rel_in_top(r, k, level) as f64 / k as f64,
         Measure::Recall(k) => {
             if r.num_rel == 0 {
