@@ -450,7 +450,12 @@ pub fn yes_no_head(
 
 /// P(yes) from `[batch, 2]` yes/no logits: `softmax(...)[:, 0] = sigmoid(yes − no)`, `[batch]`.
 pub fn p_yes(logits: Tensor<2>) -> Tensor<1> {
+    sigmoid(yes_no_margin(logits))
+}
+
+/// `logit_yes − logit_no` from `[batch, 2]` yes/no logits, `[batch]`: what P(yes) is the
+/// sigmoid of, and what `train rerank`'s losses read.
+pub fn yes_no_margin(logits: Tensor<2>) -> Tensor<1> {
     let [b, _] = logits.dims();
-    let margin = logits.clone().narrow(1, 0, 1) - logits.narrow(1, 1, 1);
-    sigmoid(margin).reshape([b])
+    (logits.clone().narrow(1, 0, 1) - logits.narrow(1, 1, 1)).reshape([b])
 }

@@ -292,7 +292,7 @@ mod tests {
             for listwise in [false, true] {
                 let (ids, last) = crate::model::reranker::right_padded(&rows, &device).unwrap();
                 let logits = crate::model::reranker::yes_no_logits(&model, ids, last, yes, no);
-                let margin = (logits.clone().narrow(1, 0, 1) - logits.narrow(1, 1, 1)).reshape([4]);
+                let margin = crate::model::reranker::yes_no_margin(logits);
                 let plain = if listwise { listwise_loss(margin.clone(), 2) } else { pointwise_loss(margin.clone(), Tensor::<1>::from_data(burn::tensor::TensorData::new(targets.clone(), [4]), &device)) };
                 let plain_loss = plain.clone().into_scalar::<f32>();
                 let plain_grads = GradientsParams::from_grads(plain.backward(), &model);

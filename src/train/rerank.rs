@@ -45,7 +45,7 @@ use crate::lora::{AdapterWeights, QuantizeBase};
 use crate::model::decoder::{CausalLm, Decoder};
 use crate::model::reranker::{
     RerankTemplate, encode_pair, logit_margins, right_padded, sigmoid_f32, yes_no_ids,
-    yes_no_head, yes_no_logits,
+    yes_no_head, yes_no_logits, yes_no_margin,
 };
 
 /// Which loss trains the reranker.
@@ -388,13 +388,7 @@ pub fn listwise_loss(margin: Tensor<1>, group: usize) -> Tensor<1> {
 fn margins(model: &Decoder, prompts: &[&[u32]], yes: u32, no: u32) -> anyhow::Result<Tensor<1>> {
     let device = model.embed_tokens.val().device();
     let (ids, last) = right_padded(prompts, &device)?;
-    Ok(margin_of(yes_no_logits(model, ids, last, yes, no)))
-}
-
-/// `margins` from `[batch, 2]` yes/no logits.
-fn margin_of(logits: Tensor<2>) -> Tensor<1> {
-    let b = logits.dims()[0];
-    (logits.clone().narrow(1, 0, 1) - logits.narrow(1, 1, 1)).reshape([b])
+    Ok(yes_no_margin(yes_no_logits(model, ids, last, yes, no)))
 }
 
 /// The prompts of the items `picked` and, pointwise, their targets (listwise: `None`, each
@@ -426,7 +420,7 @@ pub(crate) fn rerank_checkpointed(model: &Decoder, rows: &[&[u32]], targets: Opt
     use super::block_checkpoint::{backward_by_blocks, whole_head};
     let device = model.embed_tokens.val().device();
     let (ids, last) = right_padded(rows, &device)?;
-    let head = whole_head(move |model: &Decoder, hidden| rerank_loss(margin_of(yes_no_head(model, hidden, last, yes, no)), targets, group), scale);
+    let head = whole_head(move |model: &Decoder, hidden| rerank_loss(yes_no_margin(yes_no_head(model, hidden, last, yes, no)), targets, group), scale);
     Ok(backward_by_blocks(model, ids, dropout_seed, head))
 }
 
