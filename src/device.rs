@@ -156,6 +156,22 @@ pub fn padded_width(longest: usize, device: &Device) -> usize {
     }
 }
 
+/// The rows of a row-major `[rows, cols]` buffer right-padded with `fill` to `width` columns
+/// (`width ≥ cols`; the buffer as it is when they are equal). Token batches widened to
+/// [`padded_width`] go through it.
+///
+/// ```
+/// # #[cfg(feature = "cpu")] {
+/// assert_eq!(tunelab::device::pad_rows(&[1, 2, 3, 4], 2, 3, 0), [1, 2, 0, 3, 4, 0]);
+/// # }
+/// ```
+pub fn pad_rows(flat: &[i64], cols: usize, width: usize, fill: i64) -> Vec<i64> {
+    if width == cols || cols == 0 {
+        return flat.to_vec();
+    }
+    flat.chunks(cols).flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(fill, width - cols))).collect()
+}
+
 /// Batches on GPU back-ends are padded to multiples of this many tokens ([`padded_width`]).
 pub const GPU_PAD_MULTIPLE: usize = 128;
 

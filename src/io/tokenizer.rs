@@ -91,14 +91,7 @@ impl EncodedBatch {
         let width = if self.seq_len == 0 { 0 } else { width.max(self.seq_len) };
         let shape = [self.batch_size(), width];
         let t = |v: &Vec<i64>, fill: i64| {
-            let data = if width == self.seq_len {
-                v.clone()
-            } else {
-                v.chunks(self.seq_len.max(1))
-                    .flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(fill, width - self.seq_len)))
-                    .collect()
-            };
-            Tensor::<2, Int>::from_data(TensorData::new(data, shape), device)
+            Tensor::<2, Int>::from_data(TensorData::new(crate::device::pad_rows(v, self.seq_len, width, fill), shape), device)
         };
         TokenTensors {
             input_ids: t(&self.input_ids, self.pad_id),

@@ -414,11 +414,7 @@ fn batch_loss_chunked(model: &Decoder, batch: &Batch, device: &Device, max_logit
 pub(crate) fn padded_inputs(batch: &Batch, width: usize, device: &Device) -> (Tensor<2, Int>, Vec<i64>, Vec<i64>) {
     let (b, t) = (batch.rows, batch.cols);
     let width = width.max(t);
-    let inputs = if width == t {
-        batch.inputs.clone()
-    } else {
-        batch.inputs.chunks(t).flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(0, width - t))).collect()
-    };
+    let inputs = crate::device::pad_rows(&batch.inputs, t, width, 0);
     let inputs = Tensor::<2, Int>::from_data(TensorData::new(inputs, [b, width]), device);
     let (mut rows, mut targets) = (Vec::with_capacity(batch.ntoks), Vec::with_capacity(batch.ntoks));
     for (i, (&m, &target)) in batch.mask.iter().zip(&batch.targets).enumerate() {
