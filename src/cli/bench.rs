@@ -130,6 +130,10 @@ pub struct LoraBench {
     /// head's cross-entropy in chunks (the anchor's peer: `gradient_checkpointing_enable()`).
     #[arg(long)]
     pub grad_checkpoint: bool,
+    /// `train lora --dtype`: f32, or f16 mixed precision (base weights and activations in f16,
+    /// adapters, norms, softmax and loss in f32, dynamic loss scaling as the trainer does it).
+    #[arg(long, default_value = "f32")]
+    pub dtype: crate::model::decoder::Dtype,
 }
 
 #[derive(clap::Args, Debug)]
@@ -281,8 +285,10 @@ fn lora(a: LoraBench, choice: DeviceChoice) -> anyhow::Result<()> {
     let lora = crate::lora::LoraConfig { rank: a.rank, alpha: a.alpha.unwrap_or(2.0 * a.rank as f64), ..Default::default() };
     let built = Instant::now();
     let model = Decoder::random(&cfg, &device, 0).with_lora(&lora, &mut ChaCha8Rng::seed_from_u64(0))?;
-    let mut model = model.train();
+    let mut model = model.train().with_frozen_dtype(a.dtype);
     let build_s = built.elapsed().as_secs_f64();
+    // `--dtype f16`: the trainer's loss scaling (`train::lora_loop`), on the same schedule.
+    let mut scaler = (a.dtype == crate::model::decoder::Dtype::F16).then(crate::train::loss_scale::LossScaler::default);
     let mut optim: ModuleOptimizer = AdamWConfig::new().with_weight_decay(0.0).init();
 
     // input_ids = labels = random ids, as in the anchor: all `seq` positions go through the model,
@@ -300,17 +306,30 @@ fn lora(a: LoraBench, choice: DeviceChoice) -> anyhow::Result<()> {
     let batch = Batch { rows, cols, inputs, targets, mask, ntoks: rows * (cols - 1), seq_tokens: rows * cols };
     let mut losses = Vec::new();
     let mut step = |model: Decoder| -> anyhow::Result<Decoder> {
-        let (value, grads) = if a.grad_checkpoint {
-            checkpointed_step(&model, &batch, &device, 1.0, None, CHECKPOINT_MAX_LOGITS)
+        let loss_scale = scaler.as_ref().map(|s| s.scale);
+        let (value, mut grads) = if a.grad_checkpoint {
+            checkpointed_step(&model, &batch, &device, loss_scale.unwrap_or(1.0), None, CHECKPOINT_MAX_LOGITS)
         } else {
             let loss = batch_loss(&model, &batch, &device);
             let value = loss.clone().into_scalar::<f32>();
             anyhow::ensure!(value.is_finite(), "loss {value}");
+            let loss = match loss_scale {
+                Some(s) => loss.mul_scalar(s),
+                None => loss,
+            };
             (value, GradientsParams::from_grads(loss.backward(), &model))
         };
         anyhow::ensure!(value.is_finite(), "loss {value}");
-        let (grads, _norm) = clip_grad_norm(&model, grads, 1.0);
+        if let Some(s) = loss_scale {
+            grads = crate::train::schedule::scale_grads(&model, grads, 1.0 / s as f64);
+        }
+        let (grads, norm) = clip_grad_norm(&model, grads, 1.0);
         losses.push(value);
+        if let Some(scaler) = scaler.as_mut()
+            && !scaler.update(norm.is_finite())
+        {
+            return Ok(model);
+        }
         Ok(optim.step(a.learning_rate, model, grads))
     };
     for _ in 0..a.warmup {
@@ -328,7 +347,9 @@ fn lora(a: LoraBench, choice: DeviceChoice) -> anyhow::Result<()> {
         "grad_checkpoint": a.grad_checkpoint,
         "framework": "tunelab",
         "device": choice.to_string(),
-        "dtype": "f32",
+        "dtype": a.dtype.name(),
+        "loss_scale": scaler.as_ref().map(|s| s.scale),
+        "skipped_steps": scaler.as_ref().map(|s| s.skipped),
         "batch": a.batch_size,
         "seq": a.seq,
         "tokens_per_s": (a.batch_size * a.seq * a.steps) as f64 / dt,

@@ -93,6 +93,14 @@ pub struct LoraFlags {
     /// output head's cross-entropy in chunks (less memory, about a third more time; MLX-LM's flag).
     #[arg(long)]
     pub grad_checkpoint: bool,
+    /// f32 (default) or f16: mixed precision, frozen base weights and activations in f16 (GPU
+    /// tensor cores), adapters, norms, softmax and loss in f32, dynamic loss scaling (LoRA only).
+    #[arg(long)]
+    pub dtype: Option<crate::model::decoder::Dtype>,
+    /// With --dtype f16: the loss scale a fresh run starts at (GradScaler's init_scale, default
+    /// 65536); halved at each overflow (that update skipped), doubled after 2000 good updates.
+    #[arg(value_parser = crate::cli::values::finite_positive_f64, long)]
+    pub init_loss_scale: Option<f64>,
 }
 
 /// The fields [`LoraFlags`] sets, in any trainer's config ([`SftConfig`],
@@ -119,6 +127,8 @@ pub struct LoraOptionsMut<'a> {
     pub max_grad_norm: &'a mut Option<f64>,
     pub quantize_base: &'a mut crate::lora::QuantizeBase,
     pub grad_checkpoint: &'a mut bool,
+    pub dtype: &'a mut crate::model::decoder::Dtype,
+    pub init_loss_scale: &'a mut f64,
 }
 
 impl LoraFlags {
@@ -142,6 +152,8 @@ impl LoraFlags {
         set(&self.weight_decay, c.weight_decay);
         set(&self.adapter_path, c.adapter_path);
         set(&self.quantize_base, c.quantize_base);
+        set(&self.dtype, c.dtype);
+        set(&self.init_loss_scale, c.init_loss_scale);
         for (flag, target) in [(&self.model, c.model), (&self.policy, c.policy), (&self.resume_adapter_file, c.resume_adapter_file)] {
             if flag.is_some() {
                 *target = flag.clone();
@@ -242,6 +254,8 @@ macro_rules! lora_options_of {
             max_grad_norm: &mut $c.max_grad_norm,
             quantize_base: &mut $c.quantize_base,
             grad_checkpoint: &mut $c.grad_checkpoint,
+            dtype: &mut $c.dtype,
+            init_loss_scale: &mut $c.init_loss_scale,
         }
     };
 }

@@ -4,7 +4,7 @@
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::module::linear;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 use rand::Rng;
 
 use super::quant::QuantWeight;
@@ -177,11 +177,20 @@ impl LoraLinear {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let bias = self.bias.as_ref().map(|b| b.val());
         let Some(m) = &self.magnitude else {
-            let base = linear(x.clone(), self.weight.val().transpose(), bias);
-            let down = linear(self.dropout.forward(x), self.lora_a.val().transpose(), None);
+            // Mixed precision (`--dtype f16`, `model::decoder::Dtype`): the base matmul runs in
+            // the activations' dtype; the LoRA branch runs in f32 from the (exactly widened)
+            // input, so `x·Aᵀ`, `·Bᵀ` and the gradients of A and B are formed and accumulated in
+            // f32 (A and B are f32 master weights, never rounded to f16), and only the small
+            // update `scale·x·Aᵀ·Bᵀ` is rounded once to f16, relative to its own size, when added.
+            // In f32 every cast below is a no-op, so the f32 path is the one it always was.
+            let dtype = x.dtype();
+            let base = linear(x.clone(), self.weight.val().cast(dtype).transpose(), bias);
+            let down = linear(self.dropout.forward(x.cast(FloatDType::F32)), self.lora_a.val().transpose(), None);
             let up = linear(down, self.lora_b.val().transpose(), None);
-            return base + up.mul_scalar(self.scale);
+            return base + up.mul_scalar(self.scale).cast(dtype);
         };
+        // DoRA in f16 is refused by the trainers (its row norms mix the base with B·A).
+        assert_eq!(x.dtype(), DType::F32, "DoRA layers run in f32 only");
         let w = self.weight.val().transpose();
         let base = linear(x.clone(), w.clone(), None);
         // The same test burn's `Dropout::forward` makes: is a mask drawn at all?
@@ -251,7 +260,9 @@ impl QuantLinear {
 
     /// `[..., in]` → `[..., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear(x, self.weight.dequantize().transpose(), self.bias.as_ref().map(|b| b.val()))
+        // Dequantized in f32 (bit-exact with ggml), then in the activations' dtype.
+        let dtype = x.dtype();
+        linear(x, self.weight.dequantize().cast(dtype).transpose(), self.bias.as_ref().map(|b| b.val()))
     }
 }
 

@@ -445,7 +445,8 @@ pub fn yes_no_head(
         // Tied: the embedding rows, `[2, hidden]`.
         None => h.matmul(model.embed_tokens.val().select(0, rows).transpose()),
     };
-    head
+    // f32 whatever the activations' dtype (`--dtype f16`): the margins and losses are f32.
+    head.cast(burn::tensor::FloatDType::F32)
 }
 
 /// P(yes) from `[batch, 2]` yes/no logits: `softmax(...)[:, 0] = sigmoid(yes − no)`, `[batch]`.

@@ -137,14 +137,15 @@ pub(crate) fn sft_head(rows: Vec<i64>, targets: Vec<i64>, scale: f32, max_logits
             let end = (start + chunk).min(n);
             let h = picked.clone().slice([start..end]).require_grad();
             let tg = Tensor::<3, Int>::from_data(TensorData::new(targets[start..end].to_vec(), [1, end - start, 1]), &device);
-            let hidden = model.norm.forward(h.clone().reshape([1, end - start, d]));
+            let hidden = model.final_norm(h.clone().reshape([1, end - start, d]));
             let s = log_softmax(model.logits(hidden), 2).gather(2, tg).sum().neg().div_scalar(n as f32);
             total += s.clone().into_scalar::<f32>();
             let grads = s.mul_scalar(scale).backward();
             picked_grads.push(h.grad(&grads).expect("the chunk's loss depends on its hidden states"));
             accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
         }
-        let grad = Tensor::<2>::zeros([b * t, d], &device).select_assign(0, rows, Tensor::cat(picked_grads, 0), IndexingUpdateOp::Add);
+        // In the activations' dtype (f16 under `--dtype f16`; a no-op cast in f32).
+        let grad = Tensor::<2>::zeros([b * t, d], &device).cast(picked.dtype()).select_assign(0, rows, Tensor::cat(picked_grads, 0), IndexingUpdateOp::Add);
         HeadGrads { loss: total, grads: accumulator.grads(), input_grad: Some(grad.reshape([b, t, d])) }
     })
 }
@@ -155,7 +156,7 @@ pub(crate) fn sft_head(rows: Vec<i64>, targets: Vec<i64>, scale: f32, max_logits
 pub(crate) fn whole_head<'a>(loss: impl FnOnce(&Decoder, Tensor<3>) -> Tensor<1> + 'a, scale: f32) -> Box<Head<'a>> {
     Box::new(move |model: &Decoder, x: Tensor<3>| {
         let x = x.require_grad();
-        let l = loss(model, model.norm.forward(x.clone()));
+        let l = loss(model, model.final_norm(x.clone()));
         let value = l.clone().into_scalar::<f32>();
         let grads = l.mul_scalar(scale).backward();
         let input_grad = x.grad(&grads);

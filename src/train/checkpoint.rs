@@ -25,6 +25,9 @@ pub struct TrainState {
     /// Best validation value so far: (metric, value, step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best: Option<(String, f64, usize)>,
+    /// `--dtype f16`'s loss scaler, so a resumed run continues with the scale it had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<super::loss_scale::LossScaler>,
 }
 
 /// A checkpoint could not be written or read; names the file.
@@ -143,7 +146,7 @@ mod tests {
         let mut optim = AdamWConfig::new().init();
         let enc = HashedBagEncoder::new(16, 4, 3, 0.0, 2, &device);
         let enc = step(&enc, &mut optim);
-        let state = TrainState { step: 1, epoch: 0, batch_in_epoch: 1, seed: 2, best: Some(("ndcg_cut_10".into(), 0.5, 1)) };
+        let state = TrainState { step: 1, epoch: 0, batch_in_epoch: 1, seed: 2, best: Some(("ndcg_cut_10".into(), 0.5, 1)), loss_scaler: None };
         let ckpt = checkpoint_dir(dir.path(), 1);
         save(&ckpt, &enc, Some(&optim), &state).unwrap();
         assert_eq!(latest(dir.path()), Some(ckpt.clone()));

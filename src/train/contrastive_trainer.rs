@@ -333,7 +333,7 @@ impl<'v, E: TrainableEncoder> ContrastiveTrainer<'v, E> {
             None => encoder,
         }
         .for_training();
-        let mut state = TrainState { step: 0, epoch: 0, batch_in_epoch: 0, seed: cfg.seed, best: None };
+        let mut state = TrainState { step: 0, epoch: 0, batch_in_epoch: 0, seed: cfg.seed, best: None, loss_scaler: None };
         let mut last_checkpoint = None;
         if let Some(dir) = resume {
             state = checkpoint::load_state(dir)?;

@@ -11,6 +11,12 @@
 //! over training time only, `forward_ms` / `backward_ms` / `update_ms`, `lr` and `grad_norm` on
 //! update iterations). Every `save_every` iterations and at the last one: the adapter in `out`,
 //! optionally MLX-LM's numbered copy, and a resume checkpoint (adapter, AdamW moments, loop state).
+//!
+//! Under `--dtype f16` (`state.loss_scaler` set, [`super::loss_scale`]) the loss is multiplied by
+//! the scale before the backward pass and the gradients divided by it before clipping; an update
+//! whose gradients are not finite is skipped (the scale halves) instead of stopping the run, and
+//! update lines carry `loss_scale` (the scale of that update's backward passes), `skipped` and
+//! `skipped_steps` (updates skipped so far).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,7 +26,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 
 use super::checkpoint::{self, TrainState};
-use super::schedule::{LrSchedule, clip_grad_norm, grad_norm};
+use super::schedule::{LrSchedule, clip_grad_norm, grad_norm, scale_grads};
 use super::sft::{LossLog, SftError, iteration_seed, progress_bar};
 use crate::export::mlx;
 use crate::model::decoder::Decoder;
@@ -32,7 +38,7 @@ pub(crate) struct StepLoss {
     /// Counters of the batch (`tokens`, `pairs`, ...): logged as they are, and their rate over
     /// training time as `<name>_per_s`.
     pub counts: Vec<(&'static str, usize)>,
-    /// The gradients of `loss / grad_accumulation_steps`, when the objective computed them itself
+    /// The gradients of `loss_scale × loss / grad_accumulation_steps`, when the objective computed them itself
     /// (`--grad-checkpoint`, [`super::block_checkpoint`]): `loss` is then a value without a graph
     /// and the loop skips its backward pass.
     pub grads: Option<GradientsParams>,
@@ -43,8 +49,10 @@ pub(crate) trait Objective {
     /// The trainer's error type; the loop's own errors ([`SftError`]) convert into it.
     type Error: From<SftError>;
 
-    /// The loss of the batch at position `pos` of `epoch`'s order.
-    fn loss(&mut self, model: &Decoder, epoch: usize, pos: usize) -> Result<StepLoss, Self::Error>;
+    /// The loss of the batch at position `pos` of `epoch`'s order. `loss_scale`: the factor an
+    /// objective that runs its own backward pass ([`StepLoss::grads`]) multiplies the loss by
+    /// (besides `1 / grad_accumulation_steps`): the loss scale under `--dtype f16`, else 1.
+    fn loss(&mut self, model: &Decoder, epoch: usize, pos: usize, loss_scale: f32) -> Result<StepLoss, Self::Error>;
 
     /// After iteration `it` (its update done, before its line is written): e.g. validation,
     /// adding `val_loss` to `line`.
@@ -128,7 +136,9 @@ pub(crate) fn run<O: Objective>(
             device.seed(iteration_seed(cfg.seed, it));
         }
         let t0 = Instant::now();
-        let step = objective.loss(&model, epoch, pos)?;
+        // The scale is fixed over an accumulation window: it changes only at an update.
+        let loss_scale = state.loss_scaler.as_ref().map(|s| s.scale);
+        let step = objective.loss(&model, epoch, pos, loss_scale.unwrap_or(1.0))?;
         let loss_value = step.loss.clone().into_scalar::<f32>();
         let forward_ms = t0.elapsed().as_secs_f64() * 1e3;
         if !loss_value.is_finite() {
@@ -144,7 +154,15 @@ pub(crate) fn run<O: Objective>(
         let t1 = Instant::now();
         let grads = match step.grads {
             Some(grads) => grads,
-            None => GradientsParams::from_grads(step.loss.div_scalar(acc as f32).backward(), &model),
+            None => {
+                let loss = step.loss.div_scalar(acc as f32);
+                // Without a scaler (f32) the loss is back-propagated exactly as before.
+                let loss = match loss_scale {
+                    Some(s) => loss.mul_scalar(s),
+                    None => loss,
+                };
+                GradientsParams::from_grads(loss.backward(), &model)
+            }
         };
         accumulator.accumulate(&model, grads);
         let backward_ms = t1.elapsed().as_secs_f64() * 1e3;
@@ -154,7 +172,12 @@ pub(crate) fn run<O: Objective>(
             line[name] = serde_json::json!(n);
         }
         if it.is_multiple_of(acc) {
-            let grads = accumulator.grads();
+            let mut grads = accumulator.grads();
+            if let Some(s) = loss_scale {
+                // Unscaled in f32 before clipping, as GradScaler's `unscale_`; an overflowed
+                // gradient stays infinite (or NaN) and shows in the norm.
+                grads = scale_grads(&model, grads, 1.0 / s as f64);
+            }
             let (grads, norm) = match cfg.max_grad_norm {
                 Some(max) => clip_grad_norm(&model, grads, max),
                 None => {
@@ -162,7 +185,18 @@ pub(crate) fn run<O: Objective>(
                     (grads, n)
                 }
             };
-            if !norm.is_finite() {
+            if let Some(scaler) = state.loss_scaler.as_mut() {
+                let apply = scaler.update(norm.is_finite());
+                line["loss_scale"] = serde_json::json!(loss_scale);
+                line["skipped"] = serde_json::json!(!apply);
+                line["skipped_steps"] = serde_json::json!(scaler.skipped);
+                if apply {
+                    let lr = cfg.schedule.lr(it / acc - 1);
+                    model = optim.step(lr, model, grads);
+                    line["lr"] = serde_json::json!(lr);
+                }
+                line["grad_norm"] = serde_json::json!(if norm.is_finite() { Some(norm) } else { None });
+            } else if !norm.is_finite() {
                 bar.abandon_with_message(format!("gradient norm {norm} at iteration {it}"));
                 return Err(SftError::NonFinite {
                     iteration: it,
@@ -171,11 +205,12 @@ pub(crate) fn run<O: Objective>(
                     last_adapter,
                 }
                 .into());
+            } else {
+                let lr = cfg.schedule.lr(it / acc - 1);
+                model = optim.step(lr, model, grads);
+                line["lr"] = serde_json::json!(lr);
+                line["grad_norm"] = serde_json::json!(norm);
             }
-            let lr = cfg.schedule.lr(it / acc - 1);
-            model = optim.step(lr, model, grads);
-            line["lr"] = serde_json::json!(lr);
-            line["grad_norm"] = serde_json::json!(norm);
         }
         line["update_ms"] = serde_json::json!(t1.elapsed().as_secs_f64() * 1e3 - backward_ms);
         if let Some(peak) = super::memory::peak_rss() {
@@ -224,4 +259,112 @@ pub(crate) fn run<O: Objective>(
         totals,
         saved,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::Module;
+    use burn::optim::AdamWConfig;
+    use burn::tensor::{DType, Device};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::lora::{AdaptableLinear, LoraConfig};
+    use crate::model::decoder::{DecoderConfig, Dtype};
+    use crate::train::loss_scale::LossScaler;
+    use crate::train::schedule::ScheduleKind;
+    use crate::train::sft::batch_loss;
+    use crate::train::sft_data::Batch;
+
+    /// A fixed batch's loss; at iteration `poison`, the objective runs its own backward pass
+    /// (as `--grad-checkpoint` does, scaled by the loop's `loss_scale`) and makes one gradient
+    /// infinite, as an f16 overflow would. Records each iteration's scale and first `B` factor.
+    struct Poisoned {
+        batch: Batch,
+        device: Device,
+        poison: usize,
+        it: usize,
+        scales: Vec<f32>,
+        b_after: Vec<Vec<f32>>,
+    }
+
+    fn first_b(model: &Decoder) -> &crate::lora::LoraLinear {
+        match &model.layers[0].self_attn.q_proj {
+            AdaptableLinear::Lora(l) => l,
+            _ => unreachable!("adapted"),
+        }
+    }
+
+    impl Objective for Poisoned {
+        type Error = SftError;
+        fn loss(&mut self, model: &Decoder, _epoch: usize, _pos: usize, loss_scale: f32) -> Result<StepLoss, SftError> {
+            self.it += 1;
+            self.scales.push(loss_scale);
+            let loss = batch_loss(model, &self.batch, &self.device);
+            if self.it != self.poison {
+                return Ok(StepLoss { loss, counts: vec![], grads: None });
+            }
+            let mut grads = GradientsParams::from_grads(loss.clone().mul_scalar(loss_scale).backward(), model);
+            let id = first_b(model).lora_b.id;
+            let g = grads.remove::<2>(id).expect("B has a gradient");
+            grads.register(id, g.add_scalar(f32::INFINITY));
+            Ok(StepLoss { loss: loss.detach(), counts: vec![], grads: Some(grads) })
+        }
+        fn after_step(&mut self, model: &Decoder, _it: usize, _line: &mut serde_json::Value) -> Result<(), SftError> {
+            self.b_after.push(first_b(model).lora_b.val().into_data().try_to_vec::<f32>().unwrap());
+            Ok(())
+        }
+        fn save(&self, _model: &Decoder, _dir: &Path, _iteration: usize) -> Result<(), SftError> {
+            Ok(())
+        }
+    }
+
+    /// GradScaler's contract inside the loop, on a tiny f16 model: an iteration whose gradient
+    /// is infinite is skipped (the adapter unchanged, no error), the scale halves, `loss.jsonl`
+    /// records it, and after `growth_interval` good updates the scale doubles again.
+    #[test]
+    fn overflow_skips_the_update_and_halves_the_scale_then_it_grows() {
+        let device = Device::flex().autodiff();
+        let lora = LoraConfig { rank: 4, alpha: 8.0, ..LoraConfig::default() };
+        let model = Decoder::random(&DecoderConfig::tiny_llama(), &device, 2).with_lora(&lora, &mut ChaCha8Rng::seed_from_u64(0)).unwrap().train().with_frozen_dtype(Dtype::F16);
+        assert_eq!(model.activation_dtype(), DType::F16);
+        let (rows, cols) = (2, 8);
+        let inputs: Vec<i64> = (0..rows * cols).map(|i| (i * 11 % 128) as i64).collect();
+        let targets: Vec<i64> = inputs.iter().map(|t| (t + 1) % 128).collect();
+        let batch = Batch { rows, cols, inputs, targets, mask: vec![1.0; rows * cols], ntoks: rows * cols, seq_tokens: rows * cols };
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LoopConfig {
+            out: dir.path().to_path_buf(),
+            iters: 6,
+            stop: 6,
+            n_batches: 6,
+            grad_accumulation_steps: 1,
+            seed: 0,
+            dropout: false,
+            max_grad_norm: Some(1.0),
+            steps_per_report: 1,
+            save_every: 100,
+            schedule: LrSchedule { base_lr: 1e-2, warmup_steps: 0, total_steps: 6, kind: ScheduleKind::Constant },
+            numbered_copies: false,
+            progress: false,
+        };
+        let mut state = TrainState { step: 0, epoch: 0, batch_in_epoch: 0, seed: 0, best: None, loss_scaler: Some(LossScaler { growth_interval: 2, ..LossScaler::default() }) };
+        let mut log = LossLog::open(&dir.path().join("loss.jsonl"), 0).unwrap();
+        let mut objective = Poisoned { batch, device, poison: 2, it: 0, scales: vec![], b_after: vec![] };
+        let optim: ModuleOptimizer = AdamWConfig::new().init();
+        run(&cfg, model, optim, &mut state, None, &mut log, &mut objective).expect("an overflow is skipped, not an error");
+        // 2^16; halved by the overflow at 2; doubled after the good updates 3 and 4; again after 5 and 6.
+        assert_eq!(objective.scales, vec![65_536.0, 65_536.0, 32_768.0, 32_768.0, 65_536.0, 65_536.0]);
+        assert_eq!(state.loss_scaler.as_ref().map(|s| (s.scale, s.skipped)), Some((131_072.0, 1)));
+        let b = &objective.b_after;
+        assert_ne!(b[0], vec![0.0; b[0].len()], "iteration 1 updated B");
+        assert_eq!(b[1], b[0], "iteration 2 (infinite gradient) left the adapter as it was");
+        assert_ne!(b[2], b[1], "iteration 3 updates again");
+        assert!(b.iter().flatten().all(|v| v.is_finite()));
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("loss.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!((lines[1]["skipped"].as_bool(), lines[1]["loss_scale"].as_f64(), lines[1]["skipped_steps"].as_u64()), (Some(true), Some(65_536.0), Some(1)));
+        assert!(lines[1].get("lr").is_none(), "no update, no learning rate");
+        assert_eq!((lines[2]["skipped"].as_bool(), lines[2]["loss_scale"].as_f64(), lines[2]["skipped_steps"].as_u64()), (Some(false), Some(32_768.0), Some(1)));
+    }
 }

@@ -24,6 +24,7 @@ pub mod encoder;
 pub mod gradcheck;
 pub mod hard_negatives;
 pub(crate) mod lora_loop;
+pub mod loss_scale;
 pub mod memory;
 pub mod rerank;
 pub mod run_folder;

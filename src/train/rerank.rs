@@ -42,7 +42,8 @@ use crate::data::corpus::Document;
 use crate::eval::search::bm25::{Bm25Config, Bm25Index, QueryMode};
 use crate::export::mlx;
 use crate::lora::{AdapterWeights, QuantizeBase};
-use crate::model::decoder::{CausalLm, Decoder};
+use super::loss_scale::LossScaler;
+use crate::model::decoder::{CausalLm, Decoder, Dtype};
 use crate::model::reranker::{
     RerankTemplate, encode_pair, logit_margins, right_padded, sigmoid_f32, yes_no_ids,
     yes_no_head, yes_no_logits, yes_no_margin,
@@ -115,6 +116,12 @@ pub struct RerankConfig {
     pub max_grad_norm: Option<f64>,
     pub quantize_base: QuantizeBase,
     pub grad_checkpoint: bool,
+    /// `f16`: mixed precision as `train lora`'s `dtype` (left out of written configs when `f32`).
+    #[serde(skip_serializing_if = "Dtype::is_f32")]
+    pub dtype: Dtype,
+    /// `dtype = "f16"`: the starting loss scale, as `train lora`'s `init_loss_scale`.
+    #[serde(skip_serializing_if = "is_default_loss_scale")]
+    pub init_loss_scale: f64,
     pub loss: RerankLoss,
     /// Pointwise targets: graded (grade / largest grade) or binary (grade ≥ 1).
     pub targets: RerankTargets,
@@ -159,6 +166,8 @@ impl Default for RerankConfig {
             max_grad_norm: Some(1.0),
             quantize_base: QuantizeBase::Keep,
             grad_checkpoint: false,
+            dtype: Dtype::F32,
+            init_loss_scale: s.init_loss_scale,
             loss: RerankLoss::Pointwise,
             targets: RerankTargets::Graded,
             negatives: 3,
@@ -200,6 +209,8 @@ impl RerankConfig {
             weight_decay: self.weight_decay,
             max_grad_norm: self.max_grad_norm,
             quantize_base: self.quantize_base,
+            dtype: self.dtype,
+            init_loss_scale: self.init_loss_scale,
             ..SftConfig::default()
         }
     }
@@ -227,6 +238,10 @@ impl RerankConfig {
         }
         Ok(())
     }
+}
+
+fn is_default_loss_scale(v: &f64) -> bool {
+    *v == super::loss_scale::INIT_SCALE as f64
 }
 
 /// One judgment: a query, a document text and its grade (booleans as 0/1).
@@ -562,13 +577,14 @@ pub fn fit(
         Some(ty) => lm.model.clone().quantize_projections(ty)?,
         None => lm.model.clone(),
     };
-    let mut model = base.with_lora(&lora, &mut ChaCha8Rng::seed_from_u64(cfg.seed))?;
+    let mut model = base.clone().with_lora(&lora, &mut ChaCha8Rng::seed_from_u64(cfg.seed))?;
     let mut state = TrainState {
         step: 0,
         epoch: 0,
         batch_in_epoch: 0,
         seed: cfg.seed,
         best: None,
+        loss_scaler: None,
     };
     let mut resume_dir = None;
     if let Some(from) = &cfg.resume_adapter_file {
@@ -595,7 +611,12 @@ pub fn fit(
     };
     // `--grad-checkpoint` runs on the same autodiff device: its step recomputes blocks itself
     // ([`rerank_checkpointed`]).
-    let model = model.train();
+    // Mixed precision: the frozen base in f16 once, adapters f32 (a no-op for f32).
+    let model = model.train().with_frozen_dtype(cfg.dtype);
+    state.loss_scaler = match cfg.dtype {
+        Dtype::F32 => None,
+        Dtype::F16 => Some(state.loss_scaler.take().unwrap_or_else(|| LossScaler::new(cfg.init_loss_scale as f32))),
+    };
     let mut optim: ModuleOptimizer = AdamWConfig::new()
         .with_weight_decay(cfg.weight_decay as f32)
         .init();
@@ -644,7 +665,7 @@ pub fn fit(
     }
     impl<S: Fn(&Decoder, &Path, usize) -> anyhow::Result<AdapterWeights>> Objective for Rerank<'_, S> {
         type Error = anyhow::Error;
-        fn loss(&mut self, model: &Decoder, epoch: usize, pos: usize) -> anyhow::Result<StepLoss> {
+        fn loss(&mut self, model: &Decoder, epoch: usize, pos: usize, loss_scale: f32) -> anyhow::Result<StepLoss> {
             let order = epoch_order(self.items.len(), self.seed, epoch);
             let picked = &order[pos * self.batch_size..(pos + 1) * self.batch_size];
             let (rows, targets) = batch_rows(self.items, picked);
@@ -653,7 +674,7 @@ pub fn fit(
             if self.grad_checkpoint {
                 let it = epoch * self.n_batches + pos + 1;
                 let dropout_seed = self.dropout.then(|| super::sft::iteration_seed(self.seed, it));
-                let scale = 1.0 / self.grad_accumulation_steps.max(1) as f32;
+                let scale = loss_scale / self.grad_accumulation_steps.max(1) as f32;
                 let (loss, grads) = rerank_checkpointed(model, &rows, targets, group, yes, no, scale, dropout_seed)?;
                 let loss = Tensor::<1>::from_data(TensorData::new(vec![loss], [1]), &model.embed_tokens.val().device());
                 return Ok(StepLoss { loss, counts: vec![("pairs", n_pairs)], grads: Some(grads) });
@@ -714,7 +735,14 @@ pub fn fit(
     if state.step == 0 {
         save(&model, &out, 0)?;
     }
-    let model = model.valid();
+    let model = match cfg.dtype {
+        Dtype::F32 => model.valid(),
+        // The f16 base served the training steps only: calibration and the returned model use
+        // the trained adapter over the f32 base the run was given.
+        Dtype::F16 => base
+            .with_lora(&lora, &mut ChaCha8Rng::seed_from_u64(cfg.seed))?
+            .apply_adapter(&adapter)?,
+    };
     let tuned = calibrate(&model)?;
     if let Some(t) = &tuned {
         log.write(

@@ -79,6 +79,13 @@ pub fn clip_grad_norm<M: Module>(module: &M, grads: GradientsParams, max_norm: f
     (scaler.grads, norm)
 }
 
+/// The gradients of `module`'s parameters multiplied by `coef` (loss-scale unscaling).
+pub fn scale_grads<M: Module>(module: &M, grads: GradientsParams, coef: f64) -> GradientsParams {
+    let mut scaler = Scale { grads, coef };
+    module.visit(&mut scaler);
+    scaler.grads
+}
+
 /// Global L2 norm of the gradients of `module`'s parameters.
 pub fn grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
     let mut sum = SquaredSum { grads, total: None };

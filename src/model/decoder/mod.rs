@@ -30,7 +30,7 @@ use burn::module::{Module, Param};
 use burn::nn::RmsNorm;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::module::{embedding, linear};
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::data::chat_template::TemplateError;
@@ -513,11 +513,12 @@ impl Attention {
         let mut k = heads(self.k_proj.forward(x.clone()), kvh);
         let mut v = heads(self.v_proj.forward(x), kvh);
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            q = qn.forward(q);
-            k = kn.forward(k);
+            q = rms_norm_f32(qn, q);
+            k = rms_norm_f32(kn, k);
         }
-        let cos = cos.clone().unsqueeze::<4>();
-        let sin = sin.clone().unsqueeze::<4>();
+        // The RoPE tables are f32; rotated in the activations' dtype (a no-op cast in f32).
+        let cos = cos.clone().cast(q.dtype()).unsqueeze::<4>();
+        let sin = sin.clone().cast(q.dtype()).unsqueeze::<4>();
         q = q.clone() * cos.clone() + rotate_half(q) * sin.clone();
         k = k.clone() * cos + rotate_half(k) * sin;
         if let Some(c) = cache {
@@ -533,15 +534,19 @@ impl Attention {
         let rep = h / kvh;
         let q = q.reshape([b, kvh, rep * t, hd]);
         let scale = 1.0 / (hd as f32).sqrt();
+        // Scores leave the matmul in the activations' dtype and are scaled, masked and
+        // softmaxed in f32 (the mask's -1e9 and the exponentials are out of f16's range); the
+        // probabilities go back to the activations' dtype for the second matmul.
         let scores = q
             .matmul(k.swap_dims(2, 3))
+            .cast(FloatDType::F32)
             .mul_scalar(scale)
             .reshape([b, h, t, s]);
         let scores = match mask {
             Some(m) => scores + m.clone(),
             None => scores,
         };
-        let probs = softmax(scores, 3).reshape([b, kvh, rep * t, s]);
+        let probs = softmax(scores, 3).cast(v.dtype()).reshape([b, kvh, rep * t, s]);
         let out = probs
             .matmul(v)
             .reshape([b, h, t, hd])
@@ -587,8 +592,8 @@ impl DecoderLayer {
         let h = x.clone()
             + self
                 .self_attn
-                .forward(self.input_layernorm.forward(x), cos, sin, mask, cache);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+                .forward(rms_norm_f32(&self.input_layernorm, x), cos, sin, mask, cache);
+        h.clone() + self.mlp.forward(rms_norm_f32(&self.post_attention_layernorm, h))
     }
 }
 
@@ -663,7 +668,7 @@ impl Decoder {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(x, &cos, &sin, mask.as_ref(), layer_cache);
         }
-        self.norm.forward(x)
+        rms_norm_f32(&self.norm, x)
     }
 
     /// RoPE `cos`/`sin` tables `[t, head_dim]` for positions `past..past+t`, and the additive
@@ -714,9 +719,10 @@ impl Decoder {
         (cos, sin, mask)
     }
 
-    /// Project hidden states to vocabulary logits.
+    /// Project hidden states to vocabulary logits, always f32: the head's matmul runs in the
+    /// activations' dtype, its output (log-softmax, cross-entropy, sampling) in f32.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
-        match &self.lm_head {
+        let logits = match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => {
                 let [b, t, d] = hidden.dims();
@@ -726,7 +732,8 @@ impl Decoder {
                     .matmul(self.embed_tokens.val().transpose())
                     .reshape([b, t, v])
             }
-        }
+        };
+        logits.cast(FloatDType::F32)
     }
 
     /// Logits for every position, `[batch, seq, vocab]`.
@@ -768,6 +775,7 @@ mod full;
 mod generate;
 mod load;
 mod lora;
+mod precision;
 #[cfg(test)]
 mod tests;
 
@@ -775,3 +783,5 @@ pub use full::trains_block;
 pub use generate::{CausalLm, GenerateOptions, sample};
 pub use load::{TensorSource, gguf_name, permute_rows};
 pub use lora::{PROJECTIONS, adapter_param_id};
+pub use precision::Dtype;
+use precision::rms_norm_f32;

@@ -1,0 +1,253 @@
+//! Mixed precision for decoder training (`--dtype f16`), as `torch.autocast` + `GradScaler`
+//! arrange it for a LoRA fine-tune: the frozen base weights (embedding, the seven block
+//! projections, the output head, their biases) are cast once to f16, so the activations that
+//! flow between them and the big matmuls are f16 (tensor cores on a GPU: Vulkan exposes them
+//! for f16 only, bf16 is not supported there); everything that accumulates or is small stays f32:
+//! RMSNorm (its weights and its mean of squares), the attention softmax (scores are cast up before
+//! the mask and the softmax), the LoRA factors and their branch ([`crate::lora::LoraLinear`]),
+//! the logits and the cross-entropy ([`Decoder::logits`] returns f32), the optimizer state and
+//! the loss scale ([`crate::train::loss_scale`]).
+//!
+//! The compute dtype is not stored anywhere: every operation follows the dtype of the tensor it
+//! receives, and the activations are f16 exactly when the embedding table is. An f32 model
+//! therefore runs exactly the operations it ran before this file existed (a cast to a tensor's own
+//! dtype is a no-op in burn, not even an autodiff node).
+
+use std::str::FromStr;
+
+use burn::module::Param;
+use burn::nn::RmsNorm;
+use burn::tensor::{DType, FloatDType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::lora::{AdaptableLinear, BaseWeight};
+
+use super::{Decoder, Projection};
+
+/// The dtype of a decoder's frozen base weights and activations during training.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// Everything in f32 (the default; bit-identical to training before mixed precision).
+    #[default]
+    F32,
+    /// Base weights and activations in f16, reductions, adapters and loss in f32, with dynamic
+    /// loss scaling (module notes).
+    F16,
+}
+
+impl Dtype {
+    /// burn's dtype for the base weights and activations.
+    pub fn float_dtype(self) -> FloatDType {
+        match self {
+            Self::F32 => FloatDType::F32,
+            Self::F16 => FloatDType::F16,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+        }
+    }
+
+    /// For `#[serde(skip_serializing_if)]`: configs written by f32 runs stay as they were.
+    pub fn is_f32(&self) -> bool {
+        *self == Self::F32
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Dtype {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            other => Err(format!("'{other}' is not a training dtype (f32, f16; bf16 is not supported by burn's Vulkan backend)")),
+        }
+    }
+}
+
+/// `norm(x)` computed in f32 whatever `x`'s dtype, returned in `x`'s dtype: the mean of squares
+/// of an f16 row overflows f16 (max 65,504) as soon as its entries pass ~256 in magnitude, and
+/// the norm weights stay f32 (they are cast by nothing).
+pub(super) fn rms_norm_f32<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
+    let dtype = x.dtype();
+    norm.forward(x.cast(FloatDType::F32)).cast(dtype)
+}
+
+/// A frozen parameter cast to `dtype` (same id, still frozen).
+fn cast_param<const D: usize>(p: Param<Tensor<D>>, dtype: FloatDType) -> Param<Tensor<D>> {
+    p.map(|t| t.cast(dtype))
+}
+
+impl AdaptableLinear {
+    /// The frozen weight and bias in `dtype`; LoRA factors and DoRA magnitudes untouched (f32).
+    /// A quantized base keeps its blocks: it is dequantized (to f32, bit-exact with ggml) and
+    /// cast to the activations' dtype at each use, as PEFT's QLoRA dequantizes to its compute dtype.
+    fn with_frozen_dtype(self, dtype: FloatDType) -> Self {
+        match self {
+            Self::Base(mut l) => {
+                l.weight = cast_param(l.weight, dtype);
+                l.bias = l.bias.map(|b| cast_param(b, dtype));
+                Self::Base(l)
+            }
+            Self::Lora(mut l) => {
+                if let BaseWeight::Dense(w) = l.weight {
+                    l.weight = BaseWeight::Dense(cast_param(w, dtype));
+                }
+                l.bias = l.bias.map(|b| cast_param(b, dtype));
+                Self::Lora(l)
+            }
+            Self::Quantized(mut q) => {
+                q.bias = q.bias.map(|b| cast_param(b, dtype));
+                Self::Quantized(q)
+            }
+        }
+    }
+}
+
+impl Decoder {
+    /// Cast the frozen base weights (embedding, projections, output head and their biases) to
+    /// `dtype`, once, after adapters are attached: the activations then run in `dtype` (module
+    /// notes). Norm weights, RoPE frequencies and every trainable parameter stay f32. With
+    /// [`Dtype::F32`] the model is returned as it is.
+    ///
+    /// Only frozen weights are cast: a model whose base trains (full fine-tune) must keep f32
+    /// master weights, and the trainers refuse `f16` for it.
+    pub fn with_frozen_dtype(self, dtype: Dtype) -> Self {
+        if dtype == Dtype::F32 {
+            return self;
+        }
+        let dt = dtype.float_dtype();
+        let Decoder { embed_tokens, layers, norm, lm_head, inv_freq } = self;
+        let layers = layers
+            .into_iter()
+            .map(|l| l.map_projections(|_, p| Ok::<_, std::convert::Infallible>(p.with_frozen_dtype(dt))).expect("infallible"))
+            .collect();
+        Decoder {
+            embed_tokens: cast_param(embed_tokens, dt),
+            layers,
+            norm,
+            lm_head: lm_head.map(|h| Projection { weight: cast_param(h.weight, dt), bias: h.bias.map(|b| cast_param(b, dt)) }),
+            inv_freq,
+        }
+    }
+
+    /// The final RMSNorm applied as [`Decoder::forward_hidden`] applies it (in f32, returned in
+    /// `x`'s dtype): for losses that take the last block's output themselves
+    /// (`train::block_checkpoint`).
+    pub fn final_norm<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        rms_norm_f32(&self.norm, x)
+    }
+
+    /// The dtype of the base weights and activations ([`Decoder::with_frozen_dtype`]).
+    pub fn activation_dtype(&self) -> DType {
+        self.embed_tokens.val().dtype()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    use super::Dtype;
+    use crate::lora::{AdaptableLinear, BaseWeight, LoraConfig, QuantType};
+    use crate::model::decoder::{Architecture, Decoder, DecoderConfig};
+
+    /// Every float parameter's dtype, split by whether it trains.
+    fn dtypes<M: Module>(m: &M) -> (Vec<DType>, Vec<DType>) {
+        struct V(Vec<DType>, Vec<DType>);
+        impl ModuleVisitor for V {
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+                let t = p.val();
+                if t.is_require_grad() { self.0.push(t.dtype()) } else { self.1.push(t.dtype()) }
+            }
+        }
+        let mut v = V(Vec::new(), Vec::new());
+        m.visit(&mut v);
+        (v.0, v.1)
+    }
+
+    /// `--dtype f16` on a tiny Llama (untied head, biases) and a Qwen3 (tied head, q/k norms),
+    /// dense and QLoRA: the frozen base weights are F16 on the device, the adapters, norms and
+    /// quantization scales stay F32, activations are F16, logits F32, and the adapters'
+    /// gradients are F32 and finite.
+    #[test]
+    fn f16_casts_the_frozen_base_only() {
+        let device = Device::flex().autodiff();
+        let qwen3 = DecoderConfig { architecture: Architecture::Qwen3, qk_norm: true, qkv_bias: false, o_bias: false, tie_word_embeddings: true, ..DecoderConfig::tiny_llama() };
+        for (cfg, quant) in [(DecoderConfig::tiny_llama(), None), (qwen3, None), (DecoderConfig::tiny_llama(), Some(QuantType::Q8_0))] {
+            let base = Decoder::random(&cfg, &device, 1);
+            let base = match quant {
+                Some(ty) => base.quantize_projections(ty).unwrap(),
+                None => base,
+            };
+            let lora = LoraConfig { rank: 4, alpha: 8.0, ..LoraConfig::default() };
+            let model = base.with_lora(&lora, &mut ChaCha8Rng::seed_from_u64(0)).unwrap().train().with_frozen_dtype(Dtype::F16);
+            assert_eq!(model.embed_tokens.val().dtype(), DType::F16);
+            assert_eq!(model.activation_dtype(), DType::F16);
+            if let Some(h) = &model.lm_head {
+                assert_eq!(h.weight.val().dtype(), DType::F16, "untied head");
+            }
+            assert_eq!(model.norm.gamma.val().dtype(), DType::F32, "final norm stays f32");
+            for layer in &model.layers {
+                assert_eq!(layer.input_layernorm.gamma.val().dtype(), DType::F32);
+                for (path, p) in layer.projections() {
+                    let AdaptableLinear::Lora(l) = p else { panic!("{path} adapted") };
+                    match &l.weight {
+                        BaseWeight::Dense(w) => assert_eq!(w.val().dtype(), DType::F16, "{path} base weight"),
+                        BaseWeight::Quantized(q) => assert_eq!(q.dequantize().dtype(), DType::F32, "{path}: blocks kept, dequantized in f32 (cast at use)"),
+                    }
+                    if let Some(b) = &l.bias {
+                        assert_eq!(b.val().dtype(), DType::F16, "{path} bias");
+                    }
+                    assert_eq!((l.lora_a.val().dtype(), l.lora_b.val().dtype()), (DType::F32, DType::F32), "{path} adapters");
+                }
+            }
+            let (trainable, frozen) = dtypes(&model);
+            assert!(trainable.len() == 2 * 7 * cfg.num_hidden_layers && trainable.iter().all(|d| *d == DType::F32), "{trainable:?}");
+            assert!(frozen.contains(&DType::F16) && frozen.contains(&DType::F32), "f16 weights and f32 norms: {frozen:?}");
+
+            let ids = Tensor::<2, Int>::from_data(TensorData::new((0..16).map(|i| (i * 7 % 128) as i64).collect::<Vec<_>>(), [2, 8]), &device);
+            let hidden = model.forward_hidden(ids.clone(), None, None);
+            assert_eq!(hidden.dtype(), DType::F16, "activations in f16");
+            let logits = model.logits(hidden);
+            assert_eq!(logits.dtype(), DType::F32, "logits in f32");
+            let grads = logits.square().mean().backward();
+            for layer in &model.layers {
+                for (path, p) in layer.projections() {
+                    let AdaptableLinear::Lora(l) = p else { unreachable!() };
+                    let g = l.lora_b.val().grad(&grads).expect("B gradient");
+                    assert_eq!(g.dtype(), DType::F32, "{path}");
+                    assert!(g.into_data().try_to_vec::<f32>().unwrap().iter().all(|v| v.is_finite()));
+                }
+            }
+        }
+    }
+
+    /// `f32` leaves the model untouched: the same tensors, so the f32 path is the old one.
+    #[test]
+    fn f32_is_the_identity() {
+        let device = Device::flex();
+        let model = Decoder::random(&DecoderConfig::tiny_llama(), &device, 1);
+        let before = dtypes(&model);
+        let w = model.embed_tokens.val().into_data();
+        let model = model.with_frozen_dtype(Dtype::F32);
+        assert_eq!(dtypes(&model), before);
+        assert_eq!(model.embed_tokens.val().into_data(), w);
+        assert_eq!("f16".parse::<Dtype>().unwrap(), Dtype::F16);
+        assert!("bf16".parse::<Dtype>().unwrap_err().contains("f32, f16"));
+    }
+}
