@@ -285,6 +285,7 @@ fn lora(a: LoraBench, choice: DeviceChoice) -> anyhow::Result<()> {
     let lora = crate::lora::LoraConfig { rank: a.rank, alpha: a.alpha.unwrap_or(2.0 * a.rank as f64), ..Default::default() };
     let built = Instant::now();
     let model = Decoder::random(&cfg, &device, 0).with_lora(&lora, &mut ChaCha8Rng::seed_from_u64(0))?;
+    a.dtype.check_device(&device).map_err(anyhow::Error::msg)?;
     let mut model = model.train().with_frozen_dtype(a.dtype);
     let build_s = built.elapsed().as_secs_f64();
     // `--dtype f16`: the trainer's loss scaling (`train::lora_loop`), on the same schedule.

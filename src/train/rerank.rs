@@ -612,6 +612,7 @@ pub fn fit(
     // `--grad-checkpoint` runs on the same autodiff device: its step recomputes blocks itself
     // ([`rerank_checkpointed`]).
     // Mixed precision: the frozen base in f16 once, adapters f32 (a no-op for f32).
+    cfg.dtype.check_device(&model.embed_tokens.val().device()).map_err(|reason| SftError::Config { field: "dtype", reason })?;
     let model = model.train().with_frozen_dtype(cfg.dtype);
     state.loss_scaler = match cfg.dtype {
         Dtype::F32 => None,

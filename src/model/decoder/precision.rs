@@ -52,6 +52,15 @@ impl Dtype {
         }
     }
 
+    /// Whether `device` can hold and compute this dtype; the error says why not (burn-wgpu
+    /// without the `shader-f16` feature, e.g.), for the trainers to refuse the option up front.
+    pub fn check_device(self, device: &burn::tensor::Device) -> Result<(), String> {
+        if self == Self::F16 && !device.supports_dtype(DType::F16) {
+            return Err(format!("f16 is not supported by the device {device:?}; use --dtype f32"));
+        }
+        Ok(())
+    }
+
     /// For `#[serde(skip_serializing_if)]`: configs written by f32 runs stay as they were.
     pub fn is_f32(&self) -> bool {
         *self == Self::F32
