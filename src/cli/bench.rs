@@ -344,7 +344,8 @@ fn lora(a: LoraBench, choice: DeviceChoice) -> anyhow::Result<()> {
     device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let dt = t.elapsed().as_secs_f64();
     let line = serde_json::json!({
-        "case": format!("{} lora r{} seq{} b{}{}", a.shape.name(), a.rank, a.seq, a.batch_size, if a.grad_checkpoint { " ckpt" } else { "" }),
+        // f16 runs get their own case name, so a script keying results by case keeps both.
+        "case": format!("{} lora r{} seq{} b{}{}{}", a.shape.name(), a.rank, a.seq, a.batch_size, if a.grad_checkpoint { " ckpt" } else { "" }, if a.dtype == crate::model::decoder::Dtype::F32 { "" } else { " f16" }),
         "grad_checkpoint": a.grad_checkpoint,
         "framework": "tunelab",
         "device": choice.to_string(),
