@@ -31,9 +31,24 @@
 //! gradient checkpointing (`Device::autodiff().gradient_checkpointing()`, the balanced
 //! strategy) does not change that: it can recompute memory-bound float ops, but the
 //! dequantization starts with an int → float conversion, which autodiff sees as a new leaf, and
-//! a leaf is kept, at the size of `W`. Only a custom backward op (dequantize again inside
-//! backward) would bring the step's peak down. Forward-only work (validation, generation) frees
-//! each matrix right after its matmul.
+//! a leaf is kept, at the size of `W`. Forward-only work (validation, generation) frees each
+//! matrix right after its matmul.
+//!
+//! `--grad-checkpoint` ([`crate::train::block_checkpoint`]) bounds this: its graph-free forward
+//! frees each matrix after use, and each block's recompute dequantizes that block's matrices
+//! again, kept only until the block's own backward (test
+//! `qlora_recompute_dequantizes_each_block_again`), so a step holds one block's f32 matrices.
+//!
+//! The plain step could drop them too with a custom backward for the frozen quantized matmul
+//! (`grad_x = grad_y · dequantize(W)` recomputed in the backward pass, nothing of `W` but its
+//! blocks kept). burn 0.22 has the machinery, not yet used here: a backend extension trait
+//! (`#[backend_extension(Flex, Cube, Fusion, Autodiff)]`, crate burn-backend-extension, behind
+//! burn's `extension` feature, which this crate does not turn on) routed by runtime dispatch,
+//! implemented for `burn_autodiff::Autodiff<B, C>` with a `burn_autodiff::ops::Backward<B, 1>`
+//! whose `State` holds the block tensors (`prepare::<C>([x_node]).compute_bound().stateful()`,
+//! then `OpsKind::Tracked(prep).finish(state, y)`); burn-signal's `impl SignalOps for
+//! Autodiff<B, C>` (its `rfft`/`irfft`) is a worked example. The Fusion route needs the output's
+//! dtype/shape declared (`#[fusion(dtype = .., shape = ..)]`).
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor, TensorData};
@@ -165,6 +180,12 @@ pub enum QuantError {
     Bytes { tensor: String, len: usize, expected: usize, ty: QuantType, shape: [usize; 2] },
 }
 
+#[cfg(test)]
+thread_local! {
+    /// [`QuantWeight::dequantize`] calls on this thread (tests count what a step dequantizes).
+    pub(crate) static DEQUANTIZED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// A frozen `[out, in]` matrix in ggml blocks of 32 along each row. It has no parameters: an
 /// optimizer never sees it and autodiff never gives it a gradient.
 #[derive(Module, Debug)]
@@ -265,6 +286,8 @@ impl QuantWeight {
 
     /// The f32 matrix `[out, in]`, bit-exact with ggml's dequantization of the same blocks.
     pub fn dequantize(&self) -> Tensor<2> {
+        #[cfg(test)]
+        DEQUANTIZED.with(|n| n.set(n.get() + 1));
         let [out, inp] = self.shape;
         let nb = inp / BLOCK;
         // Constants off the autodiff graph: `Module::train` makes a module's plain tensors autodiff

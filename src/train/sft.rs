@@ -476,9 +476,16 @@ pub(crate) fn checkpointed_step(model: &Decoder, batch: &Batch, device: &Device,
 /// starts: the weights as loaded, gradients and AdamW moments of what trains (adapters, or the
 /// top `num_layers` blocks in a full fine-tune) and one micro-batch of `batch_size` ×
 /// `max_seq_length` tokens through the blocks under the gradient (the adapted ones and above).
+/// A quantized base (QLoRA) adds the dequantized f32 matrices autodiff keeps for the backward
+/// pass ([`crate::lora::quant`]): every block's under the gradient, one block's with
+/// `grad_checkpoint`.
 pub fn memory_estimate(lm: &CausalLm, cfg: &SftConfig) -> super::memory::MemoryEstimate {
-    use crate::lora::AdaptableLinear;
-    let model = &lm.model;
+    memory_estimate_of(&lm.model, &lm.config, cfg)
+}
+
+/// [`memory_estimate`] for a bare decoder of config `c` (`tunelab bench lora`'s random models).
+pub fn memory_estimate_of(model: &Decoder, c: &crate::model::decoder::DecoderConfig, cfg: &SftConfig) -> super::memory::MemoryEstimate {
+    use crate::lora::{AdaptableLinear, BaseWeight};
     let n = model.num_layers();
     let (all, _) = super::memory::param_counts(model);
     let quantized: usize = model.layers.iter().flat_map(|l| l.projections()).map(|(_, p)| if let AdaptableLinear::Quantized(q) = p { q.weight.bytes_at_rest() } else { 0 }).sum();
@@ -503,7 +510,6 @@ pub fn memory_estimate(lm: &CausalLm, cfg: &SftConfig) -> super::memory::MemoryE
             }
         }
     }
-    let c = &lm.config;
     let profile = super::memory::ActivationProfile::llama(n - lowest.min(n), c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.intermediate_size, c.num_attention_heads, c.vocab_size);
     let mut e = super::memory::MemoryEstimate::new(all, trainable, profile.bytes_per_token(cfg.max_seq_length), cfg.batch_size * cfg.max_seq_length);
     if cfg.grad_checkpoint {
@@ -513,6 +519,22 @@ pub fn memory_estimate(lm: &CausalLm, cfg: &SftConfig) -> super::memory::MemoryE
         let per_token = 4 * ((n - lowest.min(n)) * c.hidden_size + 2 * c.hidden_size) as u64 + one_block.bytes_per_token(cfg.max_seq_length);
         e.activations = per_token * (cfg.batch_size * cfg.max_seq_length) as u64 + 2 * 4 * CHECKPOINT_MAX_LOGITS.min(cfg.batch_size * cfg.max_seq_length * c.vocab_size) as u64;
     }
+    // Dequantized f32 bytes per block (the frozen bases kept as ggml blocks).
+    let dequantized: Vec<u64> = model
+        .layers
+        .iter()
+        .map(|l| {
+            l.projections()
+                .iter()
+                .map(|(_, p)| match p {
+                    AdaptableLinear::Quantized(_) | AdaptableLinear::Lora(crate::lora::LoraLinear { weight: BaseWeight::Quantized(_), .. }) => 4 * p.fused_dims().iter().product::<usize>() as u64,
+                    _ => 0,
+                })
+                .sum()
+        })
+        .collect();
+    let held = &dequantized[lowest.min(n)..];
+    e.activations += if cfg.grad_checkpoint { held.iter().copied().max().unwrap_or(0) } else { held.iter().sum() };
     e.weights += quantized as u64;
     e
 }
@@ -1162,6 +1184,30 @@ mod tests {
             // One block under the gradient: its graph is all either way (the head chunk aside).
             let fewer = if num_layers == -1 { ckpt.activations < e.activations } else { ckpt.activations <= e.activations };
             assert!(fewer, "{ty} num_layers {num_layers}: --grad-checkpoint keeps less: {} vs {}", ckpt.activations, e.activations);
+        }
+    }
+
+    /// QLoRA's estimate adds the dequantized f32 matrices the step holds: all of them under the
+    /// gradient for the plain step, one block's with `--grad-checkpoint`; the weights shrink.
+    #[test]
+    fn memory_estimate_counts_the_dequantized_matrices_qlora_keeps() {
+        let dense = lm();
+        let n = dense.model.num_layers() as u64;
+        let f32_bytes = dense.model.projection_bytes() as u64;
+        let quantized = CausalLm::load_with(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decoder/tiny_llama"),
+            &Device::flex(),
+            QuantizeBase::Q8_0,
+        )
+        .unwrap();
+        assert!((quantized.model.projection_bytes() as u64) < f32_bytes / 2, "the base is quantized");
+        for grad_checkpoint in [false, true] {
+            let cfg = SftConfig { grad_checkpoint, ..config(Path::new("unused")) };
+            let (d, q) = (memory_estimate(&dense, &cfg), memory_estimate(&quantized, &cfg));
+            // The tiny model's blocks are alike: one block's matrices are 1/n of them all.
+            let held = if grad_checkpoint { f32_bytes / n } else { f32_bytes };
+            assert_eq!(q.activations - d.activations, held, "grad_checkpoint {grad_checkpoint}");
+            assert!(q.weights < d.weights, "grad_checkpoint {grad_checkpoint}");
         }
     }
 
