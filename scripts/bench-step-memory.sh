@@ -118,6 +118,9 @@ for line in buf.getvalue().splitlines():
 PYEOF
 
 echo "# $(date -u +%FT%TZ) $(lscpu | sed -n 's/^Model name: *//p') nproc=$(nproc) load:$(uptime | sed 's/.*load average: //')" >&2
+if [ "$DEVICE" != cpu ] && command -v nvidia-smi >/dev/null; then
+  echo "# GPU: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)" >&2
+fi
 while read -r shape seq batch quant; do
   [ -n "$shape" ] || continue
   quant=${quant:-none}

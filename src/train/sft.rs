@@ -488,7 +488,17 @@ pub fn memory_estimate_of(model: &Decoder, c: &crate::model::decoder::DecoderCon
     use crate::lora::{AdaptableLinear, BaseWeight};
     let n = model.num_layers();
     let (all, _) = super::memory::param_counts(model);
-    let quantized: usize = model.layers.iter().flat_map(|l| l.projections()).map(|(_, p)| if let AdaptableLinear::Quantized(q) = p { q.weight.bytes_at_rest() } else { 0 }).sum();
+    // Blocks at rest, with or without an adapter over them (`bench lora` passes an adapted model).
+    let quantized: usize = model
+        .layers
+        .iter()
+        .flat_map(|l| l.projections())
+        .map(|(_, p)| match p {
+            AdaptableLinear::Quantized(q) => q.weight.bytes_at_rest(),
+            AdaptableLinear::Lora(crate::lora::LoraLinear { weight: BaseWeight::Quantized(q), .. }) => q.bytes_at_rest(),
+            _ => 0,
+        })
+        .sum();
     let lora = cfg.lora_config();
     let mut trainable = 0usize;
     let mut lowest = n;
@@ -1208,6 +1218,11 @@ mod tests {
             let held = if grad_checkpoint { f32_bytes / n } else { f32_bytes };
             assert_eq!(q.activations - d.activations, held, "grad_checkpoint {grad_checkpoint}");
             assert!(q.weights < d.weights, "grad_checkpoint {grad_checkpoint}");
+            // The same with the adapters already attached (what `bench lora` estimates).
+            let adapted = quantized.model.clone().with_lora(&cfg.lora_config(), &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+            // (Its weights count the adapters' f32 factors too: 4 bytes per trainable parameter.)
+            let a = memory_estimate_of(&adapted, &quantized.config, &cfg);
+            assert_eq!((a.weights, a.activations), (q.weights + q.gradients, q.activations), "grad_checkpoint {grad_checkpoint}: adapted model");
         }
     }
 
