@@ -25,30 +25,24 @@
 //! ggml's reference quantizer. A GGUF's own blocks are kept bit-exact here instead.
 //!
 //! Memory: at rest the blocks are all there is (SmolLM2-135M's 210 projections: 63 MiB as Q4_1
-//! against 405 MiB f32). During a training step each layer's dequantized f32 matrix lives on:
-//! the backward of `x·Wᵀ` needs `W` to pass the gradient down to the layers below, so autodiff
-//! keeps it until `backward()`, and a step's peak is about the f32 model's. burn 0.22's
-//! gradient checkpointing (`Device::autodiff().gradient_checkpointing()`, the balanced
-//! strategy) does not change that: it can recompute memory-bound float ops, but the
-//! dequantization starts with an int → float conversion, which autodiff sees as a new leaf, and
-//! a leaf is kept, at the size of `W`. Forward-only work (validation, generation) frees each
-//! matrix right after its matmul.
+//! against 405 MiB f32). In a training step, the backward of `x·Wᵀ` needs `W` to pass the
+//! gradient down to the layers below:
 //!
-//! `--grad-checkpoint` ([`crate::train::block_checkpoint`]) bounds this: its graph-free forward
-//! frees each matrix after use, and each block's recompute dequantizes that block's matrices
-//! again, kept only until the block's own backward (test
-//! `qlora_recompute_dequantizes_each_block_again`), so a step holds one block's f32 matrices.
+//! * On the CPU backend (flex), [`QuantWeight::matmul_t`] is one autodiff operation
+//!   (`src/lora/quant_matmul.rs`, a burn backend extension with its own `Backward`) whose backward
+//!   pass dequantizes `W` again for `grad_x = grad_y · W`: the step keeps the blocks only, and a
+//!   dequantized matrix lives while one matmul runs.
+//! * Elsewhere (wgpu: the extension is not routed to cubecl's fused backend here) the layer
+//!   runs `x · dequantize()ᵀ` through burn's own ops, and autodiff keeps each layer's f32 matrix
+//!   until `backward()`: a plain step's peak is about the f32 model's. burn 0.22's gradient
+//!   checkpointing (`Device::autodiff().gradient_checkpointing()`) does not change that: the
+//!   dequantization starts with an int → float conversion, which autodiff sees as a new leaf, and
+//!   a leaf is kept. `--grad-checkpoint` ([`crate::train::block_checkpoint`]) bounds it: its
+//!   graph-free forward frees each matrix after use and each block's recompute dequantizes that
+//!   block's matrices again, kept only until the block's own backward (test
+//!   `qlora_recompute_dequantizes_each_block_again`), so a step holds one block's f32 matrices.
 //!
-//! The plain step could drop them too with a custom backward for the frozen quantized matmul
-//! (`grad_x = grad_y · dequantize(W)` recomputed in the backward pass, nothing of `W` but its
-//! blocks kept). burn 0.22 has the machinery, not yet used here: a backend extension trait
-//! (`#[backend_extension(Flex, Cube, Fusion, Autodiff)]`, crate burn-backend-extension, behind
-//! burn's `extension` feature, which this crate does not turn on) routed by runtime dispatch,
-//! implemented for `burn_autodiff::Autodiff<B, C>` with a `burn_autodiff::ops::Backward<B, 1>`
-//! whose `State` holds the block tensors (`prepare::<C>([x_node]).compute_bound().stateful()`,
-//! then `OpsKind::Tracked(prep).finish(state, y)`); burn-signal's `impl SignalOps for
-//! Autodiff<B, C>` (its `rfft`/`irfft`) is a worked example. The Fusion route needs the output's
-//! dtype/shape declared (`#[fusion(dtype = .., shape = ..)]`).
+//! Forward-only work (validation, generation) frees each matrix right after its matmul.
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor, TensorData};
@@ -309,6 +303,42 @@ impl QuantWeight {
         w.reshape([out, inp])
     }
 
+    /// `x` `[rows, in]` · `Wᵀ` → `[rows, out]`. On the CPU backend one autodiff operation whose
+    /// backward pass dequantizes `W` again ([`super::quant_matmul`]), so a training step keeps
+    /// the blocks, not the f32 matrix; elsewhere `x · dequantize()ᵀ`.
+    pub fn matmul_t(&self, x: Tensor<2>) -> Tensor<2> {
+        use super::quant_matmul::{Q4_0, Q4_1, Q8_0, QuantMatmulBackend};
+        if !Self::dequantizes_in_backward(&x.device()) {
+            return x.matmul(self.dequantize().transpose());
+        }
+        #[cfg(test)]
+        DEQUANTIZED.with(|n| n.set(n.get() + 1));
+        let kind = match self.ty {
+            QuantType::Q8_0 => Q8_0,
+            QuantType::Q4_0 => Q4_0,
+            QuantType::Q4_1 => Q4_1,
+        };
+        let scales = self.scales.clone().without_autodiff();
+        let mins = self.mins.clone().map_or_else(|| scales.clone(), |m| m.without_autodiff());
+        let [out, inp] = self.shape;
+        let y = <burn::backend::Dispatch as QuantMatmulBackend>::quant_matmul(
+            x.into_dispatch(),
+            self.values.clone().without_autodiff().into_dispatch(),
+            scales.into_dispatch(),
+            mins.into_dispatch(),
+            kind,
+            out,
+            inp,
+        );
+        Tensor::from_dispatch(y)
+    }
+
+    /// Whether [`QuantWeight::matmul_t`] on `device` dequantizes again in the backward pass
+    /// (the CPU backend) rather than keeping the f32 matrix for it.
+    pub fn dequantizes_in_backward(device: &Device) -> bool {
+        cfg!(feature = "cpu") && *device == Device::flex()
+    }
+
     /// Bytes the stored tensors take on the device.
     pub fn bytes_at_rest(&self) -> usize {
         let size = |n: usize, dtype: DType| n * dtype.size();
@@ -366,6 +396,41 @@ mod tests {
             assert_eq!(bits(&got), bits(&want), "{ty}");
             let expected = 5 * 3 * ty.block_bytes();
             assert_eq!(q.bytes_at_rest(), expected, "{ty}: ggml's own block size at rest on flex");
+        }
+    }
+
+    /// The CPU backend's quantized matmul (one autodiff op, `W` dequantized again in the
+    /// backward pass) gives the bits of `x · dequantize()ᵀ` through burn's own ops, forward and
+    /// `x`'s gradient, for every block type, with and without autodiff.
+    #[test]
+    fn matmul_t_is_the_dequantized_matmul_and_its_gradient() {
+        use super::super::quant_matmul::BACKWARD_DEQUANTIZED;
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        for ty in [QuantType::Q8_0, QuantType::Q4_0, QuantType::Q4_1] {
+            let (out, inp, rows) = (6, 64, 5);
+            let bytes = random_blocks(ty, out * inp / BLOCK, &mut rng);
+            let xs: Vec<f32> = (0..rows * inp).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let g: Vec<f32> = (0..rows * out).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            for device in [Device::flex(), Device::flex().autodiff()] {
+                let q = QuantWeight::from_ggml_blocks("t", ty, &bytes, [out, inp], &device).unwrap();
+                let x = || {
+                    let x = Tensor::<2>::from_data(TensorData::new(xs.clone(), [rows, inp]), &device);
+                    if device.is_autodiff() { x.require_grad() } else { x }
+                };
+                let gy = Tensor::<2>::from_data(TensorData::new(g.clone(), [rows, out]), &device);
+                let (x1, x2) = (x(), x());
+                let (y1, y2) = (q.matmul_t(x1.clone()), x2.clone().matmul(q.dequantize().transpose()));
+                assert_eq!(bits(host(y1.clone())), bits(host(y2.clone())), "{ty}: forward");
+                if device.is_autodiff() {
+                    let before = BACKWARD_DEQUANTIZED.with(|n| n.get());
+                    let (g1, g2) = ((y1 * gy.clone()).sum().backward(), (y2 * gy).sum().backward());
+                    assert_eq!(BACKWARD_DEQUANTIZED.with(|n| n.get()) - before, 1, "{ty}: W dequantized again in the backward pass");
+                    let (d1, d2) = (x1.grad(&g1).unwrap(), x2.grad(&g2).unwrap());
+                    let (d1, d2) = (d1.into_data().try_to_vec::<f32>().unwrap(), d2.into_data().try_to_vec::<f32>().unwrap());
+                    assert_eq!(bits(d1), bits(d2), "{ty}: grad x");
+                }
+            }
         }
     }
 
