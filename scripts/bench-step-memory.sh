@@ -34,6 +34,18 @@
 #   (34.2 vs 63.4 s/step); tunelab's checkpointed peak is 0.19x torch+peft's checkpointed one.
 # Step times (148.7 vs 85.3 s, 93.9 vs 23.8 s) were taken under that uneven load and compare nothing;
 # Qwen3-0.6B at batch 4 was not run plain (~17 GiB expected on a 24 GiB machine shared by four jobs).
+# (Those peaks are the whole process's, build included; the ones below are the step's own.)
+#
+# Measured 2026-12-06 14:49-15:30 UTC, same machine (load 2-5.5: other jobs' compiles), Qwen3-1.7B seq 512,
+# WARMUP=0 STEPS=1, one case at a time (the two b1 ckpt cases overlapped for a minute; peaks are per
+# process) under `prlimit --as=18GiB`, step peak RSS (estimate beside it):
+#   f32 base     b1 plain 11.30 GiB (est 11.31)  b1 ckpt 6.83 GiB (est 7.06)  b4 ckpt 7.61 GiB (est 7.84)  b4 plain est 25.2
+#   Q4_0 before  b1 plain 12.23 GiB (est 12.05)                              b4 ckpt 3.46 GiB (est 3.52)  b4 plain est 26.0
+#   Q4_0 now     b1 plain  6.99 GiB (est  6.84)  b1 ckpt 2.51 GiB (est 2.59)  b4 ckpt 3.34 GiB (est 3.38)  b4 plain est 20.8
+# ("before": autodiff kept every dequantized matrix; "now": the CPU's quantized matmul dequantizes again
+# in the backward pass; final losses equal bit for bit.) Q4_0 b4: --grad-checkpoint 3.34 GiB against the
+# plain step's estimated 20.8 GiB -> 0.16x. An f16 base holds the 6.4 GiB of f32 weights in 3.2 GiB
+# (b4 ckpt about 4.4 GiB, b4 plain about 22 GiB est.), above Q4_0 in both.
 #
 # GPU (the coordinator's machine; no cargo there), Qwen3-1.7B at seq 512 batch 4, QLoRA Q4_0 and f32 base,
 # plain and checkpointed:
