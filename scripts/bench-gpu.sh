@@ -26,7 +26,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 TL=${TUNELAB:-target/debug/tunelab}
 ANCHOR=${TORCH_ANCHOR:-../shared/bench/torch_anchor.py}
-PY=${PYTHON:-python3}
+# The project's .venv (scripts/setup-python.sh --heavy; a CUDA torch on the GPU machine), else python3.
+[ -x .venv/bin/python ] && PY_DEFAULT=.venv/bin/python || PY_DEFAULT=python3
+PY=${PYTHON:-$PY_DEFAULT}
 STEPS=${STEPS:-20}
 OUTF=$(mktemp)
 CASE_TIMEOUT=${CASE_TIMEOUT:-180}

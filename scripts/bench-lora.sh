@@ -23,8 +23,8 @@
 #   scripts/bench-lora.sh [STEPS] [WARMUP] [ROUNDS]      (defaults 5, 2, 1: tunelab's timed and
 #                                                         warm-up steps; the anchor always warms up 3)
 # Env: PYTHON_REF   a Python with torch + transformers + peft (default .venv/bin/python; `scripts/setup-python.sh --heavy` installs them)
-#      TORCH_ANCHOR path to torch_anchor.py (default ../shared/bench/torch_anchor.py; from a
-#                   worktree under /work/wt: /work/shared/bench/torch_anchor.py)
+#      TORCH_ANCHOR path to torch_anchor.py (default ../shared/bench/torch_anchor.py, relative to the
+#                   repository)
 #      DEVICE       tunelab device (default cpu)
 #      SHAPES       shapes for tunelab on CPU (default smollm2-135m)
 #      SEQ512       1: also the seq 512 batch 1 case on CPU (default 1)

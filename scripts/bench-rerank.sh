@@ -9,12 +9,12 @@
 # them (9 each), as a run; the whole markdown body of each document is sent (no chunker yet).
 # Prints both JSON summaries, the ratio, and the largest |P(yes) difference| between the runs.
 #   scripts/bench-rerank.sh
-# Env: PYTHON_REF  a Python with torch, transformers, gguf (default python3)
+# Env: PYTHON_REF  a Python with torch, transformers, gguf (default .venv/bin/python; `scripts/setup-python.sh --heavy`)
 #      N_QUERIES   queries (default 8); MAX_LENGTH (default 1024); BATCH (default 8)
 #      TUNELAB     the binary (default target/debug/tunelab; dependencies are built at opt-level 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON_REF:-python3}
+PY=${PYTHON_REF:-.venv/bin/python}
 N=${N_QUERIES:-8}
 MAXLEN=${MAX_LENGTH:-1024}
 BATCH=${BATCH:-8}

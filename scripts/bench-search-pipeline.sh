@@ -7,7 +7,8 @@
 # Both time the per-query loop only (indexing reported separately by each).
 #
 #   scripts/bench-search-pipeline.sh [ROUNDS]       (default 2)
-# Env: PYTHON_REF  a Python with torch + sentence-transformers (default /work/venv-ref/bin/python)
+# Env: PYTHON_REF  a Python with torch + sentence-transformers (default .venv/bin/python; `scripts/setup-python.sh --heavy`
+#                  installs them)
 #      MODEL       encoder folder (default models/all-MiniLM-L6-v2)
 #      THREADS     torch threads for the Python side (default 2 = this machine's cores)
 #
@@ -20,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-2}
-PYTHON_REF=${PYTHON_REF:-/work/venv-ref/bin/python}
+PYTHON_REF=${PYTHON_REF:-.venv/bin/python}
 MODEL=${MODEL:-models/all-MiniLM-L6-v2}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT

@@ -25,7 +25,7 @@ three key orders, applied at every depth: as written (not alphabetical: `type` b
 Each case stores its record as the JSONL line (`line`, `json.dumps(ensure_ascii=False)`), which the
 test reads through tunelab's JSONL reader as a user's file would be read.
 
-Run:  /work/venv-ref/bin/python scripts/make-chat-tool-fixtures.py   (transformers 5.x, gguf, jinja2)
+Run:  .venv/bin/python scripts/make-chat-tool-fixtures.py   (transformers 5.x, gguf, jinja2: scripts/setup-python.sh --heavy)
 """
 import json
 from pathlib import Path

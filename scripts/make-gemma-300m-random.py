@@ -13,7 +13,7 @@ loads them as f32, as it would the real checkpoint). The tokenizer is the tiny f
 words): the token ids never exceed the vocabulary, and texts are long enough that every one is cut
 at --max-seq-length.
 
-Run:  /work/venv-ref/bin/python scripts/make-gemma-300m-random.py OUT_DIR [--vocab 262144]
+Run:  .venv/bin/python scripts/make-gemma-300m-random.py OUT_DIR [--vocab 262144]   (scripts/setup-python.sh --heavy)
 """
 import argparse
 import json

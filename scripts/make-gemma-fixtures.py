@@ -24,8 +24,8 @@ The reference embeddings are computed by a SentenceTransformer *re-loaded from t
 so they are what a user of the folder gets (transformers stores `sliding_window` as the full
 window and halves it at load time for bidirectional models).
 
-Environment: /work/venv-ref (torch, transformers >= 5 or >= 4.56, sentence-transformers >= 5.1,
-tokenizers). Run:  <venv>/bin/python scripts/make-gemma-fixtures.py
+Environment: the project's .venv (scripts/setup-python.sh --heavy: torch, transformers >= 5 or >= 4.56,
+sentence-transformers >= 5.1, tokenizers). Run:  .venv/bin/python scripts/make-gemma-fixtures.py
 """
 import json
 import random

@@ -17,10 +17,11 @@ differs from tests/fixtures/gemma/tiny where llama.cpp cannot follow transformer
     SentencePiece model fills `tokenizer.model` so the converter runs, and llama.cpp is fed the
     token ids of the fixture's own tokenizer.json (the tokenizer is not under test here).
 
-Environment: /work/venv-ref-like venv with torch, transformers, sentencepiece, numpy; llama.cpp
-built by scripts/setup-llama-cpp.sh (or LLAMA_CPP_DIR with llama_cpp_python-<v>/ and llama-build/bin).
-Run:  <venv>/bin/python scripts/make-gemma-gguf-fixtures.py            (llamacpp.json, rebuilds tiny_llamacpp/)
-      <venv>/bin/python scripts/make-gemma-gguf-fixtures.py --gguf     (tiny_gguf/*.gguf + gguf.json)
+Environment: the project's .venv with torch, transformers, numpy (scripts/setup-python.sh --heavy) and
+sentencepiece (`.venv/bin/pip install sentencepiece`); llama.cpp built by scripts/setup-llama-cpp.sh (or
+LLAMA_CPP_DIR with llama_cpp_python-<v>/ and llama-build/bin).
+Run:  .venv/bin/python scripts/make-gemma-gguf-fixtures.py            (llamacpp.json, rebuilds tiny_llamacpp/)
+      .venv/bin/python scripts/make-gemma-gguf-fixtures.py --gguf     (tiny_gguf/*.gguf + gguf.json)
       <venv>/bin/python scripts/make-gemma-gguf-fixtures.py --export [--retrain]   (tuned/ + export.json)
 
 `--export` checks tunelab's own GGUF export: tests/fixtures/gemma/tuned/ is a model tunelab fine-tuned

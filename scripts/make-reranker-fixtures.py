@@ -17,7 +17,7 @@ The prompt is Qwen3-Reranker's (QMD's): tokenized as QMD sends it through node-l
 pieces, query and document each tokenized on its own and concatenated.
 
 Environment: a venv with torch, transformers, tokenizers, safetensors, gguf, numpy
-(/work/venv-ref on the project machine).
+(the project's .venv after scripts/setup-python.sh --heavy).
 Run:  python scripts/make-reranker-fixtures.py [tiny|smollm2 ...]
 """
 import json

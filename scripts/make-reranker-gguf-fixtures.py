@@ -24,7 +24,7 @@ bytes llama.cpp read) and compares tunelab's own scores of the file with llama.c
 
 llama.cpp runs with an F32 KV cache (its default F16 cache rounds keys and values).
 
-Environment: /work/venv-ref (torch, transformers, peft, tokenizers) and llama-cpp-python from
+Environment: the project's .venv (torch, transformers, peft, tokenizers: scripts/setup-python.sh --heavy) and llama-cpp-python from
 scripts/setup-llama-cpp.sh (LLAMA_CPP_DIR); tunelab built (`cargo build`).
   smollm2    (a check, no fixture) the bundled SmolLM2 Q4_1 GGUF re-exported as f16: llama.cpp loads
              it, tokenizes as with the source file and gives the source file's logits (up to Q4_1).

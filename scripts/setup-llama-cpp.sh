@@ -5,7 +5,7 @@
 # git-ignored). Idempotent: a finished build is reused. About 15 minutes on 2 cores; runs `nice`d
 # so Rust builds keep priority.
 #   scripts/setup-llama-cpp.sh            # then run the check scripts as usual
-#   LLAMA_CPP_DIR=/work/tools scripts/setup-llama-cpp.sh
+#   LLAMA_CPP_DIR=$HOME/llama-cpp scripts/setup-llama-cpp.sh   # elsewhere; the check scripts take the same variable
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}

@@ -134,6 +134,19 @@ pub struct LoraBench {
     /// adapters, norms, softmax and loss in f32, dynamic loss scaling as the trainer does it).
     #[arg(long, default_value = "f32")]
     pub dtype: crate::model::decoder::Dtype,
+    /// Frozen base of the seven block projections: none (f32, plain LoRA), q8_0 or q4_0 (the
+    /// random weights quantized by ggml's reference quantizer and dequantized on the fly: QLoRA,
+    /// as `train lora --quantize-base`).
+    #[arg(long, default_value = "none", value_parser = bench_quantize_base)]
+    pub quantize_base: crate::lora::QuantizeBase,
+}
+
+/// `--quantize-base` of `bench lora`: a random model has no file blocks to `keep`.
+fn bench_quantize_base(s: &str) -> Result<crate::lora::QuantizeBase, String> {
+    match s.parse()? {
+        crate::lora::QuantizeBase::Keep => Err("'keep': a random model has no file blocks to keep; expected none, q8_0 or q4_0".into()),
+        q => Ok(q),
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -284,10 +297,30 @@ fn lora(a: LoraBench, choice: DeviceChoice) -> anyhow::Result<()> {
     let cfg = a.shape.config();
     let lora = crate::lora::LoraConfig { rank: a.rank, alpha: a.alpha.unwrap_or(2.0 * a.rank as f64), ..Default::default() };
     let built = Instant::now();
-    let model = Decoder::random(&cfg, &device, 0).with_lora(&lora, &mut ChaCha8Rng::seed_from_u64(0))?;
+    let model = Decoder::random_with(&cfg, &device, 0, a.quantize_base).with_lora(&lora, &mut ChaCha8Rng::seed_from_u64(0))?;
+    let base_gib = model.projection_bytes() as f64 / (1u64 << 30) as f64;
+    // What `train lora` would print for this run (src/train/memory.rs), beside the measured peak.
+    let estimate = crate::train::sft::memory_estimate_of(
+        &model,
+        &cfg,
+        &crate::train::sft::SftConfig {
+            batch_size: a.batch_size,
+            max_seq_length: a.seq,
+            grad_checkpoint: a.grad_checkpoint,
+            num_layers: lora.num_layers,
+            lora_parameters: crate::train::sft::LoraParameters { rank: a.rank, alpha: Some(lora.alpha), ..Default::default() },
+            ..Default::default()
+        },
+    );
     a.dtype.check_device(&device).map_err(anyhow::Error::msg)?;
     let mut model = model.train().with_frozen_dtype(a.dtype);
     let build_s = built.elapsed().as_secs_f64();
+    // The random model is drawn as f32 host values first (all of them for a quantized base too):
+    // that peak is the build's, not the step's. Reset the high-water mark so `step_peak_rss_gib`
+    // is what training holds: the weights at rest plus the step's own transient memory.
+    let build_peak = peak_rss_gib();
+    release_free_heap();
+    let reset = reset_peak_rss();
     // `--dtype f16`: the trainer's loss scaling (`train::lora_loop`), on the same schedule.
     let mut scaler = (a.dtype == crate::model::decoder::Dtype::F16).then(crate::train::loss_scale::LossScaler::default);
     let mut optim: ModuleOptimizer = AdamWConfig::new().with_weight_decay(0.0).init();
@@ -343,10 +376,27 @@ fn lora(a: LoraBench, choice: DeviceChoice) -> anyhow::Result<()> {
     }
     device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let dt = t.elapsed().as_secs_f64();
+    let quant = serde_json::to_value(a.quantize_base).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    let step_peak = if reset { peak_rss_gib() } else { None };
+    let whole_peak = match (peak_rss_gib(), build_peak) {
+        (Some(s), Some(b)) => Some(s.max(b)),
+        (s, b) => s.or(b),
+    };
+    // Device allocators that report (wgpu/CUDA through cubecl; flex does not): what they hold
+    // after the timed steps. Pools keep their pages between steps, so `reserved` is close to the
+    // step's peak, but it is not a high-water mark: scripts/bench-step-memory.sh samples
+    // nvidia-smi for that.
+    let pool = device.memory_pool_usage();
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let line = serde_json::json!({
-        // f16 runs get their own case name, so a script keying results by case keeps both.
-        "case": format!("{} lora r{} seq{} b{}{}{}", a.shape.name(), a.rank, a.seq, a.batch_size, if a.grad_checkpoint { " ckpt" } else { "" }, if a.dtype == crate::model::decoder::Dtype::F32 { "" } else { " f16" }),
+        // f16 runs and quantized bases get their own case names, so a script keying results by case keeps them apart.
+        "case": format!("{} lora r{} seq{} b{}{}{}{}", a.shape.name(), a.rank, a.seq, a.batch_size,
+            if quant == "none" { String::new() } else { format!(" {quant}") }, if a.grad_checkpoint { " ckpt" } else { "" },
+            if a.dtype == crate::model::decoder::Dtype::F32 { "" } else { " f16" }),
         "grad_checkpoint": a.grad_checkpoint,
+        "quantize_base": quant,
+        "base_projections_gib": base_gib,
+        "estimate_gib": estimate.total() as f64 / (1u64 << 30) as f64,
         "framework": "tunelab",
         "device": choice.to_string(),
         "dtype": a.dtype.name(),
@@ -360,7 +410,11 @@ fn lora(a: LoraBench, choice: DeviceChoice) -> anyhow::Result<()> {
         "warmup": a.warmup,
         "build_s": build_s,
         "final_loss": losses.last(),
-        "peak_rss_gib": peak_rss_gib(),
+        "peak_rss_gib": whole_peak,
+        "build_peak_rss_gib": build_peak,
+        "step_peak_rss_gib": step_peak,
+        "device_reserved_gib": pool.as_ref().map(|p| gib(p.bytes_reserved)),
+        "device_in_use_gib": pool.as_ref().map(|p| gib(p.bytes_in_use)),
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     });
     println!("{line}");
@@ -373,9 +427,48 @@ fn tempdir_path() -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// Hand the allocator's free heap pages back to the OS (glibc `malloc_trim`), so memory freed
+/// after building a model (the f32 host values of a quantized one) is not counted as resident
+/// in the step's peak. A no-op elsewhere.
+pub fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: glibc's malloc_trim takes a byte count and only returns free memory.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
+
+/// Start the process's peak RSS (`VmHWM`) again from its current RSS (Linux `clear_refs` 5).
+/// False where that is not possible: the peak then still includes what came before.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// Peak resident memory of this process (Linux `VmHWM`); `None` elsewhere.
 pub fn peak_rss_gib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `bench lora --quantize-base` takes train lora's values but `keep`, which has no file to
+    /// keep blocks from here.
+    #[test]
+    fn quantize_base_flag() {
+        use crate::lora::QuantizeBase;
+        assert_eq!(bench_quantize_base("q4_0"), Ok(QuantizeBase::Q4_0));
+        assert_eq!(bench_quantize_base("none"), Ok(QuantizeBase::None));
+        let err = bench_quantize_base("keep").unwrap_err();
+        assert!(err.contains("keep") && err.contains("q4_0"), "{err}");
+        assert!(bench_quantize_base("q4_k").is_err());
+    }
 }

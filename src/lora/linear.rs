@@ -184,7 +184,11 @@ impl LoraLinear {
             // update `scale·x·Aᵀ·Bᵀ` is rounded once to f16, relative to its own size, when added.
             // In f32 every cast below is a no-op, so the f32 path is the one it always was.
             let dtype = x.dtype();
-            let base = linear(x.clone(), self.weight.val().cast(dtype).transpose(), bias);
+            let base = match (&self.weight, bias) {
+                (BaseWeight::Quantized(q), None) => quant_rows(q, x.clone()),
+                (BaseWeight::Quantized(q), Some(b)) => quant_rows(q, x.clone()) + b.cast(dtype).unsqueeze::<D>(),
+                (BaseWeight::Dense(_), bias) => linear(x.clone(), self.weight.val().cast(dtype).transpose(), bias),
+            };
             let down = linear(self.dropout.forward(x.cast(FloatDType::F32)), self.lora_a.val().transpose(), None);
             let up = linear(down, self.lora_b.val().transpose(), None);
             return base + up.mul_scalar(self.scale).cast(dtype);
@@ -260,10 +264,24 @@ impl QuantLinear {
 
     /// `[..., in]` → `[..., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        // Dequantized in f32 (bit-exact with ggml), then in the activations' dtype.
-        let dtype = x.dtype();
-        linear(x, self.weight.dequantize().cast(dtype).transpose(), self.bias.as_ref().map(|b| b.val()))
+        // QuantWeight::matmul_t: dequantized in f32 (bit-exact with ggml), in the activations' dtype.
+        let y = quant_rows(&self.weight, x);
+        match &self.bias {
+            Some(b) => y.clone() + b.val().cast(y.dtype()).unsqueeze::<D>(),
+            None => y,
+        }
     }
+}
+
+/// `x` `[..., in]` · `Wᵀ` for a quantized `W`, leading dims folded into rows
+/// ([`QuantWeight::matmul_t`]: the CPU backend's step keeps the blocks, not the f32 matrix).
+fn quant_rows<const D: usize>(w: &QuantWeight, x: Tensor<D>) -> Tensor<D> {
+    let dims = x.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let y = w.matmul_t(x.reshape([rows, dims[D - 1]]));
+    let mut out = dims;
+    out[D - 1] = y.dims()[1];
+    y.reshape(out)
 }
 
 impl AdaptableLinear {
@@ -353,6 +371,15 @@ impl AdaptableLinear {
             }
             Self::Lora(l) => l.weight.dims(),
             Self::Quantized(l) => l.weight.dims(),
+        }
+    }
+
+    /// Whether the frozen base weight is kept in ggml blocks (with or without an adapter).
+    pub fn is_quantized_base(&self) -> bool {
+        match self {
+            Self::Base(_) => false,
+            Self::Lora(l) => l.weight.is_quantized(),
+            Self::Quantized(_) => true,
         }
     }
 

@@ -35,6 +35,13 @@ mod adapter;
 mod dora;
 mod linear;
 pub mod quant;
+mod quant_matmul;
+
+/// Dequantizations the CPU backend's quantized matmul made inside backward passes on this thread.
+#[cfg(test)]
+pub(crate) fn quant_matmul_test_counter() -> usize {
+    quant_matmul::BACKWARD_DEQUANTIZED.with(|n| n.get())
+}
 
 pub use adapter::{AdapterWeights, LoraFactors};
 pub use dora::{FineTuneType, dora_merge, row_norms};

@@ -25,15 +25,24 @@
 //! ggml's reference quantizer. A GGUF's own blocks are kept bit-exact here instead.
 //!
 //! Memory: at rest the blocks are all there is (SmolLM2-135M's 210 projections: 63 MiB as Q4_1
-//! against 405 MiB f32). During a training step each layer's dequantized f32 matrix lives on:
-//! the backward of `x·Wᵀ` needs `W` to pass the gradient down to the layers below, so autodiff
-//! keeps it until `backward()`, and a step's peak is about the f32 model's. burn 0.22's
-//! gradient checkpointing (`Device::autodiff().gradient_checkpointing()`, the balanced
-//! strategy) does not change that: it can recompute memory-bound float ops, but the
-//! dequantization starts with an int → float conversion, which autodiff sees as a new leaf, and
-//! a leaf is kept, at the size of `W`. Only a custom backward op (dequantize again inside
-//! backward) would bring the step's peak down. Forward-only work (validation, generation) frees
-//! each matrix right after its matmul.
+//! against 405 MiB f32). In a training step, the backward of `x·Wᵀ` needs `W` to pass the
+//! gradient down to the layers below:
+//!
+//! * On the CPU backend (flex), [`QuantWeight::matmul_t`] is one autodiff operation
+//!   (`src/lora/quant_matmul.rs`, a burn backend extension with its own `Backward`) whose backward
+//!   pass dequantizes `W` again for `grad_x = grad_y · W`: the step keeps the blocks only, and a
+//!   dequantized matrix lives while one matmul runs.
+//! * Elsewhere (wgpu: the extension is not routed to cubecl's fused backend here) the layer
+//!   runs `x · dequantize()ᵀ` through burn's own ops, and autodiff keeps each layer's f32 matrix
+//!   until `backward()`: a plain step's peak is about the f32 model's. burn 0.22's gradient
+//!   checkpointing (`Device::autodiff().gradient_checkpointing()`) does not change that: the
+//!   dequantization starts with an int → float conversion, which autodiff sees as a new leaf, and
+//!   a leaf is kept. `--grad-checkpoint` ([`crate::train::block_checkpoint`]) bounds it: its
+//!   graph-free forward frees each matrix after use and each block's recompute dequantizes that
+//!   block's matrices again, kept only until the block's own backward (test
+//!   `qlora_recompute_dequantizes_each_block_again`), so a step holds one block's f32 matrices.
+//!
+//! Forward-only work (validation, generation) frees each matrix right after its matmul.
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor, TensorData};
@@ -165,6 +174,12 @@ pub enum QuantError {
     Bytes { tensor: String, len: usize, expected: usize, ty: QuantType, shape: [usize; 2] },
 }
 
+#[cfg(test)]
+thread_local! {
+    /// [`QuantWeight::dequantize`] calls on this thread (tests count what a step dequantizes).
+    pub(crate) static DEQUANTIZED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// A frozen `[out, in]` matrix in ggml blocks of 32 along each row. It has no parameters: an
 /// optimizer never sees it and autodiff never gives it a gradient.
 #[derive(Module, Debug)]
@@ -265,6 +280,8 @@ impl QuantWeight {
 
     /// The f32 matrix `[out, in]`, bit-exact with ggml's dequantization of the same blocks.
     pub fn dequantize(&self) -> Tensor<2> {
+        #[cfg(test)]
+        DEQUANTIZED.with(|n| n.set(n.get() + 1));
         let [out, inp] = self.shape;
         let nb = inp / BLOCK;
         // Constants off the autodiff graph: `Module::train` makes a module's plain tensors autodiff
@@ -284,6 +301,45 @@ impl QuantWeight {
             _ => q * d,
         };
         w.reshape([out, inp])
+    }
+
+    /// `x` `[rows, in]` · `Wᵀ` → `[rows, out]`. On the CPU backend one autodiff operation whose
+    /// backward pass dequantizes `W` again ([`super::quant_matmul`]), so a training step keeps
+    /// the blocks, not the f32 matrix; elsewhere `x · dequantize()ᵀ`.
+    pub fn matmul_t(&self, x: Tensor<2>) -> Tensor<2> {
+        use super::quant_matmul::{Q4_0, Q4_1, Q8_0, QuantMatmulBackend};
+        // The op computes in f32; f16 activations (`--dtype f16`) take the dequantize-then-cast
+        // path, as GPU devices do (the cast is a no-op for f32).
+        if x.dtype() != DType::F32 || !Self::dequantizes_in_backward(&x.device()) {
+            let dtype = x.dtype();
+            return x.matmul(self.dequantize().cast(dtype).transpose());
+        }
+        #[cfg(test)]
+        DEQUANTIZED.with(|n| n.set(n.get() + 1));
+        let kind = match self.ty {
+            QuantType::Q8_0 => Q8_0,
+            QuantType::Q4_0 => Q4_0,
+            QuantType::Q4_1 => Q4_1,
+        };
+        let scales = self.scales.clone().without_autodiff();
+        let mins = self.mins.clone().map_or_else(|| scales.clone(), |m| m.without_autodiff());
+        let [out, inp] = self.shape;
+        let y = <burn::backend::Dispatch as QuantMatmulBackend>::quant_matmul(
+            x.into_dispatch(),
+            self.values.clone().without_autodiff().into_dispatch(),
+            scales.into_dispatch(),
+            mins.into_dispatch(),
+            kind,
+            out,
+            inp,
+        );
+        Tensor::from_dispatch(y)
+    }
+
+    /// Whether [`QuantWeight::matmul_t`] on `device` dequantizes again in the backward pass
+    /// (the CPU backend) rather than keeping the f32 matrix for it.
+    pub fn dequantizes_in_backward(device: &Device) -> bool {
+        cfg!(feature = "cpu") && *device == Device::flex()
     }
 
     /// Bytes the stored tensors take on the device.
@@ -343,6 +399,41 @@ mod tests {
             assert_eq!(bits(&got), bits(&want), "{ty}");
             let expected = 5 * 3 * ty.block_bytes();
             assert_eq!(q.bytes_at_rest(), expected, "{ty}: ggml's own block size at rest on flex");
+        }
+    }
+
+    /// The CPU backend's quantized matmul (one autodiff op, `W` dequantized again in the
+    /// backward pass) gives the bits of `x · dequantize()ᵀ` through burn's own ops, forward and
+    /// `x`'s gradient, for every block type, with and without autodiff.
+    #[test]
+    fn matmul_t_is_the_dequantized_matmul_and_its_gradient() {
+        use super::super::quant_matmul::BACKWARD_DEQUANTIZED;
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        for ty in [QuantType::Q8_0, QuantType::Q4_0, QuantType::Q4_1] {
+            let (out, inp, rows) = (6, 64, 5);
+            let bytes = random_blocks(ty, out * inp / BLOCK, &mut rng);
+            let xs: Vec<f32> = (0..rows * inp).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let g: Vec<f32> = (0..rows * out).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            for device in [Device::flex(), Device::flex().autodiff()] {
+                let q = QuantWeight::from_ggml_blocks("t", ty, &bytes, [out, inp], &device).unwrap();
+                let x = || {
+                    let x = Tensor::<2>::from_data(TensorData::new(xs.clone(), [rows, inp]), &device);
+                    if device.is_autodiff() { x.require_grad() } else { x }
+                };
+                let gy = Tensor::<2>::from_data(TensorData::new(g.clone(), [rows, out]), &device);
+                let (x1, x2) = (x(), x());
+                let (y1, y2) = (q.matmul_t(x1.clone()), x2.clone().matmul(q.dequantize().transpose()));
+                assert_eq!(bits(host(y1.clone())), bits(host(y2.clone())), "{ty}: forward");
+                if device.is_autodiff() {
+                    let before = BACKWARD_DEQUANTIZED.with(|n| n.get());
+                    let (g1, g2) = ((y1 * gy.clone()).sum().backward(), (y2 * gy).sum().backward());
+                    assert_eq!(BACKWARD_DEQUANTIZED.with(|n| n.get()) - before, 1, "{ty}: W dequantized again in the backward pass");
+                    let (d1, d2) = (x1.grad(&g1).unwrap(), x2.grad(&g2).unwrap());
+                    let (d1, d2) = (d1.into_data().try_to_vec::<f32>().unwrap(), d2.into_data().try_to_vec::<f32>().unwrap());
+                    assert_eq!(bits(d1), bits(d2), "{ty}: grad x");
+                }
+            }
         }
     }
 

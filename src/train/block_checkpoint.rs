@@ -172,7 +172,7 @@ mod tests {
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
-    use crate::lora::LoraConfig;
+    use crate::lora::{LoraConfig, QuantizeBase};
     use crate::model::decoder::{Architecture, Decoder, DecoderConfig};
     use crate::train::sft::{CHECKPOINT_MAX_LOGITS, batch_loss, checkpointed_step};
     use crate::train::sft_data::{Example, make_batch};
@@ -185,8 +185,13 @@ mod tests {
     /// `cfg` with LoRA (dropout off) on the top `num_layers` blocks, `B` drawn at random so every
     /// adapter parameter has a gradient (at the start `B` = 0 and `A`'s gradient is zero).
     fn lora_model(cfg: &DecoderConfig, num_layers: i64) -> Decoder {
+        lora_model_on(cfg, num_layers, QuantizeBase::None)
+    }
+
+    /// [`lora_model`] over projections quantized as `quantize` says (QLoRA's base).
+    fn lora_model_on(cfg: &DecoderConfig, num_layers: i64, quantize: QuantizeBase) -> Decoder {
         let device = Device::flex().autodiff();
-        let base = Decoder::random(cfg, &device, 11);
+        let base = Decoder::random_with(cfg, &device, 11, quantize);
         let lora = LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, num_layers, ..LoraConfig::default() };
         let model = base.with_lora(&lora, &mut ChaCha8Rng::seed_from_u64(3)).unwrap().train();
         device.seed(5);
@@ -276,6 +281,51 @@ mod tests {
         assert_eq!(l1, l4);
         let quarter: Vec<Option<Vec<f32>>> = grads_of(&model, &g1).into_iter().map(|g| g.map(|v| v.iter().map(|x| x * 0.25).collect())).collect();
         assert_same(quarter, grads_of(&model, &g4), 1e-6, "scale");
+    }
+
+    /// QLoRA under `--grad-checkpoint`: the recompute dequantizes each recomputed block's matrices
+    /// again (nothing keeps an f32 matrix from the graph-free forward), blocks below the lowest
+    /// adapter are not recomputed, and the gradients are the plain backward's. On the CPU backend
+    /// no step keeps a dequantized matrix for its backward pass: each matmul whose input carries a
+    /// gradient dequantizes `W` again there ([`crate::lora::quant`]'s custom op), which in the
+    /// plain step is every matrix above the first adapted block's q/k/v (their input, the
+    /// embedding, carries none).
+    #[test]
+    fn qlora_recompute_dequantizes_each_block_again() {
+        use crate::lora::quant::DEQUANTIZED;
+        let batch = make_batch(&examples(), &[0, 1, 2], 64);
+        let device = Device::flex().autodiff();
+        let cfg = tiny_qwen3();
+        let per_block = 7;
+        let n = cfg.num_hidden_layers;
+        use crate::lora::quant_matmul_test_counter as backward_count;
+        let calls = |f: &mut dyn FnMut()| {
+            let (before, before_bw) = (DEQUANTIZED.with(|c| c.get()), backward_count());
+            f();
+            (DEQUANTIZED.with(|c| c.get()) - before, backward_count() - before_bw)
+        };
+        for (num_layers, recomputed) in [(-1, n), (1, 1)] {
+            let what = format!("qwen3 q8_0 lora on {recomputed} of {n} blocks");
+            let model = lora_model_on(&cfg, num_layers, QuantizeBase::Q8_0);
+            let f32_bytes = n * 4 * (2 * 64 * 64 + 2 * 32 * 64 + 3 * 64 * 96);
+            assert!(model.projection_bytes() < f32_bytes / 2, "{what}: the base is not quantized");
+            let (mut plain_loss, mut plain_grads) = (0.0, None);
+            let plain_calls = calls(&mut || {
+                let loss = batch_loss(&model, &batch, &device);
+                plain_loss = loss.clone().into_scalar::<f32>();
+                plain_grads = Some(GradientsParams::from_grads(loss.backward(), &model));
+            });
+            assert_eq!(plain_calls, (per_block * n, 4 + per_block * (recomputed - 1)), "{what}: plain step (forward, backward)");
+            let (mut loss, mut grads) = (0.0, None);
+            let ckpt_calls = calls(&mut || (loss, grads) = {
+                let (l, g) = checkpointed_step(&model, &batch, &device, 1.0, None, CHECKPOINT_MAX_LOGITS);
+                (l, Some(g))
+            });
+            assert_eq!(ckpt_calls, (per_block * (n + recomputed), per_block * recomputed), "{what}: graph-free forward, then each recomputed block again; its backward");
+            assert!((loss - plain_loss).abs() <= 1e-5 * plain_loss.abs(), "{what}: loss {loss} vs {plain_loss}");
+            let compared = assert_same(grads_of(&model, &plain_grads.unwrap()), grads_of(&model, &grads.unwrap()), 1e-5, &what);
+            assert!(compared > 0, "{what}: no gradient compared");
+        }
     }
 
     /// `train rerank`'s objective (yes/no margins at each row's last position, pointwise and

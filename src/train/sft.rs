@@ -498,12 +498,30 @@ pub(crate) fn checkpointed_step(model: &Decoder, batch: &Batch, device: &Device,
 /// starts: the weights as loaded, gradients and AdamW moments of what trains (adapters, or the
 /// top `num_layers` blocks in a full fine-tune) and one micro-batch of `batch_size` ×
 /// `max_seq_length` tokens through the blocks under the gradient (the adapted ones and above).
+/// A quantized base (QLoRA) adds the dequantized f32 matrices a step holds
+/// ([`crate::lora::quant`]): on the CPU backend one matrix at a time (dequantized again in the
+/// backward pass); elsewhere autodiff keeps every block's under the gradient, one block's with
+/// `grad_checkpoint`.
 pub fn memory_estimate(lm: &CausalLm, cfg: &SftConfig) -> super::memory::MemoryEstimate {
-    use crate::lora::AdaptableLinear;
-    let model = &lm.model;
+    memory_estimate_of(&lm.model, &lm.config, cfg)
+}
+
+/// [`memory_estimate`] for a bare decoder of config `c` (`tunelab bench lora`'s random models).
+pub fn memory_estimate_of(model: &Decoder, c: &crate::model::decoder::DecoderConfig, cfg: &SftConfig) -> super::memory::MemoryEstimate {
+    use crate::lora::{AdaptableLinear, BaseWeight};
     let n = model.num_layers();
     let (all, _) = super::memory::param_counts(model);
-    let quantized: usize = model.layers.iter().flat_map(|l| l.projections()).map(|(_, p)| if let AdaptableLinear::Quantized(q) = p { q.weight.bytes_at_rest() } else { 0 }).sum();
+    // Blocks at rest, with or without an adapter over them (`bench lora` passes an adapted model).
+    let quantized: usize = model
+        .layers
+        .iter()
+        .flat_map(|l| l.projections())
+        .map(|(_, p)| match p {
+            AdaptableLinear::Quantized(q) => q.weight.bytes_at_rest(),
+            AdaptableLinear::Lora(crate::lora::LoraLinear { weight: BaseWeight::Quantized(q), .. }) => q.bytes_at_rest(),
+            _ => 0,
+        })
+        .sum();
     let lora = cfg.lora_config();
     let mut trainable = 0usize;
     let mut lowest = n;
@@ -525,7 +543,6 @@ pub fn memory_estimate(lm: &CausalLm, cfg: &SftConfig) -> super::memory::MemoryE
             }
         }
     }
-    let c = &lm.config;
     let profile = super::memory::ActivationProfile::llama(n - lowest.min(n), c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.intermediate_size, c.num_attention_heads, c.vocab_size);
     let mut e = super::memory::MemoryEstimate::new(all, trainable, profile.bytes_per_token(cfg.max_seq_length), cfg.batch_size * cfg.max_seq_length);
     if cfg.grad_checkpoint {
@@ -535,6 +552,31 @@ pub fn memory_estimate(lm: &CausalLm, cfg: &SftConfig) -> super::memory::MemoryE
         let per_token = 4 * ((n - lowest.min(n)) * c.hidden_size + 2 * c.hidden_size) as u64 + one_block.bytes_per_token(cfg.max_seq_length);
         e.activations = per_token * (cfg.batch_size * cfg.max_seq_length) as u64 + 2 * 4 * CHECKPOINT_MAX_LOGITS.min(cfg.batch_size * cfg.max_seq_length * c.vocab_size) as u64;
     }
+    // Dequantized f32 bytes per block (the frozen bases kept as ggml blocks).
+    let dequantized: Vec<u64> = model
+        .layers
+        .iter()
+        .map(|l| {
+            l.projections()
+                .iter()
+                .map(|(_, p)| match p {
+                    AdaptableLinear::Quantized(_) | AdaptableLinear::Lora(crate::lora::LoraLinear { weight: BaseWeight::Quantized(_), .. }) => 4 * p.fused_dims().iter().product::<usize>() as u64,
+                    _ => 0,
+                })
+                .sum()
+        })
+        .collect();
+    let held = &dequantized[lowest.min(n)..];
+    e.activations += if crate::lora::QuantWeight::dequantizes_in_backward(&model.embed_tokens.val().device()) {
+        let largest = |l: &crate::model::decoder::DecoderLayer| {
+            l.projections().iter().filter(|(_, p)| p.is_quantized_base()).map(|(_, p)| 4 * p.fused_dims().iter().product::<usize>() as u64).max().unwrap_or(0)
+        };
+        model.layers.iter().map(largest).max().unwrap_or(0)
+    } else if cfg.grad_checkpoint {
+        held.iter().copied().max().unwrap_or(0)
+    } else {
+        held.iter().sum()
+    };
     e.weights += quantized as u64;
     e
 }
@@ -1254,6 +1296,36 @@ mod tests {
             // One block under the gradient: its graph is all either way (the head chunk aside).
             let fewer = if num_layers == -1 { ckpt.activations < e.activations } else { ckpt.activations <= e.activations };
             assert!(fewer, "{ty} num_layers {num_layers}: --grad-checkpoint keeps less: {} vs {}", ckpt.activations, e.activations);
+        }
+    }
+
+    /// QLoRA's estimate adds the dequantized f32 matrices the step holds: on the CPU backend one
+    /// at a time, the largest, with or without `--grad-checkpoint`; the weights shrink.
+    #[test]
+    fn memory_estimate_counts_the_dequantized_matrices_qlora_keeps() {
+        let dense = lm();
+        let f32_bytes = dense.model.projection_bytes() as u64;
+        // On the CPU backend (the tests' device) one dequantized matrix at a time: the largest.
+        assert!(crate::lora::QuantWeight::dequantizes_in_backward(&Device::flex()));
+        let largest = dense.model.layers[0].projections().iter().map(|(_, p)| 4 * p.fused_dims().iter().product::<usize>() as u64).max().unwrap();
+        let quantized = CausalLm::load_with(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decoder/tiny_llama"),
+            &Device::flex(),
+            QuantizeBase::Q8_0,
+        )
+        .unwrap();
+        assert!((quantized.model.projection_bytes() as u64) < f32_bytes / 2, "the base is quantized");
+        for grad_checkpoint in [false, true] {
+            let cfg = SftConfig { grad_checkpoint, ..config(Path::new("unused")) };
+            let (d, q) = (memory_estimate(&dense, &cfg), memory_estimate(&quantized, &cfg));
+            assert_eq!(q.activations - d.activations, largest, "grad_checkpoint {grad_checkpoint}");
+            assert!(largest < f32_bytes / 7, "not all the matrices");
+            assert!(q.weights < d.weights, "grad_checkpoint {grad_checkpoint}");
+            // The same with the adapters already attached (what `bench lora` estimates).
+            let adapted = quantized.model.clone().with_lora(&cfg.lora_config(), &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+            // (Its weights count the adapters' f32 factors too: 4 bytes per trainable parameter.)
+            let a = memory_estimate_of(&adapted, &quantized.config, &cfg);
+            assert_eq!((a.weights, a.activations), (q.weights + q.gradients, q.activations), "grad_checkpoint {grad_checkpoint}: adapted model");
         }
     }
 

@@ -553,6 +553,13 @@ impl Decoder {
     /// A decoder with seeded random weights (tests, benchmarks): projections
     /// `U(-1/√in, 1/√in)`, embeddings `U(-1, 1)`, norm weights 1.
     pub fn random(cfg: &DecoderConfig, device: &Device, seed: u64) -> Self {
+        Self::random_with(cfg, device, seed, QuantizeBase::None)
+    }
+
+    /// [`Decoder::random`] with the seven block projections quantized as `quantize` says
+    /// (`keep` has no file type to keep: f32), one projection at a time while loading, so no
+    /// f32 device copy of the quantized weights ever exists (`tunelab bench lora --quantize-base`).
+    pub fn random_with(cfg: &DecoderConfig, device: &Device, seed: u64, quantize: QuantizeBase) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut tensors = HashMap::new();
         let mut add = |name: String, shape: Vec<usize>, bound: f32, rng: &mut ChaCha8Rng| {
@@ -616,11 +623,7 @@ impl Decoder {
             }
         }
         tensors.insert("model.norm.weight".into(), ones(d));
-        Self::from_tensors(
-            cfg,
-            TensorSource::map(Path::new("(random)"), tensors),
-            device,
-        )
-        .expect("random tensors have the configured names and shapes")
+        Self::from_tensors_with(cfg, TensorSource::map(Path::new("(random)"), tensors), device, quantize)
+            .expect("random tensors have the configured names and shapes (rows of whole 32-value blocks when quantized)")
     }
 }

@@ -419,3 +419,25 @@ fn hf_config_round_trips() {
         qwen
     );
 }
+
+/// `Decoder::random_with` (`tunelab bench lora --quantize-base`): every block projection in
+/// ggml blocks of the asked type, the same values as quantizing the f32 random model afterwards,
+/// everything else the f32 random model's.
+#[test]
+fn random_with_quantizes_the_projections_of_the_same_random_model() {
+    let device = Device::flex();
+    let cfg = DecoderConfig::tiny_llama();
+    let dense = Decoder::random(&cfg, &device, 7);
+    for (quantize, ty) in [(QuantizeBase::Q4_0, QuantType::Q4_0), (QuantizeBase::Q8_0, QuantType::Q8_0)] {
+        let q = Decoder::random_with(&cfg, &device, 7, quantize);
+        let after = dense.clone().quantize_projections(ty).unwrap();
+        for (i, layer) in q.layers.iter().enumerate() {
+            for (rel, p) in layer.projections() {
+                let AdaptableLinear::Quantized(l) = p else { panic!("{quantize:?}: layer {i} {rel} is not quantized") };
+                assert_eq!(l.weight.ty, ty, "layer {i} {rel}");
+            }
+        }
+        assert_eq!(q.hf_tensors(), after.hf_tensors(), "{quantize:?}: not the f32 random model quantized");
+    }
+    assert_eq!(Decoder::random_with(&cfg, &device, 7, QuantizeBase::None).hf_tensors(), dense.hf_tensors());
+}
