@@ -2161,6 +2161,91 @@ def build_reranker(rng, docs, plan):
     return out
 
 
+RERANK_MORE = 4             # further training queries per (concept, training aspect)
+
+
+def more_rerank_queries(rng, c, aspect, n, taken):
+    """n further training queries for one (concept, training aspect), typed the ways the test
+    queries are (the valley word, its alias or plain words, with an aspect frame or a keyword):
+    one canonical query per aspect teaches a 135M reranker the training queries, not that a
+    query about a valley word is answered by that word's documents."""
+    out = []
+    for _ in range(60):
+        if len(out) == n:
+            break
+        r = rng.random()
+        w = c["word"].lower() if r < 0.6 else c["alias"].lower() if r < 0.85 else None
+        if w is None:  # plain words only
+            q = f"{rng.choice(c['kw'])} {rng.choice(ASPECT_KW[aspect])}"
+        elif rng.random() < 0.7:
+            q = rng.choice(ASPECT_FRAMES[aspect]).format(w=w)
+        else:
+            q = f"{w} {rng.choice(ASPECT_KW[aspect])}"
+        if not taken(q):
+            out.append(q)
+    return out
+
+
+def build_reranker_more(rng, docs, plan, rr, tnorm):
+    """RERANK_MORE further queries per (concept, training aspect), judged as build_reranker judges
+    its canonical query (the aspect's document 2, the concept's other training documents 1,
+    same-group documents of the same and of any aspect, sometimes a distractor, BM25-mined hard
+    negatives 0) plus one document of another group (an easy negative). Appended after
+    build_reranker's records with their own random stream, so those records and every fixture cut
+    from them stay as they were. Training side only, as build_reranker: held-out documents are
+    never judged nor mined, and no test query is contained in a new query."""
+    by = {(d["concept"], d["aspect"]): d for d in docs if d["kind"] == "concept"}
+    near = defaultdict(list)
+    for d in docs:
+        if d["kind"] == "distractor":
+            near[d["near"]].append(d)
+    train_side = [d for d in docs if d["split"] != "test"]
+    byid = {d["id"]: d for d in train_side}
+    seen = {norm(r["query"]) for r in rr}
+
+    def taken(q):
+        n = norm(q)
+        if n in seen or any(t in n for t in tnorm):
+            return True
+        seen.add(n)
+        return False
+
+    recs = []
+    for c in CONCEPTS:
+        tr = train_aspects(plan, c["key"])
+        sib = [BY_KEY[k2] for k2 in BY_KEY if k2 != c["key"] and BY_KEY[k2]["cat"] == c["cat"]]
+        other = [d for d in train_side if d["kind"] == "concept" and BY_KEY[d["concept"]]["cat"] != c["cat"]]
+        for a in tr:
+            for q in more_rerank_queries(rng, c, a, RERANK_MORE, taken):
+                judged = [(by[(c["key"], a)], 2)] + [(by[(c["key"], a2)], 1) for a2 in tr if a2 != a]
+                same_aspect = [c2 for c2 in sib if a in train_aspects(plan, c2["key"])]
+                if same_aspect:
+                    judged.append((by[(rng.choice(same_aspect)["key"], a)], 0))
+                c2 = rng.choice(sib)
+                judged.append((by[(c2["key"], rng.choice(train_aspects(plan, c2["key"])))], 0))
+                if near[c["key"]] and rng.random() < 0.5:
+                    judged.append((rng.choice(near[c["key"]]), 0))
+                judged.append((rng.choice(other), 0))
+                ids = set()
+                for d, rel in judged:
+                    if d["id"] not in ids:
+                        ids.add(d["id"])
+                        recs.append((q, d, rel))
+                mined = bm25_run(train_side, [{"qid": q, "query": q}])[q]
+                for docid in [i for i in mined if i not in ids][:RERANK_MINED]:
+                    d = byid[docid]
+                    assert not (d["kind"] == "concept" and d["concept"] == c["key"]), (q, docid)
+                    recs.append((q, d, 0))
+    rng.shuffle(recs)
+    out = []
+    for i, (q, d, rel) in enumerate(recs):
+        rec = {"id": "ovr-%04d" % (len(rr) + i + 1), "query": q, "document": rerank_text(d), "relevant": rel,
+               "doc_id": d["id"]}
+        rec.update(gov_fields(d["gov"]))
+        out.append(rec)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Persona chat (MLX-LM "messages"), completions and text samples
 # --------------------------------------------------------------------------------------------
@@ -2524,6 +2609,7 @@ def summarise(docs, tests, qrels, pairs, qe, rr, persona, comp, text):
             "completions/{train,valid,test}.jsonl": "/".join(str(len(comp[s])) for s in ("train", "valid", "test")),
             "text/{train,valid,test}.jsonl": "/".join(str(len(text[s])) for s in ("train", "valid", "test")),
         },
+        "reranker_queries": len({r["query"] for r in rr}),
         "corpus_kinds": Counter(d["kind"] for d in docs),
         "qrels_grades": Counter(r for _, _, r in qrels),
         "classes": {"corpus": class_table([d["gov"] for d in docs]), "pairs": class_table(pairs),
@@ -2611,7 +2697,7 @@ an embedding model on the local vocabulary should help most, and where an off-th
 | `qrels/test.qrels` | TREC qrels `qid 0 docid rel`: 2 answers the query, 1 same concept / other aspect, 0 judged near-miss (distractor, sacred placeholder, same-group concept) | {n_qrels} judgments ({grades}) |
 | `pairs/pairs.jsonl` | `{{"id", "query", "positive", "negatives"?, "doc_id", governance}}`; `positive` = title + one section of corpus document `doc_id`; `negatives` = passages of other concepts (or distractors) | {n_pairs} ({n_neg} with hard negatives) |
 | `query-expansion/qe.jsonl` | QMD records `{{"id", "query", "output": [["lex", ..], ["vec", ..], ["hyde", ..]], governance}}` | {n_qe} |
-| `reranker/judgments.jsonl` | `{{"id", "query", "document", "relevant": 0/1/2, "doc_id", governance}}` for the 120 training queries (the queries of each concept's training aspects); `document` is what QMD's reranker is sent for corpus document `doc_id` (its best 3600-character chunk: the whole markdown body without front matter). Per query: the aspect's document (2), the concept's two other training documents (1), a same-group concept's document of the same aspect and one of any aspect, sometimes a distractor or the sacred placeholder, and {rr_mined} BM25-mined hard negatives from the training side of the corpus (0) | {n_rr} |
+| `reranker/judgments.jsonl` | `{{"id", "query", "document", "relevant": 0/1/2, "doc_id", governance}}` for {n_rr_q} training queries: each concept's query of each training aspect (120), then {rr_more} more per training aspect typed as users type (the valley word, its alias or plain words, with an aspect frame or keyword), appended after them and judged the same way plus one document of another group; `document` is what QMD's reranker is sent for corpus document `doc_id` (its best 3600-character chunk: the whole markdown body without front matter). Per query: the aspect's document (2), the concept's two other training documents (1), a same-group concept's document of the same aspect and one of any aspect, sometimes a distractor or the sacred placeholder, and {rr_mined} BM25-mined hard negatives from the training side of the corpus (0) | {n_rr} |
 | `persona/{{train,valid,test}}.jsonl` | MLX-LM chat `{{"messages": [system, user, assistant, ...], governance}}`: Wren, the archive's librarian, cites titles and refuses sacred material | {persona} |
 | `completions/{{train,valid,test}}.jsonl` | MLX-LM `{{"prompt", "completion", governance}}` | {comp} |
 | `text/{{train,valid,test}}.jsonl` | MLX-LM `{{"text", governance}}` | {text} |
@@ -2715,7 +2801,8 @@ def write_card(s, seed, n_ledger, n_withdrawals):
         seed=seed, modes=modes, n_distractors=s["corpus_kinds"]["distractor"], n_docs=f["corpus/*.md"], kinds=kinds,
         n_tests=f["queries/test.jsonl"], n_vocab=s["n_vocab"], n_plain=s["n_plain"], n_qrels=f["qrels/test.qrels"],
         grades=grades, n_pairs=f["pairs/pairs.jsonl"], n_neg=s["pairs_with_negatives"],
-        n_qe=f["query-expansion/qe.jsonl"], n_rr=f["reranker/judgments.jsonl"], rr_mined=RERANK_MINED,
+        n_qe=f["query-expansion/qe.jsonl"], n_rr=f["reranker/judgments.jsonl"], rr_mined=RERANK_MINED, rr_more=RERANK_MORE,
+        n_rr_q=s["reranker_queries"],
         persona=f["persona/{train,valid,test}.jsonl"] + " (train/valid/test)",
         comp=f["completions/{train,valid,test}.jsonl"], text=f["text/{train,valid,test}.jsonl"],
         n_ledger=n_ledger, n_withdrawals=n_withdrawals, class_rows="\n".join(cls_rows),
@@ -2746,6 +2833,7 @@ def build(seed=SEED):
     tnorm = {norm(q["query"]) for q in tests}
     qe = build_qe(rng("qe"), plan, tnorm)
     rr = build_reranker(rng("reranker"), docs, plan)
+    rr += build_reranker_more(rng("reranker-more"), docs, plan, rr, tnorm)
     persona = build_persona(rng("persona"), docs, plan)
     comp, text = build_small(rng("small"), plan)
     return docs, tests, qrels, pairs, qe, rr, persona, comp, text
