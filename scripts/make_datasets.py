@@ -2104,6 +2104,34 @@ def rerank_text(d):
     return text
 
 
+def judge_concept_query(rng, c, a, plan, by, near):
+    """(document, grade) judged for a training query of concept c's training aspect a: the aspect's
+    document (2), the concept's other training documents (1), a same-group concept's document of
+    the same aspect and one of any aspect (0, as the test qrels judge near misses; once if they are
+    the same document), and half the time one of the concept's distractors (0)."""
+    tr = train_aspects(plan, c["key"])
+    sib = [BY_KEY[k2] for k2 in BY_KEY if k2 != c["key"] and BY_KEY[k2]["cat"] == c["cat"]]
+    out = [(by[(c["key"], a)], 2)] + [(by[(c["key"], a2)], 1) for a2 in tr if a2 != a]
+    same_aspect = [c2 for c2 in sib if a in train_aspects(plan, c2["key"])]
+    if same_aspect:
+        out.append((by[(rng.choice(same_aspect)["key"], a)], 0))
+    c2 = rng.choice(sib)
+    d2 = by[(c2["key"], rng.choice(train_aspects(plan, c2["key"])))]
+    if all(d2 is not d for d, _ in out):
+        out.append((d2, 0))
+    if near[c["key"]] and rng.random() < 0.5:
+        out.append((rng.choice(near[c["key"]]), 0))
+    return out
+
+
+def bm25_negatives(train_side, queries, judged):
+    """RERANK_MINED hard negatives per query: its BM25 ranking (the pipeline's first list) over the
+    training side, documents judged for it (`judged[q]`, ids) left out. One BM25 run for all."""
+    byid = {d["id"]: d for d in train_side}
+    mined = bm25_run(train_side, [{"qid": q, "query": q} for q in queries])
+    return {q: [byid[i] for i in mined[q] if i not in judged[q]][:RERANK_MINED] for q in queries}
+
+
 def build_reranker(rng, docs, plan):
     """Judgments for the training queries (the queries of each concept's three training aspects):
     the aspect's document (2), the concept's two other training documents (1), a same-group
@@ -2118,38 +2146,23 @@ def build_reranker(rng, docs, plan):
             near[d["near"]].append(d)
     sacred = {d["concept"]: d for d in docs if d["kind"] == "sacred"}
     train_side = [d for d in docs if d["split"] != "test"]
-    byid = {d["id"]: d for d in train_side}
     recs = []
     for c in CONCEPTS:
         tr = train_aspects(plan, c["key"])
-        sib = [BY_KEY[k2] for k2 in BY_KEY if k2 != c["key"] and BY_KEY[k2]["cat"] == c["cat"]]
         for a in tr:
             q = c["q"][ASPECTS.index(a)]
-            recs.append((q, by[(c["key"], a)], 2))
-            for a2 in tr:
-                if a2 != a:
-                    recs.append((q, by[(c["key"], a2)], 1))
-            same_aspect = [c2 for c2 in sib if a in train_aspects(plan, c2["key"])]
-            if same_aspect:
-                recs.append((q, by[(rng.choice(same_aspect)["key"], a)], 0))
-            c2 = rng.choice(sib)
-            d2 = by[(c2["key"], rng.choice(train_aspects(plan, c2["key"])))]
-            if all(d2 is not r[1] for r in recs if r[0] == q):
-                recs.append((q, d2, 0))
-            if near[c["key"]] and rng.random() < 0.5:
-                recs.append((q, rng.choice(near[c["key"]]), 0))
+            recs += [(q, d, rel) for d, rel in judge_concept_query(rng, c, a, plan, by, near)]
         if c["key"] in sacred:
             recs.append((c["q"][ASPECTS.index(tr[0])], sacred[c["key"]], 0))
     judged = defaultdict(set)
     for q, d, _ in recs:
         judged[q].add(d["id"])
     queries = sorted(judged)
-    mined = bm25_run(train_side, [{"qid": q, "query": q} for q in queries])
+    mined = bm25_negatives(train_side, queries, judged)
     for q in queries:
-        for docid in [i for i in mined[q] if i not in judged[q]][:RERANK_MINED]:
-            d = byid[docid]
+        for d in mined[q]:
             # every training document of the query's own concept is judged above
-            assert not (d["kind"] == "concept" and q in BY_KEY[d["concept"]]["q"]), (q, docid)
+            assert not (d["kind"] == "concept" and q in BY_KEY[d["concept"]]["q"]), (q, d["id"])
             recs.append((q, d, 0))
     rng.shuffle(recs)
     out = []
@@ -2200,7 +2213,6 @@ def build_reranker_more(rng, docs, plan, rr, tnorm):
         if d["kind"] == "distractor":
             near[d["near"]].append(d)
     train_side = [d for d in docs if d["split"] != "test"]
-    byid = {d["id"]: d for d in train_side}
     seen = {norm(r["query"]) for r in rr}
 
     def taken(q):
@@ -2210,32 +2222,23 @@ def build_reranker_more(rng, docs, plan, rr, tnorm):
         seen.add(n)
         return False
 
-    recs = []
+    judged = []  # (query, concept, [(document, grade)]) in the order they are drawn
     for c in CONCEPTS:
-        tr = train_aspects(plan, c["key"])
-        sib = [BY_KEY[k2] for k2 in BY_KEY if k2 != c["key"] and BY_KEY[k2]["cat"] == c["cat"]]
         other = [d for d in train_side if d["kind"] == "concept" and BY_KEY[d["concept"]]["cat"] != c["cat"]]
-        for a in tr:
+        for a in train_aspects(plan, c["key"]):
             for q in more_rerank_queries(rng, c, a, RERANK_MORE, taken):
-                judged = [(by[(c["key"], a)], 2)] + [(by[(c["key"], a2)], 1) for a2 in tr if a2 != a]
-                same_aspect = [c2 for c2 in sib if a in train_aspects(plan, c2["key"])]
-                if same_aspect:
-                    judged.append((by[(rng.choice(same_aspect)["key"], a)], 0))
-                c2 = rng.choice(sib)
-                judged.append((by[(c2["key"], rng.choice(train_aspects(plan, c2["key"])))], 0))
-                if near[c["key"]] and rng.random() < 0.5:
-                    judged.append((rng.choice(near[c["key"]]), 0))
-                judged.append((rng.choice(other), 0))
-                ids = set()
-                for d, rel in judged:
-                    if d["id"] not in ids:
-                        ids.add(d["id"])
-                        recs.append((q, d, rel))
-                mined = bm25_run(train_side, [{"qid": q, "query": q}])[q]
-                for docid in [i for i in mined if i not in ids][:RERANK_MINED]:
-                    d = byid[docid]
-                    assert not (d["kind"] == "concept" and d["concept"] == c["key"]), (q, docid)
-                    recs.append((q, d, 0))
+                js = judge_concept_query(rng, c, a, plan, by, near)
+                d = rng.choice(other)
+                if all(d is not x for x, _ in js):
+                    js.append((d, 0))
+                judged.append((q, c, js))
+    mined = bm25_negatives(train_side, [q for q, _, _ in judged], {q: {d["id"] for d, _ in js} for q, _, js in judged})
+    recs = []
+    for q, c, js in judged:
+        recs += [(q, d, rel) for d, rel in js]
+        for d in mined[q]:
+            assert not (d["kind"] == "concept" and d["concept"] == c["key"]), (q, d["id"])
+            recs.append((q, d, 0))
     rng.shuffle(recs)
     out = []
     for i, (q, d, rel) in enumerate(recs):
