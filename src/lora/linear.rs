@@ -276,9 +276,15 @@ impl QuantLinear {
 /// `x` `[..., in]` · `Wᵀ` for a quantized `W`, leading dims folded into rows
 /// ([`QuantWeight::matmul_t`]: the CPU backend's step keeps the blocks, not the f32 matrix).
 fn quant_rows<const D: usize>(w: &QuantWeight, x: Tensor<D>) -> Tensor<D> {
+    on_rows(x, |rows| w.matmul_t(rows))
+}
+
+/// `f` on `x` `[..., in]` with its leading dims folded into rows (`[rows, in]` → `[rows, out]`),
+/// then unfolded to `[..., out]`.
+fn on_rows<const D: usize>(x: Tensor<D>, f: impl FnOnce(Tensor<2>) -> Tensor<2>) -> Tensor<D> {
     let dims = x.dims();
     let rows = dims[..D - 1].iter().product::<usize>();
-    let y = w.matmul_t(x.reshape([rows, dims[D - 1]]));
+    let y = f(x.reshape([rows, dims[D - 1]]));
     let mut out = dims;
     out[D - 1] = y.dims()[1];
     y.reshape(out)
@@ -293,12 +299,7 @@ impl AdaptableLinear {
         // Leading dims folded into rows: one `[rows, in]·[in, out]` matmul. burn keeps
         // `[batch, seq, in]` as a batched matmul when `seq` is a multiple of 32, and the CPU
         // backend then packs the weight once per batch item: MiniLM training ran 15% slower.
-        let dims = x.dims();
-        let rows = dims[..D - 1].iter().product::<usize>();
-        let y = self.forward_rows(x.reshape([rows, dims[D - 1]]));
-        let mut out = dims;
-        out[D - 1] = y.dims()[1];
-        y.reshape(out)
+        on_rows(x, |rows| self.forward_rows(rows))
     }
 
     fn forward_rows<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
