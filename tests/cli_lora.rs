@@ -38,6 +38,14 @@ fn write_split(path: &Path, n: usize, from: usize) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
+/// `data/train.jsonl` (8 records) and `data/valid.jsonl` (4) under `dir`.
+fn write_small_data(dir: &Path) {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_split(&data.join("train.jsonl"), 8, 0);
+    write_split(&data.join("valid.jsonl"), 4, 50);
+}
+
 fn logits(lm: &CausalLm, ids: &[i64]) -> Vec<f32> {
     let device = Device::flex();
     let x = Tensor::<2, Int>::from_data(TensorData::new(ids.to_vec(), [1, ids.len()]), &device);
@@ -119,10 +127,7 @@ fn bad_option_and_missing_data_are_named() {
 #[test]
 fn train_lora_over_a_quantized_base() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    write_split(&data.join("train.jsonl"), 8, 0);
-    write_split(&data.join("valid.jsonl"), 4, 50);
+    write_small_data(tmp.path());
     let model = tiny_llama().display().to_string();
     let args = ["train", "lora", "--model", &model, "--data", "data", "--iters", "4", "--batch-size", "2", "--num-layers", "-1", "--adapter-path", "q4"];
     let out = tunelab(&[&args[..], &["--quantize-base", "q4_0"]].concat(), tmp.path());
@@ -235,10 +240,7 @@ fn losses_and_scales(dir: &Path) -> (Vec<f64>, Vec<Option<f64>>) {
 #[test]
 fn train_lora_f16_over_a_quantized_base_follows_f32() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    write_split(&data.join("train.jsonl"), 8, 0);
-    write_split(&data.join("valid.jsonl"), 4, 50);
+    write_small_data(tmp.path());
     let model = tiny_llama().display().to_string();
     let args = ["train", "lora", "--model", &model, "--data", "data", "--iters", "8", "--batch-size", "2", "--num-layers", "-1", "--learning-rate", "5e-3", "--quantize-base", "q4_0"];
     ok(&tunelab(&[&args[..], &["--adapter-path", "f32"]].concat(), tmp.path()));
