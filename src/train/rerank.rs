@@ -42,7 +42,6 @@ use crate::data::corpus::Document;
 use crate::eval::search::bm25::{Bm25Config, Bm25Index, QueryMode};
 use crate::export::mlx;
 use crate::lora::{AdapterWeights, QuantizeBase};
-use super::loss_scale::LossScaler;
 use crate::model::decoder::{CausalLm, Decoder, Dtype};
 use crate::model::reranker::{
     RerankTemplate, encode_pair, logit_margins, right_padded, sigmoid_f32, yes_no_ids,
@@ -611,13 +610,7 @@ pub fn fit(
     };
     // `--grad-checkpoint` runs on the same autodiff device: its step recomputes blocks itself
     // ([`rerank_checkpointed`]).
-    // Mixed precision: the frozen base in f16 once, adapters f32 (a no-op for f32).
-    cfg.dtype.check_device(&model.embed_tokens.val().device()).map_err(|reason| SftError::Config { field: "dtype", reason })?;
-    let model = model.train().with_frozen_dtype(cfg.dtype);
-    state.loss_scaler = match cfg.dtype {
-        Dtype::F32 => None,
-        Dtype::F16 => Some(state.loss_scaler.take().unwrap_or_else(|| LossScaler::new(cfg.init_loss_scale as f32))),
-    };
+    let model = super::sft::with_training_dtype(model, cfg.dtype, cfg.init_loss_scale, &mut state)?;
     let mut optim: ModuleOptimizer = AdamWConfig::new()
         .with_weight_decay(cfg.weight_decay as f32)
         .init();

@@ -428,6 +428,19 @@ fn batch_loss_chunked(model: &Decoder, batch: &Batch, device: &Device, max_logit
     batch_loss_padded(model, batch, device, max_logits, crate::device::padded_width(batch.cols, device))
 }
 
+/// Mixed precision, as `train lora` and `train rerank` set it up: `model` in training mode with
+/// its frozen base in `dtype` (once; adapters stay f32, a no-op for f32), and `state`'s loss
+/// scaler for f16 (a resumed run keeps the scale it had; a fresh one starts at
+/// `init_loss_scale`), none for f32. A device without `dtype` is refused, naming the option.
+pub(crate) fn with_training_dtype(model: Decoder, dtype: Dtype, init_loss_scale: f64, state: &mut TrainState) -> Result<Decoder, SftError> {
+    dtype.check_device(&model.embed_tokens.val().device()).map_err(|reason| SftError::Config { field: "dtype", reason })?;
+    state.loss_scaler = match dtype {
+        Dtype::F32 => None,
+        Dtype::F16 => Some(state.loss_scaler.take().unwrap_or_else(|| super::loss_scale::LossScaler::new(init_loss_scale as f32))),
+    };
+    Ok(model.train().with_frozen_dtype(dtype))
+}
+
 /// The inputs of `batch` right-padded (id 0) to `width` columns as a `[b, width]` tensor, and
 /// the flat `[b·width]` positions and ids of its counted targets. GPU back-ends get a width
 /// from [`crate::device::padded_width`] (a multiple of 128: one compiled kernel set per width
@@ -808,14 +821,7 @@ impl SftTrainer {
         }
         // `--grad-checkpoint` runs on the same autodiff device: its step recomputes blocks itself
         // ([`checkpointed_step`]).
-        // Mixed precision: the frozen base in f16 once, adapters f32 (a no-op for f32).
-        cfg.dtype.check_device(&model.embed_tokens.val().device()).map_err(|reason| SftError::Config { field: "dtype", reason })?;
-        let model = model.train().with_frozen_dtype(cfg.dtype);
-        state.loss_scaler = match cfg.dtype {
-            Dtype::F32 => None,
-            // A resumed f16 run keeps the scale it had.
-            Dtype::F16 => Some(state.loss_scaler.take().unwrap_or_else(|| super::loss_scale::LossScaler::new(cfg.init_loss_scale as f32))),
-        };
+        let model = with_training_dtype(model, cfg.dtype, cfg.init_loss_scale, &mut state)?;
         let device = model.embed_tokens.val().device();
         let mut optim: ModuleOptimizer = AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32).init();
         if let Some(dir) = &resume_dir {
