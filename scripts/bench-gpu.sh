@@ -7,7 +7,19 @@
 # TUNELAB must be built with `--features vulkan` (x86-64 Linux). The machine needs the Vulkan
 # loader (libvulkan1) and NVIDIA's ICD; VK_DRIVER_FILES may point at the ICD JSON.
 # Cases: MiniLM-L6 MNRL at seq 128, batch 64 and 32 (f32); SmolLM2-135M / Qwen3-0.6B-shaped
-# LoRA r16 at seq 512, batch 8, when the binary has `bench lora`.
+# LoRA r16 at seq 512, batch 8, when the binary has `bench lora`, at each of DTYPES (default
+# "f32 f16": `--dtype f16` is mixed precision, base weights and activations in f16).
+#
+# Measured 2026-12-06 18:20-18:30 UTC on one NVIDIA H100 80GB HBM3 (driver 580.159.04, Vulkan;
+# tunelab built --no-default-features --features vulkan, so with burn fusion + autotune + the
+# persistent cubecl cache; torch 2.11 CUDA + PEFT 0.21.2), one warm machine, same calls, 5 timed
+# steps after 2 warm-up (tunelab) and 10 after 3 (torch); tunelab memory is burn's pool (reserved):
+#   SmolLM2-135M LoRA r16 seq512 b8: tunelab f32 11,338 tokens/s (14.8 GiB), f16 12,179 (13.1 GiB)
+#     vs torch+PEFT f32 18,492 (10.9 GiB), bf16 18,813 (7.3 GiB) -> f32/f32 0.61x, f16/bf16 0.65x
+#   Qwen3-0.6B LoRA r16 seq512 b8: tunelab f16 10,752 tokens/s (28.3 GiB) vs torch+PEFT bf16 21,283
+#     (19.3 GiB) -> 0.51x (issue 17's f32 figure on an H100: 4,706 vs bf16 28,092, 0.17x)
+#   f16 and f32 final losses after 7 steps: 129.59181 and 129.59161. The first f16 call spent ~170 s
+#   compiling and autotuning kernels (f32: ~70 s); cubecl's cache keeps them for later runs.
 #
 # Measured 2026-12-01 on one NVIDIA H200 (driver's Vulkan ICD, burn 0.22 wgpu/Vulkan, f32; torch 2.11 CUDA),
 # 20 timed steps for MNRL, 5 for LoRA; GPU memory for tunelab is nvidia-smi's peak (context included), for
@@ -52,7 +64,9 @@ for b in 64 32; do
 done
 if "$TL" bench lora --help >/dev/null 2>&1; then
   for shape in smollm2-135m qwen3-0.6b; do
-    gpu_case bench lora --shape "$shape" --seq 512 --batch-size 8 --rank 16 --steps 5 --warmup 2
+    for dt in ${DTYPES:-f32 f16}; do
+      gpu_case bench lora --shape "$shape" --dtype "$dt" --seq 512 --batch-size 8 --rank 16 --steps 5 --warmup 2
+    done
   done
 fi
 "$PY" "$ANCHOR" mnrl | tee -a "$OUTF"
@@ -66,8 +80,8 @@ ours = {r["case"]: r for r in rows if r.get("framework") == "tunelab"}
 peers = [r for r in rows if r.get("framework") != "tunelab"]
 for case, r in ours.items():
     key = "pairs_per_s" if "pairs_per_s" in r else "tokens_per_s"
-    # Match peers by model and batch; each peer dtype (f32, bf16) gets its own ratio. Ours is f32.
+    # Match peers by model and batch; each peer dtype (f32, bf16) gets its own ratio.
     for p in peers:
         if key in p and p.get("batch") == r.get("batch") and p["case"].split()[0] == case.split()[0]:
-            print(f"{case}: tunelab f32 {r[key]:.1f} vs {p['framework']} {p.get('dtype')} {p[key]} {key} -> ratio {r[key] / p[key]:.3f}")
+            print(f"{case}: tunelab {r.get('dtype', 'f32')} {r[key]:.1f} vs {p['framework']} {p.get('dtype')} {p[key]} {key} -> ratio {r[key] / p[key]:.3f}")
 PYEOF

@@ -34,6 +34,15 @@
 # (element loops on both cores in AVX2, vectorizable exp/erf) and the freed-buffer reuse:
 #   smollm2-135m seq256 b4  tunelab 171.0 tok/s (RSS 3.30 GiB), torch+peft 155.7 (4.99 GiB) -> 1.10x, RSS 0.66x
 #   smollm2-135m seq512 b1  tunelab 151.6 tok/s (RSS 2.35 GiB), torch+peft 143.2 (3.10 GiB) -> 1.06x, RSS 0.76x
+# Measured 2026-12-06 17:58-18:05 UTC, CPU, a 2-core Intel Xeon with AVX-512 (and AMX; gemm's AVX-512
+# kernels and burn-flex's AVX-512 element loops in use), defaults, one helper's build running beside (load 1.6-2.1):
+#   smollm2-135m seq256 b4  tunelab 147.7 tok/s (RSS 3.31 GiB), torch+peft 225.7 (5.17 GiB) -> 0.65x, RSS 0.64x
+#   smollm2-135m seq512 b1  tunelab 110.1 tok/s (RSS 2.36 GiB), torch+peft 164.6 (3.36 GiB) -> 0.67x, RSS 0.70x
+# Where tunelab's step goes there (perf, seq256 b4, after the model is built): gemm's AVX-512 f32
+# microkernels 62%, burn-flex element-wise loops 23%, libm expf 4% (flex's sigmoid in SiLU is scalar
+# libm), memset/memcpy 4%, page faults 1%. gemm alone (about 4.3 s of the 6.9 s step) takes as long
+# as torch's whole step (4.5 s; its mm runs at 66-103 GFLOP/s on these shapes and 2 threads, MKL/oneDNN),
+# so the matmul kernels, not the element-wise work, are most of the gap on this CPU.
 # Earlier, under heavy load (absolute numbers ~10x lower, ratios comparable):
 # Measured 2026-12-01 21:58-22:19 UTC, CPU, 2 cores shared with other jobs (load average 6-10
 # throughout, each process got ~0.5-0.7 of a core), `TORCH_ANCHOR=/work/shared/bench/torch_anchor.py
