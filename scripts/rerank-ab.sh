@@ -34,6 +34,9 @@
 #      DATASETS         bundled data (default datasets); QUERIES_LIMIT keeps the first N test queries
 #      ITERS, BATCH, LR, RANK, ALPHA, LOSS, TARGETS, NEGATIVES, MINED, SEED, MAX_SEQ   training
 #                       (defaults 400, 8, 2e-4, 16, 32, pointwise, graded, 3, 2, 42, 512)
+#      MINING_EMBEDDER  mine the MINED negatives through QMD's pipeline (BM25 + vector, fused) with
+#                       this embedder (e.g. models/all-MiniLM-L6-v2), as the candidates reranked at
+#                       search time are found, instead of with BM25 alone (the default)
 #      SAVE_EVERY       iterations between adapter saves (default ITERS: only the last)
 #      VALID_FRACTION   training queries held out for calibration (default 0.2; each held-out
 #                       judgment is scored twice, base and tuned)
@@ -43,7 +46,7 @@
 #      SYSTEMS          rerankers the rerank stage scores (default "base tuned"; "tuned" when
 #                       OUT/scores/base.run comes from another run of the same candidates)
 set -euo pipefail
-for v in TUNELAB OUT RERANKER EMBEDDER BASE_EXPANSIONS DATASETS; do
+for v in TUNELAB OUT RERANKER EMBEDDER BASE_EXPANSIONS DATASETS MINING_EMBEDDER; do
   # Paths given in the environment are taken from where the script was started.
   if [ -n "${!v:-}" ] && [ -e "${!v}" ]; then printf -v "$v" '%s' "$(realpath "${!v}")"; fi
 done
@@ -101,7 +104,7 @@ if has train; then
   [ -e "$RERANKER" ] || { echo "no reranker at $RERANKER (scripts/fetch-models.sh or RERANKER=...)" >&2; exit 1; }
   step "train rerank ($LOSS, $TARGETS targets, $ITERS iterations, batch $BATCH, lr $LR, r$RANK, device ${TUNELAB_DEVICE:-cpu})"
   $T train rerank --model "$RERANKER" --data "$DATASETS/reranker/judgments.jsonl" --loss "$LOSS" --targets "$TARGETS" \
-    --negatives "$NEGATIVES" --mined-negatives "$MINED" --valid-fraction "$VALID_FRACTION" --iters "$ITERS" --batch-size "$BATCH" \
+    --negatives "$NEGATIVES" --mined-negatives "$MINED" ${MINING_EMBEDDER:+--mining-embedder "$MINING_EMBEDDER"} --valid-fraction "$VALID_FRACTION" --iters "$ITERS" --batch-size "$BATCH" \
     --learning-rate "$LR" --rank "$RANK" --alpha "$ALPHA" --max-seq-length "$MAX_SEQ" \
     --save-every "${SAVE_EVERY:-$ITERS}" --seed "$SEED" --adapter-path "$OUT/adapter" | tee "$OUT/train.txt"
 fi

@@ -152,7 +152,10 @@ fn cli_base_and_tuned_rerankers_give_the_full_stage() {
         stdout
     };
     let rr_s = rr.to_str().unwrap();
-    tunelab(&["train", "rerank", "--model", rr_s, "--data", "judgments.jsonl", "--iters", "4", "--batch-size", "2", "--learning-rate", "0.05", "--valid-fraction", "0.25", "--mined-negatives", "0", "--negatives", "1", "--adapter-path", "adapter", "--seed", "1"]);
+    // Hard negatives mined through the pipeline with the base embedder, as the reranker meets them.
+    tunelab(&["train", "rerank", "--model", rr_s, "--data", "judgments.jsonl", "--iters", "4", "--batch-size", "2", "--learning-rate", "0.05", "--valid-fraction", "0.25", "--mined-negatives", "1", "--mining-embedder", base.to_str().unwrap(), "--negatives", "1", "--adapter-path", "adapter", "--seed", "1"]);
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("adapter/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(written["tunelab_rerank"]["mining_embedder"].as_str(), base.to_str(), "{written}");
     write(dir, "pipe.toml", &format!("datasets = {:?}\nreports = {:?}\npermutations = 100\nbase_embedder = {:?}\n", ds.to_str().unwrap(), dir.join("reports").to_str().unwrap(), base.to_str().unwrap()));
     let stdout = tunelab(&["experiment", "--pipeline", "--config", "pipe.toml", "--base-reranker", rr_s, "--tuned-reranker-adapter", "adapter"]);
     let run_dir = Path::new(stdout.lines().find_map(|l| l.strip_prefix("run directory: ")).expect(&stdout)).to_path_buf();

@@ -199,7 +199,8 @@ pub fn run_rerank(a: RerankArgs, d: DeviceChoice) -> anyhow::Result<()> {
 }
 
 /// `tunelab train rerank [CONFIG.toml] [--flags]`: `train lora`'s flags where they apply
-/// ([`LoraFlags`]), plus `--loss`, `--negatives`, `--mined-negatives`, `--valid-fraction`.
+/// ([`LoraFlags`]), plus `--loss`, `--negatives`, `--mined-negatives`, `--mining-embedder`,
+/// `--valid-fraction`.
 #[derive(clap::Args, Debug, Default)]
 pub struct TrainRerankArgs {
     /// A TOML file of options (the names of the flags, with underscores).
@@ -217,8 +218,14 @@ pub struct TrainRerankArgs {
     pub targets: Option<String>,
     #[arg(long)]
     pub negatives: Option<usize>,
+    /// Hard negatives mined per training query (BM25 by default).
     #[arg(long)]
     pub mined_negatives: Option<usize>,
+    /// Mine them through QMD's pipeline (BM25 + vector search, fused) with this embedder (a
+    /// sentence-transformers folder or an EmbeddingGemma GGUF), as search finds the reranker's
+    /// candidates, instead of with BM25 alone.
+    #[arg(long)]
+    pub mining_embedder: Option<PathBuf>,
     #[arg(long)]
     pub valid_fraction: Option<f64>,
 }
@@ -239,6 +246,9 @@ impl TrainRerankArgs {
         }
         if let Some(v) = self.mined_negatives {
             c.mined_negatives = v;
+        }
+        if self.mining_embedder.is_some() {
+            c.mining_embedder = self.mining_embedder.clone();
         }
         if let Some(v) = self.valid_fraction {
             c.valid_fraction = v;

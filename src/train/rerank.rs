@@ -15,8 +15,12 @@
 //!   cross-entropy over `m` of it and `negatives` documents of lower grade (judged ones first,
 //!   then mined), the relevant one at index 0.
 //! * Hard negatives: BM25 (QMD's FTS5 settings, any term) over the distinct documents of the
-//!   training judgments, skipping documents judged for that query. Documents of held-out queries
-//!   never enter the pool, so nothing held out is seen in training.
+//!   training judgments, skipping documents judged for that query; or, with `mining_embedder`,
+//!   QMD's own pipeline over that pool (its fused BM25 + vector list), which is how the
+//!   reranker's candidates are found at search time. BM25 negatives are picked for sharing the
+//!   query's words, so they teach that shared words mean "no"; the pipeline's candidates are the
+//!   ones the reranker has to sort. Documents of held-out queries never enter the pool, so
+//!   nothing held out is seen in training.
 //! * Held-out judgments: the queries whose FNV-1a hash (with `seed`) falls in the
 //!   `valid_fraction`; Brier score and expected calibration error of P(yes) against
 //!   `relevant ≥ 1` are reported for the base model and the tuned one (`calibration.json`):
@@ -25,6 +29,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use burn::module::Module;
 use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::tensor::activation::{log_softmax, relu};
@@ -126,8 +131,13 @@ pub struct RerankConfig {
     pub targets: RerankTargets,
     /// Negatives per group (listwise).
     pub negatives: usize,
-    /// BM25-mined hard negatives added per training query.
+    /// Hard negatives mined per training query (BM25, or the pipeline with `mining_embedder`).
     pub mined_negatives: usize,
+    /// An embedder (sentence-transformers folder, or QMD's EmbeddingGemma GGUF or folder): mine
+    /// through QMD's pipeline (the `hybrid` stage: BM25 and vector lists of the query, fused)
+    /// instead of BM25 alone. Left out of written configs when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mining_embedder: Option<PathBuf>,
     /// Share of queries held out for calibration (Brier, ECE).
     pub valid_fraction: f64,
     pub calibration_bins: usize,
@@ -171,6 +181,7 @@ impl Default for RerankConfig {
             targets: RerankTargets::Graded,
             negatives: 3,
             mined_negatives: 2,
+            mining_embedder: None,
             valid_fraction: 0.2,
             calibration_bins: 10,
             eval_batch_size: 8,
@@ -272,6 +283,39 @@ pub fn split_by_query(
     judged.iter().cloned().partition(|j| !held(&j.query))
 }
 
+/// The pool hard negatives are mined from: the distinct documents of `judged`, as documents
+/// `d0`, `d1`, ... in text order; and the documents judged for each query.
+fn mining_pool(judged: &[Judged]) -> (Vec<Document>, BTreeMap<&str, BTreeSet<&str>>) {
+    let pool: BTreeSet<&str> = judged.iter().map(|j| j.document.as_str()).collect();
+    let docs = pool
+        .into_iter()
+        .enumerate()
+        .map(|(i, text)| Document {
+            id: format!("d{i}"),
+            title: String::new(),
+            text: text.to_string(),
+            governance: Default::default(),
+        })
+        .collect();
+    let mut judged_for: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for j in judged {
+        judged_for.entry(&j.query).or_default().insert(&j.document);
+    }
+    (docs, judged_for)
+}
+
+/// The first `k` documents of `ranked` (pool ids, best first) not judged for the query.
+fn unjudged(docs: &[Document], ranked: &[String], seen: &BTreeSet<&str>, k: usize) -> Vec<String> {
+    ranked
+        .iter()
+        .filter_map(|id| id.strip_prefix('d').and_then(|i| i.parse::<usize>().ok()))
+        .filter_map(|i| docs.get(i))
+        .map(|d| d.text.clone())
+        .filter(|d| !seen.contains(d.as_str()))
+        .take(k)
+        .collect()
+}
+
 /// Up to `k` BM25 hard negatives per query: the best-ranked documents of the pool (distinct
 /// documents of `judged`) that are not judged for that query. QMD's FTS5 settings, any term.
 pub fn mine_negatives(
@@ -282,22 +326,7 @@ pub fn mine_negatives(
     if k == 0 {
         return Ok(out);
     }
-    let pool: Vec<String> = judged
-        .iter()
-        .map(|j| j.document.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let docs: Vec<Document> = pool
-        .iter()
-        .enumerate()
-        .map(|(i, text)| Document {
-            id: format!("d{i}"),
-            title: String::new(),
-            text: text.clone(),
-            governance: Default::default(),
-        })
-        .collect();
+    let (docs, judged_for) = mining_pool(judged);
     let index = Bm25Index::in_memory(
         &docs,
         &Bm25Config {
@@ -306,24 +335,33 @@ pub fn mine_negatives(
             ..Bm25Config::default()
         },
     )?;
-    let mut judged_for: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for j in judged {
-        judged_for.entry(&j.query).or_default().insert(&j.document);
-    }
     for (query, seen) in judged_for {
-        let hits = index.search(query, k + seen.len())?;
-        let negs: Vec<String> = hits
-            .iter()
-            .filter_map(|r| {
-                r.doc_id
-                    .strip_prefix('d')
-                    .and_then(|i| i.parse::<usize>().ok())
-            })
-            .map(|i| pool[i].clone())
-            .filter(|d| !seen.contains(d.as_str()))
-            .take(k)
-            .collect();
-        out.insert(query.to_string(), negs);
+        let hits: Vec<String> = index.search(query, k + seen.len())?.into_iter().map(|r| r.doc_id).collect();
+        out.insert(query.to_string(), unjudged(&docs, &hits, &seen, k));
+    }
+    Ok(out)
+}
+
+/// Up to `k` hard negatives per query mined through QMD's pipeline: the `hybrid` stage (BM25
+/// with QMD's query syntax and vector search with `embedder`, fused by RRF, no expansion) over
+/// the pool (distinct documents of `judged`), without the documents judged for the query.
+/// These are the candidates the reranker meets at search time, unlike BM25's any-term hits.
+pub fn mine_negatives_pipeline(
+    judged: &[Judged],
+    k: usize,
+    embedder: Box<dyn crate::eval::search::qmd::Embedder>,
+) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    use crate::eval::search::qmd::{QmdConfig, QmdPipeline};
+    let mut out = BTreeMap::new();
+    if k == 0 {
+        return Ok(out);
+    }
+    let (docs, judged_for) = mining_pool(judged);
+    let pipeline = QmdPipeline::build(&docs, embedder, QmdConfig::default())?;
+    for (query, seen) in judged_for {
+        let answer = pipeline.search(query, None, None)?;
+        let ranked: Vec<String> = answer.hybrid.iter().map(|r| r.doc_id.clone()).collect();
+        out.insert(query.to_string(), unjudged(&docs, &ranked, &seen, k));
     }
     Ok(out)
 }
@@ -493,7 +531,16 @@ pub fn fit(
     let (yes, no) = yes_no_ids(lm)?;
     let enc = |q: &str, d: &str| encode_pair(lm, template, cfg.max_seq_length, q, d);
     let max_grade = train.iter().map(|j| j.grade).max().unwrap_or(1).max(1);
-    let mined = mine_negatives(&train, cfg.mined_negatives)?;
+    let mined = match &cfg.mining_embedder {
+        None => mine_negatives(&train, cfg.mined_negatives)?,
+        Some(path) if cfg.mined_negatives > 0 => {
+            let device = lm.model.embed_tokens.val().device();
+            let embedder = crate::eval::search::qmd::load_embedder(path, &device)
+                .with_context(|| format!("mining_embedder {}", path.display()))?;
+            mine_negatives_pipeline(&train, cfg.mined_negatives, embedder)?
+        }
+        Some(_) => BTreeMap::new(),
+    };
     let items = match cfg.loss {
         RerankLoss::Pointwise => {
             let mut pairs = Vec::new();
@@ -961,5 +1008,54 @@ mod tests {
             "{mined:?}"
         );
         assert!(mine_negatives(&judged, 0).unwrap().is_empty());
+    }
+
+    /// Pipeline mining finds what the vector list finds (a document sharing no word with the
+    /// query), never a document judged for the query, and at most `k`; BM25 mining does not
+    /// find that document at all.
+    #[test]
+    fn pipeline_mining_takes_the_fused_candidates_not_judged_for_the_query() {
+        use crate::eval::search::qmd::FnEmbedder;
+        let j = |q: &str, d: &str, g| Judged { query: q.into(), document: d.into(), grade: g };
+        let judged = vec![
+            j("ferry timetable", "The ferry leaves at nine.", 2),
+            j("ferry timetable", "Bread recipes of the valley.", 0),
+            j("bread oven", "The bread oven is lit at dawn.", 2),
+            j("bread oven", "Ferry tickets are sold at the pier.", 0),
+            j("harbour tide", "Boats wait in the harbour for the tide.", 2),
+            j("harbour tide", "Timetable of the mill: grinding days.", 0),
+        ];
+        // A two-word "meaning": water travel and bread; "boats" sits closest to "ferry".
+        let embedder = || {
+            Box::new(FnEmbedder::new(
+                |texts: &[&str]| {
+                    Ok(texts
+                        .iter()
+                        .map(|t| {
+                            let t = t.to_lowercase();
+                            let has = |w: &str| t.contains(w) as u8 as f32;
+                            vec![
+                                has("ferry") + has("boats"),
+                                0.5 * has("tickets") + 0.1 * has("boats") + has("bread") + 0.01,
+                            ]
+                        })
+                        .collect())
+                },
+                |t: &str| Ok(t.split_whitespace().count()),
+            ))
+        };
+        let boats = "Boats wait in the harbour for the tide.";
+        let mined = mine_negatives_pipeline(&judged, 1, embedder()).unwrap();
+        assert_eq!(mined["ferry timetable"], vec![boats.to_string()], "{mined:?}");
+        let mined3 = mine_negatives_pipeline(&judged, 3, embedder()).unwrap();
+        for (q, negs) in &mined3 {
+            assert!(negs.len() <= 3, "{q}: {negs:?}");
+            for d in negs {
+                assert!(!judged.iter().any(|x| &x.query == q && &x.document == d), "{q}: judged document {d:?} mined");
+            }
+        }
+        let bm25 = mine_negatives(&judged, 3).unwrap();
+        assert!(!bm25["ferry timetable"].iter().any(|d| d == boats), "{bm25:?}");
+        assert!(mine_negatives_pipeline(&judged, 0, embedder()).unwrap().is_empty());
     }
 }
