@@ -548,17 +548,12 @@ impl BertOutput {
         })
     }
 
+    /// The sum and the LayerNorm run in `residual`'s dtype (f32 under `--dtype f16`, where the
+    /// dense layer's output is f16: cast up, as `torch.autocast` promotes the sum).
     pub fn forward(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
-        layer_norm_f32(&self.layer_norm, self.dropout.forward(self.dense.forward(x)) + residual)
+        let y = self.dropout.forward(self.dense.forward(x)).cast(residual.dtype());
+        self.layer_norm.forward(y + residual)
     }
-}
-
-/// `ln(x)` computed in f32 whatever `x`'s dtype, returned in `x`'s dtype (the decoder's
-/// RMSNorm does the same under `--dtype f16`): the variance of an f16 row overflows f16 as soon
-/// as its entries pass ~256, and the LayerNorm weights stay f32. A no-op pair of casts in f32.
-fn layer_norm_f32(ln: &LayerNorm, x: Tensor<3>) -> Tensor<3> {
-    let dtype = x.dtype();
-    ln.forward(x.cast(FloatDType::F32)).cast(dtype)
 }
 
 /// One transformer block (post-LayerNorm, as in BERT).
@@ -595,8 +590,19 @@ impl BertLayer {
     }
 
     pub fn forward(&self, x: Tensor<3>, pad: Tensor<4, Bool>) -> Tensor<3> {
-        let attended = self.attention_output.forward(self.attention.forward(x.clone(), pad), x);
-        let hidden = self.act.forward(self.intermediate.forward(attended.clone()));
+        self.forward_in(x, pad, FloatDType::F32)
+    }
+
+    /// [`forward`](Self::forward) with the matmuls in `dtype` (`BertModel::with_dtype`), as
+    /// `torch.autocast` runs it: the input of each linear layer is cast to `dtype` where it is
+    /// used (the attention and the feed-forward then run in `dtype`), while the residual stream
+    /// and the LayerNorms stay in `x`'s dtype, f32, so the sums between layers are never rounded
+    /// to f16. (all-MiniLM-L6-v2, 20 steps of batch 16, dropout off: the f16 losses stay within
+    /// 0.0007 of the f32 run with LoRA and 0.0005 in full fine-tuning; torch.autocast + GradScaler
+    /// on the same model: 0.0007 and 0.0003.) No-ops in f32.
+    pub fn forward_in(&self, x: Tensor<3>, pad: Tensor<4, Bool>, dtype: FloatDType) -> Tensor<3> {
+        let attended = self.attention_output.forward(self.attention.forward(x.clone().cast(dtype), pad), x);
+        let hidden = self.act.forward(self.intermediate.forward(attended.clone().cast(dtype)));
         self.output.forward(hidden, attended)
     }
 }
@@ -617,7 +623,7 @@ pub struct BertModel {
     pub pooler: Option<Linear>,
     #[module(skip)]
     pub config: BertConfig,
-    /// The activations' dtype from the embeddings' LayerNorm to the last layer ([`Self::with_dtype`]).
+    /// The dtype the linear layers and attention run in ([`Self::with_dtype`]).
     #[module(skip)]
     pub dtype: Dtype,
 }
@@ -665,17 +671,19 @@ impl BertModel {
     ) -> Tensor<3> {
         let [b, s] = input_ids.dims();
         let pad = attention_mask.equal_elem(0).reshape([b, 1, 1, s]).expand([b, self.config.num_attention_heads, s, s]);
-        let mut x = self.embeddings.forward(input_ids, token_type_ids).cast(self.dtype.float_dtype());
+        let mut x = self.embeddings.forward(input_ids, token_type_ids);
         for layer in &self.encoder.layers {
-            x = layer.forward(x, pad.clone());
+            x = layer.forward_in(x, pad.clone(), self.dtype.float_dtype());
         }
         x
     }
 
     /// Mixed precision for training (`train embed --dtype f16`), as `torch.autocast(float16)`
-    /// arranges it: activations run in `dtype` from the embeddings' LayerNorm to the last layer,
-    /// so every matmul is f16 (tensor cores on a GPU); the LayerNorms, the attention softmax and,
-    /// in [`SentenceEncoder::encode_tokens`], pooling and normalisation run in f32. Frozen
+    /// arranges it: every linear layer's input is cast to `dtype` where it is used
+    /// ([`BertLayer::forward_in`]), so every matmul is f16 (tensor cores on a GPU), and the
+    /// attention runs in f16 but for its softmax; the residual stream, the LayerNorms, the
+    /// embeddings' sum and, in [`SentenceEncoder::encode_tokens`], pooling and normalisation stay
+    /// f32. Frozen
     /// weights (the base under LoRA: embedding tables, linear weights and biases) are cast to
     /// `dtype` once; trainable ones stay f32 master weights cast at each use
     /// ([`AdaptableLinear`]), so gradients and the optimizer see f32 in full fine-tuning too.
@@ -1634,8 +1642,9 @@ mod tests {
 
     /// `--dtype f16` on the tiny BERT. LoRA: the frozen base (embedding tables, every linear
     /// weight and bias) is F16 on the device, the adapters and LayerNorms F32. Full fine-tuning:
-    /// every parameter stays an F32 master weight. Either way the last hidden state is F16, the
-    /// pooled sentence vectors F32, and every trainable parameter's gradient F32 and finite.
+    /// every parameter stays an F32 master weight. Either way the attention runs in F16, the
+    /// residual stream and the pooled vectors are F32, and every trainable parameter's gradient
+    /// is F32 and finite.
     #[test]
     fn f16_casts_frozen_weights_once_and_keeps_trainable_ones_f32() {
         use burn::module::ModuleVisitor;
@@ -1671,9 +1680,14 @@ mod tests {
             }
             let (i, t, a) = ids(&[&[2, 5, 9, 3], &[2, 7, 3]], 4);
             let (i, t, a) = (i.to_device(&dev), t.to_device(&dev), a.to_device(&dev));
+            // The attention (and every linear layer) runs in f16 on its input cast at use; the
+            // residual stream between the layers stays f32, as under torch.autocast.
+            let pad = a.clone().equal_elem(0).reshape([2, 1, 1, 4]).expand([2, 4, 4, 4]);
+            let x = m.embeddings.forward(i.clone(), t.clone());
+            assert_eq!(m.encoder.layers[0].attention.forward(x.cast(FloatDType::F16), pad).dtype(), DType::F16, "{name}");
             let hidden = m.forward(i, t, a.clone());
-            assert_eq!(hidden.dtype(), DType::F16, "{name}: activations in f16");
-            let pooled = l2_normalize(Pooling::mean().forward(hidden.cast(FloatDType::F32), a));
+            assert_eq!(hidden.dtype(), DType::F32, "{name}: the residual stream stays f32");
+            let pooled = l2_normalize(Pooling::mean().forward(hidden, a));
             assert_eq!(pooled.dtype(), DType::F32);
             let grads = pooled.sum_dim(0).powf_scalar(2.0).sum().mul_scalar(256.0).backward();
             struct Grads<'a>(&'a burn::tensor::Gradients, usize);

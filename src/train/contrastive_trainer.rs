@@ -14,14 +14,14 @@
 //! `best/` (the best model by `best_metric`) and `config.json`.
 //!
 //! `dtype = "f16"` (`--dtype f16`) trains in mixed precision, as sentence-transformers'
-//! `fp16=True` (`torch.autocast` + `GradScaler`): activations and matmuls in f16, LayerNorm,
-//! softmax, pooling, the similarity matrix and the loss in f32, frozen base weights cast to f16
-//! once, trainable weights (LoRA factors, or every weight in full fine-tuning) and AdamW's state
-//! f32 (`BertModel::with_dtype`). The loss is scaled before the backward pass and the gradients
-//! unscaled before clipping ([`super::loss_scale`]); a step whose gradients are not finite is
-//! skipped (the scale halves) instead of stopping the run, and its `loss.jsonl` line carries
-//! `loss_scale`, `skipped` and `skipped_steps` (`grad_norm` is null there). The scaler is saved
-//! in checkpoints.
+//! `fp16=True` (`torch.autocast` + `GradScaler`): linear layers and attention in f16, the
+//! residual stream, LayerNorm, softmax, pooling, the similarity matrix and the loss in f32,
+//! frozen base weights cast to f16 once, trainable weights (LoRA factors, or every weight in
+//! full fine-tuning) and AdamW's state f32 (`BertModel::with_dtype`). The loss is scaled before
+//! the backward pass and the gradients unscaled before clipping ([`super::loss_scale`]); a step
+//! whose gradients are not finite is skipped (the scale halves, AdamW's state untouched) instead
+//! of stopping the run, and its `loss.jsonl` line carries `loss_scale`, `skipped` and
+//! `skipped_steps` (`grad_norm` is null there). The scaler is saved in checkpoints.
 //!
 //! Only governed data is accepted: [`TrainingPairs`] is sealed and implemented for the data
 //! module's `GovernedDataset<EmbeddingPair>`, which only `Policy::apply` creates.
@@ -864,8 +864,9 @@ pub(crate) mod tests {
 
     /// `dtype = "f16"` follows the f32 run over 50 steps of the tiny BERT, with LoRA (lr 5e-3)
     /// and in full fine-tuning (autocast: f32 master weights, lr 1e-3; plain and GradCache):
-    /// max |Δloss| within 0.005 (measured on a 2-core Intel Xeon: 0.00035 LoRA, 0.00018 full,
-    /// the losses falling from 1.52 to 0.02 and below). No step is skipped at a scale of 1024,
+    /// max |Δloss| within 0.002 (measured on a 2-core Intel Xeon: 0.00020 LoRA, 0.00009 full,
+    /// 0.00010 full with GradCache, the losses falling from 1.52 to 0.02 and below; on
+    /// all-MiniLM-L6-v2 see `BertLayer::forward_in`). No step is skipped at a scale of 1024,
     /// every line carries the scale, the first step's unscaled gradient norm is the f32 one, and
     /// the trained weights come back as f32 where they train. At 2^40 the first gradients
     /// overflow f16: those steps are skipped (scale halved each time) and the run goes on
@@ -887,7 +888,7 @@ pub(crate) mod tests {
             assert_eq!((f32_run.losses.len(), f16_run.losses.len()), (50, 50));
             let worst = f32_run.losses.iter().zip(&f16_run.losses).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             eprintln!("{name}: f16 vs f32 over 50 steps: max |Δloss| {worst:.5} (losses {:.4} → {:.4})", f32_run.losses[0], f32_run.losses[49]);
-            assert!(worst <= 0.005 && worst > 0.0, "{name}: max |Δloss| {worst}: {:?} vs {:?}", f32_run.losses, f16_run.losses);
+            assert!(worst <= 0.002 && worst > 0.0, "{name}: max |Δloss| {worst}: {:?} vs {:?}", f32_run.losses, f16_run.losses);
             // Same weights at step 1: the unscaled gradient norm is the f32 one (AdamW alone would
             // hide a gradient left scaled: its update does not depend on the gradient's scale).
             let norm = |log: &[serde_json::Value]| log[0]["grad_norm"].as_f64().unwrap();
