@@ -913,6 +913,31 @@ pub(crate) mod tests {
         }
     }
 
+    /// An f16 run interrupted and resumed from its checkpoint (f16 frozen base, f32 adapters,
+    /// the loss scaler in state.json) ends where the uninterrupted one does, bit for bit.
+    #[test]
+    fn f16_run_resumes_bit_for_bit() {
+        let _turn = rng_turn();
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let lora = LoraConfig { rank: 4, alpha: 8.0, ..LoraConfig::default() };
+        // 2^26 overflows for the first steps: the resumed run must continue with the halved scale.
+        let cfg = |d: &Path| ContrastiveConfig { max_steps: Some(12), learning_rate: 5e-3, lora: Some(lora.clone()), dtype: Dtype::F16, init_loss_scale: 2f64.powi(26), ..config(d) };
+        let full = ContrastiveTrainer::new(cfg(d1.path())).with_progress(false).fit(tiny_bert(), &data(), None).unwrap();
+        let first = ContrastiveTrainer::new(cfg(d2.path())).with_progress(false).stop_after(6).fit(tiny_bert(), &data(), None).unwrap();
+        let ckpt = checkpoint::latest(d2.path()).unwrap();
+        let scaler = checkpoint::load_state(&ckpt).unwrap().loss_scaler.expect("the scaler is saved");
+        let rest = ContrastiveTrainer::new(cfg(d2.path())).with_progress(false).fit(tiny_bert(), &data(), Some(&ckpt)).unwrap();
+        assert_eq!([first.losses, rest.losses].concat(), full.losses);
+        let strip = |mut v: Vec<serde_json::Value>| {
+            v.iter_mut().for_each(|l| drop(l.as_object_mut().unwrap().remove("pairs_per_s")));
+            v
+        };
+        let (a, b) = (strip(log_lines(d1.path())), strip(log_lines(d2.path())));
+        assert_eq!(a, b);
+        assert!(a.iter().any(|l| l["skipped"] == true), "some steps overflowed: {:?}", a[0]);
+        assert_eq!(a[6]["loss_scale"].as_f64(), Some(scaler.scale as f64), "step 7 runs at the saved scale");
+    }
+
     #[test]
     fn bad_config_names_the_field_and_file() {
         let err = ContrastiveConfig { batch_size: 1, ..ContrastiveConfig::default() }.validate().unwrap_err().to_string();
