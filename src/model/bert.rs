@@ -683,9 +683,8 @@ impl BertModel {
     /// ([`BertLayer::forward_in`]), so every matmul is f16 (tensor cores on a GPU), and the
     /// attention runs in f16 but for its softmax; the residual stream, the LayerNorms, the
     /// embeddings' sum and, in [`SentenceEncoder::encode_tokens`], pooling and normalisation stay
-    /// f32. Frozen
-    /// weights (the base under LoRA: embedding tables, linear weights and biases) are cast to
-    /// `dtype` once; trainable ones stay f32 master weights cast at each use
+    /// f32. Frozen weights (the base under LoRA: embedding tables, linear weights and biases) are
+    /// cast to `dtype` once; trainable ones stay f32 master weights cast at each use
     /// ([`AdaptableLinear`]), so gradients and the optimizer see f32 in full fine-tuning too.
     /// LayerNorm weights stay f32. With [`Dtype::F32`] the model is returned unchanged.
     /// Call it after adapters are attached and the model is on its autodiff device (which
