@@ -295,3 +295,53 @@ fn memory_estimate_is_printed_and_a_run_that_cannot_fit_is_refused_naming_the_fl
     assert!(!out.status.success(), "refused");
     assert!(err.contains("--mini-batch-size") && err.contains("--batch-size") && err.contains("--lora-rank"), "{err}");
 }
+
+/// `--dtype f16` (the flag, or `dtype = "f16"` under `[train]`). With LoRA: the run records the
+/// dtype (training/config.json, the manifest's config), every loss line carries the loss scale,
+/// and the export folds the adapter into the f32 base as loaded, so a weight no adapter touches
+/// (`key`) is bit for bit the base's, not its f16 rounding. Full fine-tuning (f32 master weights
+/// cast at each use) trains too. bf16, DoRA and EmbeddingGemma are refused naming the option.
+#[test]
+fn f16_runs_record_the_dtype_export_the_f32_base_and_refuse_what_they_cannot_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tiny_model(tmp.path());
+    let cfg = config(tmp.path(), &base, "max_steps = 4\ninit_loss_scale = 1024.0\n[train.lora]\nrank = 2\nalpha = 4.0\n");
+    ok(&tunelab(&["train", "embed", cfg.to_str().unwrap(), "--dtype", "f16", "--name", "f16"]));
+    let run = run_dir(&tmp.path().join("reports"), "f16");
+    let json = |p: PathBuf| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    assert_eq!(json(run.join("training/config.json"))["dtype"], "f16");
+    assert_eq!(json(run.join("manifest.json"))["config"]["train"]["dtype"], "f16");
+    let log = std::fs::read_to_string(run.join("training/loss.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.len() == 4 && lines.iter().all(|l| l["loss_scale"].as_f64() == Some(1024.0) && l["loss"].as_f64().is_some_and(f64::is_finite)), "{log}");
+    let tensors = |dir: &Path| SentenceEncoder::load(dir, &Device::flex()).unwrap().model.hf_tensors();
+    let (before, after) = (tensors(&base), tensors(&run.join("model")));
+    let get = |t: &[(String, Vec<usize>, Vec<f32>)], name: &str| t.iter().find(|(n, _, _)| n == name).unwrap().2.clone();
+    let key = "encoder.layer.0.attention.self.key.weight";
+    assert_eq!(get(&after, key), get(&before, key), "the export's base is the f32 base, not its f16 rounding");
+    let query = "encoder.layer.0.attention.self.query.weight";
+    assert_ne!(get(&after, query), get(&before, query), "the adapter is folded in");
+
+    // Full fine-tuning, dtype from the TOML file.
+    let full = config(&tmp.path().join("full"), &base, "max_steps = 4\ndtype = \"f16\"\n");
+    ok(&tunelab(&["train", "embed", full.to_str().unwrap(), "--name", "full16"]));
+    let run = run_dir(&tmp.path().join("full/reports"), "full16");
+    assert_eq!(json(run.join("training/config.json"))["dtype"], "f16");
+    let (before, after) = (tensors(&base), tensors(&run.join("model")));
+    assert_ne!(get(&after, key), get(&before, key), "every weight trains");
+
+    let refused = |args: &[&str]| {
+        let out = tunelab(&[&["train", "embed", cfg.to_str().unwrap(), "--name", "refused"], args].concat());
+        assert!(!out.status.success(), "{args:?} must be refused");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = refused(&["--dtype", "bf16"]);
+    assert!(err.contains("--dtype") && err.contains("f32, f16"), "{err}");
+    let err = refused(&["--dtype", "f16", "--fine-tune-type", "dora"]);
+    assert!(err.contains("dtype") && err.contains("dora") && err.contains("--fine-tune-type lora"), "{err}");
+    let gemma = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma/tiny");
+    let gemma_cfg = config(&tmp.path().join("gemma"), &gemma, "max_steps = 1\n[train.lora]\nrank = 2\nalpha = 4.0\n");
+    let out = tunelab(&["train", "embed", gemma_cfg.to_str().unwrap(), "--dtype", "f16"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("EmbeddingGemma") && err.contains("--dtype f32"), "{err}");
+}

@@ -95,6 +95,16 @@ pub struct TrainEmbedArgs {
     /// MatryoshkaLoss: also train these leading dimensions (comma-separated, e.g. 768,512,256,128).
     #[arg(long, value_delimiter = ',')]
     pub matryoshka_dims: Option<Vec<usize>>,
+    /// f32 (default) or f16: mixed precision as sentence-transformers' fp16=True, linear layers and
+    /// attention in f16 (GPU tensor cores), residual stream, LayerNorm, softmax, pooling and loss in
+    /// f32, trainable weights and AdamW in f32, dynamic loss scaling; LoRA and full fine-tuning
+    /// ([train] dtype).
+    #[arg(long)]
+    pub dtype: Option<crate::model::decoder::Dtype>,
+    /// With --dtype f16: the loss scale a fresh run starts at (GradScaler's init_scale, default
+    /// 65536); halved at each overflow (that step skipped), doubled after 2000 good steps.
+    #[arg(value_parser = crate::cli::values::finite_positive_f64, long)]
+    pub init_loss_scale: Option<f64>,
     /// Skip malformed JSONL lines (each is reported) instead of stopping at the first.
     #[arg(long)]
     pub skip_bad_lines: bool,
@@ -350,6 +360,12 @@ pub fn run_train(a: TrainEmbedArgs, device: DeviceChoice) -> anyhow::Result<()> 
     }
     if let Some(v) = a.matryoshka_dims.clone() {
         cfg.train.matryoshka_dims = Some(v);
+    }
+    if let Some(v) = a.dtype {
+        cfg.train.dtype = v;
+    }
+    if let Some(v) = a.init_loss_scale {
+        cfg.train.init_loss_scale = v;
     }
     if let Some(rank) = a.lora_rank {
         let alpha = a.lora_alpha.unwrap_or(2.0 * rank as f64);

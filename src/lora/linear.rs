@@ -304,6 +304,14 @@ impl AdaptableLinear {
 
     fn forward_rows<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self {
+            // A trainable f32 layer under f16 activations (full fine-tuning with `--dtype f16`,
+            // `train embed`): the weights are cast at each use, as `torch.autocast` does, so the
+            // matmul runs in f16 and the gradients flow back through the cast to the f32 master
+            // weights. Same dtypes (every f32 run, frozen layers cast once) take burn's path unchanged.
+            Self::Base(l) if l.weight.val().dtype() != x.dtype() => {
+                let dtype = x.dtype();
+                linear(x, l.weight.val().cast(dtype), l.bias.as_ref().map(|b| b.val().cast(dtype)))
+            }
             Self::Base(l) => l.forward(x),
             Self::Lora(l) => l.forward(x),
             Self::Quantized(l) => l.forward(x),

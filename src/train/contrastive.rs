@@ -201,9 +201,20 @@ impl MultipleNegativesRankingLoss {
     /// Loss value and parameter gradients of one batch. `seed` seeds the device's random
     /// stream (dropout) first, so a step can be replayed exactly.
     pub fn backward<E: TrainableEncoder>(&self, encoder: &E, batch: &PairBatch, seed: u64) -> Result<(f32, GradientsParams), E::Error> {
+        self.backward_scaled(encoder, batch, seed, None)
+    }
+
+    /// [`backward`](Self::backward) with the loss multiplied by `loss_scale` before the backward
+    /// pass (`--dtype f16`, [`super::loss_scale`]): the gradients come back scaled, the loss
+    /// value does not. `None` is `backward` exactly.
+    pub fn backward_scaled<E: TrainableEncoder>(&self, encoder: &E, batch: &PairBatch, seed: u64, loss_scale: Option<f32>) -> Result<(f32, GradientsParams), E::Error> {
         encoder.device().seed(seed);
         let loss = self.loss(encoder, batch)?;
         let value = loss.clone().into_scalar::<f32>();
+        let loss = match loss_scale {
+            Some(s) => loss.mul_scalar(s),
+            None => loss,
+        };
         let grads = GradientsParams::from_grads(loss.backward(), encoder.model());
         Ok((value, grads))
     }
@@ -229,6 +240,13 @@ impl CachedMultipleNegativesRankingLoss {
     /// Loss value and parameter gradients of one batch, equal to
     /// [`MultipleNegativesRankingLoss::backward`]'s up to float rounding (when dropout is off).
     pub fn backward<E: TrainableEncoder>(&self, encoder: &E, batch: &PairBatch, seed: u64) -> Result<(f32, GradientsParams), E::Error> {
+        self.backward_scaled(encoder, batch, seed, None)
+    }
+
+    /// [`backward`](Self::backward) with the loss scaled by `loss_scale` before step (2)'s
+    /// backward pass, so the cached embedding gradients, and every gradient chained from them
+    /// through the f16 activations in step (3), come back scaled (`--dtype f16`).
+    pub fn backward_scaled<E: TrainableEncoder>(&self, encoder: &E, batch: &PairBatch, seed: u64, loss_scale: Option<f32>) -> Result<(f32, GradientsParams), E::Error> {
         let device = encoder.device();
         let mb = self.mini_batch_size.max(1);
 
@@ -253,6 +271,10 @@ impl CachedMultipleNegativesRankingLoss {
         let negatives = if leaves[2].is_empty() { None } else { Some(cat(&leaves[2])) };
         let loss = self.loss.forward(cat(&leaves[0]), cat(&leaves[1]), negatives);
         let value = loss.clone().into_scalar::<f32>();
+        let loss = match loss_scale {
+            Some(s) => loss.mul_scalar(s),
+            None => loss,
+        };
         let emb_grads = loss.backward();
 
         // (3) re-embed with graphs; chain the cached gradients into the parameters.
@@ -483,6 +505,8 @@ mod tests {
     /// gradient d loss / d embedding is chained through a different network than it came from.
     #[test]
     fn gradcache_first_pass_draws_the_masks_of_the_second() {
+        // Its masks come from the process-wide stream, which the trainer tests reseed every step.
+        let _turn = crate::train::contrastive_trainer::tests::rng_turn();
         let device = Device::flex().autodiff();
         let enc = HashedBagEncoder::new(64, 8, 6, 0.3, 5, &device).for_training();
         let data = pairs_fixture();

@@ -43,6 +43,7 @@ use crate::device::DeviceChoice;
 use crate::io::tokenizer::TextTokenizer;
 use crate::lora::{AdapterWeights, FineTuneType, LoraConfig};
 use crate::model::bert::{Prompts, SentenceEncoder};
+use crate::model::decoder::Dtype;
 use crate::model::gemma::{GemmaEncoder, is_gemma_folder};
 use crate::report::manifest::{Manifest, RunDir};
 use crate::train::checkpoint;
@@ -200,8 +201,13 @@ trait JobEncoder: TrainableEncoder {
     fn tokenizer_mut(&mut self) -> &mut TextTokenizer;
     /// The encoder dense hard-negative mining can search with (BERT only, for now).
     fn dense_miner(&self) -> Option<&SentenceEncoder>;
-    /// Adapters (if any) as arrays, then folded into the weights.
-    fn merge_adapters(self, lora: Option<&LoraConfig>) -> (Self, Option<AdapterWeights>);
+    /// The adapters as arrays.
+    fn adapter_weights(&self, lora: &LoraConfig) -> AdapterWeights;
+    /// Adapters (if any) folded into the weights.
+    fn merged(self) -> Self;
+    /// `adapter` attached to this (plain, freshly loaded) encoder and folded into its weights:
+    /// the export of a `--dtype f16` LoRA run, whose own frozen base was rounded to f16.
+    fn merge_adapter_into(self, adapter: &AdapterWeights) -> anyhow::Result<Self>;
     fn write_folder(&self, dir: &Path, meta: serde_json::Value) -> anyhow::Result<()>;
     /// What one token costs autograd, for the memory estimate.
     fn activation_profile(&self) -> ActivationProfile;
@@ -220,10 +226,16 @@ impl JobEncoder for SentenceEncoder {
     fn dense_miner(&self) -> Option<&SentenceEncoder> {
         Some(self)
     }
-    fn merge_adapters(mut self, lora: Option<&LoraConfig>) -> (Self, Option<AdapterWeights>) {
-        let adapter = lora.map(|l| self.model.adapter_weights(l));
+    fn adapter_weights(&self, lora: &LoraConfig) -> AdapterWeights {
+        self.model.adapter_weights(lora)
+    }
+    fn merged(mut self) -> Self {
         self.model = self.model.merged();
-        (self, adapter)
+        self
+    }
+    fn merge_adapter_into(mut self, adapter: &AdapterWeights) -> anyhow::Result<Self> {
+        self.model = self.model.with_adapter(adapter)?.merged();
+        Ok(self)
     }
     fn write_folder(&self, dir: &Path, meta: serde_json::Value) -> anyhow::Result<()> {
         crate::export::sentence_transformers::write_folder(self, dir, meta)?;
@@ -248,10 +260,16 @@ impl JobEncoder for GemmaEncoder {
     fn dense_miner(&self) -> Option<&SentenceEncoder> {
         None
     }
-    fn merge_adapters(mut self, lora: Option<&LoraConfig>) -> (Self, Option<AdapterWeights>) {
-        let adapter = lora.map(|l| self.model.adapter_weights(l));
+    fn adapter_weights(&self, lora: &LoraConfig) -> AdapterWeights {
+        self.model.adapter_weights(lora)
+    }
+    fn merged(mut self) -> Self {
         self.model = self.model.merged();
-        (self, adapter)
+        self
+    }
+    fn merge_adapter_into(self, _adapter: &AdapterWeights) -> anyhow::Result<Self> {
+        // Only f16 runs export this way, and EmbeddingGemma refuses f16 before training.
+        bail!("EmbeddingGemma does not train in f16: its adapter is exported from the f32 run's own weights")
     }
     fn write_folder(&self, dir: &Path, meta: serde_json::Value) -> anyhow::Result<()> {
         crate::export::sentence_transformers::write_gemma_folder(self, dir, meta)?;
@@ -347,22 +365,25 @@ pub fn run_embed_job(cfg: &EmbedJobConfig, choice: DeviceChoice) -> anyhow::Resu
         // QMD's embeddinggemma GGUF: LoRA keeps the file's Q8_0 blocks as its frozen base (QLoRA);
         // full fine-tuning needs f32 weights to update.
         let keep_quantized = cfg.train.lora.is_some();
-        let encoder = GemmaEncoder::load_gguf(&cfg.model, keep_quantized, &device).with_context(loading)?;
+        let load = || GemmaEncoder::load_gguf(&cfg.model, keep_quantized, &device).with_context(loading);
         manifest.add_input(&cfg.model)?;
-        train_and_export(cfg, encoder, read.records, &policy, manifest, run_dir, cpu)
+        train_and_export(cfg, load()?, &load, read.records, &policy, manifest, run_dir, cpu)
     } else if is_gemma_folder(&cfg.model) {
-        let encoder = GemmaEncoder::load(&cfg.model, &device).with_context(loading)?;
-        train_and_export(cfg, encoder, read.records, &policy, manifest, run_dir, cpu)
+        let load = || GemmaEncoder::load(&cfg.model, &device).with_context(loading);
+        train_and_export(cfg, load()?, &load, read.records, &policy, manifest, run_dir, cpu)
     } else {
-        let encoder = SentenceEncoder::load(&cfg.model, &device).with_context(loading)?;
-        train_and_export(cfg, encoder, read.records, &policy, manifest, run_dir, cpu)
+        let load = || SentenceEncoder::load(&cfg.model, &device).with_context(loading);
+        train_and_export(cfg, load()?, &load, read.records, &policy, manifest, run_dir, cpu)
     }
 }
 
-/// Everything after loading: governance, mining, validation, training, export.
+/// Everything after loading: governance, mining, validation, training, export. `load` loads
+/// the encoder again (the f32 base an f16 LoRA run's adapter is exported onto).
+#[allow(clippy::too_many_arguments)]
 fn train_and_export<E: JobEncoder>(
     cfg: &EmbedJobConfig,
     mut encoder: E,
+    load: &dyn Fn() -> anyhow::Result<E>,
     records: Vec<EmbeddingPair>,
     policy: &Policy,
     mut manifest: Manifest,
@@ -471,7 +492,16 @@ fn train_and_export<E: JobEncoder>(
         let best_dir = train_cfg.output_dir.join("best");
         tuned.set_model(checkpoint::load_model(&best_dir, tuned.model().clone())?.valid());
     }
-    let (mut tuned, lora_adapter) = tuned.merge_adapters(train_cfg.lora.as_ref());
+    let lora_adapter = train_cfg.lora.as_ref().map(|l| tuned.adapter_weights(l));
+    let mut tuned = match (train_cfg.dtype, &lora_adapter) {
+        // The frozen base trained in f16 (rounded once); the export folds the f32-trained adapter
+        // into the base as loaded, so nothing but the adapter's training saw f16 (as `train lora`).
+        (Dtype::F16, Some(adapter)) => {
+            drop(tuned);
+            load()?.merge_adapter_into(adapter)?
+        }
+        _ => tuned.merged(),
+    };
     let t = tuned.tokenizer_mut();
     *t = TextTokenizer::new(t.inner().clone(), t.path().to_path_buf(), full_len)?;
 

@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::lora::{AdaptableLinear, LoraConfig, LoraError};
+use crate::model::decoder::Dtype;
 
 /// A sentence encoder the contrastive trainer can fine-tune.
 ///
@@ -37,6 +38,17 @@ pub trait TrainableEncoder: Clone + Send {
     fn with_lora(self, config: &LoraConfig, seed: u64) -> Result<Self, LoraError> {
         let _ = (config, seed);
         Err(LoraError::Unsupported { model: std::any::type_name::<Self>().to_string() })
+    }
+
+    /// Mixed precision (`--dtype f16`): the encoder set up to run its activations in `dtype`,
+    /// after [`for_training`](Self::for_training) and any adapters (the BERT encoder's split is
+    /// in `BertModel::with_dtype`). `F32` is the encoder as it is; encoders without an f16 path
+    /// refuse f16 with the reason.
+    fn with_dtype(self, dtype: Dtype) -> Result<Self, String> {
+        match dtype {
+            Dtype::F32 => Ok(self),
+            Dtype::F16 => Err(format!("{} does not train in f16; use --dtype f32", std::any::type_name::<Self>())),
+        }
     }
 
     /// The device of the parameters.
@@ -184,6 +196,10 @@ impl TrainableEncoder for crate::model::bert::SentenceEncoder {
         self.model = self.model.with_lora(config, &mut rng)?;
         Ok(self)
     }
+    fn with_dtype(mut self, dtype: Dtype) -> Result<Self, String> {
+        self.model = self.model.with_dtype(dtype);
+        Ok(self)
+    }
 }
 
 /// EmbeddingGemma trains the same way; the Dense modules train with the transformer in full
@@ -204,6 +220,16 @@ impl TrainableEncoder for crate::model::gemma::GemmaEncoder {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         self.model = self.model.with_lora(config, &mut rng)?;
         Ok(self)
+    }
+    /// EmbeddingGemma's activations overflow f16 (its model card: "EmbeddingGemma activations do
+    /// not support float16"; use float32 or bfloat16), and burn's Vulkan backend has no bf16.
+    fn with_dtype(self, dtype: Dtype) -> Result<Self, String> {
+        match dtype {
+            Dtype::F32 => Ok(self),
+            Dtype::F16 => Err("EmbeddingGemma does not run in f16 (its activations overflow f16, as its model card warns; \
+                 bf16 is not supported by burn's Vulkan backend): use --dtype f32"
+                .into()),
+        }
     }
 }
 

@@ -81,6 +81,14 @@ impl ActivationProfile {
     pub fn bytes_per_token(&self, seq: usize) -> u64 {
         4 * (self.layers * (self.per_layer + self.per_layer_per_key * seq) + self.other) as u64
     }
+
+    /// Bytes per token under `--dtype f16` (`model::decoder::Dtype`): the per-layer activations
+    /// at 2 bytes; the attention scores and probabilities still at 4 (scaled, masked and
+    /// softmaxed in f32, then cast back to f16 for the second matmul: about as many bytes as in
+    /// f32), and what lies outside the layers too (the logits and the loss are f32).
+    pub fn bytes_per_token_f16(&self, seq: usize) -> u64 {
+        (2 * self.layers * self.per_layer + 4 * (self.layers * self.per_layer_per_key * seq + self.other)) as u64
+    }
 }
 
 /// Bytes a run needs, by kind.

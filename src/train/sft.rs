@@ -514,7 +514,9 @@ pub(crate) fn checkpointed_step(model: &Decoder, batch: &Batch, device: &Device,
 /// A quantized base (QLoRA) adds the dequantized f32 matrices a step holds
 /// ([`crate::lora::quant`]): on the CPU backend one matrix at a time (dequantized again in the
 /// backward pass); elsewhere autodiff keeps every block's under the gradient, one block's with
-/// `grad_checkpoint`.
+/// `grad_checkpoint`. Under `--dtype f16` the frozen base ([`Decoder::with_frozen_dtype`]) and
+/// the per-layer activations count 2 bytes a value; adapters, norms, gradients and AdamW's
+/// moments stay 4, and so do the dequantized QLoRA matrices (dequantized in f32).
 pub fn memory_estimate(lm: &CausalLm, cfg: &SftConfig) -> super::memory::MemoryEstimate {
     memory_estimate_of(&lm.model, &lm.config, cfg)
 }
@@ -557,12 +559,19 @@ pub fn memory_estimate_of(model: &Decoder, c: &crate::model::decoder::DecoderCon
         }
     }
     let profile = super::memory::ActivationProfile::llama(n - lowest.min(n), c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.intermediate_size, c.num_attention_heads, c.vocab_size);
-    let mut e = super::memory::MemoryEstimate::new(all, trainable, profile.bytes_per_token(cfg.max_seq_length), cfg.batch_size * cfg.max_seq_length);
+    let f16 = cfg.dtype == Dtype::F16;
+    let bytes_per_token = |p: &super::memory::ActivationProfile| if f16 { p.bytes_per_token_f16(cfg.max_seq_length) } else { p.bytes_per_token(cfg.max_seq_length) };
+    let mut e = super::memory::MemoryEstimate::new(all, trainable, bytes_per_token(&profile), cfg.batch_size * cfg.max_seq_length);
+    if f16 {
+        // The frozen base is cast to f16 once: 2 bytes a value instead of 4.
+        e.weights -= 2 * model.frozen_dtype_values() as u64;
+    }
     if cfg.grad_checkpoint {
         // [`checkpointed_step`]: each block's input kept, one block's graph at a time, the
         // embedding output and final hidden states, and one head chunk's logits and log-softmax.
         let one_block = super::memory::ActivationProfile { layers: 1, other: 0, ..profile };
-        let per_token = 4 * ((n - lowest.min(n)) * c.hidden_size + 2 * c.hidden_size) as u64 + one_block.bytes_per_token(cfg.max_seq_length);
+        let act_bytes = if f16 { 2 } else { 4 };
+        let per_token = act_bytes * ((n - lowest.min(n)) * c.hidden_size + 2 * c.hidden_size) as u64 + bytes_per_token(&one_block);
         e.activations = per_token * (cfg.batch_size * cfg.max_seq_length) as u64 + 2 * 4 * CHECKPOINT_MAX_LOGITS.min(cfg.batch_size * cfg.max_seq_length * c.vocab_size) as u64;
     }
     // Dequantized f32 bytes per block (the frozen bases kept as ggml blocks).
@@ -1302,6 +1311,36 @@ mod tests {
             // One block under the gradient: its graph is all either way (the head chunk aside).
             let fewer = if num_layers == -1 { ckpt.activations < e.activations } else { ckpt.activations <= e.activations };
             assert!(fewer, "{ty} num_layers {num_layers}: --grad-checkpoint keeps less: {} vs {}", ckpt.activations, e.activations);
+        }
+    }
+
+    /// `--dtype f16`: the estimate's weights are the bytes the cast model holds (frozen base at 2
+    /// bytes, adapters and norms at 4, summed from the tensors `with_frozen_dtype` leaves), the
+    /// activations fewer, gradients and AdamW moments unchanged.
+    #[test]
+    fn memory_estimate_counts_the_f16_base_at_two_bytes() {
+        use burn::module::{Module, ModuleVisitor, Param};
+        struct Bytes(u64);
+        impl ModuleVisitor for Bytes {
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+                let t = p.val();
+                self.0 += (t.shape().dims::<D>().iter().product::<usize>() * t.dtype().size()) as u64;
+            }
+        }
+        let lm = lm();
+        let cfg32 = config(Path::new("unused"));
+        let cfg16 = SftConfig { dtype: Dtype::F16, ..cfg32.clone() };
+        // The adapted model, as `bench lora` estimates it and the trainer casts it.
+        let adapted = lm.model.clone().with_lora(&cfg16.lora_config(), &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+        let mut held = Bytes(0);
+        adapted.clone().with_frozen_dtype(Dtype::F16).visit(&mut held);
+        for grad_checkpoint in [false, true] {
+            let (cfg32, cfg16) = (SftConfig { grad_checkpoint, ..cfg32.clone() }, SftConfig { grad_checkpoint, ..cfg16.clone() });
+            let (e32, e16) = (memory_estimate_of(&adapted, &lm.config, &cfg32), memory_estimate_of(&adapted, &lm.config, &cfg16));
+            assert_eq!(e16.weights, held.0, "grad_checkpoint {grad_checkpoint}: the bytes the f16 model holds");
+            assert!(e16.weights < e32.weights * 3 / 5, "{} vs {}", e16.weights, e32.weights);
+            assert_eq!((e16.gradients, e16.optimizer), (e32.gradients, e32.optimizer));
+            assert!(e16.activations < e32.activations && e16.activations > e32.activations / 4, "{} vs {}", e16.activations, e32.activations);
         }
     }
 

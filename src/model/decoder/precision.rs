@@ -93,6 +93,11 @@ pub(super) fn rms_norm_f32<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tens
     norm.forward(x.cast(FloatDType::F32)).cast(dtype)
 }
 
+/// Values of a parameter.
+fn numel<const D: usize>(p: &Param<Tensor<D>>) -> usize {
+    p.shape().dims::<D>().iter().product()
+}
+
 /// A frozen parameter cast to `dtype` (same id, still frozen).
 fn cast_param<const D: usize>(p: Param<Tensor<D>>, dtype: FloatDType) -> Param<Tensor<D>> {
     p.map(|t| t.cast(dtype))
@@ -102,7 +107,8 @@ impl AdaptableLinear {
     /// The frozen weight and bias in `dtype`; LoRA factors and DoRA magnitudes untouched (f32).
     /// A quantized base keeps its blocks: it is dequantized (to f32, bit-exact with ggml) and
     /// cast to the activations' dtype at each use, as PEFT's QLoRA dequantizes to its compute dtype.
-    fn with_frozen_dtype(self, dtype: FloatDType) -> Self {
+    /// (Also the BERT encoder's, `model::bert::BertModel::with_dtype`, for its frozen layers.)
+    pub(crate) fn with_frozen_dtype(self, dtype: FloatDType) -> Self {
         match self {
             Self::Base(mut l) => {
                 l.weight = cast_param(l.weight, dtype);
@@ -124,7 +130,27 @@ impl AdaptableLinear {
     }
 }
 
+impl AdaptableLinear {
+    /// Values [`Self::with_frozen_dtype`] casts (a quantized base's blocks are not cast).
+    fn frozen_dtype_values(&self) -> usize {
+        let bias = |b: &Option<Param<Tensor<1>>>| b.as_ref().map_or(0, numel);
+        match self {
+            Self::Base(l) => numel(&l.weight) + bias(&l.bias),
+            Self::Lora(l) => (if let BaseWeight::Dense(w) = &l.weight { numel(w) } else { 0 }) + bias(&l.bias),
+            Self::Quantized(q) => bias(&q.bias),
+        }
+    }
+}
+
 impl Decoder {
+    /// How many values [`Decoder::with_frozen_dtype`] casts: the memory estimate counts them
+    /// at 2 bytes under `--dtype f16` (`train::sft::memory_estimate`).
+    pub fn frozen_dtype_values(&self) -> usize {
+        let head = self.lm_head.as_ref().map_or(0, |h| numel(&h.weight) + h.bias.as_ref().map_or(0, numel));
+        let layers: usize = self.layers.iter().flat_map(|l| l.projections()).map(|(_, p)| p.frozen_dtype_values()).sum();
+        numel(&self.embed_tokens) + head + layers
+    }
+
     /// Cast the frozen base weights (embedding, projections, output head and their biases) to
     /// `dtype`, once, after adapters are attached: the activations then run in `dtype` (module
     /// notes). Norm weights, RoPE frequencies and every trainable parameter stay f32. With
