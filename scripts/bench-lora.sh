@@ -34,15 +34,21 @@
 # (element loops on both cores in AVX2, vectorizable exp/erf) and the freed-buffer reuse:
 #   smollm2-135m seq256 b4  tunelab 171.0 tok/s (RSS 3.30 GiB), torch+peft 155.7 (4.99 GiB) -> 1.10x, RSS 0.66x
 #   smollm2-135m seq512 b1  tunelab 151.6 tok/s (RSS 2.35 GiB), torch+peft 143.2 (3.10 GiB) -> 1.06x, RSS 0.76x
-# Measured 2026-12-06 17:58-18:05 UTC, CPU, a 2-core Intel Xeon with AVX-512 (and AMX; gemm's AVX-512
-# kernels and burn-flex's AVX-512 element loops in use), defaults, one helper's build running beside (load 1.6-2.1):
-#   smollm2-135m seq256 b4  tunelab 147.7 tok/s (RSS 3.31 GiB), torch+peft 225.7 (5.17 GiB) -> 0.65x, RSS 0.64x
-#   smollm2-135m seq512 b1  tunelab 110.1 tok/s (RSS 2.36 GiB), torch+peft 164.6 (3.36 GiB) -> 0.67x, RSS 0.70x
+# Measured 2026-12-06 on a 2-core Intel Xeon with AVX-512 (and AMX; gemm's AVX-512 kernels and
+# burn-flex's AVX-512 element loops in use), defaults, three runs (17:58 with a build beside, load ~2;
+# 19:00 and 19:27 alone; the last after burn-flex patch 6, sigmoid vectorized); tok/s tunelab vs torch+peft:
+#   smollm2-135m seq256 b4  147.7 vs 225.7 (0.65x), 170.8 vs 342.7 (0.50x), 162.1 vs 256.0 (0.63x); RSS 0.64x
+#   smollm2-135m seq512 b1  110.1 vs 164.6 (0.67x), 128.6 vs 290.7 (0.44x), 127.8 vs 244.1 (0.52x); RSS 0.70-0.74x
+# (this VM's speed drifts by a third between runs minutes apart: torch 226-343 tok/s on the same case).
 # Where tunelab's step goes there (perf, seq256 b4, after the model is built): gemm's AVX-512 f32
 # microkernels 62%, burn-flex element-wise loops 23%, libm expf 4% (flex's sigmoid in SiLU is scalar
-# libm), memset/memcpy 4%, page faults 1%. gemm alone (about 4.3 s of the 6.9 s step) takes as long
-# as torch's whole step (4.5 s; its mm runs at 66-103 GFLOP/s on these shapes and 2 threads, MKL/oneDNN),
-# so the matmul kernels, not the element-wise work, are most of the gap on this CPU.
+# libm; gone after patch 6), memset/memcpy 4%, page faults 1%. Alone, gemm and torch.mm run these
+# shapes at the same rate on this CPU (2 threads, quiet: burn-flex 254-338 GFLOP/s, torch 206-365 on
+# [1024x576]x[576x1536], [1024x1536]x[1536x576], the 49152-word head, [..x576], [..x192]), but in the
+# step gemm does ~0.6 TFLOP in ~3.4 s (~180 GFLOP/s: batched attention products with k = 64 and skinny
+# LoRA products run below peak), and the element-wise work is ~2.3 s against ~0.9 s for all of torch's
+# non-matmul ops. Attention's share (seq scaling at 1,024 tokens a step: b4 s256 5.7 s, b2 s512 7.0 s,
+# b1 s1024 8.6 s) is ~15-20% of the step at seq 256 and ~25-35% at seq 512.
 # Earlier, under heavy load (absolute numbers ~10x lower, ratios comparable):
 # Measured 2026-12-01 21:58-22:19 UTC, CPU, 2 cores shared with other jobs (load average 6-10
 # throughout, each process got ~0.5-0.7 of a core), `TORCH_ANCHOR=/work/shared/bench/torch_anchor.py

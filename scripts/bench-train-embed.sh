@@ -25,10 +25,11 @@
 #   the CLI keeping freed tensor buffers for reuse (device::keep_freed_memory: 0.56 M page faults per
 #   run instead of 2.1-2.8 M).
 #   perf: gemm ~60% of CPU time (about MKL's rate per core here); the rest element-wise, on both cores.
-# Measured 2026-12-06 17:54-17:58 UTC on a 2-core Intel Xeon with AVX-512 (gemm's AVX-512 kernels,
-# burn-flex's AVX-512 element loops), defaults (5 steps, 2 rounds), best round: tunelab 8.96 pairs/s
-# (2.20 GiB), torch anchor 10.1, sentence-transformers 8.78 (3.12 GiB) -> 1.02x s-t, 0.89x the raw
-# torch loop (issue 17 had 0.67x s-t on such a machine before the AVX-512 kernels).
+# Measured 2026-12-06 on a 2-core Intel Xeon with AVX-512 (gemm's AVX-512 kernels, burn-flex's
+# AVX-512 element loops), defaults (5 steps, 2 rounds), best round, two runs:
+#   17:54, a build beside: tunelab 8.96 pairs/s (2.20 GiB), torch anchor 10.1, s-t 8.78 (3.12 GiB) -> 1.02x s-t
+#   19:01, alone:          tunelab 12.27 pairs/s, torch anchor 14.4, s-t 13.14 -> 0.93x s-t, 0.85x the torch loop
+#   (issue 17 had 0.67x s-t on such a machine before the AVX-512 kernels).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-5}
