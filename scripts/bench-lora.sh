@@ -36,14 +36,13 @@
 #   smollm2-135m seq512 b1  tunelab 151.6 tok/s (RSS 2.35 GiB), torch+peft 143.2 (3.10 GiB) -> 1.06x, RSS 0.76x
 # Measured 2026-12-06 on a 2-core Intel Xeon with AVX-512 (and AMX; gemm's AVX-512 kernels and
 # burn-flex's AVX-512 element loops in use), defaults, three runs (17:58 with a build beside, load ~2;
-# 19:00 and 19:27 alone); tok/s tunelab vs torch+peft:
+# 19:00 and 19:27 alone; the last with burn-flex patch 6, sigmoid vectorized); tok/s tunelab vs torch+peft:
 #   smollm2-135m seq256 b4  147.7 vs 225.7 (0.65x), 170.8 vs 342.7 (0.50x), 162.1 vs 256.0 (0.63x); RSS 0.64x
 #   smollm2-135m seq512 b1  110.1 vs 164.6 (0.67x), 128.6 vs 290.7 (0.44x), 127.8 vs 244.1 (0.52x); RSS 0.70-0.74x
 # (this VM's speed drifts by a third between runs minutes apart: torch 226-343 tok/s on the same case).
 # Where tunelab's step goes there (perf, seq256 b4, after the model is built): gemm's AVX-512 f32
-# microkernels 62%, burn-flex element-wise loops 23%, libm expf 4% (flex's sigmoid in SiLU calls
-# libm's scalar expf: a vectorized one took it out of the profile, but the f16 rerank test's drift
-# then rose from 0.012 to 0.096, so it was reverted until that is understood), memset/memcpy 4%, page faults 1%. Alone, gemm and torch.mm run these
+# microkernels 62%, burn-flex element-wise loops 23%, libm expf 4% (flex's sigmoid in SiLU: scalar
+# libm; gone after burn-flex patch 6), memset/memcpy 4%, page faults 1%. Alone, gemm and torch.mm run these
 # shapes at the same rate on this CPU (2 threads, quiet: burn-flex 254-338 GFLOP/s, torch 206-365 on
 # [1024x576]x[576x1536], [1024x1536]x[1536x576], the 49152-word head, [..x576], [..x192]), but in the
 # step gemm does ~0.6 TFLOP in ~3.4 s (~180 GFLOP/s: batched attention products with k = 64 and skinny

@@ -330,10 +330,12 @@ fn train_rerank_pointwise_and_listwise() {
 }
 
 /// `train rerank --dtype f16` on the tiny Qwen3 reranker (tied head, q/k norms), listwise, with
-/// and without `--grad-checkpoint`: the losses follow the f32 run within 0.05 over 30
-/// iterations (measured 0.012 at a start scale of 256, where nothing overflows), each update
-/// line carries the scale; at GradScaler's default 2^16 the first updates overflow, are
-/// skipped and logged, and training still lowers the loss.
+/// and without `--grad-checkpoint`: the losses follow the f32 run within 0.02 over 30
+/// iterations (measured 0.0026-0.0032 at a start scale of 256, where nothing overflows), each
+/// update line carries the scale; at GradScaler's default 2^16 the first updates overflow, are
+/// skipped and logged, and training still lowers the loss. The learning rate is 0.003: at 0.01
+/// this tiny model's training is chaotic, and a change of one f16 rounding (sigmoid's last f32
+/// bits) moved the f16-vs-f32 gap from 0.012 to 0.096, which measures the chaos, not f16.
 #[test]
 fn train_rerank_f16_follows_f32() {
     let tmp = tempfile::tempdir().unwrap();
@@ -341,7 +343,7 @@ fn train_rerank_f16_follows_f32() {
     write_judgments(&dir.join("judgments.jsonl"));
     let model = tiny().display().to_string();
     let run = |out: &str, extra: &[&str]| -> Vec<serde_json::Value> {
-        let args = ["train", "rerank", "--model", &model, "--data", "judgments.jsonl", "--loss", "listwise", "--iters", "30", "--batch-size", "4", "--learning-rate", "0.01", "--save-every", "15", "--valid-fraction", "0.25", "--mined-negatives", "1", "--negatives", "2", "--seed", "3", "--adapter-path", out];
+        let args = ["train", "rerank", "--model", &model, "--data", "judgments.jsonl", "--loss", "listwise", "--iters", "30", "--batch-size", "4", "--learning-rate", "0.003", "--save-every", "15", "--valid-fraction", "0.25", "--mined-negatives", "1", "--negatives", "2", "--seed", "3", "--adapter-path", out];
         ok(&tunelab(&[&args[..], extra].concat(), dir));
         std::fs::read_to_string(dir.join(out).join("loss.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|l| l.get("loss").is_some()).collect()
     };
@@ -351,7 +353,7 @@ fn train_rerank_f16_follows_f32() {
         let log = run(out, extra);
         let worst = loss(&f32_log).iter().zip(loss(&log)).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
         eprintln!("{out} vs f32, 30 iterations: max |Δloss| {worst:.5}");
-        assert!(worst <= 0.05 && worst > 0.0, "{out}: {worst}");
+        assert!(worst <= 0.02 && worst > 0.0, "{out}: {worst}");
         assert!(log.iter().all(|l| l["loss_scale"].as_f64() == Some(256.0) && l["skipped"] == false), "{:?}", log[0]);
     }
     let log = run("f16-default", &["--dtype", "f16"]);
