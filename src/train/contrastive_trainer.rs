@@ -93,13 +93,10 @@ pub struct ContrastiveConfig {
     pub dtype: Dtype,
     /// `dtype = "f16"`: the loss scale a fresh run starts at (`torch.amp.GradScaler`'s
     /// `init_scale`, 2^16).
-    #[serde(skip_serializing_if = "is_default_loss_scale")]
+    #[serde(skip_serializing_if = "super::loss_scale::is_default_init_scale")]
     pub init_loss_scale: f64,
 }
 
-fn is_default_loss_scale(v: &f64) -> bool {
-    *v == super::loss_scale::INIT_SCALE as f64
-}
 
 impl Default for ContrastiveConfig {
     fn default() -> Self {
@@ -185,8 +182,8 @@ impl ContrastiveConfig {
         if let Some(lora) = &self.lora {
             lora.validate()?;
         }
-        if !(self.init_loss_scale.is_finite() && self.init_loss_scale > 0.0 && (self.init_loss_scale as f32).is_normal()) {
-            return bad("init_loss_scale", format!("{} is not a positive f32 number", self.init_loss_scale));
+        if let Err(reason) = super::loss_scale::check_init_scale(self.init_loss_scale) {
+            return bad("init_loss_scale", reason);
         }
         if self.dtype != Dtype::F32 && self.lora.as_ref().is_some_and(|l| l.use_dora) {
             // DoRA's row norms mix the frozen base with B·A: its layers run in f32 only.
@@ -378,10 +375,7 @@ impl<'v, E: TrainableEncoder> ContrastiveTrainer<'v, E> {
             last_checkpoint = Some(dir.to_path_buf());
         }
         // A resumed run keeps the loss scale it had; a fresh f16 run starts at `init_loss_scale`.
-        state.loss_scaler = match cfg.dtype {
-            Dtype::F32 => None,
-            Dtype::F16 => Some(state.loss_scaler.take().unwrap_or_else(|| super::loss_scale::LossScaler::new(cfg.init_loss_scale as f32))),
-        };
+        state.loss_scaler = super::loss_scale::for_dtype(cfg.dtype, state.loss_scaler.take(), cfg.init_loss_scale);
         let mut optim = adamw(&cfg, encoder.model());
         if let Some(dir) = resume {
             optim = checkpoint::load_optimizer(dir, optim)?;

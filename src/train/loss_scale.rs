@@ -26,6 +26,29 @@ pub struct LossScaler {
     pub skipped: usize,
 }
 
+/// Whether `init_loss_scale` is GradScaler's default (configs leave it out when written).
+pub(crate) fn is_default_init_scale(v: &f64) -> bool {
+    *v == INIT_SCALE as f64
+}
+
+/// `init_loss_scale` as the configs validate it: a positive normal f32.
+pub(crate) fn check_init_scale(v: f64) -> Result<(), String> {
+    if v.is_finite() && v > 0.0 && (v as f32).is_normal() {
+        Ok(())
+    } else {
+        Err(format!("{v} is not a positive f32 number"))
+    }
+}
+
+/// The scaler a run trains with: none in f32; in f16 the one a resumed run saved, else a fresh
+/// one at `init_scale`.
+pub(crate) fn for_dtype(dtype: crate::model::decoder::Dtype, resumed: Option<LossScaler>, init_scale: f64) -> Option<LossScaler> {
+    match dtype {
+        crate::model::decoder::Dtype::F32 => None,
+        crate::model::decoder::Dtype::F16 => Some(resumed.unwrap_or_else(|| LossScaler::new(init_scale as f32))),
+    }
+}
+
 impl Default for LossScaler {
     /// `torch.amp.GradScaler()`'s defaults: `init_scale = 2^16`, `growth_interval = 2000`.
     fn default() -> Self {

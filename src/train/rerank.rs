@@ -124,7 +124,7 @@ pub struct RerankConfig {
     #[serde(skip_serializing_if = "Dtype::is_f32")]
     pub dtype: Dtype,
     /// `dtype = "f16"`: the starting loss scale, as `train lora`'s `init_loss_scale`.
-    #[serde(skip_serializing_if = "is_default_loss_scale")]
+    #[serde(skip_serializing_if = "super::loss_scale::is_default_init_scale")]
     pub init_loss_scale: f64,
     pub loss: RerankLoss,
     /// Pointwise targets: graded (grade / largest grade) or binary (grade ≥ 1).
@@ -248,10 +248,6 @@ impl RerankConfig {
         }
         Ok(())
     }
-}
-
-fn is_default_loss_scale(v: &f64) -> bool {
-    *v == super::loss_scale::INIT_SCALE as f64
 }
 
 /// One judgment: a query, a document text and its grade (booleans as 0/1).

@@ -156,13 +156,10 @@ pub struct SftConfig {
     /// `dtype = "f16"`: the loss scale a fresh run starts at (`torch.amp.GradScaler`'s
     /// `init_scale`, default 2^16); halved at each overflow, so a too-large start only costs the
     /// first updates. Left out of written configs at its default.
-    #[serde(skip_serializing_if = "is_default_loss_scale")]
+    #[serde(skip_serializing_if = "super::loss_scale::is_default_init_scale")]
     pub init_loss_scale: f64,
 }
 
-fn is_default_loss_scale(v: &f64) -> bool {
-    *v == super::loss_scale::INIT_SCALE as f64
-}
 
 impl Default for SftConfig {
     /// MLX-LM's defaults where it has one.
@@ -274,8 +271,8 @@ impl SftConfig {
         if self.fine_tune_type == FineTuneType::Full && matches!(self.quantize_base, QuantizeBase::Q8_0 | QuantizeBase::Q4_0) {
             return bad("quantize_base", "full fine-tuning trains f32 weights: use keep (frozen blocks stay quantized) or none".into());
         }
-        if !(self.init_loss_scale.is_finite() && self.init_loss_scale > 0.0 && (self.init_loss_scale as f32).is_normal()) {
-            return bad("init_loss_scale", format!("{} is not a positive f32 number", self.init_loss_scale));
+        if let Err(reason) = super::loss_scale::check_init_scale(self.init_loss_scale) {
+            return bad("init_loss_scale", reason);
         }
         if self.dtype != Dtype::F32 && self.fine_tune_type != FineTuneType::Lora {
             return bad("dtype", format!("{} trains only LoRA adapters over a frozen base: fine_tune_type {} needs f32 weights (DoRA's row norms, full fine-tuning's master weights)", self.dtype, serde_json::to_value(self.fine_tune_type).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()));
@@ -434,10 +431,7 @@ fn batch_loss_chunked(model: &Decoder, batch: &Batch, device: &Device, max_logit
 /// `init_loss_scale`), none for f32. A device without `dtype` is refused, naming the option.
 pub(crate) fn with_training_dtype(model: Decoder, dtype: Dtype, init_loss_scale: f64, state: &mut TrainState) -> Result<Decoder, SftError> {
     dtype.check_device(&model.embed_tokens.val().device()).map_err(|reason| SftError::Config { field: "dtype", reason })?;
-    state.loss_scaler = match dtype {
-        Dtype::F32 => None,
-        Dtype::F16 => Some(state.loss_scaler.take().unwrap_or_else(|| super::loss_scale::LossScaler::new(init_loss_scale as f32))),
-    };
+    state.loss_scaler = super::loss_scale::for_dtype(dtype, state.loss_scaler.take(), init_loss_scale);
     Ok(model.train().with_frozen_dtype(dtype))
 }
 

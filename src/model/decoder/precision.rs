@@ -128,9 +128,7 @@ impl AdaptableLinear {
             }
         }
     }
-}
 
-impl AdaptableLinear {
     /// Values [`Self::with_frozen_dtype`] casts (a quantized base's blocks are not cast).
     fn frozen_dtype_values(&self) -> usize {
         let bias = |b: &Option<Param<Tensor<1>>>| b.as_ref().map_or(0, numel);
