@@ -5,6 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
+# A cold build here needs about 8 GB under target/ (measured in environment.md); a CI run once died with
+# "No space left on device" in the middle of compiling. Say up front how much there is.
+avail_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+echo "disk: $((avail_kb / 1024 / 1024)) GiB free under $PWD (a cold build needs about 8)"
+if (( avail_kb < 8 * 1024 * 1024 )); then
+  echo "warning: less than 8 GiB free; the build may fail with 'No space left on device'" >&2
+fi
 scripts/fetch-models.sh
 scripts/setup-python.sh
 export TUNELAB_REFERENCE_PYTHON="$PWD/.venv/bin/python"
