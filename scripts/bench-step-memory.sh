@@ -18,6 +18,8 @@
 #                 (default: smollm2-135m 512 4, qwen3-0.6b 512 1)
 #      MODES      which steps per case: "plain ckpt" (default), "ckpt" or "plain"
 #      STEPS      timed steps (default 1), WARMUP warm-up steps (default 1)
+#      DTYPE      tunelab's --dtype: f32 (default) or f16 (f16 base weights and activations, as PEFT on an
+#                 f16 checkpoint; with q4_0 the dequantized blocks are f16 too, as QLoRA's f16 compute dtype)
 #      DEVICE     tunelab's --device (default cpu)
 #      TUNELAB    a tunelab binary to run (no cargo needed; for a GPU device build it with its feature,
 #                 e.g. --features vulkan); unset or 1: `cargo build` here and target/debug/tunelab; 0: tunelab left out
@@ -60,6 +62,7 @@ CASES=${CASES:-"smollm2-135m 512 4
 qwen3-0.6b 512 1"}
 MODES=${MODES:-plain ckpt}
 STEPS=${STEPS:-1}
+DTYPE=${DTYPE:-f32}
 WARMUP=${WARMUP:-1}
 TORCH=${TORCH:-0}
 TUNELAB=${TUNELAB:-1}
@@ -139,8 +142,8 @@ while read -r shape seq batch quant; do
   for mode in $MODES; do
     [ -n "$TL" ] || continue
     ck=; [ "$mode" = ckpt ] && ck=--grad-checkpoint
-    echo "# tunelab $shape seq $seq batch $batch base $quant $mode on $DEVICE (load:$(uptime | sed 's/.*load average: //'))" >&2
-    tunelab_case --shape "$shape" --seq "$seq" --batch-size "$batch" --rank 16 --quantize-base "$quant" \
+    echo "# tunelab $shape seq $seq batch $batch base $quant $DTYPE $mode on $DEVICE (load:$(uptime | sed 's/.*load average: //'))" >&2
+    tunelab_case --shape "$shape" --seq "$seq" --batch-size "$batch" --rank 16 --quantize-base "$quant" --dtype "$DTYPE" \
       --steps "$STEPS" --warmup "$WARMUP" $ck
   done
   if [ "$TORCH" = 1 ]; then

@@ -170,6 +170,10 @@ pub struct TrainEmbedBench {
     /// GradCache mini-batch size (CachedMultipleNegativesRankingLoss).
     #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub mini_batch_size: Option<usize>,
+    /// `train embed --dtype`: f32, or f16 mixed precision as `torch.autocast` arranges it (linear
+    /// layers and attention in f16, residual stream, LayerNorms, softmax, pooling and loss in f32).
+    #[arg(long, default_value = "f32")]
+    pub dtype: crate::model::decoder::Dtype,
 }
 
 pub fn run(cmd: BenchCommand, device: DeviceChoice) -> anyhow::Result<()> {
@@ -245,9 +249,13 @@ fn train_embed(a: TrainEmbedBench, choice: DeviceChoice) -> anyhow::Result<()> {
         output_dir: out.clone(),
         ..ContrastiveConfig::default()
     };
+    cfg.dtype = a.dtype;
     if let Some(rank) = a.lora_rank {
         cfg.lora = Some(crate::lora::LoraConfig { rank, alpha: 2.0 * rank as f64, ..Default::default() });
     }
+    let estimate = crate::train::embed_job::bert_memory_estimate(&encoder, &cfg, seq, 0)?;
+    // The model is built: from here the high-water mark is the training's (the estimate's peer).
+    let reset = reset_peak_rss();
     // Warm-up run (kernel caches, allocator and thread pools are per process), then the timed run.
     drop(ContrastiveTrainer::new(cfg.clone()).with_progress(false).fit(encoder.clone(), &data, None)?);
     cfg.max_steps = Some(a.steps);
@@ -265,10 +273,17 @@ fn train_embed(a: TrainEmbedBench, choice: DeviceChoice) -> anyhow::Result<()> {
     let dt = (a.batch_size * done.steps) as f64 / pairs_per_s;
     let _ = std::fs::remove_dir_all(&out);
     let line = serde_json::json!({
-        "case": format!("minilm-l6 mnrl seq{seq} b{}{}", a.batch_size, a.lora_rank.map(|r| format!(" lora r{r}")).unwrap_or_default()),
+        "case": format!(
+            "minilm-l6 mnrl seq{seq} b{}{}{}",
+            a.batch_size,
+            a.lora_rank.map(|r| format!(" lora r{r}")).unwrap_or_default(),
+            if a.dtype == crate::model::decoder::Dtype::F32 { "" } else { " f16" }
+        ),
         "framework": "tunelab",
         "device": choice.to_string(),
-        "dtype": "f32",
+        "dtype": a.dtype.name(),
+        "estimate_gib": estimate.total() as f64 / (1u64 << 30) as f64,
+        "step_peak_rss_gib": if reset { peak_rss_gib() } else { None },
         "batch": a.batch_size,
         "seq": seq,
         "pairs_per_s": pairs_per_s,

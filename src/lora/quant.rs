@@ -308,9 +308,9 @@ impl QuantWeight {
     /// the blocks, not the f32 matrix; elsewhere `x · dequantize()ᵀ`.
     pub fn matmul_t(&self, x: Tensor<2>) -> Tensor<2> {
         use super::quant_matmul::{Q4_0, Q4_1, Q8_0, QuantMatmulBackend};
-        // The op computes in f32; f16 activations (`--dtype f16`) take the dequantize-then-cast
-        // path, as GPU devices do (the cast is a no-op for f32).
-        if x.dtype() != DType::F32 || !Self::dequantizes_in_backward(&x.device()) {
+        // The op computes in the activations' dtype (f16 under `--dtype f16`), the matrix cast
+        // after dequantizing, as here (the cast is a no-op for f32).
+        if !Self::dequantizes_in_backward(&x.device()) {
             let dtype = x.dtype();
             return x.matmul(self.dequantize().cast(dtype).transpose());
         }
@@ -411,34 +411,38 @@ mod tests {
 
     /// The CPU backend's quantized matmul (one autodiff op, `W` dequantized again in the
     /// backward pass) gives the bits of `x · dequantize()ᵀ` through burn's own ops, forward and
-    /// `x`'s gradient, for every block type, with and without autodiff.
+    /// `x`'s gradient, for every block type, with and without autodiff, with f32 activations and
+    /// with f16 ones (`--dtype f16`, the matrix cast to f16 after dequantizing).
     #[test]
     fn matmul_t_is_the_dequantized_matmul_and_its_gradient() {
         use super::super::quant_matmul::BACKWARD_DEQUANTIZED;
         let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        // f16 values widen to f32 exactly, so comparing the f32 bits compares the f16 bits.
+        let bits = |t: Tensor<2>| t.cast(FloatDType::F32).into_data().try_to_vec::<f32>().unwrap().into_iter().map(f32::to_bits).collect::<Vec<_>>();
         for ty in [QuantType::Q8_0, QuantType::Q4_0, QuantType::Q4_1] {
-            let (out, inp, rows) = (6, 64, 5);
-            let bytes = random_blocks(ty, out * inp / BLOCK, &mut rng);
-            let xs: Vec<f32> = (0..rows * inp).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-            let g: Vec<f32> = (0..rows * out).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-            for device in [Device::flex(), Device::flex().autodiff()] {
-                let q = QuantWeight::from_ggml_blocks("t", ty, &bytes, [out, inp], &device).unwrap();
-                let x = || {
-                    let x = Tensor::<2>::from_data(TensorData::new(xs.clone(), [rows, inp]), &device);
-                    if device.is_autodiff() { x.require_grad() } else { x }
-                };
-                let gy = Tensor::<2>::from_data(TensorData::new(g.clone(), [rows, out]), &device);
-                let (x1, x2) = (x(), x());
-                let (y1, y2) = (q.matmul_t(x1.clone()), x2.clone().matmul(q.dequantize().transpose()));
-                assert_eq!(bits(host(y1.clone())), bits(host(y2.clone())), "{ty}: forward");
-                if device.is_autodiff() {
-                    let before = BACKWARD_DEQUANTIZED.with(|n| n.get());
-                    let (g1, g2) = ((y1 * gy.clone()).sum().backward(), (y2 * gy).sum().backward());
-                    assert_eq!(BACKWARD_DEQUANTIZED.with(|n| n.get()) - before, 1, "{ty}: W dequantized again in the backward pass");
-                    let (d1, d2) = (x1.grad(&g1).unwrap(), x2.grad(&g2).unwrap());
-                    let (d1, d2) = (d1.into_data().try_to_vec::<f32>().unwrap(), d2.into_data().try_to_vec::<f32>().unwrap());
-                    assert_eq!(bits(d1), bits(d2), "{ty}: grad x");
+            for dtype in [FloatDType::F32, FloatDType::F16] {
+                let (out, inp, rows) = (6, 64, 5);
+                let bytes = random_blocks(ty, out * inp / BLOCK, &mut rng);
+                let xs: Vec<f32> = (0..rows * inp).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+                let g: Vec<f32> = (0..rows * out).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+                for device in [Device::flex(), Device::flex().autodiff()] {
+                    let q = QuantWeight::from_ggml_blocks("t", ty, &bytes, [out, inp], &device).unwrap();
+                    let x = || {
+                        let x = Tensor::<2>::from_data(TensorData::new(xs.clone(), [rows, inp]), &device).cast(dtype);
+                        if device.is_autodiff() { x.require_grad() } else { x }
+                    };
+                    let gy = Tensor::<2>::from_data(TensorData::new(g.clone(), [rows, out]), &device).cast(dtype);
+                    let (x1, x2) = (x(), x());
+                    let (y1, y2) = (q.matmul_t(x1.clone()), x2.clone().matmul(q.dequantize().cast(dtype).transpose()));
+                    assert_eq!(y1.dtype(), DType::from(dtype), "{ty} {dtype:?}: output dtype");
+                    assert_eq!(bits(y1.clone()), bits(y2.clone()), "{ty} {dtype:?}: forward");
+                    if device.is_autodiff() {
+                        let before = BACKWARD_DEQUANTIZED.with(|n| n.get());
+                        let (g1, g2) = ((y1 * gy.clone()).sum().backward(), (y2 * gy).sum().backward());
+                        assert_eq!(BACKWARD_DEQUANTIZED.with(|n| n.get()) - before, 1, "{ty} {dtype:?}: W dequantized again in the backward pass");
+                        let (d1, d2) = (x1.grad(&g1).unwrap(), x2.grad(&g2).unwrap());
+                        assert_eq!(bits(d1), bits(d2), "{ty} {dtype:?}: grad x");
+                    }
                 }
             }
         }

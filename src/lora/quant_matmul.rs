@@ -19,8 +19,8 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::{Autodiff, Backend, Scalar, backend_extension};
-use burn::tensor::{FloatDType, Shape};
+use burn::backend::{Autodiff, Backend, Scalar, TensorMetadata, backend_extension};
+use burn::tensor::{DType, FloatDType, Shape};
 
 #[cfg(test)]
 thread_local! {
@@ -39,14 +39,17 @@ pub(crate) const Q4_1: u8 = 2;
 #[backend_extension(Flex: cfg(feature = "cpu"), Autodiff)]
 pub trait QuantMatmulBackend: Backend {
     fn quant_matmul(x: FloatTensor<Self>, values: IntTensor<Self>, scales: FloatTensor<Self>, mins: FloatTensor<Self>, kind: u8, out: usize, inp: usize) -> FloatTensor<Self> {
-        let w = dequantize::<Self>(values, scales, mins, kind, out, inp);
+        let dtype = x.dtype();
+        let w = dequantize::<Self>(values, scales, mins, kind, out, inp, dtype);
         Self::float_matmul(x, Self::float_transpose(w))
     }
 }
 
 /// ggml's `dequantize_row_*` in primitive ops, the same operations in the same order as
 /// [`super::QuantWeight::dequantize`] (so the same bits).
-fn dequantize<B: Backend>(values: IntTensor<B>, scales: FloatTensor<B>, mins: FloatTensor<B>, kind: u8, out: usize, inp: usize) -> FloatTensor<B> {
+/// The f32 matrix is cast to `dtype`, the activations' (f16 under `--dtype f16`: QLoRA's compute
+/// dtype), after dequantizing, as `dequantize().cast(dtype)` does.
+fn dequantize<B: Backend>(values: IntTensor<B>, scales: FloatTensor<B>, mins: FloatTensor<B>, kind: u8, out: usize, inp: usize, dtype: DType) -> FloatTensor<B> {
     let nb = inp / super::quant::BLOCK;
     let half = super::quant::BLOCK / 2;
     let d = B::float_reshape(B::float_cast(scales, FloatDType::F32), Shape::new([out, nb, 1]));
@@ -66,7 +69,8 @@ fn dequantize<B: Backend>(values: IntTensor<B>, scales: FloatTensor<B>, mins: Fl
         }
         _ => B::float_mul(q, d),
     };
-    B::float_reshape(w, Shape::new([out, inp]))
+    let w = B::float_reshape(w, Shape::new([out, inp]));
+    if dtype == DType::F32 { w } else { B::float_cast(w, dtype.into()) }
 }
 
 #[cfg(feature = "cpu")]
@@ -85,7 +89,10 @@ impl<B: Backend + QuantMatmulBackend, C: CheckpointStrategy> QuantMatmulBackend 
                 let (values, scales, mins, kind, out, inp) = ops.state;
                 #[cfg(test)]
                 BACKWARD_DEQUANTIZED.with(|n| n.set(n.get() + 1));
-                unary::<B, _>(ops.parents, ops.node, grads, |grad| B::float_matmul(grad, dequantize::<B>(values, scales, mins, kind, out, inp)));
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    let dtype = grad.dtype();
+                    B::float_matmul(grad, dequantize::<B>(values, scales, mins, kind, out, inp, dtype))
+                });
             }
         }
 

@@ -50,7 +50,7 @@ use crate::train::checkpoint;
 use crate::train::contrastive_trainer::{ContrastiveConfig, ContrastiveTrainer};
 use crate::train::encoder::TrainableEncoder;
 use crate::train::hard_negatives::{Miner, MiningOptions, mine_hard_negatives};
-use crate::train::memory::{ActivationProfile, MemoryEstimate, available_memory, gib, param_counts, texts_in_graph};
+use crate::train::memory::{ActivationProfile, MemoryEstimate, available_memory, gib, param_bytes, param_counts, texts_in_graph};
 use crate::train::validation::RetrievalValidation;
 
 /// Everything a training run depends on; recorded whole in the manifest.
@@ -211,6 +211,11 @@ trait JobEncoder: TrainableEncoder {
     fn write_folder(&self, dir: &Path, meta: serde_json::Value) -> anyhow::Result<()>;
     /// What one token costs autograd, for the memory estimate.
     fn activation_profile(&self) -> ActivationProfile;
+    /// Bytes one token of `seq` keeps for the backward pass when the encoder runs in `dtype`.
+    fn activation_bytes_per_token(&self, seq: usize, dtype: Dtype) -> u64 {
+        let _ = dtype;
+        self.activation_profile().bytes_per_token(seq)
+    }
 }
 
 impl JobEncoder for SentenceEncoder {
@@ -244,6 +249,13 @@ impl JobEncoder for SentenceEncoder {
     fn activation_profile(&self) -> ActivationProfile {
         let c = &self.model.config;
         ActivationProfile::bert(c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads)
+    }
+    fn activation_bytes_per_token(&self, seq: usize, dtype: Dtype) -> u64 {
+        match dtype {
+            Dtype::F32 => self.activation_profile().bytes_per_token(seq),
+            // The two LayerNorms' inputs and outputs stay f32 (`BertLayer::forward_in`).
+            Dtype::F16 => self.activation_profile().bytes_per_token_autocast(seq, 4 * self.model.config.hidden_size),
+        }
     }
 }
 
@@ -292,20 +304,42 @@ fn memory_limit() -> Option<u64> {
     }
 }
 
-/// Print what the run will hold in memory and refuse, naming the flags to change, when it
-/// cannot fit the memory the OS has available (CPU runs; GPU memory is not known here).
-fn check_memory<E: JobEncoder>(encoder: &E, cfg: &ContrastiveConfig, seq: usize, negatives: usize, cpu: bool) -> anyhow::Result<MemoryEstimate> {
+/// What a contrastive run of `encoder` under `cfg` will hold in memory, texts of `seq` tokens
+/// with `negatives` hard negatives per pair (see [`crate::train::memory`]), with the parameter
+/// counts `(all, trainable)` it was made from.
+fn memory_estimate<E: JobEncoder>(encoder: &E, cfg: &ContrastiveConfig, seq: usize, negatives: usize) -> anyhow::Result<(MemoryEstimate, usize, usize)> {
     let probe = match &cfg.lora {
         Some(l) => encoder.clone().with_lora(l, cfg.seed)?,
         None => encoder.clone(),
     };
-    // On the autodiff device, as the trainer runs it: frozen parameters are those without grad.
-    let (params, trainable) = param_counts(probe.for_training().model());
+    // On the autodiff device and in the dtype the trainer runs it in: frozen parameters are
+    // those without grad, and under `--dtype f16` a LoRA run's frozen base is f16.
+    let probe = probe.for_training().with_dtype(cfg.dtype).map_err(anyhow::Error::msg)?;
+    let (params, trainable) = param_counts(probe.model());
     let texts = texts_in_graph(cfg.batch_size, negatives, cfg.mini_batch_size);
-    let mut estimate = MemoryEstimate::new(params, trainable, encoder.activation_profile().bytes_per_token(seq), texts * seq);
+    let mut estimate = MemoryEstimate::new(params, trainable, encoder.activation_bytes_per_token(seq, cfg.dtype), texts * seq);
+    if cfg.dtype != Dtype::F32 {
+        // Each weight at its own width (a LoRA run's frozen base f16); the trained weights stay
+        // f32 masters cast to f16 at each use, and the graph keeps those copies for the backward
+        // pass: 2 more bytes each (all of them in full fine-tuning).
+        estimate.weights = param_bytes(probe.model()) + 2 * trainable as u64;
+    }
     if cfg.mini_batch_size.is_some() {
         estimate = estimate.with_gradcache();
     }
+    Ok((estimate, params, trainable))
+}
+
+/// `tunelab bench train-embed`'s estimate: [`memory_estimate`] for a BERT encoder.
+pub fn bert_memory_estimate(encoder: &SentenceEncoder, cfg: &ContrastiveConfig, seq: usize, negatives: usize) -> anyhow::Result<MemoryEstimate> {
+    Ok(memory_estimate(encoder, cfg, seq, negatives)?.0)
+}
+
+/// Print what the run will hold in memory and refuse, naming the flags to change, when it
+/// cannot fit the memory the OS has available (CPU runs; GPU memory is not known here).
+fn check_memory<E: JobEncoder>(encoder: &E, cfg: &ContrastiveConfig, seq: usize, negatives: usize, cpu: bool) -> anyhow::Result<MemoryEstimate> {
+    let (estimate, params, trainable) = memory_estimate(encoder, cfg, seq, negatives)?;
+    let texts = texts_in_graph(cfg.batch_size, negatives, cfg.mini_batch_size);
     println!(
         "{} ({} parameters, {} trainable; {} texts × {} tokens per micro-batch)",
         estimate.describe(),

@@ -82,6 +82,16 @@ impl ActivationProfile {
         4 * (self.layers * (self.per_layer + self.per_layer_per_key * seq) + self.other) as u64
     }
 
+    /// Bytes per token under `train embed --dtype f16` (`BertModel::with_dtype`, arranged as
+    /// `torch.autocast`): `f32_per_layer` of each layer's values (the residual stream and the
+    /// LayerNorms' inputs and outputs) and what lies outside the layers (pooling, normalisation,
+    /// the loss) stay f32; the rest of each layer (linear inputs cast at use, q/k/v, context, the
+    /// feed-forward) is f16; the attention scores count at 4 bytes as in the decoder's case below.
+    pub fn bytes_per_token_autocast(&self, seq: usize, f32_per_layer: usize) -> u64 {
+        let f32_part = f32_per_layer.min(self.per_layer);
+        (self.layers * (2 * (self.per_layer - f32_part) + 4 * f32_part + 4 * self.per_layer_per_key * seq) + 4 * self.other) as u64
+    }
+
     /// Bytes per token under `--dtype f16` (`model::decoder::Dtype`): the per-layer activations
     /// at 2 bytes; the attention scores and probabilities still at 4 (scaled, masked and
     /// softmaxed in f32, then cast back to f16 for the second matmul: about as many bytes as in
@@ -181,6 +191,21 @@ pub fn param_counts<M: Module>(model: &M) -> (usize, usize) {
     (c.all, c.trainable)
 }
 
+/// Bytes the parameters of a module hold, each at its own dtype's width (an f16 frozen base
+/// counts 2 bytes a value).
+pub fn param_bytes<M: Module>(model: &M) -> u64 {
+    struct Bytes(u64);
+    impl ModuleVisitor for Bytes {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let n: usize = param.shape().dims::<D>().iter().product();
+            self.0 += (n * param.val().dtype().size()) as u64;
+        }
+    }
+    let mut b = Bytes(0);
+    model.visit(&mut b);
+    b.0
+}
+
 /// The peak resident memory of this process so far (`VmHWM` on Linux), if known.
 pub fn peak_rss() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -225,5 +250,37 @@ mod tests {
         let h = c.hidden_size;
         assert_eq!(trainable_l, 3 * 2 * ((h + q) + 2 * (h + kv) + (q + h)));
         assert_eq!(all_l, all + trainable_l);
+    }
+
+    /// `train embed --dtype f16`'s estimate: the activations kept f32 count 4 bytes, the rest 2;
+    /// the parameters count at their own width (LoRA's frozen base f16, adapters and
+    /// LayerNorms f32).
+    #[test]
+    fn f16_estimates_count_each_part_at_its_width() {
+        use crate::model::bert::{BertConfig, BertModel};
+        use crate::model::decoder::Dtype;
+        let p = ActivationProfile::bert(2, 8, 32, 2);
+        for seq in [1, 16, 128] {
+            assert_eq!(p.bytes_per_token_autocast(seq, p.per_layer), p.bytes_per_token(seq), "all kept f32: the f32 count");
+            assert_eq!(p.bytes_per_token_autocast(seq, 10 * p.per_layer), p.bytes_per_token(seq), "never more than the f32 count");
+            let all_f16 = p.bytes_per_token_autocast(seq, 0);
+            assert_eq!(p.bytes_per_token(seq) - all_f16, (p.layers * 2 * p.per_layer) as u64, "per-layer values at 2 bytes instead of 4");
+            let mixed = p.bytes_per_token_autocast(seq, 4 * 8);
+            assert!(all_f16 < mixed && mixed < p.bytes_per_token(seq));
+        }
+        let dev = burn::tensor::Device::flex().autodiff();
+        let lora = crate::lora::LoraConfig { rank: 2, alpha: 4.0, ..Default::default() };
+        let base = || BertModel::random(&BertConfig::tiny(50, 8, 2, 2), 0, &dev);
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+        let adapted = base().with_lora(&lora, &mut rng).unwrap().train();
+        let (all, trainable) = param_counts(&adapted);
+        assert_eq!(param_bytes(&adapted), 4 * all as u64, "f32: 4 bytes a value");
+        let half = adapted.with_dtype(Dtype::F16);
+        assert_eq!(param_counts(&half), (all, trainable));
+        // LayerNorms (and the pooler) stay f32 although frozen.
+        let norms: usize = half.encoder.layers.iter().map(|l| param_counts(&l.attention_output.layer_norm).0 + param_counts(&l.output.layer_norm).0).sum::<usize>()
+            + param_counts(&half.embeddings.layer_norm).0
+            + half.pooler.as_ref().map_or(0, |p| param_counts(p).0);
+        assert_eq!(param_bytes(&half), 2 * (all - trainable - norms) as u64 + 4 * (trainable + norms) as u64);
     }
 }
