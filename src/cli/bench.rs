@@ -37,6 +37,9 @@ pub enum BenchCommand {
     TrainEmbed(TrainEmbedBench),
     /// Decoder LoRA training throughput on a random model of a real shape: tokens/s and peak memory.
     Lora(LoraBench),
+    /// The matrix products of one `bench lora` step, class by class, each timed alone: where the
+    /// step's matmul time goes, beside `scripts/bench-gemm-shapes.sh`'s PyTorch peer.
+    Gemm(GemmBench),
 }
 
 /// The decoder shapes of `bench/torch_anchor.py` (its SMOLLM2_135M, QWEN3_06B, QWEN3_17B).
@@ -176,10 +179,115 @@ pub struct TrainEmbedBench {
     pub dtype: crate::model::decoder::Dtype,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct GemmBench {
+    #[arg(long, value_enum, default_value = "smollm2-135m")]
+    pub shape: DecoderShape,
+    #[arg(value_parser = crate::cli::values::positive_usize, long, default_value_t = 256)]
+    pub seq: usize,
+    #[arg(value_parser = crate::cli::values::positive_usize, long, default_value_t = 4)]
+    pub batch_size: usize,
+    #[arg(value_parser = crate::cli::values::positive_usize, long, default_value_t = 16)]
+    pub rank: usize,
+    /// Timed calls per product (after one warm-up call).
+    #[arg(value_parser = crate::cli::values::positive_usize, long, default_value_t = 5)]
+    pub reps: usize,
+}
+
+/// One matrix product of the LoRA step: `[batch, m, k] · [batch, k, n]`, the right operand
+/// transposed (a view of a `[n, k]` tensor, as `x·Wᵀ` reads an `[out, in]` weight) or not.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GemmCase {
+    pub class: &'static str,
+    pub name: String,
+    pub batch: usize,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub rhs_transposed: bool,
+    /// Calls in one training step.
+    pub per_step: usize,
+}
+
+/// The products one step of `bench lora` makes (LoRA on the seven projections of every block,
+/// the tied head frozen): forward and the input gradient of each frozen projection, the six
+/// products of each adapter (forward two, backward four), attention's two forward and four
+/// backward batched products (grouped query heads folded into rows, as `Attention::forward`
+/// does), and the head's forward and input gradient.
+pub fn lora_step_gemms(c: &DecoderConfig, batch: usize, seq: usize, rank: usize) -> Vec<GemmCase> {
+    let (m, h, layers) = (batch * seq, c.hidden_size, c.num_hidden_layers);
+    let (q, kv) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+    let case = |class, name: String, batch, m, k, n, rhs_transposed, per_step| GemmCase { class, name, batch, m, k, n, rhs_transposed, per_step };
+    let mut v = Vec::new();
+    // (projection, in, out, how many of that shape per block)
+    let projections = [("q_proj", h, q, 1), ("k_proj/v_proj", h, kv, 2), ("o_proj", q, h, 1), ("gate/up", h, c.intermediate_size, 2), ("down", c.intermediate_size, h, 1)];
+    for (p, i, o, n) in projections {
+        v.push(case("projection forward", format!("{p} x·Wᵀ"), 1, m, i, o, true, n * layers));
+        v.push(case("projection input grad", format!("{p} g·W"), 1, m, o, i, false, n * layers));
+        v.push(case("lora", format!("{p} x·Aᵀ"), 1, m, i, rank, true, n * layers));
+        v.push(case("lora", format!("{p} (xAᵀ)·Bᵀ"), 1, m, rank, o, true, n * layers));
+        v.push(case("lora", format!("{p} g·B"), 1, m, o, rank, false, n * layers));
+        v.push(case("lora", format!("{p} (gB)·A"), 1, m, rank, i, false, n * layers));
+        v.push(case("lora", format!("{p} gᵀ·(xAᵀ) (grad B)"), 1, o, m, rank, false, n * layers));
+        v.push(case("lora", format!("{p} (gB)ᵀ·x (grad A)"), 1, rank, m, i, false, n * layers));
+    }
+    let (groups, rows, hd) = (batch * c.num_key_value_heads, (c.num_attention_heads / c.num_key_value_heads) * seq, c.head_dim);
+    v.push(case("attention", "Q·Kᵀ".into(), groups, rows, hd, seq, true, layers));
+    v.push(case("attention", "P·V".into(), groups, rows, seq, hd, false, layers));
+    v.push(case("attention", "dO·Vᵀ".into(), groups, rows, hd, seq, true, layers));
+    v.push(case("attention", "Pᵀ·dO".into(), groups, seq, rows, hd, false, layers));
+    v.push(case("attention", "dS·K".into(), groups, rows, seq, hd, false, layers));
+    v.push(case("attention", "dSᵀ·Q".into(), groups, seq, rows, hd, false, layers));
+    v.push(case("head", "x·Eᵀ".into(), 1, m, h, c.vocab_size, true, 1));
+    v.push(case("head", "g·E".into(), 1, m, c.vocab_size, h, false, 1));
+    v
+}
+
+fn gemm(a: GemmBench, choice: DeviceChoice) -> anyhow::Result<()> {
+    let device = choice.device()?;
+    let cases = lora_step_gemms(&a.shape.config(), a.batch_size, a.seq, a.rank);
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut random = |dims: [usize; 3]| {
+        let n = dims.iter().product::<usize>();
+        let values: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        burn::tensor::Tensor::<3>::from_data(burn::tensor::TensorData::new(values, dims), &device)
+    };
+    let mut step_ms = 0.0;
+    for c in &cases {
+        let lhs = random([c.batch, c.m, c.k]);
+        let rhs = if c.rhs_transposed { random([c.batch, c.n, c.k]) } else { random([c.batch, c.k, c.n]) };
+        let product = || {
+            let r = if c.rhs_transposed { rhs.clone().swap_dims(1, 2) } else { rhs.clone() };
+            // Unbatched products go through the 2-D path, as the trainer's `[rows, in]` ones do.
+            if c.batch == 1 { lhs.clone().reshape([c.m, c.k]).matmul(r.reshape([c.k, c.n])).reshape([1, c.m, c.n]) } else { lhs.clone().matmul(r) }
+        };
+        drop(product());
+        device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let t = Instant::now();
+        for _ in 0..a.reps {
+            drop(product());
+        }
+        device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let ms = t.elapsed().as_secs_f64() * 1000.0 / a.reps as f64;
+        step_ms += ms * c.per_step as f64;
+        let flop = 2.0 * (c.batch * c.m * c.k * c.n) as f64;
+        let mut line = serde_json::to_value(c)?;
+        line["framework"] = "tunelab".into();
+        line["device"] = choice.to_string().into();
+        line["ms"] = ms.into();
+        line["gflops"] = (flop / ms / 1e6).into();
+        line["step_ms"] = (ms * c.per_step as f64).into();
+        println!("{line}");
+    }
+    println!("{}", serde_json::json!({"framework": "tunelab", "case": format!("{} seq{} b{} r{}", a.shape.name(), a.seq, a.batch_size, a.rank), "total_step_ms": step_ms}));
+    Ok(())
+}
+
 pub fn run(cmd: BenchCommand, device: DeviceChoice) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::TrainEmbed(a) => train_embed(a, device),
         BenchCommand::Lora(a) => lora(a, device),
+        BenchCommand::Gemm(a) => gemm(a, device),
     }
 }
 
@@ -322,6 +430,7 @@ fn lora(a: LoraBench, choice: DeviceChoice) -> anyhow::Result<()> {
             batch_size: a.batch_size,
             max_seq_length: a.seq,
             grad_checkpoint: a.grad_checkpoint,
+            dtype: a.dtype,
             num_layers: lora.num_layers,
             lora_parameters: crate::train::sft::LoraParameters { rank: a.rank, alpha: Some(lora.alpha), ..Default::default() },
             ..Default::default()

@@ -5,3 +5,4 @@ pub mod decoder;
 pub mod gemma;
 pub mod gemma_gguf;
 pub mod reranker;
+pub mod sdpa;

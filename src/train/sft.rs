@@ -552,7 +552,14 @@ pub fn memory_estimate_of(model: &Decoder, c: &crate::model::decoder::DecoderCon
             }
         }
     }
-    let profile = super::memory::ActivationProfile::llama(n - lowest.min(n), c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.intermediate_size, c.num_attention_heads, c.vocab_size);
+    let mut profile = super::memory::ActivationProfile::llama(n - lowest.min(n), c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.intermediate_size, c.num_attention_heads, c.vocab_size);
+    // On the CPU attention keeps no scores for the backward pass (`model::sdpa`): it holds one
+    // layer's probabilities, their gradient and the score gradient (f32) while that layer's
+    // backward runs, instead of every layer's scores.
+    let recomputed_attention = crate::model::sdpa::recomputes_in_training(&model.embed_tokens.val().device());
+    if recomputed_attention {
+        profile.per_layer_per_key = 0;
+    }
     let f16 = cfg.dtype == Dtype::F16;
     let bytes_per_token = |p: &super::memory::ActivationProfile| if f16 { p.bytes_per_token_f16(cfg.max_seq_length) } else { p.bytes_per_token(cfg.max_seq_length) };
     let mut e = super::memory::MemoryEstimate::new(all, trainable, bytes_per_token(&profile), cfg.batch_size * cfg.max_seq_length);
@@ -567,6 +574,9 @@ pub fn memory_estimate_of(model: &Decoder, c: &crate::model::decoder::DecoderCon
         let act_bytes = if f16 { 2 } else { 4 };
         let per_token = act_bytes * ((n - lowest.min(n)) * c.hidden_size + 2 * c.hidden_size) as u64 + bytes_per_token(&one_block);
         e.activations = per_token * (cfg.batch_size * cfg.max_seq_length) as u64 + 2 * 4 * CHECKPOINT_MAX_LOGITS.min(cfg.batch_size * cfg.max_seq_length * c.vocab_size) as u64;
+    }
+    if recomputed_attention {
+        e.activations += 3 * 4 * (cfg.batch_size * c.num_attention_heads * cfg.max_seq_length * cfg.max_seq_length) as u64;
     }
     // Dequantized f32 bytes per block (the frozen bases kept as ggml blocks).
     let dequantized: Vec<u64> = model

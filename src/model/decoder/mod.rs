@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use burn::module::{Module, Param};
 use burn::nn::RmsNorm;
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use burn::tensor::module::{embedding, linear};
 use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -528,27 +528,14 @@ impl Attention {
             }
             c.kv = Some((k.clone(), v.clone()));
         }
-        let s = k.dims()[2];
         // Grouped-query attention without copying K/V: fold the query heads of one K/V head into
         // the sequence axis, so one batched matmul serves the whole group.
         let rep = h / kvh;
         let q = q.reshape([b, kvh, rep * t, hd]);
         let scale = 1.0 / (hd as f32).sqrt();
-        // Scores leave the matmul in the activations' dtype and are scaled, masked and
-        // softmaxed in f32 (the mask's -1e9 and the exponentials are out of f16's range); the
-        // probabilities go back to the activations' dtype for the second matmul.
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .cast(FloatDType::F32)
-            .mul_scalar(scale)
-            .reshape([b, h, t, s]);
-        let scores = match mask {
-            Some(m) => scores + m.clone(),
-            None => scores,
-        };
-        let probs = softmax(scores, 3).cast(v.dtype()).reshape([b, kvh, rep * t, s]);
-        let out = probs
-            .matmul(v)
+        // Scores in f32 for the scale, mask and softmax; in training on the CPU the
+        // probabilities are computed again in the backward pass instead of kept (`model::sdpa`).
+        let out = crate::model::sdpa::grouped_attention(q, k, v, mask, h, scale)
             .reshape([b, h, t, hd])
             .swap_dims(1, 2)
             .reshape([b, t, h * hd]);

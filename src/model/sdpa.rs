@@ -1,0 +1,253 @@
+//! Scaled dot-product attention for training that keeps no `[queries, keys]` matrix for the
+//! backward pass: `softmax(q·kᵀ·scale + mask)·v` as one autodiff operation whose backward pass
+//! computes the probabilities again from `q` and `k` (FlashAttention's recomputation, without
+//! its tiling), as `torch.nn.functional.scaled_dot_product_attention` does in PyTorch's training.
+//!
+//! Under burn's autodiff, attention is a matmul, a scale, a mask, a softmax decomposed into
+//! max/sub/exp/sum/div, and a matmul, and every intermediate `[batch, heads, queries, keys]`
+//! tensor stays alive until the backward pass: at seq 512 that is about half of a decoder
+//! block's saved activations (`train::memory::ActivationProfile::llama`'s `per_layer_per_key`).
+//! burn's own `attention` op falls back to the same decomposition under autodiff. This operation
+//! keeps `q`, `k`, `v` and the additive mask (all alive anyway) and, in the backward pass,
+//! recomputes the scores (one matmul more) and the softmax (the CPU backend's fused kernel), then
+//! `dS = P ⊙ (dP − rowsum(P ⊙ dP))`.
+//!
+//! Built like [`crate::lora::quant_matmul`]: a backend extension routed on the CPU backend (flex)
+//! and on `Autodiff`. Other devices keep the plain path ([`grouped_attention`] decides).
+// Without the CPU backend no route reads the arguments (the GPU-only build).
+#![cfg_attr(not(feature = "cpu"), allow(unused_variables, dead_code))]
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Scalar, TensorMetadata, backend_extension};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, FloatDType, Shape, Tensor};
+
+/// `q` `[b, g, r·t, d]` (the `r` query heads of each of `g` key/value heads folded into the
+/// rows), `k`, `v` `[b, g, s, d]`, `mask` additive `[b|1, 1, t, s]` (read when `has_mask`),
+/// `heads = g·r`: `softmax(q·kᵀ·scale + mask)·v`, `[b, g, r·t, d]`. The scores are cast to f32
+/// for the scale, the mask and the softmax, the probabilities back to `v`'s dtype.
+#[backend_extension(Flex: cfg(feature = "cpu"), Autodiff)]
+pub trait RecomputedAttentionBackend: Backend {
+    fn recomputed_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: FloatTensor<Self>, has_mask: bool, heads: usize, scale: f64) -> FloatTensor<Self> {
+        let dtype = v.dtype();
+        let p = probabilities::<Self>(q, k, &mask, has_mask, heads, scale);
+        Self::float_matmul(Self::float_cast(p, dtype.into()), v)
+    }
+}
+
+/// `softmax(q·kᵀ·scale + mask)` in f32, `[b, g, r·t, s]`.
+fn probabilities<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, mask: &FloatTensor<B>, has_mask: bool, heads: usize, scale: f64) -> FloatTensor<B> {
+    let [b, g, rt, _] = q.shape().dims::<4>();
+    let s = k.shape().dims::<4>()[2];
+    let t = rt * g / heads;
+    let scores = B::float_matmul(q, B::float_swap_dims(k, 2, 3));
+    let scores = B::float_mul_scalar(B::float_cast(scores, FloatDType::F32), Scalar::from(scale));
+    let scores = B::float_reshape(scores, Shape::new([b, heads, t, s]));
+    let scores = if has_mask { B::float_add(scores, mask.clone()) } else { scores };
+    B::float_reshape(B::softmax(scores, 3), Shape::new([b, g, rt, s]))
+}
+
+#[cfg(feature = "cpu")]
+impl RecomputedAttentionBackend for burn::backend::Flex {}
+
+impl<B: Backend + RecomputedAttentionBackend, C: CheckpointStrategy> RecomputedAttentionBackend for Autodiff<B, C> {
+    fn recomputed_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, mask: FloatTensor<Self>, has_mask: bool, heads: usize, scale: f64) -> FloatTensor<Self> {
+        /// `dV = Pᵀ·dO`, `dP = dO·vᵀ`, `dS = P ⊙ (dP − rowsum(P ⊙ dP))·scale`, `dQ = dS·k`,
+        /// `dK = dSᵀ·q`, with `P` computed again from the kept `q`, `k` and mask.
+        #[derive(Debug)]
+        struct RecomputedAttentionBackward;
+
+        impl<B: Backend> Backward<B, 3> for RecomputedAttentionBackward {
+            type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, bool, usize, f64);
+
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+                let [node_q, node_k, node_v] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (q, k, v, mask, has_mask, heads, scale) = ops.state;
+                let dtype = v.dtype();
+                let p = probabilities::<B>(q.clone(), k.clone(), &mask, has_mask, heads, scale);
+                if let Some(node) = node_v {
+                    let pt = B::float_swap_dims(B::float_cast(p.clone(), dtype.into()), 2, 3);
+                    grads.register::<B>(node.id, B::float_matmul(pt, grad.clone()));
+                }
+                if node_q.is_none() && node_k.is_none() {
+                    return;
+                }
+                let dp = B::float_cast(B::float_matmul(grad, B::float_swap_dims(v, 2, 3)), FloatDType::F32);
+                let rowsum = B::float_sum_dim(B::float_mul(p.clone(), dp.clone()), 3);
+                let ds = B::float_mul(p, B::float_sub(dp, rowsum));
+                let ds = B::float_cast(B::float_mul_scalar(ds, Scalar::from(scale)), dtype.into());
+                if let Some(node) = node_q {
+                    grads.register::<B>(node.id, B::float_matmul(ds.clone(), k));
+                }
+                if let Some(node) = node_k {
+                    grads.register::<B>(node.id, B::float_matmul(B::float_swap_dims(ds, 2, 3), q));
+                }
+            }
+        }
+
+        let nodes = [q.node(), k.node(), v.node()];
+        let (q, k, v, mask) = (q.into_primitive(), k.into_primitive(), v.into_primitive(), mask.into_primitive());
+        match RecomputedAttentionBackward.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let y = B::recomputed_attention(q.clone(), k.clone(), v.clone(), mask.clone(), has_mask, heads, scale);
+                prep.finish((q, k, v, mask, has_mask, heads, scale), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::recomputed_attention(q, k, v, mask, has_mask, heads, scale)),
+        }
+    }
+}
+
+/// Whether [`grouped_attention`] takes the recomputing operation on `device`: the CPU backend
+/// with autodiff (training). Elsewhere, and in inference, the plain path runs.
+pub fn recomputes_on(device: &Device) -> bool {
+    #[cfg(feature = "cpu")]
+    return device.is_autodiff() && *device == Device::flex().autodiff();
+    #[cfg(not(feature = "cpu"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
+/// Whether training on `device` (with or without autodiff enabled yet) takes the recomputing
+/// operation: the memory estimate's question, asked before the model is on the autodiff device.
+pub fn recomputes_in_training(device: &Device) -> bool {
+    #[cfg(feature = "cpu")]
+    return *device == Device::flex() || *device == Device::flex().autodiff();
+    #[cfg(not(feature = "cpu"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
+/// Grouped-query attention, `q` `[b, g, r·t, d]` with the `r = heads / g` query heads of each
+/// key/value head folded into the rows, `k`, `v` `[b, g, s, d]`, `mask` additive and broadcast
+/// over `[b, heads, t, s]`: `softmax(q·kᵀ·scale + mask)·v`, `[b, g, r·t, d]`. The scores are
+/// scaled, masked and softmaxed in f32 (the mask's -1e9 and the exponentials are out of f16's
+/// range), the probabilities cast back to the activations' dtype for the second matmul. On the
+/// CPU in training the probabilities are not kept but computed again in the backward pass (see
+/// the module notes); otherwise burn's ops record the plain graph.
+pub fn grouped_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Option<&Tensor<4>>, heads: usize, scale: f32) -> Tensor<4> {
+    let [b, g, rt, _] = q.dims();
+    let s = k.dims()[2];
+    let t = rt * g / heads;
+    if recomputes_on(&q.device()) {
+        let (mask, has_mask) = match mask {
+            Some(m) => (m.clone(), true),
+            // Not read: a placeholder of the right kind for the extension's signature.
+            None => (Tensor::<4>::zeros([1, 1, 1, 1], &q.device()), false),
+        };
+        let y = <burn::backend::Dispatch as RecomputedAttentionBackend>::recomputed_attention(
+            q.into_dispatch(),
+            k.into_dispatch(),
+            v.into_dispatch(),
+            mask.into_dispatch(),
+            has_mask,
+            heads,
+            scale as f64,
+        );
+        return Tensor::from_dispatch(y);
+    }
+    let scores = q.matmul(k.swap_dims(2, 3)).cast(FloatDType::F32).mul_scalar(scale).reshape([b, heads, t, s]);
+    let scores = match mask {
+        Some(m) => scores + m.clone(),
+        None => scores,
+    };
+    softmax(scores, 3).cast(v.dtype()).reshape([b, g, rt, s]).matmul(v)
+}
+
+#[cfg(all(test, feature = "cpu"))]
+mod tests {
+    use super::*;
+    use burn::tensor::{DType, TensorData};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn random(dims: [usize; 4], rng: &mut ChaCha8Rng, device: &Device) -> Tensor<4> {
+        let n = dims.iter().product();
+        Tensor::from_data(TensorData::new((0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), dims), device)
+    }
+
+    fn values(t: Tensor<4>) -> Vec<f32> {
+        t.cast(FloatDType::F32).into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    /// The plain graph (burn's ops under autodiff), the reference the operation must match.
+    fn plain(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Option<&Tensor<4>>, heads: usize, scale: f32) -> Tensor<4> {
+        let [b, g, rt, _] = q.dims();
+        let s = k.dims()[2];
+        let t = rt * g / heads;
+        let scores = q.matmul(k.swap_dims(2, 3)).cast(FloatDType::F32).mul_scalar(scale).reshape([b, heads, t, s]);
+        let scores = match mask {
+            Some(m) => scores + m.clone(),
+            None => scores,
+        };
+        softmax(scores, 3).cast(v.dtype()).reshape([b, g, rt, s]).matmul(v)
+    }
+
+    /// Output and the gradients of q, k and v agree with the plain graph: grouped heads (1, 2
+    /// and 3 query heads per key/value head), causal and padding masks or none, batch 1 and 2,
+    /// keys longer than queries (a cache), f32 within 2e-6 and f16 within f16's rounding;
+    /// frozen inputs get no gradient and the others still do.
+    #[test]
+    fn matches_the_plain_graph_and_its_gradients() {
+        let device = Device::flex().autodiff();
+        assert!(recomputes_on(&device) && !recomputes_on(&Device::flex()));
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for (b, g, r, t, s, d, masked) in [(1, 1, 1, 5, 5, 4, false), (2, 2, 2, 6, 6, 8, true), (1, 3, 3, 4, 7, 8, true), (2, 1, 2, 3, 3, 16, true)] {
+            for dtype in [FloatDType::F32, FloatDType::F16] {
+                let heads = g * r;
+                let (qv, kv, vv, gv) = (random([b, g, r * t, d], &mut rng, &device), random([b, g, s, d], &mut rng, &device), random([b, g, s, d], &mut rng, &device), random([b, g, r * t, d], &mut rng, &device));
+                // Causal over the last t of s keys, and one padded key in the last row.
+                let mask = masked.then(|| {
+                    let mut m = vec![0.0f32; b * t * s];
+                    for bi in 0..b {
+                        for i in 0..t {
+                            for j in 0..s {
+                                if j > s - t + i || (bi == b - 1 && j == 0 && b > 1) {
+                                    m[(bi * t + i) * s + j] = -1e9;
+                                }
+                            }
+                        }
+                    }
+                    Tensor::<4>::from_data(TensorData::new(m, [b, 1, t, s]), &device)
+                });
+                let scale = 1.0 / (d as f32).sqrt();
+                let run = |f: &dyn Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Tensor<4>, frozen_k: bool| {
+                    let (q, k, v) = (qv.clone().cast(dtype).require_grad(), kv.clone().cast(dtype), vv.clone().cast(dtype).require_grad());
+                    let k = if frozen_k { k } else { k.require_grad() };
+                    let y = f(q.clone(), k.clone(), v.clone());
+                    assert_eq!(y.dtype(), DType::from(dtype));
+                    let grads = (y.clone().cast(FloatDType::F32) * gv.clone()).sum().backward();
+                    let grad = |t: &Tensor<4>| t.grad(&grads).map(values);
+                    (values(y), grad(&q), grad(&k), grad(&v))
+                };
+                for frozen_k in [false, true] {
+                    let ours = run(&|q, k, v| grouped_attention(q, k, v, mask.as_ref(), heads, scale), frozen_k);
+                    let theirs = run(&|q, k, v| plain(q, k, v, mask.as_ref(), heads, scale), frozen_k);
+                    let tol = if dtype == FloatDType::F32 { 2e-6 } else { 4e-3 };
+                    let case = format!("b{b} g{g} r{r} t{t} s{s} d{d} mask {masked} {dtype:?} frozen k {frozen_k}");
+                    assert!(max_diff(&ours.0, &theirs.0) <= tol, "{case}: output {}", max_diff(&ours.0, &theirs.0));
+                    for (name, a, b) in [("q", &ours.1, &theirs.1), ("k", &ours.2, &theirs.2), ("v", &ours.3, &theirs.3)] {
+                        match (a, b) {
+                            (Some(a), Some(b)) => assert!(max_diff(a, b) <= tol, "{case}: grad {name} {}", max_diff(a, b)),
+                            (None, None) => assert!(name == "k" && frozen_k, "{case}: grad {name} missing"),
+                            _ => panic!("{case}: grad {name} present on one side only"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
