@@ -436,6 +436,8 @@ fn lora(a: LoraBench, choice: DeviceChoice) -> anyhow::Result<()> {
             ..Default::default()
         },
     );
+    // Printed before the steps, as `train lora` prints it, so a run too big to finish still tells.
+    eprintln!("{}", estimate.describe());
     a.dtype.check_device(&device).map_err(anyhow::Error::msg)?;
     let mut model = model.train().with_frozen_dtype(a.dtype);
     let build_s = built.elapsed().as_secs_f64();

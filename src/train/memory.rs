@@ -198,7 +198,10 @@ pub fn param_bytes<M: Module>(model: &M) -> u64 {
     impl ModuleVisitor for Bytes {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             let n: usize = param.shape().dims::<D>().iter().product();
-            self.0 += (n * param.val().dtype().size()) as u64;
+            // A lazy parameter is not initialised here (that would draw from the device's
+            // random stream): it will be f32.
+            let width = if param.is_initialized() { param.val().dtype().size() } else { 4 };
+            self.0 += (n * width) as u64;
         }
     }
     let mut b = Bytes(0);
@@ -268,6 +271,9 @@ mod tests {
             let mixed = p.bytes_per_token_autocast(seq, 4 * 8);
             assert!(all_f16 < mixed && mixed < p.bytes_per_token(seq));
         }
+        // Building models may draw from the device's process-wide stream, which the trainer
+        // tests reseed and replay.
+        let _turn = crate::train::contrastive_trainer::tests::rng_turn();
         let dev = burn::tensor::Device::flex().autodiff();
         let lora = crate::lora::LoraConfig { rank: 2, alpha: 4.0, ..Default::default() };
         let base = || BertModel::random(&BertConfig::tiny(50, 8, 2, 2), 0, &dev);

@@ -534,6 +534,10 @@ pub fn memory_estimate_of(model: &Decoder, c: &crate::model::decoder::DecoderCon
     let lora = cfg.lora_config();
     let mut trainable = 0usize;
     let mut lowest = n;
+    // Per block, the input features of its adapted projections: under `--dtype f16` each adapter
+    // widens its input to f32 (`LoraLinear::forward`, as PEFT casts to the adapter's dtype), and
+    // the graph keeps that copy for A's gradient.
+    let mut adapter_inputs = vec![0usize; n];
     for (i, layer) in model.layers.iter().enumerate() {
         let full = cfg.fine_tune_type == FineTuneType::Full;
         if full && crate::model::decoder::trains_block(cfg.num_layers, i, n) {
@@ -547,6 +551,7 @@ pub fn memory_estimate_of(model: &Decoder, c: &crate::model::decoder::DecoderCon
                 if lora.targets(&path, &Decoder::DEFAULT_LORA_TARGETS) || lora.target_modules.iter().any(|t| path.ends_with(&format!(".{t}")) || path == *t) {
                     let [out_f, in_f] = p.fused_dims();
                     trainable += lora.rank * (in_f + out_f) + if lora.use_dora { out_f } else { 0 };
+                    adapter_inputs[i] += in_f;
                     lowest = lowest.min(i);
                 }
             }
@@ -577,6 +582,16 @@ pub fn memory_estimate_of(model: &Decoder, c: &crate::model::decoder::DecoderCon
     }
     if recomputed_attention {
         e.activations += 3 * 4 * (cfg.batch_size * c.num_attention_heads * cfg.max_seq_length * cfg.max_seq_length) as u64;
+    }
+    if f16 {
+        // Every block's f32 adapter inputs, or one block's at a time when checkpointed; and the
+        // RMSNorms, which run in f32 on an input cast up (`rms_norm_f32`): their inputs and
+        // outputs (and Qwen3's q/k norms') at 4 bytes where the profile counted 2.
+        let widened = if cfg.grad_checkpoint { adapter_inputs.iter().copied().max().unwrap_or(0) } else { adapter_inputs.iter().sum() };
+        let (q, kv) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+        let norms = 2 * (4 * c.hidden_size + if c.qk_norm { 2 * (q + kv) } else { 0 });
+        let norm_layers = if cfg.grad_checkpoint { 1 } else { n - lowest.min(n) };
+        e.activations += (4 * widened + norms * norm_layers) as u64 * (cfg.batch_size * cfg.max_seq_length) as u64;
     }
     // Dequantized f32 bytes per block (the frozen bases kept as ggml blocks).
     let dequantized: Vec<u64> = model

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The matrix products of one LoRA training step (`tunelab bench lora`'s), class by class, each timed
+# alone, tunelab (burn-flex + gemm) beside PyTorch's torch.matmul on the same shapes and layouts,
+# same machine, one after the other: where a CPU step's matmul time goes, and whether a gap to
+# torch+PEFT is the products themselves or what surrounds them.
+#   tunelab   `tunelab bench gemm` (src/cli/bench.rs `lora_step_gemms`: each projection's forward
+#             x·Wᵀ and input gradient g·W, the adapter's six skinny products, attention's six batched
+#             products with grouped query heads folded into rows, the tied head's two)
+#   torch     the same list through torch.matmul, right operands transposed views where tunelab's are
+#
+#   scripts/bench-gemm-shapes.sh                  (SmolLM2-135M shape, seq 256, batch 4)
+# Env: SHAPE (smollm2-135m | qwen3-0.6b | qwen3-1.7b), SEQ, BATCH, RANK (16), REPS (5)
+#      TUNELAB    a tunelab binary (default: cargo build here, target/debug/tunelab)
+#      PYTHON_REF a Python with torch (default .venv/bin/python)
+# Prints one line per product: ms per call and GFLOP/s for both, the ratio torch/tunelab time, and
+# the per-step total of each class (calls per step × ms).
+set -euo pipefail
+case "${TUNELAB:-}" in "") ;; *) TUNELAB=$(realpath "$TUNELAB") ;; esac
+[ -n "${PYTHON_REF:-}" ] && PYTHON_REF=$(realpath -s "$PYTHON_REF")
+cd "$(dirname "$0")/.."
+SHAPE=${SHAPE:-smollm2-135m}
+SEQ=${SEQ:-256}
+BATCH=${BATCH:-4}
+RANK=${RANK:-16}
+REPS=${REPS:-5}
+PY=${PYTHON_REF:-.venv/bin/python}
+if [ -z "${TUNELAB:-}" ]; then
+  cargo build --locked --quiet --bin tunelab
+  TUNELAB=./target/debug/tunelab
+fi
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+echo "# $(date -u +%FT%TZ) $(lscpu | sed -n 's/^Model name: *//p') nproc=$(nproc) load:$(uptime | sed 's/.*load average: //')" >&2
+"$TUNELAB" --device cpu bench gemm --shape "$SHAPE" --seq "$SEQ" --batch-size "$BATCH" --rank "$RANK" --reps "$REPS" > "$WORK/tunelab.jsonl"
+"$PY" - "$WORK/tunelab.jsonl" "$REPS" > "$WORK/torch.jsonl" <<'PYEOF'
+# The same products as tunelab's lines, through torch.matmul, timed the same way (one warm-up call).
+import json, sys, time
+import torch
+torch.manual_seed(0)
+reps = int(sys.argv[2])
+for line in open(sys.argv[1]):
+    c = json.loads(line)
+    if "class" not in c:
+        continue
+    b, m, k, n = c["batch"], c["m"], c["k"], c["n"]
+    lhs = torch.rand(b, m, k) * 2 - 1
+    rhs = (torch.rand(b, n, k) * 2 - 1).transpose(1, 2) if c["rhs_transposed"] else torch.rand(b, k, n) * 2 - 1
+    if b == 1:
+        lhs, rhs = lhs[0], rhs[0]
+    torch.matmul(lhs, rhs)
+    t = time.perf_counter()
+    for _ in range(reps):
+        torch.matmul(lhs, rhs)
+    ms = (time.perf_counter() - t) * 1000 / reps
+    print(json.dumps({"name": c["name"], "class": c["class"], "ms": ms, "gflops": 2 * b * m * k * n / ms / 1e6, "per_step": c["per_step"], "threads": torch.get_num_threads(), "torch": torch.__version__}), flush=True)
+PYEOF
+python3 - "$WORK/tunelab.jsonl" "$WORK/torch.jsonl" <<'PYEOF'
+import json, sys
+ours = [json.loads(l) for l in open(sys.argv[1])]
+theirs = {r["name"]: r for r in map(json.loads, open(sys.argv[2]))}
+total = next((r for r in ours if "total_step_ms" in r), {})
+print(f"# {total.get('case', '')}; torch {next(iter(theirs.values()))['torch']} with {next(iter(theirs.values()))['threads']} threads")
+print(f"{'product':34s} {'batch':>5s} {'m':>6s} {'k':>6s} {'n':>6s}  {'tunelab ms':>10s} {'GFLOP/s':>8s}  {'torch ms':>9s} {'GFLOP/s':>8s}  {'torch/tunelab time':>18s}")
+by_class = {}
+for r in ours:
+    if "class" not in r:
+        continue
+    t = theirs[r["name"]]
+    print(f"{r['name']:34s} {r['batch']:5d} {r['m']:6d} {r['k']:6d} {r['n']:6d}  {r['ms']:10.3f} {r['gflops']:8.1f}  {t['ms']:9.3f} {t['gflops']:8.1f}  {t['ms'] / r['ms']:18.2f}")
+    a = by_class.setdefault(r["class"], [0.0, 0.0])
+    a[0] += r["ms"] * r["per_step"]; a[1] += t["ms"] * t["per_step"]
+print()
+print(f"{'class (per step)':34s} {'tunelab ms':>10s} {'torch ms':>9s} {'torch/tunelab':>14s}")
+for cls, (o, t) in by_class.items():
+    print(f"{cls:34s} {o:10.1f} {t:9.1f} {t / o:14.2f}")
+o = sum(v[0] for v in by_class.values()); t = sum(v[1] for v in by_class.values())
+print(f"{'all products':34s} {o:10.1f} {t:9.1f} {t / o:14.2f}")
+PYEOF
