@@ -1359,7 +1359,28 @@ mod tests {
             assert_eq!(e16.weights, held.0, "grad_checkpoint {grad_checkpoint}: the bytes the f16 model holds");
             assert!(e16.weights < e32.weights * 3 / 5, "{} vs {}", e16.weights, e32.weights);
             assert_eq!((e16.gradients, e16.optimizer), (e32.gradients, e32.optimizer));
-            assert!(e16.activations < e32.activations && e16.activations > e32.activations / 4, "{} vs {}", e16.activations, e32.activations);
+            // Fewer bytes for most activations, more for the f32 adapter inputs and RMSNorms
+            // (checked exactly below): the total stays within these bounds.
+            assert!(e16.activations < e32.activations * 3 / 2 && e16.activations > e32.activations / 4, "{} vs {}", e16.activations, e32.activations);
+        }
+        // Each adapter widens its input to f32 under f16 (PEFT's cast to the adapter's dtype) and
+        // the graph keeps it: adapting only q_proj instead of the seven projections leaves the f32
+        // estimate's activations alone and removes 4 bytes per token per input feature of the
+        // six others, in every block (or in one, checkpointed).
+        let c = &lm.config;
+        let (h, q, i) = (c.hidden_size, c.num_attention_heads * c.head_dim, c.intermediate_size);
+        let six: usize = 2 * h + q + 2 * h + i; // k, v, o (input q-wide), gate, up, down (input intermediate)
+        let q_only = |dtype, grad_checkpoint| {
+            let cfg = SftConfig { dtype, grad_checkpoint, lora_parameters: LoraParameters { keys: Some(vec!["q_proj".into()]), ..cfg32.lora_parameters.clone() }, ..cfg32.clone() };
+            let model = lm.model.clone().with_lora(&cfg.lora_config(), &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+            memory_estimate_of(&model, c, &cfg).activations
+        };
+        let tokens = (cfg32.batch_size * cfg32.max_seq_length) as u64;
+        for grad_checkpoint in [false, true] {
+            let all = |dtype| memory_estimate_of(&adapted, c, &SftConfig { dtype, grad_checkpoint, ..cfg32.clone() }).activations;
+            assert_eq!(all(Dtype::F32), q_only(Dtype::F32, grad_checkpoint), "f32 keeps no copies (grad_checkpoint {grad_checkpoint})");
+            let blocks = if grad_checkpoint { 1 } else { c.num_hidden_layers as u64 };
+            assert_eq!(all(Dtype::F16) - q_only(Dtype::F16, grad_checkpoint), 4 * tokens * blocks * six as u64, "grad_checkpoint {grad_checkpoint}");
         }
     }
 
