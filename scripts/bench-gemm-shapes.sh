@@ -14,6 +14,14 @@
 #      PYTHON_REF a Python with torch (default .venv/bin/python)
 # Prints one line per product: ms per call and GFLOP/s for both, the ratio torch/tunelab time, and
 # the per-step total of each class (calls per step × ms).
+#
+# Measured 2026-12-06 22:48 UTC, Intel(R) Xeon(R) Processor (2 cores, AVX-512), load 1.5, REPS=10,
+# torch 2.15 (2 threads), defaults; per step, tunelab vs torch ms (torch/tunelab time):
+#   projection forward x·Wᵀ  1546 vs 1068 (0.69)   projection input grad g·W  1169 vs 1037 (0.89)
+#   lora (rank 16, 6 per projection)  550 vs 238 (0.43)   attention  343 vs 300 (0.87)
+#   head  668 vs 632 (0.95)   all products  4276 vs 3275 (0.77)
+# gemm reads a transposed right operand (x·Wᵀ of an [out, in] weight) slower than a row-major one,
+# and runs the skinny rank-16 products at 48-58 GFLOP/s on one thread, torch.matmul at 120-155.
 set -euo pipefail
 case "${TUNELAB:-}" in "") ;; *) TUNELAB=$(realpath "$TUNELAB") ;; esac
 [ -n "${PYTHON_REF:-}" ] && PYTHON_REF=$(realpath -s "$PYTHON_REF")

@@ -40,6 +40,14 @@
 #   smollm2-135m seq256 b4  147.7 vs 225.7 (0.65x), 170.8 vs 342.7 (0.50x), 162.1 vs 256.0 (0.63x); RSS 0.64x
 #   smollm2-135m seq512 b1  110.1 vs 164.6 (0.67x), 128.6 vs 290.7 (0.44x), 127.8 vs 244.1 (0.52x); RSS 0.70-0.74x
 # (this VM's speed drifts by a third between runs minutes apart: torch 226-343 tok/s on the same case).
+# Again 2026-12-06 22:45 (load 1.3-1.6), after attention stopped keeping its scores (src/model/sdpa.rs)
+# and burn-flex patch 7 (skinny products on one thread):
+#   smollm2-135m seq256 b4  153.3 vs 230.7 (0.66x), peak RSS 2.51 vs 5.12 GiB (0.49x)
+#   smollm2-135m seq512 b1  115.5 vs 183.3 (0.63x), peak RSS 1.57 vs 3.16 GiB (0.50x)
+# The products alone (scripts/bench-gemm-shapes.sh, same minutes): 4.28 s of tunelab's 6.7 s step
+# against 3.27 s of torch's 4.4 s, so ~1.0 s of the gap is gemm against torch.matmul (x·Wᵀ with the
+# weight read transposed 0.69x, LoRA's rank-16 products 0.43x, g·W 0.89x, attention 0.87x, head 0.95x)
+# and ~1.2 s the rest of the step (element-wise work, reductions, copies: 2.4 s against torch's 1.2 s).
 # Where tunelab's step goes there (perf, seq256 b4, after the model is built): gemm's AVX-512 f32
 # microkernels 62%, burn-flex element-wise loops 23%, libm expf 4% (flex's sigmoid in SiLU: scalar
 # libm; gone after burn-flex patch 6), memset/memcpy 4%, page faults 1%. Alone, gemm and torch.mm run these

@@ -49,6 +49,18 @@
 # plain step's estimated 20.8 GiB -> 0.16x. An f16 base holds the 6.4 GiB of f32 weights in 3.2 GiB
 # (b4 ckpt about 4.4 GiB, b4 plain about 22 GiB est.), above Q4_0 in both.
 #
+# Measured 2026-12-06 21:05-22:45 UTC, same machine, Qwen3-1.7B seq 512 batch 4, DTYPE=f16 (f16 base
+# weights and activations, as PEFT on an f16 checkpoint; with q4_0 the blocks are dequantized to f32
+# and cast to f16, again in the backward pass), WARMUP=0 STEPS=1, after attention stopped keeping its
+# scores on the CPU (src/model/sdpa.rs); step peak RSS (the estimate the run printed; the formula then
+# gained the f32 adapter inputs and RMSNorms: +5.47 GiB plain, +0.17 GiB checkpointed):
+#   f16 base   plain 16.09 GiB (est 11.49)  ckpt 4.55 GiB (est 4.21)  -> 0.28x
+#   Q4_0 f16   plain 14.29 GiB (est  9.65)  ckpt 2.30 GiB (est 2.37)  -> 0.16x
+# QLoRA Q4_0 peaks below LoRA on the f16 base in both modes (-1.80 and -2.25 GiB); final losses
+# plain/ckpt 568.81738/568.81726 (f16 base), 577.57751/577.57758 (Q4_0). Step times (plain 294/990 s,
+# ckpt 230/238 s) ran beside builds and compare nothing. Before the recomputed attention, with the
+# same binary otherwise: ckpt 4.76 GiB (f16 base) and 2.44 GiB (Q4_0).
+#
 # GPU (the coordinator's machine; no cargo there), Qwen3-1.7B at seq 512 batch 4, QLoRA Q4_0 and f32 base,
 # plain and checkpointed:
 #   TUNELAB=/path/to/tunelab DEVICE=vulkan WARMUP=1 STEPS=2 CASES="qwen3-1.7b 512 4 q4_0
