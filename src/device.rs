@@ -175,18 +175,25 @@ pub fn pad_rows(flat: &[i64], cols: usize, width: usize, fill: i64) -> Vec<i64> 
 /// Batches on GPU back-ends are padded to multiples of this many tokens ([`padded_width`]).
 pub const GPU_PAD_MULTIPLE: usize = 128;
 
-/// Whether `device` compiles kernels per tensor shape (every back-end but the `flex` CPU one).
-pub fn compiles_per_shape(device: &Device) -> bool {
+/// Whether `device` is burn's `flex` CPU back-end, with or without autodiff (false in a build
+/// without the CPU back-end). The CPU-only routes (QLoRA's and attention's recomputing autodiff
+/// operations) and the shape padding ask this.
+pub fn is_cpu(device: &Device) -> bool {
     #[cfg(feature = "cpu")]
     {
         // Equality compares the hardware and ignores autodiff, so a training device matches too.
-        *device != Device::flex()
+        *device == Device::flex()
     }
     #[cfg(not(feature = "cpu"))]
     {
         let _ = device;
-        true
+        false
     }
+}
+
+/// Whether `device` compiles kernels per tensor shape (every back-end but the `flex` CPU one).
+pub fn compiles_per_shape(device: &Device) -> bool {
+    !is_cpu(device)
 }
 
 /// A 2x2 matmul whose answer is known: a device that starts but computes garbage is not usable.

@@ -339,14 +339,7 @@ impl QuantWeight {
     /// Whether [`QuantWeight::matmul_t`] on `device` dequantizes again in the backward pass
     /// (the CPU backend) rather than keeping the f32 matrix for it.
     pub fn dequantizes_in_backward(device: &Device) -> bool {
-        // `Device::flex` exists only with the CPU backend compiled in (the GPU-only build has none).
-        #[cfg(feature = "cpu")]
-        return *device == Device::flex();
-        #[cfg(not(feature = "cpu"))]
-        {
-            let _ = device;
-            false
-        }
+        crate::device::is_cpu(device)
     }
 
     /// Bytes the stored tensors take on the device.

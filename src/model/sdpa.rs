@@ -103,27 +103,10 @@ impl<B: Backend + RecomputedAttentionBackend, C: CheckpointStrategy> RecomputedA
 }
 
 /// Whether [`grouped_attention`] takes the recomputing operation on `device`: the CPU backend
-/// with autodiff (training). Elsewhere, and in inference, the plain path runs.
+/// with autodiff (training). Elsewhere, and in inference, the plain path runs. (Whether training
+/// will take it, asked before the model is on the autodiff device: [`crate::device::is_cpu`].)
 pub fn recomputes_on(device: &Device) -> bool {
-    #[cfg(feature = "cpu")]
-    return device.is_autodiff() && *device == Device::flex().autodiff();
-    #[cfg(not(feature = "cpu"))]
-    {
-        let _ = device;
-        false
-    }
-}
-
-/// Whether training on `device` (with or without autodiff enabled yet) takes the recomputing
-/// operation: the memory estimate's question, asked before the model is on the autodiff device.
-pub fn recomputes_in_training(device: &Device) -> bool {
-    #[cfg(feature = "cpu")]
-    return *device == Device::flex() || *device == Device::flex().autodiff();
-    #[cfg(not(feature = "cpu"))]
-    {
-        let _ = device;
-        false
-    }
+    device.is_autodiff() && crate::device::is_cpu(device)
 }
 
 /// Grouped-query attention, `q` `[b, g, r·t, d]` with the `r = heads / g` query heads of each
@@ -134,9 +117,6 @@ pub fn recomputes_in_training(device: &Device) -> bool {
 /// CPU in training the probabilities are not kept but computed again in the backward pass (see
 /// the module notes); otherwise burn's ops record the plain graph.
 pub fn grouped_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Option<&Tensor<4>>, heads: usize, scale: f32) -> Tensor<4> {
-    let [b, g, rt, _] = q.dims();
-    let s = k.dims()[2];
-    let t = rt * g / heads;
     if recomputes_on(&q.device()) {
         let (mask, has_mask) = match mask {
             Some(m) => (m.clone(), true),
@@ -154,6 +134,14 @@ pub fn grouped_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Option<
         );
         return Tensor::from_dispatch(y);
     }
+    plain_attention(q, k, v, mask, heads, scale)
+}
+
+/// [`grouped_attention`] as burn's ops record it: every intermediate kept for the backward pass.
+fn plain_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Option<&Tensor<4>>, heads: usize, scale: f32) -> Tensor<4> {
+    let [b, g, rt, _] = q.dims();
+    let s = k.dims()[2];
+    let t = rt * g / heads;
     let scores = q.matmul(k.swap_dims(2, 3)).cast(FloatDType::F32).mul_scalar(scale).reshape([b, heads, t, s]);
     let scores = match mask {
         Some(m) => scores + m.clone(),
@@ -181,19 +169,6 @@ mod tests {
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
         a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-    }
-
-    /// The plain graph (burn's ops under autodiff), the reference the operation must match.
-    fn plain(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Option<&Tensor<4>>, heads: usize, scale: f32) -> Tensor<4> {
-        let [b, g, rt, _] = q.dims();
-        let s = k.dims()[2];
-        let t = rt * g / heads;
-        let scores = q.matmul(k.swap_dims(2, 3)).cast(FloatDType::F32).mul_scalar(scale).reshape([b, heads, t, s]);
-        let scores = match mask {
-            Some(m) => scores + m.clone(),
-            None => scores,
-        };
-        softmax(scores, 3).cast(v.dtype()).reshape([b, g, rt, s]).matmul(v)
     }
 
     /// Output and the gradients of q, k and v agree with the plain graph: grouped heads (1, 2
@@ -235,7 +210,7 @@ mod tests {
                 };
                 for frozen_k in [false, true] {
                     let ours = run(&|q, k, v| grouped_attention(q, k, v, mask.as_ref(), heads, scale), frozen_k);
-                    let theirs = run(&|q, k, v| plain(q, k, v, mask.as_ref(), heads, scale), frozen_k);
+                    let theirs = run(&|q, k, v| plain_attention(q, k, v, mask.as_ref(), heads, scale), frozen_k);
                     let tol = if dtype == FloatDType::F32 { 2e-6 } else { 4e-3 };
                     let case = format!("b{b} g{g} r{r} t{t} s{s} d{d} mask {masked} {dtype:?} frozen k {frozen_k}");
                     assert!(max_diff(&ours.0, &theirs.0) <= tol, "{case}: output {}", max_diff(&ours.0, &theirs.0));

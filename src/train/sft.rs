@@ -561,7 +561,7 @@ pub fn memory_estimate_of(model: &Decoder, c: &crate::model::decoder::DecoderCon
     // On the CPU attention keeps no scores for the backward pass (`model::sdpa`): it holds one
     // layer's probabilities, their gradient and the score gradient (f32) while that layer's
     // backward runs, instead of every layer's scores.
-    let recomputed_attention = crate::model::sdpa::recomputes_in_training(&model.embed_tokens.val().device());
+    let recomputed_attention = crate::device::is_cpu(&model.embed_tokens.val().device());
     if recomputed_attention {
         profile.per_layer_per_key = 0;
     }
