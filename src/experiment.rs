@@ -188,6 +188,9 @@ pub fn run(cfg: &ExperimentConfig, choice: DeviceChoice) -> anyhow::Result<Exper
         let t = Instant::now();
         let mut train_cfg = cfg.train.clone();
         train_cfg.output_dir = run_dir.path().join("training");
+        // `auto` (the default): f16 on a GPU that computes it, f32 on the CPU; recorded resolved.
+        train_cfg.dtype = train_cfg.resolved_dtype(&encoder);
+        manifest.config["train"]["dtype"] = serde_json::to_value(train_cfg.dtype)?;
         let full_len = encoder.tokenizer.max_len();
         encoder.tokenizer = with_max_len(&encoder.tokenizer, cfg.train_max_len)?;
         println!("fine-tuning on {} pairs ({} epochs, batch {})", pairs.len(), train_cfg.epochs, train_cfg.batch_size);

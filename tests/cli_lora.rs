@@ -78,6 +78,7 @@ fn train_generate_export_and_fuse_on_a_tiny_model() {
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(adapters.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!((cfg["iters"].as_u64(), cfg["num_layers"].as_i64(), cfg["lora_parameters"]["rank"].as_u64()), (Some(12), Some(-1), Some(4)), "flags win over the file");
     assert_eq!(cfg["lora_parameters"]["scale"], 2.0);
+    assert_eq!(cfg["dtype"], "f32", "no --dtype: auto, f32 on the CPU, recorded as resolved");
 
     // generate with the adapter.
     let out = tunelab(&["generate", "--model", &model, "--adapter-path", "adapters", "--prompt", "w5 w6 w7", "-m", "3", "--ignore-chat-template"], tmp.path());

@@ -102,6 +102,10 @@ fn lora_run_trains_governed_pairs_exports_a_merged_model_and_records_the_audit()
     assert!(stdout.contains("excluded by the policy"), "{stdout}");
 
     let run = run_dir(&tmp.path().join("reports"), "tiny");
+    // No dtype given: `auto` is f32 on the CPU, and the run records what it resolved to.
+    let json = |p: PathBuf| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(p).unwrap()).unwrap();
+    assert_eq!(json(run.join("training/config.json"))["dtype"], "f32");
+    assert_eq!(json(run.join("manifest.json"))["config"]["train"]["dtype"], "f32");
     // The manifest carries the audit: the sacred pair is excluded and never trained on.
     let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).unwrap()).unwrap();
     let audit = manifest["governance"].to_string();

@@ -134,7 +134,9 @@ pub struct LoraBench {
     #[arg(long)]
     pub grad_checkpoint: bool,
     /// `train lora --dtype`: f32, or f16 mixed precision (base weights and activations in f16,
-    /// adapters, norms, softmax and loss in f32, dynamic loss scaling as the trainer does it).
+    /// adapters, norms, softmax and loss in f32, dynamic loss scaling as the trainer does it), or
+    /// auto (the trainer's default: f16 on a GPU, f32 on the CPU). f32 here unless given, so a
+    /// benchmark line says what it measured.
     #[arg(long, default_value = "f32")]
     pub dtype: crate::model::decoder::Dtype,
     /// Frozen base of the seven block projections: none (f32, plain LoRA), q8_0 or q4_0 (the
@@ -174,7 +176,8 @@ pub struct TrainEmbedBench {
     #[arg(value_parser = crate::cli::values::positive_usize, long)]
     pub mini_batch_size: Option<usize>,
     /// `train embed --dtype`: f32, or f16 mixed precision as `torch.autocast` arranges it (linear
-    /// layers and attention in f16, residual stream, LayerNorms, softmax, pooling and loss in f32).
+    /// layers and attention in f16, residual stream, LayerNorms, softmax, pooling and loss in f32),
+    /// or auto (the trainer's default). f32 here unless given.
     #[arg(long, default_value = "f32")]
     pub dtype: crate::model::decoder::Dtype,
 }
@@ -362,6 +365,7 @@ fn train_embed(a: TrainEmbedBench, choice: DeviceChoice) -> anyhow::Result<()> {
         cfg.lora = Some(crate::lora::LoraConfig { rank, alpha: 2.0 * rank as f64, ..Default::default() });
     }
     let estimate = crate::train::embed_job::bert_memory_estimate(&encoder, &cfg, seq, 0)?;
+    let dtype = cfg.resolved_dtype(&encoder);
     // The model is built: from here the high-water mark is the training's (the estimate's peer).
     let reset = reset_peak_rss();
     // Warm-up run (kernel caches, allocator and thread pools are per process), then the timed run.
@@ -385,11 +389,11 @@ fn train_embed(a: TrainEmbedBench, choice: DeviceChoice) -> anyhow::Result<()> {
             "minilm-l6 mnrl seq{seq} b{}{}{}",
             a.batch_size,
             a.lora_rank.map(|r| format!(" lora r{r}")).unwrap_or_default(),
-            if a.dtype == crate::model::decoder::Dtype::F32 { "" } else { " f16" }
+            if dtype == crate::model::decoder::Dtype::F32 { "" } else { " f16" }
         ),
         "framework": "tunelab",
         "device": choice.to_string(),
-        "dtype": a.dtype.name(),
+        "dtype": dtype.name(),
         "estimate_gib": estimate.total() as f64 / (1u64 << 30) as f64,
         "step_peak_rss_gib": if reset { peak_rss_gib() } else { None },
         "batch": a.batch_size,
@@ -417,6 +421,7 @@ fn train_embed(a: TrainEmbedBench, choice: DeviceChoice) -> anyhow::Result<()> {
 fn lora(a: LoraBench, choice: DeviceChoice) -> anyhow::Result<()> {
     anyhow::ensure!(a.seq >= 2 && a.batch_size >= 1 && a.steps >= 1, "--seq must be at least 2, --batch-size and --steps at least 1");
     let device = choice.device()?;
+    let dtype = a.dtype.resolve(&device, true);
     let cfg = a.shape.config();
     let lora = crate::lora::LoraConfig { rank: a.rank, alpha: a.alpha.unwrap_or(2.0 * a.rank as f64), ..Default::default() };
     let built = Instant::now();
@@ -430,7 +435,7 @@ fn lora(a: LoraBench, choice: DeviceChoice) -> anyhow::Result<()> {
             batch_size: a.batch_size,
             max_seq_length: a.seq,
             grad_checkpoint: a.grad_checkpoint,
-            dtype: a.dtype,
+            dtype: dtype,
             num_layers: lora.num_layers,
             lora_parameters: crate::train::sft::LoraParameters { rank: a.rank, alpha: Some(lora.alpha), ..Default::default() },
             ..Default::default()
@@ -438,8 +443,8 @@ fn lora(a: LoraBench, choice: DeviceChoice) -> anyhow::Result<()> {
     );
     // Printed before the steps, as `train lora` prints it, so a run too big to finish still tells.
     eprintln!("{}", estimate.describe());
-    a.dtype.check_device(&device).map_err(anyhow::Error::msg)?;
-    let mut model = model.train().with_frozen_dtype(a.dtype);
+    dtype.check_device(&device).map_err(anyhow::Error::msg)?;
+    let mut model = model.train().with_frozen_dtype(dtype);
     let build_s = built.elapsed().as_secs_f64();
     // The random model is drawn as f32 host values first (all of them for a quantized base too):
     // that peak is the build's, not the step's. Reset the high-water mark so `step_peak_rss_gib`
@@ -448,7 +453,7 @@ fn lora(a: LoraBench, choice: DeviceChoice) -> anyhow::Result<()> {
     release_free_heap();
     let reset = reset_peak_rss();
     // `--dtype f16`: the trainer's loss scaling (`train::lora_loop`), on the same schedule.
-    let mut scaler = (a.dtype == crate::model::decoder::Dtype::F16).then(crate::train::loss_scale::LossScaler::default);
+    let mut scaler = (dtype == crate::model::decoder::Dtype::F16).then(crate::train::loss_scale::LossScaler::default);
     let mut optim: ModuleOptimizer = AdamWConfig::new().with_weight_decay(0.0).init();
 
     // input_ids = labels = random ids, as in the anchor: all `seq` positions go through the model,
@@ -518,14 +523,14 @@ fn lora(a: LoraBench, choice: DeviceChoice) -> anyhow::Result<()> {
         // f16 runs and quantized bases get their own case names, so a script keying results by case keeps them apart.
         "case": format!("{} lora r{} seq{} b{}{}{}{}", a.shape.name(), a.rank, a.seq, a.batch_size,
             if quant == "none" { String::new() } else { format!(" {quant}") }, if a.grad_checkpoint { " ckpt" } else { "" },
-            if a.dtype == crate::model::decoder::Dtype::F32 { "" } else { " f16" }),
+            if dtype == crate::model::decoder::Dtype::F32 { "" } else { " f16" }),
         "grad_checkpoint": a.grad_checkpoint,
         "quantize_base": quant,
         "base_projections_gib": base_gib,
         "estimate_gib": estimate.total() as f64 / (1u64 << 30) as f64,
         "framework": "tunelab",
         "device": choice.to_string(),
-        "dtype": a.dtype.name(),
+        "dtype": dtype.name(),
         "loss_scale": scaler.as_ref().map(|s| s.scale),
         "skipped_steps": scaler.as_ref().map(|s| s.skipped),
         "batch": a.batch_size,

@@ -95,10 +95,11 @@ pub struct TrainEmbedArgs {
     /// MatryoshkaLoss: also train these leading dimensions (comma-separated, e.g. 768,512,256,128).
     #[arg(long, value_delimiter = ',')]
     pub matryoshka_dims: Option<Vec<usize>>,
-    /// f32 (default) or f16: mixed precision as sentence-transformers' fp16=True, linear layers and
-    /// attention in f16 (GPU tensor cores), residual stream, LayerNorm, softmax, pooling and loss in
-    /// f32, trainable weights and AdamW in f32, dynamic loss scaling; LoRA and full fine-tuning
-    /// ([train] dtype).
+    /// auto (default), f32 or f16. f16: mixed precision as sentence-transformers' fp16=True, linear
+    /// layers and attention in f16 (GPU tensor cores), residual stream, LayerNorm, softmax, pooling
+    /// and loss in f32, trainable weights and AdamW in f32, dynamic loss scaling; LoRA and full
+    /// fine-tuning ([train] dtype). auto: f16 on a GPU that computes f16 for a BERT-family
+    /// encoder, f32 on the CPU and for EmbeddingGemma (overflows f16) and DoRA.
     #[arg(long)]
     pub dtype: Option<crate::model::decoder::Dtype>,
     /// With --dtype f16: the loss scale a fresh run starts at (GradScaler's init_scale, default

@@ -93,8 +93,10 @@ pub struct LoraFlags {
     /// output head's cross-entropy in chunks (less memory, about a third more time; MLX-LM's flag).
     #[arg(long)]
     pub grad_checkpoint: bool,
-    /// f32 (default) or f16: mixed precision, frozen base weights and activations in f16 (GPU
-    /// tensor cores), adapters, norms, softmax and loss in f32, dynamic loss scaling (LoRA only).
+    /// auto (default), f32 or f16. f16: mixed precision, frozen base weights and activations in
+    /// f16 (GPU tensor cores), adapters, norms, softmax and loss in f32, dynamic loss scaling
+    /// (LoRA only). auto: f16 for a LoRA run on a GPU that computes f16, f32 on the CPU (no f16
+    /// SIMD: slower there) and for DoRA and full fine-tunes.
     #[arg(long)]
     pub dtype: Option<crate::model::decoder::Dtype>,
     /// With --dtype f16: the loss scale a fresh run starts at (GradScaler's init_scale, default

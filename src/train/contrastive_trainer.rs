@@ -88,8 +88,9 @@ pub struct ContrastiveConfig {
     /// One weight per `matryoshka_dims` entry (default 1 each, as sentence-transformers).
     pub matryoshka_weights: Option<Vec<f32>>,
     /// `f16`: mixed precision with dynamic loss scaling (module notes), for LoRA and full
-    /// fine-tuning; `f32` (default) as before.
-    #[serde(skip_serializing_if = "Dtype::is_f32")]
+    /// fine-tuning; `f32` as before; `auto` (default): f16 on a GPU that computes it for an
+    /// encoder that trains in f16 (BERT family, not DoRA), f32 on the CPU and elsewhere
+    /// (`Dtype::resolve`). The run's written config records what `auto` resolved to.
     pub dtype: Dtype,
     /// `dtype = "f16"`: the loss scale a fresh run starts at (`torch.amp.GradScaler`'s
     /// `init_scale`, 2^16).
@@ -124,7 +125,7 @@ impl Default for ContrastiveConfig {
             lora: None,
             matryoshka_dims: None,
             matryoshka_weights: None,
-            dtype: Dtype::F32,
+            dtype: Dtype::Auto,
             init_loss_scale: super::loss_scale::INIT_SCALE as f64,
         }
     }
@@ -185,7 +186,7 @@ impl ContrastiveConfig {
         if let Err(reason) = super::loss_scale::check_init_scale(self.init_loss_scale) {
             return bad("init_loss_scale", reason);
         }
-        if self.dtype != Dtype::F32 && self.lora.as_ref().is_some_and(|l| l.use_dora) {
+        if self.dtype == Dtype::F16 && self.lora.as_ref().is_some_and(|l| l.use_dora) {
             // DoRA's row norms mix the frozen base with B·A: its layers run in f32 only.
             return bad("dtype", format!("{} trains LoRA adapters or every weight, not DoRA (fine_tune_type dora needs f32 weights for its row norms): use --dtype f32 or --fine-tune-type lora", self.dtype));
         }
@@ -198,6 +199,18 @@ impl ContrastiveConfig {
     }
 
     /// The MatryoshkaLoss settings, when `matryoshka_dims` is set.
+    /// [`Self::dtype`] made concrete for `encoder` on its device ([`Dtype::resolve`]): `auto`
+    /// gives f16 on a GPU that computes it to an encoder that trains in f16 (BERT family; not
+    /// EmbeddingGemma, not DoRA), f32 elsewhere.
+    pub fn resolved_dtype<E: TrainableEncoder>(&self, encoder: &E) -> Dtype {
+        self.dtype.resolve(&encoder.device(), self.trains_in_f16(encoder))
+    }
+
+    /// Whether this run of `encoder` can train in f16: an encoder with an f16 path, not DoRA.
+    pub fn trains_in_f16<E: TrainableEncoder>(&self, encoder: &E) -> bool {
+        encoder.trains_in_f16() && !self.lora.as_ref().is_some_and(|l| l.use_dora)
+    }
+
     pub fn matryoshka(&self) -> Option<super::contrastive::Matryoshka> {
         let dims = self.matryoshka_dims.clone()?;
         let weights = self.matryoshka_weights.clone().unwrap_or_else(|| vec![1.0; dims.len()]);
@@ -323,8 +336,10 @@ impl<'v, E: TrainableEncoder> ContrastiveTrainer<'v, E> {
     /// Train `encoder` on `data`. With `resume`, continue from that checkpoint (for example
     /// [`checkpoint::latest`] of the output folder) with its model, optimizer and position.
     pub fn fit(&mut self, encoder: E, data: &dyn TrainingPairs, resume: Option<&Path>) -> Result<TrainOutcome<E>, TrainError> {
-        let cfg = self.config.clone();
+        let mut cfg = self.config.clone();
         cfg.validate()?;
+        // `auto` made concrete before anything reads it; the config written below records it.
+        cfg.dtype = cfg.resolved_dtype(&encoder);
         let pairs = data.pairs();
         if pairs.is_empty() {
             return Err(TrainError::EmptyData);

@@ -252,7 +252,7 @@ impl JobEncoder for SentenceEncoder {
     }
     fn activation_bytes_per_token(&self, seq: usize, dtype: Dtype) -> u64 {
         match dtype {
-            Dtype::F32 => self.activation_profile().bytes_per_token(seq),
+            Dtype::F32 | Dtype::Auto => self.activation_profile().bytes_per_token(seq),
             // The two LayerNorms' inputs and outputs stay f32 (`BertLayer::forward_in`).
             Dtype::F16 => self.activation_profile().bytes_per_token_autocast(seq, 4 * self.model.config.hidden_size),
         }
@@ -314,11 +314,12 @@ fn memory_estimate<E: JobEncoder>(encoder: &E, cfg: &ContrastiveConfig, seq: usi
     };
     // On the autodiff device and in the dtype the trainer runs it in: frozen parameters are
     // those without grad, and under `--dtype f16` a LoRA run's frozen base is f16.
-    let probe = probe.for_training().with_dtype(cfg.dtype).map_err(anyhow::Error::msg)?;
+    let dtype = cfg.resolved_dtype(encoder);
+    let probe = probe.for_training().with_dtype(dtype).map_err(anyhow::Error::msg)?;
     let (params, trainable) = param_counts(probe.model());
     let texts = texts_in_graph(cfg.batch_size, negatives, cfg.mini_batch_size);
-    let mut estimate = MemoryEstimate::new(params, trainable, encoder.activation_bytes_per_token(seq, cfg.dtype), texts * seq);
-    if cfg.dtype != Dtype::F32 {
+    let mut estimate = MemoryEstimate::new(params, trainable, encoder.activation_bytes_per_token(seq, dtype), texts * seq);
+    if dtype == Dtype::F16 {
         // Each weight at its own width (a LoRA run's frozen base f16); the trained weights stay
         // f32 masters cast to f16 at each use, and the graph keeps those copies for the backward
         // pass: 2 more bytes each (all of them in full fine-tuning).
@@ -501,6 +502,10 @@ fn train_and_export<E: JobEncoder>(
     let t = Instant::now();
     let mut train_cfg = cfg.train.clone();
     train_cfg.output_dir = run_dir.path().join("training");
+    // Concrete from here on (`auto`: f16 on a GPU for a BERT-family encoder): the export below
+    // depends on it.
+    train_cfg.dtype = train_cfg.resolved_dtype(&encoder);
+    manifest.config["train"]["dtype"] = serde_json::to_value(train_cfg.dtype)?;
     if validation.is_some() && train_cfg.eval_every.is_none() {
         // Validate once per epoch at least, so "best" means something.
         train_cfg.eval_every = Some(pairs.len().div_ceil(train_cfg.batch_size).max(1));

@@ -46,9 +46,15 @@ pub trait TrainableEncoder: Clone + Send {
     /// refuse f16 with the reason.
     fn with_dtype(self, dtype: Dtype) -> Result<Self, String> {
         match dtype {
-            Dtype::F32 => Ok(self),
             Dtype::F16 => Err(format!("{} does not train in f16; use --dtype f32", std::any::type_name::<Self>())),
+            _ => Ok(self),
         }
+    }
+
+    /// Whether [`with_dtype`](Self::with_dtype) takes f16: what `dtype = "auto"` asks before it
+    /// picks f16 on a GPU ([`Dtype::resolve`]).
+    fn trains_in_f16(&self) -> bool {
+        false
     }
 
     /// The device of the parameters.
@@ -200,6 +206,9 @@ impl TrainableEncoder for crate::model::bert::SentenceEncoder {
         self.model = self.model.with_dtype(dtype);
         Ok(self)
     }
+    fn trains_in_f16(&self) -> bool {
+        true
+    }
 }
 
 /// EmbeddingGemma trains the same way; the Dense modules train with the transformer in full
@@ -225,7 +234,7 @@ impl TrainableEncoder for crate::model::gemma::GemmaEncoder {
     /// not support float16"; use float32 or bfloat16), and burn's Vulkan backend has no bf16.
     fn with_dtype(self, dtype: Dtype) -> Result<Self, String> {
         match dtype {
-            Dtype::F32 => Ok(self),
+            Dtype::F32 | Dtype::Auto => Ok(self),
             Dtype::F16 => Err("EmbeddingGemma does not run in f16 (its activations overflow f16, as its model card warns; \
                  bf16 is not supported by burn's Vulkan backend): use --dtype f32"
                 .into()),

@@ -44,7 +44,7 @@ pub(crate) fn check_init_scale(v: f64) -> Result<(), String> {
 /// one at `init_scale`.
 pub(crate) fn for_dtype(dtype: crate::model::decoder::Dtype, resumed: Option<LossScaler>, init_scale: f64) -> Option<LossScaler> {
     match dtype {
-        crate::model::decoder::Dtype::F32 => None,
+        crate::model::decoder::Dtype::F32 | crate::model::decoder::Dtype::Auto => None,
         crate::model::decoder::Dtype::F16 => Some(resumed.unwrap_or_else(|| LossScaler::new(init_scale as f32))),
     }
 }

@@ -120,8 +120,7 @@ pub struct RerankConfig {
     pub max_grad_norm: Option<f64>,
     pub quantize_base: QuantizeBase,
     pub grad_checkpoint: bool,
-    /// `f16`: mixed precision as `train lora`'s `dtype` (left out of written configs when `f32`).
-    #[serde(skip_serializing_if = "Dtype::is_f32")]
+    /// `f16`: mixed precision as `train lora`'s `dtype` (`auto`, the default, resolved as there).
     pub dtype: Dtype,
     /// `dtype = "f16"`: the starting loss scale, as `train lora`'s `init_loss_scale`.
     #[serde(skip_serializing_if = "super::loss_scale::is_default_init_scale")]
@@ -175,7 +174,7 @@ impl Default for RerankConfig {
             max_grad_norm: Some(1.0),
             quantize_base: QuantizeBase::Keep,
             grad_checkpoint: false,
-            dtype: Dtype::F32,
+            dtype: Dtype::Auto,
             init_loss_scale: s.init_loss_scale,
             loss: RerankLoss::Pointwise,
             targets: RerankTargets::Graded,
@@ -511,6 +510,9 @@ pub fn fit(
     audit: serde_json::Value,
     progress: bool,
 ) -> anyhow::Result<RerankOutcome> {
+    // `auto` made concrete before anything reads it (a LoRA run: f16 on a GPU that computes it).
+    let resolved = RerankConfig { dtype: cfg.dtype.resolve(&lm.model.embed_tokens.val().device(), true), ..cfg.clone() };
+    let cfg = &resolved;
     cfg.validate()?;
     let out = cfg.adapter_path.clone();
     std::fs::create_dir_all(&out).map_err(|source| SftError::Io {
@@ -773,7 +775,7 @@ pub fn fit(
         save(&model, &out, 0)?;
     }
     let model = match cfg.dtype {
-        Dtype::F32 => model.valid(),
+        Dtype::F32 | Dtype::Auto => model.valid(),
         // The f16 base served the training steps only: calibration and the returned model use
         // the trained adapter over the f32 base the run was given.
         Dtype::F16 => base

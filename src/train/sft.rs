@@ -149,9 +149,10 @@ pub struct SftConfig {
     /// second forward pass of time.
     pub grad_checkpoint: bool,
     /// `f16`: mixed precision, frozen base weights and activations in f16 with dynamic loss
-    /// scaling (`model::decoder::Dtype`, [`super::loss_scale`]); `f32` (default) as before.
-    /// LoRA only (not `dora` or `full`). Left out of written configs when `f32`.
-    #[serde(skip_serializing_if = "Dtype::is_f32")]
+    /// scaling (`model::decoder::Dtype`, [`super::loss_scale`]); `f32` as before. LoRA only (not
+    /// `dora` or `full`). `auto` (default): f16 for a LoRA run on a GPU that computes it, f32 on
+    /// the CPU and for DoRA and full fine-tunes (`Dtype::resolve`); the written config records
+    /// what it resolved to.
     pub dtype: Dtype,
     /// `dtype = "f16"`: the loss scale a fresh run starts at (`torch.amp.GradScaler`'s
     /// `init_scale`, default 2^16); halved at each overflow, so a too-large start only costs the
@@ -194,7 +195,7 @@ impl Default for SftConfig {
             max_grad_norm: Some(1.0),
             quantize_base: QuantizeBase::Keep,
             grad_checkpoint: false,
-            dtype: Dtype::F32,
+            dtype: Dtype::Auto,
             init_loss_scale: super::loss_scale::INIT_SCALE as f64,
         }
     }
@@ -208,6 +209,17 @@ impl SftConfig {
     }
 
     /// The adapter shape this config asks for.
+    /// [`Self::dtype`] made concrete on `device` ([`Dtype::resolve`]): `auto` gives f16 only to
+    /// a LoRA run (DoRA and full fine-tunes need f32 weights) on a GPU that computes f16.
+    pub fn resolved_dtype(&self, device: &burn::tensor::Device) -> Dtype {
+        self.dtype.resolve(device, self.trains_in_f16())
+    }
+
+    /// Whether this run can train in f16: a LoRA adapter over a frozen base.
+    pub fn trains_in_f16(&self) -> bool {
+        self.fine_tune_type == FineTuneType::Lora
+    }
+
     pub fn lora_config(&self) -> LoraConfig {
         let p = &self.lora_parameters;
         LoraConfig {
@@ -274,7 +286,7 @@ impl SftConfig {
         if let Err(reason) = super::loss_scale::check_init_scale(self.init_loss_scale) {
             return bad("init_loss_scale", reason);
         }
-        if self.dtype != Dtype::F32 && self.fine_tune_type != FineTuneType::Lora {
+        if self.dtype == Dtype::F16 && self.fine_tune_type != FineTuneType::Lora {
             return bad("dtype", format!("{} trains only LoRA adapters over a frozen base: fine_tune_type {} needs f32 weights (DoRA's row norms, full fine-tuning's master weights)", self.dtype, serde_json::to_value(self.fine_tune_type).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()));
         }
         self.lora_config().validate()?;
@@ -565,7 +577,7 @@ pub fn memory_estimate_of(model: &Decoder, c: &crate::model::decoder::DecoderCon
     if recomputed_attention {
         profile.per_layer_per_key = 0;
     }
-    let f16 = cfg.dtype == Dtype::F16;
+    let f16 = cfg.resolved_dtype(&model.embed_tokens.val().device()) == Dtype::F16;
     let bytes_per_token = |p: &super::memory::ActivationProfile| if f16 { p.bytes_per_token_f16(cfg.max_seq_length) } else { p.bytes_per_token(cfg.max_seq_length) };
     let mut e = super::memory::MemoryEstimate::new(all, trainable, bytes_per_token(&profile), cfg.batch_size * cfg.max_seq_length);
     if f16 {
@@ -745,7 +757,9 @@ impl SftTrainer {
 
     /// Train an adapter for `lm` on `data` and save it in `adapter_path`; see the module notes.
     pub fn fit<T: SftRecord>(&self, lm: &CausalLm, data: &SftData<'_, T>) -> Result<SftOutcome, SftError> {
-        let cfg = &self.config;
+        // `auto` made concrete before anything reads it (the manifest and configs record it).
+        let resolved = SftConfig { dtype: self.config.resolved_dtype(&lm.model.embed_tokens.val().device()), ..self.config.clone() };
+        let cfg = &resolved;
         cfg.validate()?;
         let out = cfg.adapter_path.clone();
         let io = |path: &Path| {
@@ -964,7 +978,7 @@ impl SftTrainer {
             save(&model, &out, state.step)?;
         }
         let model = match cfg.dtype {
-            Dtype::F32 => model.valid(),
+            Dtype::F32 | Dtype::Auto => model.valid(),
             // The f16 base served the training steps only: the returned model, and the test
             // score, are the trained adapter over the f32 base the run was given.
             Dtype::F16 => base.clone().with_lora(&lora, &mut ChaCha8Rng::seed_from_u64(cfg.seed))?.apply_adapter(&adapter)?,

@@ -24,12 +24,17 @@ use crate::lora::{AdaptableLinear, BaseWeight};
 
 use super::{Decoder, Projection};
 
-/// The dtype of a decoder's frozen base weights and activations during training.
+/// The dtype of a model's frozen base weights and activations during training.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
-    /// Everything in f32 (the default; bit-identical to training before mixed precision).
+    /// The default: f16 where it runs and pays, f32 elsewhere ([`Dtype::resolve`]): on a GPU
+    /// whose backend computes f16 (tensor cores) for a run that can take it, f32 on the CPU
+    /// (no f16 SIMD there: slower) and for runs that need f32 weights. A run resolves it once,
+    /// before anything else, and records what it resolved to.
     #[default]
+    Auto,
+    /// Everything in f32 (bit-identical to training before mixed precision).
     F32,
     /// Base weights and activations in f16, reductions, adapters and loss in f32, with dynamic
     /// loss scaling (module notes).
@@ -37,16 +42,44 @@ pub enum Dtype {
 }
 
 impl Dtype {
-    /// burn's dtype for the base weights and activations.
+    /// `Auto` made concrete for a run on `device`: `F16` on a GPU that computes f16 when
+    /// `f16_ok` (the run can train in f16: a LoRA adapter over a frozen base, or a BERT-family
+    /// encoder; not DoRA, a full decoder fine-tune or EmbeddingGemma), else `F32`. On the CPU
+    /// always `F32`. `F32` and `F16` stay as given (an explicit f16 the run cannot take is
+    /// refused by its config's validation, naming the option).
+    ///
+    /// ```
+    /// use tunelab::model::decoder::Dtype;
+    /// let cpu = burn::tensor::Device::flex();
+    /// assert_eq!(Dtype::Auto.resolve(&cpu, true), Dtype::F32);
+    /// assert_eq!(Dtype::F16.resolve(&cpu, true), Dtype::F16);
+    /// ```
+    pub fn resolve(self, device: &burn::tensor::Device, f16_ok: bool) -> Dtype {
+        self.resolve_with(!crate::device::is_cpu(device) && device.supports_dtype(DType::F16), f16_ok)
+    }
+
+    /// [`Self::resolve`] with the device reduced to whether it is a GPU that computes f16.
+    pub fn resolve_with(self, gpu_computes_f16: bool, f16_ok: bool) -> Dtype {
+        match self {
+            Self::Auto if gpu_computes_f16 && f16_ok => Self::F16,
+            Self::Auto => Self::F32,
+            given => given,
+        }
+    }
+
+    /// burn's dtype for the base weights and activations (of a resolved dtype).
     pub fn float_dtype(self) -> FloatDType {
         match self {
             Self::F32 => FloatDType::F32,
             Self::F16 => FloatDType::F16,
+            // Every run resolves its dtype before building anything: reaching this is a bug.
+            Self::Auto => panic!("Dtype::Auto is resolved against the device (Dtype::resolve) before it is used"),
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
+            Self::Auto => "auto",
             Self::F32 => "f32",
             Self::F16 => "f16",
         }
@@ -56,14 +89,9 @@ impl Dtype {
     /// without the `shader-f16` feature, e.g.), for the trainers to refuse the option up front.
     pub fn check_device(self, device: &burn::tensor::Device) -> Result<(), String> {
         if self == Self::F16 && !device.supports_dtype(DType::F16) {
-            return Err(format!("f16 is not supported by the device {device:?}; use --dtype f32"));
+            return Err(format!("f16 is not supported by the device {device:?}; use --dtype f32 (or auto)"));
         }
         Ok(())
-    }
-
-    /// For `#[serde(skip_serializing_if)]`: configs written by f32 runs stay as they were.
-    pub fn is_f32(&self) -> bool {
-        *self == Self::F32
     }
 }
 
@@ -78,9 +106,10 @@ impl FromStr for Dtype {
 
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
+            "auto" => Ok(Self::Auto),
             "f32" => Ok(Self::F32),
             "f16" => Ok(Self::F16),
-            other => Err(format!("'{other}' is not a training dtype (f32, f16; bf16 is not supported by burn's Vulkan backend)")),
+            other => Err(format!("'{other}' is not a training dtype (auto, f32, f16; bf16 is not supported by burn's Vulkan backend)")),
         }
     }
 }
@@ -211,6 +240,65 @@ mod tests {
         let mut v = V(Vec::new(), Vec::new());
         m.visit(&mut v);
         (v.0, v.1)
+    }
+
+    /// `auto` resolves to f16 exactly when the device is a GPU that computes f16 and the run can
+    /// take f16; explicit dtypes pass through; on the CPU (plain and autodiff) `auto` is f32; the
+    /// three spellings parse (any case refused but lower, as the CLI and TOML write them).
+    #[test]
+    fn auto_resolves_by_device_and_run() {
+        for gpu in [false, true] {
+            for ok in [false, true] {
+                let want = if gpu && ok { Dtype::F16 } else { Dtype::F32 };
+                assert_eq!(Dtype::Auto.resolve_with(gpu, ok), want, "gpu {gpu} ok {ok}");
+                assert_eq!(Dtype::F32.resolve_with(gpu, ok), Dtype::F32);
+                assert_eq!(Dtype::F16.resolve_with(gpu, ok), Dtype::F16);
+            }
+        }
+        for device in [Device::flex(), Device::flex().autodiff()] {
+            assert_eq!(Dtype::Auto.resolve(&device, true), Dtype::F32, "{device:?}");
+            assert_eq!(Dtype::F16.resolve(&device, false), Dtype::F16, "{device:?}");
+        }
+        for (text, want) in [("auto", Some(Dtype::Auto)), ("f32", Some(Dtype::F32)), ("f16", Some(Dtype::F16)), ("Auto", None), (" f16", None), ("bf16", None), ("", None)] {
+            assert_eq!(text.parse::<Dtype>().ok(), want, "{text:?}");
+        }
+        assert_eq!(Dtype::default(), Dtype::Auto);
+        let toml_value: std::collections::BTreeMap<String, Dtype> = toml::from_str("d = \"auto\"").unwrap();
+        assert_eq!(toml_value["d"], Dtype::Auto);
+    }
+
+    /// Which runs `auto` may give f16: LoRA decoders (not DoRA, not full fine-tunes), BERT-family
+    /// encoders (not under DoRA), never EmbeddingGemma (its activations overflow f16).
+    #[test]
+    fn runs_that_can_train_in_f16() {
+        use crate::lora::FineTuneType;
+        use crate::train::sft::SftConfig;
+        for (ft, want) in [(FineTuneType::Lora, true), (FineTuneType::Dora, false), (FineTuneType::Full, false)] {
+            let cfg = SftConfig { fine_tune_type: ft, ..SftConfig::default() };
+            assert_eq!(cfg.trains_in_f16(), want, "{ft:?}");
+            assert_eq!(Dtype::Auto.resolve_with(true, cfg.trains_in_f16()), if want { Dtype::F16 } else { Dtype::F32 });
+            // An explicit f16 for a run that cannot take it is refused by validation, naming dtype.
+            let explicit = SftConfig { dtype: Dtype::F16, ..cfg.clone() }.validate();
+            assert_eq!(explicit.is_err(), !want, "{ft:?}: {explicit:?}");
+            assert!(SftConfig { dtype: Dtype::Auto, ..cfg }.validate().is_ok(), "{ft:?}: auto is always valid");
+        }
+        use crate::train::contrastive_trainer::ContrastiveConfig;
+        use crate::train::encoder::TrainableEncoder;
+        let bert = crate::model::bert::SentenceEncoder::random_tiny(&["a", "b"], 0, &Device::flex());
+        let gemma = crate::model::gemma::GemmaEncoder::random_tiny(&["a", "b"], 0, &Device::flex());
+        let dora = LoraConfig { rank: 2, alpha: 4.0, use_dora: true, ..LoraConfig::default() };
+        let plain = ContrastiveConfig::default();
+        let with_dora = ContrastiveConfig { lora: Some(dora), ..ContrastiveConfig::default() };
+        assert!(bert.trains_in_f16() && plain.trains_in_f16(&bert));
+        assert!(!with_dora.trains_in_f16(&bert));
+        assert!(!gemma.trains_in_f16() && !plain.trains_in_f16(&gemma));
+        assert_eq!(plain.resolved_dtype(&bert), Dtype::F32, "the CPU resolves auto to f32");
+    }
+
+    #[test]
+    #[should_panic(expected = "resolved")]
+    fn an_unresolved_auto_is_never_a_float_dtype() {
+        let _ = Dtype::Auto.float_dtype();
     }
 
     /// `--dtype f16` on a tiny Llama (untied head, biases) and a Qwen3 (tied head, q/k norms),
