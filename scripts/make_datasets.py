@@ -2092,7 +2092,16 @@ def build_qe(rng, plan, test_norms):
 
 
 RERANK_CHUNK_CHARS = 3600  # QMD's rerank chunk (characters); every document here fits in one
-RERANK_MINED = 4            # BM25 hard negatives per training query
+RERANK_MINED = 4            # BM25 hard negatives drawn per training query, then left out (below)
+# The reranker's hard negatives are the ones QMD's pipeline hands it (issue 15, run E2): drawn by
+# `tunelab train rerank --mining-embedder models/all-MiniLM-L6-v2` (`mine_negatives_pipeline`:
+# BM25 and MiniLM vector lists fused, over the judged training-side documents), 4 per training
+# query, kept here as (query, doc_id) pairs. BM25's negatives share the query's words more often
+# than the relevant documents do (word-overlap AUC 0.41 over the judgments, against 0.80 over the
+# pipeline's test candidates: scripts/rerank-data-shift.py), which taught the reranker the
+# opposite of what separates the candidates it meets; they are still drawn, so that the random
+# streams and the ids of every other record stay as they were, and then left out.
+RERANK_PIPELINE_NEGATIVES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "reranker-pipeline-negatives.jsonl")
 
 
 def rerank_text(d):
@@ -2163,15 +2172,17 @@ def build_reranker(rng, docs, plan):
         for d in mined[q]:
             # every training document of the query's own concept is judged above
             assert not (d["kind"] == "concept" and q in BY_KEY[d["concept"]]["q"]), (q, d["id"])
-            recs.append((q, d, 0))
+            recs.append((q, d, None))  # drawn, left out (RERANK_PIPELINE_NEGATIVES)
     rng.shuffle(recs)
     out = []
     for i, (q, d, rel) in enumerate(recs):
+        if rel is None:
+            continue
         rec = {"id": "ovr-%04d" % (i + 1), "query": q, "document": rerank_text(d), "relevant": rel,
                "doc_id": d["id"]}
         rec.update(gov_fields(d["gov"]))
         out.append(rec)
-    return out
+    return out, len(recs)
 
 
 RERANK_MORE = 4             # further training queries per (concept, training aspect)
@@ -2199,7 +2210,7 @@ def more_rerank_queries(rng, c, aspect, n, taken):
     return out
 
 
-def build_reranker_more(rng, docs, plan, rr, tnorm):
+def build_reranker_more(rng, docs, plan, rr, first_id, tnorm):
     """RERANK_MORE further queries per (concept, training aspect), judged as build_reranker judges
     its canonical query (the aspect's document 2, the concept's other training documents 1,
     same-group documents of the same and of any aspect, sometimes a distractor, BM25-mined hard
@@ -2238,14 +2249,38 @@ def build_reranker_more(rng, docs, plan, rr, tnorm):
         recs += [(q, d, rel) for d, rel in js]
         for d in mined[q]:
             assert not (d["kind"] == "concept" and d["concept"] == c["key"]), (q, d["id"])
-            recs.append((q, d, 0))
+            recs.append((q, d, None))  # drawn, left out (RERANK_PIPELINE_NEGATIVES)
     rng.shuffle(recs)
     out = []
     for i, (q, d, rel) in enumerate(recs):
-        rec = {"id": "ovr-%04d" % (len(rr) + i + 1), "query": q, "document": rerank_text(d), "relevant": rel,
+        if rel is None:
+            continue
+        rec = {"id": "ovr-%04d" % (first_id + i + 1), "query": q, "document": rerank_text(d), "relevant": rel,
                "doc_id": d["id"]}
         rec.update(gov_fields(d["gov"]))
         out.append(rec)
+    return out
+
+
+def reranker_pipeline_negatives(docs, rr):
+    """The RERANK_PIPELINE_NEGATIVES pairs as judgments (relevant 0), appended after the others:
+    each for a judged training query, a training-side document not judged for it (every training
+    document of the query's own concept is); the pipeline mined over the judged documents, and
+    held-out ones are never judged, so never mined."""
+    byid = {d["id"]: d for d in docs}
+    judged = defaultdict(set)
+    for r in rr:
+        judged[r["query"]].add(r["doc_id"])
+    out = []
+    with open(RERANK_PIPELINE_NEGATIVES, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            p = json.loads(line)
+            q, d = p["query"], byid[p["doc_id"]]
+            assert q in judged and d["split"] != "test" and d["id"] not in judged[q], (i + 1, p)
+            rec = {"id": "ovr-mined-%04d" % (i + 1), "query": q, "document": rerank_text(d), "relevant": 0,
+                   "doc_id": d["id"]}
+            rec.update(gov_fields(d["gov"]))
+            out.append(rec)
     return out
 
 
@@ -2700,7 +2735,7 @@ an embedding model on the local vocabulary should help most, and where an off-th
 | `qrels/test.qrels` | TREC qrels `qid 0 docid rel`: 2 answers the query, 1 same concept / other aspect, 0 judged near-miss (distractor, sacred placeholder, same-group concept) | {n_qrels} judgments ({grades}) |
 | `pairs/pairs.jsonl` | `{{"id", "query", "positive", "negatives"?, "doc_id", governance}}`; `positive` = title + one section of corpus document `doc_id`; `negatives` = passages of other concepts (or distractors) | {n_pairs} ({n_neg} with hard negatives) |
 | `query-expansion/qe.jsonl` | QMD records `{{"id", "query", "output": [["lex", ..], ["vec", ..], ["hyde", ..]], governance}}` | {n_qe} |
-| `reranker/judgments.jsonl` | `{{"id", "query", "document", "relevant": 0/1/2, "doc_id", governance}}` for {n_rr_q} training queries: each concept's query of each training aspect (120), then {rr_more} more per training aspect typed as users type (the valley word, its alias or plain words, with an aspect frame or keyword), appended after them and judged the same way plus one document of another group; `document` is what QMD's reranker is sent for corpus document `doc_id` (its best 3600-character chunk: the whole markdown body without front matter). Per query: the aspect's document (2), the concept's two other training documents (1), a same-group concept's document of the same aspect and one of any aspect, sometimes a distractor or the sacred placeholder, and {rr_mined} BM25-mined hard negatives from the training side of the corpus (0) | {n_rr} |
+| `reranker/judgments.jsonl` | `{{"id", "query", "document", "relevant": 0/1/2, "doc_id", governance}}` for {n_rr_q} training queries: each concept's query of each training aspect (120), then {rr_more} more per training aspect typed as users type (the valley word, its alias or plain words, with an aspect frame or keyword), appended after them and judged the same way plus one document of another group; `document` is what QMD's reranker is sent for corpus document `doc_id` (its best 3600-character chunk: the whole markdown body without front matter). Per query: the aspect's document (2), the concept's two other training documents (1), a same-group concept's document of the same aspect and one of any aspect, sometimes a distractor or the sacred placeholder (0); then {rr_pipeline} hard negatives (0), 4 per training query, mined through QMD's pipeline (BM25 and MiniLM vector lists fused, `tunelab train rerank --mining-embedder`) over the judged training-side documents (`scripts/data/reranker-pipeline-negatives.jsonl`; BM25's own negatives taught the opposite of what separates the pipeline's candidates) | {n_rr} |
 | `persona/{{train,valid,test}}.jsonl` | MLX-LM chat `{{"messages": [system, user, assistant, ...], governance}}`: Wren, the archive's librarian, cites titles and refuses sacred material | {persona} |
 | `completions/{{train,valid,test}}.jsonl` | MLX-LM `{{"prompt", "completion", governance}}` | {comp} |
 | `text/{{train,valid,test}}.jsonl` | MLX-LM `{{"text", governance}}` | {text} |
@@ -2804,7 +2839,7 @@ def write_card(s, seed, n_ledger, n_withdrawals):
         seed=seed, modes=modes, n_distractors=s["corpus_kinds"]["distractor"], n_docs=f["corpus/*.md"], kinds=kinds,
         n_tests=f["queries/test.jsonl"], n_vocab=s["n_vocab"], n_plain=s["n_plain"], n_qrels=f["qrels/test.qrels"],
         grades=grades, n_pairs=f["pairs/pairs.jsonl"], n_neg=s["pairs_with_negatives"],
-        n_qe=f["query-expansion/qe.jsonl"], n_rr=f["reranker/judgments.jsonl"], rr_mined=RERANK_MINED, rr_more=RERANK_MORE,
+        n_qe=f["query-expansion/qe.jsonl"], n_rr=f["reranker/judgments.jsonl"], rr_pipeline=sum(1 for _ in open(RERANK_PIPELINE_NEGATIVES, encoding="utf-8")), rr_more=RERANK_MORE,
         n_rr_q=s["reranker_queries"],
         persona=f["persona/{train,valid,test}.jsonl"] + " (train/valid/test)",
         comp=f["completions/{train,valid,test}.jsonl"], text=f["text/{train,valid,test}.jsonl"],
@@ -2835,8 +2870,9 @@ def build(seed=SEED):
     pairs = build_pairs(rng("pairs"), docs, df)
     tnorm = {norm(q["query"]) for q in tests}
     qe = build_qe(rng("qe"), plan, tnorm)
-    rr = build_reranker(rng("reranker"), docs, plan)
-    rr += build_reranker_more(rng("reranker-more"), docs, plan, rr, tnorm)
+    rr, drawn = build_reranker(rng("reranker"), docs, plan)
+    rr += build_reranker_more(rng("reranker-more"), docs, plan, rr, drawn, tnorm)
+    rr += reranker_pipeline_negatives(docs, rr)
     persona = build_persona(rng("persona"), docs, plan)
     comp, text = build_small(rng("small"), plan)
     return docs, tests, qrels, pairs, qe, rr, persona, comp, text

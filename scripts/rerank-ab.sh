@@ -33,12 +33,14 @@
 #      BASE_EXPANSIONS  expansions of the test queries (optional; `tunelab eval expansions`' file)
 #      DATASETS         bundled data (default datasets); QUERIES_LIMIT keeps the first N test queries
 #      ITERS, BATCH, LR, RANK, ALPHA, LOSS, TARGETS, NEGATIVES, MINED, SEED, MAX_SEQ   training
-#                       (defaults 400, 8, 2e-4, 16, 32, pointwise, graded, 3, 2, 42, 512)
-#      MINING_EMBEDDER  mine the MINED negatives through QMD's pipeline (BM25 + vector, fused) with
+#                       (defaults 900, 8, 5e-4, 16, 32, pointwise, binary, 3, 0, 42, 512: run E2's,
+#                       reports/rerank-ab/20261206-gpu/README.md, the one that beat the base
+#                       reranker; the bundled judgments carry the pipeline-mined negatives already)
+#      MINING_EMBEDDER  mine MINED more negatives through QMD's pipeline (BM25 + vector, fused) with
 #                       this embedder (e.g. models/all-MiniLM-L6-v2), as the candidates reranked at
-#                       search time are found, instead of with BM25 alone (the default)
+#                       search time are found, instead of with BM25 alone
 #      SAVE_EVERY       iterations between adapter saves (default ITERS: only the last)
-#      VALID_FRACTION   training queries held out for calibration (default 0.2; each held-out
+#      VALID_FRACTION   training queries held out for calibration (default 0.05; each held-out
 #                       judgment is scored twice, base and tuned)
 #      DEPTH            candidates reranked per query (default 40, QMD's; the report's pipeline
 #                       keeps as many, so a smaller DEPTH is a quick check, not QMD's pipeline)
@@ -68,9 +70,9 @@ OUT=${OUT:-reports/rerank-ab/$(date -u +%Y%m%dT%H%M%SZ)}
 RERANKER=${RERANKER:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 EMBEDDER=${EMBEDDER:-models/all-MiniLM-L6-v2}
 DATASETS=${DATASETS:-datasets}
-ITERS=${ITERS:-400}; BATCH=${BATCH:-8}; LR=${LR:-2e-4}; RANK=${RANK:-16}; ALPHA=${ALPHA:-32}
-LOSS=${LOSS:-pointwise}; TARGETS=${TARGETS:-graded}; NEGATIVES=${NEGATIVES:-3}; MINED=${MINED:-2}; SEED=${SEED:-42}
-MAX_SEQ=${MAX_SEQ:-512}; VALID_FRACTION=${VALID_FRACTION:-0.2}; DEPTH=${DEPTH:-40}; RERANK_BATCH=${RERANK_BATCH:-16}
+ITERS=${ITERS:-900}; BATCH=${BATCH:-8}; LR=${LR:-5e-4}; RANK=${RANK:-16}; ALPHA=${ALPHA:-32}
+LOSS=${LOSS:-pointwise}; TARGETS=${TARGETS:-binary}; NEGATIVES=${NEGATIVES:-3}; MINED=${MINED:-0}; SEED=${SEED:-42}
+MAX_SEQ=${MAX_SEQ:-512}; VALID_FRACTION=${VALID_FRACTION:-0.05}; DEPTH=${DEPTH:-40}; RERANK_BATCH=${RERANK_BATCH:-16}
 PERMUTATIONS=${PERMUTATIONS:-10000}; SYSTEMS=${SYSTEMS:-base tuned}
 PIPELINE_DEVICE=${PIPELINE_DEVICE:-cpu}
 if [ -z "${TUNELAB:-}" ]; then
