@@ -36,6 +36,7 @@
 #                       (defaults 900, 8, 5e-4, 16, 32, pointwise, binary, 3, 0, 42, 512: run E2's,
 #                       reports/rerank-ab/20261206-gpu/README.md, the one that beat the base
 #                       reranker; the bundled judgments carry the pipeline-mined negatives already)
+#      DTYPE            train rerank --dtype (default f32, E2's; auto would pick f16 on a GPU)
 #      MINING_EMBEDDER  mine MINED more negatives through QMD's pipeline (BM25 + vector, fused) with
 #                       this embedder (e.g. models/all-MiniLM-L6-v2), as the candidates reranked at
 #                       search time are found, instead of with BM25 alone
@@ -72,7 +73,7 @@ EMBEDDER=${EMBEDDER:-models/all-MiniLM-L6-v2}
 DATASETS=${DATASETS:-datasets}
 ITERS=${ITERS:-900}; BATCH=${BATCH:-8}; LR=${LR:-5e-4}; RANK=${RANK:-16}; ALPHA=${ALPHA:-32}
 LOSS=${LOSS:-pointwise}; TARGETS=${TARGETS:-binary}; NEGATIVES=${NEGATIVES:-3}; MINED=${MINED:-0}; SEED=${SEED:-42}
-MAX_SEQ=${MAX_SEQ:-512}; VALID_FRACTION=${VALID_FRACTION:-0.05}; DEPTH=${DEPTH:-40}; RERANK_BATCH=${RERANK_BATCH:-16}
+MAX_SEQ=${MAX_SEQ:-512}; VALID_FRACTION=${VALID_FRACTION:-0.05}; DTYPE=${DTYPE:-f32}; DEPTH=${DEPTH:-40}; RERANK_BATCH=${RERANK_BATCH:-16}
 PERMUTATIONS=${PERMUTATIONS:-10000}; SYSTEMS=${SYSTEMS:-base tuned}
 PIPELINE_DEVICE=${PIPELINE_DEVICE:-cpu}
 if [ -z "${TUNELAB:-}" ]; then
@@ -107,7 +108,7 @@ if has train; then
   step "train rerank ($LOSS, $TARGETS targets, $ITERS iterations, batch $BATCH, lr $LR, r$RANK, device ${TUNELAB_DEVICE:-cpu})"
   $T train rerank --model "$RERANKER" --data "$DATASETS/reranker/judgments.jsonl" --loss "$LOSS" --targets "$TARGETS" \
     --negatives "$NEGATIVES" --mined-negatives "$MINED" ${MINING_EMBEDDER:+--mining-embedder "$MINING_EMBEDDER"} --valid-fraction "$VALID_FRACTION" --iters "$ITERS" --batch-size "$BATCH" \
-    --learning-rate "$LR" --rank "$RANK" --alpha "$ALPHA" --max-seq-length "$MAX_SEQ" \
+    --learning-rate "$LR" --rank "$RANK" --alpha "$ALPHA" --max-seq-length "$MAX_SEQ" --dtype "$DTYPE" \
     --save-every "${SAVE_EVERY:-$ITERS}" --seed "$SEED" --adapter-path "$OUT/adapter" | tee "$OUT/train.txt"
 fi
 
