@@ -22,6 +22,16 @@
 #   head  668 vs 632 (0.95)   all products  4276 vs 3275 (0.77)
 # gemm reads a transposed right operand (x·Wᵀ of an [out, in] weight) slower than a row-major one,
 # and runs the skinny rank-16 products at 48-58 GFLOP/s on one thread, torch.matmul at 120-155.
+# Again 2026-12-07 00:55 UTC, same kind of machine, REPS=5: all products 4017 vs 2410 ms (0.60;
+# projection forward 0.52, input grad 0.60, lora 0.45, attention 0.79, head 0.81): torch.matmul
+# ran the projections at 260-311 GFLOP/s, gemm at 139-215 (this VM's speed drifts by a third from
+# run to run; compare within a run). perf on the `bench lora` step (seq 256, batch 4): gemm's
+# micro-kernels and packing are ~70% of the CPU samples, burn-flex's element loops ~18%, memset 4%.
+# Tried and reverted: faer 0.23's matmul (its private-gemm-x86 kernels) for f32 in burn-flex. Alone
+# on these shapes it ran at 127-197 GFLOP/s against gemm 0.19's 174-228 with gemm's `x86-v4`
+# kernels (which burn-flex turns on), and in `bench gemm` the head's x·Eᵀ fell from 166 to
+# 95-109 GFLOP/s. The gap to torch on AVX-512 is the GEMM kernels themselves (gemm reaches about
+# two thirds of this CPU's FMA peak where torch's oneDNN/MKL kernels reach about 90%).
 set -euo pipefail
 case "${TUNELAB:-}" in "") ;; *) TUNELAB=$(realpath "$TUNELAB") ;; esac
 [ -n "${PYTHON_REF:-}" ] && PYTHON_REF=$(realpath -s "$PYTHON_REF")
