@@ -44,9 +44,15 @@ def write_patch_config(base: Path = SLOTS) -> None:
     for evcxr's builds. evcxr writes its own Cargo.toml without it; cargo also reads
     `.cargo/config.toml` of the directories above the build directory, and a `[patch]` there
     applies. Without it the notebooks would build upstream burn-flex (slower CPU kernels, other
-    dropout draws) and the repository's Cargo.lock would not fit."""
+    dropout draws) and the repository's Cargo.lock would not fit.
+    Also `net.offline`: cargo then resolves only to crates already downloaded, which after
+    `cargo fetch --locked` (scripts/setup-notebooks.sh) are the Cargo.lock versions. The seeded lock
+    alone did not hold: on 2026-12-07 a warm-up build resolved cc 1.12.0 and zerocopy 0.8.66,
+    published after the lock was written, and the drift check stopped the notebooks."""
     manifest = tomllib.loads((ROOT / "Cargo.toml").read_text())
-    lines = ["# Written by scripts/evcxr_kernel.py from the workspace Cargo.toml's [patch.crates-io].", "[patch.crates-io]"]
+    lines = ["# Written by scripts/evcxr_kernel.py from the workspace Cargo.toml's [patch.crates-io].",
+             "# Offline: evcxr's builds resolve to the downloaded crates, the Cargo.lock versions.",
+             "[net]", "offline = true", "", "[patch.crates-io]"]
     for name, spec in manifest.get("patch", {}).get("crates-io", {}).items():
         path = (ROOT / spec["path"]).resolve()
         lines.append(f"{name} = {{ path = {json.dumps(str(path))} }}")
