@@ -30,7 +30,8 @@
 #   Qwen3-0.6B LoRA r16 seq512 b8: first run failed (the logits of 4096 tokens x 151,936 words, 2.48 GB, exceed
 #     wgpu's largest buffer); with the output head chunked (sft::batch_loss): tunelab 2756 tokens/s (32.8 GiB)
 #     vs torch+peft f32 11512 (27.9 GiB) -> 0.24x; vs bf16 14868 -> 0.19x.
-# The binary links libfontconfig/libfreetype (plotters' text rendering): carry them where they are missing.
+# Binaries built before 2026-12-07 link libfontconfig/libfreetype (plotters' system fonts then): carry them
+# where they are missing; newer ones draw with a compiled-in font and need neither.
 set -uo pipefail
 # Paths given in the environment are taken from where the script was started; defaults are the repository's.
 [ -n "${TUNELAB:-}" ] && TUNELAB=$(realpath "$TUNELAB")

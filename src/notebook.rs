@@ -873,10 +873,11 @@ pub fn bar_chart_svg(title: &str, y_label: &str, categories: &[&str], series: &[
     let n = series.len().max(1) as f64;
     let mut svg = String::new();
     {
+        crate::report::fonts::register();
         let root = SVGBackend::with_string(&mut svg, (720, 300)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 16))
+            .caption(title, (crate::report::fonts::FAMILY, 16))
             .margin(8)
             .x_label_area_size(30)
             .y_label_area_size(60)
@@ -935,10 +936,11 @@ fn line_chart_svg(title: &str, y_label: &str, points: &[(usize, f64)]) -> Result
     let pad = if y1 > y0 { (y1 - y0) * 0.05 } else { y0.abs().max(1.0) * 0.05 };
     let mut svg = String::new();
     {
+        crate::report::fonts::register();
         let root = SVGBackend::with_string(&mut svg, (640, 260)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 16))
+            .caption(title, (crate::report::fonts::FAMILY, 16))
             .margin(8)
             .x_label_area_size(30)
             .y_label_area_size(60)

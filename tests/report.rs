@@ -454,3 +454,26 @@ fn rerun_uses_the_evaluation_options_recorded_in_the_manifest() {
         assert!(text.contains("\"complete\"") && text.contains("\"relevance_level\""), "{text}");
     }
 }
+
+/// A machine without fonts draws the report's plots too: the A/B report test above, run again in
+/// a child process whose fontconfig knows no font directory but an empty one (as on the headless
+/// GPU machine, where `tunelab experiment` stopped at its first plot with "No such font:
+/// sans-serif", after writing its runs but before its report).
+#[test]
+fn reports_draw_without_system_fonts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (empty, cache) = (tmp.path().join("no-fonts"), tmp.path().join("cache"));
+    std::fs::create_dir_all(&empty).unwrap();
+    let conf = tmp.path().join("fonts.conf");
+    std::fs::write(&conf, format!("<?xml version=\"1.0\"?>\n<fontconfig><dir>{}</dir><cachedir>{}</cachedir></fontconfig>\n", empty.display(), cache.display())).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["report::ab_report_has_every_file_plot_and_number", "--exact", "--test-threads=1"])
+        .env("FONTCONFIG_FILE", &conf)
+        .env("HOME", tmp.path())
+        .env("XDG_DATA_HOME", &empty)
+        .env("XDG_DATA_DIRS", &empty)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("1 passed"), "{text}");
+}

@@ -339,10 +339,11 @@ pub fn forest_svg(s: &BatchSummary) -> Result<String, GateError> {
     let n = rows.len();
     let mut svg = String::new();
     {
+        crate::report::fonts::register();
         let root = SVGBackend::with_string(&mut svg, (760, 70 + 34 * n as u32)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(format!("{} by configuration ({:.0}% CI)", s.primary, s.confidence * 100.0), ("sans-serif", 16))
+            .caption(format!("{} by configuration ({:.0}% CI)", s.primary, s.confidence * 100.0), (crate::report::fonts::FAMILY, 16))
             .margin(10)
             .x_label_area_size(28)
             .y_label_area_size(200)

@@ -53,6 +53,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+pub(crate) mod fonts;
 pub mod html;
 pub mod manifest;
 pub mod plots;

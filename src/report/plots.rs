@@ -29,7 +29,7 @@ const COLOR_B: RGBColor = RGBColor(0x25, 0x63, 0xeb);
 const COLOR_WIN: RGBColor = RGBColor(0x16, 0xa3, 0x4a);
 const COLOR_LOSS: RGBColor = RGBColor(0xdc, 0x26, 0x26);
 const COLOR_TIE: RGBColor = RGBColor(0x9c, 0xa3, 0xaf);
-const FONT: &str = "sans-serif";
+const FONT: &str = super::fonts::FAMILY;
 
 /// A rendered plot.
 #[derive(Clone, Debug)]
@@ -85,6 +85,7 @@ fn render(
     };
     let mut svg_text = String::new();
     {
+        super::fonts::register();
         let root = SVGBackend::with_string(&mut svg_text, plot.size()).into_drawing_area();
         plot.draw(&root).map_err(fail(&svg))?;
         root.present().map_err(|e| fail(&svg)(Box::new(e)))?;
