@@ -218,7 +218,7 @@ pub struct TrainRerankArgs {
     pub targets: Option<String>,
     #[arg(long)]
     pub negatives: Option<usize>,
-    /// Hard negatives mined per training query (BM25 by default).
+    /// Hard negatives mined per training query (default 0; BM25 unless --mining-embedder).
     #[arg(long)]
     pub mined_negatives: Option<usize>,
     /// Mine them through QMD's pipeline (BM25 + vector search, fused) with this embedder (a

@@ -130,7 +130,10 @@ pub struct RerankConfig {
     pub targets: RerankTargets,
     /// Negatives per group (listwise).
     pub negatives: usize,
-    /// Hard negatives mined per training query (BM25, or the pipeline with `mining_embedder`).
+    /// Hard negatives mined per training query (BM25, or the pipeline with `mining_embedder`);
+    /// none by default: BM25's alone taught the reranker that shared words mean "no", the
+    /// opposite of what separates the candidates QMD's pipeline hands it (run D against E2,
+    /// `reports/rerank-ab/20261206-gpu/README.md`).
     pub mined_negatives: usize,
     /// An embedder (sentence-transformers folder, or QMD's EmbeddingGemma GGUF or folder): mine
     /// through QMD's pipeline (the `hybrid` stage: BM25 and vector lists of the query, fused)
@@ -179,7 +182,7 @@ impl Default for RerankConfig {
             loss: RerankLoss::Pointwise,
             targets: RerankTargets::Graded,
             negatives: 3,
-            mined_negatives: 2,
+            mined_negatives: 0,
             mining_embedder: None,
             valid_fraction: 0.2,
             calibration_bins: 10,
