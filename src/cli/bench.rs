@@ -435,7 +435,7 @@ fn lora(a: LoraBench, choice: DeviceChoice) -> anyhow::Result<()> {
             batch_size: a.batch_size,
             max_seq_length: a.seq,
             grad_checkpoint: a.grad_checkpoint,
-            dtype: dtype,
+            dtype,
             num_layers: lora.num_layers,
             lora_parameters: crate::train::sft::LoraParameters { rank: a.rank, alpha: Some(lora.alpha), ..Default::default() },
             ..Default::default()
