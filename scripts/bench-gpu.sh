@@ -7,8 +7,9 @@
 # TUNELAB must be built with `--features vulkan` (x86-64 Linux). The machine needs the Vulkan
 # loader (libvulkan1) and NVIDIA's ICD; VK_DRIVER_FILES may point at the ICD JSON.
 # Cases: MiniLM-L6 MNRL at seq 128, batch 64 and 32 (f32); SmolLM2-135M / Qwen3-0.6B-shaped
-# LoRA r16 at seq 512, batch 8, when the binary has `bench lora`, at each of DTYPES (default
-# "f32 f16": `--dtype f16` is mixed precision, base weights and activations in f16).
+# LoRA r16 at seq 512, batch 8, when the binary has `bench lora`, for each of SHAPES (default
+# "smollm2-135m qwen3-0.6b qwen3-1.7b") at each of DTYPES (default "f32 f16": `--dtype f16` is
+# mixed precision, base weights and activations in f16). MNRL=0 leaves the MiniLM cases out.
 #
 # Measured 2026-12-06 18:20-18:30 UTC on one NVIDIA H100 80GB HBM3 (driver 580.159.04, Vulkan;
 # tunelab built --no-default-features --features vulkan, so with burn fusion + autotune + the
@@ -60,17 +61,17 @@ gpu_case() {
 }
 
 "$TL" --device vulkan doctor || { echo "Vulkan device did not start" >&2; exit 1; }
-for b in 64 32; do
+[ "${MNRL:-1}" = 0 ] || for b in 64 32; do
   gpu_case bench train-embed --batch-size "$b" --seq 128 --steps "$STEPS" --warmup 3
 done
 if "$TL" bench lora --help >/dev/null 2>&1; then
-  for shape in smollm2-135m qwen3-0.6b; do
+  for shape in ${SHAPES:-smollm2-135m qwen3-0.6b qwen3-1.7b}; do
     for dt in ${DTYPES:-f32 f16}; do
       gpu_case bench lora --shape "$shape" --dtype "$dt" --seq 512 --batch-size 8 --rank 16 --steps 5 --warmup 2
     done
   done
 fi
-"$PY" "$ANCHOR" mnrl | tee -a "$OUTF"
+[ "${MNRL:-1}" = 0 ] || "$PY" "$ANCHOR" mnrl | tee -a "$OUTF"
 if "$TL" bench lora --help >/dev/null 2>&1; then
   "$PY" "$ANCHOR" lora | tee -a "$OUTF"
 fi

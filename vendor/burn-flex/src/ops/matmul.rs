@@ -62,10 +62,45 @@ const PARALLEL_THRESHOLD: usize = 192 * 192 * 192;
 #[cfg(feature = "rayon")]
 const BATCH_PARALLEL_THRESHOLD: usize = 128 * 128 * 128; // ~2M ops total
 
-/// (tunelab patch) Products with a dimension this small run on one thread whatever their size:
-/// LoRA's `x·Aᵀ`, `(x·Aᵀ)·Bᵀ` and their gradients (rank 16) ran 2x faster so than split over
-/// two threads (TUNELAB.md, change 7).
+/// (tunelab patch) Products with a dimension this small never use gemm's own threads: LoRA's
+/// `x·Aᵀ`, `(x·Aᵀ)·Bᵀ` and their gradients (rank 16) ran 2x faster on one thread than split by
+/// gemm (TUNELAB.md, change 7). Large ones are cut into one single-threaded gemm per thread by
+/// `matmul_2d_strided` (change 9).
 const SKINNY_DIM: usize = 32;
+
+/// (tunelab patch) The buffer a product writes its output into: allocated, never zero-filled.
+/// `FlexTensor::empty` zero-fills (calloc over memory the allocator reuses is a memset), 3-4% of a
+/// LoRA step's CPU time on one thread while the other waited (TUNELAB.md, change 8). gemm with
+/// `read_dst = false` writes every element of its `m x n` output, zeros when `k = 0`, and never
+/// reads it, so the buffer's length is set only after the products ran ([`into_output`]).
+fn output_buffer<T: GemmScalar>(len: usize) -> Vec<T> {
+    let mut buf = Vec::with_capacity(len);
+    if POISON_OUTPUTS.load(core::sync::atomic::Ordering::Relaxed) {
+        // All-ones bytes are NaN in f16, f32 and f64: a product that read its output, or left an
+        // element unwritten, shows.
+        unsafe { core::ptr::write_bytes(buf.as_mut_ptr(), 0xFF, len) };
+    }
+    buf
+}
+
+/// (tunelab patch) Wraps a product's output buffer once every element was written.
+///
+/// # Safety
+/// The first `len` elements of `buf`'s allocation were written.
+unsafe fn into_output<T: GemmScalar>(mut buf: Vec<T>, len: usize, shape: Shape) -> FlexTensor {
+    unsafe { buf.set_len(len) };
+    FlexTensor::new(Bytes::from_elems(buf), Layout::contiguous(shape), T::dtype())
+}
+
+static POISON_OUTPUTS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// (tunelab patch) For tests: fill every product's output buffer with NaN before the product
+/// writes it, so a product that reads or skips an output element gives NaN instead of a
+/// silently correct zero.
+#[doc(hidden)]
+pub fn poison_matmul_outputs(on: bool) {
+    POISON_OUTPUTS.store(on, core::sync::atomic::Ordering::Relaxed);
+}
 
 /// Get parallelism setting based on matrix size.
 fn get_parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
@@ -269,17 +304,80 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
     let rhs_ptr = unsafe { rhs_data.as_ptr().add(rhs.layout().start_offset()) };
 
     let out_shape = Shape::from(vec![m, n]);
-    let mut output = FlexTensor::empty(out_shape, T::dtype());
-    let out_data: &mut [T] = output.storage_mut();
+    let len = checked_size(m, n);
+    let mut out = output_buffer::<T>(len);
+    let out_ptr = out.as_mut_ptr();
 
     let parallelism = get_parallelism(m, n, k);
+
+    #[cfg(feature = "rayon")]
+    if m.min(n).min(k) <= SKINNY_DIM
+        && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_THRESHOLD
+        && m.max(n) >= 2 * SKINNY_DIM
+    {
+        // (tunelab patch) A skinny product (LoRA's rank-16 factors) split into one
+        // single-threaded gemm per thread over its longer output side: rows of the output
+        // (and of lhs) when m >= n, else columns (and of rhs). gemm's own split of these
+        // shapes ran slower than one thread (change 7); this one runs on every thread at one
+        // thread's speed each (change 9). Each output element is computed exactly as unsplit.
+        let threads = rayon::current_num_threads().max(1);
+        let long = m.max(n);
+        let parts = threads.min(long / SKINNY_DIM).max(1);
+        let step = long.div_ceil(parts);
+        let (out_addr, lhs_addr, rhs_addr) = (out_ptr as usize, lhs_ptr as usize, rhs_ptr as usize);
+        use rayon::prelude::*;
+        (0..parts).into_par_iter().for_each(|p| {
+            let start = p * step;
+            let end = ((p + 1) * step).min(long);
+            if start >= end {
+                return;
+            }
+            let (out, lhs, rhs) = (out_addr as *mut T, lhs_addr as *const T, rhs_addr as *const T);
+            unsafe {
+                if m >= n {
+                    gemm_call(
+                        end - start,
+                        n,
+                        k,
+                        out.add(start * n),
+                        1,
+                        n as isize,
+                        lhs.offset(start as isize * lhs_row_stride),
+                        lhs_col_stride,
+                        lhs_row_stride,
+                        rhs,
+                        rhs_col_stride,
+                        rhs_row_stride,
+                        gemm::Parallelism::None,
+                    );
+                } else {
+                    gemm_call(
+                        m,
+                        end - start,
+                        k,
+                        out.add(start),
+                        1,
+                        n as isize,
+                        lhs,
+                        lhs_col_stride,
+                        lhs_row_stride,
+                        rhs.offset(start as isize * rhs_col_stride),
+                        rhs_col_stride,
+                        rhs_row_stride,
+                        gemm::Parallelism::None,
+                    );
+                }
+            }
+        });
+        return unsafe { into_output(out, len, out_shape) };
+    }
 
     unsafe {
         gemm_call(
             m,
             n,
             k,
-            out_data.as_mut_ptr(),
+            out_ptr,
             1,
             n as isize,
             lhs_ptr,
@@ -290,9 +388,8 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
             rhs_row_stride,
             parallelism,
         );
+        into_output(out, len, out_shape)
     }
-
-    output
 }
 
 /// Strided gemm call for one matrix. Wraps `gemm::gemm` with GemmScalar zero/one.
@@ -372,18 +469,22 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
     out_dims.push(n);
     let out_shape = Shape::from(out_dims);
 
-    let mut output = FlexTensor::empty(out_shape, T::dtype());
+    let len = checked_size(batch_size, out_matrix_size);
+    let mut out = output_buffer::<T>(len);
 
     let lhs_data: &[T] = lhs.storage();
     let rhs_data: &[T] = rhs.storage();
     let lhs_start = lhs.layout().start_offset() as isize;
     let rhs_start = rhs.layout().start_offset() as isize;
-    let out_data: &mut [T] = output.storage_mut();
+    // (tunelab patch) The output's unwritten allocation (change 8): every batch's gemm writes
+    // its whole matrix; the length is set after all of them ran.
+    let out_data: &mut [core::mem::MaybeUninit<T>] = &mut out.spare_capacity_mut()[..len];
 
     let per_matrix_ops = m.saturating_mul(n).saturating_mul(k);
 
     // Closure: run gemm for one batch slice at the given pointers
-    let run_one = |out_ptr: *mut T, b: usize, parallelism: gemm::Parallelism| {
+    let run_one = |out_ptr: *mut core::mem::MaybeUninit<T>, b: usize, parallelism: gemm::Parallelism| {
+        let out_ptr = out_ptr as *mut T;
         let lhs_off = lhs_start + batch_elem_offset(b, &broadcast_shape, &lhs_batch_strides);
         let rhs_off = rhs_start + batch_elem_offset(b, &broadcast_shape, &rhs_batch_strides);
         unsafe {
@@ -451,7 +552,7 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
         }
     }
 
-    output
+    unsafe { into_output(out, len, out_shape) }
 }
 
 // ============================================================================
