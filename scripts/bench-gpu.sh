@@ -11,6 +11,16 @@
 # "smollm2-135m qwen3-0.6b qwen3-1.7b") at each of DTYPES (default "f32 f16": `--dtype f16` is
 # mixed precision, base weights and activations in f16). MNRL=0 leaves the MiniLM cases out.
 #
+# Measured 2026-12-07 05:40-06:00 UTC on one NVIDIA H200 (driver 580.159.04, Vulkan), tunelab Vulkan binary of
+# 800bfea + attention recomputed on the GPU (src/model/sdpa.rs), torch 2.11 CUDA + PEFT 0.21.2, one warm machine,
+# f16 vs bf16, LoRA r16 seq512 b8 (memory: burn's pool reserved vs torch max_memory_allocated):
+#   SmolLM2-135M  tunelab 17,923 tokens/s (7.9 GiB; 8 timed steps)   torch+PEFT 21,754 (7.3 GiB) -> 0.82x, memory 1.08x
+#                 with TUNELAB_ATTENTION=plain: 19,692 (13.1 GiB) -> 0.91x
+#   Qwen3-0.6B    tunelab 11,913 (20.1 GiB)                         torch+PEFT 23,870 (19.3 GiB) -> 0.50x, memory 1.04x
+#                 with TUNELAB_ATTENTION=plain: 12,065 (28.3 GiB)
+#   Qwen3-1.7B    tunelab  6,860 (30.2 GiB)                         torch+PEFT 21,122 (27.8 GiB) -> 0.32x, memory 1.08x
+#   (torch+PEFT Qwen3-0.6B f32: 11,798 tokens/s, 27.9 GiB.) First calls compile: Qwen3-1.7B's took ~200 s.
+#
 # Measured 2026-12-06 18:20-18:30 UTC on one NVIDIA H100 80GB HBM3 (driver 580.159.04, Vulkan;
 # tunelab built --no-default-features --features vulkan, so with burn fusion + autotune + the
 # persistent cubecl cache; torch 2.11 CUDA + PEFT 0.21.2), one warm machine, same calls, 5 timed

@@ -123,6 +123,44 @@ fn bad_option_and_missing_data_are_named() {
     assert!(!out.status.success() && err.contains("nowhere"), "{err}");
 }
 
+/// `TUNELAB_ATTENTION=plain` keeps burn's attention graph (every layer's scores) in training, for
+/// comparisons; unset, empty or `recomputed`, attention is recomputed in the backward pass. Read
+/// in any case and around whitespace; another value is named in a warning and recomputes. The
+/// memory estimate follows the mode, and the losses agree.
+#[test]
+fn attention_mode_from_the_environment() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_small_data(tmp.path());
+    let model = tiny_llama().display().to_string();
+    let run = |value: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tunelab"));
+        cmd.args(["train", "lora", "--model", &model, "--data", "data", "--iters", "2", "--batch-size", "2", "--num-layers", "-1", "--adapter-path", "a", "--overwrite"]).current_dir(tmp.path());
+        match value {
+            Some(v) => cmd.env("TUNELAB_ATTENTION", v),
+            None => cmd.env_remove("TUNELAB_ATTENTION"),
+        };
+        let out = cmd.output().unwrap();
+        ok(&out);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let activations = err.split("activations ").nth(1).and_then(|r| r.split(" per micro-batch").next()).unwrap_or_else(|| panic!("no estimate: {err}")).to_string();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let loss = stdout.lines().find(|l| l.starts_with("Validation loss")).unwrap_or_else(|| panic!("{stdout}")).to_string();
+        (activations, loss, err.contains("neither `plain` nor `recomputed`"))
+    };
+    let recomputed = run(None);
+    let plain = run(Some("plain"));
+    assert_ne!(recomputed.0, plain.0, "the plain graph keeps the scores: a larger estimate");
+    assert_eq!(recomputed.1, plain.1, "same validation losses to the printed digits");
+    for v in [" PLAIN ", "Plain", "plain\n"] {
+        assert_eq!(run(Some(v)), plain, "{v:?}");
+    }
+    for v in ["", "recomputed", " Recomputed "] {
+        assert_eq!(run(Some(v)), recomputed, "{v:?}");
+    }
+    let typo = run(Some("plian"));
+    assert!(typo.2 && typo.0 == recomputed.0, "{typo:?}");
+}
+
 /// QLoRA from the command line: `--quantize-base q4_0` (and the same option in the TOML file)
 /// trains over quantized projections; the adapter fits the f32 model as any adapter does.
 #[test]

@@ -570,10 +570,10 @@ pub fn memory_estimate_of(model: &Decoder, c: &crate::model::decoder::DecoderCon
         }
     }
     let mut profile = super::memory::ActivationProfile::llama(n - lowest.min(n), c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.intermediate_size, c.num_attention_heads, c.vocab_size);
-    // On the CPU attention keeps no scores for the backward pass (`model::sdpa`): it holds one
+    // Attention in training keeps no scores for the backward pass (`model::sdpa`): it holds one
     // layer's probabilities, their gradient and the score gradient (f32) while that layer's
     // backward runs, instead of every layer's scores.
-    let recomputed_attention = crate::device::is_cpu(&model.embed_tokens.val().device());
+    let recomputed_attention = crate::model::sdpa::recomputes_in_training();
     if recomputed_attention {
         profile.per_layer_per_key = 0;
     }
