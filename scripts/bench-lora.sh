@@ -57,6 +57,15 @@
 # LoRA products run below peak), and the element-wise work is ~2.3 s against ~0.9 s for all of torch's
 # non-matmul ops. Attention's share (seq scaling at 1,024 tokens a step: b4 s256 5.7 s, b2 s512 7.0 s,
 # b1 s1024 8.6 s) is ~15-20% of the step at seq 256 and ~25-35% at seq 512.
+# 2026-12-07 04:25-04:58 UTC, 2-core Intel Xeon (model 207, Emerald Rapids; AVX-512), alone, defaults:
+#   before burn-flex changes 8-9   smollm2-135m seq256 b4  156.0 vs 273.6 (0.57x), peak RSS 0.50x
+#   after (outputs not zero-filled, skinny products one gemm per thread; 13-20% less step time in three
+#   interleaved rounds, same loss to the bit):
+#                                  smollm2-135m seq256 b4  212.6 vs 301.3 (0.71x), peak RSS 2.52 vs 5.07 GiB (0.50x)
+#                                  smollm2-135m seq512 b1  141.3 vs 235.7 (0.60x), peak RSS 1.57 vs 3.25 GiB (0.48x)
+#   perf after: gemm's micro-kernels and packing ~70% of the samples, the main thread (serial work while the
+#   rayon workers wait) 7% instead of 17%. Lowering the skinny split's threshold to 128^3 (for seq512 b1's
+#   512x576x16 products) changed nothing measurable (3,230 vs 3,245 ms a step, three rounds each) and was dropped.
 # Earlier, under heavy load (absolute numbers ~10x lower, ratios comparable):
 # Measured 2026-12-01 21:58-22:19 UTC, CPU, 2 cores shared with other jobs (load average 6-10
 # throughout, each process got ~0.5-0.7 of a core), `TORCH_ANCHOR=/work/shared/bench/torch_anchor.py

@@ -30,6 +30,10 @@
 #   17:54, a build beside: tunelab 8.96 pairs/s (2.20 GiB), torch anchor 10.1, s-t 8.78 (3.12 GiB) -> 1.02x s-t
 #   19:01, alone:          tunelab 12.27 pairs/s, torch anchor 14.4, s-t 13.14 -> 0.93x s-t, 0.85x the torch loop
 #   (issue 17 had 0.67x s-t on such a machine before the AVX-512 kernels).
+#   2026-12-07 06:25 UTC, alone, after burn-flex changes 8-9 (an Emerald Rapids Xeon): tunelab 9.96 pairs/s
+#   (2.21 GiB), torch anchor 11.6, s-t 10.66 (3.14 GiB) -> 0.93x s-t (rounds 0.93x, 0.88x), 0.86x the torch
+#   loop. perf: gemm ~60% of the samples, burn-flex element loops ~15%, dropout's ChaCha draws 2%; the main
+#   thread (serial work) 5%.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-5}
