@@ -55,7 +55,7 @@ ANCHOR=${TORCH_ANCHOR:-../shared/bench/torch_anchor.py}
 PY=${PYTHON:-$PY_DEFAULT}
 STEPS=${STEPS:-20}
 OUTF=$(mktemp)
-CASE_TIMEOUT=${CASE_TIMEOUT:-180}
+CASE_TIMEOUT=${CASE_TIMEOUT:-360}   # a first Qwen3-1.7B f16 call compiled for ~200 s (H200, 2026-12-07)
 
 # Run one tunelab case under a time limit, sampling the GPU's memory in use (nvidia-smi, MiB)
 # meanwhile; the peak is printed as its own JSON line after the case's line.
