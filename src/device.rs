@@ -457,7 +457,7 @@ mod tests {
     /// are split over the threads by output rows or columns. With every output buffer filled with
     /// NaN first, each product of a set of shapes (skinny on each side, split and unsplit, k = 0,
     /// one row or column, transposed operands, batched and broadcast) matches an f64 reference
-    /// within 1e-5 of the sum of |a·b| terms, on 1 and 3 threads.
+    /// within 1e-5 of the sum of |a·b| terms (1e-3 in f16), on 1 and 3 threads.
     #[test]
     #[cfg(feature = "cpu")]
     fn flex_matmul_writes_every_output_element_and_splits_skinny_products() {
@@ -478,27 +478,26 @@ mod tests {
             (4, 1, 70, 24, 90, false, true),     // batched, rhs broadcast
             (2, 2, 5, 0, 6, false, false),       // batched, k = 0
         ];
-        let run = |&(ba, bb, m, k, n, ta, tb): &(usize, usize, usize, usize, usize, bool, bool)| {
+        // In f16 too (`--dtype f16` on the CPU: gemm's f16 kernels, also given unwritten outputs):
+        // inputs rounded to f16, the result within 1e-3 of the sum of |a·b| terms.
+        let run = |&(ba, bb, m, k, n, ta, tb): &(usize, usize, usize, usize, usize, bool, bool), f16: bool| {
             let device = Device::flex();
-            let a: Vec<f32> = (0..ba * m * k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
-            let b: Vec<f32> = (0..bb * k * n).map(|i| ((i * 104729) % 997) as f32 / 498.5 - 1.0).collect();
-            let lhs = if ta {
-                Tensor::<3>::from_data(TensorData::new(a.clone(), [ba, k, m]), &device).swap_dims(1, 2)
-            } else {
-                Tensor::<3>::from_data(TensorData::new(a.clone(), [ba, m, k]), &device)
-            };
-            let rhs = if tb {
-                Tensor::<3>::from_data(TensorData::new(b.clone(), [bb, n, k]), &device).swap_dims(1, 2)
-            } else {
-                Tensor::<3>::from_data(TensorData::new(b.clone(), [bb, k, n]), &device)
-            };
+            let round = |x: f32| if f16 { half::f16::from_f32(x).to_f32() } else { x };
+            let a: Vec<f32> = (0..ba * m * k).map(|i| round(((i * 7919) % 1000) as f32 / 500.0 - 1.0)).collect();
+            let b: Vec<f32> = (0..bb * k * n).map(|i| round(((i * 104729) % 997) as f32 / 498.5 - 1.0)).collect();
+            let dtype = if f16 { burn::tensor::FloatDType::F16 } else { burn::tensor::FloatDType::F32 };
+            let tensor = |v: &[f32], dims: [usize; 3]| Tensor::<3>::from_data(TensorData::new(v.to_vec(), dims), &device).cast(dtype);
+            let lhs = if ta { tensor(&a, [ba, k, m]).swap_dims(1, 2) } else { tensor(&a, [ba, m, k]) };
+            let rhs = if tb { tensor(&b, [bb, n, k]).swap_dims(1, 2) } else { tensor(&b, [bb, k, n]) };
+            let f32_values = |t: Tensor<3>| t.cast(burn::tensor::FloatDType::F32).into_data().try_to_vec::<f32>().unwrap();
             // One matrix each: the 2-D path (where the skinny split is); else the batched one.
             let got = if ba == 1 && bb == 1 {
                 let lhs: Tensor<2> = lhs.squeeze_dim(0);
-                lhs.matmul(rhs.squeeze_dim(0)).into_data().try_to_vec::<f32>().unwrap()
+                f32_values(lhs.matmul(rhs.squeeze_dim(0)).unsqueeze_dim(0))
             } else {
-                lhs.matmul(rhs).into_data().try_to_vec::<f32>().unwrap()
+                f32_values(lhs.matmul(rhs))
             };
+            let tolerance = if f16 { 1e-3 } else { 1e-5 };
             let at = |bi: usize, i: usize, p: usize| if ta { a[bi * m * k + p * m + i] } else { a[bi * m * k + i * k + p] };
             let bt = |bi: usize, p: usize, j: usize| if tb { b[bi * k * n + j * k + p] } else { b[bi * k * n + p * n + j] };
             let batches = ba.max(bb);
@@ -513,7 +512,7 @@ mod tests {
                             scale += t.abs();
                         }
                         let g = got[(q * m + i) * n + j] as f64;
-                        assert!((g - want).abs() <= 1e-5 * scale.max(1e-30), "case {:?}: [{q}, {i}, {j}] = {g}, want {want}", (ba, bb, m, k, n, ta, tb));
+                        assert!((g - want).abs() <= tolerance * scale.max(1e-30), "case {:?}, f16 {f16}: [{q}, {i}, {j}] = {g}, want {want}", (ba, bb, m, k, n, ta, tb));
                     }
                 }
             }
@@ -523,8 +522,10 @@ mod tests {
         let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
         let three = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
         for case in cases {
-            one.install(|| run(case));
-            three.install(|| run(case));
+            for f16 in [false, true] {
+                one.install(|| run(case, f16));
+                three.install(|| run(case, f16));
+            }
         }
         burn_flex::ops::matmul::poison_matmul_outputs(false);
     }
