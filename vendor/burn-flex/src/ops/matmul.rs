@@ -68,6 +68,11 @@ const BATCH_PARALLEL_THRESHOLD: usize = 128 * 128 * 128; // ~2M ops total
 /// `matmul_2d_strided` (change 9).
 const SKINNY_DIM: usize = 32;
 
+/// (tunelab patch) A product with a side of [`SKINNY_DIM`] or less.
+fn is_skinny(m: usize, n: usize, k: usize) -> bool {
+    m.min(n).min(k) <= SKINNY_DIM
+}
+
 /// (tunelab patch) The buffer a product writes its output into: allocated, never zero-filled.
 /// `FlexTensor::empty` zero-fills (calloc over memory the allocator reuses is a memset), 3-4% of a
 /// LoRA step's CPU time on one thread while the other waited (TUNELAB.md, change 8). gemm with
@@ -104,7 +109,7 @@ pub fn poison_matmul_outputs(on: bool) {
 
 /// Get parallelism setting based on matrix size.
 fn get_parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
-    if m.min(n).min(k) <= SKINNY_DIM {
+    if is_skinny(m, n, k) {
         return gemm::Parallelism::None;
     }
     let ops = m.saturating_mul(n).saturating_mul(k);
@@ -311,7 +316,7 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
     let parallelism = get_parallelism(m, n, k);
 
     #[cfg(feature = "rayon")]
-    if m.min(n).min(k) <= SKINNY_DIM
+    if is_skinny(m, n, k)
         && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_THRESHOLD
         && m.max(n) >= 2 * SKINNY_DIM
     {
@@ -333,40 +338,28 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
                 return;
             }
             let (out, lhs, rhs) = (out_addr as *mut T, lhs_addr as *const T, rhs_addr as *const T);
+            // Rows `start..end` of the output and of lhs, or columns of the output and of rhs.
+            let (rows, cols, out_offset, lhs_offset, rhs_offset) = if m >= n {
+                (end - start, n, start * n, start as isize * lhs_row_stride, 0)
+            } else {
+                (m, end - start, start, 0, start as isize * rhs_col_stride)
+            };
             unsafe {
-                if m >= n {
-                    gemm_call(
-                        end - start,
-                        n,
-                        k,
-                        out.add(start * n),
-                        1,
-                        n as isize,
-                        lhs.offset(start as isize * lhs_row_stride),
-                        lhs_col_stride,
-                        lhs_row_stride,
-                        rhs,
-                        rhs_col_stride,
-                        rhs_row_stride,
-                        gemm::Parallelism::None,
-                    );
-                } else {
-                    gemm_call(
-                        m,
-                        end - start,
-                        k,
-                        out.add(start),
-                        1,
-                        n as isize,
-                        lhs,
-                        lhs_col_stride,
-                        lhs_row_stride,
-                        rhs.offset(start as isize * rhs_col_stride),
-                        rhs_col_stride,
-                        rhs_row_stride,
-                        gemm::Parallelism::None,
-                    );
-                }
+                gemm_call(
+                    rows,
+                    cols,
+                    k,
+                    out.add(out_offset),
+                    1,
+                    n as isize,
+                    lhs.offset(lhs_offset),
+                    lhs_col_stride,
+                    lhs_row_stride,
+                    rhs.offset(rhs_offset),
+                    rhs_col_stride,
+                    rhs_row_stride,
+                    gemm::Parallelism::None,
+                );
             }
         });
         return unsafe { into_output(out, len, out_shape) };
