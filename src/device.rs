@@ -73,11 +73,15 @@ impl DeviceChoice {
     /// caught and their messages kept, not printed ([`start_with`]).
     pub fn device(self) -> Result<Device, DeviceError> {
         let choice = self;
-        start_with(self, move || {
+        let device = start_with(self, move || {
             let device = choice.raw_device()?;
             self_test(&device)?;
             Ok(device)
-        })
+        })?;
+        if choice != Self::Cpu {
+            GPU_STARTED.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(device)
     }
 
     /// The device handle alone (GPU back-ends start lazily, at the first computation).
@@ -117,6 +121,30 @@ impl FromStr for DeviceChoice {
             other => Err(DeviceError::Unknown(other.to_string())),
         }
     }
+}
+
+/// Whether this process has started a GPU device ([`DeviceChoice::device`]).
+static GPU_STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Ends the process with `code`, for the CLI's `main` once its work is done: stdout and stderr
+/// flushed, then, after a GPU device was started, `_exit` instead of `exit`.
+///
+/// Why: on the NVIDIA machine (H100, Vulkan, driver 580.159), `train lora --dtype f16` on the
+/// tiny Qwen3 fixture printed "Adapter saved", with everything on disk, then died with SIGSEGV
+/// (exit status 139) after `main` had returned, i.e. in what `exit` runs (the C libraries' exit
+/// handlers, the Vulkan driver's among them, and thread-local destructors); f32 exited with 0.
+/// The same run through this function exits with 0 (2026-12-07, one run each). `_exit` skips those
+/// handlers; every file tunelab writes is closed before this point, and the OS releases the GPU
+/// context as at any process end.
+pub fn exit(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    if GPU_STARTED.load(std::sync::atomic::Ordering::SeqCst) {
+        // SAFETY: `_exit` ends the process at once; nothing after it runs.
+        unsafe { libc::_exit(code) }
+    }
+    std::process::exit(code)
 }
 
 /// Why a device cannot be had.

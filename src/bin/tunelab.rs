@@ -1,8 +1,13 @@
 fn main() {
     // Training frees and reallocates the same large tensors every step: keep them (see the docs).
     tunelab::device::keep_freed_memory();
-    if let Err(e) = tunelab::cli::main() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    let code = match tunelab::cli::main() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    // After a GPU run, past the driver's exit handlers (`device::exit` says why).
+    tunelab::device::exit(code)
 }
