@@ -546,10 +546,12 @@ pub fn memory_estimate_of(model: &Decoder, c: &crate::model::decoder::DecoderCon
     let lora = cfg.lora_config();
     let mut trainable = 0usize;
     let mut lowest = n;
-    // Per block, the input features of its adapted projections: under `--dtype f16` each adapter
-    // widens its input to f32 (`LoraLinear::forward`, as PEFT casts to the adapter's dtype), and
-    // the graph keeps that copy for A's gradient.
-    let mut adapter_inputs = vec![0usize; n];
+    // Per block, the input features of the inputs its adapted projections read: under `--dtype
+    // f16` an adapter reads its input widened to f32 (`LoraLinear::forward`, as PEFT casts to the
+    // adapter's dtype), and the graph keeps that copy for A's gradient; q/k/v share one copy and
+    // gate/up another (`lora::SharedInput`), o and down have their own.
+    const INPUT_OF: [usize; 7] = [0, 0, 0, 1, 2, 2, 3];
+    let mut adapter_inputs = vec![[0usize; 4]; n];
     for (i, layer) in model.layers.iter().enumerate() {
         let full = cfg.fine_tune_type == FineTuneType::Full;
         if full && crate::model::decoder::trains_block(cfg.num_layers, i, n) {
@@ -558,12 +560,12 @@ pub fn memory_estimate_of(model: &Decoder, c: &crate::model::decoder::DecoderCon
             trainable += [&layer.self_attn.q_norm, &layer.self_attn.k_norm].iter().filter_map(|q| q.as_ref()).map(|q| super::memory::param_counts(q).0).sum::<usize>();
             lowest = lowest.min(i);
         } else if !full && lora.adapts_layer(i, n) {
-            for (rel, p) in layer.projections() {
+            for (j, (rel, p)) in layer.projections().into_iter().enumerate() {
                 let path = format!("model.layers.{i}.{rel}");
                 if lora.targets(&path, &Decoder::DEFAULT_LORA_TARGETS) || lora.target_modules.iter().any(|t| path.ends_with(&format!(".{t}")) || path == *t) {
                     let [out_f, in_f] = p.fused_dims();
                     trainable += lora.rank * (in_f + out_f) + if lora.use_dora { out_f } else { 0 };
-                    adapter_inputs[i] += in_f;
+                    adapter_inputs[i][INPUT_OF[j]] = in_f;
                     lowest = lowest.min(i);
                 }
             }
@@ -599,7 +601,8 @@ pub fn memory_estimate_of(model: &Decoder, c: &crate::model::decoder::DecoderCon
         // Every block's f32 adapter inputs, or one block's at a time when checkpointed; and the
         // RMSNorms, which run in f32 on an input cast up (`rms_norm_f32`): their inputs and
         // outputs (and Qwen3's q/k norms') at 4 bytes where the profile counted 2.
-        let widened = if cfg.grad_checkpoint { adapter_inputs.iter().copied().max().unwrap_or(0) } else { adapter_inputs.iter().sum() };
+        let per_block = adapter_inputs.iter().map(|inputs| inputs.iter().sum::<usize>());
+        let widened = if cfg.grad_checkpoint { per_block.max().unwrap_or(0) } else { per_block.sum() };
         let (q, kv) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
         let norms = 2 * (4 * c.hidden_size + if c.qk_norm { 2 * (q + kv) } else { 0 });
         let norm_layers = if cfg.grad_checkpoint { 1 } else { n - lowest.min(n) };
@@ -1377,24 +1380,30 @@ mod tests {
             // (checked exactly below): the total stays within these bounds.
             assert!(e16.activations < e32.activations * 3 / 2 && e16.activations > e32.activations / 4, "{} vs {}", e16.activations, e32.activations);
         }
-        // Each adapter widens its input to f32 under f16 (PEFT's cast to the adapter's dtype) and
-        // the graph keeps it: adapting only q_proj instead of the seven projections leaves the f32
-        // estimate's activations alone and removes 4 bytes per token per input feature of the
-        // six others, in every block (or in one, checkpointed).
+        // Adapters read their inputs widened to f32 under f16 (PEFT's cast to the adapter's dtype)
+        // and the graph keeps them, one copy per input (`lora::SharedInput`: q/k/v share the
+        // attention's input, gate/up the MLP's). Adapting only q_proj (or q_proj and v_proj, which
+        // read the same input) instead of the seven projections leaves the f32 estimate's
+        // activations alone and removes 4 bytes per token per feature of the three other inputs
+        // (o's, the MLP's, down's), in every block (or in one, checkpointed).
         let c = &lm.config;
         let (h, q, i) = (c.hidden_size, c.num_attention_heads * c.head_dim, c.intermediate_size);
-        let six: usize = 2 * h + q + 2 * h + i; // k, v, o (input q-wide), gate, up, down (input intermediate)
-        let q_only = |dtype, grad_checkpoint| {
-            let cfg = SftConfig { dtype, grad_checkpoint, lora_parameters: LoraParameters { keys: Some(vec!["q_proj".into()]), ..cfg32.lora_parameters.clone() }, ..cfg32.clone() };
+        let others: usize = q + h + i; // o (input q-wide), gate/up (shared), down (input intermediate)
+        let only = |keys: &[&str], dtype, grad_checkpoint| {
+            let keys = Some(keys.iter().map(|k| k.to_string()).collect());
+            let cfg = SftConfig { dtype, grad_checkpoint, lora_parameters: LoraParameters { keys, ..cfg32.lora_parameters.clone() }, ..cfg32.clone() };
             let model = lm.model.clone().with_lora(&cfg.lora_config(), &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
             memory_estimate_of(&model, c, &cfg).activations
         };
         let tokens = (cfg32.batch_size * cfg32.max_seq_length) as u64;
         for grad_checkpoint in [false, true] {
             let all = |dtype| memory_estimate_of(&adapted, c, &SftConfig { dtype, grad_checkpoint, ..cfg32.clone() }).activations;
-            assert_eq!(all(Dtype::F32), q_only(Dtype::F32, grad_checkpoint), "f32 keeps no copies (grad_checkpoint {grad_checkpoint})");
+            let q_only = only(&["q_proj"], Dtype::F16, grad_checkpoint);
+            assert_eq!(all(Dtype::F32), only(&["q_proj"], Dtype::F32, grad_checkpoint), "f32 keeps no copies (grad_checkpoint {grad_checkpoint})");
             let blocks = if grad_checkpoint { 1 } else { c.num_hidden_layers as u64 };
-            assert_eq!(all(Dtype::F16) - q_only(Dtype::F16, grad_checkpoint), 4 * tokens * blocks * six as u64, "grad_checkpoint {grad_checkpoint}");
+            assert_eq!(all(Dtype::F16) - q_only, 4 * tokens * blocks * others as u64, "grad_checkpoint {grad_checkpoint}");
+            assert_eq!(only(&["q_proj", "v_proj"], Dtype::F16, grad_checkpoint), q_only, "q and v share one copy (grad_checkpoint {grad_checkpoint})");
+            assert!(only(&["q_proj", "o_proj"], Dtype::F16, grad_checkpoint) > q_only, "o reads its own input (grad_checkpoint {grad_checkpoint})");
         }
     }
 
