@@ -9,7 +9,12 @@
 #   torch     the same list through torch.matmul, right operands transposed views where tunelab's are
 #
 #   scripts/bench-gemm-shapes.sh                  (SmolLM2-135M shape, seq 256, batch 4)
-# Env: SHAPE (smollm2-135m | qwen3-0.6b | qwen3-1.7b), SEQ, BATCH, RANK (16), REPS (5)
+#   DEVICE=vulkan DTYPE=f16 SHAPE=qwen3-1.7b SEQ=512 BATCH=8 PYTHON_REF=python3 scripts/bench-gemm-shapes.sh
+#             (the GPU: tunelab's products on Vulkan as `bench lora --dtype f16` runs them, projections,
+#             attention and head in f16, adapters in f32; torch.matmul on CUDA in bf16 and f32 likewise,
+#             as torch+PEFT runs them: a bf16 base with f32 adapters)
+# Env: SHAPE (smollm2-135m | qwen3-0.6b | qwen3-1.7b), SEQ, BATCH, RANK (16), REPS (5),
+#      DEVICE (cpu | vulkan | metal | wgpu; default cpu), DTYPE (f32 | f16; default f32)
 #      TUNELAB    a tunelab binary (default: cargo build here, target/debug/tunelab)
 #      PYTHON_REF a Python with torch (default .venv/bin/python)
 # Prints one line per product: ms per call and GFLOP/s for both, the ratio torch/tunelab time, and
@@ -34,13 +39,16 @@
 # two thirds of this CPU's FMA peak where torch's oneDNN/MKL kernels reach about 90%).
 set -euo pipefail
 case "${TUNELAB:-}" in "") ;; *) TUNELAB=$(realpath "$TUNELAB") ;; esac
-[ -n "${PYTHON_REF:-}" ] && PYTHON_REF=$(realpath -s "$PYTHON_REF")
+# A path is taken from where the script was started; a bare name (python3) is looked up on PATH.
+case "${PYTHON_REF:-}" in */*) PYTHON_REF=$(realpath -s "$PYTHON_REF") ;; esac
 cd "$(dirname "$0")/.."
 SHAPE=${SHAPE:-smollm2-135m}
 SEQ=${SEQ:-256}
 BATCH=${BATCH:-4}
 RANK=${RANK:-16}
 REPS=${REPS:-5}
+DEVICE=${DEVICE:-cpu}
+DTYPE=${DTYPE:-f32}
 PY=${PYTHON_REF:-.venv/bin/python}
 if [ -z "${TUNELAB:-}" ]; then
   cargo build --locked --quiet --bin tunelab
@@ -48,43 +56,51 @@ if [ -z "${TUNELAB:-}" ]; then
 fi
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-echo "# $(date -u +%FT%TZ) $(lscpu | sed -n 's/^Model name: *//p') nproc=$(nproc) load:$(uptime | sed 's/.*load average: //')" >&2
-"$TUNELAB" --device cpu bench gemm --shape "$SHAPE" --seq "$SEQ" --batch-size "$BATCH" --rank "$RANK" --reps "$REPS" > "$WORK/tunelab.jsonl"
-"$PY" - "$WORK/tunelab.jsonl" "$REPS" > "$WORK/torch.jsonl" <<'PYEOF'
+echo "# $(date -u +%FT%TZ) $(lscpu | sed -n 's/^Model name: *//p') nproc=$(nproc) load:$(uptime | sed 's/.*load average: //')$(command -v nvidia-smi >/dev/null && echo "; $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)") device=$DEVICE dtype=$DTYPE" >&2
+"$TUNELAB" --device "$DEVICE" bench gemm --shape "$SHAPE" --seq "$SEQ" --batch-size "$BATCH" --rank "$RANK" --reps "$REPS" --dtype "$DTYPE" > "$WORK/tunelab.jsonl"
+"$PY" - "$WORK/tunelab.jsonl" "$REPS" "$DEVICE" > "$WORK/torch.jsonl" <<'PYEOF'
 # The same products as tunelab's lines, through torch.matmul, timed the same way (one warm-up call).
+# On a GPU run, CUDA: tunelab's f16 products in bf16 (what torch+PEFT trains in; Vulkan has no bf16),
+# its f32 ones in f32 (torch's default, no TF32, as the adapters run under PEFT).
 import json, sys, time
 import torch
 torch.manual_seed(0)
 reps = int(sys.argv[2])
+dev = "cpu" if sys.argv[3] == "cpu" else "cuda"
+sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 for line in open(sys.argv[1]):
     c = json.loads(line)
     if "class" not in c:
         continue
+    dt = {"f32": torch.float32, "f16": torch.bfloat16 if dev == "cuda" else torch.float16}[c.get("dtype", "f32")]
     b, m, k, n = c["batch"], c["m"], c["k"], c["n"]
-    lhs = torch.rand(b, m, k) * 2 - 1
-    rhs = (torch.rand(b, n, k) * 2 - 1).transpose(1, 2) if c["rhs_transposed"] else torch.rand(b, k, n) * 2 - 1
+    lhs = (torch.rand(b, m, k, device=dev) * 2 - 1).to(dt)
+    rhs = (torch.rand(b, n, k, device=dev) * 2 - 1).to(dt).transpose(1, 2) if c["rhs_transposed"] else (torch.rand(b, k, n, device=dev) * 2 - 1).to(dt)
     if b == 1:
         lhs, rhs = lhs[0], rhs[0]
     torch.matmul(lhs, rhs)
+    sync()
     t = time.perf_counter()
     for _ in range(reps):
         torch.matmul(lhs, rhs)
+    sync()
     ms = (time.perf_counter() - t) * 1000 / reps
-    print(json.dumps({"name": c["name"], "class": c["class"], "ms": ms, "gflops": 2 * b * m * k * n / ms / 1e6, "per_step": c["per_step"], "threads": torch.get_num_threads(), "torch": torch.__version__}), flush=True)
+    print(json.dumps({"name": c["name"], "class": c["class"], "ms": ms, "gflops": 2 * b * m * k * n / ms / 1e6, "per_step": c["per_step"], "dtype": str(dt).replace("torch.", ""), "threads": torch.get_num_threads(), "torch": torch.__version__, "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu"}), flush=True)
 PYEOF
 python3 - "$WORK/tunelab.jsonl" "$WORK/torch.jsonl" <<'PYEOF'
 import json, sys
 ours = [json.loads(l) for l in open(sys.argv[1])]
 theirs = {r["name"]: r for r in map(json.loads, open(sys.argv[2]))}
 total = next((r for r in ours if "total_step_ms" in r), {})
-print(f"# {total.get('case', '')}; torch {next(iter(theirs.values()))['torch']} with {next(iter(theirs.values()))['threads']} threads")
-print(f"{'product':34s} {'batch':>5s} {'m':>6s} {'k':>6s} {'n':>6s}  {'tunelab ms':>10s} {'GFLOP/s':>8s}  {'torch ms':>9s} {'GFLOP/s':>8s}  {'torch/tunelab time':>18s}")
+first = next(iter(theirs.values()))
+print(f"# {total.get('case', '')}; torch {first['torch']} on {first.get('device', 'cpu')} with {first['threads']} threads")
+print(f"{'product':34s} {'batch':>5s} {'m':>6s} {'k':>6s} {'n':>6s} {'dtype':>9s}  {'tunelab ms':>10s} {'GFLOP/s':>8s}  {'torch ms':>9s} {'GFLOP/s':>8s}  {'torch/tunelab time':>18s}")
 by_class = {}
 for r in ours:
     if "class" not in r:
         continue
     t = theirs[r["name"]]
-    print(f"{r['name']:34s} {r['batch']:5d} {r['m']:6d} {r['k']:6d} {r['n']:6d}  {r['ms']:10.3f} {r['gflops']:8.1f}  {t['ms']:9.3f} {t['gflops']:8.1f}  {t['ms'] / r['ms']:18.2f}")
+    print(f"{r['name']:34s} {r['batch']:5d} {r['m']:6d} {r['k']:6d} {r['n']:6d} {r.get('dtype', 'f32') + '/' + t.get('dtype', 'float32')[:4]:>9s}  {r['ms']:10.3f} {r['gflops']:8.1f}  {t['ms']:9.3f} {t['gflops']:8.1f}  {t['ms'] / r['ms']:18.2f}")
     a = by_class.setdefault(r["class"], [0.0, 0.0])
     a[0] += r["ms"] * r["per_step"]; a[1] += t["ms"] * t["per_step"]
 print()

@@ -11,6 +11,16 @@
 # "smollm2-135m qwen3-0.6b qwen3-1.7b") at each of DTYPES (default "f32 f16": `--dtype f16` is
 # mixed precision, base weights and activations in f16). MNRL=0 leaves the MiniLM cases out.
 #
+# Measured 2026-12-07 09:55-10:05 UTC on one NVIDIA H100 80GB HBM3 (driver 580.159.04, Vulkan), same
+# cases one at a time on one warm machine (bench lora, 5 timed steps after 2; torch_anchor's lora_case,
+# 20 after 3), Qwen3-1.7B LoRA r16 seq512 b8 f16 vs bf16, before and after the adapters' widened inputs
+# were shared (lora::SharedInput; tunelab memory is burn's pool reserved, in brackets nvidia-smi's peak):
+#   before (9bd7f7b + bench changes)   6,769 tokens/s  30.18 GiB (31.1 GB)   final loss 482.03085
+#   after                              7,013 tokens/s  26.70 GiB (27.5 GB)   final loss 482.03406
+#   torch+PEFT bf16                   17,878 tokens/s  27.83 GiB allocated   -> 0.39x, memory 0.96x
+#   (torch+PEFT bf16 SmolLM2-135M on that card: 21,946 tokens/s, 7.28 GiB; tunelab's SmolLM2 run did not
+#   finish its first-run kernel tuning within the 170 s the call had left.)
+#
 # Measured 2026-12-07 05:40-06:00 UTC on one NVIDIA H200 (driver 580.159.04, Vulkan), tunelab Vulkan binary of
 # 800bfea + attention recomputed on the GPU (src/model/sdpa.rs), torch 2.11 CUDA + PEFT 0.21.2, one warm machine,
 # f16 vs bf16, LoRA r16 seq512 b8 (memory: burn's pool reserved vs torch max_memory_allocated):

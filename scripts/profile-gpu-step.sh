@@ -12,13 +12,17 @@
 # On the NVIDIA machine, as one device call (carry .dev/vk17 .dev/cc .dev/m2 .gl; timeout 600),
 # with the Vulkan-only binary kept (git-excluded) in .dev/vk17, as .dev/run/gpu8.sh does:
 #   for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig; export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json; xz -dc .dev/vk17/tunelab.xz > /tmp/tunelab && chmod +x /tmp/tunelab; if ldd /tmp/tunelab | grep -q "not found"; then mkdir -p /tmp/lib; tar xJf .dev/m2/lib.tar.xz -C /tmp/lib; export LD_LIBRARY_PATH=/tmp/lib; fi; [ -d target/environment ] || tar xJf .dev/cc/cubecl-env.txz; TUNELAB=/tmp/tunelab CASES="smollm2-135m:f32" bash scripts/profile-gpu-step.sh
+# Measured 2026-12-07 on one NVIDIA H100 80GB HBM3 (Vulkan), CASES="qwen3-1.7b:f16": 575 ms of kernel
+# time a step (undisturbed step ~600 ms); matmul 54%, matmul fused with element-wise 12%, data
+# movement 12%, element-wise 16%, reductions 6%; the f16 projections at ~120 TFLOP/s (table and
+# the products beside torch.matmul's in environment.md, "Where a GPU step's time goes").
 # What comes back in $OUT (flat, at most 2 files a case + 1): CASE.summary.txt (the tables),
 # CASE.tar.xz (the raw profiling log, both runs' stdout/stderr, summary.json, the cubecl.toml
 # used), profile-gpu-step.log (progress, card, timings). Time: the first process on a fresh
 # machine compiles and autotunes every kernel (~70 s f32, ~170 s f16 on the H100, 2026-12-06);
-# the profiled process compiles again (cubecl's compiled-kernel cache is off by default; the
-# autotune results the first one stored under target/environment are reused) and runs every
-# launch through its own flush, so a case takes about 2 x its compile time + a minute. One
+# the profiled process reuses the autotune results and (KEEP_KERNELS=1, the default) the compiled
+# kernels the first one stored under target/environment, and runs every launch through its own
+# flush; without the kernel store a case takes about 2 x its compile time + a minute. One
 # case a call is safe; a run that no longer fits BUDGET seconds is skipped and says so.
 #
 # How the profiling is turned on (cubecl-runtime 0.11.3, checked in its source and with its own
@@ -98,7 +102,14 @@ for c in $CASES; do
   # run at least 150 s.
   if [ "$(left)" -lt 200 ]; then el "$case: skipped, $(left) s of the budget left"; continue; fi
   plain_limit=$(( $(left) - 150 )); [ $plain_limit -gt 330 ] && plain_limit=330
+  # Both runs keep compiled kernels (SPIR-V) in cubecl's store beside the autotune cache
+  # (`[compilation] cache`, off by default; cubecl-server compiler.rs compilation_store), so the
+  # profiled run does not compile everything a second time. KEEP_KERNELS=0 turns that off.
+  if [ "${KEEP_KERNELS:-1}" = 1 ]; then
+    printf '%s\n[compilation]\ncache = true\n' "$MARK for the undisturbed run; removed after it." > "$ROOT/cubecl.toml"
+  fi
   run plain "$plain_limit" --steps "$STEPS" --warmup "$WARMUP"
+  rm -f "$ROOT/cubecl.toml"
   limit=$(( $(left) - 20 ))
   if [ $limit -lt 60 ]; then el "$case: profiled run skipped, $(left) s of the budget left"; continue; fi
   # Profiling and kernel-compilation lines into one file, in launch order (one logger channel);
@@ -107,6 +118,9 @@ for c in $CASES; do
   # truncated would cut the others' lines; the file is removed before the run instead.
   cat > "$ROOT/cubecl.toml" <<EOF
 $MARK for one profiled run; removed after it.
+[compilation]
+cache = $( [ "${KEEP_KERNELS:-1}" = 1 ] && echo true || echo false )
+
 [profiling.logger]
 level = "basic"
 file = '$W/cubecl-profile.log'

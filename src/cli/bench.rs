@@ -195,6 +195,11 @@ pub struct GemmBench {
     /// Timed calls per product (after one warm-up call).
     #[arg(value_parser = crate::cli::values::positive_usize, long, default_value_t = 5)]
     pub reps: usize,
+    /// The products' dtype as `bench lora --dtype` runs them: f16 puts the projections,
+    /// attention and the head in f16 and keeps the adapters' products in f32 (the trainer's
+    /// mixed precision, `model::decoder::precision`).
+    #[arg(long, default_value = "f32")]
+    pub dtype: crate::model::decoder::Dtype,
 }
 
 /// One matrix product of the LoRA step: `[batch, m, k] · [batch, k, n]`, the right operand
@@ -248,35 +253,44 @@ pub fn lora_step_gemms(c: &DecoderConfig, batch: usize, seq: usize, rank: usize)
 
 fn gemm(a: GemmBench, choice: DeviceChoice) -> anyhow::Result<()> {
     let device = choice.device()?;
+    let dtype = a.dtype.resolve(&device, true);
+    dtype.check_device(&device).map_err(anyhow::Error::msg)?;
     let cases = lora_step_gemms(&a.shape.config(), a.batch_size, a.seq, a.rank);
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let mut random = |dims: [usize; 3]| {
-        let n = dims.iter().product::<usize>();
-        let values: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        burn::tensor::Tensor::<3>::from_data(burn::tensor::TensorData::new(values, dims), &device)
+    // Drawn on the device: the head's operands are a billion values, slow to draw on the host.
+    let random = |dims: [usize; 3], dtype: crate::model::decoder::Dtype| {
+        burn::tensor::Tensor::<3>::random(dims, burn::tensor::Distribution::Uniform(-1.0, 1.0), &device).cast(dtype.float_dtype())
     };
     let mut step_ms = 0.0;
     for c in &cases {
-        let lhs = random([c.batch, c.m, c.k]);
-        let rhs = if c.rhs_transposed { random([c.batch, c.n, c.k]) } else { random([c.batch, c.k, c.n]) };
+        // The adapters' products stay f32 under mixed precision (`LoraLinear::forward`).
+        let case_dtype = if c.class == "lora" { crate::model::decoder::Dtype::F32 } else { dtype };
+        let lhs = random([c.batch, c.m, c.k], case_dtype);
+        let rhs = if c.rhs_transposed { random([c.batch, c.n, c.k], case_dtype) } else { random([c.batch, c.k, c.n], case_dtype) };
         let product = || {
             let r = if c.rhs_transposed { rhs.clone().swap_dims(1, 2) } else { rhs.clone() };
             // Unbatched products go through the 2-D path, as the trainer's `[rows, in]` ones do.
             if c.batch == 1 { lhs.clone().reshape([c.m, c.k]).matmul(r.reshape([c.k, c.n])).reshape([1, c.m, c.n]) } else { lhs.clone().matmul(r) }
         };
-        drop(product());
+        // Results are kept until the sync: a lazy (fused) GPU backend need not run a product
+        // whose result was dropped unread. The warm-up keeps as many, so the timed calls can reuse
+        // the pool's pages instead of timing fresh device allocations: kept without such a
+        // warm-up, the H100 (Vulkan, 2026-12-07) timed products at 1.5-2.3x the kernel times the
+        // same products took inside a profiled step (scripts/profile-gpu-step.sh); this warm-up
+        // is the suspected fix, not yet re-measured there.
+        let warm: Vec<_> = (0..a.reps).map(|_| product()).collect();
         device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        drop(warm);
         let t = Instant::now();
-        for _ in 0..a.reps {
-            drop(product());
-        }
+        let kept: Vec<_> = (0..a.reps).map(|_| product()).collect();
         device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let ms = t.elapsed().as_secs_f64() * 1000.0 / a.reps as f64;
+        drop(kept);
         step_ms += ms * c.per_step as f64;
         let flop = 2.0 * (c.batch * c.m * c.k * c.n) as f64;
         let mut line = serde_json::to_value(c)?;
         line["framework"] = "tunelab".into();
         line["device"] = choice.to_string().into();
+        line["dtype"] = case_dtype.name().into();
         line["ms"] = ms.into();
         line["gflops"] = (flop / ms / 1e6).into();
         line["step_ms"] = (ms * c.per_step as f64).into();
