@@ -34,6 +34,12 @@
 #   (2.21 GiB), torch anchor 11.6, s-t 10.66 (3.14 GiB) -> 0.93x s-t (rounds 0.93x, 0.88x), 0.86x the torch
 #   loop. perf: gemm ~60% of the samples, burn-flex element loops ~15%, dropout's ChaCha draws 2%; the main
 #   thread (serial work) 5%.
+#   2026-12-07 10:45 UTC, alone, an Emerald Rapids Xeon (2 cores, AVX-512), torch 2.15, s-t 6.3, 5 steps x 3
+#   rounds, after burn-flex change 10 (dropout draws by block): tunelab 17.29 pairs/s (2.20 GiB), torch
+#   anchor 17.3, s-t 17.03 (3.13-3.18 GiB) -> 1.02x s-t (rounds 1.01x, 1.02x, 1.00x), 1.00x the torch loop,
+#   0.70x s-t's peak memory. Before change 10, same machine, 40 min earlier: 16.83 vs 16.97 -> 0.99x
+#   (rounds 0.94x, 0.99x); perf then: gemm ~56% of the samples, burn-flex element loops ~25%, dropout
+#   masks ~5%.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-5}

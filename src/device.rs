@@ -716,6 +716,23 @@ mod tests {
         assert_eq!(one.install(|| draw(7)), a, "masks depend on the thread count");
     }
 
+    /// burn-flex change 10 draws each dropout chunk's u32s a block at a time (`fill`) instead of one
+    /// `random::<u32>()` at a time: the masks must not move. Lengths around the 1 Ki block and the
+    /// 64 Ki chunk, probabilities at and between the ends, several seeds.
+    #[test]
+    #[cfg(feature = "cpu")]
+    fn flex_dropout_masks_drawn_by_block_equal_the_one_by_one_draws() {
+        for n in [0, 1, 15, 1023, 1024, 1025, 65_535, 65_536, 65_537, 200_003] {
+            for prob in [0.0, 1e-9, 0.1, 0.5, 0.75, 1.0 - 1e-9, 1.0] {
+                for seed in [0, 7, u64::MAX] {
+                    let (block, one_by_one) = burn_flex::bernoulli_f32_and_one_by_one(n, prob, seed);
+                    assert_eq!(block.len(), n);
+                    assert!(block == one_by_one, "n {n}, prob {prob}, seed {seed}: {} of {n} differ", block.iter().zip(&one_by_one).filter(|(a, b)| a != b).count());
+                }
+            }
+        }
+    }
+
     /// Reallocating a 40 MiB buffer reuses the freed block: no new page faults. 40 MiB is above glibc's
     /// largest dynamic mmap threshold (32 MiB), so without `keep_freed_memory` every allocation is a
     /// fresh mmap whose 10,240 pages fault again when written. Counted per thread, on a thread of its

@@ -44,6 +44,9 @@ pub mod ops;
 pub mod simd;
 
 pub use backend::{Flex, FlexDevice};
+#[cfg(feature = "rayon")]
+#[doc(hidden)]
+pub use par::bernoulli_f32_and_one_by_one;
 pub use layout::Layout;
 pub use qtensor::FlexQTensor;
 pub use tensor::FlexTensor;
