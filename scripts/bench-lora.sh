@@ -29,6 +29,12 @@
 #      SHAPES       shapes for tunelab on CPU (default smollm2-135m)
 #      SEQ512       1: also the seq 512 batch 1 case on CPU (default 1)
 #
+# Measured 2026-12-07 11:15 UTC, CPU, a 2-core Intel Xeon with AVX-512 (Emerald Rapids, model 207; a fresh
+# machine of that kind, faster than the one below), alone, `scripts/bench-lora.sh 5 1 2` (best of 2 rounds),
+# torch 2.15 + PEFT 0.21.2, after burn-flex changes 8-10 and the shared adapter inputs (f32: unchanged):
+#   seq 256 b4: tunelab 337.4 tokens/s (2.51 GiB) vs torch+PEFT 426.7 (4.89 GiB) -> 0.79x, memory 0.51x
+#   seq 512 b1: tunelab 256.3 tokens/s (1.57 GiB) vs torch+PEFT 358.2 (3.20 GiB) -> 0.72x, memory 0.49x
+#   perf over the timed steps: gemm's kernels and packing ~70% of the samples, burn-flex's element loops ~15%.
 # Measured 2026-12-02 07:59-08:08 UTC, CPU, the 2-core machine idle (load 1.4-1.9), defaults
 # (`scripts/bench-lora.sh`: tunelab 2 warm-up + 5 timed steps, one round), after the burn-flex patch
 # (element loops on both cores in AVX2, vectorizable exp/erf) and the freed-buffer reuse:
