@@ -322,10 +322,8 @@ fn fold_rows<const D: usize>(x: Tensor<D>) -> Tensor<2> {
 /// `f` on `x` `[..., in]` with its leading dims folded into rows (`[rows, in]` → `[rows, out]`),
 /// then unfolded to `[..., out]`.
 fn on_rows<const D: usize>(x: Tensor<D>, f: impl FnOnce(Tensor<2>) -> Tensor<2>) -> Tensor<D> {
-    let dims = x.dims();
-    let rows = dims[..D - 1].iter().product::<usize>();
-    let y = f(x.reshape([rows, dims[D - 1]]));
-    let mut out = dims;
+    let mut out = x.dims();
+    let y = f(fold_rows(x));
     out[D - 1] = y.dims()[1];
     y.reshape(out)
 }
@@ -363,13 +361,7 @@ impl AdaptableLinear {
         if l.magnitude.is_some() {
             return self.forward(input.x());
         }
-        if D <= 2 {
-            return l.forward_with(input.x(), Some(input.wide()));
-        }
-        let mut dims = input.x.dims();
-        let y = l.forward_with(fold_rows(input.x()), Some(fold_rows(input.wide())));
-        dims[D - 1] = y.dims()[1];
-        y.reshape(dims)
+        on_rows(input.x(), |rows| l.forward_with(rows, Some(fold_rows(input.wide()))))
     }
 
     fn forward_rows<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {

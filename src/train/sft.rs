@@ -549,9 +549,9 @@ pub fn memory_estimate_of(model: &Decoder, c: &crate::model::decoder::DecoderCon
     // Per block, the input features of the inputs its adapted projections read: under `--dtype
     // f16` an adapter reads its input widened to f32 (`LoraLinear::forward`, as PEFT casts to the
     // adapter's dtype), and the graph keeps that copy for A's gradient; q/k/v share one copy and
-    // gate/up another (`lora::SharedInput`), o and down have their own.
-    const INPUT_OF: [usize; 7] = [0, 0, 0, 1, 2, 2, 3];
-    let mut adapter_inputs = vec![[0usize; 4]; n];
+    // gate/up another (`decoder::PROJECTION_INPUTS`), o and down have their own.
+    use crate::model::decoder::PROJECTION_INPUTS;
+    let mut adapter_inputs = vec![[0usize; PROJECTION_INPUTS.len()]; n];
     for (i, layer) in model.layers.iter().enumerate() {
         let full = cfg.fine_tune_type == FineTuneType::Full;
         if full && crate::model::decoder::trains_block(cfg.num_layers, i, n) {
@@ -565,7 +565,7 @@ pub fn memory_estimate_of(model: &Decoder, c: &crate::model::decoder::DecoderCon
                 if lora.targets(&path, &Decoder::DEFAULT_LORA_TARGETS) || lora.target_modules.iter().any(|t| path.ends_with(&format!(".{t}")) || path == *t) {
                     let [out_f, in_f] = p.fused_dims();
                     trainable += lora.rank * (in_f + out_f) + if lora.use_dora { out_f } else { 0 };
-                    adapter_inputs[i][INPUT_OF[j]] = in_f;
+                    adapter_inputs[i][PROJECTION_INPUTS[j]] = in_f;
                     lowest = lowest.min(i);
                 }
             }

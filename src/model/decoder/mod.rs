@@ -773,6 +773,6 @@ mod tests;
 pub use full::trains_block;
 pub use generate::{CausalLm, GenerateOptions, sample};
 pub use load::{TensorSource, gguf_name, permute_rows};
-pub use lora::{PROJECTIONS, adapter_param_id};
+pub use lora::{PROJECTION_INPUTS, PROJECTIONS, adapter_param_id};
 pub use precision::Dtype;
 use precision::rms_norm_f32;

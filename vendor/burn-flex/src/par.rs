@@ -143,19 +143,35 @@ where
     a.iter().zip(b).map(|(&x, &y)| op(x, y)).collect()
 }
 
+/// (tunelab patch) Elements per dropout chunk, each drawn from its own generator.
+#[cfg(feature = "rayon")]
+const BERNOULLI_CHUNK: usize = 1 << 16;
+
+/// (tunelab patch) The generator of chunk `i` of a Bernoulli tensor drawn with `seed`.
+#[cfg(feature = "rayon")]
+fn bernoulli_chunk_rng(seed: u64, i: usize) -> burn_std::rand::StdRng {
+    use burn_std::rand::SeedableRng;
+    burn_std::rand::StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// (tunelab patch) One when a uniform u32 falls below this (prob·2³², exact to 2⁻³²; prob = 1
+/// keeps all).
+#[cfg(feature = "rayon")]
+fn bernoulli_threshold(prob: f64) -> u64 {
+    (prob.clamp(0.0, 1.0) * 4_294_967_296.0) as u64
+}
+
 /// (tunelab patch) `n` draws of Bernoulli(`prob`) as 1.0 / 0.0, in chunks of 64 Ki, chunk `i`
 /// from `StdRng::seed_from_u64(seed ^ i·φ)`: one sequential generator took a fifth of a CPU
 /// training step drawing dropout masks.
 #[cfg(feature = "rayon")]
 pub(crate) fn bernoulli_f32(n: usize, prob: f64, seed: u64) -> alloc::vec::Vec<f32> {
-    use burn_std::rand::{RngExt, SeedableRng, StdRng};
+    use burn_std::rand::RngExt;
     use rayon::prelude::*;
-    const CHUNK: usize = 1 << 16;
-    // One when a uniform u32 falls below prob·2³² (exact to 2⁻³²; prob = 1 keeps all).
-    let threshold = (prob.clamp(0.0, 1.0) * 4_294_967_296.0) as u64;
+    let threshold = bernoulli_threshold(prob);
     let mut out = alloc::vec![0f32; n];
-    out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| {
-        let mut rng = StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    out.par_chunks_mut(BERNOULLI_CHUNK).enumerate().for_each(|(i, chunk)| {
+        let mut rng = bernoulli_chunk_rng(seed, i);
         // (change 10) The draws a block at a time (`fill`: the generator's words in order, the
         // same u32s `random::<u32>()` returns one by one), then a branch-free compare the compiler
         // vectorizes: the per-draw loop was ~3% of a MiniLM MNRL step's CPU samples.
@@ -176,12 +192,11 @@ pub(crate) fn bernoulli_f32(n: usize, prob: f64, seed: u64) -> alloc::vec::Vec<f
 #[cfg(feature = "rayon")]
 #[doc(hidden)]
 pub fn bernoulli_f32_and_one_by_one(n: usize, prob: f64, seed: u64) -> (alloc::vec::Vec<f32>, alloc::vec::Vec<f32>) {
-    use burn_std::rand::{RngExt, SeedableRng, StdRng};
-    const CHUNK: usize = 1 << 16;
-    let threshold = (prob.clamp(0.0, 1.0) * 4_294_967_296.0) as u64;
+    use burn_std::rand::RngExt;
+    let threshold = bernoulli_threshold(prob);
     let mut one_by_one = alloc::vec![0f32; n];
-    for (i, chunk) in one_by_one.chunks_mut(CHUNK).enumerate() {
-        let mut rng = StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    for (i, chunk) in one_by_one.chunks_mut(BERNOULLI_CHUNK).enumerate() {
+        let mut rng = bernoulli_chunk_rng(seed, i);
         for v in chunk.iter_mut() {
             if u64::from(rng.random::<u32>()) < threshold {
                 *v = 1.0;
