@@ -133,9 +133,8 @@ pub struct LoraBench {
     /// head's cross-entropy in chunks (the anchor's peer: `gradient_checkpointing_enable()`).
     #[arg(long)]
     pub grad_checkpoint: bool,
-    /// `train lora --dtype`: f32, or f16 mixed precision (base weights, activations and the
-    /// adapters' products in f16; the adapters' factors, norms, softmax and loss in f32, dynamic
-    /// loss scaling as the trainer does it), or
+    /// `train lora --dtype`: f32, or f16 mixed precision (base weights and activations in f16,
+    /// adapters, norms, softmax and loss in f32, dynamic loss scaling as the trainer does it), or
     /// auto (the trainer's default: f16 on a GPU, f32 on the CPU). f32 here unless given, so a
     /// benchmark line says what it measured.
     #[arg(long, default_value = "f32")]
@@ -196,8 +195,9 @@ pub struct GemmBench {
     /// Timed calls per product (after one warm-up call).
     #[arg(value_parser = crate::cli::values::positive_usize, long, default_value_t = 5)]
     pub reps: usize,
-    /// The products' dtype as `bench lora --dtype` runs them: f16 puts every product in f16,
-    /// the adapters' too (the trainer's mixed precision, `model::decoder::precision`).
+    /// The products' dtype as `bench lora --dtype` runs them: f16 puts the projections,
+    /// attention and the head in f16 and keeps the adapters' products in f32 (the trainer's
+    /// mixed precision, `model::decoder::precision`).
     #[arg(long, default_value = "f32")]
     pub dtype: crate::model::decoder::Dtype,
 }
@@ -262,8 +262,10 @@ fn gemm(a: GemmBench, choice: DeviceChoice) -> anyhow::Result<()> {
     };
     let mut step_ms = 0.0;
     for c in &cases {
-        let lhs = random([c.batch, c.m, c.k], dtype);
-        let rhs = if c.rhs_transposed { random([c.batch, c.n, c.k], dtype) } else { random([c.batch, c.k, c.n], dtype) };
+        // The adapters' products stay f32 under mixed precision (`LoraLinear::forward`).
+        let case_dtype = if c.class == "lora" { crate::model::decoder::Dtype::F32 } else { dtype };
+        let lhs = random([c.batch, c.m, c.k], case_dtype);
+        let rhs = if c.rhs_transposed { random([c.batch, c.n, c.k], case_dtype) } else { random([c.batch, c.k, c.n], case_dtype) };
         let product = || {
             let r = if c.rhs_transposed { rhs.clone().swap_dims(1, 2) } else { rhs.clone() };
             // Unbatched products go through the 2-D path, as the trainer's `[rows, in]` ones do.
@@ -288,7 +290,7 @@ fn gemm(a: GemmBench, choice: DeviceChoice) -> anyhow::Result<()> {
         let mut line = serde_json::to_value(c)?;
         line["framework"] = "tunelab".into();
         line["device"] = choice.to_string().into();
-        line["dtype"] = dtype.name().into();
+        line["dtype"] = case_dtype.name().into();
         line["ms"] = ms.into();
         line["gflops"] = (flop / ms / 1e6).into();
         line["step_ms"] = (ms * c.per_step as f64).into();

@@ -45,7 +45,7 @@ pub(crate) fn quant_matmul_test_counter() -> usize {
 
 pub use adapter::{AdapterWeights, LoraFactors};
 pub use dora::{FineTuneType, dora_merge, row_norms};
-pub use linear::{AdaptableLinear, BaseWeight, LoraLinear, QuantLinear};
+pub use linear::{AdaptableLinear, BaseWeight, LoraLinear, QuantLinear, SharedInput};
 pub use quant::{QuantError, QuantType, QuantWeight, QuantizeBase};
 
 use serde::{Deserialize, Serialize};

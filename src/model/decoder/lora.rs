@@ -27,6 +27,11 @@ pub const PROJECTIONS: [&str; 7] = [
     "mlp.down_proj",
 ];
 
+/// Which input each of [`PROJECTIONS`] reads, numbered per block: q/k/v read the attention's
+/// input and gate/up the MLP's (`Attention::forward` and `Mlp::forward` hand each of those to
+/// their projections as one `lora::SharedInput`), o and down read their own.
+pub const PROJECTION_INPUTS: [usize; 7] = [0, 0, 0, 1, 2, 2, 3];
+
 impl DecoderLayer {
     /// The seven projections with their paths relative to the block.
     pub fn projections(&self) -> [(&'static str, &AdaptableLinear); 7] {

@@ -38,6 +38,7 @@ use crate::io::gguf::{GgufError, GgufFile};
 use crate::lora::{
     AdaptableLinear,
     QuantError,
+    SharedInput,
 };
 
 // ------------------------------------------------------------------------------------------ config
@@ -509,9 +510,11 @@ impl Attention {
         let [b, t, _] = x.dims();
         let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
-        let mut q = heads(self.q_proj.forward(x.clone()), h);
-        let mut k = heads(self.k_proj.forward(x.clone()), kvh);
-        let mut v = heads(self.v_proj.forward(x), kvh);
+        // One f32 copy of `x` for the three adapters' branches under f16 (`SharedInput`).
+        let x = SharedInput::new(x);
+        let mut q = heads(self.q_proj.forward_shared(&x), h);
+        let mut k = heads(self.k_proj.forward_shared(&x), kvh);
+        let mut v = heads(self.v_proj.forward_shared(&x), kvh);
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = rms_norm_f32(qn, q);
             k = rms_norm_f32(kn, k);
@@ -553,8 +556,9 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = SharedInput::new(x);
         self.down_proj
-            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+            .forward(silu(self.gate_proj.forward_shared(&x)) * self.up_proj.forward_shared(&x))
     }
 }
 
@@ -769,6 +773,6 @@ mod tests;
 pub use full::trains_block;
 pub use generate::{CausalLm, GenerateOptions, sample};
 pub use load::{TensorSource, gguf_name, permute_rows};
-pub use lora::{PROJECTIONS, adapter_param_id};
+pub use lora::{PROJECTION_INPUTS, PROJECTIONS, adapter_param_id};
 pub use precision::Dtype;
 use precision::rms_norm_f32;

@@ -2,12 +2,11 @@
 //! arrange it for a LoRA fine-tune: the frozen base weights (embedding, the seven block
 //! projections, the output head, their biases) are cast once to f16, so the activations that
 //! flow between them and the big matmuls are f16 (tensor cores on a GPU: Vulkan exposes them
-//! for f16 only, bf16 is not supported there), and so are the LoRA branches' products, whose f32
-//! factors are cast at each use as autocast casts PEFT's ([`crate::lora::LoraLinear`]); everything
-//! that accumulates or is small stays f32: RMSNorm (its weights and its mean of squares), the
-//! attention softmax (scores are cast up before the mask and the softmax), the LoRA factors
-//! themselves and their gradients, the logits and the cross-entropy ([`Decoder::logits`] returns
-//! f32), the optimizer state and the loss scale ([`crate::train::loss_scale`]).
+//! for f16 only, bf16 is not supported there); everything that accumulates or is small stays f32:
+//! RMSNorm (its weights and its mean of squares), the attention softmax (scores are cast up before
+//! the mask and the softmax), the LoRA factors and their branch ([`crate::lora::LoraLinear`]),
+//! the logits and the cross-entropy ([`Decoder::logits`] returns f32), the optimizer state and
+//! the loss scale ([`crate::train::loss_scale`]).
 //!
 //! The compute dtype is not stored anywhere: every operation follows the dtype of the tensor it
 //! receives, and the activations are f16 exactly when the embedding table is. An f32 model
