@@ -11,6 +11,17 @@
 # "smollm2-135m qwen3-0.6b qwen3-1.7b") at each of DTYPES (default "f32 f16": `--dtype f16` is
 # mixed precision, base weights and activations in f16). MNRL=0 leaves the MiniLM cases out.
 #
+# Measured 2026-12-07 12:55-13:05 UTC on one NVIDIA H100 80GB HBM3 (driver 580.159.04, Vulkan), one machine,
+# two calls, bench lora f16 (5 timed steps after 2 for Qwen3-1.7B, 8 after 2 for SmolLM2, cubecl cache
+# warm) and torch_anchor's lora_case (20 after 3), LoRA r16 seq512 b8, the adapters' products in f32
+# (ab9e98e) and in f16 (ed6512c, reverted); tunelab memory is burn's pool (nvidia-smi's peak):
+#   Qwen3-1.7B    f32 products 7,238 tokens/s 26.70 GiB (27.5 GB)  f16 products 8,240  24.40 GiB (25.2 GB)
+#                 torch+PEFT bf16 18,625 (27.83 GiB) -> 0.39x, memory 0.96x; under torch.autocast 22,988 (23.90 GiB)
+#   SmolLM2-135M  f32 products 19,618 7.12 GiB (7.5 GB)            f16 products 11,921  6.38 GiB (6.8 GB)
+#                 torch+PEFT bf16 32,455 (7.28 GiB) -> 0.60x, memory 0.98x; under torch.autocast 31,032 (6.12 GiB)
+#   (final losses f32/f16 products: 482.03357 / 482.03290; SmolLM2's f16-product run skipped its first update
+#   at loss scale 2^16.)
+#
 # Measured 2026-12-07 09:55-10:05 UTC on one NVIDIA H100 80GB HBM3 (driver 580.159.04, Vulkan), same
 # cases one at a time on one warm machine (bench lora, 5 timed steps after 2; torch_anchor's lora_case,
 # 20 after 3), Qwen3-1.7B LoRA r16 seq512 b8 f16 vs bf16, before and after the adapters' widened inputs
