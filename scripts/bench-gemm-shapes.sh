@@ -37,6 +37,14 @@
 # kernels (which burn-flex turns on), and in `bench gemm` the head's x·Eᵀ fell from 166 to
 # 95-109 GFLOP/s. The gap to torch on AVX-512 is the GEMM kernels themselves (gemm reaches about
 # two thirds of this CPU's FMA peak where torch's oneDNN/MKL kernels reach about 90%).
+# Tried and reverted 2026-12-07 13:20-13:40 UTC (same kind of Xeon; old and new binaries interleaved, 3 rounds,
+# the best of each product): (a) a product with n <= 32 run as its transpose Cᵀ = Bᵀ·Aᵀ (m = rank instead
+# of n = rank): LoRA's g·B and gradient of B no faster (gate/up g·B 0.250 -> 0.241 ms, grad B 0.248 ->
+# 0.250; 0.93-1.17x over all 30 rank-16 products); (b) a transposed weight copied row-major before gemm
+# (x·Wᵀ): down 6.33 -> 7.00 ms, gate/up 5.76 -> 5.61, o 2.25 -> 2.44: the copy costs what the layout
+# saves. This VM's single samples are bimodal (a product's time doubles when a vCPU is taken): compare
+# the best of several rounds, as above; the 75-115 GFLOP/s above for the rank-16 products were such
+# slow samples (best of 3: ~200 for g·B on gate/up).
 set -euo pipefail
 case "${TUNELAB:-}" in "") ;; *) TUNELAB=$(realpath "$TUNELAB") ;; esac
 # A path is taken from where the script was started; a bare name (python3) is looked up on PATH.
