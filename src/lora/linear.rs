@@ -357,10 +357,8 @@ impl AdaptableLinear {
     /// layer.forward_shared(&shared).into_data().assert_eq(&layer.forward(x).into_data(), true);
     /// ```
     pub fn forward_shared<const D: usize>(&self, input: &SharedInput<D>) -> Tensor<D> {
+        // A DoRA layer (f32 only) takes the shared copy too and ignores it (`forward_with`).
         let Self::Lora(l) = self else { return self.forward(input.x()) };
-        if l.magnitude.is_some() {
-            return self.forward(input.x());
-        }
         on_rows(input.x(), |rows| l.forward_with(rows, Some(fold_rows(input.wide()))))
     }
 
