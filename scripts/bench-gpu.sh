@@ -11,6 +11,17 @@
 # "smollm2-135m qwen3-0.6b qwen3-1.7b") at each of DTYPES (default "f32 f16": `--dtype f16` is
 # mixed precision, base weights and activations in f16). MNRL=0 leaves the MiniLM cases out.
 #
+# Every GPU number below was measured with `Decoder::random`'s earlier U(-1, 1) embeddings (final losses
+# ~130-480 where ln(vocab) is ~11-12); since 2026-12-07 16:30 it draws them as transformers does (std
+# 0.02), as the anchor's models are. Speed on a GPU does not depend on the values; the f16 runs' skipped
+# (overflowed) updates may have.
+# Measured 2026-12-07 16:00-16:20 UTC on another H100 80GB HBM3 (same driver), one machine, three calls,
+# the shipped code (71f140f's, = ab9e98e's): Qwen3-1.7B 6,806 tokens/s, 26.70 GiB (26.9 GiB nvidia-smi) vs
+# torch+PEFT bf16 16,122 (27.83 GiB) -> 0.42x, memory 0.96x; SmolLM2-135M 11,091 (7.12 GiB) vs 17,690
+# (7.28 GiB) -> 0.63x; MiniLM MNRL f16 b64 462.8 pairs/s (5.8 GiB nvidia-smi) vs torch bf16 1,720.8
+# (1.19 GiB) -> 0.27x; Qwen3-0.6B torch+PEFT bf16 16,731 (19.31 GiB), tunelab's case did not finish its
+# random build and first compilation in 169 s. The f16 branches with a split reduction (not shipped):
+# SmolLM2-135M 7,771 tokens/s, one timed update overflowed and skipped at 2^16.
 # Measured 2026-12-07 12:55-13:05 UTC on one NVIDIA H100 80GB HBM3 (driver 580.159.04, Vulkan), one machine,
 # two calls, bench lora f16 (5 timed steps after 2 for Qwen3-1.7B, 8 after 2 for SmolLM2, cubecl cache
 # warm) and torch_anchor's lora_case (20 after 3), LoRA r16 seq512 b8, the adapters' products in f32

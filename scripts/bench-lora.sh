@@ -29,6 +29,16 @@
 #      SHAPES       shapes for tunelab on CPU (default smollm2-135m)
 #      SEQ512       1: also the seq 512 batch 1 case on CPU (default 1)
 #
+# Measured 2026-12-07 16:26-16:35 UTC, CPU, a 2-core Intel Xeon with AVX-512 (Emerald Rapids, model 207),
+# alone, after `Decoder::random` took transformers' embedding spread (std 0.02, as the anchor's models;
+# the earlier U(-1, 1) drove the tied head's softmax into subnormal floats, slow on Intel cores: see
+# environment.md, "Where a CPU step's time goes"), torch 2.15 + PEFT 0.21.2:
+#   `scripts/bench-lora.sh 5 2 3` with SEQ512=0, per round: 357.4 vs 398.3, 329.0 vs 401.5, 324.8 vs 406.1
+#     tokens/s (0.90x, 0.82x, 0.80x; best of each 0.88x); the same case an hour before the change: 0.77x
+#   `scripts/bench-lora.sh 5 2 2`, best of 2 rounds (one tunelab round of seq 256 b4 fell to 243 tokens/s:
+#     this VM's single samples are bimodal):
+#   seq 256 b4: tunelab 347.5 tokens/s (2.51 GiB) vs torch+PEFT 402.7 (5.21 GiB) -> 0.86x, memory 0.48x
+#   seq 512 b1: tunelab 277.8 tokens/s (1.57 GiB) vs torch+PEFT 319.9 (3.36 GiB) -> 0.87x, memory 0.47x
 # Measured 2026-12-07 11:15 UTC, CPU, a 2-core Intel Xeon with AVX-512 (Emerald Rapids, model 207; a fresh
 # machine of that kind, faster than the one below), alone, `scripts/bench-lora.sh 5 1 2` (best of 2 rounds),
 # torch 2.15 + PEFT 0.21.2, after burn-flex changes 8-10 and the shared adapter inputs (f32: unchanged):

@@ -1739,13 +1739,16 @@ mod tests {
     }
 
     /// Two losses of the same batch agree within 1e-5, and so do the gradients they give the
-    /// embedding table (within `grad_tol`, and not all zero).
+    /// embedding table (within `grad_tol` times the largest of them where that exceeds 1, and not
+    /// all zero).
     fn assert_same_loss_and_embedding_grads(model: &Decoder, x: Tensor<1>, y: Tensor<1>, grad_tol: f32) {
         let (a, b) = (x.clone().into_scalar::<f32>(), y.clone().into_scalar::<f32>());
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         let ga = model.embed_tokens.val().grad(&x.backward()).unwrap().into_data().try_to_vec::<f32>().unwrap();
         let gb = model.embed_tokens.val().grad(&y.backward()).unwrap().into_data().try_to_vec::<f32>().unwrap();
         let worst = ga.iter().zip(&gb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-        assert!(worst < grad_tol && ga.iter().any(|x| *x != 0.0), "max |Δgrad| {worst}");
+        // Relative to the largest gradient once that exceeds 1: f32 rounds each value to ~6e-8 of itself.
+        let largest = ga.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        assert!(worst < grad_tol * largest.max(1.0) && ga.iter().any(|x| *x != 0.0), "max |Δgrad| {worst} (largest |grad| {largest})");
     }
 }

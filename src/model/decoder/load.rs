@@ -516,6 +516,15 @@ fn read_safetensors_dir(
     Ok(out)
 }
 
+
+/// Half-width of [`Decoder::random`]'s uniform embedding init: standard deviation 0.02, as
+/// transformers initialises a decoder from its config (`initializer_range`), so a tied head's
+/// logits spread as the PyTorch peer's do (`bench lora` beside `torch_anchor.py`). It was `U(-1, 1)`:
+/// logits with a standard deviation of ~14 underflowed the softmax into subnormal floats, which x86
+/// cores multiply through slow microcode assists; the head's input gradient then took 2.4x as long
+/// (SmolLM2-135M shape on an AVX-512 Xeon), a cost no real checkpoint's logits pay.
+pub const EMBEDDING_BOUND: f32 = 0.034_641_016; // 0.02 · √3
+
 impl Decoder {
     /// All weights under their Hugging Face names and layouts (`[out, in]` for linear layers),
     /// adapters fused (`W + scale·B·A`): what a merged safetensors checkpoint holds.
@@ -551,7 +560,8 @@ impl Decoder {
     }
 
     /// A decoder with seeded random weights (tests, benchmarks): projections
-    /// `U(-1/√in, 1/√in)`, embeddings `U(-1, 1)`, norm weights 1.
+    /// `U(-1/√in, 1/√in)`, embeddings with transformers' spread ([`EMBEDDING_BOUND`]), norm
+    /// weights 1.
     pub fn random(cfg: &DecoderConfig, device: &Device, seed: u64) -> Self {
         Self::random_with(cfg, device, seed, QuantizeBase::None)
     }
@@ -578,7 +588,7 @@ impl Decoder {
         add(
             "model.embed_tokens.weight".into(),
             vec![v, d],
-            1.0,
+            EMBEDDING_BOUND,
             &mut rng,
         );
         for i in 0..cfg.num_hidden_layers {

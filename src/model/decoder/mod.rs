@@ -772,7 +772,7 @@ mod tests;
 
 pub use full::trains_block;
 pub use generate::{CausalLm, GenerateOptions, sample};
-pub use load::{TensorSource, gguf_name, permute_rows};
+pub use load::{EMBEDDING_BOUND, TensorSource, gguf_name, permute_rows};
 pub use lora::{PROJECTION_INPUTS, PROJECTIONS, adapter_param_id};
 pub use precision::Dtype;
 use precision::rms_norm_f32;

@@ -441,3 +441,45 @@ fn random_with_quantizes_the_projections_of_the_same_random_model() {
     }
     assert_eq!(Decoder::random_with(&cfg, &device, 7, QuantizeBase::None).hf_tensors(), dense.hf_tensors());
 }
+
+/// `Decoder::random` starts where a transformers model built from its config starts (embeddings
+/// with standard deviation 0.02): near-uniform next-token predictions, a loss within 1 of ln(vocab)
+/// and logits far from the range where the softmax underflows into subnormal floats (which x86
+/// cores multiply slowly: `bench lora`'s head gradient ran 2.4x slower under `U(-1, 1)` embeddings,
+/// whose tied logits spread with a standard deviation of ~14). Tied and untied heads, Llama and
+/// Qwen3 blocks, two widths and two vocabularies.
+#[test]
+fn random_decoder_starts_near_uniform_predictions_like_transformers() {
+    let device = Device::flex();
+    for tied in [true, false] {
+        for qwen3 in [false, true] {
+            for (hidden, vocab) in [(64, 128), (256, 4096)] {
+                let cfg = DecoderConfig {
+                    architecture: if qwen3 { Architecture::Qwen3 } else { Architecture::Llama },
+                    vocab_size: vocab,
+                    hidden_size: hidden,
+                    intermediate_size: hidden * 3 / 2,
+                    tie_word_embeddings: tied,
+                    qk_norm: qwen3,
+                    ..DecoderConfig::tiny_llama()
+                };
+                let what = format!("tied {tied}, qwen3 {qwen3}, hidden {hidden}, vocab {vocab}");
+                let model = Decoder::random(&cfg, &device, 3);
+                let e = model.embed_tokens.val().into_data().to_vec::<f32>().unwrap();
+                let std = (e.iter().map(|x| x * x).sum::<f32>() / e.len() as f32).sqrt();
+                assert!((std - 0.02).abs() < 0.002, "{what}: embedding std {std}");
+                let mut rng = ChaCha8Rng::seed_from_u64(5);
+                let (b, t) = (2, 16);
+                let ids: Vec<i64> = (0..b * t).map(|_| rng.random_range(0..vocab as i64)).collect();
+                let inputs = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [b, t]), &device);
+                let logits = model.forward(inputs, None, None);
+                let largest = logits.clone().abs().max().into_scalar::<f32>();
+                assert!(largest < 20.0, "{what}: |logit| up to {largest}");
+                let targets = Tensor::<3, Int>::from_data(TensorData::new(ids, [b, t, 1]), &device);
+                let loss = -log_softmax(logits, 2).gather(2, targets).mean().into_scalar::<f32>();
+                let uniform = (vocab as f32).ln();
+                assert!((loss - uniform).abs() < 1.0, "{what}: loss {loss}, ln(vocab) {uniform}");
+            }
+        }
+    }
+}
