@@ -25,6 +25,10 @@ cargo check --locked --all-targets --features vulkan,metal 2>&1
 # a stray `Device::flex()` compiles in every other build (it broke 43b0f7a's parent unseen).
 cargo check --locked --no-default-features --features vulkan --lib --bins 2>&1
 echo "GPU features type-checked at $(( $(date +%s) - start ))s"
+# The library's documentation: every intra-doc link resolves and none points at a private item
+# (rustdoc's warnings as errors; eleven had crept in unseen by 2026-12-07).
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --lib 2>&1
+echo "documentation built at $(( $(date +%s) - start ))s"
 # The GPU profile summarizer (scripts/profile-gpu-step.sh) against a log cubecl's own logger wrote.
 python3 scripts/summarize-cubecl-profile.py --self-test
 # Notebooks end to end through Jupyter with the evcxr kernel: set-up (evcxr_jupyter is built once, then

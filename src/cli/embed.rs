@@ -98,7 +98,7 @@ pub struct TrainEmbedArgs {
     /// auto (default), f32 or f16. f16: mixed precision as sentence-transformers' fp16=True, linear
     /// layers and attention in f16 (GPU tensor cores), residual stream, LayerNorm, softmax, pooling
     /// and loss in f32, trainable weights and AdamW in f32, dynamic loss scaling; LoRA and full
-    /// fine-tuning ([train] dtype). auto: f16 on a GPU that computes f16 for a BERT-family
+    /// fine-tuning (`[train] dtype`). auto: f16 on a GPU that computes f16 for a BERT-family
     /// encoder, f32 on the CPU and for EmbeddingGemma (overflows f16) and DoRA.
     #[arg(long)]
     pub dtype: Option<crate::model::decoder::Dtype>,

@@ -214,7 +214,7 @@ pub fn read_with_text<T>(
 }
 
 /// Parses one JSON text into a [`Value`], refusing an object that repeats a key at any depth (the
-/// error names the key's path, e.g. `duplicate key `messages[1].role``).
+/// error names the key's path, e.g. ``duplicate key `messages[1].role` ``).
 ///
 /// ```
 /// use tunelab::data::jsonl::parse_strict;

@@ -50,7 +50,7 @@ pub fn write(dir: &Path, lm: &CausalLm, manifest: &serde_json::Value) -> Result<
     write_model(dir, lm, &lm.model, manifest)
 }
 
-/// [`write`] with the weights of `model` (same architecture as `lm`'s: a fully fine-tuned copy)
+/// [`write()`] with the weights of `model` (same architecture as `lm`'s: a fully fine-tuned copy)
 /// and the config and tokenizer of `lm`.
 pub fn write_model(dir: &Path, lm: &CausalLm, model: &crate::model::decoder::Decoder, manifest: &serde_json::Value) -> Result<(), AdapterFileError> {
     let io = |path: &Path| {

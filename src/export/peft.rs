@@ -66,7 +66,7 @@ pub fn write(dir: &Path, adapter: &AdapterWeights, base_model: &str) -> Result<(
     write_task(dir, adapter, base_model, "CAUSAL_LM")
 }
 
-/// [`write`] with PEFT's `task_type` (`FEATURE_EXTRACTION` for an encoder's adapter, which PEFT
+/// [`write()`] with PEFT's `task_type` (`FEATURE_EXTRACTION` for an encoder's adapter, which PEFT
 /// then wraps as `PeftModelForFeatureExtraction`).
 pub fn write_task(dir: &Path, adapter: &AdapterWeights, base_model: &str, task_type: &str) -> Result<(), AdapterFileError> {
     std::fs::create_dir_all(dir).map_err(|source| AdapterFileError::Io { path: dir.to_path_buf(), source })?;

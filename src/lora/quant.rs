@@ -37,7 +37,7 @@
 //!   until `backward()`: a plain step's peak is about the f32 model's. burn 0.22's gradient
 //!   checkpointing (`Device::autodiff().gradient_checkpointing()`) does not change that: the
 //!   dequantization starts with an int → float conversion, which autodiff sees as a new leaf, and
-//!   a leaf is kept. `--grad-checkpoint` ([`crate::train::block_checkpoint`]) bounds it: its
+//!   a leaf is kept. `--grad-checkpoint` (`train::block_checkpoint`) bounds it: its
 //!   graph-free forward frees each matrix after use and each block's recompute dequantizes that
 //!   block's matrices again, kept only until the block's own backward (test
 //!   `qlora_recompute_dequantizes_each_block_again`), so a step holds one block's f32 matrices.
@@ -304,7 +304,7 @@ impl QuantWeight {
     }
 
     /// `x` `[rows, in]` · `Wᵀ` → `[rows, out]`. On the CPU backend one autodiff operation whose
-    /// backward pass dequantizes `W` again ([`super::quant_matmul`]), so a training step keeps
+    /// backward pass dequantizes `W` again (`lora::quant_matmul`), so a training step keeps
     /// the blocks, not the f32 matrix; elsewhere `x · dequantize()ᵀ`.
     pub fn matmul_t(&self, x: Tensor<2>) -> Tensor<2> {
         use super::quant_matmul::{Q4_0, Q4_1, Q8_0, QuantMatmulBackend};

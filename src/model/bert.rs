@@ -614,7 +614,7 @@ pub struct BertEncoder {
 }
 
 /// `BertModel`: embeddings and encoder; returns the last hidden state. The pooler
-/// (`pooler.dense`, tanh on [CLS]) is not used by sentence embeddings; it is kept when the
+/// (`pooler.dense`, tanh on `[CLS]`) is not used by sentence embeddings; it is kept when the
 /// checkpoint has it so exports stay complete.
 #[derive(Module, Debug)]
 pub struct BertModel {

@@ -12,7 +12,7 @@
 //! recomputes the scores (one matmul more) and the softmax (the CPU backend's fused kernel), then
 //! `dS = P ⊙ (dP − rowsum(P ⊙ dP))`.
 //!
-//! Built like [`crate::lora::quant_matmul`]: a backend extension routed on the CPU backend (flex),
+//! Built like `lora::quant_matmul`: a backend extension routed on the CPU backend (flex),
 //! on the GPU backends (burn's `Cube`, fused: the forward pass and the recomputation are ordinary
 //! fused operations) and on `Autodiff`. `TUNELAB_ATTENTION=plain` keeps burn's graph on every
 //! device, for comparisons ([`grouped_attention`] decides).

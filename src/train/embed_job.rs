@@ -331,7 +331,7 @@ fn memory_estimate<E: JobEncoder>(encoder: &E, cfg: &ContrastiveConfig, seq: usi
     Ok((estimate, params, trainable))
 }
 
-/// `tunelab bench train-embed`'s estimate: [`memory_estimate`] for a BERT encoder.
+/// `tunelab bench train-embed`'s estimate: `memory_estimate` (this module's) for a BERT encoder.
 pub fn bert_memory_estimate(encoder: &SentenceEncoder, cfg: &ContrastiveConfig, seq: usize, negatives: usize) -> anyhow::Result<MemoryEstimate> {
     Ok(memory_estimate(encoder, cfg, seq, negatives)?.0)
 }

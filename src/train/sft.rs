@@ -145,7 +145,7 @@ pub struct SftConfig {
     pub quantize_base: QuantizeBase,
     /// MLX-LM's `grad_checkpoint`: keep only each decoder block's input and recompute the block
     /// in the backward pass, and run the output head's cross-entropy one chunk of tokens at a
-    /// time ([`super::block_checkpoint`]). Same gradients up to float rounding, less memory, a
+    /// time (`train::block_checkpoint`). Same gradients up to float rounding, less memory, a
     /// second forward pass of time.
     pub grad_checkpoint: bool,
     /// `f16`: mixed precision, frozen base weights and activations in f16 with dynamic loss

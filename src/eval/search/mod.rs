@@ -1,7 +1,7 @@
 //! Search engines that produce TREC runs: exact dense search, BM25 (SQLite FTS5), hybrid RRF, and
 //! QMD's whole pipeline ([`qmd`]: chunking, expansions, fusion, reranking).
 //!
-//! Every engine returns a [`Run`] whose per-query lists are already in the order trec_eval
+//! Every engine returns a [`Run`](crate::data::trec::Run) whose per-query lists are already in the order trec_eval
 //! evaluates them in ([`trec_order`]: score descending, ties broken by document id descending),
 //! so the rank column written to a run file agrees with the rank trec_eval uses, and fusion
 //! reads the same ranks trec_eval would.
