@@ -516,7 +516,6 @@ fn read_safetensors_dir(
     Ok(out)
 }
 
-
 /// Half-width of [`Decoder::random`]'s uniform embedding init: standard deviation 0.02, as
 /// transformers initialises a decoder from its config (`initializer_range`), so a tied head's
 /// logits spread as the PyTorch peer's do (`bench lora` beside `torch_anchor.py`). It was `U(-1, 1)`:
