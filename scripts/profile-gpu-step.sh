@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Where a GPU LoRA training step's time goes, per kernel class (issue 17): `tunelab bench lora`
-# once as it is (the undisturbed step time) and once with CubeCL's profiling log on (every
+# Where a GPU training step's time goes, per kernel class (issue 17): `tunelab bench lora` (or,
+# for the case "mnrl:DTYPE", `tunelab bench train-embed`: MiniLM-L6 MNRL, EMBED_BATCH pairs of
+# EMBED_SEQ tokens) once as it is (the undisturbed step time) and once with CubeCL's profiling log on (every
 # kernel launch timed on the GPU), then scripts/summarize-cubecl-profile.py: kernel time per
 # class (matmul, fused element-wise, reductions, data movement, random, ...), the top kernels,
 # and the share of the undisturbed step the GPU spends running kernels at all.
 #
-#   TUNELAB=path/to/tunelab [DEVICE=vulkan] [CASES="smollm2-135m:f32 qwen3-0.6b:f16"] \
-#     [SEQ=512 BATCH=8 RANK=16 STEPS=5 WARMUP=2 PROF_STEPS=3 PROF_WARMUP=2 BUDGET=570] \
+#   TUNELAB=path/to/tunelab [DEVICE=vulkan] [CASES="smollm2-135m:f32 qwen3-0.6b:f16 mnrl:f16"] \
+#     [SEQ=512 BATCH=8 RANK=16 EMBED_SEQ=128 EMBED_BATCH=64] \
+#     [STEPS=5 WARMUP=2 PROF_STEPS=3 PROF_WARMUP=2 BUDGET=570] \
 #     OUT=dir scripts/profile-gpu-step.sh
 #
 # On the NVIDIA machine, as one device call (carry .dev/vk17 .dev/cc .dev/m2 .gl; timeout 600),
@@ -49,6 +51,7 @@ TL=${TUNELAB:-target/debug/tunelab}
 DEVICE=${DEVICE:-vulkan}
 CASES=${CASES:-${SHAPE:-smollm2-135m}:${DTYPE:-f32}}
 SEQ=${SEQ:-512} BATCH=${BATCH:-8} RANK=${RANK:-16}
+EMBED_SEQ=${EMBED_SEQ:-128} EMBED_BATCH=${EMBED_BATCH:-64}  # the case "mnrl:DTYPE" (bench train-embed)
 STEPS=${STEPS:-5} WARMUP=${WARMUP:-2}                 # the undisturbed run, as scripts/bench-gpu.sh
 PROF_STEPS=${PROF_STEPS:-3} PROF_WARMUP=${PROF_WARMUP:-2}
 BUDGET=${BUDGET:-570}                                 # seconds for everything (a device call has 600)
@@ -85,8 +88,14 @@ trap 'rm -f "$ROOT/cubecl.toml"' EXIT
 run() {
   local name=$1 limit=$2; shift 2
   local t=$(date +%s)
-  timeout "$limit" "$TL" --device "$DEVICE" bench lora --shape "$shape" --dtype "$dtype" --seq "$SEQ" \
-    --batch-size "$BATCH" --rank "$RANK" "$@" > "$W/$name.out" 2> "$W/$name.err"
+  if [ "$shape" = mnrl ]; then
+    # MiniLM-L6-shaped contrastive training (MultipleNegativesRankingLoss), as bench-gpu.sh runs it.
+    timeout "$limit" "$TL" --device "$DEVICE" bench train-embed --dtype "$dtype" --seq "$EMBED_SEQ" \
+      --batch-size "$EMBED_BATCH" "$@" > "$W/$name.out" 2> "$W/$name.err"
+  else
+    timeout "$limit" "$TL" --device "$DEVICE" bench lora --shape "$shape" --dtype "$dtype" --seq "$SEQ" \
+      --batch-size "$BATCH" --rank "$RANK" "$@" > "$W/$name.out" 2> "$W/$name.err"
+  fi
   local rc=$?
   el "$case $name: rc=$rc ($( [ $rc = 124 ] && echo "timed out after $limit s" || echo "$(( $(date +%s) - t )) s")): $(grep '^{' "$W/$name.out" | tail -1 | cut -c1-400)"
   [ $rc = 0 ] || tail -5 "$W/$name.err" | tee -a "$O/profile-gpu-step.log"

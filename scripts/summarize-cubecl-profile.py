@@ -341,11 +341,17 @@ def render(s):
         w(f"  {k['ms'] / steps:9.3f} {k['launches']:8d} {mean:9.1f}  {k['class']:26s} {short_label(k['label'])}")
     w("")
     p, q = s["plain"], s["profiled"]
+
+    def rate(j):  # bench lora reports tokens/s, bench train-embed pairs/s
+        if "pairs_per_s" in j:
+            return f"{j['pairs_per_s']:,.1f} pairs/s"
+        return f"{j.get('tokens_per_s', float('nan')):,.0f} tokens/s"
+
     if p:
         w(f"undisturbed run (no profiling): {p.get('step_ms', float('nan')):.1f} ms/step, "
-          f"{p.get('tokens_per_s', float('nan')):,.0f} tokens/s ({p.get('case')}, {p.get('steps')} steps after {p.get('warmup')} warm-up)")
+          f"{rate(p)} ({p.get('case')}, {p.get('steps')} steps after {p.get('warmup')} warm-up)")
     if q:
-        w(f"profiled run: {q.get('step_ms', float('nan')):.1f} ms/step, {q.get('tokens_per_s', float('nan')):,.0f} tokens/s "
+        w(f"profiled run: {q.get('step_ms', float('nan')):.1f} ms/step, {rate(q)} "
           f"(each launch is flushed and timed on its own: only the kernel times above are meaningful)")
     if plain_step:
         busy = s["kernel_ms_per_step"] / plain_step

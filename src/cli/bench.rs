@@ -384,12 +384,16 @@ fn train_embed(a: TrainEmbedBench, choice: DeviceChoice) -> anyhow::Result<()> {
     let reset = reset_peak_rss();
     // Warm-up run (kernel caches, allocator and thread pools are per process), then the timed run.
     drop(ContrastiveTrainer::new(cfg.clone()).with_progress(false).fit(encoder.clone(), &data, None)?);
+    // As `bench lora`: a sync between warm-up and timed run, and one after it, mark the timed
+    // steps in CubeCL's profiling log (scripts/profile-gpu-step.sh); a no-op on the CPU.
+    device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     cfg.max_steps = Some(a.steps);
     let timed_dir = out.join("timed");
     cfg.output_dir = timed_dir.clone();
     let t = Instant::now();
     let done = ContrastiveTrainer::new(cfg).with_progress(false).fit(encoder, &data, None)?;
     let wall = t.elapsed().as_secs_f64();
+    device.sync().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     // The trainer's own pairs/s at its last step excludes the final checkpoint write.
     let logged = std::fs::read_to_string(timed_dir.join("loss.jsonl"))
         .ok()
@@ -415,6 +419,7 @@ fn train_embed(a: TrainEmbedBench, choice: DeviceChoice) -> anyhow::Result<()> {
         "pairs_per_s": pairs_per_s,
         "step_ms": dt / done.steps as f64 * 1000.0,
         "steps": done.steps,
+        "warmup": a.warmup,
         "final_loss": done.losses.last(),
         "peak_rss_gib": peak_rss_gib(),
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),

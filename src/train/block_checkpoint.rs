@@ -28,7 +28,7 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::activation::log_softmax;
+use crate::train::cross_entropy::cross_entropy_sum;
 use burn::tensor::module::embedding;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
@@ -136,9 +136,10 @@ pub(crate) fn sft_head(rows: Vec<i64>, targets: Vec<i64>, scale: f32, max_logits
         for start in (0..n).step_by(chunk) {
             let end = (start + chunk).min(n);
             let h = picked.clone().slice([start..end]).require_grad();
-            let tg = Tensor::<3, Int>::from_data(TensorData::new(targets[start..end].to_vec(), [1, end - start, 1]), &device);
             let hidden = model.final_norm(h.clone().reshape([1, end - start, d]));
-            let s = log_softmax(model.logits(hidden), 2).gather(2, tg).sum().neg().div_scalar(n as f32);
+            let logits = model.logits(hidden);
+            let [_, rows, vocab] = logits.dims();
+            let s = cross_entropy_sum(logits.reshape([rows, vocab]), &targets[start..end]).div_scalar(n as f32);
             total += s.clone().into_scalar::<f32>();
             let grads = s.mul_scalar(scale).backward();
             picked_grads.push(h.grad(&grads).expect("the chunk's loss depends on its hidden states"));

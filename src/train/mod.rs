@@ -2,6 +2,7 @@
 //!
 //! * [`contrastive`]: MultipleNegativesRankingLoss, its GradCache variant, the no-duplicates sampler.
 //! * [`contrastive_trainer`]: the embedding-model training loop (`tunelab train embed`).
+//! * [`cross_entropy`]: the language-model loss as one operation (`F.cross_entropy`'s two passes).
 //! * [`embed_job`]: `tunelab train embed`: govern, mine, train, validate, export, manifest.
 //! * [`encoder`]: the [`encoder::TrainableEncoder`] seam between loops and models.
 //! * `lora_loop`: the optimizer loop `sft` and `rerank` share (one batch → loss → AdamW, checkpoints).
@@ -19,6 +20,7 @@ pub(crate) mod block_checkpoint;
 pub mod checkpoint;
 pub mod contrastive;
 pub mod contrastive_trainer;
+pub mod cross_entropy;
 pub mod embed_job;
 pub mod encoder;
 pub mod gradcheck;

@@ -47,7 +47,6 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::optim::{AdamWConfig, ModuleOptimizer};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -56,6 +55,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
 use super::checkpoint::{self, CheckpointError, TrainState};
+use super::cross_entropy::cross_entropy_sum;
 use super::lora_loop::{self, LoopConfig, Objective, StepLoss};
 use super::run_folder::{self, Claim, RunFolderError};
 use super::schedule::{LrSchedule, ScheduleKind};
@@ -490,14 +490,15 @@ fn batch_loss_padded(model: &Decoder, batch: &Batch, device: &Device, max_logits
     for start in (0..n).step_by(chunk) {
         let end = (start + chunk).min(n);
         let h = picked.clone().slice([start..end]).reshape([1, end - start, d]);
-        let tg = Tensor::<3, Int>::from_data(TensorData::new(targets[start..end].to_vec(), [1, end - start, 1]), device);
-        let s = log_softmax(model.logits(h), 2).gather(2, tg).sum();
+        let logits = model.logits(h);
+        let [_, rows, vocab] = logits.dims();
+        let s = cross_entropy_sum(logits.reshape([rows, vocab]), &targets[start..end]);
         total = Some(match total {
             Some(t) => t + s,
             None => s,
         });
     }
-    total.expect("n > 0").neg().div_scalar(n as f32).reshape([1])
+    total.expect("n > 0").div_scalar(n as f32).reshape([1])
 }
 
 /// Logits per chunk of the output head under `--grad-checkpoint` (2^24: 64 MiB in f32, 110
@@ -1072,6 +1073,7 @@ impl LossLog {
 mod tests {
     use super::*;
     use crate::data::formats::{CompletionRecord, TextRecord};
+    use burn::tensor::activation::log_softmax;
     use crate::data::governance::Policy;
 
     fn lm() -> CausalLm {

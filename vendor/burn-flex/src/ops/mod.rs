@@ -98,6 +98,8 @@ pub mod comparison;
 mod conv_common;
 pub mod conv;
 pub mod conv_transpose;
+// (tunelab patch) fused cross-entropy kernels, called by tunelab's language-model loss.
+pub mod cross_entropy;
 pub mod cumulative;
 pub mod deform_conv;
 pub mod expand;
