@@ -538,7 +538,7 @@ impl Attention {
         let scale = 1.0 / (hd as f32).sqrt();
         // Scores in f32 for the scale, mask and softmax; in training on the CPU the
         // probabilities are computed again in the backward pass instead of kept (`model::sdpa`).
-        let out = crate::model::sdpa::grouped_attention(q, k, v, mask, h, scale)
+        let out = crate::model::sdpa::grouped_attention(q, k, v, mask, h, scale, true)
             .reshape([b, h, t, hd])
             .swap_dims(1, 2)
             .reshape([b, t, h * hd]);
