@@ -11,6 +11,13 @@
 # "smollm2-135m qwen3-0.6b qwen3-1.7b") at each of DTYPES (default "f32 f16": `--dtype f16` is
 # mixed precision, base weights and activations in f16). MNRL=0 leaves the MiniLM cases out.
 #
+# Measured 2026-12-07 18:45-19:40 UTC on H100 80GB HBM3s (driver 580.159.04), after the loss became one
+# operation (train::cross_entropy) and BERT's position and token-type embeddings stopped back-propagating
+# through scatter-adds; with transformers-like random embeddings. Machine 1, second of two consecutive
+# calls: SmolLM2-135M 17,638 tokens/s (6.37 GiB pool) vs torch+PEFT bf16 20,483 (7.28 GiB) -> 0.86x,
+# memory 0.87x; Qwen3-0.6B 11,261 (13.24 GiB) vs 21,504 (19.31 GiB) -> 0.52x, memory 0.69x. Machine 2:
+# MiniLM MNRL f16 b64 634.4 pairs/s (623.7 in the other round; the code before the embedding change
+# 581.5 / 577.2) vs torch bf16 3,406.5 -> 0.19x (machine 1: 550.9 before that change vs 2,053.4 -> 0.27x).
 # Every GPU number below was measured with `Decoder::random`'s earlier U(-1, 1) embeddings (final losses
 # ~130-480 where ln(vocab) is ~11-12); since 2026-12-07 16:30 it draws them as transformers does (std
 # 0.02), as the anchor's models are. Speed on a GPU does not depend on the values; the f16 runs' skipped

@@ -29,6 +29,13 @@
 #      SHAPES       shapes for tunelab on CPU (default smollm2-135m)
 #      SEQ512       1: also the seq 512 batch 1 case on CPU (default 1)
 #
+# Measured 2026-12-07 19:45 UTC, CPU, a 2-core Intel Xeon with AVX-512 (Emerald Rapids, model 207), alone,
+# after the loss became one operation (train::cross_entropy) and causal attention ran in query blocks
+# (model::sdpa), torch 2.15 + PEFT 0.21.2, `scripts/bench-lora.sh 5 2 3`, best of 3 rounds:
+#   seq 256 b4: tunelab 370.4 tokens/s (2.32 GiB) vs torch+PEFT 410.5 (5.08 GiB) -> 0.90x (rounds 0.90x,
+#     0.72x, 0.96x), memory 0.46x
+#   seq 512 b1: tunelab 288.7 tokens/s (1.48 GiB) vs torch+PEFT 330.9 (3.19 GiB) -> 0.87x (rounds 0.86x,
+#     0.87x, 0.87x), memory 0.46x
 # Measured 2026-12-07 16:26-16:35 UTC, CPU, a 2-core Intel Xeon with AVX-512 (Emerald Rapids, model 207),
 # alone, after `Decoder::random` took transformers' embedding spread (std 0.02, as the anchor's models;
 # the earlier U(-1, 1) drove the tied head's softmax into subnormal floats, slow on Intel cores: see

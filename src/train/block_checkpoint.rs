@@ -28,11 +28,11 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use crate::train::cross_entropy::cross_entropy_sum;
 use burn::tensor::module::embedding;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::model::decoder::Decoder;
+use crate::train::cross_entropy::cross_entropy_sum;
 
 /// What a head segment returns: the loss value, the gradients of the parameters it used (the
 /// final norm and output head, when they train) and the gradient of its input `[b, t, d]`

@@ -1073,8 +1073,8 @@ impl LossLog {
 mod tests {
     use super::*;
     use crate::data::formats::{CompletionRecord, TextRecord};
-    use burn::tensor::activation::log_softmax;
     use crate::data::governance::Policy;
+    use burn::tensor::activation::log_softmax;
 
     fn lm() -> CausalLm {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decoder/tiny_llama");
