@@ -279,20 +279,21 @@ pub fn recomputes_in_training() -> bool {
 /// ([`causal_blocks`]; the trait's `blocks`).
 pub fn grouped_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Option<&Tensor<4>>, heads: usize, scale: f32, causal: bool) -> Tensor<4> {
     let (t, s) = (q.dims()[2] * q.dims()[1] / heads, k.dims()[2]);
-    let blocks = if causal && mask.is_some() && crate::device::is_cpu(&q.device()) { causal_blocks(t, s) } else { 1 };
+    // Without a mask `grouped_attention_in_blocks` takes one block whatever this says.
+    let blocks = if causal && crate::device::is_cpu(&q.device()) { causal_blocks(t, s) } else { 1 };
     grouped_attention_in_blocks(q, k, v, mask, heads, scale, blocks)
 }
 
 /// Query blocks for causal attention of `t` queries over `s` keys: 1 unless `s = t`; then one per
 /// 128 positions, at most 4. `TUNELAB_ATTENTION_BLOCKS=n` sets the count instead (1: all queries
-/// at once, as before blocks), for comparisons.
+/// at once, as before blocks; more than `t` counts as `t`), for comparisons.
 pub fn causal_blocks(t: usize, s: usize) -> usize {
     if s != t {
         return 1;
     }
     if let Ok(v) = std::env::var("TUNELAB_ATTENTION_BLOCKS") {
         if let Ok(n) = v.parse::<usize>() {
-            return n.clamp(1, t.max(1));
+            return n.max(1);
         }
     }
     (t / 128).clamp(1, 4)

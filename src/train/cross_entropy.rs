@@ -28,9 +28,7 @@ pub trait CrossEntropyBackend: Backend {
     /// `logits` `[n, v]` (any float dtype), `targets` `[n, 1]`: the losses `lse(x_i) − x_i[t_i]`,
     /// `[n, 1]` f32.
     fn cross_entropy_rows(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
-        let lse = Self::cross_entropy_lse(logits.clone());
-        let picked = Self::float_cast(Self::float_gather(1, logits, targets), FloatDType::F32);
-        Self::float_sub(lse, picked)
+        losses_and_lse::<Self>(&logits, targets).0
     }
 
     /// `[n, 1]` f32: the log-sum-exp of each row of `logits` `[n, v]`, computed in f32.
@@ -44,6 +42,13 @@ pub trait CrossEntropyBackend: Backend {
     fn cross_entropy_grad(logits: FloatTensor<Self>, lse: FloatTensor<Self>, targets: IntTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         composite_grad::<Self>(logits, lse, targets, grad)
     }
+}
+
+/// The per-row losses `lse_i − x_i[t_i]` (`[n, 1]` f32) and the log-sum-exps they came from.
+fn losses_and_lse<B: CrossEntropyBackend>(logits: &FloatTensor<B>, targets: IntTensor<B>) -> (FloatTensor<B>, FloatTensor<B>) {
+    let lse = B::cross_entropy_lse(logits.clone());
+    let picked = B::float_cast(B::float_gather(1, logits.clone(), targets), FloatDType::F32);
+    (B::float_sub(lse.clone(), picked), lse)
 }
 
 /// [`CrossEntropyBackend::cross_entropy_lse`] from ordinary ops (the GPU route, and the CPU's for
@@ -105,9 +110,7 @@ impl<B: Backend + CrossEntropyBackend, C: CheckpointStrategy> CrossEntropyBacken
 
         let node = logits.node();
         let logits = logits.into_primitive();
-        let lse = B::cross_entropy_lse(logits.clone());
-        let picked = B::float_cast(B::float_gather(1, logits.clone(), targets.clone()), FloatDType::F32);
-        let losses = B::float_sub(lse.clone(), picked);
+        let (losses, lse) = losses_and_lse::<B>(&logits, targets.clone());
         match CrossEntropyBackward.prepare::<C>([node]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => prep.finish((logits, lse, targets), losses),
             OpsKind::UnTracked(prep) => prep.finish(losses),

@@ -15,6 +15,7 @@ use core::mem::MaybeUninit;
 use burn_backend::DType;
 use burn_std::Bytes;
 
+use crate::ops::gather_scatter::read_indices;
 use crate::ops::unary::exp_f32_vectorizable;
 use crate::par::wide;
 use crate::{FlexTensor, Layout};
@@ -87,28 +88,18 @@ pub fn logsumexp_rows_f32(logits: FlexTensor) -> FlexTensor {
     FlexTensor::new(Bytes::from_elems(out), Layout::contiguous([n, 1].into()), DType::F32)
 }
 
-/// Reads an index tensor (I64 or I32, `n` elements) as i64.
-fn indices(t: &FlexTensor, n: usize) -> Vec<i64> {
-    let t = t.to_contiguous();
-    let v: Vec<i64> = match t.dtype() {
-        DType::I64 => t.storage::<i64>().to_vec(),
-        DType::I32 => t.storage::<i32>().iter().map(|&i| i as i64).collect(),
-        d => panic!("cross-entropy: targets must be I64 or I32, got {d:?}"),
-    };
-    assert_eq!(v.len(), n, "cross-entropy: {} targets for {n} rows", v.len());
-    v
-}
-
 /// The gradient of `Σ_i grad_i · (lse_i − x[i, t_i])` with respect to the f32 `[rows, vocab]`
 /// `logits`: `(exp(x − lse) − onehot(t)) · grad`, f32 `[rows, vocab]`. `lse` and `grad` hold one
-/// f32 per row; `targets` one index per row (I64 or I32).
+/// f32 per row; `targets` one index per row (any integer width `read_indices` takes).
 ///
 /// # Panics
 /// If a target is outside `0..vocab`, or a shape or dtype does not match.
 pub fn cross_entropy_grad_f32(logits: FlexTensor, lse: FlexTensor, targets: FlexTensor, grad: FlexTensor) -> FlexTensor {
     assert_eq!(logits.dtype(), DType::F32, "cross_entropy_grad_f32: f32 logits only");
     let (n, v) = rows_of(&logits);
-    let targets = indices(&targets, n);
+    let targets = targets.into_contiguous();
+    let targets = read_indices(&targets);
+    assert_eq!(targets.len(), n, "cross-entropy: {} targets for {n} rows", targets.len());
     if let Some((i, &t)) = targets.iter().enumerate().find(|&(_, &t)| t < 0 || t as usize >= v) {
         panic!("cross-entropy: target {t} of row {i} is outside the vocabulary 0..{v}");
     }

@@ -53,7 +53,8 @@ use super::PARALLEL_THRESHOLD;
 /// ([`gather_f32`], [`select_f32`], ...) already share this helper without a
 /// check, and asymmetry between the int and float paths was what surfaced
 /// the bug.
-fn read_indices(tensor: &FlexTensor) -> Cow<'_, [isize]> {
+// (tunelab patch) pub(crate): also read by `ops::cross_entropy` (change 11).
+pub(crate) fn read_indices(tensor: &FlexTensor) -> Cow<'_, [isize]> {
     match tensor.dtype() {
         #[cfg(target_pointer_width = "64")]
         DType::I64 => {
