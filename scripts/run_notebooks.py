@@ -263,6 +263,9 @@ def find_failure(nb, exc: BaseException | None) -> dict | None:
                 "ename": e.get("ename", ""),
                 "evalue": strip_ansi(str(e.get("evalue", ""))),
                 "stderr_tail": strip_ansi("\n".join(err.strip().splitlines()[-12:])),
+                # evcxr puts a failed build's compiler and linker output (the line that says why,
+                # e.g. "No space left on device") in the traceback, not in evalue.
+                "traceback": strip_ansi("\n".join(e.get("traceback", []))[-4000:]),
             }
     if exc is not None:
         return {"cell": None, "code_cell": None, "source": "", "ename": type(exc).__name__, "evalue": strip_ansi(str(exc))[-2000:], "stderr_tail": ""}
@@ -421,7 +424,9 @@ def warm(args) -> int:
         except Exception as e:  # a failing :dep build, a dead kernel
             failure = find_failure(client.nb, e) or {}
             log(f"warm-up of '{name}' FAILED after {time.monotonic() - start:.0f}s: {failure.get('ename', type(e).__name__)}: "
-                f"{failure.get('evalue', str(e))[-3000:]}\n{failure.get('stderr_tail', '')}")
+                f"{failure.get('evalue', str(e))[-3000:]}\n{failure.get('traceback', '')}\n{failure.get('stderr_tail', '')}")
+            free = shutil.disk_usage(ROOT).free
+            log(f"disk: {free / 2**30:.1f} GiB free under {ROOT} (a linker that fails without a compiler error often means a full disk)")
             return 1
         cells = [cell_seconds(c) for c in client.nb.cells]
         text = "".join(o.get("text", "") for o in client.nb.cells[1].get("outputs", []) if o.get("output_type") == "stream")

@@ -39,6 +39,9 @@ python3 scripts/summarize-cubecl-profile.py --self-test
 # the cold cargo test and the GPU type-check; scripts/run-model-notebooks.sh runs them (07 and 08 on
 # their tiny fixtures, checked the same way).
 if [[ "${TUNELAB_SKIP_NOTEBOOKS:-0}" != 1 ]]; then
+  # The notebooks' build (target/evcxr, about 1.1 GB) comes last, when the disk is fullest.
+  avail_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+  echo "disk: $((avail_kb / 1024)) MiB free before the notebooks' build (it needs about 1200)"
   TUNELAB_NOTEBOOK_WARM=data scripts/setup-notebooks.sh
   echo "notebook set-up finished at $(( $(date +%s) - start ))s"
   rm -rf target/nb-ci
