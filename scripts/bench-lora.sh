@@ -29,6 +29,14 @@
 #      SHAPES       shapes for tunelab on CPU (default smollm2-135m)
 #      SEQ512       1: also the seq 512 batch 1 case on CPU (default 1)
 #
+# Measured 2026-12-07 22:33-22:44 UTC, CPU, a 2-core Intel Xeon with AVX-512 (Emerald Rapids, model 207),
+# alone, after SwiGLU, RMSNorm and RoPE became one operation each (model::swiglu, model::rms_norm,
+# model::rope: burn-flex changes 12-14) and the LoRA scale moved onto B, `scripts/bench-lora.sh 5 2 3`:
+#   seq 256 b4: tunelab 435.3 tokens/s (1.98 GiB) vs torch+PEFT 415.5 (5.08 GiB) -> 1.05x (rounds 1.05x,
+#     0.98x, 1.18x, torch's third round slow), memory 0.39x
+#   seq 512 b1: tunelab 336.4 tokens/s (1.34 GiB) vs torch+PEFT 350.0 (3.30 GiB) -> 0.96x (rounds 0.96x,
+#     0.93x, 1.03x), memory 0.41x
+#   (with only SwiGLU, RMSNorm and the scale, an hour before: 0.99x and 0.90x)
 # Measured 2026-12-07 19:45 UTC, CPU, a 2-core Intel Xeon with AVX-512 (Emerald Rapids, model 207), alone,
 # after the loss became one operation (train::cross_entropy) and causal attention ran in query blocks
 # (model::sdpa), torch 2.15 + PEFT 0.21.2, `scripts/bench-lora.sh 5 2 3`, best of 3 rounds:

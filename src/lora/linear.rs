@@ -197,8 +197,10 @@ impl LoraLinear {
             };
             let wide = wide.unwrap_or_else(|| x.cast(FloatDType::F32));
             let down = linear(self.dropout.forward(wide), self.lora_a.val().transpose(), None);
-            let up = linear(down, self.lora_b.val().transpose(), None);
-            return base + up.mul_scalar(self.scale).cast(dtype);
+            // The scale goes on B (`[out, rank]`), not on the product (`[rows, out]`): one pass
+            // over the layer's output fewer forward and one fewer backward.
+            let up = linear(down, self.lora_b.val().mul_scalar(self.scale).transpose(), None);
+            return base + up.cast(dtype);
         };
         // DoRA in f16 is refused by the trainers (its row norms mix the base with B·A).
         assert_eq!(x.dtype(), DType::F32, "DoRA layers run in f32 only");

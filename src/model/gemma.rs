@@ -394,20 +394,11 @@ impl GemmaRmsNorm {
         })
     }
 
-    /// Normalises the last axis.
+    /// Normalises the last axis, in f32 as transformers' `Gemma3RMSNorm` does (one operation:
+    /// `model::rms_norm`).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let mean_square = x.clone().powf_scalar(2.0).mean_dim(D - 1);
-        let normed = x * mean_square.add_scalar(self.eps).sqrt().recip();
-        normed * self.weight.val().add_scalar(1.0).unsqueeze::<D>()
+        crate::model::rms_norm::rms_norm_scaled(x, self.weight.val().add_scalar(1.0), self.eps)
     }
-}
-
-/// `rotate_half` of transformers: `[x1, x2] → [−x2, x1]` on the last axis.
-fn rotate_half(x: Tensor<4>) -> Tensor<4> {
-    let d = x.dims()[3];
-    let x1 = x.clone().narrow(3, 0, d / 2);
-    let x2 = x.narrow(3, d / 2, d / 2);
-    Tensor::cat(vec![x2.neg(), x1], 3)
 }
 
 /// Rotary tables `[seq, head_dim]` for positions `0..seq`: `cos`/`sin` of `pos · θ^(−2i/d)`,
@@ -482,17 +473,13 @@ impl GemmaAttention {
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
-        let q = self
-            .q_norm
-            .forward(heads(self.q_proj.forward(x.clone()), h));
-        let k = self
-            .k_norm
-            .forward(heads(self.k_proj.forward(x.clone()), kvh));
-        let v = heads(self.v_proj.forward(x), kvh);
-        let (cos, sin) = (cos.clone().unsqueeze::<4>(), sin.clone().unsqueeze::<4>());
-        let q = q.clone() * cos.clone() + rotate_half(q) * sin.clone();
-        let k = k.clone() * cos + rotate_half(k) * sin;
+        // Per-head norm and RoPE (`model::rope`) on the last axis, before the heads are swapped
+        // in front of the positions: contiguous rows.
+        let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]);
+        let rotate = |y: Tensor<4>| crate::model::rope::rope(y, cos.clone(), sin.clone()).swap_dims(1, 2);
+        let q = rotate(self.q_norm.forward(heads(self.q_proj.forward(x.clone()), h)));
+        let k = rotate(self.k_norm.forward(heads(self.k_proj.forward(x.clone()), kvh)));
+        let v = heads(self.v_proj.forward(x), kvh).swap_dims(1, 2);
         // Grouped-query attention without copying K/V: the query heads sharing one K/V head are
         // folded into the sequence axis (transformers' repeat_kv gives query head i K/V head i / rep).
         let rep = h / kvh;

@@ -291,9 +291,15 @@ pub fn causal_blocks(t: usize, s: usize) -> usize {
     if s != t {
         return 1;
     }
+    static UNKNOWN: std::sync::Once = std::sync::Once::new();
     if let Ok(v) = std::env::var("TUNELAB_ATTENTION_BLOCKS") {
-        if let Ok(n) = v.parse::<usize>() {
-            return n.max(1);
+        match v.trim().parse::<usize>() {
+            Ok(n) => return n.max(1),
+            // As `TUNELAB_ATTENTION`: a typo is said once, not silently measured as the default.
+            Err(_) if !v.trim().is_empty() => {
+                UNKNOWN.call_once(|| eprintln!("warning: TUNELAB_ATTENTION_BLOCKS={v:?} is not a whole number; the default block count is used"))
+            }
+            Err(_) => {}
         }
     }
     (t / 128).clamp(1, 4)

@@ -28,7 +28,6 @@ use std::path::{Path, PathBuf};
 
 use burn::module::{Module, Param};
 use burn::nn::RmsNorm;
-use burn::tensor::activation::silu;
 use burn::tensor::module::{embedding, linear};
 use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -489,14 +488,6 @@ pub struct Attention {
     pub head_dim: usize,
 }
 
-/// `rotate_half` of transformers: `[x1, x2] -> [-x2, x1]` on the last axis.
-fn rotate_half(x: Tensor<4>) -> Tensor<4> {
-    let d = x.dims()[3];
-    let x1 = x.clone().narrow(3, 0, d / 2);
-    let x2 = x.narrow(3, d / 2, d / 2);
-    Tensor::cat(vec![x2.neg(), x1], 3)
-}
-
 impl Attention {
     /// `x`: `[batch, seq, hidden]`; `cos`/`sin`: `[seq, head_dim]`; `mask`: additive `[batch|1, 1, seq, past+seq]`.
     pub fn forward(
@@ -509,21 +500,27 @@ impl Attention {
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
+        // Qwen3's per-head query and key norms and RoPE act on the last axis: applied before the
+        // heads are swapped in front of the positions, they read contiguous rows. The RoPE tables
+        // are f32; the rotation runs in the activations' dtype (`model::rope`).
+        let heads = |y: Tensor<3>, n: usize, norm: Option<&RmsNorm>, rotate: bool| {
+            let y = y.reshape([b, t, n, hd]);
+            let y = match norm {
+                Some(norm) => rms_norm_f32(norm, y),
+                None => y,
+            };
+            let y = if rotate { crate::model::rope::rope(y, cos.clone(), sin.clone()) } else { y };
+            y.swap_dims(1, 2)
+        };
         // One f32 copy of `x` for the three adapters' branches under f16 (`SharedInput`).
         let x = SharedInput::new(x);
-        let mut q = heads(self.q_proj.forward_shared(&x), h);
-        let mut k = heads(self.k_proj.forward_shared(&x), kvh);
-        let mut v = heads(self.v_proj.forward_shared(&x), kvh);
-        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            q = rms_norm_f32(qn, q);
-            k = rms_norm_f32(kn, k);
-        }
-        // The RoPE tables are f32; rotated in the activations' dtype (a no-op cast in f32).
-        let cos = cos.clone().cast(q.dtype()).unsqueeze::<4>();
-        let sin = sin.clone().cast(q.dtype()).unsqueeze::<4>();
-        q = q.clone() * cos.clone() + rotate_half(q) * sin.clone();
-        k = k.clone() * cos + rotate_half(k) * sin;
+        let (qn, kn) = match (&self.q_norm, &self.k_norm) {
+            (Some(qn), Some(kn)) => (Some(qn), Some(kn)),
+            _ => (None, None),
+        };
+        let q = heads(self.q_proj.forward_shared(&x), h, qn, true);
+        let mut k = heads(self.k_proj.forward_shared(&x), kvh, kn, true);
+        let mut v = heads(self.v_proj.forward_shared(&x), kvh, None, false);
         if let Some(c) = cache {
             if let Some((pk, pv)) = c.kv.take() {
                 k = Tensor::cat(vec![pk, k], 2);
@@ -558,7 +555,7 @@ impl Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let x = SharedInput::new(x);
         self.down_proj
-            .forward(silu(self.gate_proj.forward_shared(&x)) * self.up_proj.forward_shared(&x))
+            .forward(crate::model::swiglu::swiglu(self.gate_proj.forward_shared(&x), self.up_proj.forward_shared(&x)))
     }
 }
 

@@ -116,10 +116,9 @@ impl FromStr for Dtype {
 
 /// `norm(x)` computed in f32 whatever `x`'s dtype, returned in `x`'s dtype: the mean of squares
 /// of an f16 row overflows f16 (max 65,504) as soon as its entries pass ~256 in magnitude, and
-/// the norm weights stay f32 (they are cast by nothing).
+/// the norm weights stay f32 (they are cast by nothing). One operation (`model::rms_norm`).
 pub(super) fn rms_norm_f32<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
-    let dtype = x.dtype();
-    norm.forward(x.cast(FloatDType::F32)).cast(dtype)
+    crate::model::rms_norm::rms_norm(norm, x)
 }
 
 /// Values of a parameter.

@@ -11,7 +11,7 @@
 pub(crate) const PAR_MIN_ELEMS: usize = 1 << 15;
 
 #[cfg(feature = "rayon")]
-fn chunk_len(n: usize) -> usize {
+pub(crate) fn chunk_len(n: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
     // A few chunks per thread to balance uneven cores; whole cache lines.
     let c = (n / (threads * 4)).max(1 << 13);

@@ -174,7 +174,7 @@ impl ActivationOps<Flex> for Flex {
 // step (SiLU's sigmoid). e = exp(-|x|) is in (0, 1], so neither form overflows; below -87.3 it is
 // 0, so σ is exactly 0 there (libm gives subnormals). NaN stays NaN.
 #[inline(always)]
-fn sigmoid_f32(x: f32) -> f32 {
+pub(crate) fn sigmoid_f32(x: f32) -> f32 {
     let e = crate::ops::unary::exp_f32_vectorizable(-x.abs());
     let r = 1.0 / (1.0 + e);
     if x >= 0.0 { r } else { e * r }
