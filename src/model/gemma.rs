@@ -473,10 +473,10 @@ impl GemmaAttention {
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        // Per-head norm and RoPE (`model::rope`) on the last axis, before the heads are swapped
-        // in front of the positions: contiguous rows.
+        // Per-head norm and RoPE (`model::rope`) on the last axis, before the heads are moved in
+        // front of the positions (RoPE moves them as it writes): contiguous rows.
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]);
-        let rotate = |y: Tensor<4>| crate::model::rope::rope(y, cos.clone(), sin.clone()).swap_dims(1, 2);
+        let rotate = |y: Tensor<4>| crate::model::rope::rope(y, cos.clone(), sin.clone());
         let q = rotate(self.q_norm.forward(heads(self.q_proj.forward(x.clone()), h)));
         let k = rotate(self.k_norm.forward(heads(self.k_proj.forward(x.clone()), kvh)));
         let v = heads(self.v_proj.forward(x), kvh).swap_dims(1, 2);

@@ -19,26 +19,31 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, TensorMetadata, backend_extension};
 use burn::tensor::{Slice, Tensor};
 
-/// RoPE on `[batch, seq, heads, head_dim]` with `[seq, head_dim]` tables.
+/// RoPE on `[batch, seq, heads, head_dim]` with `[seq, head_dim]` tables, returned as
+/// `[batch, heads, seq, head_dim]`.
 #[backend_extension(Flex: cfg(feature = "cpu"), Cube: cfg(any(feature = "vulkan", feature = "metal", feature = "wgpu")), Autodiff)]
 pub trait RopeBackend: Backend {
-    /// `x · cos + rotate_half(x) · sin`, `rotate_half([x₁, x₂]) = [−x₂, x₁]` on the last axis.
+    /// `x · cos + rotate_half(x) · sin`, `rotate_half([x₁, x₂]) = [−x₂, x₁]` on the last axis,
+    /// `[b, t, h, d]` in, `[b, h, t, d]` out.
     fn rope(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
         composite::<Self>(x, cos, sin, false)
     }
 
-    /// The gradient of `Σ grad · rope(x)` with respect to `x`: `grad · cos + rotate_halfᵀ(grad · sin)`.
+    /// The gradient of `Σ grad · rope(x)` with respect to `x`: `grad · cos + rotate_halfᵀ(grad · sin)`,
+    /// `[b, h, t, d]` in, `[b, t, h, d]` out.
     fn rope_backward(grad: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
         composite::<Self>(grad, cos, sin, true)
     }
 }
 
-/// Both directions from ordinary ops: `rotate_half` forward, its transpose
-/// (`[x₁, x₂] → [x₂, −x₁]`) backward.
+/// Both directions from ordinary ops, on `[b, h, t, d]`: `rotate_half` forward (from `x`
+/// `[b, t, h, d]`, its view with axes 1 and 2 swapped), its transpose (`[x₁, x₂] → [x₂, −x₁]`)
+/// backward (to `[b, t, h, d]`, a swapped view).
 fn composite<B: Backend>(x: FloatTensor<B>, cos: FloatTensor<B>, sin: FloatTensor<B>, backward: bool) -> FloatTensor<B> {
+    let x = if backward { x } else { B::float_swap_dims(x, 1, 2) };
     let s = x.shape();
-    let (t, d) = (s[1], s[3]);
-    let table = |c: FloatTensor<B>| B::float_reshape(c, [1, t, 1, d].into());
+    let (t, d) = (s[2], s[3]);
+    let table = |c: FloatTensor<B>| B::float_reshape(c, [1, 1, t, d].into());
     let (cos, sin) = (table(cos), table(sin));
     let half = |x: &FloatTensor<B>, i: usize| {
         let (a, b) = ((i * d / 2) as isize, ((i + 1) * d / 2) as isize);
@@ -47,7 +52,7 @@ fn composite<B: Backend>(x: FloatTensor<B>, cos: FloatTensor<B>, sin: FloatTenso
     if backward {
         let gs = B::float_mul(x.clone(), sin);
         let rotated = B::float_cat(vec![half(&gs, 1), B::float_neg(half(&gs, 0))], 3);
-        B::float_add(B::float_mul(x, cos), rotated)
+        B::float_swap_dims(B::float_add(B::float_mul(x, cos), rotated), 1, 2)
     } else {
         let rotated = B::float_cat(vec![B::float_neg(half(&x, 1)), half(&x, 0)], 3);
         B::float_add(B::float_mul(x, cos), B::float_mul(rotated, sin))
@@ -104,9 +109,10 @@ impl<B: Backend + RopeBackend, C: CheckpointStrategy> RopeBackend for Autodiff<B
 }
 
 /// `x · cos + rotate_half(x) · sin` for `x` `[batch, seq, heads, head_dim]` (positions on axis 1)
-/// and tables `cos`, `sin` `[seq, head_dim]`, cast to `x`'s dtype; differentiable in `x` as one
-/// operation (the tables are constants). transformers' `apply_rotary_pos_emb`, on the layout
-/// before the heads are moved in front of the positions.
+/// and tables `cos`, `sin` `[seq, head_dim]`, cast to `x`'s dtype, returned as
+/// `[batch, heads, seq, head_dim]`: transformers' `apply_rotary_pos_emb` with the heads moved in
+/// front of the positions in the same pass (the order attention reads). Differentiable in `x` as
+/// one operation (the tables are constants).
 ///
 /// ```
 /// use burn::tensor::{Device, Tensor, TensorData};
@@ -143,12 +149,12 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     /// transformers' form with burn's ordinary ops, on the `[batch, heads, seq, head_dim]` layout
-    /// the decoder used before (`q·cos + rotate_half(q)·sin`), moved back to `[batch, seq, heads, d]`.
+    /// the decoder used before (`q·cos + rotate_half(q)·sin`).
     fn written_out(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>) -> Tensor<4> {
         let x = x.swap_dims(1, 2);
         let d = x.dims()[3];
         let rot = Tensor::cat(vec![x.clone().narrow(3, d / 2, d / 2).neg(), x.clone().narrow(3, 0, d / 2)], 3);
-        (x * cos.unsqueeze::<4>() + rot * sin.unsqueeze::<4>()).swap_dims(1, 2)
+        x * cos.unsqueeze::<4>() + rot * sin.unsqueeze::<4>()
     }
 
     fn tables(rng: &mut ChaCha8Rng, t: usize, d: usize) -> (Vec<f32>, Vec<f32>) {
@@ -181,11 +187,12 @@ mod tests {
                     let leaf = Tensor::<4>::from_data(leaf, &device).cast(dtype).require_grad();
                     // One view per backward pass (burn consumes the graph's tape).
                     let input = || if strided { leaf.clone().swap_dims(1, 2) } else { leaf.clone() };
-                    let wt = Tensor::<4>::from_data(TensorData::new(w, [b, t, h, d]), &device).cast(dtype);
+                    let wt = Tensor::<4>::from_data(TensorData::new(w, [b, h, t, d]), &device).cast(dtype);
                     let ours = rope(input(), tab(&c), tab(&s));
                     let theirs = written_out(input(), tab(&c), tab(&s));
                     let what = format!("{b}x{t}x{h}x{d} {dtype:?} strided {strided}");
                     let bits = |t: Tensor<4>| t.cast(DType::F64).into_data().try_to_vec::<f64>().unwrap();
+                    assert_eq!(ours.dims(), [b, h, t, d], "heads in front of positions");
                     assert_eq!(bits(ours.clone()), bits(theirs.clone()), "values {what}");
                     let (go, gt) = ((ours * wt.clone()).sum().backward(), (theirs * wt).sum().backward());
                     let grad = |g| bits(leaf.grad(g).expect("x is trained"));

@@ -501,16 +501,17 @@ impl Attention {
         let [b, t, _] = x.dims();
         let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         // Qwen3's per-head query and key norms and RoPE act on the last axis: applied before the
-        // heads are swapped in front of the positions, they read contiguous rows. The RoPE tables
-        // are f32; the rotation runs in the activations' dtype (`model::rope`).
+        // heads are moved in front of the positions (RoPE moves them as it writes), they read
+        // contiguous rows. The RoPE tables are f32; the rotation runs in the activations' dtype
+        // (`model::rope`).
         let heads = |y: Tensor<3>, n: usize, norm: Option<&RmsNorm>, rotate: bool| {
             let y = y.reshape([b, t, n, hd]);
             let y = match norm {
                 Some(norm) => rms_norm_f32(norm, y),
                 None => y,
             };
-            let y = if rotate { crate::model::rope::rope(y, cos.clone(), sin.clone()) } else { y };
-            y.swap_dims(1, 2)
+            // RoPE writes `[b, n, t, hd]` itself; otherwise the swap is a view.
+            if rotate { crate::model::rope::rope(y, cos.clone(), sin.clone()) } else { y.swap_dims(1, 2) }
         };
         // One f32 copy of `x` for the three adapters' branches under f16 (`SharedInput`).
         let x = SharedInput::new(x);
