@@ -203,6 +203,14 @@ pub fn pad_rows(flat: &[i64], cols: usize, width: usize, fill: i64) -> Vec<i64> 
 /// Batches on GPU back-ends are padded to multiples of this many tokens ([`padded_width`]).
 pub const GPU_PAD_MULTIPLE: usize = 128;
 
+/// Whether every tensor is f32: the CPU backend's kernels for tunelab's one-operation layers
+/// (`model::swiglu`, `model::rms_norm`, `model::rope`) take f32 only; other dtypes take the
+/// ordinary-op route.
+#[cfg(feature = "cpu")]
+pub(crate) fn flex_all_f32(tensors: &[&burn_flex::FlexTensor]) -> bool {
+    tensors.iter().all(|t| t.dtype() == burn::tensor::DType::F32)
+}
+
 /// Whether `device` is burn's `flex` CPU back-end, with or without autodiff (false in a build
 /// without the CPU back-end). The CPU-only routes (QLoRA's and attention's recomputing autodiff
 /// operations) and the shape padding ask this.

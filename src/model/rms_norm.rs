@@ -74,11 +74,11 @@ fn composite_backward_gamma<B: Backend>(x: FloatTensor<B>, r: FloatTensor<B>, gr
 #[cfg(feature = "cpu")]
 impl RmsNormBackend for burn::backend::Flex {
     fn rms_norm_forward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        if f32s(&[&x, &gamma]) { burn_flex::ops::rms_norm::rms_norm_f32(x, gamma, eps) } else { composite_forward::<Self>(x, gamma, eps) }
+        if crate::device::flex_all_f32(&[&x, &gamma]) { burn_flex::ops::rms_norm::rms_norm_f32(x, gamma, eps) } else { composite_forward::<Self>(x, gamma, eps) }
     }
 
     fn rms_norm_backward_x(x: FloatTensor<Self>, gamma: FloatTensor<Self>, r: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        if f32s(&[&x, &gamma, &r, &grad]) {
+        if crate::device::flex_all_f32(&[&x, &gamma, &r, &grad]) {
             burn_flex::ops::rms_norm::rms_norm_backward_x_f32(x, gamma, r, grad)
         } else {
             composite_backward_x::<Self>(x, gamma, r, grad)
@@ -86,13 +86,8 @@ impl RmsNormBackend for burn::backend::Flex {
     }
 
     fn rms_norm_backward_gamma(x: FloatTensor<Self>, r: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        if f32s(&[&x, &r, &grad]) { burn_flex::ops::rms_norm::rms_norm_backward_gamma_f32(x, r, grad) } else { composite_backward_gamma::<Self>(x, r, grad) }
+        if crate::device::flex_all_f32(&[&x, &r, &grad]) { burn_flex::ops::rms_norm::rms_norm_backward_gamma_f32(x, r, grad) } else { composite_backward_gamma::<Self>(x, r, grad) }
     }
-}
-
-#[cfg(feature = "cpu")]
-fn f32s(t: &[&burn_flex::FlexTensor]) -> bool {
-    t.iter().all(|t| t.dtype() == burn::tensor::DType::F32)
 }
 
 /// The GPU backends (`Fusion<CubeBackend>` with our features): the default bodies.

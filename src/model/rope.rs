@@ -62,17 +62,12 @@ fn composite<B: Backend>(x: FloatTensor<B>, cos: FloatTensor<B>, sin: FloatTenso
 #[cfg(feature = "cpu")]
 impl RopeBackend for burn::backend::Flex {
     fn rope(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
-        if f32s(&[&x, &cos, &sin]) { burn_flex::ops::rope::rope_f32(x, cos, sin) } else { composite::<Self>(x, cos, sin, false) }
+        if crate::device::flex_all_f32(&[&x, &cos, &sin]) { burn_flex::ops::rope::rope_f32(x, cos, sin) } else { composite::<Self>(x, cos, sin, false) }
     }
 
     fn rope_backward(grad: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
-        if f32s(&[&grad, &cos, &sin]) { burn_flex::ops::rope::rope_backward_f32(grad, cos, sin) } else { composite::<Self>(grad, cos, sin, true) }
+        if crate::device::flex_all_f32(&[&grad, &cos, &sin]) { burn_flex::ops::rope::rope_backward_f32(grad, cos, sin) } else { composite::<Self>(grad, cos, sin, true) }
     }
-}
-
-#[cfg(feature = "cpu")]
-fn f32s(t: &[&burn_flex::FlexTensor]) -> bool {
-    t.iter().all(|t| t.dtype() == burn::tensor::DType::F32)
 }
 
 /// The GPU backends (`Fusion<CubeBackend>` with our features): the default bodies.

@@ -54,7 +54,7 @@ fn composite_backward<B: Backend>(gate: FloatTensor<B>, up: FloatTensor<B>, grad
 #[cfg(feature = "cpu")]
 impl SwigluBackend for burn::backend::Flex {
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
-        if all_f32(&[&gate, &up]) && gate.shape() == up.shape() {
+        if crate::device::flex_all_f32(&[&gate, &up]) && gate.shape() == up.shape() {
             burn_flex::ops::swiglu::swiglu_f32(gate, up)
         } else {
             composite_forward::<Self>(gate, up)
@@ -62,17 +62,12 @@ impl SwigluBackend for burn::backend::Flex {
     }
 
     fn swiglu_backward(gate: FloatTensor<Self>, up: FloatTensor<Self>, grad: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        if all_f32(&[&gate, &up, &grad]) && gate.shape() == up.shape() && gate.shape() == grad.shape() {
+        if crate::device::flex_all_f32(&[&gate, &up, &grad]) && gate.shape() == up.shape() && gate.shape() == grad.shape() {
             burn_flex::ops::swiglu::swiglu_backward_f32(gate, up, grad)
         } else {
             composite_backward::<Self>(gate, up, grad)
         }
     }
-}
-
-#[cfg(feature = "cpu")]
-fn all_f32(t: &[&burn_flex::FlexTensor]) -> bool {
-    t.iter().all(|t| t.dtype() == burn::tensor::DType::F32)
 }
 
 /// The GPU backends (`Fusion<CubeBackend>` with our features): the default bodies.
