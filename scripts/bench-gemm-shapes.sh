@@ -45,6 +45,16 @@
 # saves. This VM's single samples are bimodal (a product's time doubles when a vCPU is taken): compare
 # the best of several rounds, as above; the 75-115 GFLOP/s above for the rank-16 products were such
 # slow samples (best of 3: ~200 for g·B on gate/up).
+# Again 2026-12-08 01:00 UTC, SEQ=512 BATCH=1, same kind of Xeon, per step tunelab vs torch ms: projection
+# forward 421.6 vs 297.7 (0.71), input grad 274.7 vs 286.1 (1.04), lora 144.5 vs 65.1 (0.45), attention
+# 174.2 vs 221.5 (1.27), head 200.0 vs 168.4 (0.84), all products 1215.0 vs 1038.8 (0.85).
+# Tried and reverted 2026-12-08 01:00-01:35 UTC (same kind of Xeon, seq 512 batch 1, in-process A/B through an
+# environment switch, 3 interleaved rounds): (c) AVX-512 kernels for f32 products with a side of at most 16
+# (one 16-lane register per row of the narrow side, eight rows per block; for m <= 16 sixteen output
+# columns per block): the adapters' products summed per step 105.4-140.7 ms against gemm's 105.7-114.1.
+# x·Aᵀ went 19.6-23.8 -> 16.5-17.2 ms a step, but the gradient of A 11.8-15.8 -> 26.2-29.6, the rest
+# within the noise. (d) (b) again at seq 512 batch 1 (a column-major right operand copied row-major by
+# burn-flex's tiled copy first): x·Wᵀ 1.25-4.87 ms with the copy against 1.27-4.91 without, no gain.
 set -euo pipefail
 case "${TUNELAB:-}" in "") ;; *) TUNELAB=$(realpath "$TUNELAB") ;; esac
 # A path is taken from where the script was started; a bare name (python3) is looked up on PATH.

@@ -11,6 +11,14 @@
 # "smollm2-135m qwen3-0.6b qwen3-1.7b") at each of DTYPES (default "f32 f16": `--dtype f16` is
 # mixed precision, base weights and activations in f16). MNRL=0 leaves the MiniLM cases out.
 #
+# Measured 2026-12-08 00:45-01:00 UTC on one H100 80GB HBM3 (driver 580.159.04), two calls on one machine,
+# after SwiGLU, RMSNorm and RoPE became one autodiff operation each (d4cbc16) against the code before
+# (4c2b4f1), the order reversed in the second call: SmolLM2-135M 10,603 / 10,710 tokens/s (5.63 GiB pool)
+# against 13,553 / 12,505 (6.37 GiB); Qwen3-0.6B 8,400 (12.24 GiB) against 10,714 (13.24 GiB); torch+PEFT
+# bf16 20,112 (7.28 GiB), 21,527 (19.31 GiB), Qwen3-1.7B 18,316 (27.83 GiB). So the GPU runs the layers
+# written out again (device::one_op; TUNELAB_GPU_ONE_OP picks the one operation for comparisons):
+# SmolLM2-135M 0.62-0.67x, Qwen3-0.6B 0.50x. MiniLM MNRL f16 b64 458.0 / 473.2 pairs/s vs torch bf16
+# 1,853.8 -> 0.25x.
 # Measured 2026-12-07 18:45-19:40 UTC on H100 80GB HBM3s (driver 580.159.04), after the loss became one
 # operation (train::cross_entropy) and BERT's position and token-type embeddings stopped back-propagating
 # through scatter-adds; with transformers-like random embeddings. Machine 1, second of two consecutive

@@ -227,6 +227,42 @@ pub fn is_cpu(device: &Device) -> bool {
     }
 }
 
+/// The layers that run as one autodiff operation with their own kernels on the CPU
+/// (`model::swiglu`, `model::rms_norm`, `model::rope`).
+pub const ONE_OP_LAYERS: [&str; 3] = ["swiglu", "rms_norm", "rope"];
+
+/// Whether the layer `op` (one of [`ONE_OP_LAYERS`]) runs as one autodiff operation on `device`.
+/// Always on the CPU, where burn-flex kernels make one pass each way. On the GPU backends the
+/// one operation is built from ordinary ops, and burn's fusion ran the written-out layers faster
+/// (H100, Vulkan, f16 LoRA: 14-22% of the step; environment.md); `TUNELAB_GPU_ONE_OP` names the
+/// layers to run as one operation on the GPU anyway (`swiglu,rms_norm,rope`, `all` or `none`, the
+/// default), for comparisons.
+pub fn one_op(device: &Device, op: &str) -> bool {
+    debug_assert!(ONE_OP_LAYERS.contains(&op), "unknown layer {op}");
+    is_cpu(device) || gpu_one_op().contains(&op)
+}
+
+/// `TUNELAB_GPU_ONE_OP`, read once; a name that is not a layer is said once and ignored.
+fn gpu_one_op() -> &'static [&'static str] {
+    static LAYERS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    LAYERS.get_or_init(|| parse_one_op_layers(&std::env::var("TUNELAB_GPU_ONE_OP").unwrap_or_default()))
+}
+
+fn parse_one_op_layers(value: &str) -> Vec<&'static str> {
+    let mut layers = Vec::new();
+    for name in value.split(',').map(|n| n.trim().to_ascii_lowercase()).filter(|n| !n.is_empty()) {
+        match name.as_str() {
+            "all" => layers.extend(ONE_OP_LAYERS),
+            "none" => {}
+            _ => match ONE_OP_LAYERS.iter().find(|l| **l == name) {
+                Some(l) => layers.push(*l),
+                None => eprintln!("warning: TUNELAB_GPU_ONE_OP names {name:?}, not one of {}; ignored", ONE_OP_LAYERS.join(", ")),
+            },
+        }
+    }
+    layers
+}
+
 /// Whether `device` compiles kernels per tensor shape (every back-end but the `flex` CPU one).
 pub fn compiles_per_shape(device: &Device) -> bool {
     !is_cpu(device)
@@ -392,6 +428,32 @@ pub fn keep_freed_memory() -> bool {
 mod tests {
     use super::*;
 
+    /// `TUNELAB_GPU_ONE_OP`'s list in its variants: case, spaces, repeats, `all`/`none`, empty
+    /// items and unknown names (ignored).
+    #[test]
+    fn gpu_one_op_list_reads_names_all_and_none() {
+        let cases: [(&str, &[&str]); 9] = [
+            ("", &[]),
+            ("none", &[]),
+            ("all", &ONE_OP_LAYERS),
+            (" ALL ", &ONE_OP_LAYERS),
+            ("rope", &["rope"]),
+            ("RMS_NORM , swiglu", &["rms_norm", "swiglu"]),
+            ("rope,,rope", &["rope", "rope"]),
+            ("rmsnorm,rope", &["rope"]),
+            ("none,swiglu", &["swiglu"]),
+        ];
+        for (value, want) in cases {
+            assert_eq!(parse_one_op_layers(value), want.to_vec(), "{value:?}");
+        }
+        // The CPU always takes the one operation, whatever the GPU list says.
+        #[cfg(feature = "cpu")]
+        for op in ONE_OP_LAYERS {
+            assert!(one_op(&Device::flex(), op));
+            assert!(one_op(&Device::flex().autodiff(), op));
+        }
+    }
+
     /// An initialiser failing as wgpu does without an adapter: the worker thread panics with the
     /// cause, the caller's `recv` then panics with `RecvError`.
     fn failing_like_wgpu() -> Result<Device, DeviceError> {
@@ -513,6 +575,18 @@ mod tests {
             (3, 3, 64, 32, 48, false, false),    // batched
             (4, 1, 70, 24, 90, false, true),     // batched, rhs broadcast
             (2, 2, 5, 0, 6, false, false),       // batched, k = 0
+            // A side of at most 16, LoRA's rank: narrow widths 1-16, odd row counts either side of
+            // the thread split, every layout of both operands.
+            (1, 1, 37, 70, 1, false, false),
+            (1, 1, 9, 33, 15, true, true),
+            (1, 1, 2049, 40, 16, true, false),
+            (1, 1, 1, 5, 16, false, true),
+            (1, 1, 7, 513, 300, false, true),    // m narrow: the transposed product
+            (1, 1, 16, 300, 1000, true, true),
+            (1, 1, 1, 1000, 17, false, false),
+            (1, 1, 301, 1, 40, false, false),    // k narrow
+            (1, 1, 1000, 16, 17, true, true),
+            (1, 1, 63, 9, 1537, false, true),
         ];
         // In f16 too (`--dtype f16` on the CPU: gemm's f16 kernels, also given unwritten outputs):
         // inputs rounded to f16, the result within 1e-3 of the sum of |a·b| terms.
@@ -548,7 +622,9 @@ mod tests {
                             scale += t.abs();
                         }
                         let g = got[(q * m + i) * n + j] as f64;
-                        assert!((g - want).abs() <= tolerance * scale.max(1e-30), "case {:?}, f16 {f16}: [{q}, {i}, {j}] = {g}, want {want}", (ba, bb, m, k, n, ta, tb));
+                        // In f16 a result below 2^-14 is subnormal, its spacing 2^-24.
+                        let spacing = if f16 { 2f64.powi(-24) } else { 0.0 };
+                        assert!((g - want).abs() <= tolerance * scale.max(1e-30) + spacing, "case {:?}, f16 {f16}: [{q}, {i}, {j}] = {g}, want {want}", (ba, bb, m, k, n, ta, tb));
                     }
                 }
             }

@@ -5,8 +5,8 @@
 //! their outputs and makes about fifteen passes back through `[rows, d]` tensors; a decoder layer
 //! runs two norms (four in Qwen3, with its per-head query and key norms). On the CPU (flex, f32)
 //! the vendored burn-flex's `ops::rms_norm` kernels make one pass each way and keep `x` and one
-//! `r` per row; on the GPU backends the default bodies below are ordinary ops that burn's fusion
-//! fuses. Built like [`crate::model::swiglu`].
+//! `r` per row. On the GPU backends burn's own graph runs (`device::one_op`; see
+//! [`crate::model::swiglu`], built the same way).
 // Without a backend (the `models`-only build) no route reads the arguments.
 #![cfg_attr(not(any(feature = "cpu", feature = "vulkan", feature = "metal", feature = "wgpu")), allow(unused_variables, dead_code))]
 
@@ -157,10 +157,22 @@ pub fn rms_norm_scaled<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, eps: f64)
     let [gd] = gamma.dims();
     assert_eq!(gd, d, "rms_norm: γ has {gd} values, the rows {d} (input {dims:?})");
     let dtype = x.dtype();
+    if !crate::device::one_op(&x.device(), "rms_norm") {
+        return written_out(x, gamma, eps);
+    }
     let rows = x.cast(FloatDType::F32).reshape([dims.iter().take(D - 1).product::<usize>(), d]);
     let gamma = gamma.cast(FloatDType::F32);
     let y = <burn::backend::Dispatch as RmsNormBackend>::rms_norm(rows.into_dispatch(), gamma.into_dispatch(), eps);
     Tensor::<2>::from_dispatch(y).reshape(dims).cast(dtype)
+}
+
+/// `burn::nn::RmsNorm`'s graph in f32, cast back to `x`'s dtype: the route where the layer is not
+/// one operation (`device::one_op`: on the GPU burn's fusion does better with it).
+fn written_out<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, eps: f64) -> Tensor<D> {
+    let dtype = x.dtype();
+    let x = x.cast(FloatDType::F32);
+    let rms = x.clone().square().mean_dim(D - 1).add_scalar(eps).sqrt();
+    ((x / rms) * gamma.cast(FloatDType::F32).unsqueeze()).cast(dtype)
 }
 
 #[cfg(all(test, feature = "cpu"))]
@@ -258,13 +270,17 @@ mod tests {
         let w = Tensor::<2>::from_data(TensorData::new(v(&mut rng, rows * d), [rows, d]), &device);
         let mut norm = RmsNormConfig::new(d).with_epsilon(1e-5).init(&device);
         norm.gamma = burn::module::Param::from_tensor(Tensor::<1>::from_data(TensorData::new(v(&mut rng, d), [d]), &device));
-        let (ours, theirs) = (rms_norm(&norm, x.clone()), norm.forward(x.clone()));
-        let (go, gt) = ((ours.clone() * w.clone()).sum().backward(), (theirs.clone() * w).sum().backward());
-        let max_diff = |a: Tensor<2>, b: Tensor<2>| (a - b).abs().max().into_scalar::<f32>();
-        assert!(max_diff(ours, theirs) < 1e-5);
-        assert!(max_diff(x.grad(&go).unwrap(), x.grad(&gt).unwrap()) < 1e-5);
-        let g = |grads| norm.gamma.val().grad(grads).unwrap().unsqueeze::<2>();
-        assert!(max_diff(g(&go), g(&gt)) < 1e-4);
+        // burn's own module, and the written-out route the GPU takes (`device::one_op`).
+        let theirs_all = [norm.forward(x.clone()), written_out(x.clone(), norm.gamma.val(), 1e-5)];
+        for theirs in theirs_all {
+            let ours = rms_norm(&norm, x.clone());
+            let (go, gt) = ((ours.clone() * w.clone()).sum().backward(), (theirs.clone() * w.clone()).sum().backward());
+            let max_diff = |a: Tensor<2>, b: Tensor<2>| (a - b).abs().max().into_scalar::<f32>();
+            assert!(max_diff(ours, theirs) < 1e-5);
+            assert!(max_diff(x.grad(&go).unwrap(), x.grad(&gt).unwrap()) < 1e-5);
+            let g = |grads| norm.gamma.val().grad(grads).unwrap().unsqueeze::<2>();
+            assert!(max_diff(g(&go), g(&gt)) < 1e-4);
+        }
     }
 
     /// A non-finite value spoils its own row only (its `r` is NaN or 0), never a neighbour's; `dγ`

@@ -5,9 +5,8 @@
 //! a sum, and goes back through about eight passes (zero-filled gradients of the narrows among
 //! them). The rotation is linear: its backward pass needs only the tables, so nothing of the
 //! activations is kept. On the CPU (flex, f32) two kernels of the vendored burn-flex
-//! (`ops::rope`) make one pass each way, rounded as the written-out form is; on the GPU backends
-//! the default bodies below are that form, which burn's fusion fuses. Built like
-//! [`crate::model::swiglu`].
+//! (`ops::rope`) make one pass each way, rounded as the written-out form is. On the GPU backends
+//! the written-out form runs (`device::one_op`; see [`crate::model::swiglu`], built the same way).
 // Without a backend (the `models`-only build) no route reads the arguments.
 #![cfg_attr(not(any(feature = "cpu", feature = "vulkan", feature = "metal", feature = "wgpu")), allow(unused_variables, dead_code))]
 
@@ -132,8 +131,21 @@ pub fn rope(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>) -> Tensor<4> {
     assert_eq!(sin.dims(), [t, d], "rope: sin is {:?}, the input has {t} positions of {d}", sin.dims());
     let dtype = x.dtype();
     let (cos, sin) = (cos.cast(dtype), sin.cast(dtype));
+    if !crate::device::one_op(&x.device(), "rope") {
+        return written_out(x, cos, sin);
+    }
     let y = <burn::backend::Dispatch as RopeBackend>::rope(x.into_dispatch(), cos.into_dispatch(), sin.into_dispatch());
     Tensor::<4>::from_dispatch(y)
+}
+
+/// transformers' form (`q·cos + rotate_half(q)·sin`) in burn's graph, on the swapped
+/// `[batch, heads, seq, head_dim]` view: the route where the layer is not one operation
+/// (`device::one_op`: on the GPU burn's fusion does better with it).
+fn written_out(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>) -> Tensor<4> {
+    let x = x.swap_dims(1, 2);
+    let d = x.dims()[3];
+    let rot = Tensor::cat(vec![x.clone().narrow(3, d / 2, d / 2).neg(), x.clone().narrow(3, 0, d / 2)], 3);
+    x * cos.unsqueeze::<4>() + rot * sin.unsqueeze::<4>()
 }
 
 #[cfg(all(test, feature = "cpu"))]
@@ -142,15 +154,6 @@ mod tests {
     use burn::tensor::{DType, Device, TensorData};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
-
-    /// transformers' form with burn's ordinary ops, on the `[batch, heads, seq, head_dim]` layout
-    /// the decoder used before (`q·cos + rotate_half(q)·sin`).
-    fn written_out(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>) -> Tensor<4> {
-        let x = x.swap_dims(1, 2);
-        let d = x.dims()[3];
-        let rot = Tensor::cat(vec![x.clone().narrow(3, d / 2, d / 2).neg(), x.clone().narrow(3, 0, d / 2)], 3);
-        x * cos.unsqueeze::<4>() + rot * sin.unsqueeze::<4>()
-    }
 
     fn tables(rng: &mut ChaCha8Rng, t: usize, d: usize) -> (Vec<f32>, Vec<f32>) {
         // Real tables have equal halves; random ones check that each half reads its own.

@@ -3,8 +3,9 @@
 //! Written out as `silu(g) * u`, burn's autodiff records three operations (sigmoid and two
 //! products), keeps four `[rows, intermediate]` tensors for the backward pass, and makes about
 //! seven passes back through them. On the CPU (flex, f32) two kernels of the vendored burn-flex
-//! (`ops::swiglu`) do it in one pass each way and keep only `g` and `u`; on the GPU backends the
-//! default bodies below are ordinary ops that burn's fusion fuses.
+//! (`ops::swiglu`) do it in one pass each way and keep only `g` and `u`. On the GPU backends the
+//! written-out graph runs (`device::one_op`): there the one operation's default bodies (ordinary
+//! ops) made burn's fused step slower (environment.md, issue 17).
 //!
 //! Built like [`crate::train::cross_entropy`] and [`crate::model::sdpa`].
 // Without a backend (the `models`-only build) no route reads the arguments.
@@ -128,8 +129,17 @@ impl<B: Backend + SwigluBackend, C: CheckpointStrategy> SwigluBackend for Autodi
 pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
     assert_eq!(gate.dims(), up.dims(), "swiglu: gate {:?} and up {:?} differ in shape", gate.dims(), up.dims());
     let up = up.cast(gate.dtype());
+    if !crate::device::one_op(&gate.device(), "swiglu") {
+        return written_out(gate, up);
+    }
     let out = <burn::backend::Dispatch as SwigluBackend>::swiglu(gate.into_dispatch(), up.into_dispatch());
     Tensor::<D>::from_dispatch(out)
+}
+
+/// `silu(gate) * up` in burn's graph: the route where the layer is not one operation
+/// (`device::one_op`: on the GPU burn's fusion does better with it).
+fn written_out<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    burn::tensor::activation::silu(gate) * up
 }
 
 #[cfg(all(test, feature = "cpu"))]
@@ -225,7 +235,7 @@ mod tests {
         let v = |rng: &mut ChaCha8Rng| Tensor::<2>::from_data(TensorData::new((0..rows * cols).map(|_| rng.random_range(-6.0f32..6.0)).collect::<Vec<_>>(), [rows, cols]), &device).require_grad();
         let (g, u, w) = (v(&mut rng), v(&mut rng), v(&mut rng).detach());
         let ours = swiglu(g.clone(), u.clone());
-        let theirs = burn::tensor::activation::silu(g.clone()) * u.clone();
+        let theirs = written_out(g.clone(), u.clone());
         let (go, gt) = ((ours.clone() * w.clone()).sum().backward(), (theirs.clone() * w).sum().backward());
         let max_diff = |a: Tensor<2>, b: Tensor<2>| (a - b).abs().max().into_scalar::<f32>();
         assert!(max_diff(ours, theirs) < 1e-5);
