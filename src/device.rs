@@ -237,6 +237,14 @@ pub const ONE_OP_LAYERS: [&str; 3] = ["swiglu", "rms_norm", "rope"];
 /// (H100, Vulkan, f16 LoRA: 14-22% of the step; environment.md); `TUNELAB_GPU_ONE_OP` names the
 /// layers to run as one operation on the GPU anyway (`swiglu,rms_norm,rope`, `all` or `none`, the
 /// default), for comparisons.
+///
+/// ```
+/// use burn::tensor::Device;
+/// use tunelab::device::{one_op, ONE_OP_LAYERS};
+/// for layer in ONE_OP_LAYERS {
+///     assert!(one_op(&Device::flex().autodiff(), layer));
+/// }
+/// ```
 pub fn one_op(device: &Device, op: &str) -> bool {
     debug_assert!(ONE_OP_LAYERS.contains(&op), "unknown layer {op}");
     is_cpu(device) || gpu_one_op().contains(&op)
