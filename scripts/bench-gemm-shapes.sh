@@ -54,7 +54,8 @@
 # columns per block): the adapters' products summed per step 105.4-140.7 ms against gemm's 105.7-114.1.
 # x·Aᵀ went 19.6-23.8 -> 16.5-17.2 ms a step, but the gradient of A 11.8-15.8 -> 26.2-29.6, the rest
 # within the noise. (d) (b) again at seq 512 batch 1 (a column-major right operand copied row-major by
-# burn-flex's tiled copy first): x·Wᵀ 1.25-4.87 ms with the copy against 1.27-4.91 without, no gain.
+# burn-flex's tiled copy first), two rounds, with against without: q_proj x·Wᵀ 2.23 / 1.93 against 2.02 /
+# 2.03 ms, gate/up 3.17 / 4.35 against 4.10 / 4.02, down 4.87 / 4.42 against 3.13 / 4.91: no consistent gain.
 set -euo pipefail
 case "${TUNELAB:-}" in "") ;; *) TUNELAB=$(realpath "$TUNELAB") ;; esac
 # A path is taken from where the script was started; a bare name (python3) is looked up on PATH.
