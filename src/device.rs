@@ -589,7 +589,7 @@ mod tests {
             (1, 1, 9, 33, 15, true, true),
             (1, 1, 2049, 40, 16, true, false),
             (1, 1, 1, 5, 16, false, true),
-            (1, 1, 7, 513, 300, false, true),    // m narrow: the transposed product
+            (1, 1, 7, 513, 300, false, true),    // m narrow: split by columns
             (1, 1, 16, 300, 1000, true, true),
             (1, 1, 1, 1000, 17, false, false),
             (1, 1, 301, 1, 40, false, false),    // k narrow
